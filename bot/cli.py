@@ -1,0 +1,87 @@
+"""The `storefront` command line: replay, state, verify, run, chat, release and friends."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from storage.db import Database
+from storage.migrate import migrate
+
+
+def _open(url: str | None, *, memory_default: bool = False) -> Database:
+    db = Database(url or ("sqlite://" if memory_default else None))
+    migrate(db)
+    return db
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from engine.replay import Replayer
+
+    db = _open(args.db, memory_default=True)
+    try:
+        with open(args.file, encoding="utf-8", errors="replace") as fh:
+            state = Replayer(db).run(fh)
+    except OSError as exc:
+        print(f"storefront replay: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    json.dump(state, sys.stdout, indent=1, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    from engine.state import snapshot
+
+    db = _open(args.db)
+    state = db.read(snapshot)
+    state["errors"] = []
+    json.dump(state, sys.stdout, indent=1, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from engine.verify import verify
+
+    db = _open(args.db)
+    report = verify(db)
+    for line in report.lines():
+        print(line)
+    return 0 if report.ok else 1
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    _open(args.db)
+    print("database is at the newest schema")
+    return 0
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
+    "replay": ("apply a scenario file (SPEC §7) and print the final state", cmd_replay),
+    "state": ("print an existing database's state as replay does", cmd_state),
+    "verify": ("check the journal's hash chain, balances and invariants", cmd_verify),
+    "migrate": ("bring the database schema up to date", cmd_migrate),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="storefront", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, _fn) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--db", help="database URL (default: DATABASE_URL or var/storefront.db)")
+        if name == "replay":
+            p.add_argument("file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command][1](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""Users, pools, wallets and the catalogue (SPEC §3–§5, §7)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from storage.models import Product, Setting, User, Withdrawal
+
+from . import journal, points
+from .book import Book
+from .config import validate_update
+from .errors import Refusal
+from .money import AmountError, parse_fen, parse_micro, parse_rate
+from .times import parse_at
+
+SKU = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+HANDLE = re.compile(r"^[^\s]{1,96}$")
+SCHEMES = ("queue", "points", "both", "none")
+
+
+def _fen(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    try:
+        return parse_fen(value)
+    except AmountError as exc:
+        raise Refusal("invalid_amount", str(exc)) from exc
+
+
+def _micro(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    try:
+        return parse_micro(value)
+    except AmountError as exc:
+        raise Refusal("invalid_amount", str(exc)) from exc
+
+
+def configure(book: Book, sections: Any, at: datetime, actor: str | None = None) -> dict[str, str]:
+    """Change store parameters; the whole change is refused if any key is bad."""
+    flat = validate_update(sections)
+    for key, value in flat.items():
+        row = book.s.get(Setting, key)
+        if row is None:
+            book.s.add(Setting(key=key, value=value))
+        else:
+            row.value = value
+    n = book.head.last_txn + 1
+    book.record(key=f"config:{n}", kind="config", at=at, body=flat, actor=actor)
+    book.s.flush()
+    book.cfg = type(book.cfg).from_values(
+        {r.key: r.value for r in book.s.execute(select(Setting)).scalars()})
+    points.forced_exits(book, at, "config")
+    return flat
+
+
+def upsert_product(book: Book, *, sku: object, price: object, margin: object, lock_days: object,
+                   scheme: object, name: str | None = None, active: bool = True,
+                   at: datetime, actor: str | None = None) -> Product:
+    if not isinstance(sku, str) or not SKU.match(sku):
+        raise Refusal("invalid_event", "sku is 1-64 of A-Za-z0-9_-")
+    if scheme not in SCHEMES:
+        raise Refusal("invalid_event", "scheme is queue, points, both or none")
+    try:
+        m = parse_rate(margin)
+    except AmountError as exc:
+        raise Refusal("invalid_event", "margin is a decimal 0-1") from exc
+    if m > 1:
+        raise Refusal("invalid_event", "margin is a decimal 0-1")
+    if isinstance(lock_days, bool) or not isinstance(lock_days, int) or not 0 <= lock_days <= 3650:
+        raise Refusal("invalid_event", "lock_days is a whole number 0-3650")
+    fen = _fen(price)
+    row = book.s.get(Product, sku)
+    if row is None:
+        row = Product(sku=sku, name=name or sku, price=fen, margin=str(margin),
+                      lock_days=lock_days, scheme=str(scheme), active=active, updated_at=at)
+        book.s.add(row)
+    else:
+        row.price, row.margin, row.lock_days, row.scheme = fen, str(margin), lock_days, str(scheme)
+        row.active, row.updated_at = active, at
+        if name:
+            row.name = name
+    n = book.head.last_txn + 1
+    book.record(key=f"product:{n}", kind="product", at=at, actor=actor,
+                body={"sku": sku, "price": fen, "margin": str(margin), "lock_days": lock_days,
+                      "scheme": scheme, "name": row.name, "active": active})
+    return row
+
+
+def join(book: Book, *, user: object, referrer: object = None, at: datetime,
+         lang: str | None = None, display_name: str | None = None) -> User:
+    """A new user; the referrer is fixed now and never changes (SPEC §5)."""
+    if not isinstance(user, str) or not HANDLE.match(user):
+        raise Refusal("invalid_event", "bad user handle")
+    if book.s.execute(select(User.id).where(User.handle == user)).first() is not None:
+        raise Refusal("duplicate_user", user)
+    ref_id = None
+    if referrer is not None:
+        if referrer == user:
+            raise Refusal("self_referral")
+        if not isinstance(referrer, str):
+            raise Refusal("unknown_user")
+        ref_id = book.user(referrer).id
+    row = User(handle=user, referrer_id=ref_id, lang=lang, display_name=display_name,
+               created_at=at, wallet=0, held=0, points=0, basis=0)
+    book.s.add(row)
+    book.s.flush()
+    book.record(key=f"join:{user}", kind="join", at=at,
+                body={"user": user, "referrer": referrer})
+    return row
+
+
+def deposit(book: Book, *, pool: object, amount: object, at: datetime,
+            actor: str | None = None, key: str | None = None) -> dict[str, Any]:
+    """Operator seed money into a pool. Into the points pool it lifts the price."""
+    if (done := book.already(key)) is not None:
+        return done
+    if pool not in ("queue", "points"):
+        raise Refusal("unknown_pool", str(pool))
+    fen = _fen(amount)
+    row = book.pool(str(pool))
+    row.balance += fen
+    p = journal.Postings()
+    p.fen(journal.DEPOSITS_IN, journal.QUEUE_POOL if pool == "queue" else journal.POINTS_POOL,
+          fen)
+    n = book.head.last_txn + 1
+    result = {"pool": pool, "amount": fen, "balance": row.balance}
+    book.record(key=key or f"deposit:{n}", kind="deposit", at=at, postings=p, actor=actor,
+                body={"pool": pool, "amount": fen}, result=result)
+    points.forced_exits(book, at, "deposit")
+    return result
+
+
+def withdraw_points(book: Book, *, user: object, amount: object, at: datetime,
+                    key: str | None = None) -> dict[str, Any]:
+    if (done := book.already(key)) is not None:
+        return done
+    holder = book.user(user)  # type: ignore[arg-type]
+    q = _micro(amount)
+    if q > holder.points:
+        raise Refusal("insufficient_points")
+    p = journal.Postings()
+    n = book.head.last_txn + 1
+    net, fee = points.withdraw(book, holder, q, p, f"sell:{n}")
+    result = {"user": holder.handle, "points": q, "paid": net, "fee": fee}
+    book.record(key=key or f"sell:{n}", kind="withdraw_points", at=at, postings=p,
+                body={"user": holder.handle, "points": q, "fee": fee}, result=result)
+    points.forced_exits(book, at, "withdraw_points")
+    return result
+
+
+def transfer_points(book: Book, *, sender: object, receiver: object, amount: object,
+                    at: datetime, key: str | None = None) -> dict[str, Any]:
+    if (done := book.already(key)) is not None:
+        return done
+    src = book.user(sender)  # type: ignore[arg-type]
+    dst = book.user(receiver)  # type: ignore[arg-type]
+    if src.id == dst.id:
+        raise Refusal("self_transfer")
+    q = _micro(amount)
+    if q > src.points:
+        raise Refusal("insufficient_points")
+    p = journal.Postings()
+    n = book.head.last_txn + 1
+    points.transfer(src, dst, q, p, f"transfer:{n}")
+    result = {"from": src.handle, "to": dst.handle, "points": q}
+    book.record(key=key or f"transfer:{n}", kind="transfer", at=at, postings=p,
+                body=result, result=result)
+    book.notify(dst, "points_received", f"transfer:{n}", at, points=q,
+                sender=src.display_name or src.handle)
+    points.forced_exits(book, at, "transfer")
+    return result
+
+
+def request_withdrawal(book: Book, *, user: object, amount: object, at: datetime,
+                       key: str | None = None) -> dict[str, Any]:
+    """Hold the amount at once; an operator pays it out or returns it."""
+    if (done := book.already(key)) is not None:
+        return done
+    owner = book.user(user)  # type: ignore[arg-type]
+    fen = _fen(amount)
+    if fen > owner.wallet:
+        raise Refusal("insufficient_balance")
+    owner.wallet -= fen
+    owner.held += fen
+    w = Withdrawal(user_id=owner.id, amount=fen, status="pending", requested_at=at)
+    book.s.add(w)
+    book.s.flush()
+    p = journal.Postings()
+    p.fen(journal.wallet(owner.id), journal.held(owner.id), fen, f"withdrawal:{w.id}")
+    result = {"withdrawal": w.id, "user": owner.handle, "amount": fen, "status": "pending"}
+    book.record(key=key or f"withdrawal:{w.id}", kind="withdrawal_request", at=at, postings=p,
+                body={"withdrawal": w.id, "user": owner.handle, "amount": fen}, result=result)
+    return result
+
+
+def decide_withdrawal(book: Book, *, withdrawal_id: object, approve: bool, at: datetime,
+                      actor: str | None) -> dict[str, Any]:
+    w = book.s.execute(
+        select(Withdrawal).where(Withdrawal.id == withdrawal_id).with_for_update()
+    ).scalar_one_or_none() if isinstance(withdrawal_id, int) else None
+    if w is None:
+        raise Refusal("unknown_withdrawal", str(withdrawal_id))
+    if w.status != "pending":
+        raise Refusal("already_decided", w.status)
+    owner = book.user_by_id(w.user_id)
+    owner.held -= w.amount
+    p = journal.Postings()
+    if approve:
+        p.fen(journal.held(owner.id), journal.PAYOUTS_OUT, w.amount, f"withdrawal:{w.id}")
+    else:
+        owner.wallet += w.amount
+        p.fen(journal.held(owner.id), journal.wallet(owner.id), w.amount, f"withdrawal:{w.id}")
+    w.status = "approved" if approve else "rejected"
+    w.decided_at, w.decided_by = at, actor
+    key = f"withdrawal:{w.id}:{w.status}"
+    result = {"withdrawal": w.id, "user": owner.handle, "amount": w.amount, "status": w.status}
+    book.record(key=key, kind=f"withdrawal_{w.status}", at=at, postings=p, actor=actor,
+                body={"withdrawal": w.id, "amount": w.amount}, result=result)
+    book.notify(owner, f"withdrawal_{w.status}", key, at, withdrawal=w.id, amount=w.amount)
+    return result
+
+
+def ensure_time(value: object) -> datetime:
+    return parse_at(value)

@@ -1,0 +1,45 @@
+"""Refusals: a business rule said no. A refused action changes nothing (SPEC §6)."""
+
+from __future__ import annotations
+
+# The refusal codes of SPEC §7, plus the few the chat flows add (documented in docs/engine.md).
+CODES = frozenset(
+    {
+        "invalid_config",
+        "invalid_event",
+        "invalid_amount",
+        "invalid_time",
+        "invalid_json",
+        "unknown_op",
+        "duplicate_user",
+        "self_referral",
+        "unknown_user",
+        "unknown_pool",
+        "duplicate_order",
+        "unknown_product",
+        "insufficient_points",
+        "points_exceed_total",
+        "unknown_order",
+        "not_refundable",
+        "self_transfer",
+        "insufficient_balance",
+        # beyond the replay contract
+        "sales_paused",
+        "product_inactive",
+        "unknown_withdrawal",
+        "already_decided",
+        "payment_mismatch",
+        "not_payable",
+        "busy",
+    }
+)
+
+
+class Refusal(Exception):
+    """Raised inside a unit of work; the transaction rolls back and the caller gets `code`."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        assert code in CODES, code
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+        self.detail = detail

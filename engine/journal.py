@@ -1,0 +1,123 @@
+"""The journal (SPEC §6): balanced postings, idempotency keys and a hash chain.
+
+A transaction's hash covers its position, key, kind, time, actor, body, result and postings,
+and the hash of the transaction before it. Changing, removing or reordering any row breaks
+the chain at that row, which is how `verify` names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from storage.models import Head, JournalTxn, Posting
+
+GENESIS = "0" * 64
+FEN = "fen"
+MICRO = "micro"
+
+# Accounts. User accounts are "user:<id>:<what>"; the rest are fixed names.
+QUEUE_POOL = "pool:queue"
+POINTS_POOL = "pool:points"
+REVENUE = "platform:revenue"
+PAYMENTS_IN = "world:payments"
+DEPOSITS_IN = "world:deposits"
+PAYOUTS_OUT = "world:payouts"
+REFUNDS_OUT = "world:refunds"
+POINTS_ISSUED = "points:issued"
+
+
+def wallet(user_id: int) -> str:
+    return f"user:{user_id}:wallet"
+
+
+def held(user_id: int) -> str:
+    return f"user:{user_id}:held"
+
+
+def holding(user_id: int) -> str:
+    return f"user:{user_id}:points"
+
+
+@dataclass
+class Postings:
+    """A transaction under construction: a list of (account, unit, amount, ref)."""
+
+    lines: list[tuple[str, str, int, str | None]] = field(default_factory=list)
+
+    def move(self, unit: str, src: str, dst: str, amount: int, ref: str | None = None) -> None:
+        """`amount` leaves `src` and arrives at `dst` (two postings that sum to zero)."""
+        assert amount >= 0, amount
+        if amount == 0:
+            return
+        self.lines.append((src, unit, -amount, ref))
+        self.lines.append((dst, unit, amount, ref))
+
+    def fen(self, src: str, dst: str, amount: int, ref: str | None = None) -> None:
+        self.move(FEN, src, dst, amount, ref)
+
+    def micro(self, src: str, dst: str, amount: int, ref: str | None = None) -> None:
+        self.move(MICRO, src, dst, amount, ref)
+
+
+def check_balanced(lines: Iterable[tuple[str, str, int, str | None]]) -> dict[str, int]:
+    """Sum per unit; every sum must be zero (double entry)."""
+    sums: dict[str, int] = defaultdict(int)
+    for _account, unit, amount, _ref in lines:
+        sums[unit] += amount
+    return {u: s for u, s in sums.items() if s != 0}
+
+
+def iso(at: datetime) -> str:
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+def canonical(body: Any) -> str:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def txn_hash(prev_hash: str, txn_id: int, key: str, kind: str, at: datetime, actor: str | None,
+             body: str, result: str | None,
+             lines: Sequence[tuple[str, str, int, str | None]]) -> str:
+    content = canonical([txn_id, key, kind, iso(at), actor, body, result,
+                         [list(line) for line in lines]])
+    return hashlib.sha256((prev_hash + content).encode()).hexdigest()
+
+
+def find(session: Session, key: str) -> JournalTxn | None:
+    return session.execute(select(JournalTxn).where(JournalTxn.key == key)).scalar_one_or_none()
+
+
+def record(session: Session, head: Head, *, key: str, kind: str, at: datetime,
+           postings: Postings | None = None, body: dict[str, Any] | None = None,
+           result: dict[str, Any] | None = None, actor: str | None = None) -> int:
+    """Append one balanced transaction to the chain; `head` must be locked by the caller."""
+    lines = postings.lines if postings else []
+    unbalanced = check_balanced(lines)
+    if unbalanced:
+        raise AssertionError(f"unbalanced journal transaction {key}: {unbalanced}")
+    txn_id = head.last_txn + 1
+    body_text = canonical(body or {})
+    result_text = canonical(result) if result is not None else None
+    digest = txn_hash(head.last_hash, txn_id, key, kind, at, actor, body_text, result_text, lines)
+    # Core inserts: the journal is the hottest table and has no ORM behaviour to keep.
+    session.execute(insert(JournalTxn), [{
+        "id": txn_id, "key": key, "kind": kind, "at": at, "actor": actor, "body": body_text,
+        "result": result_text, "prev_hash": head.last_hash, "hash": digest,
+    }])
+    if lines:
+        session.execute(insert(Posting), [
+            {"txn_id": txn_id, "account": a, "unit": u, "amount": n, "ref": r}
+            for a, u, n, r in lines
+        ])
+    head.last_txn = txn_id
+    head.last_hash = digest
+    return txn_id

@@ -1,0 +1,113 @@
+"""Units, parsing, formatting and rounding (SPEC §2).
+
+Money is integer fen, points are integer micro-points, rates are exact fractions.
+Every rounding in the engine goes through ``into_pool`` (up) or ``out_of_pool`` (down),
+so a reader can see which way a number leans: always in the pool's favour.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import NewType
+
+Fen = NewType("Fen", int)
+Micro = NewType("Micro", int)
+Rate = Fraction
+
+FEN_PLACES = 2
+MICRO_PLACES = 6
+FEN_PER_UNIT = 100
+MICRO_PER_POINT = 1_000_000
+
+_PLAIN_DECIMAL = re.compile(r"^(\d+)(?:\.(\d+))?$")
+# A sanity ceiling: 10^15 units is beyond any real order and keeps every product in 64 bits
+# where the database needs it.
+_MAX_UNITS = 10**12
+
+
+class AmountError(ValueError):
+    """A string that is not a plain positive decimal with at most the unit's places."""
+
+
+def _parse_scaled(text: object, places: int, *, allow_zero: bool = False) -> int:
+    if not isinstance(text, str):
+        raise AmountError("not a string")
+    m = _PLAIN_DECIMAL.match(text)
+    if m is None:
+        raise AmountError(f"not a plain decimal: {text!r}")
+    whole, frac = m.group(1), m.group(2) or ""
+    if len(frac) > places:
+        raise AmountError(f"more than {places} places: {text!r}")
+    if len(whole) > 13 or int(whole) >= _MAX_UNITS:
+        raise AmountError(f"too large: {text!r}")
+    value = int(whole) * 10**places + int(frac.ljust(places, "0") or "0")
+    if value == 0 and not allow_zero:
+        raise AmountError("zero")
+    return value
+
+
+def parse_fen(text: object) -> Fen:
+    """`"100.00"` → 10000. Refuses zero, negatives, exponents and a third decimal place."""
+    return Fen(_parse_scaled(text, FEN_PLACES))
+
+
+def parse_micro(text: object) -> Micro:
+    """`"21.5"` → 21_500_000. Refuses zero, negatives, exponents and a seventh place."""
+    return Micro(_parse_scaled(text, MICRO_PLACES))
+
+
+def parse_rate(text: object) -> Rate:
+    """An exact non-negative decimal string (`"0.20"`) as a Fraction; anything else refused."""
+    if not isinstance(text, str):
+        raise AmountError("not a string")
+    m = _PLAIN_DECIMAL.match(text)
+    if m is None or len(text) > 40:
+        raise AmountError(f"not a plain decimal: {text!r}")
+    whole, frac = m.group(1), m.group(2) or ""
+    return Fraction(int(whole + frac), 10 ** len(frac))
+
+
+def format_rate(rate: Rate) -> str:
+    """A rate back to its exact decimal string (rates are parsed from decimals, so it ends)."""
+    places = 0
+    while (10**places) % rate.denominator and places < 40:
+        places += 1
+    whole, frac = divmod(rate.numerator * 10**places // rate.denominator, 10**places)
+    return f"{whole}.{str(frac).rjust(places, '0')}" if places else str(whole)
+
+
+def _format_scaled(value: int, places: int) -> str:
+    sign = "-" if value < 0 else ""
+    whole, frac = divmod(abs(value), 10**places)
+    return f"{sign}{whole}.{str(frac).rjust(places, '0')}"
+
+
+def format_fen(value: int) -> str:
+    """10000 → `"100.00"`."""
+    return _format_scaled(value, FEN_PLACES)
+
+
+def format_micro(value: int) -> str:
+    """21_500_000 → `"21.500000"`."""
+    return _format_scaled(value, MICRO_PLACES)
+
+
+def floor_div(num: int, den: int) -> int:
+    return num // den
+
+
+def ceil_div(num: int, den: int) -> int:
+    return -((-num) // den)
+
+
+def into_pool(amount: Fraction | int) -> int:
+    """Money paid into a pool rounds up to the fen (SPEC §2)."""
+    f = Fraction(amount)
+    return ceil_div(f.numerator, f.denominator)
+
+
+def out_of_pool(amount: Fraction | int) -> int:
+    """Money or points paid out of a pool, and fees' complements, round down (SPEC §2)."""
+    f = Fraction(amount)
+    return floor_div(f.numerator, f.denominator)

@@ -1,0 +1,298 @@
+"""Orders (SPEC §3, §4, §8): record a purchase, settle it, refund it while pending.
+
+What happens when someone buys, top to bottom: `_record` checks the request in SPEC §7's
+order, spends any points at checkout, books the payment, and — when the return window is
+zero — `settle_due` grants the rebates in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from storage.models import Order, Product, User
+
+from . import journal, points, queue
+from .book import Book
+from .errors import Refusal
+from .money import AmountError, parse_micro, parse_rate
+from .times import local_midnight_after, parse_at
+
+ORDER_REF = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_QTY = 10_000
+METHODS = ("cash", "wallet", "offline", "telegram", "wechat")
+
+
+def check_ref(ref: object) -> str | None:
+    if ref is None:
+        return None
+    if not isinstance(ref, str) or not ORDER_REF.match(ref):
+        raise Refusal("invalid_event", "order id is 1-64 of A-Za-z0-9_-")
+    return ref
+
+
+def parse_qty(qty: object) -> int:
+    if isinstance(qty, bool) or not isinstance(qty, int) or not 1 <= qty <= MAX_QTY:
+        raise Refusal("invalid_amount", "quantity is a whole number 1-10000")
+    return qty
+
+
+def parse_points_arg(value: object) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    try:
+        return parse_micro(value)
+    except AmountError as exc:
+        raise Refusal("invalid_amount", str(exc)) from exc
+
+
+def order_result(book: Book, order: Order) -> dict[str, Any]:
+    """What the buyer is told about an order; rebuilt from the row for idempotent retries."""
+    user = book.user_by_id(order.user_id)
+    referrer = book.user_by_id(user.referrer_id).handle if user.referrer_id else None
+    tz = book.cfg.timezone
+    return {
+        "order": order.ref, "status": order.status, "user": user.handle, "sku": order.sku,
+        "qty": order.qty, "total": order.total, "cash": order.cash,
+        "points_used": order.points_used, "points_value": order.points_value,
+        "settles_at": order.settles_at.astimezone(tz).isoformat() if order.settles_at else None,
+        "matures_at": order.matures_at.astimezone(tz).isoformat() if order.matures_at else None,
+        "entry": order.entry_seq, "minted": order.minted, "accelerated": order.accelerated,
+        "referrer": referrer,
+    }
+
+
+def _replayed(book: Book, key: str | None) -> dict[str, Any] | None:
+    if key is None:
+        return None
+    txn = journal.find(book.s, key)
+    if txn is None:
+        return None
+    ref = json.loads(txn.body).get("order")
+    order = book.s.execute(select(Order).where(Order.ref == ref)).scalar_one()
+    return {**order_result(book, order), "replayed": True}
+
+
+def place(book: Book, *, user: str, sku: str, qty: object = 1, at: object,
+          pay_points: object = None, ref: object = None, method: str = "cash",
+          key: str | None = None, actor: str | None = None,
+          awaiting_payment: bool = False) -> dict[str, Any]:
+    """Record a purchase. With `awaiting_payment` the order waits for `confirm_payment`
+    (points are still spent now, at checkout, SPEC §8); otherwise it is paid now."""
+    ref = check_ref(ref)
+    if (done := _replayed(book, key)) is not None:
+        return done
+    if ref is not None and book.s.execute(
+            select(Order.no).where(Order.ref == ref)).first() is not None:
+        raise Refusal("duplicate_order", ref)
+    buyer = book.user(user)
+    product = book.s.get(Product, sku) if isinstance(sku, str) else None
+    if product is None:
+        raise Refusal("unknown_product", str(sku))
+    n = parse_qty(qty)
+    q = parse_points_arg(pay_points)
+    when = parse_at(at)
+    if q > buyer.points:
+        raise Refusal("insufficient_points")
+    total = product.price * n
+    value = points.price(book).value_of(q) if q else 0
+    if value > total:
+        raise Refusal("points_exceed_total")
+    if not product.active:
+        raise Refusal("product_inactive", sku)
+    if book.cfg.paused and method != "offline":
+        raise Refusal("sales_paused")
+    if method not in METHODS:
+        raise Refusal("invalid_event", "unknown payment method")
+    cash = total - value
+    if method == "wallet" and cash > buyer.wallet:
+        raise Refusal("insufficient_balance")
+
+    book.head.last_order_no += 1
+    no = book.head.last_order_no
+    ref = ref or f"N{no}"
+    cfg = book.cfg
+    terms = {"margin": product.margin, "scheme": product.scheme, "lock_days": product.lock_days,
+             "pool_share": cfg.raw["queue.pool_share"], "accel_rate": cfg.raw["queue.accel_rate"],
+             "pool_rate": cfg.raw["points.pool_rate"], "mint_rate": cfg.raw["points.mint_rate"],
+             "min_order": cfg.min_order, "unit_price": product.price}
+    order = Order(no=no, ref=ref, user_id=buyer.id, sku=product.sku, qty=n, total=total,
+                  points_used=q, points_value=value, cash=cash, method=method,
+                  currency=cfg.currency, status="awaiting_payment", created_at=when,
+                  terms=journal.canonical(terms), minted=0, accelerated=0)
+    book.s.add(order)
+    p = journal.Postings()
+    if q:
+        burned = points.burn(book, buyer, q, p, f"order:{ref}")
+        assert burned == value
+        p.fen(journal.POINTS_POOL, journal.REVENUE, value, f"order:{ref}")
+    if awaiting_payment:
+        book.record(key=key or f"checkout:{ref}", kind="checkout", at=when, postings=p,
+                    body={"order": ref, "user": buyer.handle, "points": q, "value": value},
+                    actor=actor)
+    else:
+        _mark_paid(book, order, buyer, when, payment_ref=None)
+        source = journal.wallet(buyer.id) if method == "wallet" else journal.PAYMENTS_IN
+        if method == "wallet":
+            buyer.wallet -= cash
+        p.fen(source, journal.REVENUE, cash, f"order:{ref}")
+        book.record(key=key or f"order:{ref}", kind="purchase", at=when, postings=p,
+                    body={"order": ref, "user": buyer.handle, "sku": product.sku, "qty": n,
+                          "total": total, "cash": cash, "points": q, "method": method},
+                    actor=actor)
+        settle_due(book, when)
+    points.forced_exits(book, when, f"order:{ref}")
+    return order_result(book, order)
+
+
+def _mark_paid(book: Book, order: Order, buyer: User, at: datetime,
+               payment_ref: str | None) -> None:
+    tz = book.cfg.timezone
+    terms = json.loads(order.terms)
+    order.status = "pending"
+    order.paid_at = at
+    order.payment_ref = payment_ref
+    order.settles_at = local_midnight_after(at, book.cfg.settle_days, tz)
+    order.matures_at = local_midnight_after(at, int(terms["lock_days"]), tz)
+
+
+def confirm_payment(book: Book, *, ref: str, amount: int, currency: str, payment_ref: str,
+                    at: object, key: str, actor: str | None = None) -> dict[str, Any]:
+    """A channel says an order was paid. Exactly once per payment key; an amount or currency
+    that is not the order's is refused (`payment_mismatch`) and nothing is recorded."""
+    if (done := _replayed(book, key)) is not None:
+        return done
+    order = book.s.execute(
+        select(Order).where(Order.ref == ref).with_for_update()).scalar_one_or_none()
+    if order is None:
+        raise Refusal("unknown_order", ref)
+    when = parse_at(at)
+    if order.status != "awaiting_payment":
+        raise Refusal("not_payable", order.status)
+    if amount != order.cash or currency != order.currency:
+        raise Refusal("payment_mismatch", f"{amount} {currency} for {order.cash} {order.currency}")
+    buyer = book.user_by_id(order.user_id)
+    _mark_paid(book, order, buyer, when, payment_ref)
+    p = journal.Postings()
+    p.fen(journal.PAYMENTS_IN, journal.REVENUE, amount, f"order:{ref}")
+    book.record(key=key, kind="purchase", at=when, postings=p, actor=actor,
+                body={"order": ref, "user": buyer.handle, "sku": order.sku, "qty": order.qty,
+                      "total": order.total, "cash": order.cash, "points": order.points_used,
+                      "method": order.method, "payment": payment_ref})
+    settle_due(book, when)
+    points.forced_exits(book, when, f"order:{ref}")
+    return order_result(book, order)
+
+
+def cancel_unpaid(book: Book, *, ref: str, at: object, actor: str | None = None) -> dict[str, Any]:
+    """An order whose payment never came: the points it spent come back as their value."""
+    order = book.s.execute(
+        select(Order).where(Order.ref == ref).with_for_update()).scalar_one_or_none()
+    if order is None:
+        raise Refusal("unknown_order", ref)
+    when = parse_at(at)
+    if order.status != "awaiting_payment":
+        raise Refusal("not_refundable", order.status)
+    buyer = book.user_by_id(order.user_id)
+    order.status = "cancelled"
+    p = journal.Postings()
+    buyer.wallet += order.points_value
+    p.fen(journal.REVENUE, journal.wallet(buyer.id), order.points_value, f"order:{ref}")
+    book.record(key=f"cancel:{ref}", kind="cancel", at=when, postings=p, actor=actor,
+                body={"order": ref, "returned": order.points_value})
+    return order_result(book, order)
+
+
+def settle_due(book: Book, at: datetime) -> list[dict[str, Any]]:
+    """Settle every pending order due by `at`, in the order they were recorded (SPEC §8)."""
+    settled = []
+    while True:
+        book.s.flush()
+        batch = book.s.execute(
+            select(Order).where(Order.status == "pending", Order.settles_at <= at)
+            .order_by(Order.no).limit(200).with_for_update()
+        ).scalars().all()
+        if not batch:
+            return settled
+        for order in batch:
+            settled.append(_settle(book, order, at))
+            points.forced_exits(book, at, f"settle:{order.ref}")
+
+
+def _settle(book: Book, order: Order, at: datetime) -> dict[str, Any]:
+    """Grant an order's rebates on the terms frozen when it was recorded."""
+    terms = json.loads(order.terms)
+    buyer = book.user_by_id(order.user_id)
+    scheme = terms["scheme"]
+    cash = order.cash
+    p = journal.Postings()
+    ref = f"order:{order.ref}"
+    accelerated: list[tuple[int, int]] = []
+    referrer: User | None = None
+    if scheme in ("queue", "both"):
+        queue.contribute(book, cash, parse_rate(terms["margin"]), parse_rate(terms["pool_share"]),
+                         p, ref)
+        if cash >= int(terms["min_order"]) and cash > 0:
+            assert order.matures_at is not None
+            entry = queue.add_entry(book, buyer, order.no, cash, order.matures_at, at)
+            order.entry_seq = entry.seq
+            if buyer.referrer_id is not None:
+                referrer = book.user_by_id(buyer.referrer_id)
+                accelerated = queue.accelerate(book, referrer, cash,
+                                               parse_rate(terms["accel_rate"]), p)
+    if scheme in ("points", "both"):
+        order.minted = points.mint(book, buyer, cash, parse_rate(terms["pool_rate"]),
+                                   parse_rate(terms["mint_rate"]), p, ref)
+    order.accelerated = sum(paid for _seq, paid in accelerated)
+    order.status = "settled"
+    order.settled_at = at
+    key = f"settle:{order.ref}"
+    book.record(key=key, kind="settle", at=at, postings=p,
+                body={"order": order.ref, "entry": order.entry_seq, "minted": order.minted,
+                      "accelerated": [list(a) for a in accelerated]})
+    book.notify(buyer, "order_settled", key, at, order=order.ref, entry=order.entry_seq,
+                amount=cash if order.entry_seq else 0,
+                matures_at=order.matures_at.isoformat() if order.matures_at else None,
+                minted=order.minted)
+    if referrer is not None and order.accelerated:
+        book.notify(referrer, "acceleration", f"accel:{order.ref}", at, amount=order.accelerated,
+                    buyer=buyer.display_name or buyer.handle, order=order.ref)
+    return order_result(book, order)
+
+
+def refund(book: Book, *, ref: object, at: object, actor: str | None = None) -> dict[str, Any]:
+    """SPEC §8: only a pending order before its settlement time. The cash goes back through
+    its channel (outside the engine); the value of the points it spent comes back to the
+    buyer's wallet; no rebate is ever granted for it."""
+    order = book.s.execute(
+        select(Order).where(Order.ref == ref).with_for_update()
+    ).scalar_one_or_none() if isinstance(ref, str) else None
+    if order is None:
+        raise Refusal("unknown_order", str(ref))
+    when = parse_at(at)
+    if order.status != "pending" or order.settles_at is None or not when < order.settles_at:
+        raise Refusal("not_refundable", order.status)
+    buyer = book.user_by_id(order.user_id)
+    order.status = "refunded"
+    p = journal.Postings()
+    r = f"order:{order.ref}"
+    if order.method == "wallet":
+        buyer.wallet += order.cash
+        p.fen(journal.REVENUE, journal.wallet(buyer.id), order.cash, r)
+    else:
+        p.fen(journal.REVENUE, journal.REFUNDS_OUT, order.cash, r)
+    buyer.wallet += order.points_value
+    p.fen(journal.REVENUE, journal.wallet(buyer.id), order.points_value, r)
+    key = f"refund:{order.ref}"
+    book.record(key=key, kind="refund", at=when, postings=p, actor=actor,
+                body={"order": order.ref, "cash": order.cash, "points_value": order.points_value,
+                      "method": order.method})
+    book.notify(buyer, "order_refunded", key, when, order=order.ref, cash=order.cash,
+                points_value=order.points_value, method=order.method)
+    return order_result(book, order)

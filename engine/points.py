@@ -1,0 +1,190 @@
+"""Green points (SPEC §4): price, mint, burn, transfer and forced exit.
+
+The price is kept as an exact ratio `num / den` in fen per micro-point: the points pool over
+the supply, or, while the supply is zero, the price when it last reached zero (or the
+configured initial price). Money out of the pool rounds down, money in rounds up, so the
+price never falls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from fractions import Fraction
+
+from sqlalchemy import select
+
+from storage.models import User
+
+from . import journal
+from .book import Book
+from .journal import FEN, MICRO
+from .money import MICRO_PER_POINT, into_pool, out_of_pool
+
+_EXIT_SCALE = 10**24
+_EXIT_BYTES = 20
+_EXIT_MAX = 256**_EXIT_BYTES - 1
+
+
+@dataclass(frozen=True)
+class Price:
+    """fen per micro-point, exact."""
+
+    num: int
+    den: int
+
+    def value_of(self, micro: int) -> int:
+        """What `micro` points are worth, rounded down (money leaving the pool)."""
+        return micro * self.num // self.den
+
+    def points_for(self, fen: int) -> int:
+        """How many micro-points `fen` buys, rounded down (points leaving the pool)."""
+        return fen * self.den // self.num
+
+    def as_fraction(self) -> Fraction:
+        return Fraction(self.num, self.den)
+
+    def display_micro(self) -> int:
+        """The price in currency units with 6 places, rounded down, as an integer."""
+        # fen/micro × 10^6 micro/point ÷ 100 fen/unit × 10^6 places
+        return self.num * MICRO_PER_POINT * 10_000 // self.den
+
+
+def price(book: Book) -> Price:
+    pool = book.pool("points")
+    if pool.supply > 0:
+        return Price(pool.balance, pool.supply)
+    if pool.zero_price_num is not None and pool.zero_price_den:
+        return Price(pool.zero_price_num, pool.zero_price_den)
+    return Price(book.cfg.initial_price, MICRO_PER_POINT)
+
+
+def exit_key(basis: int, holdings: int) -> bytes | None:
+    """A sortable key for basis ÷ holdings (the exit price up to the factor `exit_multiple`)."""
+    if basis <= 0 or holdings <= 0:
+        return None
+    return min(basis * _EXIT_SCALE // holdings, _EXIT_MAX).to_bytes(_EXIT_BYTES, "big")
+
+
+def _touch(user: User) -> None:
+    user.exit_key = exit_key(user.basis, user.points)
+
+
+def mint(book: Book, user: User, cash: int, pool_rate: Fraction, mint_rate: Fraction,
+         p: journal.Postings, ref: str) -> int:
+    """Mint for a recorded cash amount: `c` into the pool, `v` of it minted at the price
+    *before* `c` is added; the buyer's basis grows by the cash amount. Returns micro-points."""
+    pool = book.pool("points")
+    c = into_pool(cash * pool_rate)
+    v = out_of_pool(c * mint_rate)
+    minted = price(book).points_for(v)
+    pool.balance += c
+    pool.supply += minted
+    user.points += minted
+    user.basis += cash
+    _touch(user)
+    p.fen(journal.REVENUE, journal.POINTS_POOL, c, ref)
+    p.micro(journal.POINTS_ISSUED, journal.holding(user.id), minted, ref)
+    return minted
+
+
+def _take(user: User, q: int) -> int:
+    """Points leave a holder: basis falls pro rata (all of it when all points go)."""
+    if q == user.points:
+        moved = user.basis
+    else:
+        moved = user.basis * q // user.points
+    user.points -= q
+    user.basis -= moved
+    _touch(user)
+    return moved
+
+
+def burn(book: Book, user: User, q: int, p: journal.Postings, ref: str) -> int:
+    """`q` points leave circulation at the current price; returns their value in fen, which
+    the caller must take out of the points pool."""
+    pool = book.pool("points")
+    before = price(book)
+    value = before.value_of(q)
+    _take(user, q)
+    pool.supply -= q
+    pool.balance -= value
+    if pool.supply == 0:
+        pool.zero_price_num, pool.zero_price_den = before.num, before.den
+    p.micro(journal.holding(user.id), journal.POINTS_ISSUED, q, ref)
+    return value
+
+
+def withdraw(book: Book, user: User, q: int, p: journal.Postings, ref: str) -> tuple[int, int]:
+    """Sell `q` points to the pool: gross rounds down, the fee rounds up and stays in the
+    pool (lifting the price). Returns (paid to wallet, fee)."""
+    pool = book.pool("points")
+    gross = price(book).value_of(q)
+    fee = into_pool(gross * book.cfg.withdraw_fee)
+    value = burn(book, user, q, p, ref)
+    assert value == gross
+    pool.balance += fee  # the fee never left
+    net = gross - fee
+    user.wallet += net
+    p.fen(journal.POINTS_POOL, journal.wallet(user.id), net, ref)
+    return net, fee
+
+
+def transfer(sender: User, receiver: User, q: int, p: journal.Postings, ref: str) -> None:
+    moved = _take(sender, q)
+    receiver.points += q
+    receiver.basis += moved
+    _touch(receiver)
+    p.micro(journal.holding(sender.id), journal.holding(receiver.id), q, ref)
+
+
+def _next_exit(book: Book) -> User | None:
+    """The holder who must exit next, found through the exit-price index (SPEC §4)."""
+    m = book.cfg.exit_multiple
+    if m == 0:
+        return None
+    pool = book.pool("points")
+    if pool.supply == 0:
+        return None
+    cur = price(book)
+    # holdings × price ≥ m × basis  ⇔  basis / holdings ≤ price / m
+    threshold = min(cur.num * m.denominator * _EXIT_SCALE // (cur.den * m.numerator), _EXIT_MAX)
+    first = book.s.execute(
+        select(User.exit_key).where(User.exit_key.is_not(None),
+                                    User.exit_key <= threshold.to_bytes(_EXIT_BYTES, "big"))
+        .order_by(User.exit_key, User.id).limit(1)
+    ).scalar_one_or_none()
+    if first is None:
+        return None
+    # Rows sharing the smallest key: order them exactly (ties to the earliest user).
+    tied = book.s.execute(
+        select(User).where(User.exit_key == first).order_by(User.id).with_for_update()
+    ).scalars().all()
+    best = min(tied, key=lambda u: (Fraction(u.basis, u.points), u.id))
+    if best.points * cur.num * m.denominator >= m.numerator * best.basis * cur.den:
+        book._users[best.id] = best
+        return best
+    return None
+
+
+def forced_exits(book: Book, at: datetime, cause: str) -> list[tuple[User, int, int]]:
+    """Withdraw every holder whose points reached `exit_multiple × basis`, cheapest exit
+    first, re-checking after each since each fee lifts the price. Returns (user, points,
+    paid) for each exit."""
+    exits: list[tuple[User, int, int]] = []
+    while (user := _next_exit(book)) is not None:
+        q = user.points
+        p = journal.Postings()
+        ref = f"exit:{user.id}"
+        net, fee = withdraw(book, user, q, p, ref)
+        n = book.head.last_txn + 1
+        book.record(key=f"exit:{n}", kind="forced_exit", at=at, postings=p,
+                    body={"user": user.handle, "points": q, "fee": fee, "cause": cause},
+                    result={"user": user.handle, "points": q, "paid": net})
+        book.notify(user, "forced_exit", f"exit:{n}", at, points=q, paid=net, fee=fee)
+        exits.append((user, q, net))
+    return exits
+
+
+__all__ = ["FEN", "MICRO", "Price", "burn", "exit_key", "forced_exits", "mint", "price",
+           "transfer", "withdraw"]

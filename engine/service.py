@@ -1,0 +1,170 @@
+"""The engine's service API: one function per business action, each one DB transaction.
+
+Handlers, the scheduler and `storefront replay` call only these. Each returns a plain dict
+(or raises `Refusal`, after which nothing has changed). Functions that move money accept an
+idempotency `key`: a second call with the same key returns the first result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session
+
+from storage.db import Database
+
+from . import accounts, orders
+from .book import Book
+from .queue import release_page
+from .times import parse_at
+
+T = TypeVar("T")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _in_book(db: Database, work: Callable[[Book], T]) -> T:
+    def unit(session: Session) -> T:
+        return work(Book(session))
+
+    return db.run(unit)
+
+
+def configure(db: Database, sections: Any, *, at: datetime | None = None,
+              actor: str | None = None) -> dict[str, str]:
+    return _in_book(db, lambda b: accounts.configure(b, sections, at or now(), actor))
+
+
+def upsert_product(db: Database, *, sku: object, price: object, margin: object,
+                   lock_days: object, scheme: object, name: str | None = None,
+                   active: bool = True, at: datetime | None = None,
+                   actor: str | None = None) -> dict[str, Any]:
+    def work(b: Book) -> dict[str, Any]:
+        row = accounts.upsert_product(b, sku=sku, price=price, margin=margin,
+                                      lock_days=lock_days, scheme=scheme, name=name,
+                                      active=active, at=at or now(), actor=actor)
+        return {"sku": row.sku, "name": row.name, "price": row.price, "margin": row.margin,
+                "lock_days": row.lock_days, "scheme": row.scheme, "active": row.active}
+
+    return _in_book(db, work)
+
+
+def join(db: Database, *, user: object, referrer: object = None, at: datetime | None = None,
+         lang: str | None = None, display_name: str | None = None) -> dict[str, Any]:
+    def work(b: Book) -> dict[str, Any]:
+        row = accounts.join(b, user=user, referrer=referrer, at=at or now(), lang=lang,
+                            display_name=display_name)
+        return {"user": row.handle, "id": row.id, "referrer": referrer}
+
+    return _in_book(db, work)
+
+
+def deposit(db: Database, *, pool: object, amount: object, at: datetime | None = None,
+            actor: str | None = None, key: str | None = None) -> dict[str, Any]:
+    return _in_book(db, lambda b: accounts.deposit(b, pool=pool, amount=amount, at=at or now(),
+                                                   actor=actor, key=key))
+
+
+def buy(db: Database, *, user: str, sku: str, qty: object = 1, at: object = None,
+        pay_points: object = None, order: object = None, method: str = "cash",
+        key: str | None = None, actor: str | None = None) -> dict[str, Any]:
+    """Record a paid purchase (cash recorded by the caller, wallet, or offline by staff)."""
+    return _in_book(db, lambda b: orders.place(
+        b, user=user, sku=sku, qty=qty, at=now() if at is None else at, pay_points=pay_points,
+        ref=order, method=method, key=key, actor=actor))
+
+
+def open_order(db: Database, *, user: str, sku: str, qty: object = 1, at: object = None,
+               pay_points: object = None, order: object = None, method: str,
+               key: str | None = None) -> dict[str, Any]:
+    """An order waiting for a channel payment; points it uses are spent now (SPEC §8)."""
+    return _in_book(db, lambda b: orders.place(
+        b, user=user, sku=sku, qty=qty, at=now() if at is None else at, pay_points=pay_points,
+        ref=order, method=method, key=key, awaiting_payment=True))
+
+
+def confirm_payment(db: Database, *, order: str, amount: int, currency: str, payment_ref: str,
+                    key: str, at: object = None) -> dict[str, Any]:
+    return _in_book(db, lambda b: orders.confirm_payment(
+        b, ref=order, amount=amount, currency=currency, payment_ref=payment_ref,
+        at=now() if at is None else at, key=key))
+
+
+def cancel_unpaid(db: Database, *, order: str, at: object = None) -> dict[str, Any]:
+    return _in_book(db, lambda b: orders.cancel_unpaid(b, ref=order,
+                                                       at=now() if at is None else at))
+
+
+def settle(db: Database, *, at: object = None) -> list[dict[str, Any]]:
+    when = parse_at(now() if at is None else at)
+    return _in_book(db, lambda b: orders.settle_due(b, when))
+
+
+def refund(db: Database, *, order: object, at: object = None,
+           actor: str | None = None) -> dict[str, Any]:
+    return _in_book(db, lambda b: orders.refund(b, ref=order, at=now() if at is None else at,
+                                                actor=actor))
+
+
+def release(db: Database, *, at: object = None, batch: int = 500,
+            progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Settle what is due, then pay matured entries in `seq` order (SPEC §3, §7).
+
+    Batched: each page of entries is its own transaction, each payment keyed by its entry,
+    so a crash between pages loses nothing and a rerun never pays an entry twice."""
+    when = parse_at(now() if at is None else at)
+    settled = settle(db, at=when)
+    after, paid, amount = 0, 0, 0
+    while True:
+        page = _in_book(db, lambda b, a=after: release_page(b, when, a, batch))
+        paid += len(page.paid)
+        amount += sum(x[2] for x in page.paid)
+        after = page.last_seq
+        if progress:
+            progress(paid, amount)
+        if page.blocked or page.exhausted:
+            return {"settled": len(settled), "paid": paid, "amount": amount,
+                    "blocked": page.blocked}
+
+
+def withdraw_points(db: Database, *, user: object, points: object, at: datetime | None = None,
+                    key: str | None = None) -> dict[str, Any]:
+    return _in_book(db, lambda b: accounts.withdraw_points(b, user=user, amount=points,
+                                                           at=at or now(), key=key))
+
+
+def transfer_points(db: Database, *, sender: object, receiver: object, points: object,
+                    at: datetime | None = None, key: str | None = None) -> dict[str, Any]:
+    return _in_book(db, lambda b: accounts.transfer_points(
+        b, sender=sender, receiver=receiver, amount=points, at=at or now(), key=key))
+
+
+def request_withdrawal(db: Database, *, user: object, amount: object,
+                       at: datetime | None = None, key: str | None = None) -> dict[str, Any]:
+    return _in_book(db, lambda b: accounts.request_withdrawal(b, user=user, amount=amount,
+                                                              at=at or now(), key=key))
+
+
+def decide_withdrawal(db: Database, *, withdrawal_id: object, approve: bool, actor: str | None,
+                      at: datetime | None = None) -> dict[str, Any]:
+    return _in_book(db, lambda b: accounts.decide_withdrawal(
+        b, withdrawal_id=withdrawal_id, approve=approve, at=at or now(), actor=actor))
+
+
+def withdraw_cash(db: Database, *, user: object, amount: object, at: datetime | None = None,
+                  key: str | None = None) -> dict[str, Any]:
+    """Replay's `withdraw_cash`: a request approved at once, in one transaction."""
+    when = at or now()
+
+    def work(b: Book) -> dict[str, Any]:
+        req = accounts.request_withdrawal(b, user=user, amount=amount, at=when, key=key)
+        if req.get("replayed"):
+            return req
+        return accounts.decide_withdrawal(b, withdrawal_id=req["withdrawal"], approve=True,
+                                          at=when, actor="replay")
+
+    return _in_book(db, work)

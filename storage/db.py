@@ -1,0 +1,147 @@
+"""Connections and units of work.
+
+SQLite: a file under `var/` by default, WAL, `synchronous=FULL` (a commit is on disk before
+anyone is told), and `BEGIN IMMEDIATE` for every writer so two writers never both read and
+then both try to upgrade. PostgreSQL: READ COMMITTED plus explicit row locks
+(`SELECT … FOR UPDATE`); serialization failures and deadlocks are retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_URL = "sqlite:///var/storefront.db"
+_RETRYABLE_PG = {"40001", "40P01", "55P03"}
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not finish a unit of work after retries; nothing was written."""
+
+
+def normalise_url(url: str) -> str:
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        code = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "diag", None),
+                                                           "sqlstate", None)
+        if code in _RETRYABLE_PG:
+            return True
+        if isinstance(orig, sqlite3.OperationalError) and "locked" in str(orig):
+            return True
+        if exc.connection_invalidated:
+            return True
+    return False
+
+
+class Database:
+    """One database: an engine, a session factory and the unit-of-work helpers."""
+
+    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
+        self.url = normalise_url(url or DEFAULT_URL)
+        u = make_url(self.url)
+        self.dialect = u.get_backend_name()
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        if self.dialect == "sqlite":
+            self.memory = u.database in (None, "", ":memory:")
+            if self.memory:
+                kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
+            else:
+                Path(u.database or "").parent.mkdir(parents=True, exist_ok=True)
+                kwargs.update(connect_args={"timeout": 30, "check_same_thread": False})
+        else:
+            self.memory = False
+            kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
+        self.engine: Engine = create_engine(self.url, **kwargs)
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine, wal=not self.memory)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._reader = self.engine.execution_options(storefront_read=True)
+        self._read_sessions = sessionmaker(self._reader, expire_on_commit=False)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A writing unit of work: commits when the block ends, rolls back on any exception."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only snapshot (a deferred BEGIN on SQLite, so it never blocks writers)."""
+        with self._read_sessions() as session, session.begin():
+            yield session
+            session.rollback()
+
+    def run(self, work: Callable[[Session], T], *, attempts: int = 12) -> T:
+        """Run `work` in one transaction, retrying lock conflicts and lost connections.
+
+        `work` must be a pure function of the database: it is called again on retry."""
+        delay = 0.005
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.transaction() as session:
+                    return work(session)
+            except (OperationalError, DBAPIError) as exc:
+                if not _is_retryable(exc) or attempt == attempts:
+                    if _is_retryable(exc) or isinstance(exc, OperationalError):
+                        raise DatabaseUnavailable(str(exc.orig)) from exc
+                    raise
+                log.info("retrying a unit of work after %s (attempt %d)", type(exc.orig).__name__,
+                         attempt)
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 0.5)
+        raise AssertionError("unreachable")
+
+    def read(self, work: Callable[[Session], T]) -> T:
+        with self.reading() as session:
+            return work(session)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below emit BEGIN itself (pysqlite's own is deferred).
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        if wal:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get("storefront_read"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
