@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -11,7 +13,10 @@ from storage.db import Database
 from storage.migrate import migrate
 
 
-def _open(url: str | None, *, memory_default: bool = False) -> Database:
+def open_db(url: str | None, *, memory_default: bool = False) -> Database:
+    """The database named by `--db`, else DATABASE_URL, else the default file; migrated."""
+    if url is None and not memory_default:
+        url = os.environ.get("DATABASE_URL")
     db = Database(url or ("sqlite://" if memory_default else None))
     migrate(db)
     return db
@@ -20,7 +25,7 @@ def _open(url: str | None, *, memory_default: bool = False) -> Database:
 def cmd_replay(args: argparse.Namespace) -> int:
     from engine.replay import Replayer
 
-    db = _open(args.db, memory_default=True)
+    db = open_db(args.db, memory_default=True)
     try:
         with open(args.file, encoding="utf-8", errors="replace") as fh:
             state = Replayer(db).run(fh)
@@ -35,7 +40,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_state(args: argparse.Namespace) -> int:
     from engine.state import snapshot
 
-    db = _open(args.db)
+    db = open_db(args.db)
     state = db.read(snapshot)
     state["errors"] = []
     json.dump(state, sys.stdout, indent=1, ensure_ascii=False)
@@ -46,7 +51,7 @@ def cmd_state(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from engine.verify import verify
 
-    db = _open(args.db)
+    db = open_db(args.db)
     report = verify(db)
     for line in report.lines():
         print(line)
@@ -54,7 +59,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    _open(args.db)
+    open_db(args.db)
     print("database is at the newest schema")
     return 0
 
@@ -67,20 +72,38 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
 }
 
 
+# Each of these modules defines `register(subparsers)`, adding its commands with
+# `set_defaults(func=...)`; they live beside the code they drive.
+COMMAND_MODULES = ("bot.cli_run", "bot.cli_scheduler", "bot.cli_reports")
+
+
+def add_db_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="database URL (default: DATABASE_URL or var/storefront.db)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="storefront", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, _fn) in COMMANDS.items():
+    for name, (help_text, fn) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--db", help="database URL (default: DATABASE_URL or var/storefront.db)")
+        add_db_option(p)
+        p.set_defaults(func=fn)
         if name == "replay":
             p.add_argument("file")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command][1](args)
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

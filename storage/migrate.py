@@ -20,7 +20,7 @@ def alembic_config(url: str | None = None) -> AlembicConfig:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(_HERE / "migrations"))
     if url:
-        cfg.set_main_option("sqlalchemy.url", url)
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 

@@ -1,0 +1,111 @@
+"""The contract between channel adapters and the channel-agnostic conversations.
+
+An adapter (Telegram, WeChat, console) turns what arrived into a `Request`, calls
+`handlers.dispatch(app, request)` and turns the returned `Reply` into its channel's calls.
+Conversations never import a channel library; adapters never call the engine directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from storage.db import Database
+
+
+@dataclass(frozen=True)
+class Button:
+    """An inline button; `data` is short, versioned and validated (`buy:v1:TEA:2`) or a URL."""
+
+    label: str
+    data: str | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str  # plain text: adapters must not interpret it as HTML/Markdown
+    buttons: tuple[tuple[Button, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class Photo:
+    png: bytes
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Document:
+    content: bytes
+    filename: str
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Invoice:
+    """Ask the channel to collect `amount` fen for order `order`.
+
+    Telegram sends a native invoice whose payload is `token`; WeChat creates a Pay order
+    (JSAPI or Native QR) with `out_trade_no` = `order`."""
+
+    order: str
+    token: str
+    title: str
+    description: str
+    amount: int
+    currency: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A long operator job: the adapter edits one message as `update` callbacks arrive."""
+
+    job: str
+    initial: str
+
+
+Outgoing = Text | Photo | Document | Invoice | Progress
+
+
+@dataclass
+class Reply:
+    items: list[Outgoing] = field(default_factory=list)
+
+    def text(self, text: str, buttons: tuple[tuple[Button, ...], ...] = ()) -> Reply:
+        self.items.append(Text(text, buttons))
+        return self
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a user said, in channel-neutral form.
+
+    `identity` is `tg:<user id>` or `wx:<openid>`; `command` is the canonical command name
+    (`shop`, `buy`, `me`, …) the adapter recognised, with the rest of the words in `args`;
+    `callback` carries button data instead; `request_id` is unique per inbound message and
+    is used as the idempotency key of whatever money the request moves."""
+
+    channel: Literal["telegram", "wechat", "console"]
+    identity: str
+    request_id: str
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    text: str = ""
+    callback: str | None = None
+    lang: str | None = None
+    display_name: str | None = None
+    start_payload: str | None = None
+
+
+@dataclass
+class App:
+    """What conversations need: the database, who operates the shop, and the channel facts
+    (bot username for invite links, payment availability)."""
+
+    db: Database
+    operators: frozenset[str]
+    currency: str = "CNY"
+    bot_username: str | None = None
+    telegram_payments: bool = False
+    wechat_pay: bool = False
