@@ -61,7 +61,7 @@ def configure(book: Book, sections: Any, at: datetime, actor: str | None = None)
 def upsert_product(book: Book, *, sku: object, price: object, margin: object, lock_days: object,
                    scheme: object, name: str | None = None, active: bool = True,
                    at: datetime, actor: str | None = None) -> Product:
-    if not isinstance(sku, str) or not SKU.match(sku):
+    if not isinstance(sku, str) or not SKU.fullmatch(sku):
         raise Refusal("invalid_event", "sku is 1-64 of A-Za-z0-9_-")
     if scheme not in SCHEMES:
         raise Refusal("invalid_event", "scheme is queue, points, both or none")
@@ -94,7 +94,7 @@ def upsert_product(book: Book, *, sku: object, price: object, margin: object, lo
 def join(book: Book, *, user: object, referrer: object = None, at: datetime,
          lang: str | None = None, display_name: str | None = None) -> User:
     """A new user; the referrer is fixed now and never changes (SPEC §5)."""
-    if not isinstance(user, str) or not HANDLE.match(user):
+    if not isinstance(user, str) or not HANDLE.fullmatch(user):
         raise Refusal("invalid_event", "bad user handle")
     if book.s.execute(select(User.id).where(User.handle == user)).first() is not None:
         raise Refusal("duplicate_user", user)

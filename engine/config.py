@@ -43,20 +43,20 @@ def _check(key: str, value: Any) -> str:
         raise Refusal("invalid_config", f"{key} is not a string")
     try:
         if key == "store.currency":
-            if not _CURRENCY.match(value):
+            if not _CURRENCY.fullmatch(value):
                 raise Refusal("invalid_config", "currency is a 3-letter code")
         elif key == "store.timezone":
-            if not re.match(r"^[A-Za-z0-9_+\-/]{1,64}$", value):
+            if not re.fullmatch(r"[A-Za-z0-9_+\-/]{1,64}", value):
                 raise Refusal("invalid_config", "unknown timezone")
             ZoneInfo(value)
         elif key == "store.settle_days":
-            if not re.fullmatch(r"\d{1,3}", value) or int(value) > 365:
+            if not re.fullmatch(r"[0-9]{1,3}", value) or int(value) > 365:
                 raise Refusal("invalid_config", "settle_days is a whole number 0-365")
         elif key == "store.paused":
             if value not in ("0", "1"):
                 raise Refusal("invalid_config", "paused is 0 or 1")
         elif key == "queue.min_order":
-            if not re.fullmatch(r"\d{1,12}(\.\d{1,2})?", value):
+            if not re.fullmatch(r"[0-9]{1,12}(\.[0-9]{1,2})?", value):
                 raise Refusal("invalid_config", "min_order is money with at most 2 places")
         elif key == "points.initial_price":
             parse_fen(value)

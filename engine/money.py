@@ -20,7 +20,7 @@ MICRO_PLACES = 6
 FEN_PER_UNIT = 100
 MICRO_PER_POINT = 1_000_000
 
-_PLAIN_DECIMAL = re.compile(r"^(\d+)(?:\.(\d+))?$")
+_PLAIN_DECIMAL = re.compile(r"^([0-9]+)(?:\.([0-9]+))?$")
 # A sanity ceiling: 10^15 units is beyond any real order and keeps every product in 64 bits
 # where the database needs it.
 _MAX_UNITS = 10**12
@@ -33,7 +33,7 @@ class AmountError(ValueError):
 def _parse_scaled(text: object, places: int, *, allow_zero: bool = False) -> int:
     if not isinstance(text, str):
         raise AmountError("not a string")
-    m = _PLAIN_DECIMAL.match(text)
+    m = _PLAIN_DECIMAL.fullmatch(text)
     if m is None:
         raise AmountError(f"not a plain decimal: {text!r}")
     whole, frac = m.group(1), m.group(2) or ""
@@ -61,7 +61,7 @@ def parse_rate(text: object) -> Rate:
     """An exact non-negative decimal string (`"0.20"`) as a Fraction; anything else refused."""
     if not isinstance(text, str):
         raise AmountError("not a string")
-    m = _PLAIN_DECIMAL.match(text)
+    m = _PLAIN_DECIMAL.fullmatch(text)
     if m is None or len(text) > 40:
         raise AmountError(f"not a plain decimal: {text!r}")
     whole, frac = m.group(1), m.group(2) or ""

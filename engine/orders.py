@@ -30,7 +30,7 @@ METHODS = ("cash", "wallet", "offline", "telegram", "wechat")
 def check_ref(ref: object) -> str | None:
     if ref is None:
         return None
-    if not isinstance(ref, str) or not ORDER_REF.match(ref):
+    if not isinstance(ref, str) or not ORDER_REF.fullmatch(ref):
         raise Refusal("invalid_event", "order id is 1-64 of A-Za-z0-9_-")
     return ref
 

@@ -21,10 +21,7 @@ from wechatpy.messages import TextMessage, UnknownMessage
 from wechatpy.replies import ArticlesReply, ImageReply, TextReply
 from wechatpy.utils import check_signature
 
-try:
-    from tests.standins import wechat as sw
-except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
-    from standins import wechat as sw
+from tests.standins import wechat as sw
 
 TOKEN = "storefront-token"
 APPID = "wx1234567890abcdef"
@@ -196,7 +193,9 @@ def test_wechatpy_client_reaches_fake_api(wechat_api):
     token_calls = wechat_api.calls_of("/cgi-bin/token")
     assert len(token_calls) == 1
     assert token_calls[0].query == {
-        "grant_type": "client_credential", "appid": APPID, "secret": SECRET,
+        "grant_type": "client_credential",
+        "appid": APPID,
+        "secret": SECRET,
     }
     (sent,) = wechat_api.calls_of("message/custom/send")
     assert sent.json == {"touser": OPENID, "msgtype": "text", "text": {"content": "hi"}}
@@ -204,8 +203,11 @@ def test_wechatpy_client_reaches_fake_api(wechat_api):
     assert wechat_api.sent_messages == [sent.json]
 
     qr = client.qrcode.create(
-        {"expire_seconds": 3600, "action_name": "QR_STR_SCENE",
-         "action_info": {"scene": {"scene_str": "ref_u42"}}}
+        {
+            "expire_seconds": 3600,
+            "action_name": "QR_STR_SCENE",
+            "action_info": {"scene": {"scene_str": "ref_u42"}},
+        }
     )
     assert qr["expire_seconds"] == 3600 and qr["url"].startswith("http://weixin.qq.com/q/")
     assert wechat_api.qrcodes[qr["ticket"]]["scene_str"] == "ref_u42"
@@ -242,7 +244,9 @@ def test_fake_api_errors_window_and_token_expiry(wechat_api):
     client.message.send_text(OPENID, "again")  # wechatpy refetches on 42001 and retries
     assert len(wechat_api.calls_of("/cgi-bin/token")) == 2
     assert [c.response_json["errcode"] for c in wechat_api.calls_of("message/custom/send")] == [
-        45015, 42001, 0,
+        45015,
+        42001,
+        0,
     ]
 
     wechat_api.inject_error("qrcode/create", 45009, "reach max api daily quota limit")
@@ -264,9 +268,17 @@ def test_client_never_leaves_loopback(wechat_api, monkeypatch):
     # wxa/datacube/... carry their own absolute base URLs upstream; they are rebased too
     assert client.wxa.API_BASE_URL == wechat_api.root_url + "/"
     assert client.datacube.API_BASE_URL == wechat_api.root_url + "/datacube/"
-    # qrcode.show hard-codes https://mp.weixin.qq.com - refused before any socket is opened
+    # upstream qrcode.show/get_url hard-code https://mp.weixin.qq.com; ours use the stand-in
+    qr = client.qrcode.create(
+        {"action_name": "QR_LIMIT_STR_SCENE", "action_info": {"scene": {"scene_str": "s1"}}}
+    )
+    assert client.qrcode.get_url(qr).startswith(wechat_api.base_url + "showqrcode?ticket=")
+    image = client.qrcode.show(qr["ticket"])
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    assert client.qrcode.show("unknown").status_code == 404
+    # anything else aimed at a non-loopback host is refused before a socket is opened
     with pytest.raises(requests.ConnectionError, match="non-loopback"):
-        client.qrcode.show("TICKET")
+        client.get("https://api.weixin.qq.com/cgi-bin/getcallbackip")
 
 
 # --- 3. WeChat Pay APIv3 ---------------------------------------------------------------------
@@ -298,8 +310,12 @@ def test_public_key_mode_constructor_is_offline(pay_keys, loopback_only):
 def test_sdk_accepts_signed_pay_notification(pay_keys):
     pay = sw.make_pay_client(pay_keys, "http://127.0.0.1:9", "http://127.0.0.1:9/pay/notify")
     headers, body = sw.signed_pay_notification(
-        pay_keys, out_trade_no="SO20240001", transaction_id="4200001234202401010000000001",
-        total_fen=1990, payer_openid=OPENID, timestamp=1700000000,
+        pay_keys,
+        out_trade_no="SO20240001",
+        transaction_id="4200001234202401010000000001",
+        total_fen=1990,
+        payer_openid=OPENID,
+        timestamp=1700000000,
     )
     assert headers["Wechatpay-Serial"] == pay_keys.public_key_id
     envelope = json.loads(body)
@@ -315,7 +331,10 @@ def test_sdk_accepts_signed_pay_notification(pay_keys):
     assert tx["out_trade_no"] == "SO20240001" and tx["trade_state"] == "SUCCESS"
     assert tx["transaction_id"] == "4200001234202401010000000001"
     assert tx["amount"] == {
-        "total": 1990, "payer_total": 1990, "currency": "CNY", "payer_currency": "CNY",
+        "total": 1990,
+        "payer_total": 1990,
+        "currency": "CNY",
+        "payer_currency": "CNY",
     }
     assert tx["payer"] == {"openid": OPENID}
     assert (tx["appid"], tx["mchid"]) == (pay_keys.appid, pay_keys.mchid)
@@ -325,7 +344,10 @@ def test_sdk_accepts_signed_pay_notification(pay_keys):
     assert pay.callback({k.lower(): v for k, v in headers.items()}, body) is not None
 
     bad_headers, bad_body = sw.signed_pay_notification(
-        pay_keys, out_trade_no="SO20240001", transaction_id="42", total_fen=1990,
+        pay_keys,
+        out_trade_no="SO20240001",
+        transaction_id="42",
+        total_fen=1990,
         wrong_signature=True,
     )
     assert pay.callback(bad_headers, bad_body) is None
@@ -336,19 +358,35 @@ def test_sdk_accepts_signed_pay_notification(pay_keys):
 def test_sdk_accepts_signed_refund_notification(pay_keys):
     pay = sw.make_pay_client(pay_keys, "http://127.0.0.1:9", "http://127.0.0.1:9/pay/notify")
     headers, body = sw.signed_refund_notification(
-        pay_keys, out_trade_no="SO1", out_refund_no="RF1", refund_id="50300000001",
-        total_fen=1000, refund_fen=400, transaction_id="42000001",
+        pay_keys,
+        out_trade_no="SO1",
+        out_refund_no="RF1",
+        refund_id="50300000001",
+        total_fen=1000,
+        refund_fen=400,
+        transaction_id="42000001",
     )
     result = pay.callback(headers, body)
     assert result["event_type"] == "REFUND.SUCCESS" and result["summary"] == "退款成功"
     refund = result["resource"]
     assert (refund["out_refund_no"], refund["refund_id"]) == ("RF1", "50300000001")
     assert refund["refund_status"] == "SUCCESS"
-    assert refund["amount"] == {"total": 1000, "refund": 400, "payer_total": 1000, "payer_refund": 400}
+    assert refund["amount"] == {
+        "total": 1000,
+        "refund": 400,
+        "payer_total": 1000,
+        "payer_refund": 400,
+    }
     assert json.loads(body)["resource"]["original_type"] == "refund"
     headers, body = sw.signed_refund_notification(
-        pay_keys, out_trade_no="SO1", out_refund_no="RF1", refund_id="5", total_fen=1,
-        refund_fen=1, refund_status="ABNORMAL", wrong_signature=True,
+        pay_keys,
+        out_trade_no="SO1",
+        out_refund_no="RF1",
+        refund_id="5",
+        total_fen=1,
+        refund_fen=1,
+        refund_status="ABNORMAL",
+        wrong_signature=True,
     )
     assert json.loads(body)["event_type"] == "REFUND.ABNORMAL"
     assert pay.callback(headers, body) is None
@@ -360,7 +398,9 @@ def test_pay_sdk_orders_refunds_against_fake_pay_api(pay_keys, pay_api, monkeypa
     pay = sw.make_pay_client(pay_keys, pay_api.base_url, "https://shop.example/pay/notify")
 
     code, text = pay.pay(
-        description="返现商城-订单 SO1", out_trade_no="SO1", amount={"total": 1000},
+        description="返现商城-订单 SO1",
+        out_trade_no="SO1",
+        amount={"total": 1000},
         pay_type=WeChatPayType.NATIVE,
     )
     assert code == 200
@@ -371,8 +411,11 @@ def test_pay_sdk_orders_refunds_against_fake_pay_api(pay_keys, pay_api, monkeypa
     assert call.headers["wechatpay-serial"] == pay_keys.public_key_id
 
     code, text = pay.pay(
-        description="JSAPI", out_trade_no="SO2", amount={"total": 500},
-        payer={"openid": OPENID}, pay_type=WeChatPayType.JSAPI,
+        description="JSAPI",
+        out_trade_no="SO2",
+        amount={"total": 500},
+        payer={"openid": OPENID},
+        pay_type=WeChatPayType.JSAPI,
     )
     assert code == 200 and json.loads(text)["prepay_id"].startswith("wx")
 
@@ -389,8 +432,10 @@ def test_pay_sdk_orders_refunds_against_fake_pay_api(pay_keys, pay_api, monkeypa
     assert notified["resource"]["transaction_id"] == paid["transaction_id"]
 
     code, text = pay.refund(
-        out_refund_no="RF1", amount={"refund": 300, "total": 1000, "currency": "CNY"},
-        out_trade_no="SO1", reason="用户申请",
+        out_refund_no="RF1",
+        amount={"refund": 300, "total": 1000, "currency": "CNY"},
+        out_trade_no="SO1",
+        reason="用户申请",
     )
     refund = json.loads(text)
     assert code == 200 and refund["status"] == "PROCESSING" and refund["out_trade_no"] == "SO1"
@@ -398,7 +443,8 @@ def test_pay_sdk_orders_refunds_against_fake_pay_api(pay_keys, pay_api, monkeypa
     result = pay.callback(*pay_api.complete_refund("RF1"))
     assert result["resource"]["refund_id"] == refund["refund_id"]
     code, text = pay.refund(
-        out_refund_no="RF2", amount={"refund": 800, "total": 1000, "currency": "CNY"},
+        out_refund_no="RF2",
+        amount={"refund": 800, "total": 1000, "currency": "CNY"},
         out_trade_no="SO1",
     )
     assert code == 403 and json.loads(text)["code"] == "NOT_ENOUGH"
@@ -410,14 +456,22 @@ def test_pay_sdk_orders_refunds_against_fake_pay_api(pay_keys, pay_api, monkeypa
 
 
 def test_fake_pay_api_signatures_are_really_checked(pay_keys, pay_api):
-    other = sw.generate_pay_keys(pay_keys.merchant_private_key_path.parent / "other",
-                                 mchid=pay_keys.mchid, appid=pay_keys.appid)
+    other = sw.generate_pay_keys(
+        pay_keys.merchant_private_key_path.parent / "other",
+        mchid=pay_keys.mchid,
+        appid=pay_keys.appid,
+    )
     impostor = WeChatPay(
-        wechatpay_type=WeChatPayType.NATIVE, mchid=pay_keys.mchid,
-        private_key=other.merchant_private_key_pem, cert_serial_no=pay_keys.cert_serial_no,
-        appid=pay_keys.appid, apiv3_key=pay_keys.apiv3_key, notify_url="https://x/notify",
+        wechatpay_type=WeChatPayType.NATIVE,
+        mchid=pay_keys.mchid,
+        private_key=other.merchant_private_key_pem,
+        cert_serial_no=pay_keys.cert_serial_no,
+        appid=pay_keys.appid,
+        apiv3_key=pay_keys.apiv3_key,
+        notify_url="https://x/notify",
         proxy={"http": None, "https": None, "all": None},
-        public_key=pay_keys.platform_public_key_pem, public_key_id=pay_keys.public_key_id,
+        public_key=pay_keys.platform_public_key_pem,
+        public_key_id=pay_keys.public_key_id,
     )
     impostor._core._gate_way = pay_api.base_url
     code, text = impostor.pay(description="d", out_trade_no="X1", amount={"total": 1})
@@ -426,8 +480,9 @@ def test_fake_pay_api_signatures_are_really_checked(pay_keys, pay_api):
     pay = sw.make_pay_client(pay_keys, pay_api.base_url, "https://shop.example/notify")
     pay_api.corrupt_response_signatures = True
     with pytest.raises(Exception, match="failed to verify the signature"):
-        pay.pay(description="d", out_trade_no="X2", amount={"total": 1},
-                pay_type=WeChatPayType.NATIVE)
+        pay.pay(
+            description="d", out_trade_no="X2", amount={"total": 1}, pay_type=WeChatPayType.NATIVE
+        )
     pay_api.corrupt_response_signatures = False
 
     # a notification under an unknown serial makes the SDK download /v3/certificates from its

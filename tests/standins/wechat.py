@@ -18,7 +18,8 @@ Notes on the SDKs (1.8.18 / 2.0.4), learned by reading their source:
   ``_request`` prefixes relative endpoints with it (or with an API class's own
   ``API_BASE_URL``), but ``fetch_access_token`` hard-codes
   ``https://api.weixin.qq.com/cgi-bin/token`` and ``qrcode.show``/``get_url`` hard-code
-  ``https://mp.weixin.qq.com/cgi-bin/showqrcode``.  ``LoopbackWeChatClient`` overrides the
+  ``https://mp.weixin.qq.com/cgi-bin/showqrcode`` (``show`` even uses module-level
+  ``requests.get``, bypassing the client's session).  ``LoopbackWeChatClient`` overrides the
   base URL and the token fetch, rewrites the per-API base URLs, and mounts a transport that
   refuses any non-loopback URL.
 * ``wechatpayv3`` has no gateway parameter: ``Core._gate_way`` is hard-coded to
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import secrets
 import socket
@@ -49,7 +51,7 @@ from email.message import Message
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 import uvicorn
@@ -64,6 +66,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from wechatpayv3 import WeChatPay, WeChatPayType
 from wechatpy import WeChatClient
+from wechatpy.client.api import WeChatQRCode
 from wechatpy.client.api.base import BaseWeChatAPI
 from wechatpy.crypto import WeChatCrypto
 
@@ -112,7 +115,9 @@ def _random_chars(n: int, alphabet: str = _ALNUM) -> str:
 
 
 def _random_digits(n: int) -> str:
-    return str(secrets.randbelow(9) + 1) + "".join(secrets.choice(string.digits) for _ in range(n - 1))
+    return str(secrets.randbelow(9) + 1) + "".join(
+        secrets.choice(string.digits) for _ in range(n - 1)
+    )
 
 
 def _iso_cst(ts: int | float | None = None) -> str:
@@ -438,7 +443,8 @@ class _LoopbackServer:
             for path, methods, handler in self._routes()
         ]
         app = Starlette(routes=routes)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted sockets (else ~40 ms/request)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((LOOPBACK, 0))
         config = uvicorn.Config(
@@ -451,7 +457,9 @@ class _LoopbackServer:
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, daemon=True,
+            target=server.run,
+            kwargs={"sockets": [sock]},
+            daemon=True,
             name=f"{type(self).__name__}-uvicorn",
         )
         self._server, self._thread, self._sock = server, thread, sock
@@ -523,7 +531,8 @@ class _LoopbackServer:
         """
         target = self._normalize(path)
         return [
-            c for c in self.calls
+            c
+            for c in self.calls
             if c.path == target and (method is None or c.method == method.upper())
         ]
 
@@ -653,6 +662,7 @@ class FakeWeChatAPI(_LoopbackServer):
             ("/cgi-bin/message/template/send", ["POST"], self._template_send),
             ("/cgi-bin/qrcode/create", ["POST"], self._qrcode_create),
             ("/cgi-bin/media/upload", ["POST"], self._media_upload),
+            ("/cgi-bin/showqrcode", ["GET"], self._show_qrcode),
         ]
 
     # -- helpers ---------------------------------------------------------------------------
@@ -780,6 +790,44 @@ class FakeWeChatAPI(_LoopbackServer):
         key = "thumb_media_id" if media_type == "thumb" else "media_id"
         return _json_response({"type": media_type, key: media_id, "created_at": created_at})
 
+    async def _show_qrcode(self, request: Request, call: RecordedCall) -> Response:
+        # Upstream this lives on mp.weixin.qq.com and needs no access_token.
+        with self._lock:
+            info = self.qrcodes.get(call.query.get("ticket", ""))
+        if info is None:
+            return Response(b"invalid ticket", status_code=404, media_type="text/plain")
+        return Response(_qr_png(info["url"]), media_type="image/jpg")
+
+
+def _qr_png(data: str) -> bytes:
+    """PNG of a QR code for ``data`` (pure python: qrcode + pypng, both project deps)."""
+    import qrcode
+    from qrcode.image.pure import PyPNGImage
+
+    out = io.BytesIO()
+    qrcode.make(data, image_factory=PyPNGImage, box_size=4, border=2).save(out)
+    return out.getvalue()
+
+
+class _LoopbackQRCode(WeChatQRCode):
+    """``client.qrcode`` whose ``show``/``get_url`` use the stand-in, not mp.weixin.qq.com
+    (upstream ``show`` calls module-level ``requests.get`` on a hard-coded URL)."""
+
+    def _showqrcode_url(self) -> str:
+        return self._client.API_BASE_URL + "showqrcode"
+
+    def show(self, ticket: str | Mapping[str, Any]) -> requests.Response:
+        if isinstance(ticket, Mapping):
+            ticket = ticket["ticket"]
+        return self._client._http.get(
+            self._showqrcode_url(), params={"ticket": ticket}, timeout=self._client.timeout
+        )
+
+    def get_url(self, ticket: str | Mapping[str, Any]) -> str:  # type: ignore[override]
+        if isinstance(ticket, Mapping):
+            ticket = ticket["ticket"]
+        return self._showqrcode_url() + "?ticket=" + quote(ticket, safe="")
+
 
 class _LoopbackOnlyAdapter(HTTPAdapter):
     """requests transport that refuses any URL not on the loopback interface."""
@@ -787,7 +835,9 @@ class _LoopbackOnlyAdapter(HTTPAdapter):
     def send(self, request, *args, **kwargs):  # type: ignore[no-untyped-def]
         host = urlsplit(request.url).hostname
         if host not in (LOOPBACK, "localhost", "::1"):
-            raise requests.ConnectionError(f"stand-in client refuses non-loopback URL {request.url}")
+            raise requests.ConnectionError(
+                f"stand-in client refuses non-loopback URL {request.url}"
+            )
         return super().send(request, *args, **kwargs)
 
 
@@ -796,8 +846,10 @@ class LoopbackWeChatClient(WeChatClient):
 
     ``API_BASE_URL`` is overridden per instance, ``fetch_access_token`` (hard-coded to
     api.weixin.qq.com upstream) uses ``<base>token``, API classes with their own absolute
-    ``API_BASE_URL`` (wxa, card, datacube, ...) are rebased onto the stand-in's root, and the
-    HTTP session ignores proxy env vars and refuses non-loopback URLs.
+    ``API_BASE_URL`` (wxa, card, datacube, ...) are rebased onto the stand-in's root,
+    ``qrcode.show``/``get_url`` use the stand-in's ``/cgi-bin/showqrcode``, and the HTTP
+    session ignores proxy env vars and refuses non-loopback URLs.  (Other methods that call
+    module-level ``requests`` with absolute URLs, e.g. ``cloud`` uploads, are not covered.)
     """
 
     API_BASE_URL = f"http://{LOOPBACK}:9/cgi-bin/"  # replaced in __init__
@@ -813,13 +865,16 @@ class LoopbackWeChatClient(WeChatClient):
         adapter = _LoopbackOnlyAdapter()
         self._http.mount("http://", adapter)
         self._http.mount("https://", adapter)
+        self.qrcode = _LoopbackQRCode(self)
         # API objects are per-instance attributes (wechatpy's __new__ re-creates them). Walk
         # vars(), not dir(): dir()+getattr would touch the access_token property and fetch.
         upstream_root = "https://api.weixin.qq.com/"
         for api in list(vars(self).values()):
-            upstream = getattr(api, "API_BASE_URL", None) if isinstance(api, BaseWeChatAPI) else None
+            upstream = (
+                getattr(api, "API_BASE_URL", None) if isinstance(api, BaseWeChatAPI) else None
+            )
             if upstream and upstream.startswith(upstream_root):
-                api.API_BASE_URL = root + upstream[len(upstream_root):]
+                api.API_BASE_URL = root + upstream[len(upstream_root) :]
 
     def fetch_access_token(self) -> dict[str, Any]:
         return self._fetch_access_token(
@@ -1183,7 +1238,7 @@ def _parse_authorization(value: str) -> dict[str, str] | None:
     if not value.startswith(_AUTH_PREFIX):
         return None
     out: dict[str, str] = {}
-    for item in value[len(_AUTH_PREFIX):].split(","):
+    for item in value[len(_AUTH_PREFIX) :].split(","):
         name, sep, raw = item.strip().partition("=")
         if not sep:
             return None
@@ -1245,8 +1300,8 @@ class FakeWeChatPayAPI(_LoopbackServer):
         with self._lock:
             order = self.orders[out_trade_no]
             order["trade_state"] = "SUCCESS"
-            order["transaction_id"] = transaction_id or order.get("transaction_id") or (
-                "42000" + _random_digits(23)
+            order["transaction_id"] = (
+                transaction_id or order.get("transaction_id") or ("42000" + _random_digits(23))
             )
             if payer_openid:
                 order["payer_openid"] = payer_openid
@@ -1335,8 +1390,12 @@ class FakeWeChatPayAPI(_LoopbackServer):
         if request.scope.get("query_string"):
             url += "?" + request.scope["query_string"].decode("latin-1")
         message = (
-            f"{call.method}\n{url}\n{auth.get('timestamp', '')}\n{auth.get('nonce_str', '')}\n"
-        ).encode() + call.body + b"\n"
+            (
+                f"{call.method}\n{url}\n{auth.get('timestamp', '')}\n{auth.get('nonce_str', '')}\n"
+            ).encode()
+            + call.body
+            + b"\n"
+        )
         try:
             self.keys.merchant_public_key.verify(
                 base64.b64decode(auth.get("signature", "")),
@@ -1358,7 +1417,9 @@ class FakeWeChatPayAPI(_LoopbackServer):
         return response
 
     # -- endpoints -------------------------------------------------------------------------
-    async def _create_order(self, request: Request, call: RecordedCall, trade_type: str) -> Response:
+    async def _create_order(
+        self, request: Request, call: RecordedCall, trade_type: str
+    ) -> Response:
         if (early := self._check_request(request, call)) is not None:
             return early
         data = call.json
@@ -1371,7 +1432,9 @@ class FakeWeChatPayAPI(_LoopbackServer):
             return self._error(400, "APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配")
         total = (data.get("amount") or {}).get("total")
         if not isinstance(total, int) or total <= 0:
-            return self._error(400, "PARAM_ERROR", "输入源“/body/amount/total”映射到字段“总金额”错误")
+            return self._error(
+                400, "PARAM_ERROR", "输入源“/body/amount/total”映射到字段“总金额”错误"
+            )
         openid = (data.get("payer") or {}).get("openid")
         if trade_type == "JSAPI" and not openid:
             return self._error(400, "PARAM_ERROR", "输入源“/body/payer/openid”映射到字段缺失")
@@ -1468,8 +1531,11 @@ class FakeWeChatPayAPI(_LoopbackServer):
                 order = self.orders.get(data["out_trade_no"])
             elif data.get("transaction_id"):
                 order = next(
-                    (o for o in self.orders.values()
-                     if o.get("transaction_id") == data["transaction_id"]),
+                    (
+                        o
+                        for o in self.orders.values()
+                        if o.get("transaction_id") == data["transaction_id"]
+                    ),
                     None,
                 )
             else:
@@ -1480,7 +1546,8 @@ class FakeWeChatPayAPI(_LoopbackServer):
                 if total != order["total"]:
                     return self._error(400, "INVALID_REQUEST", "订单金额与请求不符")
                 refunded = sum(
-                    r["amount"]["refund"] for r in self.refunds.values()
+                    r["amount"]["refund"]
+                    for r in self.refunds.values()
                     if r["out_trade_no"] == order["out_trade_no"] and r["status"] != "CLOSED"
                 )
                 if refunded + refund > total:
@@ -1490,7 +1557,8 @@ class FakeWeChatPayAPI(_LoopbackServer):
                 "refund_id": "50" + _random_digits(27),
                 "out_refund_no": out_refund_no,
                 "transaction_id": (order or {}).get("transaction_id")
-                or data.get("transaction_id") or ("42000" + _random_digits(23)),
+                or data.get("transaction_id")
+                or ("42000" + _random_digits(23)),
                 "out_trade_no": (order or {}).get("out_trade_no") or data.get("out_trade_no", ""),
                 "create_time": _iso_cst(),
                 "status": "PROCESSING",
