@@ -31,6 +31,11 @@ CODES = frozenset(
         "payment_mismatch",
         "not_payable",
         "busy",
+        # account linking (engine/linking.py)
+        "link_code_invalid",
+        "already_linked",
+        "link_same_channel",
+        "link_both_funded",
     }
 )
 

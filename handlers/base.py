@@ -1,8 +1,15 @@
 """The contract between channel adapters and the channel-agnostic conversations.
 
 An adapter (Telegram, WeChat, console) turns what arrived into a `Request`, calls
-`handlers.dispatch(app, request)` and turns the returned `Reply` into its channel's calls.
+`await handlers.dispatch(app, request)` and turns the returned `Reply` into its channel's calls.
 Conversations never import a channel library; adapters never call the engine directly.
+
+`dispatch` is a coroutine (`async def`): it runs the engine's synchronous database work in
+worker threads (`asyncio.to_thread`) and never raises — refusals, bad input, a busy database
+and unexpected errors all come back as a polite `Reply` in the user's language. Payments:
+`handlers.shop.precheck(...)` / `handlers.shop.paid(...)`; long jobs (`Progress`):
+`handlers.run_job(app, job, request, update)`; commands to advertise: `handlers.commands()`;
+free text (WeChat, console): `handlers.parse_text(text)`. See docs/conversations.md.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from storage.db import Database
+    from storage.ratelimit import RateLimiter
 
 
 @dataclass(frozen=True)
@@ -109,3 +117,12 @@ class App:
     bot_username: str | None = None
     telegram_payments: bool = False
     wechat_pay: bool = False
+    # Added for the conversations (additive): the console's simulated payments, and the
+    # per-user rate limiter (None: an in-process limiter is made on first use).
+    console_payments: bool = False
+    limiter: RateLimiter | None = None
+
+    def takes_payments(self, channel: str) -> bool:
+        """Whether `channel` can collect money for an `Invoice` right now."""
+        return {"telegram": self.telegram_payments, "wechat": self.wechat_pay,
+                "console": self.console_payments}.get(channel, False)

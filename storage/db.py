@@ -96,7 +96,6 @@ class Database:
         """A read-only snapshot (a deferred BEGIN on SQLite, so it never blocks writers)."""
         with self._read_sessions() as session, session.begin():
             yield session
-            session.rollback()
 
     def run(self, work: Callable[[Session], T], *, attempts: int = 12) -> T:
         """Run `work` in one transaction, retrying lock conflicts and lost connections.

@@ -187,6 +187,7 @@ class Entry(Base):
     __table_args__ = (
         Index("ix_entries_status_seq", "status", "seq"),
         Index("ix_entries_user_status_seq", "user_id", "status", "seq"),
+        Index("ix_entries_created", "created_at"),  # entries per day (engine/report.py)
     )
 
 
@@ -218,6 +219,9 @@ class JournalTxn(Base):
     result: Mapped[str | None] = mapped_column(Text, nullable=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+    # Reports read the journal by time window (engine/report.py).
+    __table_args__ = (Index("ix_journal_at", "at"),)
 
 
 class Posting(Base):

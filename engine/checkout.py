@@ -1,0 +1,201 @@
+"""Channel checkouts (SPEC §8): an order waiting for a payment, named by an unguessable token.
+
+`open_checkout` records the order (any points it uses are spent now, at checkout) and its
+`Checkout` row in one transaction. `precheck` is the channel's last question before it
+charges the buyer. `paid` records a charge exactly once per charge id. A charge the shop
+cannot match is refused — the books stay as they were — and, since real money moved outside
+them, every operator is owed a `payment_flag` message through the outbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.db import Database
+from storage.models import Checkout, Identity, Order, Outbox, User
+
+from . import journal, orders
+from .book import Book
+from .errors import Refusal
+
+TOKEN_BYTES = 24  # 192 random bits, 32 URL-safe characters
+TTL = timedelta(minutes=30)
+# A buyer who passed the pre-checkout question just before expiry may still be charged a
+# moment later; unpaid orders are only cancelled this long after their checkout expired.
+GRACE = timedelta(minutes=10)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def charge_key(channel: str, charge_id: str) -> str:
+    """The payment's idempotency key: one charge id is recorded once, whatever the retries."""
+    key = f"{channel}:charge:{charge_id}"
+    if len(key) > 150 or not charge_id.isprintable():
+        key = f"{channel}:charge:sha256:{hashlib.sha256(charge_id.encode()).hexdigest()}"
+    return key
+
+
+def open_checkout(db: Database, *, user: str, sku: str, qty: object = 1,
+                  pay_points: object = None, channel: str, method: str, key: str,
+                  at: datetime | None = None, ttl: timedelta = TTL) -> dict[str, Any]:
+    """An order awaiting payment plus its checkout token (expires after `ttl`). When points
+    pay the whole total there is nothing to collect: the order is recorded as paid at once
+    and `token` is None. The same `key` returns the same order and token."""
+    when = at or now()
+
+    def work(session: Session) -> dict[str, Any]:
+        book = Book(session)
+        result = orders.place(book, user=user, sku=sku, qty=qty, at=when,
+                              pay_points=pay_points, method=method, key=key,
+                              awaiting_payment=True)
+        ref = result["order"]
+        row = session.execute(select(Checkout).where(Checkout.order_ref == ref)
+                              ).scalar_one_or_none()
+        if row is not None:
+            return {**result, "token": row.token, "expires_at": row.expires_at}
+        if result["cash"] == 0:
+            if result["status"] == "awaiting_payment":
+                result = orders.confirm_payment(book, ref=ref, amount=0,
+                                                currency=book.cfg.currency,
+                                                payment_ref="points", at=when,
+                                                key=f"{key}:points")
+            return {**result, "token": None, "expires_at": None}
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        session.add(Checkout(token=token, order_ref=ref, channel=channel[:8],
+                             amount=result["cash"], currency=book.cfg.currency, status="open",
+                             created_at=when, expires_at=when + ttl))
+        return {**result, "token": token, "expires_at": when + ttl,
+                "currency": book.cfg.currency}
+
+    return db.run(work)
+
+
+def _buyer_id(session: Session, identity: str) -> int | None:
+    return session.execute(select(Identity.user_id).where(Identity.identity == identity)
+                           ).scalar_one_or_none()
+
+
+def precheck(db: Database, *, token: object, amount: object, currency: object,
+             identity: str, at: datetime | None = None) -> str | None:
+    """None when the channel may charge; else why not: `unknown`, `closed`, `expired`,
+    `mismatch` (amount or currency), `wrong_buyer`."""
+    when = at or now()
+
+    def work(session: Session) -> str | None:
+        if not isinstance(token, str) or not 0 < len(token) <= 64:
+            return "unknown"
+        row = session.get(Checkout, token)
+        if row is None:
+            return "unknown"
+        order = session.execute(select(Order).where(Order.ref == row.order_ref)).scalar_one()
+        if row.status != "open" or order.status != "awaiting_payment":
+            return "closed"
+        if when >= row.expires_at:
+            return "expired"
+        if amount != order.cash or currency != order.currency:
+            return "mismatch"
+        if _buyer_id(session, identity) != order.user_id:
+            return "wrong_buyer"
+        return None
+
+    return db.read(work)
+
+
+def paid(db: Database, *, token: object, amount: int, currency: str, charge_id: str,
+         channel: str, identity: str, operators: Iterable[str] = (),
+         at: datetime | None = None) -> dict[str, Any]:
+    """Record a channel's charge exactly once (`confirm_payment` keyed by the charge id).
+
+    Returns the order result with `ok` True, or `ok` False and the refusal `code`; a refused
+    charge is flagged to every operator (once per charge)."""
+    when = at or now()
+    key = charge_key(channel, charge_id)
+
+    def work(session: Session) -> dict[str, Any]:
+        book = Book(session)
+        row = session.execute(select(Checkout).where(Checkout.token == token)
+                              .with_for_update()).scalar_one_or_none() \
+            if isinstance(token, str) else None
+        if row is None:
+            raise Refusal("unknown_order", "no such checkout")
+        if journal.find(session, key) is None:
+            order = session.execute(select(Order).where(Order.ref == row.order_ref)
+                                    ).scalar_one()
+            if _buyer_id(session, identity) != order.user_id:
+                raise Refusal("payment_mismatch", "paid by another user")
+        result = orders.confirm_payment(book, ref=row.order_ref, amount=amount,
+                                        currency=currency, payment_ref=charge_id[:128],
+                                        at=when, key=key)
+        row.status = "paid"
+        return {**result, "ok": True}
+
+    try:
+        return db.run(work)
+    except Refusal as exc:
+        ref = db.read(lambda s: s.execute(select(Checkout.order_ref).where(
+            Checkout.token == token)).scalar_one_or_none()) if isinstance(token, str) else None
+        flag_operators(db, operators, key=key, at=when, params={
+            "code": exc.code, "order": ref, "amount": amount, "currency": currency,
+            "charge": charge_id[:128], "channel": channel, "buyer": identity})
+        return {"ok": False, "code": exc.code, "order": ref}
+
+
+def flag_operators(db: Database, operators: Iterable[str], *, key: str, params: dict[str, Any],
+                   at: datetime | None = None) -> int:
+    """A `payment_flag` outbox row for each operator identity (once per `key`); the identity
+    is in the params, since an operator need not have a shop account."""
+    when = at or now()
+    targets = sorted(set(operators))
+
+    def work(session: Session) -> int:
+        written = 0
+        for ident in targets:
+            row_key = f"flag:{key}:{ident}"[:200]
+            if session.execute(select(Outbox.id).where(Outbox.key == row_key)).first():
+                continue
+            user = session.execute(select(User).join(Identity, Identity.user_id == User.id)
+                                   .where(Identity.identity == ident)).scalar_one_or_none()
+            session.add(Outbox(key=row_key, user_id=user.id if user else None,
+                               kind="payment_flag",
+                               params=journal.canonical({**params, "identity": ident}),
+                               lang=(user.lang if user and user.lang else "zh"),
+                               status="pending", attempts=0, next_at=when, created_at=when))
+            written += 1
+        return written
+
+    return db.run(work) if targets else 0
+
+
+def expire_due(db: Database, *, at: datetime | None = None, batch: int = 200) -> int:
+    """Cancel orders whose checkout expired (plus `GRACE`) unpaid; the points they spent come
+    back to the buyer's wallet as their value (`cancel_unpaid`). Returns how many."""
+    when = at or now()
+
+    def work(session: Session) -> int:
+        book = Book(session)
+        rows = session.execute(select(Checkout).where(
+            Checkout.status == "open", Checkout.expires_at <= when - GRACE)
+            .order_by(Checkout.expires_at).limit(batch).with_for_update()).scalars().all()
+        for row in rows:
+            status = session.execute(select(Order.status).where(
+                Order.ref == row.order_ref)).scalar_one()
+            if status == "awaiting_payment":
+                orders.cancel_unpaid(book, ref=row.order_ref, at=when)
+            row.status = "expired"
+        return len(rows)
+
+    total = 0
+    while (n := db.run(work)) > 0:
+        total += n
+        if n < batch:
+            break
+    return total
