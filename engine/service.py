@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session
 
 from storage.db import Database
+from storage.models import Withdrawal
 
 from . import accounts, orders
 from .book import Book
@@ -163,7 +164,8 @@ def withdraw_cash(db: Database, *, user: object, amount: object, at: datetime | 
     def work(b: Book) -> dict[str, Any]:
         req = accounts.request_withdrawal(b, user=user, amount=amount, at=when, key=key)
         if req.get("replayed"):
-            return req
+            row = b.s.get(Withdrawal, req["withdrawal"])
+            return {**req, "status": row.status if row else req["status"]}
         return accounts.decide_withdrawal(b, withdrawal_id=req["withdrawal"], approve=True,
                                           at=when, actor="replay")
 

@@ -298,8 +298,30 @@ class LinkCode(Base):
     used: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class ChannelRefund(Base):
+    """The cash of a refunded order going back through its payment channel (SPEC §8): the
+    WeChat Pay refund request (`out_refund_no` = the order ref) and what WeChat Pay said."""
+
+    __tablename__ = "channel_refunds"
+    order_ref: Mapped[str] = mapped_column(String(64), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(8))
+    # requested → processing → success | abnormal | closed; failed = retry at next_at
+    status: Mapped[str] = mapped_column(String(12))
+    refund_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    next_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_channel_refunds_due", "status", "next_at"),)
+
+
 __all__ = [
     "Base",
+    "ChannelRefund",
     "Checkout",
     "Entry",
     "Head",
