@@ -199,3 +199,70 @@ def expire_due(db: Database, *, at: datetime | None = None, batch: int = 200) ->
         if n < batch:
             break
     return total
+
+
+# -- what can be bought ---------------------------------------------------------------------
+
+def _points_for_one(cash: int, cfg: Any, price: Any) -> int:
+    """Points a cash amount would mint at today's price (SPEC §4), for the catalogue."""
+    from .money import into_pool, out_of_pool
+
+    c = into_pool(cash * cfg.pool_rate)
+    return int(price.points_for(out_of_pool(c * cfg.mint_rate)))
+
+
+def catalogue(db: Database, limit: int = 30) -> dict[str, Any]:
+    """Active products with their rebate in plain numbers: the queue entry one unit earns
+    (from `min_order` up) and about how many points it mints at today's price."""
+    from storage.models import Product
+
+    from .users import current_price, store_config
+
+    def work(session: Session) -> dict[str, Any]:
+        cfg = store_config(session)
+        price = current_price(session, cfg)
+        rows = session.execute(select(Product).where(Product.active.is_(True))
+                               .order_by(Product.sku).limit(limit)).scalars().all()
+        items = [{"sku": p.sku, "name": p.name, "price": p.price, "scheme": p.scheme,
+                  "lock_days": p.lock_days, "margin": p.margin,
+                  "queue": p.scheme in ("queue", "both"),
+                  "enters_queue": p.price >= cfg.min_order,
+                  "points": _points_for_one(p.price, cfg, price)
+                  if p.scheme in ("points", "both") else 0}
+                 for p in rows]
+        return {"products": items, "currency": cfg.currency, "min_order": cfg.min_order,
+                "settle_days": cfg.settle_days, "paused": cfg.paused,
+                "price_micro": price.display_micro()}
+
+    return db.read(work)
+
+
+def quote(db: Database, *, user: str, sku: str, qty: int) -> dict[str, Any]:
+    """What buying would cost this user now, and the most points that can pay for it
+    (all their points, but no more than the total is worth)."""
+    from storage.models import Product
+
+    from .users import current_price, store_config
+
+    def work(session: Session) -> dict[str, Any]:
+        product = session.get(Product, sku)
+        if product is None:
+            # SKUs are typed by people: accept a unique case-insensitive match
+            found = session.execute(select(Product).where(
+                Product.sku.ilike(sku.replace("_", r"\_").replace("%", r"\%"),
+                                  escape="\\"))).scalars().all()
+            product = found[0] if len(found) == 1 else None
+        if product is None:
+            raise Refusal("unknown_product", sku)
+        buyer = session.execute(select(User).where(User.handle == user)).scalar_one()
+        cfg = store_config(session)
+        price = current_price(session, cfg)
+        total = product.price * qty
+        cover = ((total + 1) * price.den - 1) // price.num  # most points worth ≤ total
+        usable = min(buyer.points, cover)
+        return {"sku": product.sku, "name": product.name, "qty": qty, "total": total,
+                "currency": cfg.currency, "wallet": buyer.wallet, "points": buyer.points,
+                "usable_points": usable, "usable_value": price.value_of(usable),
+                "active": product.active}
+
+    return db.read(work)

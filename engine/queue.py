@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from storage.models import Entry, User
 
-from . import journal
+from . import faults, journal
 from .book import Book
 from .money import into_pool, out_of_pool
 
@@ -106,4 +106,5 @@ def release_page(book: Book, at: datetime, after_seq: int, limit: int) -> Releas
                     total=entry.amount)
         paid.append((entry.seq, owner.id, owed))
         last = entry.seq
+        faults.point("release.entry_paid")  # a crash here rolls the whole page back
     return ReleasePage(paid, last, blocked=False, exhausted=len(rows) < limit)

@@ -83,6 +83,11 @@ def _pool_flows(session: Session, since: datetime, until: datetime) -> tuple[int
     return int(row[0]), int(row[1])
 
 
+def queue_flows(db: Database, since: datetime, until: datetime) -> tuple[int, int]:
+    """(inflow, outflow) of the queue pool in fen for journal times in (since, until]."""
+    return db.read(lambda s: _pool_flows(s, since, until))
+
+
 def daily_inflow(session: Session, at: datetime) -> Fraction:
     """The 30-day average daily inflow into the queue pool, exact (fen per day)."""
     inflow, _out = _pool_flows(session, at - 30 * DAY, at)
@@ -373,5 +378,5 @@ def write_pool_warnings(db: Database, at: datetime, operators: Iterable[str],
     return db.run(work)
 
 
-__all__ = ["current_price", "daily_inflow", "history", "pool_report", "queue_view",
+__all__ = ["current_price", "daily_inflow", "history", "pool_report", "queue_flows", "queue_view",
            "warnings", "write_pool_warnings"]

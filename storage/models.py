@@ -319,6 +319,18 @@ class ChannelRefund(Base):
     __table_args__ = (Index("ix_channel_refunds_due", "status", "next_at"),)
 
 
+class JobRun(Base):
+    """The last completed run of a scheduled job (the release): what time it ran `as of`,
+    so a scheduler starting after a missed slot knows to catch up (docs/scheduler.md)."""
+
+    __tablename__ = "job_runs"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    holder: Mapped[str] = mapped_column(String(128))
+    result: Mapped[str] = mapped_column(Text)
+
+
 __all__ = [
     "Base",
     "ChannelRefund",
@@ -326,6 +338,7 @@ __all__ = [
     "Entry",
     "Head",
     "Identity",
+    "JobRun",
     "JournalTxn",
     "Lease",
     "LinkCode",

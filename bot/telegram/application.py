@@ -1,0 +1,336 @@
+"""The python-telegram-bot Application: updates in, `Request`s to the conversations, replies out.
+
+Every handler is registered in `TelegramAdapter.register`, in the order PTB tries them:
+registry commands, callback buttons, pre-checkout queries, successful payments, then anything
+else a user sends (answered with help by the conversations). Shop conversations run in private
+chats only. See docs/telegram.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from telegram import Message, Update
+from telegram.error import Forbidden, NetworkError, RetryAfter
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    BaseUpdateProcessor,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    PreCheckoutQueryHandler,
+    filters,
+)
+
+from bot.settings import Settings
+from handlers.base import App, Progress, Reply, Request
+
+from .conversations import Conversations, invoke
+from .output import ChatGone, ChatOutput, JobRunner, call_bot
+from .texts import text as adapter_text
+
+log = logging.getLogger(__name__)
+
+ALLOWED_UPDATES = ["message", "callback_query", "pre_checkout_query"]
+MAX_CONCURRENT_UPDATES = 16
+PRECHECK_BUDGET = 8.0  # seconds; Telegram drops a pre-checkout query unanswered after 10 s
+PAYMENT_ATTEMPTS = 3
+
+PRIVATE = filters.ChatType.PRIVATE & filters.UpdateType.MESSAGE  # new messages only, 1:1 chats
+
+
+class PerUserOrder(BaseUpdateProcessor):
+    """Updates from different users are handled concurrently, those of one user in order.
+
+    A slow request (an operator's release job, a database retry) then delays only its own
+    user, and pre-checkout queries, which Telegram wants answered within 10 s, keep flowing."""
+
+    def __init__(self, max_concurrent_updates: int) -> None:
+        super().__init__(max_concurrent_updates)
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._users: dict[int, int] = {}
+
+    async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
+        user = update.effective_user if isinstance(update, Update) else None
+        if user is None:
+            await coroutine
+            return
+        key = user.id
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with lock:
+                await coroutine
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key], self._locks[key]
+
+    async def initialize(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        pass
+
+
+def file_url_for(base_url: str) -> str:
+    """Telegram serves files under `/file/bot<token>/` beside the `/bot<token>/` methods."""
+    base = base_url.rstrip("/")
+    return base[: -len("/bot")] + "/file/bot" if base.endswith("/bot") else base + "/file/bot"
+
+
+def request_id(update: Update) -> str:
+    """Idempotency key of an inbound update.
+
+    A message is named by its chat and message id, a button press by its query id: both are
+    never reused, and stay the same when Telegram delivers an update again. (`update_id` is
+    not enough: after a week without updates Telegram restarts it at a random number.)"""
+    if update.callback_query is not None:
+        return f"tg:cbq:{update.callback_query.id}"
+    if update.pre_checkout_query is not None:
+        return f"tg:pcq:{update.pre_checkout_query.id}"
+    message = update.effective_message
+    if message is not None:
+        return f"tg:msg:{message.chat.id}:{message.message_id}"
+    return f"tg:upd:{update.update_id}"
+
+
+def _text_of(message: Message | None) -> str:
+    return (message.text or "") if message is not None else ""
+
+
+class TelegramAdapter:
+    """Translates between PTB updates and the conversations' `Request`/`Reply`."""
+
+    def __init__(self, app: App, conversations: Conversations, output: ChatOutput) -> None:
+        self.app = app
+        self.conv = conversations
+        self.output = output
+
+    def register(self, application: Application) -> None:
+        private = PRIVATE & ~filters.SUCCESSFUL_PAYMENT
+        names: set[str] = set()
+        for entry in self.conv.menu:
+            aliases = [n for n in entry.telegram_names() if n not in names]
+            names.update(aliases)
+            if aliases:
+                application.add_handler(CommandHandler(aliases, self._command(entry.name),
+                                                       filters=private))
+        if "start" not in names:  # the deep-link entry point exists whatever the registry says
+            application.add_handler(CommandHandler("start", self._command("start"),
+                                                   filters=private))
+        application.add_handler(CallbackQueryHandler(self.on_callback))
+        application.add_handler(PreCheckoutQueryHandler(self.on_pre_checkout))
+        application.add_handler(MessageHandler(PRIVATE & filters.SUCCESSFUL_PAYMENT,
+                                               self.on_payment))
+        application.add_handler(MessageHandler(private, self.on_other))
+        application.add_handler(MessageHandler(
+            filters.COMMAND & filters.UpdateType.MESSAGE & ~filters.ChatType.PRIVATE,
+            self.on_group_command))
+        application.add_error_handler(self.on_error)
+
+    # ------------------------------------------------------------------ updates → requests
+
+    def _request(self, update: Update, **fields: Any) -> Request:
+        user = update.effective_user
+        assert user is not None  # every handler registered above has a sender
+        return Request(channel="telegram", identity=f"tg:{user.id}",
+                       request_id=request_id(update), lang=user.language_code,
+                       display_name=user.full_name, **fields)
+
+    def _command(self, name: str) -> Callable[[Update, ContextTypes.DEFAULT_TYPE],
+                                              Awaitable[None]]:
+        async def on_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+            args = tuple(context.args or ())
+            request = self._request(
+                update, command=name, args=args, text=_text_of(update.effective_message),
+                start_payload=args[0] if name == "start" and args else None)
+            await self._converse(update, request)
+
+        on_command.__name__ = f"on_{name}"
+        return on_command
+
+    async def on_other(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Free text, unknown commands, stickers, files…: the conversations answer with help."""
+        await self._converse(update, self._request(update,
+                                                   text=_text_of(update.effective_message)))
+
+    async def on_callback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.callback_query
+        assert query is not None
+        # Answer first: Telegram shows a spinner until then. The data itself is validated by
+        # the conversations, never trusted here.
+        await self._quietly("callback answer", query.from_user.id, query.answer)
+        await self._converse(update, self._request(update, callback=query.data or ""))
+
+    async def _converse(self, update: Update, request: Request) -> None:
+        chat = update.effective_chat
+        if chat is None:
+            return
+        try:
+            reply = await self.conv.reply_to(self.app, request)
+        except Exception:  # noqa: BLE001 - a bug must not leave the user without an answer
+            log.exception("conversation failed for %s", request.request_id)
+            reply = Reply().text(adapter_text("internal_error", request.lang))
+        await self.output.deliver(chat.id, reply, lang=request.lang,
+                                  run_job=self._job_runner(request))
+
+    def _job_runner(self, request: Request) -> JobRunner:
+        async def run(item: Progress, push: Callable[[str], None]) -> Reply | None:
+            result = await invoke(self.conv.run_job, self.app, item.job, request, push)
+            return result if isinstance(result, Reply) else None
+
+        return run
+
+    # ------------------------------------------------------------------ payments
+
+    async def on_pre_checkout(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Telegram asks whether to take the money: only the conversations can say yes."""
+        query = update.pre_checkout_query
+        assert query is not None
+        lang = query.from_user.language_code
+        try:
+            ok, error = await asyncio.wait_for(invoke(
+                self.conv.precheck, self.app, token=query.invoice_payload,
+                amount=query.total_amount, currency=query.currency,
+                identity=f"tg:{query.from_user.id}"), PRECHECK_BUDGET)
+        except Exception:  # noqa: BLE001 - including the time budget running out
+            log.exception("pre-checkout %s could not be checked", query.id)
+            ok, error = False, None
+        if ok:
+            await self._quietly("pre-checkout answer", query.from_user.id,
+                                lambda: query.answer(ok=True))
+        else:
+            message = (error or adapter_text("precheck_unavailable", lang)).strip()[:255]
+            await self._quietly("pre-checkout answer", query.from_user.id,
+                                lambda: query.answer(ok=False, error_message=message))
+
+    async def on_payment(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Telegram took the money: record it (idempotent on the charge id), then answer."""
+        message = update.effective_message
+        user = update.effective_user
+        assert message is not None and message.successful_payment is not None and user
+        sp = message.successful_payment
+        reply: Reply | None = None
+        for attempt in range(PAYMENT_ATTEMPTS):
+            try:
+                reply = await invoke(
+                    self.conv.paid, self.app, token=sp.invoice_payload, amount=sp.total_amount,
+                    currency=sp.currency, charge_id=sp.telegram_payment_charge_id,
+                    channel="telegram", identity=f"tg:{user.id}")
+                break
+            except Exception:  # noqa: BLE001 - retried: recording is keyed by the charge id
+                log.exception("recording payment %s failed (attempt %d)",
+                              sp.telegram_payment_charge_id, attempt + 1)
+                await asyncio.sleep(0.2 * 2**attempt)
+        if reply is None:
+            # Telegram will not send this update again: leave everything needed to credit it.
+            log.critical("UNRECORDED TELEGRAM PAYMENT charge=%s provider_charge=%s payload=%s "
+                         "amount=%s %s from tg:%s", sp.telegram_payment_charge_id,
+                         sp.provider_payment_charge_id, sp.invoice_payload, sp.total_amount,
+                         sp.currency, user.id)
+            reply = Reply().text(adapter_text("payment_pending", user.language_code,
+                                              charge=sp.telegram_payment_charge_id))
+        await self.output.deliver(message.chat.id, reply if isinstance(reply, Reply) else Reply(),
+                                  lang=user.language_code)
+
+    # ------------------------------------------------------------------ the rest
+
+    async def on_group_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """The shop shows balances: it only talks business in private chats."""
+        chat, user = update.effective_chat, update.effective_user
+        if chat is None or user is None:
+            return
+        lang = user.language_code
+        await self._quietly("private-only note", chat.id, lambda: self.output.send_text(
+            chat.id, adapter_text("private_only", lang)))
+
+    async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Log what went wrong, never the token or the update's full content."""
+        err = context.error
+        where = f"update {update.update_id}" if isinstance(update, Update) else "background"
+        if isinstance(err, Forbidden | NetworkError | RetryAfter):
+            log.warning("Telegram %s in %s: %s", type(err).__name__, where, err)
+        else:
+            log.error("unhandled %s in %s", type(err).__name__, where, exc_info=err)
+
+    async def _quietly(self, what: str, chat_id: int,
+                       make_call: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            await call_bot(what, chat_id, make_call)
+        except ChatGone:
+            pass
+
+
+def build_application(settings: Settings, app: App, *,
+                      conversations: Conversations | None = None) -> Application:
+    """The PTB Application wired to the conversations; not yet initialised or started."""
+    if settings.telegram_bot_token is None:
+        raise ValueError("TELEGRAM_BOT_TOKEN is not set")
+    token = settings.telegram_bot_token.get_secret_value()
+    provider = settings.telegram_payment_provider_token
+    provider_token = provider.get_secret_value() if provider is not None else None
+    app.telegram_payments = provider_token is not None
+    base_url = settings.telegram_api_base_url
+    application = (
+        ApplicationBuilder()
+        .token(token)
+        .base_url(base_url)
+        .base_file_url(file_url_for(base_url))
+        # Throttles to Telegram's flood limits; a RetryAfter is handled per call in
+        # output.call_bot, where we know whether a wait is worth it.
+        .rate_limiter(AIORateLimiter(max_retries=0))
+        .concurrent_updates(PerUserOrder(MAX_CONCURRENT_UPDATES))
+        .connect_timeout(5.0)
+        .read_timeout(10.0)
+        .write_timeout(10.0)
+        .media_write_timeout(30.0)
+        .pool_timeout(5.0)
+        .get_updates_read_timeout(10.0)
+        .job_queue(None)  # the storefront's own scheduler runs jobs, not PTB's
+        .build()
+    )
+    adapter = TelegramAdapter(app, conversations or Conversations.from_handlers(),
+                              ChatOutput(application.bot, provider_token))
+    adapter.register(application)
+    application.bot_data["adapter"] = adapter
+    redact_token_in_http_logs(token)
+    return application
+
+
+class _Redact(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(s in message for s in self.secrets):
+            for s in self.secrets:
+                message = message.replace(s, "<redacted>")
+            record.msg, record.args = message, None
+        return True
+
+
+_redactor = _Redact()
+
+
+def redact_token_in_http_logs(token: str) -> None:
+    """httpx logs every request URL at INFO, and Bot API URLs carry the token."""
+    _redactor.secrets.add(token)
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if _redactor not in logger.filters:
+            logger.addFilter(_redactor)
+
+
+def adapter_of(application: Application) -> TelegramAdapter:
+    adapter = application.bot_data["adapter"]
+    assert isinstance(adapter, TelegramAdapter)
+    return adapter

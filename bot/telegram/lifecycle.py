@@ -1,0 +1,107 @@
+"""Starting and stopping the bot: learn who we are, publish the command menus, then poll or
+take updates by webhook."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+
+from telegram import Bot, BotCommand, BotCommandScopeChat
+from telegram.error import TelegramError
+from telegram.ext import Application
+
+from bot.settings import Settings
+from handlers.base import App
+
+from .application import ALLOWED_UPDATES, adapter_of, build_application
+from .conversations import Conversations, MenuCommand
+
+log = logging.getLogger(__name__)
+
+MENU_LANGUAGES: tuple[str | None, ...] = (None, "zh")  # None: everyone else, in English
+WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")  # what Telegram accepts
+
+
+def _menu(commands: Sequence[MenuCommand], lang: str, *, operator: bool) -> list[BotCommand]:
+    chosen = [c for c in commands if operator or not c.operator]
+    out = []
+    for c in chosen:
+        names = c.telegram_names()
+        if names:
+            out.append(BotCommand(names[0], c.description(lang)))
+    return out[:100]
+
+
+def telegram_operator_chats(operators: frozenset[str]) -> list[int]:
+    chats = []
+    for identity in sorted(operators):
+        prefix, _, number = identity.partition(":")
+        if prefix == "tg" and re.fullmatch(r"-?\d{1,20}", number):
+            chats.append(int(number))
+    return chats
+
+
+async def publish_commands(bot: Bot, commands: Sequence[MenuCommand],
+                           operators: frozenset[str]) -> None:
+    """setMyCommands in English (the default) and Chinese; operators' own chats also list
+    the operator commands. A failure is logged: the menu is a convenience, not the shop."""
+    for language_code in MENU_LANGUAGES:
+        lang = language_code or "en"
+        calls = [(None, _menu(commands, lang, operator=False))]
+        calls += [(BotCommandScopeChat(chat), _menu(commands, lang, operator=True))
+                  for chat in telegram_operator_chats(operators)]
+        for scope, menu in calls:
+            try:
+                await bot.set_my_commands(menu, scope=scope, language_code=language_code)
+            except TelegramError as exc:
+                log.warning("setMyCommands (%s, %s) failed: %s", lang,
+                            "operator chat" if scope else "everyone", exc.message)
+
+
+def _webhook_secret(settings: Settings) -> str:
+    secret = settings.telegram_webhook_secret
+    value = secret.get_secret_value() if secret is not None else ""
+    if not WEBHOOK_SECRET.fullmatch(value):
+        raise ValueError("TELEGRAM_WEBHOOK_URL is set, so TELEGRAM_WEBHOOK_SECRET must be "
+                         "1-256 characters of A-Z, a-z, 0-9, _ and -")
+    return value
+
+
+async def start_telegram(settings: Settings, app: App, *, poll_timeout: float = 10.0,
+                         conversations: Conversations | None = None) -> Application:
+    """Build, initialise (getMe), publish menus and start taking updates.
+
+    Polling by default; with TELEGRAM_WEBHOOK_URL, setWebhook (with the secret token) and
+    let the HTTP server feed `telegram_webhook_route` instead."""
+    webhook_url = settings.telegram_webhook_url
+    secret = _webhook_secret(settings) if webhook_url else None
+    application = build_application(settings, app, conversations=conversations)
+    await application.initialize()
+    try:
+        app.bot_username = application.bot.username
+        await publish_commands(application.bot, adapter_of(application).conv.menu,
+                               app.operators)
+        await application.start()
+        if webhook_url:
+            await application.bot.set_webhook(webhook_url, secret_token=secret,
+                                              allowed_updates=ALLOWED_UPDATES)
+        else:
+            assert application.updater is not None
+            await application.updater.start_polling(poll_interval=0.0, timeout=poll_timeout,
+                                                    allowed_updates=ALLOWED_UPDATES)
+    except BaseException:
+        await stop_telegram(application)
+        raise
+    log.info("Telegram bot @%s is up (%s)", app.bot_username,
+             "webhook" if webhook_url else "polling")
+    return application
+
+
+async def stop_telegram(application: Application) -> None:
+    """Stop polling, finish the updates in hand, close connections. Safe to call twice."""
+    if application.updater is not None and application.updater.running:
+        await application.updater.stop()
+    if application.running:
+        await application.stop()
+    await application.shutdown()

@@ -1,0 +1,277 @@
+"""The command registry and the dispatcher every adapter calls.
+
+Each conversation is one short `async def` taking a `Ctx`, registered once with `@command`
+(or `@button` for inline-button data). `dispatch` validates the request, applies the rate
+limits, resolves who is talking (creating the user at first contact), checks operator rights,
+runs the handler and turns every failure into a polite reply in the user's language.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, NamedTuple, TypeVar
+
+from engine import users
+from engine.config import Config
+from engine.errors import Refusal
+from storage.db import DatabaseUnavailable
+from storage.ratelimit import COMMANDS as COMMAND_RATE
+from storage.ratelimit import PURCHASES as PURCHASE_RATE
+from storage.ratelimit import RateLimiter
+
+from . import i18n
+from .base import App, Button, Reply, Request
+from .parsing import BadInput, echo, is_clean, normalise, parse_callback
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Handler = Callable[["Ctx"], Awaitable[Reply]]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    fn: Handler
+    aliases: tuple[str, ...]
+    operator: bool
+    usage_key: str | None
+    purchase: bool
+    listed: bool
+
+
+class CommandInfo(NamedTuple):
+    """What an adapter advertises: Telegram's setMyCommands, WeChat's text commands."""
+
+    name: str
+    aliases: tuple[str, ...]
+    operator: bool
+    description: dict[str, str]
+
+
+_COMMANDS: dict[str, Command] = {}
+_WORDS: dict[str, str] = {}  # every name and alias, lower-cased → canonical name
+_BUTTONS: dict[str, tuple[Handler, bool, bool]] = {}  # kind → (handler, operator, purchase)
+
+
+def command(name: str, *, aliases: tuple[str, ...] = (), operator: bool = False,
+            usage_key: str | None = None, purchase: bool = False,
+            listed: bool = True) -> Callable[[Handler], Handler]:
+    """Register a command handler under `name` and its `aliases` (Chinese words included)."""
+    def register(fn: Handler) -> Handler:
+        spec = Command(name, fn, aliases, operator, usage_key, purchase, listed)
+        for word in (name, *aliases):
+            assert word.lower() not in _WORDS, f"command word {word} registered twice"
+            _WORDS[word.lower()] = name
+        _COMMANDS[name] = spec
+        return fn
+
+    return register
+
+
+def button(kind: str, *, operator: bool = False,
+           purchase: bool = False) -> Callable[[Handler], Handler]:
+    """Register the handler of button data `kind:v1:…`; the fields arrive as `ctx.args`."""
+    def register(fn: Handler) -> Handler:
+        _BUTTONS[kind] = (fn, operator, purchase)
+        return fn
+
+    return register
+
+
+def commands(*, operator: bool | None = None) -> list[CommandInfo]:
+    """Every advertised command: name, aliases, operator-only, description in zh and en."""
+    return [CommandInfo(c.name, c.aliases, c.operator,
+                        {lang: i18n.t(lang, f"cmd.{c.name}") for lang in i18n.LANGS})
+            for c in _COMMANDS.values()
+            if c.listed and (operator is None or c.operator == operator)]
+
+
+def lookup(word: str) -> Command | None:
+    return _COMMANDS.get(_WORDS.get(word.lower(), ""))
+
+
+def _is_cjk(ch: str) -> bool:
+    return "\u2e80" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff"
+
+
+def parse_text(text: str) -> tuple[str | None, tuple[str, ...]]:
+    """`/buy@shop_bot TEA 2` → (`buy`, (`TEA`, `2`)); `购买 TEA 2` and `购买TEA` too; `buy TEA`
+    (an English command word first). A slash command nobody knows keeps its word, so the
+    reply can say so; text that is no command gives (None, words)."""
+    s = normalise(text).strip()
+    if not s:
+        return None, ()
+    if s.startswith("/"):
+        head, *rest = s[1:].split()
+        word = head.split("@", 1)[0].lower() if head else ""
+        return _WORDS.get(word, word or None), tuple(rest)
+    for alias in sorted((w for w in _WORDS if _is_cjk(w[0])), key=len, reverse=True):
+        if s.startswith(alias):
+            tail = s[len(alias):]
+            if not tail or not _is_cjk(tail[0]):
+                return _WORDS[alias], tuple(tail.split())
+    words = s.split()
+    if words[0].lower() in _WORDS:
+        return _WORDS[words[0].lower()], tuple(words[1:])
+    return None, tuple(words)
+
+
+@dataclass
+class Ctx:
+    """One request being answered: who asks, in which language, with which arguments."""
+
+    app: App
+    req: Request
+    member: dict[str, Any]
+    lang: str
+    command: str
+    args: tuple[str, ...]
+    _cfg: Config | None = field(default=None, repr=False)
+
+    @property
+    def operator(self) -> bool:
+        return self.req.identity in self.app.operators
+
+    @property
+    def handle(self) -> str:
+        return str(self.member["handle"])
+
+    @property
+    def user_id(self) -> int:
+        return int(self.member["user_id"])
+
+    def t(self, key: str, **params: Any) -> str:
+        return i18n.t(self.lang, key, **params)
+
+    def say(self, key: str, buttons: tuple[tuple[Button, ...], ...] = (),
+            **params: Any) -> Reply:
+        return Reply().text(self.t(key, **params), buttons)
+
+    async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run synchronous engine work in a worker thread, off the adapter's event loop."""
+        return await asyncio.to_thread(partial(fn, *args, **kwargs))
+
+    async def cfg(self) -> Config:
+        if self._cfg is None:
+            self._cfg = await self.call(self.app.db.read, users.store_config)
+        return self._cfg
+
+    def key(self, what: str) -> str:
+        """The idempotency key of the money this request moves (SPEC §6): a retried
+        delivery of the same message never moves it twice."""
+        rid = self.req.request_id
+        if len(rid) > 100:
+            rid = uuid.uuid5(uuid.NAMESPACE_URL, rid).hex
+        return f"req:{self.req.channel}:{rid}:{what}"
+
+    def money(self, fen: int, currency: str | None = None) -> str:
+        return i18n.money(fen, currency or (self._cfg.currency if self._cfg else
+                                            self.app.currency))
+
+
+def limiter(app: App) -> RateLimiter:
+    if app.limiter is None:
+        app.limiter = RateLimiter()
+    return app.limiter
+
+
+def first_lang(request: Request) -> str:
+    """The language of a newcomer: their client's (zh* → zh, else en); WeChat without one
+    is Chinese, anything else without one English."""
+    return users.normalise_lang(request.lang, "zh" if request.channel == "wechat" else "en")
+
+
+def _clean_request(request: Request) -> bool:
+    parts = [request.text, *request.args, request.callback or "", request.display_name or "",
+             request.start_payload or ""]
+    return all(isinstance(p, str) and is_clean(p) for p in parts) and \
+        len(request.args) <= 64 and len(request.request_id or "") <= 200
+
+
+async def dispatch(app: App, request: Request) -> Reply:
+    """Answer one request. Never raises: every outcome is a `Reply` for the adapter to send."""
+    state = {"lang": first_lang(request)}
+    try:
+        return await _dispatch(app, request, state)
+    except BadInput as exc:
+        return Reply().text(i18n.t(state["lang"], exc.key, **exc.params))
+    except Refusal as exc:
+        return Reply().text(i18n.t(state["lang"], f"refusal.{exc.code}"))
+    except DatabaseUnavailable:
+        log.warning("request %s: database unavailable", request.request_id)
+        return Reply().text(i18n.t(state["lang"], "error.busy"))
+    except Exception:
+        ref = uuid.uuid4().hex[:8]
+        log.exception("request %s (ref %s) failed", getattr(request, "request_id", "?"), ref)
+        return Reply().text(i18n.t(state["lang"], "error.unexpected", ref=ref))
+
+
+async def _dispatch(app: App, request: Request, state: dict[str, str]) -> Reply:
+    if not isinstance(request.identity, str) or not users.IDENTITY.match(request.identity):
+        raise BadInput("bad.identity")
+    if not _clean_request(request):
+        raise BadInput("bad.text", limit=4096)
+    lim = limiter(app)
+    if not await asyncio.to_thread(lim.allow, COMMAND_RATE, request.identity):
+        raise BadInput("slow_down")
+    name: str | None = None
+    args: tuple[str, ...] = ()
+    if request.callback is None:
+        if request.command:
+            name, args = _WORDS.get(request.command.lower(), request.command), request.args
+        else:
+            name, args = parse_text(request.text)
+    payload = request.start_payload
+    if payload is None and name == "start" and len(args) == 1:
+        payload = args[0]  # `/start CODE` typed or passed as an argument
+    member = await asyncio.to_thread(
+        users.resolve, app.db, request.identity, lang=first_lang(request),
+        display_name=request.display_name, start_payload=payload)
+    lang = member["lang"] if member["lang"] in i18n.LANGS else first_lang(request)
+    state["lang"] = lang
+    if member["blocked"]:
+        return Reply().text(i18n.t(lang, "blocked"))
+
+    if request.callback is not None:
+        kind, fields = parse_callback(request.callback)
+        if kind == "cmd" and len(fields) == 1 and lookup(fields[0]) is not None:
+            name = _WORDS[fields[0].lower()]
+        else:
+            if kind not in _BUTTONS:
+                raise BadInput("bad.button")
+            fn, operator_only, purchase = _BUTTONS[kind]
+            ctx = Ctx(app, request, member, lang, kind, fields)
+            return await _run(ctx, fn, operator_only, purchase, None)
+    if name is None:
+        if member["new"]:
+            name = "start"
+        else:
+            key = "not_understood" if request.text.strip() else "empty_message"
+            return Reply().text(i18n.t(lang, key, text=echo(request.text)))
+    spec = _COMMANDS.get(name)
+    if spec is None:
+        return Reply().text(i18n.t(lang, "unknown_command", command=echo(name, 32)))
+    ctx = Ctx(app, request, member, lang, spec.name, tuple(args))
+    return await _run(ctx, spec.fn, spec.operator, spec.purchase, spec.usage_key)
+
+
+async def _run(ctx: Ctx, fn: Handler, operator_only: bool, purchase: bool,
+               usage_key: str | None) -> Reply:
+    if operator_only and not ctx.operator:
+        log.info("operator command %s refused for %s", ctx.command, ctx.req.identity)
+        return ctx.say("operator_only")
+    if purchase and not await asyncio.to_thread(limiter(ctx.app).allow, PURCHASE_RATE,
+                                                ctx.req.identity):
+        return ctx.say("slow_down_buy")
+    try:
+        return await fn(ctx)
+    except BadInput as exc:
+        text = ctx.t(exc.key, **exc.params)
+        if usage_key:
+            text += "\n" + ctx.t(usage_key)
+        return Reply().text(text)
