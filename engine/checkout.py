@@ -19,11 +19,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.models import Checkout, Identity, Order, Outbox, User
+from storage.models import Checkout, Identity, Order, Outbox, Product, User
 
 from . import journal, orders
 from .book import Book
+from .config import Config
 from .errors import Refusal
+from .money import into_pool, out_of_pool
+from .points import Price
+from .users import current_price, store_config
 
 TOKEN_BYTES = 24  # 192 random bits, 32 URL-safe characters
 TTL = timedelta(minutes=30)
@@ -203,21 +207,15 @@ def expire_due(db: Database, *, at: datetime | None = None, batch: int = 200) ->
 
 # -- what can be bought ---------------------------------------------------------------------
 
-def _points_for_one(cash: int, cfg: Any, price: Any) -> int:
+def _points_for_one(cash: int, cfg: Config, price: Price) -> int:
     """Points a cash amount would mint at today's price (SPEC §4), for the catalogue."""
-    from .money import into_pool, out_of_pool
-
     c = into_pool(cash * cfg.pool_rate)
-    return int(price.points_for(out_of_pool(c * cfg.mint_rate)))
+    return price.points_for(out_of_pool(c * cfg.mint_rate))
 
 
 def catalogue(db: Database, limit: int = 30) -> dict[str, Any]:
     """Active products with their rebate in plain numbers: the queue entry one unit earns
     (from `min_order` up) and about how many points it mints at today's price."""
-    from storage.models import Product
-
-    from .users import current_price, store_config
-
     def work(session: Session) -> dict[str, Any]:
         cfg = store_config(session)
         price = current_price(session, cfg)
@@ -240,10 +238,6 @@ def catalogue(db: Database, limit: int = 30) -> dict[str, Any]:
 def quote(db: Database, *, user: str, sku: str, qty: int) -> dict[str, Any]:
     """What buying would cost this user now, and the most points that can pay for it
     (all their points, but no more than the total is worth)."""
-    from storage.models import Product
-
-    from .users import current_price, store_config
-
     def work(session: Session) -> dict[str, Any]:
         product = session.get(Product, sku)
         if product is None:
