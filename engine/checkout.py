@@ -235,9 +235,10 @@ def catalogue(db: Database, limit: int = 30) -> dict[str, Any]:
     return db.read(work)
 
 
-def quote(db: Database, *, user: str, sku: str, qty: int) -> dict[str, Any]:
-    """What buying would cost this user now, and the most points that can pay for it
-    (all their points, but no more than the total is worth)."""
+def quote(db: Database, *, user: str, sku: str, qty: int,
+          pay_points: int | None = None) -> dict[str, Any]:
+    """What buying would cost this user now: the value of `pay_points` at today's price, and
+    the most points that can pay (all they hold, but no more than the total is worth)."""
     def work(session: Session) -> dict[str, Any]:
         product = session.get(Product, sku)
         if product is None:
@@ -257,6 +258,6 @@ def quote(db: Database, *, user: str, sku: str, qty: int) -> dict[str, Any]:
         return {"sku": product.sku, "name": product.name, "qty": qty, "total": total,
                 "currency": cfg.currency, "wallet": buyer.wallet, "points": buyer.points,
                 "usable_points": usable, "usable_value": price.value_of(usable),
-                "active": product.active}
+                "points_value": price.value_of(pay_points or 0), "active": product.active}
 
     return db.read(work)

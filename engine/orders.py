@@ -211,7 +211,7 @@ def cancel_unpaid(book: Book, *, ref: str, at: object, actor: str | None = None)
 
 def settle_due(book: Book, at: datetime) -> list[dict[str, Any]]:
     """Settle every pending order due by `at`, in the order they were recorded (SPEC §8)."""
-    settled = []
+    settled: list[dict[str, Any]] = []
     while True:
         book.s.flush()
         batch = book.s.execute(

@@ -8,6 +8,7 @@ idempotency `key`: a second call with the same key returns the first result.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -18,7 +19,7 @@ from storage.models import Withdrawal
 
 from . import accounts, orders
 from .book import Book
-from .queue import release_page
+from .queue import ReleasePage, release_page
 from .times import parse_at
 
 T = TypeVar("T")
@@ -121,7 +122,7 @@ def release(db: Database, *, at: object = None, batch: int = 500,
     settled = settle(db, at=when)
     after, paid, amount = 0, 0, 0
     while True:
-        page = _in_book(db, lambda b, a=after: release_page(b, when, a, batch))
+        page = _in_book(db, partial(_release_page, when=when, after=after, batch=batch))
         paid += len(page.paid)
         amount += sum(x[2] for x in page.paid)
         after = page.last_seq
@@ -130,6 +131,10 @@ def release(db: Database, *, at: object = None, batch: int = 500,
         if page.blocked or page.exhausted:
             return {"settled": len(settled), "paid": paid, "amount": amount,
                     "blocked": page.blocked}
+
+
+def _release_page(b: Book, *, when: datetime, after: int, batch: int) -> ReleasePage:
+    return release_page(b, when, after, batch)
 
 
 def withdraw_points(db: Database, *, user: object, points: object, at: datetime | None = None,

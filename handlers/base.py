@@ -15,6 +15,7 @@ free text (WeChat, console): `handlers.parse_text(text)`. See docs/conversations
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -121,6 +122,9 @@ class App:
     # per-user rate limiter (None: an in-process limiter is made on first use).
     console_payments: bool = False
     limiter: RateLimiter | None = None
+    # The WeChat adapter's maker of an official-account parametric QR code (scene = invite
+    # code) as PNG; `/invite` on WeChat attaches it when set.
+    wechat_invite_qr: Callable[[str], Awaitable[bytes | None]] | None = None
 
     def takes_payments(self, channel: str) -> bool:
         """Whether `channel` can collect money for an `Invoice` right now."""

@@ -29,9 +29,9 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import CursorResult, delete, select, text, update
 from sqlalchemy.engine import Connection, make_url
 
 from .db import Database
@@ -209,9 +209,9 @@ class LeaseLock:
         if self._holder is None:
             return False
         expires = self.clock() + self.ttl
-        done = self.db.run(lambda s: s.execute(
-            update(Lease).where(Lease.name == self.name, Lease.holder == self._holder)
-            .values(expires_at=expires)).rowcount)
+        statement = (update(Lease).where(Lease.name == self.name, Lease.holder == self._holder)
+                     .values(expires_at=expires))
+        done = self.db.run(lambda s: cast(CursorResult[Any], s.execute(statement)).rowcount)
         return bool(done)
 
     def release(self) -> None:

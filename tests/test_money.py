@@ -4,8 +4,17 @@ from fractions import Fraction
 
 import pytest
 
-from engine.money import (AmountError, format_fen, format_micro, format_rate, into_pool,
-                          out_of_pool, parse_fen, parse_micro, parse_rate)
+from engine.money import (
+    AmountError,
+    format_fen,
+    format_micro,
+    format_rate,
+    into_pool,
+    out_of_pool,
+    parse_fen,
+    parse_micro,
+    parse_rate,
+)
 
 
 @pytest.mark.parametrize("text,fen", [("100.00", 10000), ("0.01", 1), ("7", 700), ("1.5", 150)])

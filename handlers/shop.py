@@ -1,0 +1,245 @@
+"""Browsing and buying: `/shop`, `/buy`, their buttons, and the payment confirmations the
+adapters call (`precheck` before the channel charges, `paid` once it has)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Any
+
+from engine import checkout, service, users
+from engine.errors import Refusal
+
+from . import i18n
+from .base import App, Button, Invoice, Reply
+from .parsing import BadInput, callback, echo, points, qty, sku
+from .registry import Ctx, button, command
+
+log = logging.getLogger(__name__)
+
+POINTS_WORDS = ("points", "point", "积分")
+WALLET_WORDS = ("wallet", "余额", "钱包")
+ALL_WORDS = ("all", "全部")
+
+
+def scheme_text(c: Ctx, p: dict[str, Any], cat: dict[str, Any]) -> str:
+    """A product's rebate in plain words (SPEC §3, §4)."""
+    lines = []
+    if p["queue"]:
+        key = "shop.queue" if p["enters_queue"] else "shop.queue_min"
+        lines.append(c.t(key, amount=c.money(p["price"], cat["currency"]), days=p["lock_days"],
+                         min=c.money(cat["min_order"], cat["currency"])))
+    if p["scheme"] in ("points", "both"):
+        lines.append(c.t("shop.points", points=i18n.pts(p["points"]),
+                         price=i18n.price(cat["price_micro"])))
+    if not lines:
+        lines.append(c.t("shop.no_rebate"))
+    return "\n".join("   " + line for line in lines)
+
+
+@command("shop", aliases=("商品", "products", "catalogue", "商店"))
+async def shop(c: Ctx) -> Reply:
+    cat = await c.call(checkout.catalogue, c.app.db)
+    if not cat["products"]:
+        return c.say("shop.empty")
+    lines = [c.t("shop.title")]
+    rows: list[tuple[Button, ...]] = []
+    for p in cat["products"]:
+        lines.append(c.t("shop.item", name=echo(p["name"], 40), sku=p["sku"],
+                         price=c.money(p["price"], cat["currency"])))
+        lines.append(scheme_text(c, p, cat))
+        data = callback("buy", p["sku"], 1)
+        if data:
+            rows.append((Button(c.t("shop.buy_button", name=echo(p["name"], 24),
+                                    price=c.money(p["price"], cat["currency"])), data),))
+    if cat["settle_days"]:
+        lines.append(c.t("shop.return_window", days=cat["settle_days"]))
+    if cat["paused"]:
+        lines.append(c.t("refusal.sales_paused"))
+    lines.append(c.t("shop.how_to_buy"))
+    return Reply().text("\n".join(lines), tuple(rows))
+
+
+def parse_buy(args: tuple[str, ...]) -> tuple[str, int, str | None, bool]:
+    """`SKU [QTY] [points N|all] [wallet]` → (sku, qty, points or "all" or None, wallet)."""
+    if not args:
+        raise BadInput("bad.missing")
+    product, n, pay_points, wallet = sku(args[0]), 1, None, False
+    rest = list(args[1:])
+    if rest and rest[0].isdigit():
+        n = qty(rest.pop(0))
+    while rest:
+        word = rest.pop(0).lower()
+        if word in POINTS_WORDS and rest:
+            amount = rest.pop(0)
+            pay_points = "all" if amount.lower() in ALL_WORDS else str(points(amount))
+        elif word in WALLET_WORDS:
+            wallet = True
+        else:
+            raise BadInput("bad.word", value=echo(word, 24))
+    return product, n, pay_points, wallet
+
+
+@command("buy", aliases=("购买", "买", "order"), usage_key="usage.buy", purchase=True)
+async def buy(c: Ctx) -> Reply:
+    product, n, pay_points, wallet = parse_buy(c.args)
+    return await _buy(c, product, n, pay_points, wallet)
+
+
+@button("buy", purchase=True)
+async def buy_button(c: Ctx) -> Reply:
+    """`buy:v1:SKU:QTY[:w|p|pw]`: buy online, with the wallet, with points (+online/wallet)."""
+    if len(c.args) not in (2, 3) or (len(c.args) == 3 and c.args[2] not in ("w", "p", "pw")):
+        raise BadInput("bad.button")
+    try:
+        product, n = sku(c.args[0]), qty(c.args[1])
+    except BadInput:
+        raise BadInput("bad.button") from None
+    how = c.args[2] if len(c.args) == 3 else ""
+    return await _buy(c, product, n, "all" if "p" in how else None, "w" in how)
+
+
+async def _buy(c: Ctx, product: str, n: int, pay_points: str | None, wallet: bool) -> Reply:
+    use = None if pay_points in (None, "all") else int(pay_points)
+    q = await c.call(checkout.quote, c.app.db, user=c.handle, sku=product, qty=n,
+                     pay_points=use)
+    product = q["sku"]
+    if pay_points == "all":
+        if q["usable_points"] == 0:
+            return c.say("buy.no_points")
+        use = q["usable_points"]
+    if wallet:
+        result = await c.call(service.buy, c.app.db, user=c.handle, sku=product, qty=n,
+                              pay_points=use, method="wallet", key=c.key("buy"))
+        return Reply().text(await receipt(c, result))
+    value = q["usable_value"] if pay_points == "all" else q["points_value"]
+    if not c.app.takes_payments(c.req.channel) and q["total"] - value > 0:
+        return _no_online_payment(c, q, n)
+    method = c.req.channel if c.req.channel in ("telegram", "wechat") else "cash"
+    opened = await c.call(checkout.open_checkout, c.app.db, user=c.handle, sku=product, qty=n,
+                          pay_points=use, channel=c.req.channel, method=method,
+                          key=c.key("checkout"))
+    if opened["token"] is None:  # points paid the whole total
+        return Reply().text(await receipt(c, opened))
+    cur = opened.get("currency") or q["currency"]
+    invoice = Invoice(order=opened["order"], token=opened["token"],
+                      title=c.t("invoice.title", name=echo(q["name"], 32), qty=n),
+                      description=c.t("invoice.description", order=opened["order"],
+                                      total=c.money(q["total"], cur),
+                                      points=i18n.pts(opened["points_used"]),
+                                      cash=c.money(opened["cash"], cur)),
+                      amount=opened["cash"], currency=cur)
+    cfg = await c.cfg()
+    rows = _alternatives(c, q, product, n, with_points=use is None)
+    note = c.t("buy.invoice_note", order=opened["order"], cash=c.money(opened["cash"], cur),
+               expires=i18n.when(opened["expires_at"], cfg.timezone))
+    reply = Reply(items=[invoice])
+    return reply.text(note, rows)
+
+
+def _alternatives(c: Ctx, q: dict[str, Any], product: str, n: int,
+                  with_points: bool = True) -> tuple[tuple[Button, ...], ...]:
+    rows: list[tuple[Button, ...]] = []
+    if q["wallet"] >= q["total"] and (data := callback("buy", product, n, "w")):
+        rows.append((Button(c.t("buy.wallet_button",
+                                balance=c.money(q["wallet"], q["currency"])), data),))
+    if with_points and q["usable_points"] > 0:
+        online = c.app.takes_payments(c.req.channel)
+        covers = q["usable_value"] >= q["total"]
+        rest = q["total"] - q["usable_value"]
+        how = "pw" if not online and not covers else "p"
+        if (online or covers or q["wallet"] >= rest) and (data := callback("buy", product, n,
+                                                                           how)):
+            rows.append((Button(c.t("buy.points_button", points=i18n.pts(q["usable_points"]),
+                                    value=c.money(q["usable_value"], q["currency"])), data),))
+    return tuple(rows)
+
+
+def _no_online_payment(c: Ctx, q: dict[str, Any], n: int) -> Reply:
+    rows = _alternatives(c, q, q["sku"], n)
+    return c.say("buy.no_online", rows, total=c.money(q["total"], q["currency"]),
+                 wallet=c.money(q["wallet"], q["currency"]), points=i18n.pts(q["points"]),
+                 sku=q["sku"], qty=n)
+
+
+async def receipt(c: Ctx, result: dict[str, Any]) -> str:
+    cfg = await c.cfg()
+    return render_receipt(c.lang, result, cfg.currency)
+
+
+def render_receipt(lang: str, r: dict[str, Any], currency: str) -> str:
+    """What the purchase earned: the queue entry and its maturity, points minted; or, inside
+    a return window, when its rebates start (SPEC §8)."""
+    def m(fen: int) -> str:
+        return i18n.money(fen, currency)
+
+    lines = [i18n.t(lang, "receipt.head", order=r["order"], sku=r["sku"], qty=r["qty"],
+                    total=m(r["total"]))]
+    if r.get("points_used"):
+        lines.append(i18n.t(lang, "receipt.points_used", points=i18n.pts(r["points_used"]),
+                            value=m(r["points_value"]), cash=m(r["cash"])))
+    if r["status"] == "settled":
+        if r.get("entry"):
+            lines.append(i18n.t(lang, "receipt.entry", seq=r["entry"], amount=m(r["cash"]),
+                                matures=_iso(r.get("matures_at"))))
+        if r.get("minted"):
+            lines.append(i18n.t(lang, "receipt.minted", points=i18n.pts(r["minted"])))
+        if not r.get("entry") and not r.get("minted"):
+            lines.append(i18n.t(lang, "receipt.no_rebate"))
+    elif r["status"] == "pending":
+        lines.append(i18n.t(lang, "receipt.window", settles=_iso(r.get("settles_at"))))
+    return "\n".join(lines)
+
+
+def _iso(value: str | None) -> str:
+    if not value:
+        return "-"
+    return i18n.when(datetime.fromisoformat(value))
+
+
+# -- payment confirmations (called by the adapters) ------------------------------------------
+
+async def _lang(app: App, identity: str) -> str:
+    try:
+        return await asyncio.to_thread(users.lang_of, app.db, identity) or "en"
+    except Exception:  # noqa: BLE001 - a language is never worth failing a payment answer
+        return "en"
+
+
+async def precheck(app: App, token: str, amount: int, currency: str,
+                   identity: str) -> tuple[bool, str | None]:
+    """The channel's last question before it charges: (True, None) or (False, why) with a
+    short text in the buyer's language. Never raises."""
+    try:
+        code = await asyncio.to_thread(checkout.precheck, app.db, token=token, amount=amount,
+                                       currency=currency, identity=identity)
+    except Exception:
+        log.exception("precheck of a checkout failed")
+        code = "error"
+    if code is None:
+        return True, None
+    return False, i18n.t(await _lang(app, identity), f"checkout.{code}")
+
+
+async def paid(app: App, token: str, amount: int, currency: str, charge_id: str, channel: str,
+               identity: str) -> Reply:
+    """A channel says it charged the buyer: record it exactly once (per charge id) and answer
+    with the receipt; a charge that cannot be recorded is flagged to every operator and the
+    buyer is told the shop will sort it out. Never raises."""
+    lang = await _lang(app, identity)
+    try:
+        result = await asyncio.to_thread(
+            checkout.paid, app.db, token=token, amount=amount, currency=currency,
+            charge_id=str(charge_id), channel=channel, identity=identity,
+            operators=app.operators)
+        if not result["ok"]:
+            log.warning("payment %s on %s refused: %s", charge_id, channel, result["code"])
+            return Reply().text(i18n.t(lang, "paid.flagged", order=result["order"] or "-"))
+        cfg = await asyncio.to_thread(app.db.read, users.store_config)
+        return Reply().text(render_receipt(lang, result, cfg.currency))
+    except Refusal as exc:
+        return Reply().text(i18n.t(lang, f"refusal.{exc.code}"))
+    except Exception:
+        log.exception("recording payment %s on %s failed", charge_id, channel)
+        return Reply().text(i18n.t(lang, "paid.error"))
