@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import select
@@ -21,23 +22,28 @@ from .config import Config
 from .errors import Refusal
 
 
+@lru_cache(maxsize=8)
+def _config(stored: tuple[tuple[str, str], ...]) -> Config:
+    """Parsing rates and the timezone is the same work for the same settings: do it once."""
+    return Config.from_values(dict(stored))
+
+
 class Book:
     def __init__(self, session: Session) -> None:
         self.s = session
         self.head: Head = session.execute(
             select(Head).where(Head.id == 1).with_for_update()
         ).scalar_one()
-        stored = {row.key: row.value for row in session.execute(select(Setting)).scalars()}
-        self.cfg = Config.from_values(stored)
+        stored = session.execute(select(Setting.key, Setting.value)).all()
+        self.cfg = _config(tuple(sorted((k, v) for k, v in stored)))
         self._pools: dict[str, Pool] = {}
         self._users: dict[int, User] = {}
 
     # -- rows -------------------------------------------------------------------------------
     def pool(self, name: str) -> Pool:
-        if name not in self._pools:
-            self._pools[name] = self.s.execute(
-                select(Pool).where(Pool.name == name).with_for_update()
-            ).scalar_one()
+        if not self._pools:  # both pools in one statement: most purchases touch both
+            self._pools = {p.name: p for p in self.s.execute(
+                select(Pool).order_by(Pool.name).with_for_update()).scalars()}
         return self._pools[name]
 
     def user(self, handle: str) -> User:

@@ -146,7 +146,8 @@ def place(book: Book, *, user: str, sku: str, qty: object = 1, at: object,
                     body={"order": ref, "user": buyer.handle, "sku": product.sku, "qty": n,
                           "total": total, "cash": cash, "points": q, "method": method},
                     actor=actor)
-        settle_due(book, when)
+        if settle_due(book, when):
+            return order_result(book, order)  # forced exit already ran after each settlement
     points.forced_exits(book, when, f"order:{ref}")
     return order_result(book, order)
 
@@ -185,8 +186,8 @@ def confirm_payment(book: Book, *, ref: str, amount: int, currency: str, payment
                 body={"order": ref, "user": buyer.handle, "sku": order.sku, "qty": order.qty,
                       "total": order.total, "cash": order.cash, "points": order.points_used,
                       "method": order.method, "payment": payment_ref})
-    settle_due(book, when)
-    points.forced_exits(book, when, f"order:{ref}")
+    if not settle_due(book, when):
+        points.forced_exits(book, when, f"order:{ref}")
     return order_result(book, order)
 
 
@@ -218,11 +219,11 @@ def settle_due(book: Book, at: datetime) -> list[dict[str, Any]]:
             select(Order).where(Order.status == "pending", Order.settles_at <= at)
             .order_by(Order.no).limit(200).with_for_update()
         ).scalars().all()
-        if not batch:
-            return settled
         for order in batch:
             settled.append(_settle(book, order, at))
             points.forced_exits(book, at, f"settle:{order.ref}")
+        if len(batch) < 200:
+            return settled
 
 
 def _settle(book: Book, order: Order, at: datetime) -> dict[str, Any]:
