@@ -8,8 +8,8 @@ idempotency `key`: a second call with the same key returns the first result.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
