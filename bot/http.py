@@ -223,6 +223,7 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
     wechat = pay = None
     if settings.wechat_enabled:
         wechat = WeChatAdapter.from_settings(settings, app, client=wechat_client)
+        app.wechat_invite_qr = wechat.invite_qr
     made = client_from_settings(settings)
     if made is not None and settings.wechat_enabled:
         client, config = made

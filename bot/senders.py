@@ -155,7 +155,7 @@ class TelegramSender:
 _WX_UNREACHABLE = {40003: "invalid openid", 43004: "not subscribed", 43019: "blacklisted us",
                    43101: "refused messages"}
 _WX_OUTSIDE_WINDOW = {45015, 45047}  # no reply window (48 h) / too many messages unanswered
-_WX_SLOW_DOWN = {45009: 3600.0, 45011: 60.0, 45047: 3600.0}
+_WX_SLOW_DOWN = {45009: 3600.0, 45011: 60.0}  # daily / per-minute API quota
 
 
 class WeChatSender:

@@ -113,6 +113,9 @@ class Scenario:
         deposits = raw.get("deposits") or {}
         if not isinstance(config, dict) or not isinstance(deposits, dict):
             raise ScenarioError("config and deposits are mappings")
+        # YAML reads `0.20` as a number; the engine takes exact decimal strings (SPEC §7).
+        config = {sec: {k: v if isinstance(v, str) else str(v) for k, v in values.items()}
+                  if isinstance(values, dict) else values for sec, values in config.items()}
         return cls(
             name=str(raw.get("name", "scenario")), seed=seed, days=days, start=start,
             config=config, products=products,

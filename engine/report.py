@@ -315,7 +315,8 @@ def warnings(db: Database, at: datetime, coverage_threshold: Fraction,
              matured_wait_days: int) -> list[tuple[str, dict[str, Any]]]:
     """The pool conditions operators must hear about, as (message key, JSON-able params):
     `coverage_low` when balance ÷ liability < threshold (liability > 0), and
-    `matured_waiting` when a matured entry has waited more than `matured_wait_days` days."""
+    `matured_waiting` when a matured entry has waited more than `matured_wait_days` whole
+    days since its maturity (the pool could not pay it at that many daily releases)."""
     return db.read(lambda s: _warnings(s, at, coverage_threshold, matured_wait_days))
 
 
@@ -331,7 +332,7 @@ def _warnings(session: Session, at: datetime, threshold: Fraction,
             "coverage_pct": balance * 100 // liability,
             "threshold_pct": math.floor(threshold * 100)}))
     first = session.execute(select(Entry.seq, Entry.matures_at)
-                            .where(_WAITING, Entry.matures_at <= at - wait_days * DAY)
+                            .where(_WAITING, Entry.matures_at <= at - (wait_days + 1) * DAY)
                             .order_by(Entry.seq).limit(1)).first()
     if first is not None:
         matured_n, matured = session.execute(

@@ -279,6 +279,12 @@ def orders(db: Database, handle: str, limit: int = 10) -> list[dict[str, Any]]:
     return db.read(work)
 
 
+def order_method(db: Database, ref: str) -> str | None:
+    """How an order was paid (`wallet`, `telegram`, `wechat`, `offline`, `cash`)."""
+    return db.read(lambda s: s.execute(select(Order.method).where(Order.ref == ref))
+                   .scalar_one_or_none())
+
+
 def withdrawals(db: Database, status: str = "pending", limit: int = 20) -> list[dict[str, Any]]:
     from storage.models import Withdrawal
 

@@ -1,0 +1,16 @@
+"""Channel-agnostic conversations: adapters call `await dispatch(app, request)`.
+
+Also for adapters: `commands()` (what to advertise), `parse_text(text)` (free text to a
+command), `run_job(app, job, request, update)` (a `Progress` item's job), and in
+`handlers.shop` the payment confirmations `precheck(...)` / `paid(...)`;
+`handlers.notify.render(kind, params, lang)` for the outbox. See docs/conversations.md.
+"""
+
+from __future__ import annotations
+
+# Importing the conversation modules registers their commands and buttons.
+from . import account, admin, referral, shop  # noqa: F401
+from .admin import run_job
+from .registry import CommandInfo, commands, dispatch, parse_text
+
+__all__ = ["CommandInfo", "commands", "dispatch", "parse_text", "run_job"]

@@ -14,8 +14,8 @@ free text (WeChat, console): `handlers.parse_text(text)`. See docs/conversations
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:

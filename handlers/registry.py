@@ -83,12 +83,20 @@ def button(kind: str, *, operator: bool = False,
     return register
 
 
+# The order menus list consumer commands in; the rest follow in registration order.
+MENU_ORDER = ("shop", "buy", "me", "queue", "points", "orders", "history", "withdraw",
+              "sellpoints", "transfer", "invite", "lang", "help")
+
+
 def commands(*, operator: bool | None = None) -> list[CommandInfo]:
     """Every advertised command: name, aliases, operator-only, description in zh and en."""
+    chosen = [c for c in _COMMANDS.values()
+              if c.listed and (operator is None or c.operator == operator)]
+    chosen.sort(key=lambda c: MENU_ORDER.index(c.name) if c.name in MENU_ORDER
+                else len(MENU_ORDER))
     return [CommandInfo(c.name, c.aliases, c.operator,
                         {lang: i18n.t(lang, f"cmd.{c.name}") for lang in i18n.LANGS})
-            for c in _COMMANDS.values()
-            if c.listed and (operator is None or c.operator == operator)]
+            for c in chosen]
 
 
 def lookup(word: str) -> Command | None:

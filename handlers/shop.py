@@ -81,7 +81,7 @@ def parse_buy(args: tuple[str, ...]) -> tuple[str, int, str | None, bool]:
     return product, n, pay_points, wallet
 
 
-@command("buy", aliases=("购买", "买", "order"), usage_key="usage.buy", purchase=True)
+@command("buy", aliases=("购买", "买"), usage_key="usage.buy", purchase=True)
 async def buy(c: Ctx) -> Reply:
     product, n, pay_points, wallet = parse_buy(c.args)
     return await _buy(c, product, n, pay_points, wallet)

@@ -278,6 +278,7 @@ def build_application(settings: Settings, app: App, *,
     provider_token = provider.get_secret_value() if provider is not None else None
     app.telegram_payments = provider_token is not None
     base_url = settings.telegram_api_base_url
+    redact_token_in_logs(token)
     application = (
         ApplicationBuilder()
         .token(token)
@@ -300,7 +301,6 @@ def build_application(settings: Settings, app: App, *,
                               ChatOutput(application.bot, provider_token))
     adapter.register(application)
     application.bot_data["adapter"] = adapter
-    redact_token_in_http_logs(token)
     return application
 
 
@@ -321,12 +321,16 @@ class _Redact(logging.Filter):
 _redactor = _Redact()
 
 
-def redact_token_in_http_logs(token: str) -> None:
-    """httpx logs every request URL at INFO, and Bot API URLs carry the token."""
+def redact_token_in_logs(token: str) -> None:
+    """PTB (at DEBUG) and httpx (at INFO) log Bot API URLs, and those carry the token.
+
+    Records are filtered where they are created, so the filter goes on every logger of those
+    libraries that exists now; they are all made when the modules are imported."""
     _redactor.secrets.add(token)
-    for name in ("httpx", "httpcore"):
-        logger = logging.getLogger(name)
-        if _redactor not in logger.filters:
+    logging.getLogger("httpx")  # make sure it exists even if httpx has not logged yet
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and name.split(".")[0] in (
+                "telegram", "httpx", "httpcore") and _redactor not in logger.filters:
             logger.addFilter(_redactor)
 
 

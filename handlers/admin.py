@@ -1,0 +1,425 @@
+"""Operator commands (SPEC §1): only identities in `App.operators` may run them; everyone
+else is refused politely by the dispatcher before anything is read or changed. Every action
+passes `actor=<identity>` to the engine, so the journal records who did it."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from fractions import Fraction
+from typing import Any
+
+from engine import service, users
+from engine.accounts import SCHEMES
+from engine.orders import ORDER_REF
+
+from . import i18n
+from .base import App, Button, Document, Photo, Progress, Reply, Request
+from .parsing import BadInput, callback, echo, money, qty, sku, whole
+from .registry import Ctx, button, command, commands, first_lang
+from .shop import render_receipt
+
+log = logging.getLogger(__name__)
+
+MAX_BROADCAST = 3000
+BROADCAST_TTL = 600.0
+# Broadcasts waiting for their operator's confirmation: id → (identity, text, made at).
+# In-process on purpose: a confirmation is a moment's decision, and a restart just asks the
+# operator to send the command again.
+_pending_broadcasts: dict[str, tuple[str, str, float]] = {}
+
+
+def _optional(module: str) -> Any:
+    """A colleague's module, or None while it does not exist yet."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return None
+
+
+@command("admin", aliases=("管理",), operator=True)
+async def admin(c: Ctx) -> Reply:
+    names = ("pool", "release", "withdrawals", "verify", "export", "pause", "resume")
+    rows = []
+    for i in range(0, len(names), 3):
+        rows.append(tuple(Button("/" + n, f"cmd:v1:{n}") for n in names[i:i + 3]))
+    lines = [c.t("admin.title")]
+    for info in commands(operator=True):
+        lines.append(c.t("help.line", name=info.name, alias="", text=info.description[c.lang]))
+    return Reply().text("\n".join(lines), tuple(rows))
+
+
+@command("product", aliases=("上架",), operator=True, usage_key="usage.product")
+async def product(c: Ctx) -> Reply:
+    if len(c.args) < 5:
+        raise BadInput("bad.missing")
+    code, price = sku(c.args[0]), money(c.args[1])
+    margin = c.args[2]
+    lock = whole(c.args[3], "bad.lock_days", low=0, high=3650)
+    scheme = c.args[4].lower()
+    if scheme not in SCHEMES:
+        raise BadInput("bad.scheme", value=echo(scheme, 16))
+    name = " ".join(c.args[5:])[:128] or None
+    r = await c.call(service.upsert_product, c.app.db, sku=code, price=price, margin=margin,
+                     lock_days=lock, scheme=scheme, name=name, actor=c.req.identity)
+    return c.say("product.done", sku=r["sku"], name=echo(r["name"], 40),
+                 price=c.money(r["price"], (await c.cfg()).currency), margin=echo(r["margin"]),
+                 days=r["lock_days"], scheme=r["scheme"])
+
+
+@command("deposit", aliases=("注资",), operator=True, usage_key="usage.deposit")
+async def deposit(c: Ctx) -> Reply:
+    if len(c.args) != 2:
+        raise BadInput("bad.missing")
+    pool = {"queue": "queue", "排队": "queue", "points": "points", "积分": "points"}.get(
+        c.args[0].lower())
+    if pool is None:
+        raise BadInput("bad.pool", value=echo(c.args[0], 16))
+    amount = money(c.args[1])
+    r = await c.call(service.deposit, c.app.db, pool=pool, amount=amount,
+                     actor=c.req.identity, key=c.key("deposit"))
+    cur = (await c.cfg()).currency
+    return c.say("deposit.done", pool=c.t(f"poolname.{pool}"), amount=c.money(r["amount"], cur),
+                 balance=c.money(r["balance"], cur))
+
+
+def _percent(value: Any) -> str:
+    if value is None:
+        return "-"
+    f = Fraction(value) if not isinstance(value, str) else Fraction(value)
+    tenths = int(f * 1000)
+    return f"{tenths // 10}.{tenths % 10}%"
+
+
+@command("pool", aliases=("奖金池", "资金池"), operator=True)
+async def pool(c: Ctx) -> Reply:
+    report = _optional("engine.report")
+    if report is None:
+        return c.say("not_available")
+    r = await c.call(report.pool_report, c.app.db, datetime.now(UTC))
+    cur = r.get("currency") or (await c.cfg()).currency
+
+    def m(key: str) -> str:
+        return c.money(int(r.get(key) or 0), cur)
+
+    pending = r.get("pending_withdrawals")
+    if isinstance(pending, dict):
+        pending_text = c.t("pool.pending", count=pending.get("count", 0),
+                           amount=c.money(int(pending.get("amount", 0)), cur))
+    else:
+        pending_text = str(pending)
+    near = r.get("holders_near_exit")
+    lines = [c.t("pool.title"),
+             c.t("pool.queue", balance=m("queue_balance"), liability=m("liability"),
+                 coverage=_percent(r.get("coverage"))),
+             c.t("pool.matured", amount=m("matured_unpaid"),
+                 days=r.get("oldest_waiting_days") if r.get("oldest_waiting_days") is not None
+                 else "-"),
+             c.t("pool.flows", in7=m("inflow_7d"), in30=m("inflow_30d"), out7=m("released_7d"),
+                 out30=m("released_30d")),
+             c.t("pool.points", balance=m("points_balance"), supply=i18n.pts(int(r["supply"])),
+                 price=i18n.price(int(r["price_micro"]))),
+             c.t("pool.near_exit", count=len(near) if isinstance(near, list) else (near or 0)),
+             pending_text]
+    reply = Reply().text("\n".join(lines))
+    charts = _optional("handlers.charts")
+    if charts is not None:
+        try:
+            png = await c.call(charts.pool_chart_png, c.app.db)
+            reply.items.append(Photo(png, c.t("pool.chart")))
+        except Exception:  # noqa: BLE001 - the numbers matter, the picture is a bonus
+            log.exception("pool chart failed")
+    return reply
+
+
+@command("release", aliases=("释放",), operator=True)
+async def release(c: Ctx) -> Reply:
+    return Reply(items=[Progress(job="release", initial=c.t("release.started"))])
+
+
+def _release_runner(db: Any, progress: Callable[..., None], actor: str) -> dict[str, Any]:
+    jobs = _optional("engine.jobs")
+    if jobs is None:
+        return service.release(db, progress=progress)
+    kwargs: dict[str, Any] = {"at": None, "progress": progress}
+    if "actor" in inspect.signature(jobs.run_release).parameters:
+        kwargs["actor"] = actor
+    result: dict[str, Any] = jobs.run_release(db, **kwargs)
+    return result
+
+
+async def run_job(app: App, job: str, request: Request,
+                  update: Callable[[str], Any]) -> str:
+    """Run a `Progress` job (`release`) in a worker thread, calling `update(text)` with
+    localized progress (at most once a second; `update` may be sync — callable from any
+    thread — or async) and once more with the final text, which it also returns. Checks the
+    operator again: a job is never started on the strength of an earlier reply alone."""
+    lang = await asyncio.to_thread(users.lang_of, app.db, request.identity) or first_lang(request)
+    if request.identity not in app.operators:
+        return i18n.t(lang, "operator_only")
+    if job != "release":
+        return i18n.t(lang, "job.unknown")
+    loop = asyncio.get_running_loop()
+    last = [0.0]
+
+    def push(text: str) -> None:
+        try:
+            result = update(text)
+            if inspect.isawaitable(result):
+                asyncio.run_coroutine_threadsafe(_quiet(result), loop)
+        except Exception:  # noqa: BLE001 - a progress line must never stop the job
+            log.exception("progress update failed")
+
+    def progress(*args: Any, **kwargs: Any) -> None:
+        now = time.monotonic()
+        if now - last[0] < 1.0:
+            return
+        last[0] = now
+        paid, amount = (args + (0, 0))[:2] if args else (kwargs.get("paid", 0),
+                                                          kwargs.get("amount", 0))
+        push(i18n.t(lang, "release.progress", paid=paid, amount=i18n.money(int(amount),
+                                                                          app.currency)))
+
+    log.info("release started by %s", request.identity)
+    try:
+        r = await asyncio.to_thread(_release_runner, app.db, progress, request.identity)
+        cur = await asyncio.to_thread(app.db.read, users.store_config)
+        if r.get("skipped"):
+            text = i18n.t(lang, "release.skipped", holder=echo(r.get("holder") or "-", 40))
+        else:
+            text = i18n.t(lang, "release.done", settled=r.get("settled", 0),
+                          paid=r.get("paid", 0),
+                          amount=i18n.money(int(r.get("amount", 0)), cur.currency))
+            if r.get("blocked"):
+                text += "\n" + i18n.t(lang, "release.blocked")
+    except Exception:
+        log.exception("release run by %s failed", request.identity)
+        text = i18n.t(lang, "release.failed")
+    push(text)
+    return text
+
+
+async def _quiet(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except Exception:  # noqa: BLE001
+        log.exception("progress update failed")
+
+
+@command("withdrawals", aliases=("提现审核",), operator=True)
+async def withdrawals(c: Ctx) -> Reply:
+    rows = await c.call(users.withdrawals, c.app.db)
+    cfg = await c.cfg()
+    if not rows:
+        return c.say("withdrawals.empty")
+    lines = [c.t("withdrawals.title")]
+    buttons = []
+    for w in rows:
+        lines.append(c.t("withdrawals.line", id=w["id"], user=echo(w["user"], 32),
+                         amount=c.money(w["amount"], cfg.currency),
+                         at=i18n.when(w["requested_at"], cfg.timezone)))
+        ok, no = callback("wd", "a", w["id"]), callback("wd", "r", w["id"])
+        if ok and no and len(buttons) < 10:
+            buttons.append((Button(c.t("withdrawals.approve", id=w["id"]), ok),
+                            Button(c.t("withdrawals.reject", id=w["id"]), no)))
+    return Reply().text("\n".join(lines), tuple(buttons))
+
+
+async def _decide(c: Ctx, raw: str, approve: bool) -> Reply:
+    wid = whole(raw, "bad.withdrawal_id", low=1)
+    r = await c.call(service.decide_withdrawal, c.app.db, withdrawal_id=wid, approve=approve,
+                     actor=c.req.identity)
+    return c.say("withdrawals.approved" if approve else "withdrawals.rejected", id=r["withdrawal"],
+                 user=echo(r["user"], 32), amount=c.money(r["amount"],
+                                                          (await c.cfg()).currency))
+
+
+@command("approve", aliases=("批准",), operator=True, usage_key="usage.approve")
+async def approve(c: Ctx) -> Reply:
+    if len(c.args) != 1:
+        raise BadInput("bad.missing")
+    return await _decide(c, c.args[0], True)
+
+
+@command("reject", aliases=("拒绝",), operator=True, usage_key="usage.reject")
+async def reject(c: Ctx) -> Reply:
+    if len(c.args) != 1:
+        raise BadInput("bad.missing")
+    return await _decide(c, c.args[0], False)
+
+
+@button("wd", operator=True)
+async def withdrawal_button(c: Ctx) -> Reply:
+    if len(c.args) != 2 or c.args[0] not in ("a", "r"):
+        raise BadInput("bad.button")
+    try:
+        return await _decide(c, c.args[1], c.args[0] == "a")
+    except BadInput:
+        raise BadInput("bad.button") from None
+
+
+@command("offline", aliases=("线下",), operator=True, usage_key="usage.offline")
+async def offline(c: Ctx) -> Reply:
+    if len(c.args) not in (2, 3):
+        raise BadInput("bad.missing")
+    code, n = sku(c.args[1]), qty(c.args[2]) if len(c.args) == 3 else 1
+    buyer = await c.call(users.find_handle, c.app.db, c.args[0])
+    if buyer is None:
+        raise BadInput("bad.user", value=echo(c.args[0], 32))
+    r = await c.call(service.buy, c.app.db, user=buyer, sku=code, qty=n, method="offline",
+                     key=c.key("offline"), actor=c.req.identity)
+    cfg = await c.cfg()
+    return Reply().text(c.t("offline.done", user=echo(c.args[0], 32)) + "\n" +
+                        render_receipt(c.lang, r, cfg.currency))
+
+
+@command("refund", aliases=("退款",), operator=True, usage_key="usage.refund")
+async def refund(c: Ctx) -> Reply:
+    if len(c.args) != 1:
+        raise BadInput("bad.missing")
+    if not ORDER_REF.match(c.args[0]):
+        raise BadInput("bad.order", value=echo(c.args[0], 32))
+    r = await c.call(service.refund, c.app.db, order=c.args[0], actor=c.req.identity)
+    method = await c.call(users.order_method, c.app.db, r["order"])
+    cur = (await c.cfg()).currency
+    lines = [c.t("refund.done", order=r["order"], user=echo(r["user"], 32))]
+    if r["points_value"]:
+        lines.append(c.t("refund.points", value=c.money(r["points_value"], cur)))
+    if r["cash"]:
+        # SPEC §8: the cash goes back through its channel, outside the engine; WeChat Pay
+        # refunds are requested by the WeChat adapter, every other channel is the operator's.
+        key = {"wallet": "refund.cash_wallet", "wechat": "refund.cash_wechat"}.get(
+            method or "", "refund.cash_provider")
+        lines.append(c.t(key, cash=c.money(r["cash"], cur), method=method or "-"))
+    lines.append(c.t("refund.buyer_told"))
+    return Reply().text("\n".join(lines))
+
+
+@command("user", aliases=("用户",), operator=True, usage_key="usage.user")
+async def user(c: Ctx) -> Reply:
+    if len(c.args) != 1:
+        raise BadInput("bad.missing")
+    u = await c.call(users.lookup, c.app.db, c.args[0])
+    if u is None:
+        raise BadInput("bad.user", value=echo(c.args[0], 32))
+    cfg = await c.cfg()
+    return c.say("user.view", id=u["id"], handle=echo(u["handle"], 40),
+                 name=echo(u["name"] or "-", 40),
+                 identities=", ".join(echo(i, 40) for i in u["identities"]) or "-",
+                 wallet=c.money(u["wallet"], cfg.currency), held=c.money(u["held"], cfg.currency),
+                 points=i18n.pts(u["points"]), basis=c.money(u["basis"], cfg.currency),
+                 orders=u["orders"], invited=u["invited"],
+                 referrer=echo(u["referrer"] or "-", 40),
+                 joined=i18n.when(u["created_at"], cfg.timezone), lang=u["lang"] or "-",
+                 blocked=c.t("yes") if u["blocked"] else c.t("no"))
+
+
+def _broadcast_text(c: Ctx) -> str:
+    raw = c.req.text.strip()
+    if raw and c.req.callback is None:
+        first, _, rest = raw.partition(" ") if " " in raw else (raw, "", "")
+        word = first.lstrip("/").split("@", 1)[0].lower()
+        if word in ("broadcast", "群发", "广播"):
+            return rest.strip()
+        for alias in ("群发", "广播"):
+            if raw.startswith(alias):
+                return raw[len(alias):].strip()
+    return " ".join(c.args).strip()
+
+
+@command("broadcast", aliases=("群发", "广播"), operator=True, usage_key="usage.broadcast")
+async def broadcast(c: Ctx) -> Reply:
+    text = _broadcast_text(c)
+    if not text:
+        raise BadInput("bad.missing")
+    if len(text) > MAX_BROADCAST:
+        raise BadInput("bad.too_long", limit=MAX_BROADCAST)
+    now = time.monotonic()
+    for k, (_who, _t, made) in list(_pending_broadcasts.items()):
+        if now - made > BROADCAST_TTL:
+            _pending_broadcasts.pop(k, None)
+    bid = secrets.token_hex(6)
+    _pending_broadcasts[bid] = (c.req.identity, text, now)
+    rows = ((Button(c.t("broadcast.send"), f"bc:v1:{bid}:y"),
+             Button(c.t("broadcast.cancel"), f"bc:v1:{bid}:n")),)
+    return c.say("broadcast.confirm", rows, text=text)
+
+
+@button("bc", operator=True)
+async def broadcast_button(c: Ctx) -> Reply:
+    if len(c.args) != 2 or c.args[1] not in ("y", "n"):
+        raise BadInput("bad.button")
+    pending = _pending_broadcasts.get(c.args[0])
+    if pending is None or pending[0] != c.req.identity or \
+            time.monotonic() - pending[2] > BROADCAST_TTL:
+        return c.say("broadcast.expired")
+    _pending_broadcasts.pop(c.args[0], None)
+    if c.args[1] == "n":
+        return c.say("broadcast.cancelled")
+    r = await c.call(users.broadcast, c.app.db, text=pending[1], actor=c.req.identity,
+                     key=f"broadcast:{c.args[0]}")
+    return c.say("broadcast.queued", count=r["recipients"])
+
+
+async def _set_paused(c: Ctx, paused: bool) -> Reply:
+    await c.call(service.configure, c.app.db, {"store": {"paused": "1" if paused else "0"}},
+                 actor=c.req.identity)
+    return c.say("pause.done" if paused else "resume.done")
+
+
+@command("pause", aliases=("暂停",), operator=True)
+async def pause(c: Ctx) -> Reply:
+    return await _set_paused(c, True)
+
+
+@command("resume", aliases=("恢复",), operator=True)
+async def resume(c: Ctx) -> Reply:
+    return await _set_paused(c, False)
+
+
+@command("verify", aliases=("校验",), operator=True)
+async def verify(c: Ctx) -> Reply:
+    module = _optional("engine.verify")
+    if module is None:
+        return c.say("not_available")
+    report = await c.call(module.verify, c.app.db)
+    lines = list(report.lines())
+    head = c.t("verify.ok") if report.ok else c.t("verify.failed")
+    body = "\n".join(lines[:30])
+    if len(lines) > 30:
+        body += "\n" + c.t("more", count=len(lines) - 30)
+    return Reply().text(head + "\n" + body)
+
+
+EXPORT_WHATS = ("journal", "entries", "users")
+
+
+@command("export", aliases=("导出",), operator=True, usage_key="usage.export")
+async def export(c: Ctx) -> Reply:
+    module = _optional("engine.export")
+    if module is None or not hasattr(module, "stream"):
+        return c.say("not_available")
+    what = c.args[0].lower() if c.args else "journal"
+    fmt = c.args[1].lower() if len(c.args) > 1 else "csv"
+    if what not in EXPORT_WHATS or fmt not in ("csv", "jsonl") or len(c.args) > 2:
+        raise BadInput("bad.export")
+
+    def run() -> tuple[bytes, int]:
+        import io
+
+        out = io.BytesIO()
+        n = module.stream(c.app.db, what, fmt, out)
+        return out.getvalue(), n
+
+    content, n = await c.call(run)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return Reply(items=[Document(content, f"{what}-{stamp}.{fmt}",
+                                 c.t("export.caption", what=what, rows=n))])

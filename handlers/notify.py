@@ -1,0 +1,111 @@
+"""Outbox notifications as text: `render(kind, params, lang)` for the scheduler's deliverer.
+
+The engine writes a row per movement (`Book.notify`) with the facts as JSON params; this turns
+them into a message in the user's language. It never raises: a row with an unknown kind or
+unexpected params still becomes a readable generic line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from . import i18n
+from .parsing import echo
+
+log = logging.getLogger(__name__)
+
+KINDS = ("order_settled", "acceleration", "release_paid", "forced_exit", "points_received",
+         "withdrawal_approved", "withdrawal_rejected", "order_refunded", "broadcast",
+         "payment_flag", "pool_warning")
+
+
+def _fen(value: Any, currency: str | None) -> str:
+    fen = int(value or 0)
+    return i18n.money(fen, currency) if currency else i18n.money(fen, "").strip()
+
+
+def _moment(value: Any) -> str:
+    if not value:
+        return "-"
+    return i18n.when(datetime.fromisoformat(str(value)))
+
+
+def _order_settled(p: dict[str, Any], lang: str, cur: str | None) -> str:
+    lines = [i18n.t(lang, "note.order_settled", order=echo(p.get("order", "-"), 64))]
+    if p.get("entry"):
+        lines.append(i18n.t(lang, "receipt.entry", seq=int(p["entry"]),
+                            amount=_fen(p.get("amount"), cur), matures=_moment(p.get("matures_at"))))
+    if p.get("minted"):
+        lines.append(i18n.t(lang, "receipt.minted", points=i18n.pts(int(p["minted"]))))
+    return "\n".join(lines)
+
+
+def _refunded(p: dict[str, Any], lang: str, cur: str | None) -> str:
+    lines = [i18n.t(lang, "note.order_refunded", order=echo(p.get("order", "-"), 64))]
+    if p.get("cash"):
+        key = "note.refund_wallet" if p.get("method") == "wallet" else "note.refund_channel"
+        lines.append(i18n.t(lang, key, cash=_fen(p["cash"], cur)))
+    if p.get("points_value"):
+        lines.append(i18n.t(lang, "note.refund_points", value=_fen(p["points_value"], cur)))
+    return "\n".join(lines)
+
+
+def _pool_warning(p: dict[str, Any], lang: str, cur: str | None) -> str:
+    warning = p.get("warning")
+    if warning == "coverage_low":
+        return i18n.t(lang, "note.coverage_low", balance=_fen(p.get("balance"), cur),
+                      liability=_fen(p.get("liability"), cur),
+                      coverage=p.get("coverage_pct", "-"), threshold=p.get("threshold_pct", "-"))
+    if warning == "matured_waiting":
+        return i18n.t(lang, "note.matured_waiting", days=p.get("days", "-"),
+                      limit=p.get("limit_days", "-"), entries=p.get("entries", "-"),
+                      amount=_fen(p.get("amount"), cur), seq=p.get("first_seq", "-"))
+    return i18n.t(lang, "note.pool_warning", warning=echo(warning or "-", 40))
+
+
+_SIMPLE: dict[str, Callable[[dict[str, Any], str | None], dict[str, Any]]] = {
+    "acceleration": lambda p, c: {"amount": _fen(p.get("amount"), c),
+                                  "buyer": echo(p.get("buyer") or "-", 40),
+                                  "order": echo(p.get("order", "-"), 64)},
+    "release_paid": lambda p, c: {"entry": int(p.get("entry") or 0),
+                                  "amount": _fen(p.get("amount"), c),
+                                  "total": _fen(p.get("total"), c)},
+    "forced_exit": lambda p, c: {"points": i18n.pts(int(p.get("points") or 0)),
+                                 "paid": _fen(p.get("paid"), c), "fee": _fen(p.get("fee"), c)},
+    "points_received": lambda p, c: {"points": i18n.pts(int(p.get("points") or 0)),
+                                     "sender": echo(p.get("sender") or "-", 40)},
+    "withdrawal_approved": lambda p, c: {"id": int(p.get("withdrawal") or 0),
+                                         "amount": _fen(p.get("amount"), c)},
+    "withdrawal_rejected": lambda p, c: {"id": int(p.get("withdrawal") or 0),
+                                         "amount": _fen(p.get("amount"), c)},
+    "payment_flag": lambda p, c: {"code": echo(p.get("code") or "-", 40),
+                                  "order": echo(p.get("order") or "-", 64),
+                                  "amount": _fen(p.get("amount"), p.get("currency") or c),
+                                  "channel": echo(p.get("channel") or "-", 16),
+                                  "charge": echo(p.get("charge") or "-", 64),
+                                  "buyer": echo(p.get("buyer") or "-", 64)},
+}
+_COMPOSED: dict[str, Callable[[dict[str, Any], str, str | None], str]] = {
+    "order_settled": _order_settled, "order_refunded": _refunded, "pool_warning": _pool_warning,
+}
+
+
+def render(kind: str, params: dict[str, Any], lang: str, *, currency: str | None = None) -> str:
+    """The message for one outbox row, in `lang` (zh or en; anything else is English).
+    Amounts are formatted by `engine.money`, with `currency` appended when given."""
+    lang = lang if lang in i18n.LANGS else "en"
+    p = params if isinstance(params, dict) else {}
+    try:
+        if kind == "broadcast":
+            # the operator's own words, as they wrote them (plain text, never markup)
+            return str(p.get("text") or "")[:4000] or i18n.t(lang, "note.generic", kind=kind)
+        if kind in _COMPOSED:
+            return _COMPOSED[kind](p, lang, currency)
+        if kind in _SIMPLE:
+            return i18n.t(lang, f"note.{kind}", **_SIMPLE[kind](p, currency))
+    except (TypeError, ValueError, KeyError):
+        log.warning("outbox %s row with unexpected params; rendered generically", kind)
+    return i18n.t(lang, "note.generic", kind=echo(kind, 32))

@@ -1,0 +1,73 @@
+"""Shared set-up for the release, scheduler and outbox tests: a shop with matured entries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+
+from engine import service
+from engine.state import snapshot
+from storage.db import Database
+from storage.models import Entry, Head, JournalTxn, Outbox
+
+ROOT = Path(__file__).resolve().parent.parent
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+BOUGHT = datetime(2026, 8, 1, 10, 0, tzinfo=SHANGHAI)  # lock 15 days: matures 16 Aug 00:00
+MATURED = datetime(2026, 8, 16, 0, 5, tzinfo=SHANGHAI)
+
+
+def make_shop(db: Database, *, entries: int, users: int = 5, pool: str = "1000000.00",
+              settle_days: int = 0, late: int = 0) -> None:
+    """`entries` orders of 100.00 by `users` users, matured at MATURED; `late` more that
+    mature a day later. With `settle_days` > 0 the orders are still pending at MATURED."""
+    service.configure(db, {"store": {"settle_days": str(settle_days)},
+                           "queue": {"pool_share": "0.20"}}, at=BOUGHT)
+    service.upsert_product(db, sku="tea", price="100.00", margin="0", lock_days=15,
+                           scheme="queue", at=BOUGHT)
+    service.upsert_product(db, sku="wine", price="100.00", margin="0", lock_days=16,
+                           scheme="queue", at=BOUGHT)
+    for u in range(users):
+        service.join(db, user=f"u{u}", at=BOUGHT, lang="en" if u % 2 else "zh")
+    service.deposit(db, pool="queue", amount=pool, at=BOUGHT)
+    for n in range(entries + late):
+        service.buy(db, user=f"u{n % users}", sku="tea" if n < entries else "wine",
+                    at=BOUGHT + timedelta(seconds=n), order=f"o{n}")
+
+
+def fingerprint(db: Database) -> dict[str, Any]:
+    """Everything a release decides: state, the journal's tip, every outbox row's key."""
+
+    def work(session: Any) -> dict[str, Any]:
+        head = session.get(Head, 1)
+        return {
+            "state": snapshot(session),
+            "journal": (head.last_txn, head.last_hash),
+            "release_txns": session.execute(select(func.count()).where(
+                JournalTxn.kind == "release")).scalar_one(),
+            "outbox": sorted(session.execute(select(Outbox.key, Outbox.kind, Outbox.params))
+                             .all()),
+        }
+
+    return db.read(work)
+
+
+def paid_entries(db: Database) -> list[tuple[int, int, str]]:
+    return db.read(lambda s: s.execute(select(Entry.seq, Entry.released, Entry.status)
+                                       .order_by(Entry.seq)).all())
+
+
+def cli(*args: str, env: dict[str, str] | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m bot.cli ARGS` in a fresh process, as an operator would run it."""
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("STOREFRONT_FAULT", "REDIS_URL", "DATABASE_URL")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,172 @@
+"""Releases at once: two processes on PostgreSQL pay each entry once (one works, the other
+skips and says who holds the lock); even with no lock at all the database pays each entry
+once; the CLI's contract; and a release reads matured entries in keyset pages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import tracemalloc
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select
+
+from engine import service
+from engine.jobs import last_run, run_release
+from engine.verify import verify
+from storage.db import Database
+from storage.migrate import migrate
+from storage.models import Entry, JournalTxn, Outbox, User
+from tests.release_helpers import MATURED, ROOT, cli, make_shop, paid_entries
+
+AT = MATURED.isoformat()
+
+
+@pytest.fixture
+def pg_db(pg_url: str) -> Iterator[Database]:
+    db = Database(pg_url)
+    migrate(db)
+    yield db
+    db.dispose()
+
+
+def assert_paid_once(db: Database, entries: int) -> None:
+    rows = paid_entries(db)
+    assert [status for _s, _r, status in rows] == ["released"] * entries
+    assert all(released == 10000 for _s, released, _st in rows)
+    counted = db.read(lambda s: (
+        s.execute(select(func.count()).where(JournalTxn.kind == "release")).scalar_one(),
+        s.execute(select(func.count()).where(Outbox.kind == "release_paid")).scalar_one(),
+        s.execute(select(func.sum(User.wallet))).scalar_one()))
+    assert counted == (entries, entries, entries * 10000)
+    assert verify(db).ok
+
+
+def test_two_processes_releasing_at_once_on_postgres_pay_each_entry_once(
+        pg_db: Database, pg_url: str) -> None:
+    entries = 120
+    make_shop(pg_db, entries=entries, users=6)
+    # Each page pauses a little, so the two runs surely overlap.
+    env = {"STOREFRONT_FAULT": "release.after_page:*:sleep0.15"}
+    args = [sys.executable, "-m", "bot.cli", "release", "--db", pg_url, "--at", AT,
+            "--batch", "10"]
+    procs = [subprocess.Popen(args, cwd=ROOT, env={**_env(), **env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 75], outs
+    results = {p.returncode: json.loads(out) for p, (out, _err) in zip(procs, outs, strict=True)}
+    worker, skipper = results[0], results[75]
+    assert worker["paid"] == entries and worker["amount"] == "12000.00"
+    assert skipper["skipped"] is True and skipper["holder"] == worker["holder"]
+    skipped_err = outs[[p.returncode for p in procs].index(75)][1]
+    assert "another release is running" in skipped_err and worker["holder"] in skipped_err
+    assert_paid_once(pg_db, entries)
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items()
+            if k not in ("STOREFRONT_FAULT", "REDIS_URL", "DATABASE_URL")}
+
+
+def test_even_without_the_lock_postgres_pays_each_entry_once(pg_db: Database) -> None:
+    """The lock saves work; correctness rests on row locks and per-entry keys."""
+    entries = 80
+    make_shop(pg_db, entries=entries, users=5)
+    results: list[dict[str, Any]] = []
+    barrier = threading.Barrier(3)
+
+    def release() -> None:
+        barrier.wait()
+        results.append(service.release(pg_db, at=MATURED, batch=7))
+
+    threads = [threading.Thread(target=release) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sum(r["paid"] for r in results) == entries
+    assert_paid_once(pg_db, entries)
+
+
+def test_release_cli_settles_first_then_pays_and_records_the_run(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    migrate(db)
+    try:
+        make_shop(db, entries=4, late=2, settle_days=3)
+        assert db.read(lambda s: s.execute(select(func.count(Entry.seq))).scalar_one()) == 0
+        run = cli("release", "--db", sqlite_url, "--at", AT)
+        assert run.returncode == 0, run.stderr
+        out = json.loads(run.stdout)
+        assert (out["settled"], out["paid"], out["amount"], out["blocked"]) == \
+            (6, 4, "400.00", False)
+        assert "settled 6 orders, paid 4 entries, 400.00" in run.stderr
+        assert [st for _s, _r, st in paid_entries(db)] == ["released"] * 4 + ["waiting"] * 2
+        assert last_run(db) == MATURED
+    finally:
+        db.dispose()
+
+
+def test_release_cli_refuses_bad_input_politely(sqlite_url: str) -> None:
+    for args, message in [
+        (["--at", "tomorrow"], "--at must be an ISO 8601 time with an offset"),
+        (["--at", "2026-08-16T00:05:00"], "--at must be an ISO 8601 time with an offset"),
+        (["--batch", "0"], "--batch must be between 1 and 10000"),
+    ]:
+        run = cli("release", "--db", sqlite_url, *args)
+        assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_release_stops_at_the_first_entry_the_pool_cannot_pay(memdb: Database) -> None:
+    make_shop(memdb, entries=5, pool="250.00")
+    result = run_release(memdb, at=MATURED, batch=2)
+    assert (result["paid"], result["amount"], result["blocked"]) == (2, 20000, True)
+    assert [st for _s, _r, st in paid_entries(memdb)] == ["released"] * 2 + ["waiting"] * 3
+
+
+def test_release_reads_matured_entries_in_keyset_pages(sqlite_url: str) -> None:
+    """Never `SELECT` all matured entries: every read of `entries` is one bounded page that
+    starts after the last `seq` paid, so memory stays flat however many are due."""
+    db = Database(sqlite_url)
+    migrate(db)
+    make_shop(db, entries=95, users=7)
+    reads: list[tuple[str, Any]] = []
+
+    @event.listens_for(db.engine, "before_cursor_execute")
+    def spy(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM entries" in statement:
+            reads.append((statement, params))
+
+    try:
+        result = run_release(db, at=MATURED, batch=20)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", spy)
+        db.dispose()
+    assert result["paid"] == 95
+    pages = [(s, p) for s, p in reads if "entries.seq >" in s]
+    assert len(pages) == 5 and len(pages) == len(reads)
+    assert all("LIMIT" in s for s, _p in pages)
+    assert [p[1] for _s, p in pages] == [0, 20, 40, 60, 80]  # keyset: after the last seq
+    assert all(p[-2] == 20 for _s, p in pages)  # the page size
+
+
+def test_release_memory_does_not_grow_with_the_number_of_entries(tmp_path: Any) -> None:
+    peaks = []
+    for n in (100, 800):
+        db = Database(f"sqlite:///{tmp_path}/m{n}.db")
+        migrate(db)
+        make_shop(db, entries=n, users=20)
+        tracemalloc.start()
+        try:
+            assert run_release(db, at=MATURED, batch=50)["paid"] == n
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+            db.dispose()
+    assert peaks[1] < peaks[0] * 1.5, peaks  # 8× the entries, not 8× the memory

@@ -1,0 +1,182 @@
+"""The running shop for the WeChat tests: `storefront run`'s HTTP server on 127.0.0.1 with
+the real handlers and engine, wechatpy pointed at `FakeWeChatAPI`, wechatpayv3 at
+`FakeWeChatPayAPI`, and helpers that speak to it exactly as WeChat's servers do."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+from bot.http import HttpServer, start_http
+from bot.settings import Settings
+from engine import service
+from handlers.base import App
+from storage.db import Database
+from storage.migrate import migrate
+from storage.models import Identity, JournalTxn, Order, User
+from tests.standins import wechat as sw
+
+TOKEN = "storefront-token"
+SECRET = "app-secret"
+GH_ID = "gh_0123456789ab"
+OPERATOR = "oOperator_0000000000000001"
+NOTIFY_URL = "https://shop.example/wechat/pay/notify"
+_ids = itertools.count(7_000_000_000_000_000_001)
+
+
+def next_msg_id() -> int:
+    return next(_ids)
+
+
+@dataclass
+class Shop:
+    server: HttpServer
+    app: App
+    db: Database
+    api: sw.FakeWeChatAPI
+    pay_api: sw.FakeWeChatPayAPI
+    keys: sw.PayKeys
+    http: httpx.AsyncClient
+    aes_key: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def appid(self) -> str:
+        return self.keys.appid
+
+    # -- what WeChat's servers send --------------------------------------------------------
+    async def post(self, xml: str | bytes, *, safe: bool = False,
+                   params: dict[str, str] | None = None) -> httpx.Response:
+        if safe:
+            assert self.aes_key is not None
+            body, query = sw.encrypt_for_safe_mode(
+                xml if isinstance(xml, str) else xml.decode(), TOKEN, self.aes_key, self.appid)
+        else:
+            body, query = xml, sw.sign_query(TOKEN)
+        if params is not None:
+            query = params
+        return await self.http.post("/wechat", params=query, content=body,
+                                    headers={"Content-Type": "text/xml"})
+
+    def reply_of(self, response: httpx.Response, *, safe: bool = False) -> dict[str, Any]:
+        assert response.status_code == 200, (response.status_code, response.text)
+        text = response.text
+        if safe and text.strip() not in ("", "success"):
+            text = sw.decrypt_reply(text, TOKEN, self.aes_key or "", self.appid)
+        return sw.parse_reply_xml(text)
+
+    async def say(self, openid: str, content: str, *, msg_id: int | None = None,
+                  safe: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A user's text message; returns the parsed passive reply ({} for none)."""
+        fields = {"Content": content, **(extra or {})}
+        xml = sw.message_xml(GH_ID, openid, "text", fields, msg_id=msg_id or next_msg_id())
+        reply = self.reply_of(await self.post(xml, safe=safe), safe=safe)
+        await self.server.wechat.drain()
+        return reply
+
+    async def event(self, openid: str, event: str, key: str | None = None,
+                    create_time: int | None = None) -> dict[str, Any]:
+        xml = sw.event_xml(GH_ID, openid, event, event_key=key, create_time=create_time)
+        reply = self.reply_of(await self.post(xml))
+        await self.server.wechat.drain()
+        return reply
+
+    async def notify(self, headers: dict[str, str], body: bytes,
+                     path: str = "/wechat/pay/notify") -> httpx.Response:
+        return await self.http.post(path, headers=headers, content=body)
+
+    # -- what the shop knows ---------------------------------------------------------------
+    def journal_size(self) -> int:
+        return self.db.read(lambda s: s.execute(select(func.count()).select_from(
+            JournalTxn)).scalar_one())
+
+    def user_of(self, identity: str) -> User | None:
+        return self.db.read(lambda s: s.execute(select(User).join(
+            Identity, Identity.user_id == User.id).where(Identity.identity == identity))
+            .scalar_one_or_none())
+
+    def order(self, ref: str) -> Order:
+        return self.db.read(lambda s: s.execute(select(Order).where(Order.ref == ref))
+                            .scalar_one())
+
+    def last_order_of(self, identity: str) -> Order:
+        user = self.user_of(identity)
+        assert user is not None
+        return self.db.read(lambda s: s.execute(select(Order).where(
+            Order.user_id == user.id).order_by(Order.no.desc()).limit(1)).scalar_one())
+
+    def sent_texts(self, openid: str) -> list[str]:
+        return [m["text"]["content"] for m in self.api.sent_messages
+                if m["touser"] == openid and m["msgtype"] == "text"]
+
+
+def settings_for(db_url: str, api: sw.FakeWeChatAPI, pay_api: sw.FakeWeChatPayAPI,
+                 keys: sw.PayKeys, aes_key: str | None, **extra: Any) -> Settings:
+    values: dict[str, Any] = {
+        "DATABASE_URL": db_url,
+        "STOREFRONT_HTTP_HOST": "127.0.0.1",
+        "STOREFRONT_HTTP_PORT": 0,
+        "WECHAT_TOKEN": TOKEN,
+        "WECHAT_APP_ID": keys.appid,
+        "WECHAT_APP_SECRET": SECRET,
+        "WECHAT_ENCODING_AES_KEY": aes_key,
+        "WECHAT_API_BASE_URL": api.base_url,
+        "WECHAT_PAY_MCH_ID": keys.mchid,
+        "WECHAT_PAY_PRIVATE_KEY_FILE": str(keys.merchant_private_key_path),
+        "WECHAT_PAY_CERT_SERIAL": keys.cert_serial_no,
+        "WECHAT_PAY_APIV3_KEY": keys.apiv3_key,
+        "WECHAT_PAY_PUBLIC_KEY_FILE": str(keys.platform_public_key_path),
+        "WECHAT_PAY_PUBLIC_KEY_ID": keys.public_key_id,
+        "WECHAT_PAY_NOTIFY_URL": NOTIFY_URL,
+        "WECHAT_PAY_API_BASE_URL": pay_api.base_url,
+    }
+    values.update(extra)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def stock(db: Database) -> None:
+    """A small catalogue: TEA joins the queue and mints points; settled at once."""
+    service.upsert_product(db, sku="TEA", price="120.00", margin="0.50", lock_days=15,
+                           scheme="both", name="Oolong tea")
+    service.upsert_product(db, sku="CUP", price="30.00", margin="0.40", lock_days=15,
+                           scheme="points", name="Tea cup")
+
+
+@asynccontextmanager
+async def open_shop(db_url: str, keys: sw.PayKeys, *, aes: bool = False,
+                    operators: tuple[str, ...] = (f"wx:{OPERATOR}",),
+                    telegram_application: Any = None, app: App | None = None,
+                    **extra: Any) -> AsyncIterator[Shop]:
+    db = app.db if app is not None else Database(db_url)
+    migrate(db)
+    aes_key = sw.generate_aes_key() if aes else None
+    with sw.FakeWeChatAPI(appid=keys.appid, secret=SECRET) as api, \
+            sw.FakeWeChatPayAPI(keys) as pay_api:
+        settings = settings_for(db_url, api, pay_api, keys, aes_key, **extra)
+        app = app or App(db=db, operators=frozenset(operators), currency="CNY")
+        server = await start_http(settings, app, telegram_application)
+        http = httpx.AsyncClient(base_url=server.url, timeout=15, trust_env=False)
+        try:
+            yield Shop(server, app, db, api, pay_api, keys, http, aes_key)
+        finally:
+            await http.aclose()
+            await server.stop()
+            db.dispose()
+
+
+def checkout_path(reply_text: str) -> str:
+    """The pay link's path from a purchase reply."""
+    start = reply_text.index("https://shop.example/wechat/pay/checkout/")
+    url = reply_text[start:].split()[0].split('"')[0]
+    return url[len("https://shop.example"):]
+
+
+def envelope(body: bytes) -> dict[str, Any]:
+    return json.loads(body)
