@@ -33,6 +33,7 @@ from bot.senders import Rejected, RetryLater, Sender, Unreachable
 from engine import faults, outbox
 from engine.jobs import RELEASE, last_run, run_release, store_timezone
 from engine.money import format_fen, format_micro
+from engine.report import scheduled_pool_warnings
 from storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -189,8 +190,11 @@ class Deliverer:
     async def drain(self) -> Counter[str]:
         """Deliver until nothing is due (or `stop()`); returns outcome counts."""
         stats: Counter[str] = Counter()
-        stats["interrupted"] += await asyncio.to_thread(outbox.recover_stale, self.db,
-                                                        now=self.clock())
+        stale = await asyncio.to_thread(outbox.recover_stale, self.db, now=self.clock())
+        if stale:
+            log.warning("outbox: %d notifications were left mid-send by a stopped process; "
+                        "marked interrupted, not resent (storefront outbox shows them)", stale)
+            stats["interrupted"] += stale
         while not self._stopping:
             batch = await asyncio.to_thread(outbox.claim, self.db, now=self.clock(),
                                             limit=self.batch, busy=self._busy())
@@ -313,4 +317,11 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
                       id="outbox-delivery", name="outbox delivery", coalesce=True,
                       misfire_grace_time=max(1, int(delivery_interval * 5)), max_instances=1,
                       next_run_time=start, replace_existing=True)
+    # Pool warnings to operators (engine/report.py, issue 6): hourly, in a worker thread; at
+    # most one outbox row per condition, operator and store-local day.
+    scheduler.add_job(scheduled_pool_warnings,
+                      IntervalTrigger(hours=1, start_date=start, timezone=tz),
+                      args=(db, now, settings), id="pool-warnings", name="pool warnings",
+                      coalesce=True, misfire_grace_time=grace, max_instances=1,
+                      replace_existing=True)
     return scheduler

@@ -17,10 +17,10 @@ Telegram's limits (30 messages a second overall, one a second per chat) are kept
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import warnings
-from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -60,50 +60,72 @@ def _clip(text: str, limit: int) -> str:
 
 
 class RateLimiter:
-    """At most `overall` sends in any `period` seconds, and one per chat every `per_chat`
-    seconds, with a small `margin` so the rate the server measures stays inside the limit
-    even when requests are delayed unevenly on the way."""
+    """At most `overall` messages in any `period` seconds and one per chat every `per_chat`
+    seconds, as the *server* counts them.
+
+    A request may reach the server any time between its start and its answer, so a send is
+    counted from when its answer came back: the next one that would exceed a limit starts at
+    least a full period after that. Uneven delays on the way can then never squeeze more
+    than the limit into a server-side second; the cost is one round trip of throughput."""
 
     def __init__(self, *, overall: int = 30, period: float = 1.0, per_chat: float = 1.0,
-                 margin: float = 0.05, clock: Callable[[], float] = time.monotonic) -> None:
+                 margin: float = 0.02, clock: Callable[[], float] = time.monotonic) -> None:
         self.overall = overall
         self.period = period * (1 + margin)
         self.per_chat = per_chat * (1 + margin)
         self.clock = clock
-        self._sent: deque[float] = deque()
-        self._last: dict[Hashable, float] = {}
+        self._sends: list[_Send] = []  # recent and in-flight sends
+        self._last: dict[Hashable, _Send] = {}
         self._paused_until = 0.0
 
-    def _ready_at(self, chat: Hashable, now: float) -> float:
-        while self._sent and self._sent[0] <= now - self.period:
-            self._sent.popleft()
+    def _ready_at(self, chat: Hashable, now: float) -> float | None:
+        """When a send to `chat` may start; None while it depends on an unanswered send."""
+        self._sends = [x for x in self._sends if x.end is None or x.end > now - self.period]
         ready = max(now, self._paused_until)
         last = self._last.get(chat)
         if last is not None:
-            ready = max(ready, last + self.per_chat)
-        if len(self._sent) >= self.overall:
-            ready = max(ready, self._sent[0] + self.period)
+            if last.end is None:
+                return None
+            ready = max(ready, last.end + self.per_chat)
+        if len(self._sends) >= self.overall:
+            ends = sorted(x.end for x in self._sends if x.end is not None)
+            excess = len(self._sends) - self.overall  # this many must age out first
+            if len(ends) <= excess:
+                return None
+            ready = max(ready, ends[excess] + self.period)
         return ready
 
-    async def wait(self, chat: Hashable) -> None:
-        """Return when a message to `chat` may go, and count it as gone."""
+    @contextlib.asynccontextmanager
+    async def slot(self, chat: Hashable) -> AsyncIterator[None]:
+        """Wait until a message to `chat` may go; count it until its answer is back."""
         while True:
             now = self.clock()
             ready = self._ready_at(chat, now)
-            if ready <= now:  # no await between the check and the booking: no race
-                self._sent.append(now)
-                self._last[chat] = now
-                if len(self._last) > 10_000:
-                    self._forget(now)
-                return
-            await asyncio.sleep(ready - now)
+            if ready is not None and ready <= now:
+                break  # no await between the check and the booking: no race
+            await asyncio.sleep(0.01 if ready is None else ready - now)
+        send = _Send()
+        self._sends.append(send)
+        self._last[chat] = send
+        try:
+            yield
+        finally:
+            send.end = self.clock()
+            if len(self._last) > 10_000:
+                cutoff = send.end - self.per_chat
+                self._last = {c: x for c, x in self._last.items()
+                              if x.end is None or x.end > cutoff}
 
     def pause(self, seconds: float) -> None:
         """Hold every send for `seconds` (the channel's flood control said so)."""
         self._paused_until = max(self._paused_until, self.clock() + seconds)
 
-    def _forget(self, now: float) -> None:
-        self._last = {c: t for c, t in self._last.items() if t > now - self.per_chat}
+
+class _Send:
+    __slots__ = ("end",)
+
+    def __init__(self) -> None:
+        self.end: float | None = None  # when the answer came back
 
 
 def _seconds(value: Any) -> float:
@@ -131,9 +153,10 @@ class TelegramSender:
             raise Rejected(f"not a Telegram chat: {identity}") from None
         if prefix != self.channel:
             raise Rejected(f"not a Telegram identity: {identity}")
-        await self.limiter.wait(chat_id)
         try:
-            await self.bot.send_message(chat_id=chat_id, text=_clip(text, TELEGRAM_TEXT_LIMIT))
+            async with self.limiter.slot(chat_id):
+                await self.bot.send_message(chat_id=chat_id,
+                                            text=_clip(text, TELEGRAM_TEXT_LIMIT))
         except RetryAfter as exc:
             with warnings.catch_warnings():  # PTB 22 warns about the int/timedelta switch
                 warnings.simplefilter("ignore")

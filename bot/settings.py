@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     wechat_app_secret: SecretStr | None = Field(None, alias="WECHAT_APP_SECRET")
     wechat_encoding_aes_key: SecretStr | None = Field(None, alias="WECHAT_ENCODING_AES_KEY")
     wechat_api_base_url: str | None = Field(None, alias="WECHAT_API_BASE_URL")
-    wechat_template_id: str | None = Field(None, alias="WECHAT_TEMPLATE_ID")  # one `content` field
+    wechat_notify_template_id: str | None = Field(None, alias="WECHAT_NOTIFY_TEMPLATE_ID")
     wechat_pay_mch_id: str | None = Field(None, alias="WECHAT_PAY_MCH_ID")
     wechat_pay_private_key_file: str | None = Field(None, alias="WECHAT_PAY_PRIVATE_KEY_FILE")
     wechat_pay_cert_serial: str | None = Field(None, alias="WECHAT_PAY_CERT_SERIAL")

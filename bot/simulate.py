@@ -38,7 +38,7 @@ from storage.models import Entry, JournalTxn, Pool, Posting, User
 
 CSV_COLUMNS = (
     "day", "date", "orders", "sales", "new_buyers", "queue_balance", "liability", "coverage",
-    "matured_unpaid", "inflow", "paid_out", "entries", "entries_paid", "share_paid",
+    "matured_unpaid", "inflow", "paid_by_release", "paid_by_acceleration", "entries", "entries_paid", "share_paid",
     "amount_share_paid", "median_wait_days", "median_paid_wait_days", "points_balance",
     "supply", "price", "points_sold", "forced_exits",
 )
@@ -141,13 +141,17 @@ class _Entries:
     paid: list[int] = field(default_factory=list)
     done: list[int] = field(default_factory=list)  # day index when fully paid, or -1
     last_txn: int = 0
+    released: int = 0  # fen paid by static release, so far
+    accelerated: int = 0  # fen paid by acceleration, so far
 
-    def update(self, db: Database, day: int) -> int:
-        """Read what is new; returns the fen paid out of the queue pool since last time."""
+    def update(self, db: Database, day: int) -> tuple[int, int]:
+        """Read what is new; returns the fen the queue pool paid since last time by static
+        release and by acceleration (paid while settling a referee's order)."""
         def read(s: Any) -> tuple[list[Any], list[Any]]:
             new = s.execute(select(Entry.seq, Entry.amount).where(Entry.seq > len(self.created))
                             .order_by(Entry.seq)).all()
-            pays = s.execute(select(Posting.txn_id, Posting.ref, Posting.amount)
+            pays = s.execute(select(JournalTxn.kind, Posting.ref, Posting.amount)
+                             .join(JournalTxn, JournalTxn.id == Posting.txn_id)
                              .where(Posting.account == QUEUE_POOL, Posting.amount < 0,
                                     Posting.txn_id > self.last_txn)).all()
             top = s.execute(select(JournalTxn.id).order_by(JournalTxn.id.desc()).limit(1))
@@ -160,14 +164,19 @@ class _Entries:
             self.amount.append(amount)
             self.paid.append(0)
             self.done.append(-1)
-        out = 0
-        for _txn, ref, amount in pays:
+        released = accelerated = 0
+        for kind, ref, amount in pays:
             i = int(ref.split(":")[1]) - 1
             self.paid[i] -= amount
-            out -= amount
+            if kind == "release":
+                released -= amount
+            else:
+                accelerated -= amount
             if self.paid[i] == self.amount[i]:
                 self.done[i] = day
-        return out
+        self.released += released
+        self.accelerated += accelerated
+        return released, accelerated
 
     def figures(self, day: int) -> dict[str, Any]:
         n = len(self.created)
@@ -276,7 +285,7 @@ class Simulation:
 
     def measure(self, day: int, at: datetime, orders: int, sales: int, new: int,
                 sold: int) -> dict[str, Any]:
-        paid_out = self.entries.update(self.db, day)
+        released, accelerated = self.entries.update(self.db, day)
         r = report.pool_report(self.db, at, near_exit=0, history_days=1)
         inflow, _out = report.queue_flows(self.db, at - timedelta(days=1), at)
         exits = self.db.read(lambda s: s.execute(
@@ -291,7 +300,8 @@ class Simulation:
             "liability": format_fen(r["liability"]),
             "coverage": "" if cov is None else f"{float(cov):.4f}",
             "matured_unpaid": format_fen(r["matured_unpaid"]),
-            "inflow": format_fen(inflow), "paid_out": format_fen(paid_out),
+            "inflow": format_fen(inflow), "paid_by_release": format_fen(released),
+            "paid_by_acceleration": format_fen(accelerated),
             **self.entries.figures(day),
             "points_balance": format_fen(r["points_balance"]),
             "supply": format_micro(r["supply"]), "price": format_micro(r["price_micro"]),
@@ -386,6 +396,9 @@ def summary(sim: Simulation) -> str:
         f"Queue: {n} entries worth {format_fen(sum(e.amount))}; fully paid {paid_n} "
         f"({_pct(paid_n, n)}), {format_fen(sum(e.paid))} of the amount "
         f"({_pct(sum(e.paid), sum(e.amount))})",
+        f"Paid by acceleration to referrers {format_fen(e.accelerated)} "
+        f"({_pct(e.accelerated, sum(e.paid))}), by release in queue order "
+        f"{format_fen(e.released)} ({_pct(e.released, sum(e.paid))})",
         f"End: queue pool {format_fen(r['queue_balance'])}, still owed "
         f"{format_fen(r['liability'])} to {r['waiting_entries']} waiting entries, coverage "
         f"{'n/a' if cov is None else f'{float(cov) * 100:.1f}%'}; matured but unpaid "

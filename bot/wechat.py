@@ -14,8 +14,8 @@ Inbound, in this order, each step refusing before the next looks at anything:
    as customer-service messages.
 
 Outbound (`WeChatSender`): customer-service messages inside the 48-hour window, template
-messages outside it (WECHAT_TEMPLATE_ID, one `content` field), `RecipientUnreachable` when
-neither can reach the user. See docs/wechat.md for the decisions behind each rule.
+messages outside it (WECHAT_NOTIFY_TEMPLATE_ID, one `content` field), `RecipientUnreachable`
+when neither can reach the user. See docs/wechat.md for the decisions behind each rule.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidSignatureException, WeChatClientException
 from wechatpy.utils import check_signature
 
+from bot.senders import Rejected, RetryLater, Unreachable
 from bot.settings import Settings
 from handlers.base import App, Document, Invoice, Photo, Progress, Reply, Request, Text
 from storage.db import DatabaseUnavailable
@@ -58,13 +59,27 @@ INVITE_QR_SECONDS = 30 * 24 * 3600  # the longest a temporary parametric QR code
 _OPENID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _DIGITS = re.compile(r"^\d{1,32}$")
 _NO_REPLY = (200, b"success", "text/plain")
-OUT_OF_WINDOW = {45015, 45047}  # "response out of time limit", "out of response count limit"
-UNSUBSCRIBED = {43004, 43019, 40003}  # "require subscribe", "in blacklist", "invalid openid"
+# WeChat errcodes (Global_Return_Code): what each means for a message we send.
+OUT_OF_WINDOW = {45015, 45047}  # no reply window (48 h) / too many messages unanswered
+UNREACHABLE = {40003: "invalid openid", 43004: "not subscribed", 43019: "blacklisted us",
+               43101: "refused messages"}
+SLOW_DOWN = {45009: 3600.0, 45011: 60.0}  # daily / per-minute API quota
 
 
-class RecipientUnreachable(Exception):
+class RecipientUnreachable(Unreachable):
     """WeChat will not deliver to this user now (unfollowed, blocked, outside the 48-hour
     window with no template configured). Retrying soon will not help."""
+
+
+def _delivery_error(identity: str, exc: WeChatClientException) -> Exception:
+    code = exc.errcode
+    if code in UNREACHABLE:
+        return RecipientUnreachable(f"{identity}: WeChat {code} ({UNREACHABLE[code]})")
+    if code in OUT_OF_WINDOW:
+        return RecipientUnreachable(f"{identity}: WeChat {code} (outside the 48-hour window)")
+    if code in SLOW_DOWN:
+        return RetryLater(SLOW_DOWN[code], f"WeChat {code}: quota reached")
+    return exc  # anything else is transient: the caller retries with backoff
 
 
 class BadXml(ValueError):
@@ -179,7 +194,16 @@ def _attr(text: str) -> str:
 
 
 class WeChatSender:
-    """Delivers to `wx:<openid>` users (the scheduler's notifications, follow-ups)."""
+    """Delivers text to `wx:<openid>` users: the `bot.senders.Sender` protocol (the
+    scheduler's notifications) and the adapter's own follow-ups.
+
+    Customer-service messages while the user wrote to us in the last 48 hours (and while
+    WeChat accepts them), else a template message (WECHAT_NOTIFY_TEMPLATE_ID, one
+    `{{content.DATA}}` field). Raises `RecipientUnreachable` (a `bot.senders.Unreachable`)
+    when neither can reach the user, `RetryLater` on quota errors, `Rejected` for an identity
+    that is not WeChat's."""
+
+    channel = "wx"
 
     def __init__(self, client: WeChatClient, db: Any = None,
                  template_id: str | None = None) -> None:
@@ -191,7 +215,7 @@ class WeChatSender:
     def openid(identity: str) -> str:
         prefix, _, openid = identity.partition(":")
         if prefix != "wx" or not _OPENID.match(openid):
-            raise RecipientUnreachable(f"{identity!r} is not a WeChat identity")
+            raise Rejected(f"{identity!r} is not a WeChat identity")
         return openid
 
     async def _in_window(self, identity: str) -> bool:
@@ -206,7 +230,6 @@ class WeChatSender:
         return seen is not None and datetime.now(UTC) - seen < CS_WINDOW
 
     async def send(self, identity: str, text: str) -> None:
-        """Customer-service text inside the 48-hour window, else a template message."""
         openid = self.openid(identity)
         if await self._in_window(identity):
             try:
@@ -214,23 +237,16 @@ class WeChatSender:
                     await asyncio.to_thread(self.client.message.send_text, openid, piece)
                 return
             except WeChatClientException as exc:
-                if exc.errcode in UNSUBSCRIBED:
-                    raise RecipientUnreachable(f"{identity}: {exc.errcode}") from exc
                 if exc.errcode not in OUT_OF_WINDOW:
-                    raise
-        await self._template(identity, openid, text)
-
-    async def _template(self, identity: str, openid: str, text: str) -> None:
+                    raise _delivery_error(identity, exc) from exc
         if not self.template_id:
             raise RecipientUnreachable(f"{identity}: outside the 48-hour window and no "
-                                       "WECHAT_TEMPLATE_ID is configured")
+                                       "WECHAT_NOTIFY_TEMPLATE_ID is configured")
         try:
             await asyncio.to_thread(self.client.message.send_template, openid,
                                     self.template_id, {"content": {"value": text[:1000]}})
         except WeChatClientException as exc:
-            if exc.errcode in UNSUBSCRIBED or exc.errcode in OUT_OF_WINDOW:
-                raise RecipientUnreachable(f"{identity}: {exc.errcode}") from exc
-            raise
+            raise _delivery_error(identity, exc) from exc
 
     async def upload_png(self, png: bytes) -> str:
         media = await asyncio.to_thread(self.client.media.upload, "image",
@@ -277,7 +293,7 @@ class WeChatAdapter:
                if settings.wechat_encoding_aes_key else None)
         return cls(app, client or client_from_settings(settings), token=token,
                    appid=settings.wechat_app_id or "", aes_key=aes,
-                   template_id=settings.wechat_template_id)
+                   template_id=settings.wechat_notify_template_id)
 
     # -- GET /wechat ------------------------------------------------------------------------
     def _signed(self, query: dict[str, str]) -> bool:
@@ -329,7 +345,7 @@ class WeChatAdapter:
     def _decrypt(self, outer: dict[str, str], query: dict[str, str]) -> str | None:
         """The plaintext of a safe-mode message; None when its signature is wrong."""
         if self.crypto is None or not outer.get("Encrypt"):
-            raise BadXml("encrypted message but no EncodingAESKey configured")
+            raise BadXml("a safe-mode message needs <Encrypt> and WECHAT_ENCODING_AES_KEY")
         try:
             return str(self.crypto.decrypt_message(
                 {"Encrypt": outer["Encrypt"]}, query.get("msg_signature", ""),
@@ -582,6 +598,14 @@ class WeChatAdapter:
             return True, None  # the same message, claimed a moment ago by a retry
 
     def _remember(self, key: str, reply: str) -> None:
+        try:
+            self._store(key, reply)
+        except DatabaseUnavailable:
+            # The answer still goes out; a retry of this message would find it unanswered
+            # and get "success", while the money it moved is keyed by its id anyway.
+            log.warning("wechat: could not store the reply to %s", key)
+
+    def _store(self, key: str, reply: str) -> None:
         now = datetime.fromtimestamp(self.clock(), UTC)
 
         def work(s: Session) -> None:

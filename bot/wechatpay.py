@@ -200,7 +200,7 @@ class WeChatPayGateway:
         except DatabaseUnavailable:
             return 503, _page("稍后再试 · Try again later", "系统繁忙，请稍后再试。",
                               "The shop is busy; please try again shortly.")
-        if found is None:
+        if found is None or found["channel"] != "wechat":
             return 404, _page("订单不存在 · No such order", "找不到这个支付链接。",
                               "This payment link does not exist.")
         facts = found
@@ -392,7 +392,7 @@ def _checkout_facts(s: Session, token: str) -> dict[str, Any] | None:
         Identity.user_id == order.user_id, Identity.identity.like("wx:%"))
         .order_by(Identity.identity).limit(1)).scalar_one_or_none()
     return {"order": order.ref, "amount": order.cash, "currency": order.currency,
-            "sku": order.sku, "qty": order.qty, "status": row.status,
+            "sku": order.sku, "qty": order.qty, "status": row.status, "channel": row.channel,
             "order_status": order.status, "expires_at": row.expires_at,
             "openid": openid[3:] if openid else None}
 

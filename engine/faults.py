@@ -13,7 +13,14 @@ inside one process use `arm(...)`/`disarm()` instead of the environment.
 
 Points in use: `release.locked`, `release.after_settle`, `release.entry_paid` (inside a page's
 transaction, before it commits), `release.after_page` (after a page committed),
-`release.before_record`, `outbox.claimed`, `outbox.after_send` (sent, not yet marked sent).
+`release.before_record`, `outbox.claimed`, `outbox.after_send` (sent, not yet marked sent),
+and around every unit of work (storage/db.py `Database.run`): `commit.before:<label>` (all
+its work done, not yet committed) and `commit.after:<label>` (committed, the caller not yet
+told). The label is the engine action (`buy`, `confirm_payment`, `release`, `settle`,
+`withdraw_points`, `transfer_points`, `request_withdrawal`, `decide_withdrawal`, …) or the
+unit of work's own name (`paid.work`, `claim.work`, `_changed.<lambda>`, …); names may
+contain colons: `STOREFRONT_FAULT=commit.after:buy:1`. tests/fault_driver.py lists every
+point an action reaches (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -44,16 +51,25 @@ def parse(spec: str) -> dict[str, _Fault]:
     """`name:count[:action],…` → faults; a malformed item raises ValueError (tests only)."""
     faults: dict[str, _Fault] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, _, rest = item.partition(":")
-        count, _, action = rest.partition(":")
-        action = action or "kill"
-        if not name or not (count == "*" or count.isdigit() and int(count) > 0):
+        # Names may contain colons (`commit.before:buy`): count and action are read from
+        # the right.
+        parts = item.rsplit(":", 2)
+        if len(parts) == 3 and _is_count(parts[1]) and not _is_count(parts[2]):
+            name, count, action = parts
+        else:
+            name, _, count = item.rpartition(":")
+            action = "kill"
+        if not name or not _is_count(count):
             raise ValueError(f"{ENV}: bad item {item!r} (want name:count[:action])")
         if action not in ("kill", "raise") and not (
                 action.startswith("sleep") and _is_seconds(action[5:])):
             raise ValueError(f"{ENV}: unknown action {action!r}")
         faults[name] = _Fault(None if count == "*" else int(count), action)
     return faults
+
+
+def _is_count(text: str) -> bool:
+    return text == "*" or text.isdigit() and int(text) > 0
 
 
 def _is_seconds(text: str) -> bool:

@@ -119,7 +119,8 @@ def _merge(book: Book, *, older: User, newer: User, identities: Iterable[str],
     The newer row survives so the deleted id is never the largest one, and SQLite (which
     reuses the largest rowid) can never hand a dead account's journal accounts to someone
     new. The merged account keeps the earliest first contact, and the referrer fixed then
-    (the older account's, else the newer's); nobody ends up referring themselves."""
+    (the older account's, else the newer's), language and name; nobody ends up referring
+    themselves."""
     s, n = book.s, book.head.last_txn + 1
     moved = {"wallet": older.wallet, "held": older.held, "points": older.points,
              "basis": older.basis}
@@ -139,8 +140,8 @@ def _merge(book: Book, *, older: User, newer: User, identities: Iterable[str],
     referrer = older.referrer_id if older.referrer_id is not None else newer.referrer_id
     newer.referrer_id = None if referrer in (older.id, newer.id) else referrer
     newer.created_at = min(older.created_at, newer.created_at)
-    newer.lang = newer.lang or older.lang
-    newer.display_name = newer.display_name or older.display_name
+    newer.lang = older.lang or newer.lang
+    newer.display_name = older.display_name or newer.display_name
     invite = older.invite_code or newer.invite_code
     older.invite_code = None
     s.flush()

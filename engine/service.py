@@ -7,6 +7,7 @@ idempotency `key`: a second call with the same key returns the first result.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
@@ -33,7 +34,9 @@ def _in_book(db: Database, work: Callable[[Book], T]) -> T:
     def unit(session: Session) -> T:
         return work(Book(session))
 
-    return db.run(unit)
+    # The calling action's name labels its commit's crash points (`commit.before:buy`,
+    # engine/faults.py), so a fault test can kill any action at its commit.
+    return db.run(unit, label=sys._getframe(1).f_code.co_name)
 
 
 def configure(db: Database, sections: Any, *, at: datetime | None = None,

@@ -17,11 +17,12 @@ from typing import Any
 
 from engine import service, users
 from engine.accounts import SCHEMES
+from engine.money import AmountError, parse_rate
 from engine.orders import ORDER_REF
 
 from . import i18n
 from .base import App, Button, Document, Photo, Progress, Reply, Request
-from .parsing import BadInput, callback, echo, money, qty, sku, whole
+from .parsing import BadInput, callback, echo, money, normalise, qty, sku, whole
 from .registry import Ctx, button, command, commands, first_lang
 from .shop import render_receipt
 
@@ -62,7 +63,12 @@ async def product(c: Ctx) -> Reply:
     if len(c.args) < 5:
         raise BadInput("bad.missing")
     code, price = sku(c.args[0]), money(c.args[1])
-    margin = c.args[2]
+    margin = normalise(c.args[2])
+    try:
+        if parse_rate(margin) > 1:
+            raise AmountError("above 1")
+    except AmountError:
+        raise BadInput("bad.margin", value=echo(c.args[2], 16)) from None
     lock = whole(c.args[3], "bad.lock_days", low=0, high=3650)
     scheme = c.args[4].lower()
     if scheme not in SCHEMES:
@@ -203,7 +209,12 @@ async def run_job(app: App, job: str, request: Request,
     except Exception:
         log.exception("release run by %s failed", request.identity)
         text = i18n.t(lang, "release.failed")
-    push(text)
+    try:  # the final line from the event loop itself: awaited, not scheduled
+        result = update(text)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:  # noqa: BLE001
+        log.exception("progress update failed")
     return text
 
 
@@ -318,7 +329,7 @@ async def user(c: Ctx) -> Reply:
                  points=i18n.pts(u["points"]), basis=c.money(u["basis"], cfg.currency),
                  orders=u["orders"], invited=u["invited"],
                  referrer=echo(u["referrer"] or "-", 40),
-                 joined=i18n.when(u["created_at"], cfg.timezone), lang=u["lang"] or "-",
+                 joined=i18n.when(u["created_at"], cfg.timezone), language=u["lang"] or "-",
                  blocked=c.t("yes") if u["blocked"] else c.t("no"))
 
 

@@ -33,7 +33,7 @@ class _Params(dict[str, Any]):
         return "{" + key + "}"
 
 
-def t(lang: str, key: str, **params: Any) -> str:
+def t(lang: str, key: str, /, **params: Any) -> str:
     """The message `key` in `lang` (falling back to English, then to the key itself)."""
     text = catalogue(lang if lang in LANGS else "en").get(key)
     if text is None:

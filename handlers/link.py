@@ -23,11 +23,11 @@ def new_code() -> str:
     return "".join(secrets.choice(linking.CODE_ALPHABET) for _ in range(linking.CODE_LENGTH))
 
 
-def _other_app(identity: str, lang: str) -> str:
-    """The app the code should be sent from: the other one."""
+def _other_app(identity: str, lang: str, code: str) -> tuple[str, str]:
+    """The app the code should be sent from (the other one) and what to send there."""
     other = "wx" if identity.startswith("tg:") else "tg"
     zh, en = APPS[other]
-    return zh if lang == "zh" else en
+    return (zh if lang == "zh" else en), (f"绑定 {code}" if other == "wx" else f"/link {code}")
 
 
 @command("link", aliases=("绑定", "bind", "关联"), usage_key="usage.link")
@@ -37,8 +37,8 @@ async def link(c: Ctx) -> Reply:
         code = new_code()
         await c.call(linking.link_code, c.app.db, identity=c.req.identity, code=code, at=now)
         minutes = int(linking.CODE_TTL / timedelta(minutes=1))
-        return c.say("link.code", code=code, minutes=minutes,
-                     app=_other_app(c.req.identity, c.lang))
+        app, send = _other_app(c.req.identity, c.lang, code)
+        return c.say("link.code", code=code, minutes=minutes, app=app, command=send)
     if len(c.args) != 1 or linking.normalise_code(c.args[0]) is None:
         raise BadInput("link.bad_code", value=echo(" ".join(c.args), 24))
     result = await c.call(linking.link_accounts, c.app.db, code=c.args[0],

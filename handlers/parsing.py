@@ -39,9 +39,14 @@ def is_clean(text: str) -> bool:
                for ch in text)
 
 
+# Full-width ASCII (U+FF01–U+FF5E) and the ideographic space, as Chinese input methods type
+# them; nothing else is folded (NFKC would also turn "²" into "2").
+_FULL_WIDTH = {0xFF01 + i: 0x21 + i for i in range(0x5E)} | {0x3000: 0x20}
+
+
 def normalise(text: str) -> str:
     """Full-width digits, letters and spaces (Chinese input methods) become plain ASCII."""
-    return unicodedata.normalize("NFKC", text)
+    return text.translate(_FULL_WIDTH)
 
 
 def echo(text: object, limit: int = MAX_ECHO) -> str:

@@ -153,10 +153,10 @@ class Ctx:
     def user_id(self) -> int:
         return int(self.member["user_id"])
 
-    def t(self, key: str, **params: Any) -> str:
+    def t(self, key: str, /, **params: Any) -> str:
         return i18n.t(self.lang, key, **params)
 
-    def say(self, key: str, buttons: tuple[tuple[Button, ...], ...] = (),
+    def say(self, key: str, buttons: tuple[tuple[Button, ...], ...] = (), /,
             **params: Any) -> Reply:
         return Reply().text(self.t(key, **params), buttons)
 

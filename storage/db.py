@@ -23,6 +23,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+# A leaf module with no imports of its own: named crash points, inert unless a test arms them.
+from engine import faults
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -59,7 +62,8 @@ def _is_retryable(exc: BaseException) -> bool:
 class Database:
     """One database: an engine, a session factory and the unit-of-work helpers."""
 
-    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
+    def __init__(self, url: str | None = None, *, echo: bool = False,
+                 busy_timeout: float = 30.0) -> None:
         self.url = normalise_url(url or DEFAULT_URL)
         u = make_url(self.url)
         self.dialect = u.get_backend_name()
@@ -70,13 +74,15 @@ class Database:
                 kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
             else:
                 Path(u.database or "").parent.mkdir(parents=True, exist_ok=True)
-                kwargs.update(connect_args={"timeout": 30, "check_same_thread": False})
+                kwargs.update(connect_args={"timeout": busy_timeout,
+                                            "check_same_thread": False})
         else:
             self.memory = False
             kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
-            _configure_sqlite(self.engine, wal=not self.memory)
+            _configure_sqlite(self.engine, wal=not self.memory,
+                              busy_ms=max(0, int(busy_timeout * 1000)))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._reader = self.engine.execution_options(storefront_read=True)
         self._read_sessions = sessionmaker(self._reader, expire_on_commit=False)
@@ -97,15 +103,22 @@ class Database:
         with self._read_sessions() as session, session.begin():
             yield session
 
-    def run(self, work: Callable[[Session], T], *, attempts: int = 12) -> T:
+    def run(self, work: Callable[[Session], T], *, attempts: int = 12,
+            label: str | None = None) -> T:
         """Run `work` in one transaction, retrying lock conflicts and lost connections.
 
-        `work` must be a pure function of the database: it is called again on retry."""
+        `work` must be a pure function of the database: it is called again on retry.
+        `label` (default: `work`'s name) names its crash points for the fault tests,
+        `commit.before:<label>` and `commit.after:<label>` (engine/faults.py)."""
+        name = label or _label_of(work)
         delay = 0.005
         for attempt in range(1, attempts + 1):
             try:
                 with self.transaction() as session:
-                    return work(session)
+                    result = work(session)
+                    faults.point(f"commit.before:{name}")
+                faults.point(f"commit.after:{name}")
+                return result
             except (OperationalError, DBAPIError) as exc:
                 if not _is_retryable(exc) or attempt == attempts:
                     if _is_retryable(exc) or isinstance(exc, OperationalError):
@@ -118,14 +131,25 @@ class Database:
         raise AssertionError("unreachable")
 
     def read(self, work: Callable[[Session], T]) -> T:
-        with self.reading() as session:
-            return work(session)
+        """Run `work` in a read-only snapshot; a database that cannot be reached (a lost
+        connection, a server that is down) is `DatabaseUnavailable`, as for writers."""
+        try:
+            with self.reading() as session:
+                return work(session)
+        except OperationalError as exc:
+            raise DatabaseUnavailable(str(exc.orig)) from exc
 
     def dispose(self) -> None:
         self.engine.dispose()
 
 
-def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
+def _label_of(work: Callable[..., Any]) -> str:
+    """`open_checkout.<locals>.work` → `open_checkout.work`: a stable name for crash points."""
+    fn = getattr(work, "func", work)  # functools.partial
+    return str(getattr(fn, "__qualname__", type(fn).__name__)).replace("<locals>.", "")
+
+
+def _configure_sqlite(engine: Engine, *, wal: bool, busy_ms: int = 30000) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event below emit BEGIN itself (pysqlite's own is deferred).
@@ -135,7 +159,7 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
             cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         cur.close()
 
     @event.listens_for(engine, "begin")

@@ -233,7 +233,11 @@ class Posting(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
     ref: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
-    __table_args__ = (Index("ix_postings_account", "account"),)
+    __table_args__ = (
+        Index("ix_postings_account", "account"),
+        # One account over a window of transactions (engine/report.py).
+        Index("ix_postings_account_txn", "account", "txn_id"),
+    )
 
 
 class Outbox(Base):

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from engine import service
 from engine.state import snapshot
 from storage.db import Database
-from storage.models import Entry, Head, JournalTxn, Outbox
+from storage.models import Entry, Head, JournalTxn, Outbox, User
 
 ROOT = Path(__file__).resolve().parent.parent
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -39,6 +39,26 @@ def make_shop(db: Database, *, entries: int, users: int = 5, pool: str = "100000
     for n in range(entries + late):
         service.buy(db, user=f"u{n % users}", sku="tea" if n < entries else "wine",
                     at=BOUGHT + timedelta(seconds=n), order=f"o{n}")
+
+
+def bulk_entries(db: Database, n: int, *, users: int = 20) -> None:
+    """`n` matured entries of 100.00 written straight into the tables (for volume tests
+    of the release itself: no orders, no journal history before it)."""
+    service.configure(db, {"queue": {"pool_share": "0.20"}}, at=BOUGHT)
+    for u in range(users):
+        service.join(db, user=f"u{u}", at=BOUGHT)
+    service.deposit(db, pool="queue", amount=f"{n * 100}.00", at=BOUGHT)
+    matures = datetime(2026, 8, 16, tzinfo=SHANGHAI)
+
+    def work(session: Any) -> None:
+        ids = session.execute(select(User.id).order_by(User.id)).scalars().all()
+        session.execute(insert(Entry), [
+            {"seq": seq, "user_id": ids[seq % len(ids)], "order_no": seq, "amount": 10000,
+             "released": 0, "status": "waiting", "matures_at": matures, "created_at": BOUGHT}
+            for seq in range(1, n + 1)])
+        session.get(Head, 1).last_entry_seq = n
+
+    db.run(work)
 
 
 def fingerprint(db: Database) -> dict[str, Any]:

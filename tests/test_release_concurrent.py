@@ -21,7 +21,7 @@ from engine.verify import verify
 from storage.db import Database
 from storage.migrate import migrate
 from storage.models import Entry, JournalTxn, Outbox, User
-from tests.release_helpers import MATURED, ROOT, cli, make_shop, paid_entries
+from tests.release_helpers import MATURED, ROOT, bulk_entries, cli, make_shop, paid_entries
 
 AT = MATURED.isoformat()
 
@@ -158,10 +158,10 @@ def test_release_reads_matured_entries_in_keyset_pages(sqlite_url: str) -> None:
 
 def test_release_memory_does_not_grow_with_the_number_of_entries(tmp_path: Any) -> None:
     peaks = []
-    for n in (100, 800):
+    for n in (60, 480):
         db = Database(f"sqlite:///{tmp_path}/m{n}.db")
         migrate(db)
-        make_shop(db, entries=n, users=20)
+        bulk_entries(db, n)
         tracemalloc.start()
         try:
             assert run_release(db, at=MATURED, batch=50)["paid"] == n

@@ -288,3 +288,75 @@ def test_pool_warnings_reach_each_known_operator_once_a_day(memdb: Database):
     assert len(warnings) == 4 and {o.lang for o in warnings} == {"en"}
     assert {o.key.split(":")[1] for o in warnings} == {"coverage_low", "matured_waiting"}
     assert report.write_pool_warnings(memdb, local(12), ["tg:404"], Fraction(1, 2), 3) == 0
+
+
+def test_report_reads_no_growing_table_by_a_full_scan(sqlite_url: str):
+    """Every statement behind /pool, /queue and the charts searches an index: the cost follows
+    the window and the waiting queue, not the size of the journal (SQLite's query plans)."""
+    from sqlalchemy import event
+
+    from storage.migrate import migrate
+
+    db = Database(sqlite_url)
+    migrate(db)
+    at = busy_shop(db)
+    statements: list[tuple[str, tuple]] = []
+
+    def seen(_conn, _cursor, statement, params, *_args):  # type: ignore[no-untyped-def]
+        statements.append((statement, params))
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    report.pool_report(db, at)
+    report.queue_view(db, "B", at)
+    report.warnings(db, at, Fraction(1, 2), 3)
+    event.remove(db.engine, "before_cursor_execute", seen)
+    scans = []
+    with db.engine.connect() as conn:
+        for statement, params in statements:
+            for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params):
+                detail = row[-1]
+                if detail.startswith("SCAN") and not detail.startswith(("SCAN pools",
+                                                                        "SCAN settings")):
+                    scans.append((detail, statement))
+                # One account's postings are read over a range of transactions only.
+                if detail.startswith("SEARCH postings") and "txn_id>" not in detail:
+                    scans.append((detail, statement))
+    db.dispose()
+    assert len(statements) > 15 and scans == []
+
+
+def test_the_scheduler_job_warns_the_configured_operators(memdb: Database):
+    """`scheduled_pool_warnings` reads the real Settings, and what it writes renders in both
+    languages through the notification catalogue."""
+    import json
+
+    from bot.settings import Settings
+    from handlers.notify import render
+
+    _queue_without_inflow(memdb)
+    service.join(memdb, user="OPS", at=local(0), lang="zh")
+    memdb.run(lambda s: s.add(Identity(identity="tg:7", user_id=s.execute(
+        select(User.id).where(User.handle == "OPS")).scalar_one(), created_at=local(0))))
+    settings = Settings(STOREFRONT_OPERATORS="tg:7, tg:8", STOREFRONT_COVERAGE_WARNING="0.30",
+                        STOREFRONT_MATURED_WAIT_DAYS=5)
+    assert report.scheduled_pool_warnings(memdb, lambda: local(9), settings) == 2
+    assert report.scheduled_pool_warnings(memdb, lambda: local(9, 23), settings) == 0
+    assert report.scheduled_pool_warnings(memdb, lambda: local(9), object()) == 0
+    rows = [o for o in all_rows(memdb, Outbox) if o.kind == "pool_warning"]
+    assert {o.lang for o in rows} == {"zh"}
+    texts = {(lang, json.loads(o.params)["warning"]): render("pool_warning",
+                                                           json.loads(o.params), lang)
+             for o in rows for lang in ("zh", "en")}
+    assert "400.00" in texts[("en", "coverage_low")] and "0%" in texts[("en", "coverage_low")]
+    assert "资金池" in texts[("zh", "matured_waiting")] and "9" in texts[("zh", "matured_waiting")]
+
+
+def test_the_scheduler_runs_the_pool_warnings_hourly(memdb: Database):
+    from bot.settings import Settings
+    from scheduler import build_scheduler
+
+    settings = Settings(STOREFRONT_OPERATORS="tg:7")
+    sched = build_scheduler(settings, memdb, {}, clock=lambda: local(3))
+    job = sched.get_job("pool-warnings")
+    assert job.func is report.scheduled_pool_warnings and job.args[0] is memdb
+    assert job.args[2] is settings and job.trigger.interval == timedelta(hours=1)

@@ -401,6 +401,8 @@ async def test_blocked_user_is_dropped_and_others_still_answered(bot) -> None:
 async def test_token_never_reaches_the_logs(api, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     script = Script()
+    script.reply = Reply([Invoice("O1", "tok", "Tea", "Green tea", 1000, "CNY"),
+                          Text("after the invoice")])
     application = await start_telegram(settings_for(api), make_app(), poll_timeout=1,
                                        conversations=script.conversations())
     try:
@@ -411,8 +413,9 @@ async def test_token_never_reaches_the_logs(api, caplog) -> None:
     finally:
         await stop_telegram(application)
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "HTTP Request" in text or "sendMessage" in text  # the logs were really captured
-    assert "SECRETTOKEN" not in text
+    # the logs were really captured, URLs and call parameters included
+    assert "HTTP Request" in text and "sendInvoice" in text and "Green tea" in text
+    assert "SECRETTOKEN" not in text and "provider-tok" not in text
 
 
 # --------------------------------------------------------------------------- ordering

@@ -216,10 +216,25 @@ async def test_storefront_story_on_sqlite(shop: Shop) -> None:
     me2 = await s.say(2, "/me")
     assert "80.00 CNY" in me2 and "21.000000" in me2 and "1.680672" in me2
     assert "35.29 CNY" in me2  # 21 points × 60.00 / 35.7, rounded down
+    assert "20.00 CNY" in me2  # the acceleration was paid into its wallet
+    assert state["users"]["tg:2"]["wallet"] == "20.00"
     me3 = await s.say(3, "/me", lang="zh-hans")
     assert "100.00 CNY" in me3 and "14.700000" in me3
-    report = (await s.send(OPERATOR, "/pool", expect=1))[0].params["text"]
+    report_calls = await s.send(OPERATOR, "/pool", expect=2)  # the numbers, and a chart
+    assert [c.method for c in report_calls] == ["sendMessage", "sendPhoto"]
+    assert report_calls[1].files["photo"].startswith(b"\x89PNG")
+    report = report_calls[0].params["text"]
     assert "1000.00 CNY" in report and "60.00 CNY" in report and "35.700000" in report
+
+    # The operator runs the release now: one message, edited as the job goes (nothing has
+    # matured yet, so nothing is paid).
+    mark = len(s.api.calls)
+    (started,) = await s.send(OPERATOR, "/release")
+    done = await s.api.wait_for(lambda c: c.is_("editMessageText") and c.chat_id == OPERATOR,
+                                since=mark)
+    assert done.params["message_id"] == started.result["message_id"]
+    assert done.params["text"] != started.params["text"] and "0.00 CNY" in done.params["text"]
+    assert s.state()["entries"] == state["entries"]
 
     # Telegram delivers user 3's successful payment again: nothing changes.
     before = s.state()

@@ -124,14 +124,37 @@ async def test_a_retried_msg_id_is_answered_without_being_processed_twice(shop):
     assert shop.db.read(lambda s: s.get(SeenMessage, f"wx:{msg_id}").reply) is not None
 
 
-async def test_concurrent_deliveries_of_one_message_make_one_order(shop):
+async def test_a_retry_in_safe_mode_gets_the_same_answer_freshly_encrypted(safe_shop):
+    msg_id = next_msg_id()
+    first = await safe_shop.say(ALICE, "购买 CUP", msg_id=msg_id, safe=True)
+    size = safe_shop.journal_size()
+    again = await safe_shop.say(ALICE, "购买 CUP", msg_id=msg_id, safe=True)
+    assert again == first and "/wechat/pay/checkout/" in first["Content"]
+    assert safe_shop.journal_size() == size
+
+
+async def test_a_retried_event_is_answered_once(shop):
     await shop.say(ALICE, "我的")
-    xml = sw.text_message_xml(GH_ID, ALICE, "购买 CUP 2", next_msg_id())
-    before = shop.journal_size()
-    answers = await asyncio.gather(*(shop.post(xml) for _ in range(4)))
-    await shop.server.wechat.drain()
-    assert all(a.status_code == 200 for a in answers)
-    assert shop.journal_size() == before + 1  # one checkout, whatever the retries
+    code = users.invite_code(shop.db, shop.user_of(f"wx:{ALICE}").id)
+    first = await shop.event(BOB, "subscribe", code, create_time=1_800_000_000)
+    again = await shop.event(BOB, "subscribe", code, create_time=1_800_000_000)
+    assert again == first and first["Content"]
+    assert shop.db.read(lambda s: s.get(SeenMessage, f"wx:evt:{BOB}:1800000000:subscribe")
+                        ) is not None
+
+
+async def test_concurrent_deliveries_of_one_message_make_one_order(db_url, keys):
+    async with open_shop(db_url, keys) as shop:
+        stock(shop.db)
+        await shop.say(ALICE, "我的")
+        xml = sw.text_message_xml(GH_ID, ALICE, "购买 CUP 2", next_msg_id())
+        before = shop.journal_size()
+        answers = await asyncio.gather(*(shop.post(xml) for _ in range(4)))
+        await shop.server.wechat.drain()
+        assert all(a.status_code == 200 for a in answers)
+        assert shop.journal_size() == before + 1  # one checkout, whatever the retries
+        replies = [a.text for a in answers if a.text != "success"]
+        assert len(replies) >= 1 and len(set(replies)) == 1
 
 
 async def test_subscribe_with_a_scene_fixes_the_referrer_at_first_contact(shop):

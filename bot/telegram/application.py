@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from telegram import Message, Update
+from telegram.constants import ChatType
 from telegram.error import Forbidden, NetworkError, RetryAfter
 from telegram.ext import (
     AIORateLimiter,
@@ -117,22 +118,23 @@ class TelegramAdapter:
         private = PRIVATE & ~filters.SUCCESSFUL_PAYMENT
         names: set[str] = set()
         for entry in self.conv.menu:
-            aliases = [n for n in entry.telegram_names() if n not in names]
-            names.update(aliases)
-            if aliases:
-                application.add_handler(CommandHandler(aliases, self._command(entry.name),
+            words = [n for n in entry.telegram_names() if n not in names]
+            names.update(words)
+            if words:
+                application.add_handler(CommandHandler(words, self._command(entry.name),
                                                        filters=private))
         if "start" not in names:  # the deep-link entry point exists whatever the registry says
+            names.add("start")
             application.add_handler(CommandHandler("start", self._command("start"),
                                                    filters=private))
         application.add_handler(CallbackQueryHandler(self.on_callback))
         application.add_handler(PreCheckoutQueryHandler(self.on_pre_checkout))
-        application.add_handler(MessageHandler(PRIVATE & filters.SUCCESSFUL_PAYMENT,
-                                               self.on_payment))
+        # Money is recorded wherever it arrives (invoices only go to private chats anyway).
+        application.add_handler(MessageHandler(filters.SUCCESSFUL_PAYMENT, self.on_payment))
         application.add_handler(MessageHandler(private, self.on_other))
-        application.add_handler(MessageHandler(
-            filters.COMMAND & filters.UpdateType.MESSAGE & ~filters.ChatType.PRIVATE,
-            self.on_group_command))
+        application.add_handler(CommandHandler(  # our commands, sent in a group
+            sorted(names), self.on_group_command,
+            filters=filters.UpdateType.MESSAGE & ~filters.ChatType.PRIVATE))
         application.add_error_handler(self.on_error)
 
     # ------------------------------------------------------------------ updates → requests
@@ -145,7 +147,7 @@ class TelegramAdapter:
                        display_name=user.full_name, **fields)
 
     def _command(self, name: str) -> Callable[[Update, ContextTypes.DEFAULT_TYPE],
-                                              Awaitable[None]]:
+                                              Coroutine[Any, Any, None]]:
         async def on_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             args = tuple(context.args or ())
             request = self._request(
@@ -167,7 +169,9 @@ class TelegramAdapter:
         # Answer first: Telegram shows a spinner until then. The data itself is validated by
         # the conversations, never trusted here.
         await self._quietly("callback answer", query.from_user.id, query.answer)
-        await self._converse(update, self._request(update, callback=query.data or ""))
+        chat = update.effective_chat
+        if chat is not None and chat.type == ChatType.PRIVATE:  # the shop never talks in groups
+            await self._converse(update, self._request(update, callback=query.data or ""))
 
     async def _converse(self, update: Update, request: Request) -> None:
         chat = update.effective_chat
@@ -278,7 +282,7 @@ def build_application(settings: Settings, app: App, *,
     provider_token = provider.get_secret_value() if provider is not None else None
     app.telegram_payments = provider_token is not None
     base_url = settings.telegram_api_base_url
-    redact_token_in_logs(token)
+    redact_in_logs(token, provider_token)
     application = (
         ApplicationBuilder()
         .token(token)
@@ -305,32 +309,43 @@ def build_application(settings: Settings, app: App, *,
 
 
 class _Redact(logging.Filter):
+    """Replaces known secrets in a record's message and in its formatted traceback."""
+
     def __init__(self) -> None:
         super().__init__()
         self.secrets: set[str] = set()
 
+    def _clean(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "<redacted>")
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if any(s in message for s in self.secrets):
-            for s in self.secrets:
-                message = message.replace(s, "<redacted>")
-            record.msg, record.args = message, None
+            record.msg, record.args = self._clean(message), None
+        if record.exc_info and not record.exc_text:
+            formatted = logging.Formatter().formatException(record.exc_info)
+            if any(s in formatted for s in self.secrets):
+                record.exc_text = self._clean(formatted)
         return True
 
 
 _redactor = _Redact()
+_REDACTED_LIBRARIES = ("telegram", "httpx", "httpcore", "bot")
 
 
-def redact_token_in_logs(token: str) -> None:
-    """PTB (at DEBUG) and httpx (at INFO) log Bot API URLs, and those carry the token.
+def redact_in_logs(*secrets: str | None) -> None:
+    """PTB (at DEBUG) and httpx (at INFO) log Bot API URLs, which carry the bot token, and
+    PTB logs call parameters at DEBUG, which carry the payment provider token.
 
     Records are filtered where they are created, so the filter goes on every logger of those
-    libraries that exists now; they are all made when the modules are imported."""
-    _redactor.secrets.add(token)
+    libraries (and of this adapter) that exists now; they are made when modules are imported."""
+    _redactor.secrets.update(s for s in secrets if s)
     logging.getLogger("httpx")  # make sure it exists even if httpx has not logged yet
     for name, logger in list(logging.root.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger) and name.split(".")[0] in (
-                "telegram", "httpx", "httpcore") and _redactor not in logger.filters:
+        if isinstance(logger, logging.Logger) and name.split(".")[0] in _REDACTED_LIBRARIES \
+                and _redactor not in logger.filters:
             logger.addFilter(_redactor)
 
 

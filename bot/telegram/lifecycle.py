@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from datetime import timedelta
 
 from telegram import Bot, BotCommand, BotCommandScopeChat
 from telegram.error import TelegramError
@@ -48,7 +49,8 @@ async def publish_commands(bot: Bot, commands: Sequence[MenuCommand],
     the operator commands. A failure is logged: the menu is a convenience, not the shop."""
     for language_code in MENU_LANGUAGES:
         lang = language_code or "en"
-        calls = [(None, _menu(commands, lang, operator=False))]
+        calls: list[tuple[BotCommandScopeChat | None, list[BotCommand]]] = [
+            (None, _menu(commands, lang, operator=False))]
         calls += [(BotCommandScopeChat(chat), _menu(commands, lang, operator=True))
                   for chat in telegram_operator_chats(operators)]
         for scope, menu in calls:
@@ -88,8 +90,9 @@ async def start_telegram(settings: Settings, app: App, *, poll_timeout: float = 
                                               allowed_updates=ALLOWED_UPDATES)
         else:
             assert application.updater is not None
-            await application.updater.start_polling(poll_interval=0.0, timeout=poll_timeout,
-                                                    allowed_updates=ALLOWED_UPDATES)
+            await application.updater.start_polling(
+                poll_interval=0.0, timeout=timedelta(seconds=poll_timeout),
+                allowed_updates=ALLOWED_UPDATES)
     except BaseException:
         await stop_telegram(application)
         raise

@@ -171,9 +171,13 @@ class ChatOutput:
         pieces = list(split_text(body))
         sent: Message | None = None
         for n, piece in enumerate(pieces):
-            last = n == len(pieces) - 1
-            sent = await call_bot("message", chat_id, lambda p=piece, k=last: self.bot.send_message(
-                chat_id, p, reply_markup=markup if k else None))
+            keys = markup if n == len(pieces) - 1 else None
+
+            def send(piece: str = piece, keys: InlineKeyboardMarkup | None = keys
+                     ) -> Awaitable[Message]:
+                return self.bot.send_message(chat_id, piece, reply_markup=keys)
+
+            sent = await call_bot("message", chat_id, send)
         return sent
 
     async def _send_media(self, what: str, chat_id: int, caption: str,
@@ -207,8 +211,6 @@ class ChatOutput:
         live = ProgressMessage(self, chat_id, first.message_id if first else None, item.initial)
         try:
             result = await run_job(item, live.push)
-        except ChatGone:
-            raise
         except Exception:  # noqa: BLE001 - the job's own failure is logged, the user told
             log.exception("job %s failed", item.job)
             result = Reply().text(adapter_text("internal_error", lang))

@@ -1,0 +1,147 @@
+"""Talking to WeChat's API: the wechatpy client and `WeChatSender` (messages to users)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from wechatpy import WeChatClient
+from wechatpy.exceptions import WeChatClientException
+
+from bot.senders import Rejected, RetryLater, Unreachable
+from bot.settings import Settings
+from storage.models import Identity
+
+from .messages import OPENID, Part, split_text
+
+CS_WINDOW = timedelta(hours=48)  # customer-service messages reach users active this recently
+
+# WeChat errcodes (Global_Return_Code): what each means for a message we send.
+OUT_OF_WINDOW = {45015, 45047}  # no reply window (48 h) / too many messages unanswered
+UNREACHABLE = {40003: "invalid openid", 43004: "not subscribed", 43019: "blacklisted us",
+               43101: "refused messages"}
+SLOW_DOWN = {45009: 3600.0, 45011: 60.0}  # daily / per-minute API quota
+
+
+class RecipientUnreachable(Unreachable):
+    """WeChat will not deliver to this user now (unfollowed, blocked, outside the 48-hour
+    window with no template configured). Retrying soon will not help."""
+
+
+class StorefrontWeChatClient(WeChatClient):
+    """`wechatpy.WeChatClient` honouring WECHAT_API_BASE_URL, token fetch included (upstream
+    hard-codes api.weixin.qq.com for it)."""
+
+    def __init__(self, appid: str, secret: str, base_url: str | None = None,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("timeout", 10)
+        super().__init__(appid, secret, **kwargs)
+        if base_url:
+            self.API_BASE_URL = base_url if base_url.endswith("/") else base_url + "/"
+
+    def fetch_access_token(self) -> dict[str, Any]:
+        return self._fetch_access_token(
+            url=self.API_BASE_URL + "token",
+            params={"grant_type": "client_credential", "appid": self.appid,
+                    "secret": self.secret})
+
+
+def client_from_settings(settings: Settings) -> WeChatClient:
+    """The client for WECHAT_APP_ID/SECRET; with REDIS_URL its access token lives in Redis,
+    so several processes do not keep invalidating each other's token."""
+    session = None
+    if settings.redis_url:
+        import redis
+        from wechatpy.session.redisstorage import RedisStorage
+
+        session = RedisStorage(redis.Redis.from_url(settings.redis_url), prefix="wechatpy")
+    secret = settings.wechat_app_secret.get_secret_value() if settings.wechat_app_secret else ""
+    return StorefrontWeChatClient(settings.wechat_app_id or "", secret,
+                                  settings.wechat_api_base_url, session=session)
+
+
+def _delivery_error(identity: str, exc: WeChatClientException) -> Exception:
+    code = exc.errcode
+    if code in UNREACHABLE:
+        return RecipientUnreachable(f"{identity}: WeChat {code} ({UNREACHABLE[code]})")
+    if code in OUT_OF_WINDOW:
+        return RecipientUnreachable(f"{identity}: WeChat {code} (outside the 48-hour window)")
+    if code in SLOW_DOWN:
+        return RetryLater(SLOW_DOWN[code], f"WeChat {code}: quota reached")
+    return exc  # anything else is transient: the caller retries with backoff
+
+
+class WeChatSender:
+    """Delivers text to `wx:<openid>` users: the `bot.senders.Sender` protocol (the
+    scheduler's notifications) and the adapter's own follow-ups.
+
+    Customer-service messages while the user wrote to us in the last 48 hours (and while
+    WeChat accepts them), else a template message (WECHAT_NOTIFY_TEMPLATE_ID, one
+    `{{content.DATA}}` field). Raises `RecipientUnreachable` (a `bot.senders.Unreachable`)
+    when neither can reach the user, `RetryLater` on quota errors, `Rejected` for an identity
+    that is not WeChat's."""
+
+    channel = "wx"
+
+    def __init__(self, client: WeChatClient, db: Any = None,
+                 template_id: str | None = None) -> None:
+        self.client = client
+        self.db = db
+        self.template_id = template_id
+
+    @staticmethod
+    def openid(identity: str) -> str:
+        prefix, _, openid = identity.partition(":")
+        if prefix != "wx" or not OPENID.match(openid):
+            raise Rejected(f"{identity!r} is not a WeChat identity")
+        return openid
+
+    async def _in_window(self, identity: str) -> bool:
+        """Whether the user wrote within 48 hours (`Identity.last_seen_at`, which the
+        adapter moves on every message); without a database, let WeChat decide."""
+        if self.db is None:
+            return True
+
+        def last_seen(s: Session) -> datetime | None:
+            return s.execute(select(Identity.last_seen_at).where(
+                Identity.identity == identity)).scalar_one_or_none()
+
+        seen = await asyncio.to_thread(self.db.read, last_seen)
+        return seen is not None and datetime.now(UTC) - seen < CS_WINDOW
+
+    async def send(self, identity: str, text: str) -> None:
+        openid = self.openid(identity)
+        if await self._in_window(identity):
+            try:
+                for piece in split_text(text):
+                    await asyncio.to_thread(self.client.message.send_text, openid, piece)
+                return
+            except WeChatClientException as exc:
+                if exc.errcode not in OUT_OF_WINDOW:
+                    raise _delivery_error(identity, exc) from exc
+        if not self.template_id:
+            raise RecipientUnreachable(f"{identity}: outside the 48-hour window and no "
+                                       "WECHAT_NOTIFY_TEMPLATE_ID is configured")
+        try:
+            await asyncio.to_thread(self.client.message.send_template, openid,
+                                    self.template_id, {"content": {"value": text[:1000]}})
+        except WeChatClientException as exc:
+            raise _delivery_error(identity, exc) from exc
+
+    async def upload_png(self, png: bytes) -> str:
+        """A temporary image media (3 days) for image messages and passive replies."""
+        media = await asyncio.to_thread(self.client.media.upload, "image",
+                                        ("image.png", io.BytesIO(png), "image/png"))
+        return str(media["media_id"])
+
+    async def send_part(self, openid: str, part: Part) -> None:
+        """One customer-service message (a follow-up to something the user just said)."""
+        if part.png is not None:
+            media_id = await self.upload_png(part.png)
+            await asyncio.to_thread(self.client.message.send_image, openid, media_id)
+        else:
+            await asyncio.to_thread(self.client.message.send_text, openid, part.text)

@@ -1,0 +1,167 @@
+"""The journal over time: money flows inside a window, and daily figures walked back from
+today (docs/reports.md).
+
+Both read only the journal inside their window: the window's transaction ids come from
+`ix_journal_at`, then one account's postings are a range search on (account, txn_id), so the
+cost follows the window, never the journal's whole history. History starts from the current
+balances and subtracts what was recorded after each day instead of summing from the start.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date, datetime, time, timedelta
+from fractions import Fraction
+from typing import Any
+
+from sqlalchemy import and_, case, func, literal_column, select
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from storage.db import Database
+from storage.models import Entry, JournalTxn, Pool, Posting, Setting
+
+from . import journal
+from .config import Config
+from .points import Price
+
+DAY = timedelta(days=1)
+HISTORY_DAYS = 90
+WAITING = Entry.status == "waiting"
+OWED = Entry.amount - Entry.released
+
+
+def config(session: Session) -> Config:
+    return Config.from_values({r.key: r.value for r in session.execute(select(Setting)).scalars()})
+
+
+def pools(session: Session) -> dict[str, Pool]:
+    return {p.name: p for p in session.execute(select(Pool)).scalars()}
+
+
+# -- the journal inside a window ------------------------------------------------------------
+def in_window(session: Session, *when: ColumnElement[bool]) -> ColumnElement[bool] | None:
+    """Postings of the journal transactions whose time satisfies `when`, as a condition on
+    `Posting.txn_id`, or None if there are none.
+
+    The id range comes first (`ix_journal_at`), so the postings read is a range search on
+    (account, txn_id) the size of the window; the membership test keeps it exact even if
+    journal times are not in id order (a replay may record events out of time order)."""
+    lo, hi = session.execute(
+        select(func.min(JournalTxn.id), func.max(JournalTxn.id)).where(*when)).one()
+    if lo is None:
+        return None
+    return and_(Posting.txn_id >= lo, Posting.txn_id <= hi,
+                Posting.txn_id.in_(select(JournalTxn.id).where(*when)))
+
+
+def pool_flows(session: Session, since: datetime, until: datetime) -> tuple[int, int]:
+    """(inflow, outflow) of the queue pool for journal times in (since, until]: contributions
+    and deposits in, payments to entries (releases and accelerations) out."""
+    window = in_window(session, JournalTxn.at > since, JournalTxn.at <= until)
+    if window is None:
+        return 0, 0
+    row = session.execute(
+        select(func.coalesce(func.sum(case((Posting.amount > 0, Posting.amount), else_=0)), 0),
+               func.coalesce(func.sum(case((Posting.amount < 0, -Posting.amount), else_=0)), 0))
+        .where(Posting.account == journal.QUEUE_POOL, window)
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def queue_flows(db: Database, since: datetime, until: datetime) -> tuple[int, int]:
+    """(inflow, outflow) of the queue pool in fen for journal times in (since, until]."""
+    return db.read(lambda s: pool_flows(s, since, until))
+
+
+def daily_inflow(session: Session, at: datetime) -> Fraction:
+    """The 30-day average daily inflow into the queue pool, exact (fen per day)."""
+    inflow, _out = pool_flows(session, at - 30 * DAY, at)
+    return Fraction(inflow, 30)
+
+
+# -- history: daily figures walked back from today ----------------------------------------
+def history(db: Database, at: datetime, days: int = HISTORY_DAYS) -> list[dict[str, Any]]:
+    """One row per store-local day for the last `days` days up to `at`'s day: queue pool,
+    liability, points pool, supply and price (micro, floored; None while supply is 0 and
+    no earlier price is in the window) at the end of that day."""
+    return db.read(lambda s: history_in(s, at, days, config(s)))
+
+
+def _local_day(session: Session, column: Any, offset_seconds: int) -> ColumnElement[Any]:
+    """The store-local date of a UTC timestamp column, using the store's offset now (a DST
+    change moves an hour of activity between two days on the charts, nothing more)."""
+    if session.get_bind().dialect.name == "postgresql":
+        shifted = column + literal_column(f"interval '{int(offset_seconds)} seconds'")
+        return func.date(shifted)
+    return func.date(column, literal_column(f"'{int(offset_seconds):+d} seconds'"))
+
+
+def _as_date(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+
+
+def history_in(session: Session, at: datetime, days: int, cfg: Config) -> list[dict[str, Any]]:
+    tz = cfg.timezone
+    offset = int((at.astimezone(tz).utcoffset() or timedelta(0)).total_seconds())
+    today = at.astimezone(tz).date()
+    first = today - timedelta(days=max(1, days) - 1)
+    since = datetime.combine(first, time(0), tzinfo=tz)
+    day = _local_day(session, JournalTxn.at, offset)
+    moves: dict[date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    window = in_window(session, JournalTxn.at >= since)
+    for d, account, out_sum, total in [] if window is None else session.execute(
+        select(day, Posting.account,
+               func.sum(case((Posting.amount < 0, -Posting.amount), else_=0)),
+               func.sum(Posting.amount))
+        .join(JournalTxn, JournalTxn.id == Posting.txn_id)
+        .where(window, Posting.account.in_((journal.QUEUE_POOL, journal.POINTS_POOL,
+                                            journal.POINTS_ISSUED)))
+        .group_by(day, Posting.account)
+    ):
+        bucket = moves[_as_date(d)]
+        bucket[account] += int(total)
+        if account == journal.QUEUE_POOL:
+            bucket["paid"] += int(out_sum)
+    eday = _local_day(session, Entry.created_at, offset)
+    for d, created in session.execute(
+        select(eday, func.sum(Entry.amount)).where(Entry.created_at >= since).group_by(eday)
+    ):
+        moves[_as_date(d)]["created"] += int(created)
+
+    now = pools(session)
+    liability = int(session.execute(select(func.coalesce(func.sum(OWED), 0))
+                                    .where(WAITING)).scalar_one())
+    state = {"queue": now["queue"].balance, "points": now["points"].balance,
+             "supply": now["points"].supply, "liability": liability}
+    # Walk back: the end of day D is now minus everything recorded after D.
+    for d in sorted((d for d in moves if d > today), reverse=True):
+        _undo(state, moves[d])
+    rows: list[dict[str, Any]] = []
+    for i in range(max(1, days)):
+        d = today - timedelta(days=i)
+        end = at if d == today else datetime.combine(d + DAY, time(0), tzinfo=tz)
+        price = (Price(state["points"], state["supply"]).display_micro()
+                 if state["supply"] > 0 else None)
+        rows.append({"day": d, "at": end.astimezone(tz), "queue_balance": state["queue"],
+                     "liability": state["liability"], "points_balance": state["points"],
+                     "supply": state["supply"], "price_micro": price})
+        _undo(state, moves.get(d, {}))
+    rows.reverse()
+    # Zero supply mid-window keeps the price it last had (SPEC §4).
+    last = None
+    for row in rows:
+        if row["price_micro"] is None:
+            row["price_micro"] = last
+        last = row["price_micro"]
+    while len(rows) > 1 and not any(rows[0][k] for k in ("queue_balance", "liability",
+                                                          "points_balance", "supply")):
+        rows.pop(0)
+    return rows
+
+
+def _undo(state: dict[str, int], day: dict[str, int]) -> None:
+    state["queue"] -= day.get(journal.QUEUE_POOL, 0)
+    state["points"] -= day.get(journal.POINTS_POOL, 0)
+    state["supply"] += day.get(journal.POINTS_ISSUED, 0)  # points:issued holds −supply
+    state["liability"] += day.get("paid", 0) - day.get("created", 0)

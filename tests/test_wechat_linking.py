@@ -1,0 +1,143 @@
+"""One person on both channels: Telegram (the real python-telegram-bot application, updates
+POSTed to the same server's /telegram webhook) and WeChat, joined by a one-time code, buy on
+each channel and see one balance everywhere."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+import pytest
+
+from bot.settings import Settings
+from bot.telegram import start_telegram, stop_telegram
+from engine.verify import verify
+from handlers.base import App
+from storage.db import Database
+from storage.migrate import migrate
+from tests.standins import telegram_api as tg
+from tests.standins import wechat as sw
+from tests.wechat_harness import checkout_path, open_shop, stock
+
+ALICE = "oAlice_000000000000000000001"
+TG_ID = 4242
+BOT_TOKEN = "123:SECRETTOKEN"
+WEBHOOK_SECRET = "hook-secret_1"
+WECHAT_UA = "Mozilla/5.0 MicroMessenger/8.0.47"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    return sw.generate_pay_keys(tmp_path_factory.mktemp("paykeys"))
+
+
+@pytest.fixture
+async def both(sqlite_url, keys):
+    """The shop on both channels behind one HTTP server and one database."""
+    db = Database(sqlite_url)
+    migrate(db)
+    stock(db)
+    app = App(db=db, operators=frozenset(), currency="CNY")
+    async with tg.FakeBotAPI(token=BOT_TOKEN) as bot_api:
+        telegram_settings = {
+            "TELEGRAM_BOT_TOKEN": BOT_TOKEN, "TELEGRAM_API_BASE_URL": bot_api.base_url,
+            "TELEGRAM_PAYMENT_PROVIDER_TOKEN": "provider-token",
+            "TELEGRAM_WEBHOOK_URL": "https://shop.example/telegram",
+            "TELEGRAM_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        }
+        application = await start_telegram(
+            Settings(_env_file=None, **telegram_settings), app)  # type: ignore[call-arg]
+        try:
+            async with open_shop(sqlite_url, keys, app=app, telegram_application=application,
+                                 **telegram_settings) as shop:
+                yield shop, bot_api
+        finally:
+            await stop_telegram(application)
+
+
+async def telegram(shop, bot_api, update: dict, method: str = "sendMessage") -> tg.Call:
+    """POST an update to our /telegram webhook; return the bot's next call of `method`."""
+    mark = len(bot_api.calls)
+    r = await shop.http.post("/telegram", json=update,
+                             headers={"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET})
+    assert r.status_code == 200
+    return await bot_api.wait_for(
+        lambda c: c.is_(method) and c.chat_id in (TG_ID, None), 10, since=mark)
+
+
+def numbers(text: str) -> list[Decimal]:
+    return [Decimal(x) for x in re.findall(r"\d+\.\d{2,6}", text)]
+
+
+async def buy_in_wechat(shop, sku: str, txn: str) -> str:
+    """购买 in WeChat, open the pay link inside WeChat, pay: a signed notification."""
+    reply = await shop.say(ALICE, f"购买 {sku}")
+    await shop.http.get(checkout_path(reply["Content"]), headers={"User-Agent": WECHAT_UA})
+    order = shop.last_order_of(f"wx:{ALICE}")
+    headers, body = sw.signed_pay_notification(shop.keys, out_trade_no=order.ref,
+                                               transaction_id=txn, total_fen=order.cash,
+                                               payer_openid=ALICE)
+    assert (await shop.notify(headers, body)).status_code == 204
+    return order.ref
+
+
+async def buy_in_telegram(shop, bot_api, sku: str, amount: int, charge: str) -> str:
+    """/buy in Telegram, then Telegram Payments' pre-checkout and successful payment."""
+    invoice = await telegram(shop, bot_api, tg.make_text_update(TG_ID, f"/buy {sku}"),
+                             "sendInvoice")
+    token = invoice.params["payload"]
+    assert invoice.params["prices"][0]["amount"] == amount
+    await telegram(shop, bot_api, tg.make_pre_checkout_update(TG_ID, token, amount),
+                   "answerPreCheckoutQuery")
+    await telegram(shop, bot_api, tg.make_successful_payment_update(TG_ID, token, amount,
+                                                                    charge))
+    return shop.last_order_of("tg:4242").ref
+
+
+async def link_code_from_telegram(shop, bot_api) -> str:
+    asked = await telegram(shop, bot_api, tg.make_text_update(TG_ID, "/link"))
+    code = re.search(r"\b([2-9A-HJ-NP-Z]{8})\b", asked.text).group(1)
+    assert f"绑定 {code}" in asked.text  # it tells what to send in WeChat
+    return code
+
+
+async def test_linked_account_sees_one_balance_after_a_purchase_on_each_channel(both):
+    shop, bot_api = both
+    forged = await shop.http.post("/telegram", json=tg.make_text_update(TG_ID, "/start"),
+                                  headers={"X-Telegram-Bot-Api-Secret-Token": "guess"})
+    assert forged.status_code == 403  # the webhook shares the server, not its trust
+    await telegram(shop, bot_api, tg.make_text_update(TG_ID, "/start"))
+    await shop.say(ALICE, "我的")
+    code = await link_code_from_telegram(shop, bot_api)
+    linked = await shop.say(ALICE, f"绑定 {code}")
+    assert "tg:4242" in linked["Content"] and f"wx:{ALICE}" in linked["Content"]
+
+    wx_ref = await buy_in_wechat(shop, "TEA", "4200000009202601010000000001")
+    tg_ref = await buy_in_telegram(shop, bot_api, "CUP", 3000, "tg-charge-1")
+    assert wx_ref != tg_ref
+    assert shop.order(wx_ref).status == shop.order(tg_ref).status == "settled"
+    assert shop.order(wx_ref).user_id == shop.order(tg_ref).user_id
+
+    # one account: both identities, both orders, one set of balances
+    user = shop.user_of(f"wx:{ALICE}")
+    assert shop.user_of("tg:4242").id == user.id
+    assert user.points > 0 and user.basis == 15000  # 120.00 + 30.00 of consumption
+    on_telegram = (await telegram(shop, bot_api, tg.make_text_update(TG_ID, "/me"))).text
+    on_wechat = (await shop.say(ALICE, "我的"))["Content"]
+    assert numbers(on_telegram) == numbers(on_wechat)
+    assert f"{Decimal(user.points) / 1_000_000:.6f}" in on_wechat
+    report = verify(shop.db)
+    assert report.ok, report.problems
+
+
+async def test_linking_two_funded_accounts_is_refused_and_says_why(both):
+    shop, bot_api = both
+    await telegram(shop, bot_api, tg.make_text_update(TG_ID, "/start"))
+    await buy_in_wechat(shop, "CUP", "4200000009202601010000000002")
+    await buy_in_telegram(shop, bot_api, "CUP", 3000, "tg-charge-2")
+    code = await link_code_from_telegram(shop, bot_api)
+    refused = await shop.say(ALICE, f"绑定 {code}")
+    assert "两个账户都已有资金" in refused["Content"]
+    assert shop.user_of("tg:4242").id != shop.user_of(f"wx:{ALICE}").id
+    report = verify(shop.db)
+    assert report.ok, report.problems
