@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -70,6 +71,10 @@ def latest_slot(triggers: list[CronTrigger], now: datetime) -> datetime | None:
     return latest
 
 
+class ReleaseStopped(RuntimeError):
+    """The scheduler is shutting down; the release stopped after a committed page."""
+
+
 class ReleaseJob:
     """The scheduled release and the catch-up; each runs `run_release` in a worker thread."""
 
@@ -80,6 +85,14 @@ class ReleaseJob:
         self.triggers = triggers
         self.redis_url = redis_url
         self.results: list[dict[str, Any]] = []  # the last few, for logs and tests
+        self.stopping = threading.Event()  # set on shutdown: stop after the current page
+        self.batch = 500
+        self._running: set[asyncio.Future[dict[str, Any]]] = set()
+
+    async def stop(self) -> None:
+        """Ask a running release to stop after its current page, and wait for it to."""
+        self.stopping.set()
+        await asyncio.gather(*self._running, return_exceptions=True)
 
     async def scheduled(self) -> dict[str, Any]:
         return await self._run("scheduled")
@@ -90,7 +103,7 @@ class ReleaseJob:
         slot = latest_slot(self.triggers, now)
         last = await asyncio.to_thread(last_run, self.db, RELEASE)
         if slot is None or (last is not None and last >= slot):
-            log.info("release catch-up: nothing missed (last release as of %s)", last)
+            log.debug("release catch-up: nothing missed (last release as of %s)", last)
             return None
         log.warning("release catch-up: last release as of %s, scheduled %s was missed", last,
                     slot)
@@ -98,13 +111,27 @@ class ReleaseJob:
 
     async def _run(self, why: str) -> dict[str, Any]:
         at = self.clock()
+
+        def between_pages(paid: int, amount: int) -> None:
+            if self.stopping.is_set():
+                raise ReleaseStopped(f"stopped for shutdown after {paid} entries")
+
+        work = asyncio.ensure_future(asyncio.to_thread(
+            run_release, self.db, at=at, progress=between_pages, redis_url=self.redis_url,
+            actor=why, batch=self.batch))
+        self._running.add(work)
         try:
-            result = await asyncio.to_thread(run_release, self.db, at=at,
-                                             redis_url=self.redis_url)
+            result = await work
+        except ReleaseStopped as exc:
+            log.warning("%s release as of %s %s; the next run finishes it", why,
+                        at.isoformat(), exc)
+            result = {"skipped": False, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - logged here; the next run finishes the work
             log.exception("%s release as of %s failed; the next run finishes it", why,
                           at.isoformat())
             result = {"skipped": False, "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            self._running.discard(work)
         if result.get("skipped"):
             log.info("%s release skipped: another process (%s) is releasing", why,
                      result["holder"])
@@ -177,9 +204,17 @@ class Deliverer:
         self.kick()
 
     def kick(self) -> asyncio.Task[Counter[str]]:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self.drain())
+        if (self._task is None or self._task.done()) and not self._stopping:
+            self._task = asyncio.get_running_loop().create_task(self._drain_logged())
+        assert self._task is not None
         return self._task
+
+    async def _drain_logged(self) -> Counter[str]:
+        try:
+            return await self.drain()
+        except Exception:  # noqa: BLE001 - the next tick tries again; rows are safe in the db
+            log.exception("outbox delivery stopped by an error; retrying at the next tick")
+            return Counter()
 
     async def stop(self) -> None:
         """Stop claiming; let the sends in flight finish and be recorded."""
@@ -278,9 +313,11 @@ class StoreScheduler(AsyncIOScheduler):
     deliverer: Deliverer
 
     async def stop(self) -> None:
-        """Stop delivering (sends in flight finish and are recorded), then shut down."""
-        self.pause()
-        await self.deliverer.stop()
+        """Stop delivering (sends in flight finish and are recorded), ask a running release
+        to stop after its current page, then shut down."""
+        if self.running:
+            self.pause()
+        await asyncio.gather(self.releaser.stop(), self.deliverer.stop())
         if self.running:
             self.shutdown(wait=False)
 

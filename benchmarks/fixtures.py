@@ -20,8 +20,10 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import queue
 import random
 import sqlite3
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -125,6 +127,20 @@ class _Rows:
         self.conn = conn
         self.buf: dict[str, list[tuple]] = {k: [] for k in self.SQL}
         self.counts: dict[str, int] = dict.fromkeys(self.SQL, 0)
+        # SQLite releases the GIL while it writes: a writer thread inserts one chunk while the
+        # history goes on being played, so both cores work.
+        self.chunks: queue.Queue[tuple[str, list[tuple]] | None] = queue.Queue(maxsize=8)
+        self.failed: list[BaseException] = []
+        self.writer = threading.Thread(target=self._write, name="fixture-writer", daemon=True)
+        self.writer.start()
+
+    def _write(self) -> None:
+        while (item := self.chunks.get()) is not None:
+            if not self.failed:
+                try:
+                    self.conn.executemany(*item)
+                except BaseException as exc:  # noqa: BLE001 - reported by close()
+                    self.failed.append(exc)
 
     def add(self, table: str, row: tuple) -> None:
         buf = self.buf[table]
@@ -135,9 +151,16 @@ class _Rows:
     def flush(self, table: str | None = None) -> None:
         for name in [table] if table else list(self.SQL):
             if self.buf[name]:
-                self.conn.executemany(self.SQL[name], self.buf[name])
+                self.chunks.put((self.SQL[name], self.buf[name]))
                 self.counts[name] += len(self.buf[name])
                 self.buf[name] = []
+
+    def close(self) -> None:
+        self.flush()
+        self.chunks.put(None)
+        self.writer.join()
+        if self.failed:
+            raise self.failed[0]
 
 
 class _History:
@@ -463,14 +486,19 @@ def build_history(path: Path, plan: Plan) -> Built:
     service.deposit(db, pool="queue", amount="5000.00", at=T0, key="seed:queue")
     db.dispose()
 
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA synchronous=OFF")  # bulk preparation only; the benchmarks use FULL
     conn.execute("PRAGMA cache_size=-400000")
     conn.execute("BEGIN IMMEDIATE")
+    # Secondary indexes are dropped during the load and made again from their own stored SQL
+    # afterwards: one sorted build instead of millions of random B-tree inserts.
+    indexes = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                           "AND sql IS NOT NULL").fetchall()
+    for name, _sql in indexes:
+        conn.execute(f'DROP INDEX "{name}"')
     h = _History(plan, conn)
     rng = h.rng
     _join_users(h, conn)
-    end = T0 + timedelta(days=plan.days)
     limit_orders = plan.orders or 10**12
     limit_entries = plan.entries or 10**12
     expect = min(limit_orders, int(limit_entries * 1.5) + 10)
@@ -499,8 +527,10 @@ def build_history(path: Path, plan: Plan) -> Built:
             h.sell_points(rng.randrange(plan.users), moment)
         elif roll < plan.sell_points_share + plan.withdraw_cash_share:
             h.withdraw_cash(rng.randrange(plan.users), moment)
-    h.rows.flush()
+    h.rows.close()
     _write_state(h, conn)
+    for _name, sql in indexes:
+        conn.execute(sql)
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from bot.settings import Settings
-from engine import service
+from engine import checkout, service
 from handlers.base import App
 from storage.db import Database
 from storage.models import Head, Product
@@ -117,25 +117,45 @@ async def start_http(settings: Settings, app: App,
     return Running("http", server, server.stop)
 
 
-async def start_scheduler(settings: Settings, app: App,
-                          telegram: Running | None = None) -> Running | None:
+async def start_scheduler(settings: Settings, app: App, telegram: Running | None = None,
+                          http: Running | None = None) -> Running | None:
     """The scheduler (`scheduler.py`): releases at STOREFRONT_RELEASE_TIMES and delivery of
-    the outbox through the channels' senders."""
+    the outbox through the channels' senders (the running bot's and WeChat client's own)."""
     module = _optional("scheduler")
     if module is None:
         return None
     bot = getattr(telegram.handle, "bot", None) if telegram is not None else None
+    # the WeChat adapter's own sender knows each user's 48-hour customer-service window
+    wechat = getattr(getattr(http.handle, "wechat", None), "sender", None) if http else None
     if hasattr(module, "start_scheduler"):
-        sched = await module.start_scheduler(settings, app, telegram_bot=bot)
+        sched = await module.start_scheduler(settings, app, telegram_bot=bot,
+                                             wechat_sender=wechat)
     elif hasattr(module, "build_scheduler"):
         from bot.senders import senders_from_settings
 
-        sched = module.build_scheduler(settings, app.db,
-                                       senders_from_settings(settings, telegram_bot=bot))
+        senders = senders_from_settings(settings, telegram_bot=bot, wechat_sender=wechat)
+        sched = module.build_scheduler(settings, app.db, senders)
         sched.start()
     else:
         return None
     return Running("scheduler", sched, sched.stop)
+
+
+async def start_checkout_sweeper(app: App, every: float = 60.0) -> Running:
+    """Cancel unpaid orders whose checkout expired (engine.checkout.expire_due): the points
+    they spent go back to the buyer's wallet as their value."""
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                n = await asyncio.to_thread(checkout.expire_due, app.db)
+                if n:
+                    log.info("cancelled %d unpaid orders whose checkout expired", n)
+            except Exception:  # noqa: BLE001 - try again next time
+                log.exception("checkout sweep failed")
+
+    task = asyncio.create_task(sweep())
+    return Running("checkout-sweeper", task, task.cancel)
 
 
 async def _stop(running: list[Running]) -> None:
@@ -168,11 +188,12 @@ async def serve(settings: Settings, db: Database) -> int:
         running += [telegram] if telegram else []
         http = await start_http(settings, app, telegram)
         running += [http] if http else []
-        sched = await start_scheduler(settings, app, telegram)
+        sched = await start_scheduler(settings, app, telegram, http)
         running += [sched] if sched else []
         if not running:
             log.error("channels are configured but none of their modules could start")
             return 1
+        running.append(await start_checkout_sweeper(app))
         log.info("storefront running: %s", ", ".join(r.name for r in running))
         await stop.wait()
         return 0

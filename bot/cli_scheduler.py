@@ -62,7 +62,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
     try:
         result = run_release(db, at=args.at, progress=progress, redis_url=settings.redis_url,
-                             batch=args.batch)
+                             actor="cli", batch=args.batch)
     except Refusal:
         print("storefront release: --at must be an ISO 8601 time with an offset, "
               "e.g. 2026-08-16T00:05:00+08:00", file=sys.stderr)

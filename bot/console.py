@@ -31,6 +31,12 @@ from handlers import shop
 from handlers.base import App, Button, Document, Invoice, Photo, Progress, Reply, Request, Text
 
 CONSOLE_ADMIN = "console:admin"
+CONSOLE_HELP = """Console lines (everything else goes to the shop as a chat message):
+  :as IDENTITY   talk as someone else (e.g. :as console:alice)
+  :press N       press button N of the last reply
+  pay [TOKEN]    pay the last invoice (a console simulation: no real money moves)
+  :help          this list
+  :quit          leave (end of input works too)"""
 BANNER = """Rebate storefront — console chat. 返利商城 —— 控制台聊天
 You are {identity}. Try /help, /shop, /admin; `:as console:alice` to be someone else,
 `pay` to pay an invoice (simulated), `:press N` for buttons, `:quit` to leave."""
@@ -66,7 +72,7 @@ class Console:
         if line in (":quit", ":q", ":exit"):
             return False
         if line == ":help":
-            self.say(__doc__.split("\n\n")[1] if __doc__ else "")
+            self.say(CONSOLE_HELP)
         elif line.startswith(":as"):
             self._switch(line[3:].strip())
         elif line.startswith(":press"):

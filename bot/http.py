@@ -164,6 +164,8 @@ def build_app(*, db: Database, redis_url: str | None = None, wechat: Any = None,
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if pay is not None:
+                await pay.drain()
             if wechat is not None:
                 await wechat.aclose()
 
@@ -226,8 +228,8 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
         app.wechat_invite_qr = wechat.invite_qr
     made = client_from_settings(settings)
     if made is not None and settings.wechat_enabled:
-        client, config = made
-        pay = WeChatPayGateway(app.db, client, config, operators=app.operators,
+        pay_client, pay_config = made
+        pay = WeChatPayGateway(app.db, pay_client, pay_config, operators=app.operators,
                                after_payment=wechat.after_payment if wechat else None)
         app.wechat_pay = app.currency == "CNY"
         if wechat is not None:
@@ -245,9 +247,8 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
                          socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.http_host, settings.http_port))
-    config = uvicorn.Config(asgi, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=5, server_header=False)
-    server = _Server(config)
+    server = _Server(uvicorn.Config(asgi, log_level="warning", access_log=False, lifespan="on",
+                                    timeout_graceful_shutdown=5, server_header=False))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():

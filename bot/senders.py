@@ -226,9 +226,11 @@ def _wechat_error(exc: Any) -> Exception:
 
 
 def senders_from_settings(settings: Settings, *, telegram_bot: Any = None,
-                          wechat_client: Any = None) -> dict[str, Sender]:
+                          wechat_sender: Sender | None = None) -> dict[str, Sender]:
     """The senders this process can use: Telegram when a token is set, WeChat when the app
-    id and secret are. Pass the running application's own `Bot`/client when there is one."""
+    id and secret are. Pass the running application's own `Bot`, and the WeChat adapter's
+    sender when there is one (it knows each user's 48-hour window); otherwise a plain
+    `WeChatSender` is made from the settings."""
     senders: dict[str, Sender] = {}
     if telegram_bot is None and settings.telegram_bot_token is not None:
         from telegram import Bot
@@ -237,14 +239,14 @@ def senders_from_settings(settings: Settings, *, telegram_bot: Any = None,
                            base_url=settings.telegram_api_base_url)
     if telegram_bot is not None:
         senders["tg"] = TelegramSender(telegram_bot)
-    if wechat_client is None and settings.wechat_app_id and settings.wechat_app_secret:
+    if wechat_sender is None and settings.wechat_app_id and settings.wechat_app_secret:
         from wechatpy import WeChatClient
 
-        wechat_client = WeChatClient(settings.wechat_app_id,
-                                     settings.wechat_app_secret.get_secret_value())
+        client = WeChatClient(settings.wechat_app_id,
+                              settings.wechat_app_secret.get_secret_value())
         if settings.wechat_api_base_url:
-            wechat_client.API_BASE_URL = settings.wechat_api_base_url
-    if wechat_client is not None:
-        senders["wx"] = WeChatSender(
-            wechat_client, template_id=getattr(settings, "wechat_notify_template_id", None))
+            client.API_BASE_URL = settings.wechat_api_base_url
+        wechat_sender = WeChatSender(client, template_id=settings.wechat_notify_template_id)
+    if wechat_sender is not None:
+        senders["wx"] = wechat_sender
     return senders

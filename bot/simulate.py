@@ -38,9 +38,9 @@ from storage.models import Entry, JournalTxn, Pool, Posting, User
 
 CSV_COLUMNS = (
     "day", "date", "orders", "sales", "new_buyers", "queue_balance", "liability", "coverage",
-    "matured_unpaid", "inflow", "paid_by_release", "paid_by_acceleration", "entries", "entries_paid", "share_paid",
-    "amount_share_paid", "median_wait_days", "median_paid_wait_days", "points_balance",
-    "supply", "price", "points_sold", "forced_exits",
+    "matured_unpaid", "inflow", "paid_by_release", "paid_by_acceleration", "entries",
+    "entries_paid", "share_paid", "amount_share_paid", "median_wait_days",
+    "median_paid_wait_days", "points_balance", "supply", "price", "points_sold", "forced_exits",
 )
 CHARTS = ("pool_vs_liability.png", "share_paid.png", "median_wait.png", "points_price.png")
 
@@ -92,6 +92,8 @@ class Scenario:
             raise ScenarioError("a scenario is a YAML mapping")
         sales = raw.get("sales") or {}
         selling = raw.get("points_selling") or {}
+        if not isinstance(sales, dict) or not isinstance(selling, dict):
+            raise ScenarioError("sales and points_selling are mappings")
         products = raw.get("products")
         if not isinstance(products, list) or not products:
             raise ScenarioError("products: a non-empty list is required")
@@ -314,7 +316,11 @@ class Simulation:
         self.setup()
         for day in tqdm(range(self.sc.days), desc=self.sc.name, unit="day", file=sys.stderr,
                         disable=not progress, leave=False):
-            self.rows.append(self.day(day))
+            try:
+                self.rows.append(self.day(day))
+            except Refusal as refusal:
+                raise ScenarioError(f"day {day + 1}: the engine refused an event: "
+                                    f"{refusal}") from None
 
 
 def never_paid(db: Database) -> tuple[int, int, int]:

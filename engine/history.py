@@ -102,6 +102,7 @@ def _as_date(value: Any) -> date:
 
 
 def history_in(session: Session, at: datetime, days: int, cfg: Config) -> list[dict[str, Any]]:
+    """`history` inside an open session (the pool report reads it in its own snapshot)."""
     tz = cfg.timezone
     offset = int((at.astimezone(tz).utcoffset() or timedelta(0)).total_seconds())
     today = at.astimezone(tz).date()

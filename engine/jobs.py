@@ -40,15 +40,17 @@ class LockLost(RuntimeError):
 def run_release(db: Database, *, at: object = None,
                 progress: Callable[[int, int], None] | None = None,
                 redis_url: str | None = None, holder: str | None = None,
-                batch: int = 500) -> dict[str, Any]:
+                actor: str | None = None, batch: int = 500) -> dict[str, Any]:
     """Settle what is due at `at` (default now), then pay matured entries, under the lock.
 
     Returns `{"skipped": True, "holder": <who holds it>}` when another run holds the lock,
     else `{"skipped": False, "holder", "at", "settled", "paid", "amount", "blocked"}` (amount
-    in fen). `progress(paid, amount)` is called after every committed page. Raises `Refusal`
-    (`invalid_time`) for a bad `at`, before taking any lock."""
+    in fen). `progress(paid, amount)` is called after every committed page. `actor` (who
+    asked: `cli`, `scheduler`, `tg:42`) is appended to the holder, so whoever finds the lock
+    held is told who holds it. Raises `Refusal` (`invalid_time`) for a bad `at`, before
+    taking any lock."""
     when = parse_at(service.now() if at is None else at)
-    me = holder or make_holder()
+    me = holder or (make_holder() + (f"/{actor[:40]}" if actor else ""))
     locks = job_lock(db, RELEASE, redis_url=redis_url)
     if not locks.acquire(me):
         log.info("release as of %s skipped: %s holds the lock", when.isoformat(),

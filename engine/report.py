@@ -189,7 +189,8 @@ def _near_exit(session: Session, cfg: Config, price: Price, limit: int) -> list[
         out.append({"handle": handle, "points": held, "basis": basis, "value": value,
                     # ≥ 1 means the next event forces the exit; exact, for display only.
                     "exit_ratio": Fraction(held * price.num, price.den) / (m * basis),
-                    "exit_price_micro": int(m * basis * MICRO_PER_POINT * 10_000 // held)})
+                    # The lowest displayed price at which the exit happens: rounded up.
+                    "exit_price_micro": math.ceil(m * basis * MICRO_PER_POINT * 10_000 / held)})
     return out
 
 
@@ -212,8 +213,8 @@ def _warnings(session: Session, at: datetime, threshold: Fraction,
     if liability and Fraction(balance, liability) < threshold:
         out.append(("coverage_low", {
             "balance": balance, "liability": liability,
-            "coverage_pct": balance * 100 // liability,
-            "threshold_pct": math.floor(threshold * 100)}))
+            "coverage_pct": _percent(Fraction(balance, liability)),
+            "threshold_pct": _percent(threshold)}))
     first = session.execute(select(Entry.seq, Entry.matures_at)
                             .where(WAITING, Entry.matures_at <= at - (wait_days + 1) * DAY)
                             .order_by(Entry.seq).limit(1)).first()
@@ -227,6 +228,12 @@ def _warnings(session: Session, at: datetime, threshold: Fraction,
             "days": _days(at, _aware(oldest)), "limit_days": wait_days,
             "entries": int(matured_n), "amount": int(matured), "first_seq": first.seq}))
     return out
+
+
+def _percent(ratio: Fraction) -> str:
+    """`Fraction(7, 2000)` → `"0.35"`: a percentage with two places, rounded down."""
+    hundredths = math.floor(ratio * 10_000)
+    return f"{hundredths // 100}.{hundredths % 100:02d}"
 
 
 def write_pool_warnings(db: Database, at: datetime, operators: Iterable[str],

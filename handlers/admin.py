@@ -232,7 +232,7 @@ async def withdrawals(c: Ctx) -> Reply:
     if not rows:
         return c.say("withdrawals.empty")
     lines = [c.t("withdrawals.title")]
-    buttons = []
+    buttons: list[tuple[Button, ...]] = []
     for w in rows:
         lines.append(c.t("withdrawals.line", id=w["id"], user=echo(w["user"], 32),
                          amount=c.money(w["amount"], cfg.currency),

@@ -39,9 +39,10 @@ async def link(c: Ctx) -> Reply:
         minutes = int(linking.CODE_TTL / timedelta(minutes=1))
         app, send = _other_app(c.req.identity, c.lang, code)
         return c.say("link.code", code=code, minutes=minutes, app=app, command=send)
-    if len(c.args) != 1 or linking.normalise_code(c.args[0]) is None:
+    typed = "".join(c.args)  # "ABCD 2345" and "abcd-2345" are the same code
+    if len(typed) > 16 or linking.normalise_code(typed) is None:
         raise BadInput("link.bad_code", value=echo(" ".join(c.args), 24))
-    result = await c.call(linking.link_accounts, c.app.db, code=c.args[0],
+    result = await c.call(linking.link_accounts, c.app.db, code=typed,
                           identity=c.req.identity, at=now)
     cur = (await c.cfg()).currency
     return c.say("link.done", identities=", ".join(result["identities"]),

@@ -167,6 +167,7 @@ class Ctx:
     async def cfg(self) -> Config:
         if self._cfg is None:
             self._cfg = await self.call(self.app.db.read, users.store_config)
+        assert self._cfg is not None
         return self._cfg
 
     def key(self, what: str) -> str:

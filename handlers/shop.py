@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import secrets
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 POINTS_WORDS = ("points", "point", "积分")
 WALLET_WORDS = ("wallet", "余额", "钱包")
 ALL_WORDS = ("all", "全部")
+NONCE = re.compile(r"^[A-Za-z0-9_-]{6,16}$")
 
 
 def scheme_text(c: Ctx, p: dict[str, Any], cat: dict[str, Any]) -> str:
@@ -89,18 +92,23 @@ async def buy(c: Ctx) -> Reply:
 
 @button("buy", purchase=True)
 async def buy_button(c: Ctx) -> Reply:
-    """`buy:v1:SKU:QTY[:w|p|pw]`: buy online, with the wallet, with points (+online/wallet)."""
-    if len(c.args) not in (2, 3) or (len(c.args) == 3 and c.args[2] not in ("w", "p", "pw")):
+    """`buy:v1:SKU:QTY` buys online; `buy:v1:SKU:QTY:w|p|pw:NONCE` with the wallet, with
+    points (the rest online) or points and wallet. The nonce makes the button its own
+    idempotency key: a double tap records one purchase."""
+    if len(c.args) not in (2, 4) or (len(c.args) == 4 and (
+            c.args[2] not in ("w", "p", "pw") or not NONCE.match(c.args[3]))):
         raise BadInput("bad.button")
     try:
         product, n = sku(c.args[0]), qty(c.args[1])
     except BadInput:
         raise BadInput("bad.button") from None
-    how = c.args[2] if len(c.args) == 3 else ""
-    return await _buy(c, product, n, "all" if "p" in how else None, "w" in how)
+    how = c.args[2] if len(c.args) == 4 else ""
+    key = f"btn:{c.user_id}:{c.args[3]}" if len(c.args) == 4 else None
+    return await _buy(c, product, n, "all" if "p" in how else None, "w" in how, key)
 
 
-async def _buy(c: Ctx, product: str, n: int, pay_points: str | None, wallet: bool) -> Reply:
+async def _buy(c: Ctx, product: str, n: int, pay_points: str | None, wallet: bool,
+               key: str | None = None) -> Reply:
     use = None if pay_points in (None, "all") else int(pay_points)
     q = await c.call(checkout.quote, c.app.db, user=c.handle, sku=product, qty=n,
                      pay_points=use)
@@ -111,7 +119,8 @@ async def _buy(c: Ctx, product: str, n: int, pay_points: str | None, wallet: boo
         use = q["usable_points"]
     if wallet:
         result = await c.call(service.buy, c.app.db, user=c.handle, sku=product, qty=n,
-                              pay_points=use, method="wallet", key=c.key("buy"))
+                              pay_points=use, method="wallet",
+                              key=f"{key}:buy" if key else c.key("buy"))
         return Reply().text(await receipt(c, result))
     value = q["usable_value"] if pay_points == "all" else q["points_value"]
     if not c.app.takes_payments(c.req.channel) and q["total"] - value > 0:
@@ -119,7 +128,7 @@ async def _buy(c: Ctx, product: str, n: int, pay_points: str | None, wallet: boo
     method = c.req.channel if c.req.channel in ("telegram", "wechat") else "cash"
     opened = await c.call(checkout.open_checkout, c.app.db, user=c.handle, sku=product, qty=n,
                           pay_points=use, channel=c.req.channel, method=method,
-                          key=c.key("checkout"))
+                          key=f"{key}:checkout" if key else c.key("checkout"))
     if opened["token"] is None:  # points paid the whole total
         return Reply().text(await receipt(c, opened))
     cur = opened.get("currency") or q["currency"]
@@ -141,7 +150,8 @@ async def _buy(c: Ctx, product: str, n: int, pay_points: str | None, wallet: boo
 def _alternatives(c: Ctx, q: dict[str, Any], product: str, n: int,
                   with_points: bool = True) -> tuple[tuple[Button, ...], ...]:
     rows: list[tuple[Button, ...]] = []
-    if q["wallet"] >= q["total"] and (data := callback("buy", product, n, "w")):
+    nonce = secrets.token_urlsafe(6)
+    if q["wallet"] >= q["total"] and (data := callback("buy", product, n, "w", nonce)):
         rows.append((Button(c.t("buy.wallet_button",
                                 balance=c.money(q["wallet"], q["currency"])), data),))
     if with_points and q["usable_points"] > 0:
@@ -149,8 +159,8 @@ def _alternatives(c: Ctx, q: dict[str, Any], product: str, n: int,
         covers = q["usable_value"] >= q["total"]
         rest = q["total"] - q["usable_value"]
         how = "pw" if not online and not covers else "p"
-        if (online or covers or q["wallet"] >= rest) and (data := callback("buy", product, n,
-                                                                           how)):
+        if (online or covers or q["wallet"] >= rest) and (
+                data := callback("buy", product, n, how, nonce)):
             rows.append((Button(c.t("buy.points_button", points=i18n.pts(q["usable_points"]),
                                     value=c.money(q["usable_value"], q["currency"])), data),))
     return tuple(rows)

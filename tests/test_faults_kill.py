@@ -11,9 +11,11 @@ process in the middle of its transaction."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sqlite3
 import subprocess
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +42,23 @@ LABELS = {"buy": "buy", "buy_referred": "buy", "confirm_payment": "confirm_payme
 
 
 @pytest.fixture(scope="module")
+def scratch() -> Iterator[Path]:
+    """Where the many small databases live: in memory (tmpfs) when the machine has one.
+    A SIGKILL is a process dying, not the power failing, so fsync's cost buys nothing."""
+    shm = Path("/dev/shm")
+    where = Path(tempfile.mkdtemp(prefix="faults-", dir=shm if shm.is_dir() else None))
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture
+def tmp_path(scratch: Path, request: pytest.FixtureRequest) -> Path:  # noqa: F811
+    path = scratch / request.node.name.replace("/", "_").replace("[", "-").replace("]", "")
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="module")
 def driver() -> Iterator[Driver]:
     d = Driver(subprocess.Popen)
     yield d
@@ -47,8 +66,8 @@ def driver() -> Iterator[Driver]:
 
 
 @pytest.fixture(scope="module")
-def template(driver: Driver, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("faults") / "template.db"
+def template(driver: Driver, scratch: Path) -> Path:
+    path = scratch / "template.db"
     done = driver(op="setup", url=f"sqlite:///{path}")
     assert done["exit"] == 0, done
     return path
@@ -99,9 +118,9 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def references(driver: Driver, template: Path,
-               tmp_path_factory: pytest.TempPathFactory) -> dict[str, Reference]:
-    where = tmp_path_factory.mktemp("refs")
+def references(driver: Driver, template: Path, scratch: Path) -> dict[str, Reference]:
+    where = scratch / "refs"
+    where.mkdir()
     return {a: Reference(driver, template, where, a) for a in ACTIONS}
 
 
@@ -177,7 +196,7 @@ def test_delivery_killed_at_every_point_never_sends_twice_and_loses_nothing_sile
         driver: Driver, template: Path, references: dict[str, Reference],
         before: dict[str, Any], tmp_path: Path) -> None:
     ref = references["deliver"]
-    assert ref.result == {"interrupted": 0, "sent": 3}, ref.result
+    assert ref.result.get("sent") == 3 and not ref.result.get("interrupted"), ref.result
     assert set(_rows(copy(template, tmp_path / "t.db")).values()) == {"pending"}
     unsent_by_point: dict[str, int] = {}
     for n, point in enumerate(ref.points):
@@ -185,11 +204,11 @@ def test_delivery_killed_at_every_point_never_sends_twice_and_loses_nothing_sile
         log = tmp_path / f"{n}.log"
         killed = driver(op="run", url=url, action="deliver", fault=point, log=str(log))
         assert killed["exit"] == KILLED, (point, killed)
-        # Restarted at once, then again after a claim's timeout: a row left `sending` by
-        # the dead process may have reached the user, so it is never sent again.
-        for late in (0, int(outbox.SENDING_TIMEOUT.total_seconds() // 60) + 1):
-            rerun = driver(op="run", url=url, action="deliver", log=str(log), late=late)
-            assert rerun["exit"] == 0, (point, rerun)
+        # Restarted after a claim's timeout: a row the dead process left `sending` may have
+        # reached the user, so it becomes `interrupted` and is not sent again.
+        late = int(outbox.SENDING_TIMEOUT.total_seconds() // 60) + 1
+        rerun = driver(op="run", url=url, action="deliver", log=str(log), late=late)
+        assert rerun["exit"] == 0, (point, rerun)
         sent = _log(log)
         assert all(k == 1 for k in Counter(sent).values()), f"sent twice after {point}: {sent}"
         rows = _rows(url)
@@ -204,16 +223,15 @@ def test_delivery_killed_at_every_point_never_sends_twice_and_loses_nothing_sile
         now = look(url)
         assert now["state"] == before["state"] and now["journal"] == before["journal"], point
         assert verified(url) == [], point
-        # Nothing is lost silently: `storefront outbox --requeue interrupted` sends the rest.
-        db = Database(url)
-        try:
-            outbox.requeue(db, now=DELIVER_AT)
-        finally:
-            db.dispose()
-        assert driver(op="run", url=url, action="deliver", log=str(log), late=30)["exit"] == 0
-        assert set(_rows(url).values()) == {"sent"}, point
-        assert {i for i, _t in _log(log)} == set(rows), point
-    print("unsent after a kill at:", {p: n for p, n in unsent_by_point.items() if n})
+        if unsent:  # not lost silently: `storefront outbox --requeue interrupted` sends them
+            db = Database(url)
+            try:
+                outbox.requeue(db, now=DELIVER_AT)
+            finally:
+                db.dispose()
+            done = driver(op="run", url=url, action="deliver", log=str(log), late=late + 1)
+            assert done["exit"] == 0 and set(_rows(url).values()) == {"sent"}, point
+            assert {i for i, _t in _log(log)} == set(rows), point
     # Killed before the first claim or after the last mark, nothing is left unsent.
     assert unsent_by_point[ref.points[0]] == 0 and unsent_by_point[ref.points[-1]] == 0
 

@@ -31,7 +31,7 @@ async def test_me_shows_wallet_points_price_value_and_distance_to_forced_exit(me
     # exit at 2 × 50.00 ÷ 10.5 = 9.523810 per point (rounded up): 8.095239 more, +566.7%
     assert "Forced exit when the price reaches 9.523810: it must rise 8.095239 more " \
            "(+566.7%)." in body
-    assert "Cashback queue: 0 entries waiting, 0.00 CNY still to come." in body
+    assert "Cashback queue: 0 waiting, 0.00 CNY still to come." in body
     assert [b.data for b in buttons(await chat.send("tg:10", "/me"))] == [
         "cmd:v1:queue", "cmd:v1:history", "cmd:v1:orders", "cmd:v1:points"]
 
@@ -116,7 +116,7 @@ async def test_invite_gives_the_deep_link_a_qr_code_and_what_invitees_earned(mem
     await chat.send("tg:11", "/start", payload=code, name="Bob")
     await _buy(chat, "tg:11", "/buy TEA")  # floor(100.00 × 0.20) = 20.00 to tg:10
     body = text(await chat.send("tg:10", "/invite"))
-    assert "1 people joined through you; they earned you 20.00 CNY." in body
+    assert "Joined through you: 1; they earned you 20.00 CNY." in body
     assert "• Bob (joined " in body and "— 20.00 CNY" in body
     assert chat.state()["users"]["tg:10"]["wallet"] == "20.00"
     accel = chat.outbox("acceleration")

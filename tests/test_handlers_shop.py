@@ -169,7 +169,7 @@ async def test_points_covering_the_whole_total_complete_the_purchase_without_inv
     await chat.setup_shop()
     await chat.send(OPERATOR, "/product PEN 5.00 0.10 0 none Pen")
     await chat.pay("tg:5", await chat.send("tg:5", "/buy RICE"))
-    reply = await chat.send("tg:5", "", callback="buy:v1:PEN:1:p")
+    reply = await chat.send("tg:5", "", callback="buy:v1:PEN:1:p:nonce123")
     assert not [i for i in reply.items if i.__class__.__name__ == "Invoice"]
     assert "Paid: order N2 — PEN ×1, total 5.00 CNY." in text(reply)
     assert _order(chat, "N2").status == "settled" and _order(chat, "N2").cash == 0
@@ -181,7 +181,7 @@ async def test_channel_without_payments_offers_wallet_and_points_and_opens_no_or
     await _with_wallet(chat, "tg:5")
     reply = await chat.send("tg:5", "/buy TEA")
     assert "Online payment is not available here" in text(reply)
-    assert [b.data for b in buttons(reply)] == ["buy:v1:TEA:1:w"]
+    assert [b.data.rsplit(":", 1)[0] for b in buttons(reply)] == ["buy:v1:TEA:1:w"]
     assert memdb.read(lambda s: s.execute(select(func.count()).select_from(Order))
                       .scalar_one()) == 1  # only the earlier one
     paid = await chat.send("tg:5", "", callback=buttons(reply)[0].data)
@@ -194,7 +194,26 @@ async def test_invoice_offers_wallet_and_points_buttons_when_the_buyer_can_use_t
     await _with_wallet(chat, "tg:5")
     await chat.pay("tg:5", await chat.send("tg:5", "/buy RICE"))
     reply = await chat.send("tg:5", "/buy TEA")
-    assert [b.data for b in buttons(reply)] == ["buy:v1:TEA:1:w", "buy:v1:TEA:1:p"]
+    data = [b.data for b in buttons(reply)]
+    assert [d.rsplit(":", 1)[0] for d in data] == ["buy:v1:TEA:1:w", "buy:v1:TEA:1:p"]
+    assert data[0].rsplit(":", 1)[1] == data[1].rsplit(":", 1)[1]  # one quote, one nonce
+    assert all(len(d.encode()) <= 64 for d in data)
+
+
+async def test_a_double_tap_on_the_wallet_button_buys_once(memdb):
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    await _with_wallet(chat, "tg:5")
+    await chat.send(OPERATOR, "/product PEN 5.00 0.10 0 none Pen")
+    wallet = [b.data for b in buttons(await chat.send("tg:5", "/buy PEN"))
+              if ":w:" in b.data][0]
+    first = text(await chat.send("tg:5", "", callback=wallet))
+    second = text(await chat.send("tg:5", "", callback=wallet))
+    assert first == second and "Paid: order N3 — PEN ×1, total 5.00 CNY." in first
+    assert chat.state()["users"]["tg:5"]["wallet"] == "95.00"
+    other = [b.data for b in buttons(await chat.send("tg:5", "/buy PEN"))
+             if ":w:" in b.data][0]
+    assert other != wallet and "order N5" in text(await chat.send("tg:5", "", callback=other))
 
 
 async def test_forged_or_stale_buy_buttons_change_nothing(memdb):
@@ -203,7 +222,8 @@ async def test_forged_or_stale_buy_buttons_change_nothing(memdb):
     await chat.send("tg:5", "/start")
     world = chat.world()
     for data in ("buy:v1:TEA", "buy:v1:TEA:0", "buy:v1:TEA:1:x", "buy:v2:TEA:1",
-                 "buy:v1:TEA:99999", "buy:v1:T!A:1", "zzz:v1:a", "buy:v1:TEA:1:w:extra"):
+                 "buy:v1:TEA:99999", "buy:v1:T!A:1", "zzz:v1:a", "buy:v1:TEA:1:w",
+                 "buy:v1:TEA:1:w:abc", "buy:v1:TEA:1:x:abcdefgh", "buy:v1:TEA:1:w:n1234567:x"):
         reply = await chat.send("tg:5", "", callback=data)
         assert text(reply) == "This button is no longer valid. Please send the command again."
     assert text(await chat.send("tg:5", "", callback="buy:v1:NOPE:1")) == \

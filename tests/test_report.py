@@ -260,8 +260,11 @@ def test_warnings_name_low_coverage_and_long_matured_waits(memdb: Database):
     service.deposit(memdb, pool="queue", amount="100.00", at=local(1))
     at = local(10)
     found = dict(report.warnings(memdb, at, Fraction(1, 2), 7))
-    assert found["coverage_low"] == {"balance": 10000, "liability": 40000, "coverage_pct": 25,
-                                     "threshold_pct": 50}
+    assert found["coverage_low"] == {"balance": 10000, "liability": 40000,
+                                     "coverage_pct": "25.00", "threshold_pct": "50.00"}
+    service.deposit(memdb, pool="queue", amount="0.14", at=local(1))
+    assert dict(report.warnings(memdb, at, Fraction(1, 2), 7))["coverage_low"][
+        "coverage_pct"] == "25.03"  # 100.14 / 400.00 = 25.035%, rounded down
     # Lock 0: matured at 00:00 on day 0, ten days and ten hours before `at`.
     assert found["matured_waiting"] == {"days": 10, "limit_days": 7, "entries": 3,
                                         "amount": 40000, "first_seq": 1}
@@ -347,7 +350,8 @@ def test_the_scheduler_job_warns_the_configured_operators(memdb: Database):
     texts = {(lang, json.loads(o.params)["warning"]): render("pool_warning",
                                                            json.loads(o.params), lang)
              for o in rows for lang in ("zh", "en")}
-    assert "400.00" in texts[("en", "coverage_low")] and "0%" in texts[("en", "coverage_low")]
+    assert "400.00" in texts[("en", "coverage_low")] and "0.00%" in texts[("en", "coverage_low")]
+    assert "30.00%" in texts[("en", "coverage_low")]
     assert "资金池" in texts[("zh", "matured_waiting")] and "9" in texts[("zh", "matured_waiting")]
 
 

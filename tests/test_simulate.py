@@ -48,7 +48,8 @@ def test_the_same_seed_gives_the_same_days(tmp_path: Path):
     first, _ = simulate(EXAMPLES / "growing.yaml", tmp_path / "a", days=5, progress=False)
     second, _ = simulate(EXAMPLES / "growing.yaml", tmp_path / "b", days=5, progress=False)
     assert first == second
-    assert (tmp_path / "a" / "daily.csv").read_bytes() == (tmp_path / "b" / "daily.csv").read_bytes()
+    csv_a, csv_b = (tmp_path / d / "daily.csv" for d in "ab")
+    assert csv_a.read_bytes() == csv_b.read_bytes()
 
 
 def test_daily_figures_are_what_the_database_holds():
@@ -90,6 +91,9 @@ def test_the_examples_cover_growing_flat_and_shrinking_sales():
      "refused the scenario's setup"),
     ("products: [{sku: A, price: 'free'}]\n", "refused the scenario's setup"),
     ("[unclosed\n", "not valid YAML"),
+    ("sales: [1, 2]\nproducts: [{sku: A, price: '1.00'}]\n", "mappings"),
+    ("config: {store: {paused: '1'}}\nproducts: [{sku: A, price: '100.00'}]\n",
+     "day 1: the engine refused an event: sales_paused"),
 ])
 def test_a_bad_scenario_gets_a_clear_message(tmp_path: Path, text: str, message: str,
                                              capsys: pytest.CaptureFixture[str]):

@@ -141,3 +141,16 @@ async def test_linking_two_funded_accounts_is_refused_and_says_why(both):
     assert shop.user_of("tg:4242").id != shop.user_of(f"wx:{ALICE}").id
     report = verify(shop.db)
     assert report.ok, report.problems
+
+
+async def test_link_codes_in_wechat_words(both):
+    shop, _bot_api = both
+    asked = (await shop.say(ALICE, "绑定"))["Content"]
+    code = re.search(r"\b([2-9A-HJ-NP-Z]{8})\b", asked).group(1)
+    assert f"/link {code}" in asked and "10" in asked  # what to send in Telegram, and for how long
+    other = "oOther_00000000000000000009"
+    same_app = await shop.say(other, f"绑定 {code[:4].lower()} {code[4:]}")
+    assert "另一个 App" in same_app["Content"]  # two WeChat identities never join
+    assert "不是有效的绑定码" in (await shop.say(other, "绑定 hello!"))["Content"]
+    assert "无效、已使用或已过期" in (await shop.say(other, "绑定 ABCD2345"))["Content"]
+    assert shop.user_of(f"wx:{other}").id != shop.user_of(f"wx:{ALICE}").id

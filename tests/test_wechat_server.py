@@ -9,6 +9,8 @@ import pytest
 from sqlalchemy import func, select
 
 from engine import users
+from handlers import i18n
+from handlers.base import Document, Photo, Reply, Text
 from storage.models import SeenMessage, User
 from tests.standins import wechat as sw
 from tests.wechat_harness import (
@@ -20,6 +22,7 @@ from tests.wechat_harness import (
     stock,
 )
 
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(64)
 ALICE = "oAlice_000000000000000000001"
 BOB = "oBob_0000000000000000000002"
 
@@ -215,9 +218,41 @@ async def test_buttons_are_menu_links_whose_clicks_come_back(shop):
 
 async def test_operator_commands_need_an_operator(shop):
     refused = await shop.say(ALICE, "奖金池")
+    assert refused["Content"] == i18n.t("zh", "operator_only")
     allowed = await shop.say(OPERATOR, "奖金池")
-    assert refused["Content"] != allowed["Content"]
-    assert "queue" in allowed["Content"].lower() or "排队" in allowed["Content"]
+    assert "排队奖金池" in allowed["Content"]
+    chart = [m for m in shop.api.sent_messages if m["msgtype"] == "image"]
+    assert [m["touser"] for m in chart] == [OPERATOR]  # the pool chart follows the text
+
+
+async def test_a_long_job_answers_at_once_and_follows_with_its_outcome(shop):
+    started = await shop.say(OPERATOR, "释放")
+    assert started["Content"] == i18n.t("zh", "release.started")
+    (done,) = shop.sent_texts(OPERATOR)
+    assert done.startswith("释放完成")
+
+
+@pytest.mark.parametrize("items, passive, follow_ups", [
+    ([Photo(PNG, "二维码")], "image", ["text"]),
+    ([Text("你好"), Photo(PNG)], "text", ["image"]),
+    ([Document(b"a,b\n1,2\n", "x.csv", "导出")], "text", []),
+    ([Document(bytes(range(256)) * 10, "x.bin")], "text", []),
+])
+async def test_replies_become_wechat_messages(shop, monkeypatch, items, passive, follow_ups):
+    import handlers
+
+    async def scripted(app, request):
+        return Reply(items=list(items))
+
+    monkeypatch.setattr(handlers, "dispatch", scripted)
+    reply = await shop.say(ALICE, "anything")
+    assert reply["MsgType"] == passive
+    if passive == "image":
+        assert shop.api.media[reply["Image"]["MediaId"]]["content"] == PNG
+    elif isinstance(items[0], Document):
+        expected = "a,b" if items[0].filename == "x.csv" else "Telegram"
+        assert expected in reply["Content"]
+    assert [m["msgtype"] for m in shop.api.sent_messages] == follow_ups
 
 
 BAD_BODIES = {
@@ -290,5 +325,6 @@ async def test_a_database_outage_is_not_a_500(shop, monkeypatch):
         raise DatabaseUnavailable("gone")
 
     monkeypatch.setattr(shop.db, "run", down)
-    r = await shop.post(sw.text_message_xml(GH_ID, ALICE, "我的", next_msg_id()))
-    assert (r.status_code, r.text) == (200, "success")  # WeChat will retry
+    reply = shop.reply_of(await shop.post(sw.text_message_xml(GH_ID, ALICE, "我的",
+                                                              next_msg_id())))
+    assert "商店繁忙" in reply["Content"]  # "busy, try again": it needs no database

@@ -90,7 +90,9 @@ class Shop:
 
     async def notify(self, headers: dict[str, str], body: bytes,
                      path: str = "/wechat/pay/notify") -> httpx.Response:
-        return await self.http.post(path, headers=headers, content=body)
+        response = await self.http.post(path, headers=headers, content=body)
+        await self.server.pay.drain()
+        return response
 
     # -- what the shop knows ---------------------------------------------------------------
     def journal_size(self) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,12 +13,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from wechatpy import WeChatClient
 from wechatpy.exceptions import WeChatClientException
+from wechatpy.session import SessionStorage
+from wechatpy.session.memorystorage import MemoryStorage
 
 from bot.senders import Rejected, RetryLater, Unreachable
 from bot.settings import Settings
 from storage.models import Identity
 
 from .messages import OPENID, Part, split_text
+
+log = logging.getLogger(__name__)
 
 CS_WINDOW = timedelta(hours=48)  # customer-service messages reach users active this recently
 
@@ -58,10 +64,59 @@ def client_from_settings(settings: Settings) -> WeChatClient:
         import redis
         from wechatpy.session.redisstorage import RedisStorage
 
-        session = RedisStorage(redis.Redis.from_url(settings.redis_url), prefix="wechatpy")
+        session = RedisOrMemory(RedisStorage(redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=2), prefix="wechatpy"))
     secret = settings.wechat_app_secret.get_secret_value() if settings.wechat_app_secret else ""
     return StorefrontWeChatClient(settings.wechat_app_id or "", secret,
                                   settings.wechat_api_base_url, session=session)
+
+
+class RedisOrMemory(SessionStorage):
+    """wechatpy's token storage: Redis (shared by every process) while it answers, this
+    process's memory while it does not (logged once per outage; Redis is tried again after
+    `RETRY_AFTER` seconds). A Redis outage must not stop WeChat messages."""
+
+    RETRY_AFTER = 30.0
+
+    def __init__(self, shared: SessionStorage) -> None:
+        self.shared = shared
+        self.memory = MemoryStorage()
+        self._down_until = 0.0
+
+    def _use_shared(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, exc: Exception) -> None:
+        if self._down_until == 0.0:
+            log.warning("wechat: Redis unavailable (%s); keeping the access token in memory",
+                        type(exc).__name__)
+        self._down_until = time.monotonic() + self.RETRY_AFTER
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if self._use_shared():
+            try:
+                value = self.shared.get(key, default)
+                self._down_until = 0.0
+                return value
+            except Exception as exc:  # noqa: BLE001 - any Redis failure: use memory
+                self._failed(exc)
+        return self.memory.get(key, default)
+
+    def set(self, key: str, value: Any, ttl: int | None = None) -> None:
+        self.memory.set(key, value, ttl)
+        if self._use_shared():
+            try:
+                self.shared.set(key, value, ttl)
+            except Exception as exc:  # noqa: BLE001
+                self._failed(exc)
+
+    def delete(self, key: str) -> None:
+        self.memory.delete(key)
+        if self._use_shared():
+            try:
+                self.shared.delete(key)
+            except Exception as exc:  # noqa: BLE001
+                self._failed(exc)
 
 
 def _delivery_error(identity: str, exc: WeChatClientException) -> Exception:

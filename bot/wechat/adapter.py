@@ -1,0 +1,376 @@
+"""`GET`/`POST /wechat`: WeChat's server check, then every message and event, answered.
+
+A POST is refused (403) unless its query `signature` checks against WECHAT_TOKEN, before the
+body is looked at; then the body is parsed safely (400 if it is not a WeChat push), decrypted
+in safe mode (`msg_signature` first, 403), deduplicated, dispatched and answered with one
+passive reply inside WeChat's five seconds. Whatever does not fit that one reply — a second
+message, a picture, an answer that took too long — follows as customer-service messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from wechatpy import WeChatClient
+from wechatpy.crypto import WeChatCrypto
+from wechatpy.exceptions import InvalidSignatureException
+from wechatpy.utils import check_signature
+
+from bot.settings import Settings
+from engine.money import format_fen
+from handlers.base import App, Document, Invoice, Photo, Progress, Reply, Request, Text
+from storage.db import DatabaseUnavailable
+from storage.models import Identity, User
+
+from .messages import (
+    DIGITS,
+    OPENID,
+    BadXml,
+    Part,
+    document_text,
+    link,
+    menu_link,
+    merge_texts,
+    parse_xml,
+    render_reply,
+    scene_of,
+    split_text,
+)
+from .seen import Seen
+from .sender import WeChatSender, client_from_settings
+
+log = logging.getLogger(__name__)
+
+PASSIVE_BUDGET = 4.0  # seconds; WeChat waits 5 for a passive reply and the network takes some
+INVITE_QR_SECONDS = 30 * 24 * 3600  # the longest a temporary parametric QR code lives
+NO_REPLY = (200, b"success", "text/plain")
+FORBIDDEN = (403, b"forbidden", "text/plain")
+BAD_REQUEST = (400, b"bad request", "text/plain")
+UNREADABLE_KINDS = ("image", "voice", "video", "shortvideo", "location", "link")
+APOLOGY = "抱歉，出了点问题，请稍后再试。\nSorry, something went wrong; please try again later."
+NO_PAY = "微信支付暂不可用。\nWeChat Pay is not available right now."
+BUSY = ("商店繁忙，请稍后再试。未做任何更改。\n"
+        "The shop is busy, please try again in a moment. Nothing was changed.")
+
+
+@dataclass(frozen=True)
+class Inbound:
+    key: str  # the dedupe key, also the request id
+    request: Request
+    menu_id: str | None = None  # the id of a tapped `weixin://bizmsgmenu` link
+
+
+class WeChatAdapter:
+    def __init__(self, app: App, client: WeChatClient, *, token: str, appid: str,
+                 aes_key: str | None = None, template_id: str | None = None,
+                 pay: Any = None, passive_budget: float = PASSIVE_BUDGET,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.app = app
+        self.client = client
+        self.token = token
+        self.crypto = WeChatCrypto(token, aes_key, appid) if aes_key else None
+        self.sender = WeChatSender(client, app.db, template_id)
+        self.seen = Seen(app.db)
+        self.pay = pay  # a bot.wechatpay.WeChatPayGateway, set by bot.http when configured
+        self.passive_budget = passive_budget
+        self.clock = clock
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, app: App, *, client: Any = None) -> WeChatAdapter:
+        token = settings.wechat_token.get_secret_value() if settings.wechat_token else ""
+        aes = (settings.wechat_encoding_aes_key.get_secret_value()
+               if settings.wechat_encoding_aes_key else None)
+        return cls(app, client or client_from_settings(settings), token=token,
+                   appid=settings.wechat_app_id or "", aes_key=aes,
+                   template_id=settings.wechat_notify_template_id)
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    # -- GET /wechat ------------------------------------------------------------------------
+    def _signed(self, query: dict[str, str]) -> bool:
+        if not self.token:
+            return False
+        try:
+            check_signature(self.token, query.get("signature", ""), query.get("timestamp", ""),
+                            query.get("nonce", ""))
+        except InvalidSignatureException:
+            return False
+        return True
+
+    def verify_get(self, query: dict[str, str]) -> tuple[int, str]:
+        """Echo `echostr` only to a correctly signed check (and only a sane one)."""
+        echostr = query.get("echostr", "")
+        if not self._signed(query) or not 0 < len(echostr) <= 128 or not echostr.isprintable():
+            return 403, "forbidden"
+        return 200, echostr
+
+    # -- POST /wechat -----------------------------------------------------------------------
+    async def handle_post(self, query: dict[str, str], body: bytes) -> tuple[int, bytes, str]:
+        if not self._signed(query):
+            return FORBIDDEN
+        try:
+            outer = parse_xml(body)
+            encrypted = query.get("encrypt_type") == "aes" or "Encrypt" in outer
+            if encrypted:
+                plain = self._decrypt(outer, query)
+                if plain is None:
+                    return FORBIDDEN
+                msg = parse_xml(plain)
+            else:
+                msg = outer
+        except BadXml as exc:
+            log.info("wechat: refusing a body: %s", exc)
+            return BAD_REQUEST
+        openid, ours = msg.get("FromUserName", ""), msg.get("ToUserName", "")
+        if not OPENID.match(openid) or not ours or not msg.get("MsgType"):
+            return BAD_REQUEST
+        inbound = self._inbound(msg, openid)
+        if inbound is None:
+            return NO_REPLY
+        xml = await self._answer(inbound, openid, ours)
+        if not xml:
+            return NO_REPLY
+        if encrypted and self.crypto is not None:
+            xml = self.crypto.encrypt_message(xml, query.get("nonce", ""),
+                                              query.get("timestamp", ""))
+        return 200, xml.encode("utf-8"), "application/xml"
+
+    def _decrypt(self, outer: dict[str, str], query: dict[str, str]) -> str | None:
+        """The plaintext of a safe-mode message; None when its signature is wrong."""
+        if self.crypto is None or not outer.get("Encrypt"):
+            raise BadXml("a safe-mode message needs <Encrypt> and WECHAT_ENCODING_AES_KEY")
+        try:
+            return str(self.crypto.decrypt_message(
+                {"Encrypt": outer["Encrypt"]}, query.get("msg_signature", ""),
+                query.get("timestamp", ""), query.get("nonce", "")))
+        except InvalidSignatureException:
+            return None
+        except Exception as exc:  # noqa: BLE001 - bad base64, padding, app id: a bad body
+            raise BadXml(f"cannot decrypt: {type(exc).__name__}") from None
+
+    @staticmethod
+    def _inbound(msg: dict[str, str], openid: str) -> Inbound | None:
+        """What the push asks for, as a Request; None for what needs no answer."""
+        def req(key: str, **kw: Any) -> Request:
+            return Request(channel="wechat", identity=f"wx:{openid}", request_id=key, **kw)
+
+        kind = msg["MsgType"].lower()
+        if kind == "event":
+            event, created = msg.get("Event", ""), msg.get("CreateTime", "")
+            if not DIGITS.match(created):
+                return None
+            key = f"wx:evt:{openid}:{created}:{event[:32]}"  # WeChat's advice: sender + time
+            if event.lower() in ("subscribe", "scan"):
+                scene = scene_of(event, msg.get("EventKey", ""))
+                return Inbound(key, req(key, command="start", start_payload=scene))
+            if event.lower() == "click" and msg.get("EventKey"):
+                return Inbound(key, req(key, text=msg["EventKey"][:64]))
+            return None  # unsubscribe, VIEW, LOCATION, TEMPLATESENDJOBFINISH, …
+        msg_id = msg.get("MsgId", "")
+        if not DIGITS.match(msg_id):
+            return None
+        key = f"wx:{msg_id}"
+        if kind == "text":
+            menu = msg.get("bizmsgmenuid", "")
+            return Inbound(key, req(key, text=msg.get("Content", "")),
+                           menu_id=menu if DIGITS.match(menu) else None)
+        if kind == "voice" and msg.get("Recognition"):
+            return Inbound(key, req(key, text=msg["Recognition"]))
+        if kind in UNREADABLE_KINDS:
+            # Known kinds we cannot read: the conversation answers with how to talk to us.
+            return Inbound(key, req(key, text=""))
+        return None  # a type neither WeChat's documentation nor we know: "success"
+
+    # -- answering ------------------------------------------------------------------------
+    async def _answer(self, inbound: Inbound, openid: str, ours: str) -> str:
+        """The passive reply XML ("" for none); never processes one message twice."""
+        try:
+            seen, stored = await asyncio.to_thread(self.seen.claim, inbound.key,
+                                                   f"wx:{openid}", self._now())
+        except DatabaseUnavailable:
+            # "success" would make WeChat drop the message for good (it retries only pushes
+            # left unanswered): say "busy, try again" now, which needs no database.
+            log.warning("wechat: database unavailable for %s", inbound.key)
+            return render_reply(openid, ours, "text", BUSY, int(self.clock()))
+        if seen:
+            return stored or ""
+        request = inbound.request
+        if inbound.menu_id is not None:
+            data = await asyncio.to_thread(self.seen.recall,
+                                           f"wx:btn:{openid}:{inbound.menu_id}")
+            if data is not None:
+                request = Request(channel="wechat", identity=request.identity,
+                                  request_id=request.request_id, callback=data)
+        task = asyncio.create_task(self._parts(request, openid))
+        done, _ = await asyncio.wait({task}, timeout=self.passive_budget)
+        if task not in done:
+            # Too slow for a passive reply: answer now, follow up as customer service.
+            self._background(self._follow_up(task, openid))
+            await asyncio.to_thread(self.seen.remember, inbound.key, "", self._now())
+            return ""
+        if self.pay is not None and request.identity in self.app.operators:
+            self._background(self.pay.sweep_refunds())  # e.g. after 退款: return the cash now
+        xml, rest = await self._passive(task.result(), openid, ours)
+        await asyncio.to_thread(self.seen.remember, inbound.key, xml, self._now())
+        if rest:
+            self._background(self._deliver(openid, rest))
+        return xml
+
+    async def _passive(self, parts: list[Part], openid: str, ours: str) -> tuple[str, list[Part]]:
+        """The first message as a passive reply, the rest for customer service."""
+        if not parts:
+            return "", []
+        first, rest = parts[0], parts[1:]
+        now = int(self.clock())
+        if first.png is None:
+            return render_reply(openid, ours, "text", first.text, now), rest
+        try:
+            media_id = await asyncio.wait_for(self.sender.upload_png(first.png), 2.0)
+        except Exception as exc:  # noqa: BLE001 - send it later as customer service instead
+            log.warning("wechat: image upload for a passive reply failed: %s", exc)
+            return "", parts
+        return render_reply(openid, ours, "image", media_id, now), rest
+
+    async def _parts(self, request: Request, openid: str) -> list[Part]:
+        """Dispatch and render; never raises (a failure becomes an apology)."""
+        import handlers
+
+        try:
+            reply = await handlers.dispatch(self.app, request)
+            return await self.render(reply, request, openid)
+        except Exception:
+            log.exception("wechat: answering %s failed", request.request_id)
+            return [Part(text=APOLOGY)]
+
+    async def render(self, reply: Reply, request: Request, openid: str) -> list[Part]:
+        """A conversation's reply as WeChat messages."""
+        parts: list[Part] = []
+        for item in reply.items:
+            if isinstance(item, Text):
+                text = item.text + await self._buttons(item, openid)
+                parts.extend(Part(text=t) for t in split_text(text))
+            elif isinstance(item, Photo):
+                parts.append(Part(png=item.png))
+                if item.caption:
+                    parts.extend(Part(text=t) for t in split_text(item.caption))
+            elif isinstance(item, Document):
+                parts.extend(Part(text=t) for t in split_text(document_text(item)))
+            elif isinstance(item, Invoice):
+                parts.append(Part(text=self._invoice_text(item)))
+            elif isinstance(item, Progress):
+                parts.append(Part(text=item.initial))
+                self._background(self._run_job(item, request, openid))
+        return merge_texts(parts)
+
+    def _invoice_text(self, item: Invoice) -> str:
+        """The pay link: the checkout page makes a JSAPI order inside WeChat and shows a
+        Native QR code anywhere else (bot/wechatpay)."""
+        if self.pay is None:
+            return NO_PAY
+        url = self.pay.config.checkout_url(item.token)
+        amount = f"{format_fen(item.amount)} {item.currency}"
+        return f"{item.title}\n{item.description}\n{link(url, f'微信支付 Pay {amount}')}\n{url}"
+
+    async def _buttons(self, item: Text, openid: str) -> str:
+        """Buttons as links: URLs as they are; button data as `weixin://bizmsgmenu` links
+        whose tap comes back as a text message carrying the link's id (kept in `Seen`)."""
+        lines = []
+        for row in item.buttons:
+            for button in row:
+                if button.url:
+                    lines.append(link(button.url, button.label))
+                elif button.data:
+                    menu_id = str(secrets.randbelow(9 * 10**11) + 10**11)
+                    await asyncio.to_thread(self.seen.remember, f"wx:btn:{openid}:{menu_id}",
+                                            button.data, self._now())
+                    lines.append(menu_link(button.label, menu_id))
+        return ("\n" + "\n".join(lines)) if lines else ""
+
+    async def _run_job(self, item: Progress, request: Request, openid: str) -> None:
+        """A long operator job: WeChat cannot edit a message, so only the outcome follows."""
+        import handlers
+
+        try:
+            final = await handlers.run_job(self.app, item.job, request, lambda _text: None)
+        except Exception:
+            log.exception("wechat: job %s failed", item.job)
+            final = APOLOGY
+        if isinstance(final, Reply):
+            await self._deliver(openid, await self.render(final, request, openid))
+        elif isinstance(final, str) and final:
+            await self._deliver(openid, [Part(text=t) for t in split_text(final)])
+
+    async def _follow_up(self, task: asyncio.Task[list[Part]], openid: str) -> None:
+        await self._deliver(openid, await task)
+
+    async def _deliver(self, openid: str, parts: list[Part]) -> None:
+        for part in parts:
+            try:
+                await self.sender.send_part(openid, part)
+            except Exception as exc:  # noqa: BLE001 - one lost follow-up must not stop the rest
+                log.warning("wechat: customer-service message to %s failed: %s", openid, exc)
+
+    # -- hooks for the rest of the shop ---------------------------------------------------
+    async def after_payment(self, result: dict[str, Any]) -> None:
+        """Tell a WeChat buyer their payment arrived (the receipt), as customer service."""
+        from engine import users
+        from handlers.shop import render_receipt
+
+        def find(s: Session) -> str | None:
+            return s.execute(select(Identity.identity).join(User, User.id == Identity.user_id)
+                             .where(User.handle == result["user"],
+                                    Identity.identity.like("wx:%"))
+                             .order_by(Identity.identity).limit(1)).scalar_one_or_none()
+
+        identity = await asyncio.to_thread(self.app.db.read, find)
+        if identity is None:
+            return
+        lang = await asyncio.to_thread(users.lang_of, self.app.db, identity) or "zh"
+        cfg = await asyncio.to_thread(self.app.db.read, users.store_config)
+        await self.sender.send(identity, render_receipt(lang, result, cfg.currency))
+
+    async def invite_qr(self, code: str) -> bytes | None:
+        """`App.wechat_invite_qr`: the invite as a parametric QR code (scene = the invite
+        code) made through wechatpy's QR API, temporary (30 days: no quota) and drawn here
+        from the URL WeChat returns."""
+        from handlers.referral import qr_png
+
+        try:
+            qr = await asyncio.to_thread(self.client.qrcode.create, {
+                "expire_seconds": INVITE_QR_SECONDS, "action_name": "QR_STR_SCENE",
+                "action_info": {"scene": {"scene_str": code}}})
+        except Exception as exc:  # noqa: BLE001 - the invite still has its code in words
+            log.warning("wechat: parametric QR code for an invite failed: %s", exc)
+            return None
+        url = qr.get("url") if isinstance(qr, dict) else None
+        return await asyncio.to_thread(qr_png, url) if url else None
+
+    async def prune_seen(self) -> int:
+        return await asyncio.to_thread(self.seen.prune, self._now())
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for the follow-ups in flight (shutdown, tests)."""
+        deadline = time.monotonic() + timeout
+        while self._tasks and time.monotonic() < deadline:
+            await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
+
+    async def aclose(self) -> None:
+        await self.drain()
+        for task in list(self._tasks):
+            task.cancel()
