@@ -45,7 +45,7 @@ class Replayer:
 
     def apply(self, ev: dict[str, Any]) -> None:
         op = ev.get("op")
-        if op not in _REQUIRED:
+        if not isinstance(op, str) or op not in _REQUIRED:
             raise Refusal("unknown_op", str(op))
         if any(f not in ev for f in _REQUIRED[op]):
             raise Refusal("invalid_event", "missing field")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from .errors import Refusal
+
+YEARS = (1970, 9000)  # instants a shop can mean
 
 
 def parse_at(value: object) -> datetime:
@@ -22,6 +24,14 @@ def parse_at(value: object) -> datetime:
         raise Refusal("invalid_time", value) from exc
     if at.tzinfo is None:
         raise Refusal("invalid_time", "no offset")
+    # The calendar's ends: year 1 or 9999 with an offset does not even convert to UTC, and
+    # a lock or a return window added to it would overflow (docs/reliability.md).
+    try:
+        year = at.astimezone(UTC).year
+    except OverflowError:
+        year = 0
+    if not YEARS[0] <= year <= YEARS[1]:
+        raise Refusal("invalid_time", "outside the years 1970-9000")
     return at
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from storage.db import Database
@@ -30,6 +30,7 @@ from .points import Price
 INVITE_CODE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 IDENTITY = re.compile(r"^[A-Za-z]{1,16}:[^\s]{1,79}$")
 LANGS = ("zh", "en")
+SEEN_EVERY = timedelta(hours=1)
 
 
 def now() -> datetime:
@@ -68,19 +69,28 @@ def resolve(db: Database, identity: str, *, lang: str | None = None,
 
     def known(session: Session) -> dict[str, Any] | None:
         row = session.execute(
-            select(User).join(Identity, Identity.user_id == User.id)
-            .where(Identity.identity == identity)).scalar_one_or_none()
-        return _member(row, False) if row is not None else None
+            select(User, Identity.last_seen_at).join(Identity, Identity.user_id == User.id)
+            .where(Identity.identity == identity)).first()
+        if row is None:
+            return None
+        return {**_member(row[0], False), "last_seen_at": row[1]}
 
+    when = at or now()
     found = db.read(known)
     if found is not None:
+        seen = found.pop("last_seen_at")
+        if seen is None or when - seen > SEEN_EVERY:
+            # which identity a user was last seen on routes their notifications
+            # (engine.outbox); refreshed at most hourly, not on every message
+            db.run(lambda s: s.execute(update(Identity).where(Identity.identity == identity)
+                                       .values(last_seen_at=when)))
         return found
-    when = at or now()
     name = display_name[:128] if display_name else None
 
     def create(session: Session) -> dict[str, Any]:
         book = Book(session)  # the head lock serialises two first messages of one identity
         if (again := known(session)) is not None:
+            again.pop("last_seen_at")
             return again
         user = session.execute(select(User).where(User.handle == identity)
                                .with_for_update()).scalar_one_or_none()

@@ -76,9 +76,10 @@ def at_iso(value: object) -> str:
         if len(value) == 26 and value[10] == " ":
             return value[:10] + "T" + value[11:]
         try:
-            value = datetime.fromisoformat(value)
+            parsed = datetime.fromisoformat(value)
         except ValueError:
             return value
+        value = parsed
     if isinstance(value, datetime):
         if value.tzinfo is not None:
             value = value.astimezone(UTC).replace(tzinfo=None)

@@ -100,8 +100,7 @@ async def deposit(c: Ctx) -> Reply:
 def _percent(value: Any) -> str:
     if value is None:
         return "-"
-    f = Fraction(value) if not isinstance(value, str) else Fraction(value)
-    tenths = int(f * 1000)
+    tenths = int(Fraction(value) * 1000)  # rounded down, like every displayed ratio
     return f"{tenths // 10}.{tenths % 10}%"
 
 
@@ -151,14 +150,13 @@ async def release(c: Ctx) -> Reply:
     return Reply(items=[Progress(job="release", initial=c.t("release.started"))])
 
 
-def _release_runner(db: Any, progress: Callable[..., None], actor: str) -> dict[str, Any]:
+def _release_runner(db: Any, progress: Callable[[int, int], None]) -> dict[str, Any]:
+    """`engine.jobs.run_release` (under the release lock), or the plain service release
+    while that module is absent (each payment is keyed by its entry either way)."""
     jobs = _optional("engine.jobs")
     if jobs is None:
         return service.release(db, progress=progress)
-    kwargs: dict[str, Any] = {"at": None, "progress": progress}
-    if "actor" in inspect.signature(jobs.run_release).parameters:
-        kwargs["actor"] = actor
-    result: dict[str, Any] = jobs.run_release(db, **kwargs)
+    result: dict[str, Any] = jobs.run_release(db, at=None, progress=progress)
     return result
 
 
@@ -184,19 +182,18 @@ async def run_job(app: App, job: str, request: Request,
         except Exception:  # noqa: BLE001 - a progress line must never stop the job
             log.exception("progress update failed")
 
-    def progress(*args: Any, **kwargs: Any) -> None:
+    def progress(paid: int, amount: int) -> None:
         now = time.monotonic()
         if now - last[0] < 1.0:
             return
         last[0] = now
-        paid, amount = (args + (0, 0))[:2] if args else (kwargs.get("paid", 0),
-                                                          kwargs.get("amount", 0))
-        push(i18n.t(lang, "release.progress", paid=paid, amount=i18n.money(int(amount),
+        push(i18n.t(lang, "release.progress", paid=paid, amount=i18n.money(amount,
                                                                           app.currency)))
 
+    # run_release takes no actor: the run is logged with who started it
     log.info("release started by %s", request.identity)
     try:
-        r = await asyncio.to_thread(_release_runner, app.db, progress, request.identity)
+        r = await asyncio.to_thread(_release_runner, app.db, progress)
         cur = await asyncio.to_thread(app.db.read, users.store_config)
         if r.get("skipped"):
             text = i18n.t(lang, "release.skipped", holder=echo(r.get("holder") or "-", 40))

@@ -111,3 +111,21 @@ async def test_simultaneous_first_messages_of_one_identity_create_one_user(db):
     assert _count_users(chat) == 1
     assert db.read(lambda s: s.execute(select(func.count()).select_from(Identity))
                    .scalar_one()) == 1
+
+
+def test_last_seen_is_refreshed_at_most_hourly_for_notification_routing(memdb):
+    from datetime import UTC, datetime, timedelta
+
+    from engine import users
+
+    t0 = datetime(2026, 8, 1, 10, tzinfo=UTC)
+
+    def seen():
+        return memdb.read(lambda s: s.get(Identity, "tg:9").last_seen_at)
+
+    assert users.resolve(memdb, "tg:9", at=t0)["new"]
+    assert seen() == t0
+    users.resolve(memdb, "tg:9", at=t0 + timedelta(minutes=30))
+    assert seen() == t0
+    users.resolve(memdb, "tg:9", at=t0 + timedelta(hours=2))
+    assert seen() == t0 + timedelta(hours=2)

@@ -1,0 +1,170 @@
+"""Purchases per second against the physical limit: a durable commit.
+
+Each purchase is `engine.service.buy`: one database transaction, committed (on disk) before
+it returns — the buyer is told only then. The bare baseline is the same driver committing one
+small row per transaction with the same durability settings, measured in the same run,
+interleaved with the purchases.
+
+Rows: one connection on a SQLite file, one connection on PostgreSQL, and 8 concurrent
+clients on PostgreSQL (8 processes, each with its own connection) against the bare
+one-connection commit rate.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing as mp
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from storage.db import Database
+from storage.migrate import migrate
+
+from .common import BarePG, BareSQLite, Context, Row, pg_schema, rate
+from .common import paired as paired_runs
+from .workload import T0, Purchases, buy, setup_shop
+
+SHOP_USERS = 200
+CLIENTS = 8
+
+
+def _purchase_rate(db: Database, stream: Any, seconds: float, tally: dict[str, int]) -> float:
+    def step() -> None:
+        ok = buy(db, next(stream))
+        tally["bought" if ok else "refused"] += 1
+
+    return rate(step, seconds=seconds, at_least=20)
+
+
+def sqlite_one(ctx: Context) -> Row:
+    row = Row("purchase-sqlite", "purchases/s, one connection, SQLite file", "purchases/s",
+              ("ratio>=", 0.5), baseline_what="bare durable one-row commits/s, same driver, "
+              "same directory, WAL + synchronous=FULL + BEGIN IMMEDIATE")
+    work = ctx.scratch("purchase-sqlite")
+    db = Database(f"sqlite:///{work / 'shop.db'}")
+    migrate(db)
+    handles = setup_shop(db, SHOP_USERS)
+    bare = BareSQLite(work / "bare.db")
+    stream = iter(Purchases(handles, T0 + timedelta(days=1), uuid.uuid4().hex[:8]))
+    tally = {"bought": 0, "refused": 0}
+    seconds = ctx.seconds()
+    try:
+        row.measured, row.baseline, row.ratios = paired_runs(
+            ctx.runs(), lambda: _purchase_rate(db, stream, seconds, tally),
+            lambda: bare.commits_per_second(seconds))
+    finally:
+        bare.close()
+        db.dispose()
+    row.facts = {"users": SHOP_USERS, "seconds_per_run": seconds, **tally}
+    return row
+
+
+def pg_one(ctx: Context) -> Row:
+    row = Row("purchase-pg", "purchases/s, one connection, PostgreSQL", "purchases/s",
+              ("ratio>=", 0.5), baseline_what="bare durable one-row commits/s (psycopg, "
+              "synchronous_commit on)")
+    if ctx.pg_problem:
+        return _skipped(row, ctx.pg_problem)
+    with pg_schema() as url:
+        db = Database(url)
+        migrate(db)
+        handles = setup_shop(db, SHOP_USERS)
+        bare = BarePG(url)
+        stream = iter(Purchases(handles, T0 + timedelta(days=1), uuid.uuid4().hex[:8]))
+        tally = {"bought": 0, "refused": 0}
+        seconds = ctx.seconds()
+        try:
+            row.measured, row.baseline, row.ratios = paired_runs(
+                ctx.runs(), lambda: _purchase_rate(db, stream, seconds, tally),
+                lambda: bare.commits_per_second(seconds))
+        finally:
+            bare.close()
+            db.dispose()
+        row.facts = {"users": SHOP_USERS, "seconds_per_run": seconds, "pg": bare.settings,
+                     **tally}
+    return row
+
+
+# -- 8 clients ------------------------------------------------------------------------------
+
+def group_commit_path() -> str | None:
+    """The lead's group-commit module, if it has landed (engine/batch.py)."""
+    return "engine.batch" if importlib.util.find_spec("engine.batch") is not None else None
+
+
+def _client(url: str, index: int, handles: list[str], runs: int, seconds: float,
+            start: Any, results: Any) -> None:
+    """One client process: its own connection; at each barrier, buy for `seconds`."""
+    db = Database(url)
+    stream = iter(Purchases(handles, T0 + timedelta(days=1 + index), f"c{index}-"
+                            + uuid.uuid4().hex[:6], seed=100 + index))
+    buy(db, next(stream))  # warm: connection, statement caches
+    for run in range(runs):
+        start.wait()
+        began = time.monotonic()
+        bought = refused = 0
+        while time.monotonic() - began < seconds:
+            if buy(db, next(stream)):
+                bought += 1
+            else:
+                refused += 1
+        results.put((index, run, bought, refused, began, time.monotonic()))
+    db.dispose()
+
+
+def pg_eight(ctx: Context) -> Row:
+    row = Row("purchase-pg-8", f"purchases/s, {CLIENTS} concurrent clients, PostgreSQL",
+              "purchases/s", ("ratio>=", 2.0),
+              baseline_what="bare durable one-row commits/s on one connection")
+    if ctx.pg_problem:
+        return _skipped(row, ctx.pg_problem)
+    runs, seconds = ctx.runs(), ctx.seconds(3.0)
+    with pg_schema() as url:
+        db = Database(url)
+        migrate(db)
+        handles = setup_shop(db, SHOP_USERS * 2)
+        db.dispose()
+        bare = BarePG(url)
+        spawn = mp.get_context("spawn")
+        start = spawn.Barrier(CLIENTS + 1)
+        results = spawn.Queue()
+        clients = [spawn.Process(target=_client, args=(url, i, handles, runs, seconds, start,
+                                                       results), daemon=True)
+                   for i in range(CLIENTS)]
+        for p in clients:
+            p.start()
+        tally = {"bought": 0, "refused": 0}
+
+        def measure() -> float:
+            start.wait(timeout=120)
+            got = [results.get(timeout=seconds + 120) for _ in range(CLIENTS)]
+            tally["bought"] += sum(g[2] for g in got)
+            tally["refused"] += sum(g[3] for g in got)
+            span = max(g[5] for g in got) - min(g[4] for g in got)
+            return sum(g[2] for g in got) / span
+
+        try:
+            row.measured, row.baseline, row.ratios = paired_runs(
+                runs, measure, lambda: bare.commits_per_second(seconds))
+        finally:
+            for p in clients:
+                p.join(timeout=30)
+                if p.is_alive():
+                    p.kill()
+            bare.close()
+        row.facts = {"clients": CLIENTS, "processes": True, "users": SHOP_USERS * 2,
+                     "seconds_per_run": seconds, "pg": bare.settings,
+                     "group_commit": group_commit_path() or "none (engine.service.buy)",
+                     **tally}
+    return row
+
+
+def _skipped(row: Row, why: str) -> Row:
+    row.status = "skipped"
+    row.notes.append(f"PostgreSQL unavailable: {why}")
+    return row
+
+
+ROWS = {"purchase-sqlite": sqlite_one, "purchase-pg": pg_one, "purchase-pg-8": pg_eight}

@@ -1,0 +1,79 @@
+"""`storefront verify` over the shop with a million queue entries (more than a million
+journal transactions), run as the command a user runs: a fresh process, wall-clock time
+from its start to its exit, transactions per second.
+
+`python -m benchmarks.verify --child URL` is that process: it runs `bot.cli.main(["verify",
+"--db", URL])` and then prints its exit status and peak memory as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+
+from .common import Context, Row, Stats, peak_rss_mb, run_child
+from .latency import big_shop
+
+OK_LINE = re.compile(r"journal OK: (\d+) transactions")
+
+
+def verify_rate(ctx: Context) -> Row:
+    row = Row("verify", "`storefront verify` over 1M journal transactions", "transactions/s",
+              (">=", 50_000))
+    built = big_shop(ctx)
+    if ctx.quick:
+        row.title = f"`storefront verify` over {built.txns:,} journal transactions (--quick)"
+    url = f"sqlite:///{built.path}"
+    rates, rss, txns = [], [], 0
+    for _ in range(ctx.runs(3)):
+        start = time.perf_counter()
+        out = run_child("benchmarks.verify", "--child", url, timeout=900)
+        elapsed = time.perf_counter() - start
+        found = OK_LINE.search(out["stdout"])
+        if out["status"] != 0 or found is None:
+            raise RuntimeError(f"verify did not pass on the prepared shop: {out['stdout'][:500]}")
+        txns = int(found.group(1))
+        rates.append(txns / elapsed)
+        rss.append(out["peak_rss_mb"])
+    row.measured = Stats(rates)
+    row.facts = {"journal_txns": txns, "entries": built.entries, "users": built.users,
+                 "postings_per_txn": _postings_per_txn(built.path),
+                 "peak_rss_mb": round(max(rss), 1), "timed": "process start to exit"}
+    return row
+
+
+def _postings_per_txn(path: object) -> float:
+    import sqlite3
+
+    conn = sqlite3.connect(str(path))
+    try:
+        postings = conn.execute("SELECT max(id) FROM postings").fetchone()[0] or 0
+        txns = conn.execute("SELECT last_txn FROM head").fetchone()[0] or 1
+    finally:
+        conn.close()
+    return round(postings / txns, 2)
+
+
+def child(url: str) -> None:
+    import contextlib
+    import io
+
+    from bot.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        status = main(["verify", "--db", url])
+    print(json.dumps({"status": status, "stdout": buf.getvalue(),
+                      "peak_rss_mb": round(peak_rss_mb(), 1)}))
+
+
+ROWS = {"verify": verify_rate}
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", required=True)
+    child(parser.parse_args().child)
+    sys.exit(0)
