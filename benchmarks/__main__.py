@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import sys
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 from . import latency, purchases, release, telegram_me, verify
-from .common import ROOT, Context, Row, machine, pg_available, table, write_json
+from .common import Context, Row, machine, pg_available, table, write_json
 
 ROWS: dict[str, Callable[[Context], Row]] = {
     **purchases.ROWS, **telegram_me.ROWS, "latency-holders": latency.holders,

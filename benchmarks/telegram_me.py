@@ -67,8 +67,9 @@ def _standin(conn: Any) -> None:
 @contextmanager
 def _lifted_flood_limit(lift: bool) -> Iterator[None]:
     """Build the Application with PTB's AIORateLimiter at overall/group rate 0 (no throttle)."""
-    import bot.telegram.application as tga
     from telegram.ext import AIORateLimiter
+
+    import bot.telegram.application as tga
 
     class Unthrottled(AIORateLimiter):  # type: ignore[misc]
         def __init__(self, *, max_retries: int = 0, **_ignored: Any) -> None:

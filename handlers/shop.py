@@ -12,6 +12,7 @@ from typing import Any
 
 from engine import checkout, service, users
 from engine.errors import Refusal
+from storage.db import DatabaseUnavailable
 
 from . import i18n
 from .base import App, Button, Invoice, Reply
@@ -236,7 +237,8 @@ async def paid(app: App, token: str, amount: int, currency: str, charge_id: str,
                identity: str) -> Reply:
     """A channel says it charged the buyer: record it exactly once (per charge id) and answer
     with the receipt; a charge that cannot be recorded is flagged to every operator and the
-    buyer is told the shop will sort it out. Never raises."""
+    buyer is told the shop will sort it out. Raises only `DatabaseUnavailable`: the charge is
+    real and unrecorded, so the adapter must retry it (and report it loudly if it cannot)."""
     lang = await _lang(app, identity)
     try:
         result = await asyncio.to_thread(
@@ -250,6 +252,8 @@ async def paid(app: App, token: str, amount: int, currency: str, charge_id: str,
         return Reply().text(render_receipt(lang, result, cfg.currency))
     except Refusal as exc:
         return Reply().text(i18n.t(lang, f"refusal.{exc.code}"))
+    except DatabaseUnavailable:
+        raise
     except Exception:
         log.exception("recording payment %s on %s failed", charge_id, channel)
         return Reply().text(i18n.t(lang, "paid.error"))
