@@ -263,7 +263,17 @@ def run_child(module: str, *args: str, timeout: float) -> dict[str, Any]:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory (Linux reports KiB)."""
+    """This process's peak resident memory since it started its program.
+
+    `VmHWM` from /proc: getrusage's `ru_maxrss` would also count the parent's memory at the
+    fork, which Linux carries across exec."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

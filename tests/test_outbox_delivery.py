@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import insert, select
 from telegram import Bot
 
+from bot.cli import main
 from bot.senders import RateLimiter, TelegramSender, WeChatSender
 from engine import outbox, users
 from scheduler import Deliverer
@@ -272,27 +273,33 @@ async def test_rate_limiter_counts_a_send_until_its_answer_is_back() -> None:
     assert loop.time() - before >= 0.19
 
 
-def test_outbox_command_shows_pending_sent_and_failed(db: Database, sqlite_url: str) -> None:
+def test_outbox_command_shows_pending_sent_and_failed(
+        db: Database, sqlite_url: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("TELEGRAM_BOT_TOKEN", "WECHAT_APP_ID", "WECHAT_APP_SECRET"):
+        monkeypatch.delenv(name, raising=False)
     owe(db, user(db, "tg:1"), "a")
     owe(db, user(db, "tg:2"), "b")
     c = outbox.claim(db, now=now(), limit=1).claims[0]
     outbox.mark_unreachable(db, c, now=now(), error="Telegram: Forbidden: bot was blocked")
 
-    shown = cli("outbox", "--db", sqlite_url)
-    assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.splitlines()[0] == ("outbox: 1 pending (1 due now), 0 sending, 0 sent, "
-                                            "0 failed, 1 unreachable, 0 interrupted")
-    assert "bot was blocked" in shown.stdout
+    assert main(["outbox", "--db", sqlite_url]) == 0
+    shown = capsys.readouterr().out
+    assert shown.splitlines()[0] == ("outbox: 1 pending (1 due now), 0 sending, 0 sent, "
+                                     "0 failed, 1 unreachable, 0 interrupted")
+    assert "bot was blocked" in shown
 
-    as_json = json.loads(cli("outbox", "--db", sqlite_url, "--json").stdout)
+    assert main(["outbox", "--db", sqlite_url, "--json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
     assert as_json["counts"]["unreachable"] == 1 and as_json["due_now"] == 1
 
-    requeued = cli("outbox", "--db", sqlite_url, "--requeue", "unreachable", "--json")
-    assert "requeued 1 notifications" in requeued.stderr
-    assert json.loads(requeued.stdout)["counts"]["pending"] == 2
+    assert main(["outbox", "--db", sqlite_url, "--requeue", "unreachable", "--json"]) == 0
+    requeued = capsys.readouterr()
+    assert "requeued 1 notifications" in requeued.err
+    assert json.loads(requeued.out)["counts"]["pending"] == 2
 
-    nothing = cli("outbox", "--db", sqlite_url, "--deliver")
-    assert nothing.returncode == 2 and "no channel configured" in nothing.stderr
-    bad = cli("outbox", "--db", sqlite_url, "--requeue", "sent")
-    assert bad.returncode == 2 and "invalid choice" in bad.stderr
-
+    assert main(["outbox", "--db", sqlite_url, "--deliver"]) == 2
+    assert "no channel configured" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:
+        main(["outbox", "--db", sqlite_url, "--requeue", "sent"])
+    assert bad.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select
 
+from bot.cli import main
 from engine import service
 from engine.jobs import last_run, run_release
 from engine.verify import verify
@@ -113,14 +114,16 @@ def test_release_cli_settles_first_then_pays_and_records_the_run(sqlite_url: str
         db.dispose()
 
 
-def test_release_cli_refuses_bad_input_politely(sqlite_url: str) -> None:
+def test_release_cli_refuses_bad_input_politely(sqlite_url: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     for args, message in [
         (["--at", "tomorrow"], "--at must be an ISO 8601 time with an offset"),
         (["--at", "2026-08-16T00:05:00"], "--at must be an ISO 8601 time with an offset"),
         (["--batch", "0"], "--batch must be between 1 and 10000"),
     ]:
-        run = cli("release", "--db", sqlite_url, *args)
-        assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
+        assert main(["release", "--db", sqlite_url, *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
 
 
 def test_release_stops_at_the_first_entry_the_pool_cannot_pay(memdb: Database) -> None:
