@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from bot.settings import Settings
 
 TELEGRAM_TEXT_LIMIT = 4096
-WECHAT_TEXT_LIMIT = 2000
 
 
 class DeliveryError(Exception):
@@ -175,56 +174,6 @@ class TelegramSender:
 
 
 # WeChat errcodes (https://developers.weixin.qq.com/doc/offiaccount/Getting_Started/Global_Return_Code.html)
-_WX_UNREACHABLE = {40003: "invalid openid", 43004: "not subscribed", 43019: "blacklisted us",
-                   43101: "refused messages"}
-_WX_OUTSIDE_WINDOW = {45015, 45047}  # no reply window (48 h) / too many messages unanswered
-_WX_SLOW_DOWN = {45009: 3600.0, 45011: 60.0}  # daily / per-minute API quota
-
-
-class WeChatSender:
-    """Customer-service text messages through a wechatpy `WeChatClient`; outside the 48-hour
-    window, a template message when `template_id` is set (the template must have a
-    `{{content.DATA}}` field), else the identity is unreachable for now."""
-
-    channel = "wx"
-
-    def __init__(self, client: Any, *, template_id: str | None = None) -> None:
-        self.client = client
-        self.template_id = template_id
-
-    async def send(self, identity: str, text: str) -> None:
-        prefix, _, openid = identity.partition(":")
-        if prefix != self.channel or not openid:
-            raise Rejected(f"not a WeChat identity: {identity}")
-        await asyncio.to_thread(self._send, openid, _clip(text, WECHAT_TEXT_LIMIT))
-
-    def _send(self, openid: str, text: str) -> None:
-        from wechatpy.exceptions import WeChatClientException
-
-        try:
-            self.client.message.send_text(openid, text)
-            return
-        except WeChatClientException as exc:
-            if exc.errcode not in _WX_OUTSIDE_WINDOW or not self.template_id:
-                raise _wechat_error(exc) from exc
-        try:
-            self.client.message.send_template(openid, self.template_id,
-                                              {"content": {"value": text}})
-        except WeChatClientException as exc:
-            raise _wechat_error(exc) from exc
-
-
-def _wechat_error(exc: Any) -> Exception:
-    code = exc.errcode
-    if code in _WX_UNREACHABLE:
-        return Unreachable(f"WeChat {code}: {_WX_UNREACHABLE[code]}")
-    if code in _WX_OUTSIDE_WINDOW:
-        return Unreachable(f"WeChat {code}: outside the customer-service window")
-    if code in _WX_SLOW_DOWN:
-        return RetryLater(_WX_SLOW_DOWN[code], f"WeChat {code}: quota reached")
-    return exc  # network trouble or an unknown code: transient, retried with backoff
-
-
 def senders_from_settings(settings: Settings, *, telegram_bot: Any = None,
                           wechat_sender: Sender | None = None) -> dict[str, Sender]:
     """The senders this process can use: Telegram when a token is set, WeChat when the app
@@ -240,13 +189,11 @@ def senders_from_settings(settings: Settings, *, telegram_bot: Any = None,
     if telegram_bot is not None:
         senders["tg"] = TelegramSender(telegram_bot)
     if wechat_sender is None and settings.wechat_app_id and settings.wechat_app_secret:
-        from wechatpy import WeChatClient
+        # The adapter's own sender and client: the same base URL, token storage and rules.
+        from bot.wechat import WeChatSender, client_from_settings
 
-        client = WeChatClient(settings.wechat_app_id,
-                              settings.wechat_app_secret.get_secret_value())
-        if settings.wechat_api_base_url:
-            client.API_BASE_URL = settings.wechat_api_base_url
-        wechat_sender = WeChatSender(client, template_id=settings.wechat_notify_template_id)
+        wechat_sender = WeChatSender(client_from_settings(settings),
+                                     template_id=settings.wechat_notify_template_id)
     if wechat_sender is not None:
         senders["wx"] = wechat_sender
     return senders

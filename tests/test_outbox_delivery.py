@@ -17,7 +17,8 @@ from sqlalchemy import insert, select
 from telegram import Bot
 
 from bot.cli import main
-from bot.senders import RateLimiter, TelegramSender, WeChatSender
+from bot.senders import RateLimiter, TelegramSender
+from bot.wechat import WeChatSender
 from engine import outbox, users
 from scheduler import Deliverer
 from storage.db import Database
