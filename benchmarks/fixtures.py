@@ -567,9 +567,13 @@ def _write_state(h: _History, conn: sqlite3.Connection) -> None:
             rows = []
     _insert_users(conn, rows)
     if h.plan.identities:
+        # Seen just now (by the wall clock engine.users.resolve compares with): a user who
+        # chats is usually one who chatted within the hour, whose `last_seen_at` is not
+        # rewritten (engine/users.py refreshes it at most hourly).
+        seen = sql_time(datetime.now(UTC))
         conn.executemany("INSERT INTO identities (identity, user_id, created_at, last_seen_at) "
                          "VALUES (?,?,?,?)",
-                         ((h.handle[u], h.uid(u), created, created) for u in range(h.plan.users)))
+                         ((h.handle[u], h.uid(u), created, seen) for u in range(h.plan.users)))
     conn.executemany(
         "INSERT INTO entries (seq, user_id, order_no, amount, released, status, matures_at, "
         "created_at, released_at) VALUES (?,?,?,?,?,?,?,?,?)",

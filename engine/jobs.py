@@ -25,8 +25,10 @@ from storage.locks import job_lock, make_holder
 from storage.models import JobRun, Setting
 
 from . import faults, service
+from .book import Book
 from .config import Config
 from .times import parse_at
+from .users import IDENTITY
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ def run_release(db: Database, *, at: object = None,
         result = service.release(db, at=when, batch=batch, progress=step)
         result["settled"] += len(settled)
         faults.point("release.before_record")
-        record_run(db, RELEASE, when, me, result)
+        record_run(db, RELEASE, when, me, result, actor=actor)
     finally:
         locks.release()
     log.info("release as of %s: settled %d orders, paid %d entries (%d fen)%s",
@@ -82,11 +84,20 @@ def run_release(db: Database, *, at: object = None,
 
 
 def record_run(db: Database, name: str, at: datetime, holder: str,
-               result: dict[str, Any]) -> None:
-    """Remember that job `name` completed as of `at` (never moving the mark backwards)."""
+               result: dict[str, Any], *, actor: str | None = None) -> None:
+    """Remember that job `name` completed as of `at` (never moving the mark backwards).
+
+    A run an operator started from a chat (`actor` is a chat identity, `tg:42`) is also
+    journaled with who started it, in the same transaction: every operator action is in
+    the journal (docs/reliability.md). The payments themselves are the rules at work."""
     finished = service.now()
 
     def work(session: Session) -> None:
+        if actor is not None and IDENTITY.match(actor):
+            book = Book(session)
+            book.record(key=f"{name}_run:{book.head.last_txn + 1}", kind=f"{name}_run",
+                        at=at, actor=actor, body={k: result.get(k) for k in (
+                            "settled", "paid", "amount", "blocked")})
         row = session.get(JobRun, name, with_for_update=True)
         body = json.dumps(result, sort_keys=True, default=str)
         if row is None:

@@ -150,13 +150,14 @@ async def release(c: Ctx) -> Reply:
     return Reply(items=[Progress(job="release", initial=c.t("release.started"))])
 
 
-def _release_runner(db: Any, progress: Callable[[int, int], None]) -> dict[str, Any]:
+def _release_runner(db: Any, progress: Callable[[int, int], None],
+                    actor: str | None = None) -> dict[str, Any]:
     """`engine.jobs.run_release` (under the release lock), or the plain service release
     while that module is absent (each payment is keyed by its entry either way)."""
     jobs = _optional("engine.jobs")
     if jobs is None:
         return service.release(db, progress=progress)
-    result: dict[str, Any] = jobs.run_release(db, at=None, progress=progress)
+    result: dict[str, Any] = jobs.run_release(db, at=None, progress=progress, actor=actor)
     return result
 
 
@@ -193,7 +194,7 @@ async def run_job(app: App, job: str, request: Request,
     # run_release takes no actor: the run is logged with who started it
     log.info("release started by %s", request.identity)
     try:
-        r = await asyncio.to_thread(_release_runner, app.db, progress)
+        r = await asyncio.to_thread(_release_runner, app.db, progress, request.identity)
         cur = await asyncio.to_thread(app.db.read, users.store_config)
         if r.get("skipped"):
             text = i18n.t(lang, "release.skipped", holder=echo(r.get("holder") or "-", 40))

@@ -49,9 +49,15 @@ def normalise(text: str) -> str:
     return text.translate(_FULL_WIDTH)
 
 
+# Characters that reorder or hide the text around them (bidirectional overrides, isolates,
+# marks, zero-width spaces): a name must not make "earned 1.00" read "00.1 denrae".
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                                    "\u2060\u2066\u2067\u2068\u2069\ufeff"))
+
+
 def echo(text: object, limit: int = MAX_ECHO) -> str:
-    """User text safe to repeat back: one line, capped."""
-    s = " ".join(str(text).split())
+    """User text safe to repeat back: one line, capped, nothing that reorders or hides."""
+    s = " ".join(str(text).translate(_INVISIBLE).split())
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 

@@ -274,6 +274,8 @@ async def _run(ctx: Ctx, fn: Handler, operator_only: bool, purchase: bool,
     if operator_only and not ctx.operator:
         log.info("operator command %s refused for %s", ctx.command, ctx.req.identity)
         return ctx.say("operator_only")
+    if operator_only:  # the audit trail of reads (what changes money is also journaled)
+        log.info("operator %s: %s %s", ctx.req.identity, ctx.command, " ".join(ctx.args)[:80])
     if purchase and not await asyncio.to_thread(limiter(ctx.app).allow, PURCHASE_RATE,
                                                 ctx.req.identity):
         return ctx.say("slow_down_buy")

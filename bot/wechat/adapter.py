@@ -50,6 +50,14 @@ from .sender import WeChatSender, client_from_settings
 
 log = logging.getLogger(__name__)
 
+
+def inert(text: str) -> str:
+    """A conversation's text is plain (handlers/base.py), but WeChat reads `<a href>` in a
+    text message as a link: angle brackets become full-width look-alikes, so nothing a user
+    typed (echoed back, or their name) can become a link. The adapter's own links are
+    added after this."""
+    return text.replace("<", "＜").replace(">", "＞")
+
 PASSIVE_BUDGET = 4.0  # seconds; WeChat waits 5 for a passive reply and the network takes some
 INVITE_QR_SECONDS = 30 * 24 * 3600  # the longest a temporary parametric QR code lives
 NO_REPLY = (200, b"success", "text/plain")
@@ -258,18 +266,18 @@ class WeChatAdapter:
         parts: list[Part] = []
         for item in reply.items:
             if isinstance(item, Text):
-                text = item.text + await self._buttons(item, openid)
+                text = inert(item.text) + await self._buttons(item, openid)
                 parts.extend(Part(text=t) for t in split_text(text))
             elif isinstance(item, Photo):
                 parts.append(Part(png=item.png))
                 if item.caption:
-                    parts.extend(Part(text=t) for t in split_text(item.caption))
+                    parts.extend(Part(text=t) for t in split_text(inert(item.caption)))
             elif isinstance(item, Document):
-                parts.extend(Part(text=t) for t in split_text(document_text(item)))
+                parts.extend(Part(text=t) for t in split_text(inert(document_text(item))))
             elif isinstance(item, Invoice):
                 parts.append(Part(text=self._invoice_text(item)))
             elif isinstance(item, Progress):
-                parts.append(Part(text=item.initial))
+                parts.append(Part(text=inert(item.initial)))
                 self._background(self._run_job(item, request, openid))
         return merge_texts(parts)
 
@@ -280,7 +288,8 @@ class WeChatAdapter:
             return NO_PAY
         url = self.pay.config.checkout_url(item.token)
         amount = f"{format_fen(item.amount)} {item.currency}"
-        return f"{item.title}\n{item.description}\n{link(url, f'微信支付 Pay {amount}')}\n{url}"
+        return (f"{inert(item.title)}\n{inert(item.description)}\n"
+                f"{link(url, f'微信支付 Pay {amount}')}\n{url}")
 
     async def _buttons(self, item: Text, openid: str) -> str:
         """Buttons as links: URLs as they are; button data as `weixin://bizmsgmenu` links

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,6 +57,30 @@ class StorefrontWeChatClient(WeChatClient):
                     "secret": self.secret})
 
 
+_SECRET_IN_URL = re.compile(r"(?i)\b((?:secret|appsecret|access_token|component_access_token)"
+                            r"=)[^&\s\"']+")
+
+
+class _RedactUrls(logging.Filter):
+    """urllib3 (under wechatpy's requests) logs every request line at DEBUG, and WeChat's
+    API carries the app secret and the access token in the query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = _SECRET_IN_URL.sub(r"\1<redacted>", message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def redact_urls_in_logs() -> None:
+    """Filters go where records are made: on the loggers that log request URLs."""
+    for name in ("urllib3.connectionpool", "wechatpy.client.base"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactUrls) for f in logger.filters):
+            logger.addFilter(_RedactUrls())
+
+
 def client_from_settings(settings: Settings) -> WeChatClient:
     """The client for WECHAT_APP_ID/SECRET; with REDIS_URL its access token lives in Redis,
     so several processes do not keep invalidating each other's token."""
@@ -66,6 +91,7 @@ def client_from_settings(settings: Settings) -> WeChatClient:
 
         session = RedisOrMemory(RedisStorage(redis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=2, socket_timeout=2), prefix="wechatpy"))
+    redact_urls_in_logs()
     secret = settings.wechat_app_secret.get_secret_value() if settings.wechat_app_secret else ""
     return StorefrontWeChatClient(settings.wechat_app_id or "", secret,
                                   settings.wechat_api_base_url, session=session)
