@@ -13,9 +13,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from storage.models import Head, JournalTxn, Posting
@@ -96,28 +96,51 @@ def find(session: Session, key: str) -> JournalTxn | None:
     return session.execute(select(JournalTxn).where(JournalTxn.key == key)).scalar_one_or_none()
 
 
+@dataclass
+class Txn:
+    """A journal transaction to append (see `record` / `record_many`)."""
+
+    key: str
+    kind: str
+    at: datetime
+    postings: Postings | None = None
+    body: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    actor: str | None = None
+
+
 def record(session: Session, head: Head, *, key: str, kind: str, at: datetime,
            postings: Postings | None = None, body: dict[str, Any] | None = None,
            result: dict[str, Any] | None = None, actor: str | None = None) -> int:
     """Append one balanced transaction to the chain; `head` must be locked by the caller."""
-    lines = postings.lines if postings else []
-    unbalanced = check_balanced(lines)
-    if unbalanced:
-        raise AssertionError(f"unbalanced journal transaction {key}: {unbalanced}")
-    txn_id = head.last_txn + 1
-    body_text = canonical(body or {})
-    result_text = canonical(result) if result is not None else None
-    digest = txn_hash(head.last_hash, txn_id, key, kind, at, actor, body_text, result_text, lines)
+    record_many(session, head, [Txn(key, kind, at, postings, body, result, actor)])
+    return head.last_txn
+
+
+def record_many(session: Session, head: Head, txns: Sequence[Txn]) -> None:
+    """Append transactions in order, with two multi-row inserts whatever their number
+    (the static release writes one per entry paid)."""
+    journal_rows: list[dict[str, Any]] = []
+    posting_rows: list[dict[str, Any]] = []
+    for t in txns:
+        lines = t.postings.lines if t.postings else []
+        unbalanced = check_balanced(lines)
+        if unbalanced:
+            raise AssertionError(f"unbalanced journal transaction {t.key}: {unbalanced}")
+        txn_id = head.last_txn + 1
+        body_text = canonical(t.body or {})
+        result_text = canonical(t.result) if t.result is not None else None
+        digest = txn_hash(head.last_hash, txn_id, t.key, t.kind, t.at, t.actor, body_text,
+                          result_text, lines)
+        journal_rows.append({"id": txn_id, "key": t.key, "kind": t.kind, "at": t.at,
+                             "actor": t.actor, "body": body_text, "result": result_text,
+                             "prev_hash": head.last_hash, "hash": digest})
+        posting_rows.extend({"txn_id": txn_id, "account": a, "unit": u, "amount": n, "ref": r}
+                            for a, u, n, r in lines)
+        head.last_txn = txn_id
+        head.last_hash = digest
     # Core inserts: the journal is the hottest table and has no ORM behaviour to keep.
-    session.execute(insert(JournalTxn), [{
-        "id": txn_id, "key": key, "kind": kind, "at": at, "actor": actor, "body": body_text,
-        "result": result_text, "prev_hash": head.last_hash, "hash": digest,
-    }])
-    if lines:
-        session.execute(insert(Posting), [
-            {"txn_id": txn_id, "account": a, "unit": u, "amount": n, "ref": r}
-            for a, u, n, r in lines
-        ])
-    head.last_txn = txn_id
-    head.last_hash = digest
-    return txn_id
+    if journal_rows:
+        session.execute(insert(cast(Table, JournalTxn.__table__)), journal_rows)
+    if posting_rows:
+        session.execute(insert(cast(Table, Posting.__table__)), posting_rows)
