@@ -11,6 +11,7 @@ process in the middle of its transaction."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sqlite3
@@ -32,6 +33,9 @@ from tests.conftest import drop_pg_schema, new_pg_schema
 from tests.fault_driver import ACTIONS, ATOMIC, DELIVER_AT, Driver, fingerprint
 
 KILLED = -signal.SIGKILL
+# Nightly (docs/reliability.md) the release is also killed at its own `release.*` points;
+# in `make test` tests/test_release_kill.py covers those, and this file its commits.
+NIGHTLY = int(os.environ.get("STOREFRONT_FUZZ_EXAMPLES", "150")) > 500
 MONEY = [a for a in ACTIONS if a != "deliver"]
 # The commit label each action's own transaction carries (docs/reliability.md).
 LABELS = {"buy": "buy", "buy_referred": "buy", "confirm_payment": "confirm_payment",
@@ -148,7 +152,8 @@ def test_killed_at_every_point_then_retried_with_its_key_applies_once(
         action: str, driver: Driver, template: Path, references: dict[str, Reference],
         before: dict[str, Any], tmp_path: Path) -> None:
     ref = references[action]
-    for n, point in enumerate(ref.points):
+    points = [p for p in ref.points if NIGHTLY or not p.startswith("release.")]
+    for n, point in enumerate(points):
         url = copy(template, tmp_path / f"{n}.db")
         killed = driver(op="run", url=url, action=action, fault=point)
         assert killed["exit"] == KILLED, (point, killed)
@@ -169,7 +174,7 @@ def test_killed_at_every_point_then_retried_with_its_key_applies_once(
         assert look(url) == ref.state, f"{action} killed at {point}, retried: not one application"
         assert verified(url) == [], point
 
-        if n == len(ref.points) - 1:  # and once more: nothing moves
+        if n == len(points) - 1:  # and once more: nothing moves
             again = driver(op="run", url=url, action=action)
             assert again["exit"] == 0 and look(url) == ref.state, (point, again)
 

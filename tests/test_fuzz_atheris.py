@@ -9,6 +9,7 @@ large one (docs/reliability.md). A failing input is printed and saved as `crash-
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -57,8 +58,6 @@ def _harness() -> Any:
     from storage.db import Database
     from storage.migrate import migrate
     from tests.test_fuzz_engine import BASE
-
-    import json
 
     db = Database("sqlite://")
     migrate(db)
