@@ -262,6 +262,10 @@ class Deliverer:
             return await self._record(outbox.mark_failed, c, error=f"render: {exc}")
         if c.user_id is not None:
             self._recent[c.user_id] = time.monotonic()
+        if c.identities and not await asyncio.to_thread(outbox.mark_sending, self.db, c):
+            log.warning("outbox %d: taken back before it was sent", c.id)
+            return "lost"
+        faults.point("outbox.marked_sending")
         unreachable: list[str] = []
         unserved: list[str] = []
         for identity in c.identities:

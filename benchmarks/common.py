@@ -152,6 +152,12 @@ def paired(runs: int, measure: Callable[[], float], baseline: Callable[[], float
 
 def rate(step: Callable[[], object], *, seconds: float, at_least: int = 20) -> float:
     """Calls per second of `step`, called until both `seconds` and `at_least` calls passed."""
+    n, elapsed = count(step, seconds=seconds, at_least=at_least)
+    return n / elapsed
+
+
+def count(step: Callable[[], object], *, seconds: float, at_least: int = 1) -> tuple[int, float]:
+    """(calls, seconds) of `step`, called until both `seconds` and `at_least` calls passed."""
     n = 0
     start = time.perf_counter()
     while True:
@@ -159,7 +165,35 @@ def rate(step: Callable[[], object], *, seconds: float, at_least: int = 20) -> f
         n += 1
         elapsed = time.perf_counter() - start
         if n >= at_least and elapsed >= seconds:
-            return n / elapsed
+            return n, elapsed
+
+
+Slice = Callable[[float], tuple[int, float]]
+
+
+def interleaved(runs: int, slices: int, seconds: float, measure: Slice,
+                baseline: Slice) -> tuple[Stats, Stats, Stats]:
+    """`runs` runs, each made of `slices` alternating short slices of the measured work and
+    of the baseline, so that both meet the same moments of a shared machine (a disk's fsync
+    time wanders by a factor of several within seconds here). A run's figure is its calls
+    over its time, for each side; the ratio is taken run by run."""
+    ms: list[float] = []
+    bs: list[float] = []
+    share = seconds / slices
+    for i in range(runs):
+        mn = bn = 0
+        mt = bt = 0.0
+        for j in range(slices):
+            for side in ((0, 1) if (i + j) % 2 == 0 else (1, 0)):
+                if side == 0:
+                    n, t = baseline(share)
+                    bn, bt = bn + n, bt + t
+                else:
+                    n, t = measure(share)
+                    mn, mt = mn + n, mt + t
+        ms.append(mn / mt)
+        bs.append(bn / bt)
+    return Stats(ms), Stats(bs), Stats([m / b for m, b in zip(ms, bs, strict=True)])
 
 
 # -- the bare database ----------------------------------------------------------------------
@@ -183,8 +217,8 @@ class BareSQLite:
         c.execute("INSERT INTO bare (at, payload) VALUES (?, ?)", (time.time(), self.payload))
         c.execute("COMMIT")
 
-    def commits_per_second(self, seconds: float) -> float:
-        return rate(self.commit_one, seconds=seconds, at_least=50)
+    def commits(self, seconds: float) -> tuple[int, float]:
+        return count(self.commit_one, seconds=seconds, at_least=5)
 
     def close(self) -> None:
         self.conn.close()
@@ -210,8 +244,8 @@ class BarePG:
                           (time.time(), self.payload))
         self.conn.commit()
 
-    def commits_per_second(self, seconds: float) -> float:
-        return rate(self.commit_one, seconds=seconds, at_least=50)
+    def commits(self, seconds: float) -> tuple[int, float]:
+        return count(self.commit_one, seconds=seconds, at_least=5)
 
     def close(self) -> None:
         self.conn.close()

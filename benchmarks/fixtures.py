@@ -10,9 +10,11 @@ engine's own `engine.journal.txn_hash`, the state tables are the sums of the pos
 shop's catalogue and seed deposit are made through the real engine first, so
 `storefront verify` passes on the result and the engine carries on from it as from any shop.
 
-One simplification, said in docs/perf.md: a historical order is one journal transaction
-(`purchase`, its payment and its settlement postings together), where the engine writes two
-(`purchase`, then `settle`). Everything else has the engine's keys, kinds and shapes.
+With `Plan(split_settle=True)` an order is two journal transactions, `purchase` then
+`settle`, exactly as the engine writes them (the verify row uses that). Without it — the shop
+with a million entries, where only the tables' sizes matter — an order is one `purchase`
+transaction holding both sets of postings, which halves the preparation; docs/perf.md says
+so. Everything else has the engine's keys, kinds and shapes.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class Plan:
     days: int = 180
     round_robin: bool = False
     identities: bool = False  # handles are `tg:<n>` with an Identity row each
+    split_settle: bool = False  # two transactions per order, as the engine writes them
+    txns: int | None = None  # stop once the journal holds this many transactions
     mix: tuple[tuple[str, float], ...] = (("tea", 0.45), ("rice", 0.25), ("sofa", 0.30))
     pay_points_share: float = 0.10
     sell_points_share: float = 0.01
@@ -366,6 +370,12 @@ class _History:
                 _move(lines, FEN, journal.POINTS_POOL, journal.REVENUE, value, r)
         cash = total - value
         _move(lines, FEN, journal.PAYMENTS_IN, journal.REVENUE, cash, r)
+        handle = self.handle[user]
+        if self.plan.split_settle:  # the engine's shape: the purchase, then its settlement
+            self.record(r, "purchase", at, lines,
+                        {"order": ref, "user": handle, "sku": sku, "qty": qty, "total": total,
+                         "cash": cash, "points": pay_points, "method": "cash"})
+            lines = []
         seq = None
         accelerated: list[list[int]] = []
         matures = self.midnight(at.at, product.lock_days)
@@ -412,11 +422,15 @@ class _History:
             self.touch(user)
             _move(lines, FEN, journal.REVENUE, journal.POINTS_POOL, c, r)
             _move(lines, MICRO, journal.POINTS_ISSUED, journal.holding(self.uid(user)), minted, r)
-        handle = self.handle[user]
-        self.record(r, "purchase", at, lines,
-                    {"order": ref, "user": handle, "sku": sku, "qty": qty, "total": total,
-                     "cash": cash, "points": pay_points, "method": "cash", "entry": seq,
-                     "minted": minted, "accelerated": accelerated})
+        if self.plan.split_settle:
+            self.record(f"settle:{ref}", "settle", at, lines,
+                        {"order": ref, "entry": seq, "minted": minted,
+                         "accelerated": accelerated})
+        else:
+            self.record(r, "purchase", at, lines,
+                        {"order": ref, "user": handle, "sku": sku, "qty": qty, "total": total,
+                         "cash": cash, "points": pay_points, "method": "cash", "entry": seq,
+                         "minted": minted, "accelerated": accelerated})
         t = at.sql
         paid = sum(a[1] for a in accelerated)
         self.rows.add("orders", (no, ref, self.uid(user), sku, qty, total, pay_points, value,
@@ -487,7 +501,12 @@ def build_history(path: Path, plan: Plan) -> Built:
     db.dispose()
 
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA synchronous=OFF")  # bulk preparation only; the benchmarks use FULL
+    # Bulk preparation only: no journal, no syncs (a crash here just means building again).
+    # The file goes back to WAL at the end, and the benchmarks open it as the shop does
+    # (storage/db.py: WAL, synchronous=FULL).
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA cache_size=-400000")
     conn.execute("BEGIN IMMEDIATE")
     # Secondary indexes are dropped during the load and made again from their own stored SQL
@@ -501,14 +520,17 @@ def build_history(path: Path, plan: Plan) -> Built:
     _join_users(h, conn)
     limit_orders = plan.orders or 10**12
     limit_entries = plan.entries or 10**12
-    expect = min(limit_orders, int(limit_entries * 1.5) + 10)
+    expect = min(limit_orders, int(limit_entries * 1.5) + 10,
+                 (plan.txns or 10**12) // (2 if plan.split_settle else 1) + 10)
     step = timedelta(days=plan.days) / max(expect, 1)
     at = T0 + timedelta(minutes=1)
     day = (at + SHANGHAI).date()
     skus = [s for s, _ in plan.mix]
     weights = [w for _, w in plan.mix]
     n_orders = 0
-    while n_orders < limit_orders and len(h.e_amount) < limit_entries:
+    limit_txns = plan.txns or 10**12
+    while n_orders < limit_orders and len(h.e_amount) < limit_entries \
+            and h.last_txn < limit_txns:
         at += step
         today = (at + SHANGHAI).date()
         if today != day:  # the scheduler's daily release, at local midnight
@@ -532,7 +554,7 @@ def build_history(path: Path, plan: Plan) -> Built:
     for _name, sql in indexes:
         conn.execute(sql)
     conn.execute("COMMIT")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("PRAGMA journal_mode=WAL")
     conn.close()
     holders = [h.handle[u] for u in range(plan.users) if h.points[u] > 0]
     waiting = sum(1 for i in range(len(h.e_amount)) if h.e_released[i] < h.e_amount[i])

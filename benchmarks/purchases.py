@@ -22,20 +22,21 @@ from typing import Any
 from storage.db import Database
 from storage.migrate import migrate
 
-from .common import BarePG, BareSQLite, Context, Row, pg_schema, rate
-from .common import paired as paired_runs
+from .common import BarePG, BareSQLite, Context, Row, count, interleaved, pg_schema
 from .workload import T0, Purchases, buy, setup_shop
 
 SHOP_USERS = 200
 CLIENTS = 8
+SLICES = 4  # per run: purchases and bare commits alternate in this many slices each
 
 
-def _purchase_rate(db: Database, stream: Any, seconds: float, tally: dict[str, int]) -> float:
+def _purchases(db: Database, stream: Any, tally: dict[str, int]) -> Any:
+    """A slice of purchases: (purchases made, seconds)."""
     def step() -> None:
         ok = buy(db, next(stream))
         tally["bought" if ok else "refused"] += 1
 
-    return rate(step, seconds=seconds, at_least=20)
+    return lambda seconds: count(step, seconds=seconds, at_least=3)
 
 
 def sqlite_one(ctx: Context) -> Row:
@@ -51,13 +52,13 @@ def sqlite_one(ctx: Context) -> Row:
     tally = {"bought": 0, "refused": 0}
     seconds = ctx.seconds()
     try:
-        row.measured, row.baseline, row.ratios = paired_runs(
-            ctx.runs(), lambda: _purchase_rate(db, stream, seconds, tally),
-            lambda: bare.commits_per_second(seconds))
+        row.measured, row.baseline, row.ratios = interleaved(
+            ctx.runs(), SLICES, seconds, _purchases(db, stream, tally), bare.commits)
     finally:
         bare.close()
         db.dispose()
-    row.facts = {"users": SHOP_USERS, "seconds_per_run": seconds, **tally}
+    row.facts = {"users": SHOP_USERS, "seconds_per_run_each": seconds, "slices": SLICES,
+                 **tally}
     return row
 
 
@@ -76,14 +77,13 @@ def pg_one(ctx: Context) -> Row:
         tally = {"bought": 0, "refused": 0}
         seconds = ctx.seconds()
         try:
-            row.measured, row.baseline, row.ratios = paired_runs(
-                ctx.runs(), lambda: _purchase_rate(db, stream, seconds, tally),
-                lambda: bare.commits_per_second(seconds))
+            row.measured, row.baseline, row.ratios = interleaved(
+                ctx.runs(), SLICES, seconds, _purchases(db, stream, tally), bare.commits)
         finally:
             bare.close()
             db.dispose()
-        row.facts = {"users": SHOP_USERS, "seconds_per_run": seconds, "pg": bare.settings,
-                     **tally}
+        row.facts = {"users": SHOP_USERS, "seconds_per_run_each": seconds, "slices": SLICES,
+                     "pg": bare.settings, **tally}
     return row
 
 
@@ -94,14 +94,14 @@ def group_commit_path() -> str | None:
     return "engine.batch" if importlib.util.find_spec("engine.batch") is not None else None
 
 
-def _client(url: str, index: int, handles: list[str], runs: int, seconds: float,
+def _client(url: str, index: int, handles: list[str], slices: int, seconds: float,
             start: Any, results: Any) -> None:
     """One client process: its own connection; at each barrier, buy for `seconds`."""
     db = Database(url)
     stream = iter(Purchases(handles, T0 + timedelta(days=1 + index), f"c{index}-"
                             + uuid.uuid4().hex[:6], seed=100 + index))
     buy(db, next(stream))  # warm: connection, statement caches
-    for run in range(runs):
+    for run in range(slices):
         start.wait()
         began = time.monotonic()
         bought = refused = 0
@@ -121,6 +121,7 @@ def pg_eight(ctx: Context) -> Row:
     if ctx.pg_problem:
         return _skipped(row, ctx.pg_problem)
     runs, seconds = ctx.runs(), ctx.seconds(3.0)
+    share = seconds / SLICES
     with pg_schema() as url:
         db = Database(url)
         migrate(db)
@@ -130,24 +131,25 @@ def pg_eight(ctx: Context) -> Row:
         spawn = mp.get_context("spawn")
         start = spawn.Barrier(CLIENTS + 1)
         results = spawn.Queue()
-        clients = [spawn.Process(target=_client, args=(url, i, handles, runs, seconds, start,
-                                                       results), daemon=True)
+        clients = [spawn.Process(target=_client, args=(url, i, handles, runs * SLICES, share,
+                                                       start, results), daemon=True)
                    for i in range(CLIENTS)]
         for p in clients:
             p.start()
         tally = {"bought": 0, "refused": 0}
 
-        def measure() -> float:
+        def measure(_seconds: float) -> tuple[int, float]:
+            """One slice: release the clients together; all their purchases over the time
+            from the first start to the last stop."""
             start.wait(timeout=120)
-            got = [results.get(timeout=seconds + 120) for _ in range(CLIENTS)]
+            got = [results.get(timeout=share + 120) for _ in range(CLIENTS)]
             tally["bought"] += sum(g[2] for g in got)
             tally["refused"] += sum(g[3] for g in got)
-            span = max(g[5] for g in got) - min(g[4] for g in got)
-            return sum(g[2] for g in got) / span
+            return sum(g[2] for g in got), max(g[5] for g in got) - min(g[4] for g in got)
 
         try:
-            row.measured, row.baseline, row.ratios = paired_runs(
-                runs, measure, lambda: bare.commits_per_second(seconds))
+            row.measured, row.baseline, row.ratios = interleaved(
+                runs, SLICES, seconds, measure, bare.commits)
         finally:
             for p in clients:
                 p.join(timeout=30)
@@ -155,7 +157,7 @@ def pg_eight(ctx: Context) -> Row:
                     p.kill()
             bare.close()
         row.facts = {"clients": CLIENTS, "processes": True, "users": SHOP_USERS * 2,
-                     "seconds_per_run": seconds, "pg": bare.settings,
+                     "seconds_per_run_each": seconds, "slices": SLICES, "pg": bare.settings,
                      "group_commit": group_commit_path() or "none (engine.service.buy)",
                      **tally}
     return row

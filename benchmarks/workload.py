@@ -43,7 +43,7 @@ PRODUCTS = (
 )
 MIX = (("tea", 0.4), ("rice", 0.3), ("sofa", 0.3))
 PAY_POINTS_SHARE = 0.10
-PAY_POINTS = "0.50"  # half a point: small enough that a holder rarely runs out
+PAY_POINTS = "0.10"  # a tenth of a point: even the last of 100k holders has that much
 
 
 def setup_catalogue(db: Database) -> None:

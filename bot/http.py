@@ -1,6 +1,6 @@
 """The one HTTP server of `storefront run`: a Starlette app on uvicorn.
 
-    GET  /healthz                    200 when the database (and Redis, if configured) answer
+    GET  /healthz                    200 when the database answers ("degraded" if Redis does not)
     GET  /wechat                     WeChat's server check: echo `echostr` if signed, else 403
     POST /wechat                     Official Account messages and events (bot/wechat.py)
     POST /wechat/pay/notify          WeChat Pay payment notifications (bot/wechatpay.py)
@@ -101,9 +101,16 @@ def build_app(*, db: Database, redis_url: str | None = None, wechat: Any = None,
                 checks["redis"] = "ok"
             except Exception as exc:  # noqa: BLE001
                 checks["redis"] = f"unavailable: {type(exc).__name__}"
-        ok = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ok" if ok else "unavailable", **checks},
-                            status_code=200 if ok else 503)
+        # The database is the shop; Redis only speeds it up (rate limits, locks and tokens
+        # fall back to in-process), so a Redis outage is "degraded", still serving: a load
+        # balancer must not take a working bot out of service.
+        if checks["database"] != "ok":
+            status, code = "unavailable", 503
+        elif checks.get("redis", "ok") != "ok":
+            status, code = "degraded", 200
+        else:
+            status, code = "ok", 200
+        return JSONResponse({"status": status, **checks}, status_code=code)
 
     routes = [Route("/healthz", _guarded(healthz), methods=["GET"])]
 

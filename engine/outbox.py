@@ -4,18 +4,21 @@ The engine writes a row in the same transaction as the movement it reports (`Boo
 so a notification exists if and only if its movement does. Delivery (scheduler.py) claims
 rows here, sends them through the user's channel and records the outcome:
 
-    pending ──claim──▶ sending ──▶ sent
-       ▲                  │──▶ pending   (transient error or RetryAfter: later, with backoff)
-       │                  │──▶ failed    (permanent error, or too many attempts)
-       │                  │──▶ unreachable (the user blocked the bot / has no channel)
-       │                  └──▶ interrupted (left `sending`: the process died mid-send)
+    pending ──claim──▶ claimed ──▶ sending ──▶ sent
+       ▲                 │            │──▶ pending   (transient error or RetryAfter: backoff)
+       │◀── recovered ───┘            │──▶ failed    (permanent error, or too many attempts)
+       │  (claimed, never sent)       │──▶ unreachable (blocked the bot / no channel)
+       │                              └──▶ interrupted (left `sending`: died mid-send)
        └──── requeue (operator) ◀── interrupted / failed
 
-A claim increments `attempts`; that number is the claim's token, and an outcome is recorded
-only while the row is still `sending` under the same token. Chat APIs take no idempotency
-key, so a crash after the send and before `sent` is recorded leaves the row `sending`: it
-then becomes `interrupted` and is *not* sent again. Notifications are at most once; the
-crash window is one HTTP request per in-flight row (docs/scheduler.md).
+A claim increments `attempts`; that number is the claim's token, and every later step is
+recorded only while the row is still ours under the same token. A claimed row is marked
+`sending` in its own small transaction just before its HTTP call, so a crash before that
+point leaves it `claimed`, and recovery safely returns it to `pending` (it was never sent).
+Chat APIs take no idempotency key, so a crash after the send and before `sent` is recorded
+leaves the row `sending`: it then becomes `interrupted` and is *not* sent again.
+Notifications are at most once; the unknown window is one HTTP request per row
+(docs/scheduler.md).
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ from storage.db import Database
 from storage.models import Identity, Outbox
 
 PENDING = "pending"
+CLAIMED = "claimed"
 SENDING = "sending"
 SENT = "sent"
 FAILED = "failed"
 UNREACHABLE = "unreachable"
 INTERRUPTED = "interrupted"
-STATUSES = (PENDING, SENDING, SENT, FAILED, UNREACHABLE, INTERRUPTED)
+STATUSES = (PENDING, CLAIMED, SENDING, SENT, FAILED, UNREACHABLE, INTERRUPTED)
 
 # Wait after the n-th failed attempt; the last value repeats. Deterministic: no jitter, since
 # rows are already spread by the order they were written and the per-chat limits.
@@ -76,7 +80,7 @@ def claim(db: Database, *, now: datetime, limit: int, busy: Collection[int] = ()
     Rows are taken in the order they fell due (`next_at`, then `id`: the order they were
     written, for rows due together). On PostgreSQL the scan is `FOR UPDATE SKIP LOCKED`, so
     deliverers in other processes take other rows; SQLite's `BEGIN IMMEDIATE` serialises
-    claims. Each claimed row is `sending` with a new attempt number before this returns."""
+    claims. Each claimed row is `claimed` with a new attempt number before this returns."""
 
     def work(session: Session) -> Batch:
         due = session.execute(
@@ -100,7 +104,7 @@ def claim(db: Database, *, now: datetime, limit: int, busy: Collection[int] = ()
             return Batch([], deferred)
         session.execute(
             update(Outbox).where(Outbox.id.in_(chosen))
-            .values(status=SENDING, attempts=Outbox.attempts + 1,
+            .values(status=CLAIMED, attempts=Outbox.attempts + 1,
                     next_at=now + SENDING_TIMEOUT))
         rows = session.execute(
             select(Outbox.id, Outbox.attempts, Outbox.user_id, Outbox.kind, Outbox.params,
@@ -140,15 +144,24 @@ def _params(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def mark_sending(db: Database, c: Claim) -> bool:
+    """Just before the HTTP call: from here on a crash means "maybe sent" (never resent)."""
+    return _changed(db, update(Outbox).where(Outbox.id == c.id, Outbox.status == CLAIMED,
+                                             Outbox.attempts == c.token)
+                    .values(status=SENDING)) == 1
+
+
 def _finish(db: Database, c: Claim, status: str, now: datetime, error: str | None,
             next_at: datetime | None = None) -> bool:
-    """Record an outcome if the row is still ours (`sending` under this claim's token)."""
+    """Record an outcome if the row is still ours (claimed or sending under this claim's
+    token)."""
     values: dict[str, Any] = {"status": status, "last_error": error[:255] if error else None}
     if status == SENT:
         values["sent_at"] = now
     if next_at is not None:
         values["next_at"] = next_at
-    return _changed(db, update(Outbox).where(Outbox.id == c.id, Outbox.status == SENDING,
+    return _changed(db, update(Outbox).where(Outbox.id == c.id,
+                                             Outbox.status.in_((CLAIMED, SENDING)),
                                              Outbox.attempts == c.token).values(**values)) == 1
 
 
@@ -182,7 +195,12 @@ def mark_retry(db: Database, c: Claim, *, now: datetime, error: str,
 
 
 def recover_stale(db: Database, *, now: datetime) -> int:
-    """Rows left `sending` past their claim's timeout become `interrupted` (never resent)."""
+    """Rows of a claim abandoned by a process that died: those never sent go back to
+    `pending`; those left `sending` become `interrupted` (never resent). Returns how many
+    were interrupted."""
+    _changed(db, update(Outbox).where(Outbox.status == CLAIMED, Outbox.next_at <= now)
+             .values(status=PENDING, next_at=now - SENDING_TIMEOUT,  # due since its claim
+                     last_error="claimed by a deliverer that stopped before sending; requeued"))
     return _changed(db, update(Outbox).where(Outbox.status == SENDING, Outbox.next_at <= now)
                     .values(status=INTERRUPTED,
                             last_error="stopped between sending and recording it; not resent"))

@@ -31,7 +31,7 @@ def row(db: Database, key: str) -> Outbox:
     return db.read(lambda s: s.execute(select(Outbox).where(Outbox.key == key)).scalar_one())
 
 
-def test_claim_takes_one_row_per_user_in_order_and_marks_it_sending(db: Database) -> None:
+def test_claim_takes_one_row_per_user_in_order_and_marks_it_claimed(db: Database) -> None:
     a, b = add_user(db, "tg:1"), add_user(db, "tg:2")
     for key, uid in [("a1", a), ("a2", a), ("b1", b), ("b2", b)]:
         enqueue(db, uid, key)
@@ -40,7 +40,7 @@ def test_claim_takes_one_row_per_user_in_order_and_marks_it_sending(db: Database
     batch = outbox.claim(db, now=NOW, limit=10)
 
     assert [c.params for c in batch.claims] == [{"amount": 10000}] * 2
-    assert sorted(row(db, k).status for k in ("a1", "b1")) == ["sending", "sending"]
+    assert sorted(row(db, k).status for k in ("a1", "b1")) == ["claimed", "claimed"]
     assert {row(db, k).status for k in ("a2", "b2", "later")} == {"pending"}
     assert batch.deferred == 2  # a2, b2 wait: their users already have a message going
     assert [c.identities for c in batch.claims] == [("tg:1",), ("tg:2",)]
@@ -70,6 +70,7 @@ def test_an_outcome_is_recorded_only_under_the_claims_token(db: Database) -> Non
     uid = add_user(db, "tg:1")
     enqueue(db, uid, "k")
     first = outbox.claim(db, now=NOW, limit=1).claims[0]
+    assert outbox.mark_sending(db, first) is True
     assert outbox.recover_stale(db, now=NOW + outbox.SENDING_TIMEOUT) == 1
     assert row(db, "k").status == "interrupted"
 
@@ -140,11 +141,22 @@ def test_summary_counts_every_state(db: Database) -> None:
 
     s = outbox.summary(db, now=NOW)
 
-    assert s["counts"] == {"pending": 3, "sending": 0, "sent": 0, "failed": 1,
+    assert s["counts"] == {"pending": 3, "claimed": 0, "sending": 0, "sent": 0, "failed": 1,
                            "unreachable": 0, "interrupted": 0}
     assert s["due_now"] == 2
     assert s["problems"] == [{"id": c.id, "kind": "release_paid", "user_id": uid,
                               "status": "failed", "attempts": 1, "error": "400 Bad Request"}]
+
+
+def test_a_claimed_row_never_sent_goes_back_to_pending_on_recovery(db: Database) -> None:
+    uid = add_user(db, "tg:1")
+    enqueue(db, uid, "k")
+    abandoned = outbox.claim(db, now=NOW, limit=1).claims[0]
+    assert outbox.recover_stale(db, now=NOW + outbox.SENDING_TIMEOUT) == 0
+    assert row(db, "k").status == "pending"
+    assert outbox.mark_sending(db, abandoned) is False  # the dead claim cannot come back
+    again = outbox.claim(db, now=NOW + outbox.SENDING_TIMEOUT, limit=1).claims
+    assert [c.id for c in again] == [abandoned.id] and again[0].token == 2
 
 
 def test_concurrent_claims_never_take_the_same_row(db: Database) -> None:
