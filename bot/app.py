@@ -141,6 +141,19 @@ async def start_scheduler(settings: Settings, app: App, telegram: Running | None
     return Running("scheduler", sched, sched.stop)
 
 
+def _console_scheduler(settings: Settings, db: Database) -> Any:
+    """The in-process scheduler for the console: releases at their times, and notifications
+    printed into the console (`ConsoleSender`)."""
+    module = _optional("scheduler")
+    if module is None or not hasattr(module, "build_scheduler"):
+        return None
+    from bot.console import ConsoleSender
+
+    sched = module.build_scheduler(settings, db, {"console": ConsoleSender()})
+    sched.start()
+    return sched
+
+
 async def start_checkout_sweeper(app: App, every: float = 60.0) -> Running:
     """Cancel unpaid orders whose checkout expired (engine.checkout.expire_due): the points
     they spent go back to the buyer's wallet as their value."""
@@ -174,7 +187,12 @@ async def serve(settings: Settings, db: Database) -> int:
         from bot.console import run_console
 
         log.info("no chat channel is configured: running the console chat")
-        await run_console(make_app(settings, db, console=True))
+        sched = _console_scheduler(settings, db)
+        try:
+            await run_console(make_app(settings, db, console=True))
+        finally:
+            if sched is not None:
+                await sched.stop()
         return 0
     app = make_app(settings, db)
     running: list[Running] = []

@@ -161,6 +161,20 @@ class Console:
         return f"saved {len(content)} bytes to {path}"
 
 
+class ConsoleSender:
+    """The scheduler's `Sender` for `console:` identities: notifications (release paid,
+    acceleration, …) are printed into the console chat, as a chat app would show them."""
+
+    channel = "console"
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+
+    async def send(self, identity: str, text: str) -> None:
+        self.out.write(f"\n🔔 [{identity}] {text}\n")
+        self.out.flush()
+
+
 async def run_console(app: App, identity: str = CONSOLE_ADMIN, *, lang: str | None = None,
                       stdin: TextIO | None = None) -> None:
     """Read lines until `:quit` or end of input; readline editing when on a terminal."""
