@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     http_port: int = Field(8080, alias="STOREFRONT_HTTP_PORT")
     release_times: str = Field("00:05", alias="STOREFRONT_RELEASE_TIMES")
     coverage_warning: str = Field("0.50", alias="STOREFRONT_COVERAGE_WARNING")
+    charge_spool: str = Field("var/unrecorded_charges.jsonl", alias="STOREFRONT_CHARGE_SPOOL")
     matured_wait_warning_days: int = Field(7, alias="STOREFRONT_MATURED_WAIT_DAYS")
 
     telegram_bot_token: SecretStr | None = Field(None, alias="TELEGRAM_BOT_TOKEN")

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from telegram.ext import Application
 
+from bot import charge_spool
 from bot.settings import Settings
 from bot.telegram import Conversations, MenuCommand, start_telegram, stop_telegram
+from bot.telegram.application import adapter_of
 from bot.telegram.output import split_text, utf16_len
 from handlers.base import App, Button, Document, Invoice, Photo, Progress, Reply, Request, Text
 from tests.standins.telegram_api import FakeBotAPI
@@ -87,6 +91,7 @@ def settings_for(api: FakeBotAPI, **extra: Any) -> Settings:
         "TELEGRAM_PAYMENT_PROVIDER_TOKEN": "provider-tok",
         "TELEGRAM_WEBHOOK_URL": None,
         "TELEGRAM_WEBHOOK_SECRET": None,
+        "STOREFRONT_CHARGE_SPOOL": str(Path(tempfile.mkdtemp()) / "charges.jsonl"),
     }
     values.update(extra)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -359,6 +364,19 @@ async def test_payment_recording_is_retried_then_reported_loudly(bot, caplog) ->
     assert "charge-3" in call.params["text"] and "not lost" in call.params["text"]
     (record,) = [r for r in caplog.records if r.levelno == logging.CRITICAL]
     assert "UNRECORDED TELEGRAM PAYMENT charge=charge-3" in record.getMessage()
+
+    # ... and it is on disk, replayed until the database records it (once: keyed by charge)
+    _, _, _, application = bot
+    adapter = adapter_of(application)
+    assert [c["charge_id"] for c in charge_spool.pending(adapter.spool_path)] == ["charge-3"]
+    script.paid_failures = 1
+    assert await charge_spool.replay(adapter.spool_path, adapter.record_spooled) == 0
+    assert [c["charge_id"] for c in charge_spool.pending(adapter.spool_path)] == ["charge-3"]
+    assert await charge_spool.replay(adapter.spool_path, adapter.record_spooled) == 1
+    assert charge_spool.pending(adapter.spool_path) == []
+    assert script.payments[-1] == {"token": "tok-9", "amount": 500, "currency": "CNY",
+                                   "charge_id": "charge-3", "channel": "telegram",
+                                   "identity": "tg:8"}
 
 
 # --------------------------------------------------------------------------- Bot API failures

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from telegram import Message, Update
@@ -29,6 +30,7 @@ from telegram.ext import (
     filters,
 )
 
+from bot import charge_spool
 from bot.settings import Settings
 from handlers.base import App, Progress, Reply, Request
 
@@ -109,10 +111,18 @@ def _text_of(message: Message | None) -> str:
 class TelegramAdapter:
     """Translates between PTB updates and the conversations' `Request`/`Reply`."""
 
-    def __init__(self, app: App, conversations: Conversations, output: ChatOutput) -> None:
+    def __init__(self, app: App, conversations: Conversations, output: ChatOutput,
+                 spool_path: Path = charge_spool.DEFAULT_PATH) -> None:
         self.app = app
         self.conv = conversations
         self.output = output
+        self.spool_path = spool_path
+
+    async def record_spooled(self, charge: dict[str, Any]) -> None:
+        """Record a charge from the spool (raises while the database is still down)."""
+        await invoke(self.conv.paid, self.app, token=charge["token"], amount=charge["amount"],
+                             currency=charge["currency"], charge_id=charge["charge_id"],
+                             channel="telegram", identity=charge["identity"])
 
     def register(self, application: Application) -> None:
         private = PRIVATE & ~filters.SUCCESSFUL_PAYMENT
@@ -239,6 +249,10 @@ class TelegramAdapter:
                          "amount=%s %s from tg:%s", sp.telegram_payment_charge_id,
                          sp.provider_payment_charge_id, sp.invoice_payload, sp.total_amount,
                          sp.currency, user.id)
+            charge_spool.spool(self.spool_path, {
+                "channel": "telegram", "token": sp.invoice_payload, "amount": sp.total_amount,
+                "currency": sp.currency, "charge_id": sp.telegram_payment_charge_id,
+                "identity": f"tg:{user.id}"})
             reply = Reply().text(adapter_text("payment_pending", user.language_code,
                                               charge=sp.telegram_payment_charge_id))
         await self.output.deliver(message.chat.id, reply if isinstance(reply, Reply) else Reply(),
@@ -302,7 +316,8 @@ def build_application(settings: Settings, app: App, *,
         .build()
     )
     adapter = TelegramAdapter(app, conversations or Conversations.from_handlers(),
-                              ChatOutput(application.bot, provider_token))
+                              ChatOutput(application.bot, provider_token),
+                              spool_path=Path(settings.charge_spool))
     adapter.register(application)
     application.bot_data["adapter"] = adapter
     return application

@@ -3,6 +3,7 @@ take updates by webhook."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from telegram import Bot, BotCommand, BotCommandScopeChat
 from telegram.error import TelegramError
 from telegram.ext import Application
 
+from bot import charge_spool
 from bot.settings import Settings
 from handlers.base import App
 
@@ -96,6 +98,10 @@ async def start_telegram(settings: Settings, app: App, *, poll_timeout: float = 
     except BaseException:
         await stop_telegram(application)
         raise
+    # charges the database could not record while it was down: replayed until recorded
+    adapter = adapter_of(application)
+    application.bot_data["spool_task"] = asyncio.create_task(charge_spool.keep_replaying(
+        adapter.spool_path, adapter.record_spooled))
     log.info("Telegram bot @%s is up (%s)", app.bot_username,
              "webhook" if webhook_url else "polling")
     return application
@@ -103,6 +109,9 @@ async def start_telegram(settings: Settings, app: App, *, poll_timeout: float = 
 
 async def stop_telegram(application: Application) -> None:
     """Stop polling, finish the updates in hand, close connections. Safe to call twice."""
+    task = application.bot_data.pop("spool_task", None)
+    if task is not None:
+        task.cancel()
     if application.updater is not None and application.updater.running:
         await application.updater.stop()
     if application.running:

@@ -1,0 +1,80 @@
+"""Charges a channel took that the database could not record yet: a durable local spool.
+
+Telegram sends `successful_payment` once. If the database is down for longer than the
+adapter's retries, the charge is appended here (one JSON line, fsync'd before the buyer is
+answered) and replayed until it is recorded. Recording is keyed by the charge id, so a
+line replayed twice, or one that was in fact recorded just before a crash, credits once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+DEFAULT_PATH = Path("var/unrecorded_charges.jsonl")
+
+Record = Callable[[dict[str, Any]], Awaitable[object]]
+
+
+def spool(path: Path, charge: dict[str, Any]) -> None:
+    """Append one charge durably (the line is on disk when this returns)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(charge, sort_keys=True, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def pending(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            log.error("unreadable line in %s kept aside: %r", path, line[:200])
+            continue
+        if isinstance(item, dict):
+            out.append(item)
+    return out
+
+
+async def replay(path: Path, record: Record) -> int:
+    """Try to record every spooled charge; keep those that still fail. Returns how many were
+    recorded. The file is replaced atomically, so a crash here loses no line."""
+    items = pending(path)
+    if not items:
+        return 0
+    left, done = [], 0
+    for item in items:
+        try:
+            await record(item)
+            done += 1
+            log.warning("spooled charge %s is now recorded", item.get("charge_id"))
+        except Exception:  # noqa: BLE001 - still failing: keep it for the next round
+            left.append(item)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for item in left:
+            fh.write(json.dumps(item, sort_keys=True, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return done
+
+
+async def keep_replaying(path: Path, record: Record, every: float = 30.0) -> None:
+    """The background task: replay the spool every `every` seconds until cancelled."""
+    while True:
+        try:
+            await replay(path, record)
+        except Exception:  # noqa: BLE001 - never let the task die
+            log.exception("replaying %s failed", path)
+        await asyncio.sleep(every)
