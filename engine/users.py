@@ -225,27 +225,6 @@ def account(db: Database, handle: str) -> dict[str, Any]:
     return db.read(work)
 
 
-def queue_entries(db: Database, handle: str) -> list[dict[str, Any]]:
-    """The user's waiting entries with their place in the queue (no release estimate)."""
-    def work(session: Session) -> list[dict[str, Any]]:
-        uid = session.execute(select(User.id).where(User.handle == handle)).scalar_one()
-        rows = session.execute(select(Entry).where(Entry.user_id == uid,
-                                                   Entry.status == "waiting")
-                               .order_by(Entry.seq).limit(50)).scalars().all()
-        out = []
-        for e in rows:
-            ahead = session.execute(
-                select(func.count(), func.coalesce(func.sum(Entry.amount - Entry.released), 0))
-                .where(Entry.status == "waiting", Entry.seq < e.seq)).one()
-            out.append({"seq": e.seq, "amount": e.amount, "released": e.released,
-                        "remaining": e.amount - e.released, "position": int(ahead[0]) + 1,
-                        "owed_ahead": int(ahead[1]), "matures_at": e.matures_at,
-                        "estimate": None})
-        return out
-
-    return db.read(work)
-
-
 def statement(db: Database, handle: str, page: int = 0, per_page: int = 8) -> dict[str, Any]:
     """Every movement of the user's wallet, held money and points, newest first, from the
     journal's postings (SPEC §6), one item per journal transaction."""

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from engine import service, users
+from engine import report, service, users
 
 from . import i18n
 from .base import Button, Reply
@@ -99,16 +98,8 @@ async def me(c: Ctx) -> Reply:
 
 
 def _queue_view(db: Any, handle: str) -> list[dict[str, Any]]:
-    """The colleague-owned `engine.report.queue_view` (with release estimates) when present,
-    else the plain view without estimates."""
-    try:
-        report = importlib.import_module("engine.report")
-    except ModuleNotFoundError as exc:
-        if exc.name != "engine.report":
-            raise
-        return users.queue_entries(db, handle)
-    result: list[dict[str, Any]] = report.queue_view(db, handle, datetime.now(UTC))
-    return result
+    """Each waiting entry with its position, the amount ahead and the release estimate."""
+    return report.queue_view(db, handle, datetime.now(UTC))
 
 
 @command("queue", aliases=("排队", "队列"))

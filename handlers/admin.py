@@ -5,7 +5,6 @@ passes `actor=<identity>` to the engine, so the journal records who did it."""
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import logging
 import secrets
@@ -15,12 +14,14 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
-from engine import service, users
+from engine import export as exporting
+from engine import jobs, report, service, users
 from engine.accounts import SCHEMES
 from engine.money import AmountError, parse_rate
 from engine.orders import ORDER_REF
+from engine.verify import verify as verify_books
 
-from . import i18n
+from . import charts, i18n
 from .base import App, Button, Document, Photo, Progress, Reply, Request
 from .parsing import BadInput, callback, echo, money, normalise, qty, sku, whole
 from .registry import Ctx, button, command, commands, first_lang
@@ -34,16 +35,6 @@ BROADCAST_TTL = 600.0
 # In-process on purpose: a confirmation is a moment's decision, and a restart just asks the
 # operator to send the command again.
 _pending_broadcasts: dict[str, tuple[str, str, float]] = {}
-
-
-def _optional(module: str) -> Any:
-    """A colleague's module, or None while it does not exist yet."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        return None
 
 
 @command("admin", aliases=("管理",), operator=True)
@@ -106,9 +97,6 @@ def _percent(value: Any) -> str:
 
 @command("pool", aliases=("奖金池", "资金池"), operator=True)
 async def pool(c: Ctx) -> Reply:
-    report = _optional("engine.report")
-    if report is None:
-        return c.say("not_available")
     r = await c.call(report.pool_report, c.app.db, datetime.now(UTC))
     cur = r.get("currency") or (await c.cfg()).currency
 
@@ -135,13 +123,12 @@ async def pool(c: Ctx) -> Reply:
              c.t("pool.near_exit", count=len(near) if isinstance(near, list) else (near or 0)),
              pending_text]
     reply = Reply().text("\n".join(lines))
-    charts = _optional("handlers.charts")
-    if charts is not None:
+    for draw, caption in ((charts.pool_chart_png, "pool.chart"),
+                          (charts.price_chart_png, "pool.price_chart")):
         try:
-            png = await c.call(charts.pool_chart_png, c.app.db)
-            reply.items.append(Photo(png, c.t("pool.chart")))
+            reply.items.append(Photo(await c.call(draw, c.app.db), c.t(caption)))
         except Exception:  # noqa: BLE001 - the numbers matter, the picture is a bonus
-            log.exception("pool chart failed")
+            log.exception("%s failed", caption)
     return reply
 
 
@@ -152,11 +139,8 @@ async def release(c: Ctx) -> Reply:
 
 def _release_runner(db: Any, progress: Callable[[int, int], None],
                     actor: str | None = None) -> dict[str, Any]:
-    """`engine.jobs.run_release` (under the release lock), or the plain service release
-    while that module is absent (each payment is keyed by its entry either way)."""
-    jobs = _optional("engine.jobs")
-    if jobs is None:
-        return service.release(db, progress=progress)
+    """`engine.jobs.run_release`: under the cross-process release lock, journaled with who
+    started it."""
     result: dict[str, Any] = jobs.run_release(db, at=None, progress=progress, actor=actor)
     return result
 
@@ -396,12 +380,9 @@ async def resume(c: Ctx) -> Reply:
 
 @command("verify", aliases=("校验",), operator=True)
 async def verify(c: Ctx) -> Reply:
-    module = _optional("engine.verify")
-    if module is None:
-        return c.say("not_available")
-    report = await c.call(module.verify, c.app.db)
-    lines = list(report.lines())
-    head = c.t("verify.ok") if report.ok else c.t("verify.failed")
+    books = await c.call(verify_books, c.app.db)
+    lines = list(books.lines())
+    head = c.t("verify.ok") if books.ok else c.t("verify.failed")
     body = "\n".join(lines[:30])
     if len(lines) > 30:
         body += "\n" + c.t("more", count=len(lines) - 30)
@@ -413,9 +394,6 @@ EXPORT_WHATS = ("journal", "entries", "users")
 
 @command("export", aliases=("导出",), operator=True, usage_key="usage.export")
 async def export(c: Ctx) -> Reply:
-    module = _optional("engine.export")
-    if module is None or not hasattr(module, "stream"):
-        return c.say("not_available")
     what = c.args[0].lower() if c.args else "journal"
     fmt = c.args[1].lower() if len(c.args) > 1 else "csv"
     if what not in EXPORT_WHATS or fmt not in ("csv", "jsonl") or len(c.args) > 2:
@@ -425,7 +403,7 @@ async def export(c: Ctx) -> Reply:
         import io
 
         out = io.BytesIO()
-        n = module.stream(c.app.db, what, fmt, out)
+        n = exporting.stream(c.app.db, what, fmt, out)
         return out.getvalue(), n
 
     content, n = await c.call(run)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from handlers import account
 from tests.handlers_kit import Chat, buttons, invoice, photos, text
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -91,17 +89,6 @@ async def test_queue_shows_position_amount_ahead_maturity_and_estimate(memdb):
     day = (datetime.now(UTC).astimezone(SHANGHAI).date() + timedelta(days=15)).isoformat()
     assert (f"#2: 200.00 CNY (0.00 CNY paid, 200.00 CNY to come) · position 2, "
             f"100.00 CNY owed ahead · matures {day} 00:00 · estimated release {day}") in body
-
-
-async def test_queue_without_the_report_module_still_shows_places(memdb, monkeypatch):
-    chat = Chat(memdb)
-    await chat.setup_shop()
-    await _buy(chat, "tg:10", "/buy TEA")
-    monkeypatch.setitem(sys.modules, "engine.report", None)  # as if not installed
-    entries = account._queue_view(memdb, "tg:10")
-    assert entries[0]["position"] == 1 and entries[0]["estimate"] is None
-    body = text(await chat.send("tg:10", "/queue"))
-    assert "estimated release not reached at the current inflow" in body
 
 
 async def test_invite_gives_the_deep_link_a_qr_code_and_what_invitees_earned(memdb):

@@ -220,9 +220,9 @@ async def test_storefront_story_on_sqlite(shop: Shop) -> None:
     assert state["users"]["tg:2"]["wallet"] == "20.00"
     me3 = await s.say(3, "/me", lang="zh-hans")
     assert "100.00 CNY" in me3 and "14.700000" in me3
-    report_calls = await s.send(OPERATOR, "/pool", expect=2)  # the numbers, and a chart
-    assert [c.method for c in report_calls] == ["sendMessage", "sendPhoto"]
-    assert report_calls[1].files["photo"].startswith(b"\x89PNG")
+    report_calls = await s.send(OPERATOR, "/pool", expect=3)  # the numbers, and two charts
+    assert [c.method for c in report_calls] == ["sendMessage", "sendPhoto", "sendPhoto"]
+    assert all(c.files["photo"].startswith(b"\x89PNG") for c in report_calls[1:])
     report = report_calls[0].params["text"]
     assert "1000.00 CNY" in report and "60.00 CNY" in report and "35.700000" in report
 

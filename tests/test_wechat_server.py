@@ -224,7 +224,7 @@ async def test_operator_commands_need_an_operator(shop):
     allowed = await shop.say(OPERATOR, "奖金池")
     assert "排队奖金池" in allowed["Content"]
     chart = [m for m in shop.api.sent_messages if m["msgtype"] == "image"]
-    assert [m["touser"] for m in chart] == [OPERATOR]  # the pool chart follows the text
+    assert [m["touser"] for m in chart] == [OPERATOR, OPERATOR]  # the pool and price charts
 
 
 async def test_a_long_job_answers_at_once_and_follows_with_its_outcome(shop):
