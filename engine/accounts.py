@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -22,22 +23,22 @@ HANDLE = re.compile(r"^[^\s]{1,96}$")
 SCHEMES = ("queue", "points", "both", "none")
 
 
-def _fen(value: object) -> int:
+def _amount(value: object, parse: Callable[[object], int]) -> int:
+    """A positive int already in the unit, or a plain decimal string; else `invalid_amount`."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     try:
-        return parse_fen(value)
+        return parse(value)
     except AmountError as exc:
         raise Refusal("invalid_amount", str(exc)) from exc
 
 
-def _micro(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    try:
-        return parse_micro(value)
-    except AmountError as exc:
-        raise Refusal("invalid_amount", str(exc)) from exc
+def fen_amount(value: object) -> int:
+    return _amount(value, parse_fen)
+
+
+def micro_amount(value: object) -> int:
+    return _amount(value, parse_micro)
 
 
 def configure(book: Book, sections: Any, at: datetime, actor: str | None = None) -> dict[str, str]:
@@ -73,7 +74,7 @@ def upsert_product(book: Book, *, sku: object, price: object, margin: object, lo
         raise Refusal("invalid_event", "margin is a decimal 0-1")
     if isinstance(lock_days, bool) or not isinstance(lock_days, int) or not 0 <= lock_days <= 3650:
         raise Refusal("invalid_event", "lock_days is a whole number 0-3650")
-    fen = _fen(price)
+    fen = fen_amount(price)
     row = book.s.get(Product, sku)
     if row is None:
         row = Product(sku=sku, name=name or sku, price=fen, margin=str(margin),
@@ -121,7 +122,7 @@ def deposit(book: Book, *, pool: object, amount: object, at: datetime,
         return done
     if pool not in ("queue", "points"):
         raise Refusal("unknown_pool", str(pool))
-    fen = _fen(amount)
+    fen = fen_amount(amount)
     row = book.pool(str(pool))
     row.balance += fen
     p = journal.Postings()
@@ -140,7 +141,7 @@ def withdraw_points(book: Book, *, user: object, amount: object, at: datetime,
     if (done := book.already(key)) is not None:
         return done
     holder = book.user(user)  # type: ignore[arg-type]
-    q = _micro(amount)
+    q = micro_amount(amount)
     if q > holder.points:
         raise Refusal("insufficient_points")
     p = journal.Postings()
@@ -161,7 +162,7 @@ def transfer_points(book: Book, *, sender: object, receiver: object, amount: obj
     dst = book.user(receiver)  # type: ignore[arg-type]
     if src.id == dst.id:
         raise Refusal("self_transfer")
-    q = _micro(amount)
+    q = micro_amount(amount)
     if q > src.points:
         raise Refusal("insufficient_points")
     p = journal.Postings()
@@ -182,7 +183,7 @@ def request_withdrawal(book: Book, *, user: object, amount: object, at: datetime
     if (done := book.already(key)) is not None:
         return done
     owner = book.user(user)  # type: ignore[arg-type]
-    fen = _fen(amount)
+    fen = fen_amount(amount)
     if fen > owner.wallet:
         raise Refusal("insufficient_balance")
     owner.wallet -= fen

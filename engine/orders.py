@@ -17,9 +17,10 @@ from sqlalchemy import select
 from storage.models import Order, Product, User
 
 from . import journal, points, queue
+from .accounts import micro_amount
 from .book import Book
 from .errors import Refusal
-from .money import AmountError, parse_micro, parse_rate
+from .money import parse_rate
 from .times import local_midnight_after, parse_at
 
 ORDER_REF = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -42,14 +43,16 @@ def parse_qty(qty: object) -> int:
 
 
 def parse_points_arg(value: object) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    try:
-        return parse_micro(value)
-    except AmountError as exc:
-        raise Refusal("invalid_amount", str(exc)) from exc
+    return 0 if value is None else micro_amount(value)
+
+
+def _locked_order(book: Book, ref: object) -> Order:
+    order = book.s.execute(
+        select(Order).where(Order.ref == ref).with_for_update()
+    ).scalar_one_or_none() if isinstance(ref, str) else None
+    if order is None:
+        raise Refusal("unknown_order", str(ref))
+    return order
 
 
 def order_result(book: Book, order: Order) -> dict[str, Any]:
@@ -169,10 +172,7 @@ def confirm_payment(book: Book, *, ref: str, amount: int, currency: str, payment
     that is not the order's is refused (`payment_mismatch`) and nothing is recorded."""
     if (done := _replayed(book, key)) is not None:
         return done
-    order = book.s.execute(
-        select(Order).where(Order.ref == ref).with_for_update()).scalar_one_or_none()
-    if order is None:
-        raise Refusal("unknown_order", ref)
+    order = _locked_order(book, ref)
     when = parse_at(at)
     if order.status != "awaiting_payment":
         raise Refusal("not_payable", order.status)
@@ -193,10 +193,7 @@ def confirm_payment(book: Book, *, ref: str, amount: int, currency: str, payment
 
 def cancel_unpaid(book: Book, *, ref: str, at: object, actor: str | None = None) -> dict[str, Any]:
     """An order whose payment never came: the points it spent come back as their value."""
-    order = book.s.execute(
-        select(Order).where(Order.ref == ref).with_for_update()).scalar_one_or_none()
-    if order is None:
-        raise Refusal("unknown_order", ref)
+    order = _locked_order(book, ref)
     when = parse_at(at)
     if order.status != "awaiting_payment":
         raise Refusal("not_refundable", order.status)
@@ -271,11 +268,7 @@ def refund(book: Book, *, ref: object, at: object, actor: str | None = None) -> 
     """SPEC §8: only a pending order before its settlement time. The cash goes back through
     its channel (outside the engine); the value of the points it spent comes back to the
     buyer's wallet; no rebate is ever granted for it."""
-    order = book.s.execute(
-        select(Order).where(Order.ref == ref).with_for_update()
-    ).scalar_one_or_none() if isinstance(ref, str) else None
-    if order is None:
-        raise Refusal("unknown_order", str(ref))
+    order = _locked_order(book, ref)
     when = parse_at(at)
     if order.status != "pending" or order.settles_at is None or not when < order.settles_at:
         raise Refusal("not_refundable", order.status)
