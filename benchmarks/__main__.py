@@ -18,7 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import latency, purchases, release, telegram_me, verify
-from .common import Context, Row, machine, pg_available, table, write_json
+from .bare import PG_URL, pg_available
+from .common import Context, Row
+from .report import machine, table, write_json
 
 ROWS: dict[str, Callable[[Context], Row]] = {
     **purchases.ROWS, **telegram_me.ROWS, "latency-holders": latency.holders,
@@ -106,8 +108,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _pg_version() -> str | None:
     import psycopg
-
-    from .common import PG_URL
 
     try:
         with psycopg.connect(PG_URL, connect_timeout=3) as conn:

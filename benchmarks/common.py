@@ -1,5 +1,5 @@
-"""What every benchmark row shares: timing, median and spread, the bare-database baselines,
-peak memory of a child process, the machine's facts, the table and `var/bench.json`.
+"""What every benchmark row shares: the figures (median and spread of several runs), the
+timing helpers, a child process's peak memory, and the run's context.
 
 A figure on a shared two-core machine moves with whatever else runs, so every row that has a
 baseline measures it in the same run, interleaved with its own runs (baseline first on even
@@ -10,24 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
-import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_URL = os.environ.get("BENCH_PG_URL") or os.environ.get(
-    "TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 # -- figures --------------------------------------------------------------------------------
@@ -196,91 +189,6 @@ def interleaved(runs: int, slices: int, seconds: float, measure: Slice,
     return Stats(ms), Stats(bs), Stats([m / b for m, b in zip(ms, bs, strict=True)])
 
 
-# -- the bare database ----------------------------------------------------------------------
-
-class BareSQLite:
-    """Durable one-row commits on a file with the settings storage/db.py gives the shop's
-    file: WAL, synchronous=FULL, BEGIN IMMEDIATE. Through the same driver (sqlite3)."""
-
-    def __init__(self, path: Path) -> None:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.execute("CREATE TABLE bare (id INTEGER PRIMARY KEY, at TEXT, payload TEXT)")
-        self.payload = "x" * 120
-
-    def commit_one(self) -> None:
-        c = self.conn
-        c.execute("BEGIN IMMEDIATE")
-        c.execute("INSERT INTO bare (at, payload) VALUES (?, ?)", (time.time(), self.payload))
-        c.execute("COMMIT")
-
-    def commits(self, seconds: float) -> tuple[int, float]:
-        return count(self.commit_one, seconds=seconds, at_least=5)
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-class BarePG:
-    """Durable one-row commits on PostgreSQL with its defaults (synchronous_commit on)."""
-
-    def __init__(self, url: str) -> None:
-        import psycopg
-
-        self.conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
-        self.settings = {k: self.conn.execute(f"SHOW {k}").fetchone()[0]  # type: ignore[index]
-                         for k in ("synchronous_commit", "fsync", "wal_sync_method",
-                                   "commit_delay", "server_version")}
-        self.conn.execute("CREATE TABLE bare (id bigserial PRIMARY KEY, at double precision, "
-                          "payload text)")
-        self.conn.commit()
-        self.payload = "x" * 120
-
-    def commit_one(self) -> None:
-        self.conn.execute("INSERT INTO bare (at, payload) VALUES (%s, %s)",
-                          (time.time(), self.payload))
-        self.conn.commit()
-
-    def commits(self, seconds: float) -> tuple[int, float]:
-        return count(self.commit_one, seconds=seconds, at_least=5)
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-# -- PostgreSQL schemas ---------------------------------------------------------------------
-
-def pg_available() -> str | None:
-    """None when PostgreSQL answers, else why not."""
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_URL, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except Exception as exc:  # noqa: BLE001 - any failure means "no PostgreSQL"
-        return f"{type(exc).__name__}: {exc}".strip()[:200]
-    return None
-
-
-@contextmanager
-def pg_schema() -> Iterator[str]:
-    """A fresh schema in the bench database; yields a URL whose search_path is that schema."""
-    import psycopg
-
-    schema = "bench_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
 # -- child processes ------------------------------------------------------------------------
 
 def run_child(module: str, *args: str, timeout: float) -> dict[str, Any]:
@@ -317,100 +225,6 @@ def current_rss_mb() -> float:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:
         return 0.0
-
-
-# -- the machine ----------------------------------------------------------------------------
-
-def machine(work_dir: Path, pg_version: str | None) -> dict[str, Any]:
-    import sqlalchemy
-    import telegram
-
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh
-                        if line.startswith("model name")), "")
-    except OSError:
-        pass
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {
-        "nproc": os.cpu_count(), "cpu": cpu or platform.processor(),
-        "memory_gb": round(mem_gb, 1), "disk": _disk(work_dir),
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-        "postgresql": pg_version, "sqlalchemy": sqlalchemy.__version__,
-        "python_telegram_bot": telegram.__version__, "kernel": platform.release(),
-    }
-
-
-def _disk(path: Path) -> str:
-    """Filesystem type and block device of the directory the benchmark files live in."""
-    try:
-        best = ("", "", "")
-        with open("/proc/mounts", encoding="utf-8") as fh:
-            for line in fh:
-                dev, mount, fstype = line.split()[:3]
-                if str(path.resolve()).startswith(mount) and len(mount) >= len(best[1]):
-                    best = (dev, mount, fstype)
-        dev, mount, fstype = best
-        name = Path(dev).name
-        rotational = Path(f"/sys/block/{name}/queue/rotational")
-        kind = ""
-        if rotational.exists():
-            kind = "rotational" if rotational.read_text().strip() == "1" else "non-rotational"
-        free = shutil.disk_usage(path).free / 2**30
-        return f"{dev} ({fstype} on {mount}, {kind or 'unknown kind'}, {free:.0f} GiB free)"
-    except OSError:
-        return "unknown"
-
-
-# -- output ---------------------------------------------------------------------------------
-
-def fmt(value: float | None, unit: str = "") -> str:
-    if value is None:
-        return "—"
-    if unit == "ms":
-        return f"{value:.2f} ms"
-    if unit == "ratio":
-        return f"{value:.2f}"
-    if unit == "MB":
-        return f"{value:.0f} MB"
-    return f"{value:,.0f}"
-
-
-def figure(stats: Stats | None, unit: str) -> str:
-    if stats is None:
-        return "—"
-    short = "ms" if unit == "ms" else ""
-    return f"{fmt(stats.median, short)} (±{stats.spread_pct / 2:.0f}%)"
-
-
-def table(rows: list[Row]) -> str:
-    """A Markdown table: pasteable into docs/perf.md as it is."""
-    head = ["row", "measured", "baseline (same run)", "ratio", "target", "met"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        measured = figure(r.measured, r.unit)
-        if r.unit not in ("ms",) and r.measured is not None:
-            measured += f" {r.unit}"
-        for name, value, _op, _limit in r.extra_checks:
-            measured += f"; {name} {value:.0f}"
-        met = {True: "met", False: "**missed**", None: r.status}[r.met]
-        ratio = fmt(r.ratio, "ratio")
-        if r.ratios is not None:
-            ratio += f" (±{r.ratios.spread_pct / 2:.0f}%)"
-        lines.append("| " + " | ".join([
-            r.title, measured, figure(r.baseline, r.unit) if r.baseline else "—", ratio,
-            r.target_text(), met]) + " |")
-    return "\n".join(lines)
-
-
-def write_json(path: Path, rows: list[Row], machine_facts: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([r.as_dict(machine_facts) for r in rows], indent=1,
-                              ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 # -- a run ----------------------------------------------------------------------------------
