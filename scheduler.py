@@ -31,10 +31,11 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.senders import Rejected, RetryLater, Sender, Unreachable
-from engine import faults, outbox
+from engine import outbox
 from engine.jobs import RELEASE, last_run, run_release, store_timezone
 from engine.money import format_fen, format_micro
 from engine.report import scheduled_pool_warnings
+from storage import faults
 from storage.db import Database
 
 log = logging.getLogger(__name__)

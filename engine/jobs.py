@@ -20,11 +20,12 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from storage import faults
 from storage.db import Database
 from storage.locks import job_lock, make_holder
 from storage.models import JobRun, Setting
 
-from . import faults, service
+from . import service
 from .book import Book
 from .config import Config
 from .times import parse_at

@@ -9,9 +9,10 @@ from typing import cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
 
+from storage import faults
 from storage.models import Entry, Outbox, User
 
-from . import faults, journal
+from . import journal
 from .book import Book
 from .money import into_pool, out_of_pool
 

@@ -35,7 +35,7 @@ def _in_book(db: Database, work: Callable[[Book], T]) -> T:
         return work(Book(session))
 
     # The calling action's name labels its commit's crash points (`commit.before:buy`,
-    # engine/faults.py), so a fault test can kill any action at its commit.
+    # storage/faults.py), so a fault test can kill any action at its commit.
     return db.run(unit, label=sys._getframe(1).f_code.co_name)
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 # A leaf module with no imports of its own: named crash points, inert unless a test arms them.
-from engine import faults
+from . import faults
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,7 +109,7 @@ class Database:
 
         `work` must be a pure function of the database: it is called again on retry.
         `label` (default: `work`'s name) names its crash points for the fault tests,
-        `commit.before:<label>` and `commit.after:<label>` (engine/faults.py)."""
+        `commit.before:<label>` and `commit.after:<label>` (storage/faults.py)."""
         name = label or _label_of(work)
         delay = 0.005
         for attempt in range(1, attempts + 1):

@@ -3,7 +3,7 @@
 `python -m tests.fault_driver` reads one JSON command a line on stdin and answers one JSON
 line on stdout. Every command runs in a *forked child*: a fresh process that opens its own
 database connections, applies one request and exits. A fault armed in the child
-(engine/faults.py, e.g. `commit.after:buy:1`) SIGKILLs that real process mid-request, open
+(storage/faults.py, e.g. `commit.after:buy:1`) SIGKILLs that real process mid-request, open
 transaction, file locks and all; the parent only reports how the child ended. Forking
 from a parent that has already imported everything (and never touched a database) makes a
 kill-and-retry cycle cost milliseconds instead of an interpreter start.
@@ -39,9 +39,10 @@ from sqlalchemy import select, update
 
 import handlers.notify  # noqa: F401 - imported once here, not in every child that delivers
 import scheduler
-from engine import checkout, faults, jobs, service, users
+from engine import checkout, jobs, service, users
 from engine.errors import Refusal
 from engine.state import snapshot
+from storage import faults
 from storage.db import Database
 from storage.migrate import migrate
 from storage.models import Checkout, Head, Order, Outbox, User, Withdrawal

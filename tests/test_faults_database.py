@@ -19,9 +19,10 @@ import psycopg
 import pytest
 from sqlalchemy import func, select
 
-from engine import faults, service, users
+from engine import service, users
 from handlers import dispatch, i18n
 from handlers.base import App, Reply, Request, Text
+from storage import faults
 from storage.db import Database
 from storage.migrate import migrate
 from storage.models import JournalTxn

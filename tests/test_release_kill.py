@@ -3,7 +3,7 @@ ends in the very state one uninterrupted run gives: same balances, same entries,
 journal hash chain, same notifications (SPEC §3, §6).
 
 Each case runs `python -m bot.cli release` in a fresh process with `STOREFRONT_FAULT` naming
-where it dies (engine/faults.py), then runs it again as an operator would."""
+where it dies (storage/faults.py), then runs it again as an operator would."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from engine import faults
 from engine.verify import verify
+from storage import faults
 from storage.db import Database
 from storage.migrate import migrate
 from storage.models import Lease

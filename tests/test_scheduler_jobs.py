@@ -21,7 +21,7 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import select, update
 
 from bot.settings import Settings
-from engine import faults, service
+from engine import service
 from engine.jobs import RELEASE, last_run, record_run, run_release
 from scheduler import (
     MISFIRE_GRACE,
@@ -31,6 +31,7 @@ from scheduler import (
     parse_release_times,
     render,
 )
+from storage import faults
 from storage.db import Database
 from storage.migrate import migrate
 from storage.models import Identity, Lease, Outbox, User
