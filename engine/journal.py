@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
+from storage import bulk
 from storage.models import Head, JournalTxn, Posting
 
 GENESIS = "0" * 64
@@ -139,8 +140,16 @@ def record_many(session: Session, head: Head, txns: Sequence[Txn]) -> None:
                             for a, u, n, r in lines)
         head.last_txn = txn_id
         head.last_hash = digest
-    # Core inserts: the journal is the hottest table and has no ORM behaviour to keep.
-    if journal_rows:
-        session.execute(insert(cast(Table, JournalTxn.__table__)), journal_rows)
-    if posting_rows:
-        session.execute(insert(cast(Table, Posting.__table__)), posting_rows)
+    # Straight to the driver: the journal is the hottest table and has no ORM behaviour.
+    bulk.executemany(session, _INSERT_TXN, cast(Table, JournalTxn.__table__), _TXN_COLUMNS,
+                     [[row[c] for c in _TXN_COLUMNS] for row in journal_rows])
+    bulk.executemany(session, _INSERT_POSTING, cast(Table, Posting.__table__), _POSTING_COLUMNS,
+                     [[row[c] for c in _POSTING_COLUMNS] for row in posting_rows])
+
+
+_TXN_COLUMNS = ("id", "key", "kind", "at", "actor", "body", "result", "prev_hash", "hash")
+_INSERT_TXN = ('INSERT INTO journal (id, "key", kind, at, actor, body, result, prev_hash, hash) '
+               "VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {})")
+_POSTING_COLUMNS = ("txn_id", "account", "unit", "amount", "ref")
+_INSERT_POSTING = ("INSERT INTO postings (txn_id, account, unit, amount, ref) "
+                   "VALUES ({}, {}, {}, {}, {})")

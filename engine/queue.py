@@ -7,9 +7,9 @@ from datetime import datetime
 from fractions import Fraction
 from typing import cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, select
 
-from storage import faults
+from storage import bulk, faults
 from storage.models import Entry, Outbox, User
 
 from . import journal
@@ -133,15 +133,20 @@ def _pay_page(book: Book, payable: list[tuple[int, int, int, int]], at: datetime
                       "next_at": at, "created_at": at})
         credit[user_id] = credit.get(user_id, 0) + owed
         faults.point("release.entry_paid")  # a crash mid-page rolls the whole page back
-    e = cast(Table, Entry.__table__)
-    book.s.execute(update(e).where(e.c.seq == bindparam("b_seq")).values(
-        released=e.c.amount, status="released", released_at=at),
-        [{"b_seq": seq} for seq, *_rest in payable])
-    book.s.execute(update(u).where(u.c.id == bindparam("b_id")).values(
-        wallet=u.c.wallet + bindparam("b_credit")),
-        [{"b_id": uid, "b_credit": amount} for uid, amount in credit.items()])
+    bulk.executemany(book.s, "UPDATE entries SET released = amount, status = 'released', "
+                     "released_at = {} WHERE seq = {}", cast(Table, Entry.__table__),
+                     ("released_at", "seq"), [(at, seq) for seq, *_rest in payable])
+    bulk.executemany(book.s, "UPDATE users SET wallet = wallet + {} WHERE id = {}", u,
+                     ("wallet", "id"), [(amount, uid) for uid, amount in credit.items()])
     for uid in credit:  # rows this session may hold in its identity map are now stale
         if uid in book._users:
             book.s.expire(book._users[uid])
     journal.record_many(book.s, book.head, txns)
-    book.s.execute(insert(cast(Table, Outbox.__table__)), notes)
+    bulk.executemany(book.s, 'INSERT INTO outbox ("key", user_id, kind, params, lang, status, '
+                     "attempts, next_at, created_at) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {})",
+                     cast(Table, Outbox.__table__), _OUTBOX_COLUMNS,
+                     [[n[c] for c in _OUTBOX_COLUMNS] for n in notes])
+
+
+_OUTBOX_COLUMNS = ("key", "user_id", "kind", "params", "lang", "status", "attempts", "next_at",
+                   "created_at")
