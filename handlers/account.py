@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -137,17 +138,21 @@ async def points_(c: Ctx) -> Reply:
     return Reply().text("\n".join(lines))
 
 
+async def _amount_or_all(c: Ctx, balance: str, parse: Callable[[str], int]) -> int:
+    """The amount the user typed, or all of `balance` for "all" / "全部" (0 when empty)."""
+    if c.args[0].lower() in ALL_WORDS:
+        a = await c.call(users.account, c.app.db, c.handle)
+        return int(a[balance])
+    return parse(c.args[0])
+
+
 @command("withdraw", aliases=("提现", "cashout"), usage_key="usage.withdraw")
 async def withdraw(c: Ctx) -> Reply:
     if len(c.args) != 1:
         raise BadInput("bad.missing")
-    if c.args[0].lower() in ALL_WORDS:
-        a = await c.call(users.account, c.app.db, c.handle)
-        if a["wallet"] == 0:
-            return c.say("refusal.insufficient_balance")
-        amount = a["wallet"]
-    else:
-        amount = money(c.args[0])
+    amount = await _amount_or_all(c, "wallet", money)
+    if amount == 0:
+        return c.say("refusal.insufficient_balance")
     r = await c.call(service.request_withdrawal, c.app.db, user=c.handle, amount=amount,
                      key=c.key("withdraw"))
     return c.say("withdraw.done", id=r["withdrawal"], amount=c.money(r["amount"],
@@ -158,13 +163,9 @@ async def withdraw(c: Ctx) -> Reply:
 async def sellpoints(c: Ctx) -> Reply:
     if len(c.args) != 1:
         raise BadInput("bad.missing")
-    if c.args[0].lower() in ALL_WORDS:
-        a = await c.call(users.account, c.app.db, c.handle)
-        if a["points"] == 0:
-            return c.say("refusal.insufficient_points")
-        q = a["points"]
-    else:
-        q = points(c.args[0])
+    q = await _amount_or_all(c, "points", points)
+    if q == 0:
+        return c.say("refusal.insufficient_points")
     r = await c.call(service.withdraw_points, c.app.db, user=c.handle, points=q,
                      key=c.key("sellpoints"))
     cur = (await c.cfg()).currency
