@@ -50,11 +50,9 @@ def configure(book: Book, sections: Any, at: datetime, actor: str | None = None)
             book.s.add(Setting(key=key, value=value))
         else:
             row.value = value
+    book.catalog_changed()
     n = book.head.last_txn + 1
     book.record(key=f"config:{n}", kind="config", at=at, body=flat, actor=actor)
-    book.s.flush()
-    book.cfg = type(book.cfg).from_values(
-        {r.key: r.value for r in book.s.execute(select(Setting)).scalars()})
     points.forced_exits(book, at, "config")
     return flat
 
@@ -85,6 +83,7 @@ def upsert_product(book: Book, *, sku: object, price: object, margin: object, lo
         row.active, row.updated_at = active, at
         if name:
             row.name = name
+    book.catalog_changed()
     n = book.head.last_txn + 1
     book.record(key=f"product:{n}", kind="product", at=at, actor=actor,
                 body={"sku": sku, "price": fen, "margin": str(margin), "lock_days": lock_days,

@@ -3,89 +3,196 @@
 It takes the journal head lock first (every writer does, so writers are serialised in
 commit order, as a hash chain requires), then locks the pool and user rows it changes
 (`SELECT … FOR UPDATE` on PostgreSQL; SQLite's `BEGIN IMMEDIATE` already holds the file).
+
+Rows are plain objects (storage/rows.py): read once, changed in memory, written in a few
+statements at commit. The store's settings and products are parsed once per process and
+kept while `head.catalog_rev` stays the same (every change to them writes a new one).
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.models import Head, Outbox, Pool, Setting, User
+from storage.rows import JOURNAL, OUTBOX, POSTINGS, HeadRow, PoolRow, Rows, UserRow
 
 from . import journal
 from .config import Config
 from .errors import Refusal
 
 
-@lru_cache(maxsize=8)
-def _config(stored: tuple[tuple[str, str], ...]) -> Config:
-    """Parsing rates and the timezone is the same work for the same settings: do it once."""
-    return Config.from_values(dict(stored))
+@dataclass(frozen=True)
+class ProductInfo:
+    sku: str
+    name: str
+    price: int
+    margin: str
+    lock_days: int
+    scheme: str
+    active: bool
+
+
+class _Catalog:
+    """Settings and products as of one `catalog_rev`."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.products: dict[str, ProductInfo | None] = {}
+
+
+_CATALOGS: OrderedDict[str, _Catalog] = OrderedDict()
+_CATALOGS_LOCK = threading.Lock()
+_KEEP = 16
+
+
+def _cached(rev: str | None) -> _Catalog | None:
+    if rev is None:
+        return None
+    with _CATALOGS_LOCK:
+        found = _CATALOGS.get(rev)
+        if found is not None:
+            _CATALOGS.move_to_end(rev)
+        return found
+
+
+def _keep(rev: str | None, catalog: _Catalog) -> None:
+    if rev is None:
+        return
+    with _CATALOGS_LOCK:
+        _CATALOGS[rev] = catalog
+        while len(_CATALOGS) > _KEEP:
+            _CATALOGS.popitem(last=False)
 
 
 class Book:
     def __init__(self, session: Session) -> None:
         self.s = session
-        self.head: Head = session.execute(
-            select(Head).where(Head.id == 1).with_for_update()
-        ).scalar_one()
-        stored = session.execute(select(Setting.key, Setting.value)).all()
-        self.cfg = _config(tuple(sorted((k, v) for k, v in stored)))
-        self._pools: dict[str, Pool] = {}
-        self._users: dict[int, User] = {}
+        self.rows = Rows(session)
+        head = self.rows.one(HeadRow, 1)
+        assert head is not None, "the head row is made by the first migration"
+        self.head = head
+        self._catalog = self._load_catalog()
+        self._pools: dict[str, PoolRow] = {}
+        self._by_handle: dict[str, UserRow] = {}
+
+    # -- settings and products --------------------------------------------------------------
+    @property
+    def cfg(self) -> Config:
+        return self._catalog.cfg
+
+    def _load_catalog(self) -> _Catalog:
+        rev = self.head.catalog_rev
+        found = _cached(rev)
+        if found is None:
+            stored = self.rows.db.rows("SELECT \"key\", value FROM settings")
+            found = _Catalog(Config.from_values(dict(stored)))
+            _keep(rev, found)
+        return found
+
+    def catalog_changed(self) -> None:
+        """Settings or products changed in this transaction: a new revision, read afresh."""
+        self.s.flush()
+        self.rows.flush()
+        self.head.catalog_rev = uuid.uuid4().hex
+        self._catalog = self._load_catalog()
+
+    def product(self, sku: object) -> ProductInfo | None:
+        if not isinstance(sku, str):
+            return None
+        products = self._catalog.products
+        if sku in products:
+            return products[sku]
+        self.s.flush()
+        found = self.rows.db.rows(
+            "SELECT sku, name, price, margin, lock_days, scheme, active FROM products "
+            "WHERE sku = ?", (sku,))
+        info = None
+        if found:
+            s, name, price, margin, lock_days, scheme, active = found[0]
+            info = ProductInfo(s, name, price, margin, lock_days, scheme, bool(active))
+        products[sku] = info
+        return info
 
     # -- rows -------------------------------------------------------------------------------
-    def pool(self, name: str) -> Pool:
+    def pool(self, name: str) -> PoolRow:
         if not self._pools:  # both pools in one statement: most purchases touch both
-            self._pools = {p.name: p for p in self.s.execute(
-                select(Pool).order_by(Pool.name).with_for_update()).scalars()}
+            self._pools = {p.name: p for p in self.rows.load(PoolRow, suffix=" ORDER BY name")}
         return self._pools[name]
 
-    def user(self, handle: str) -> User:
+    def user(self, handle: str) -> UserRow:
         """The user with this handle, locked, or `unknown_user`."""
         if not isinstance(handle, str) or not handle:
             raise Refusal("unknown_user")
-        row = self.s.execute(
-            select(User).where(User.handle == handle).with_for_update()
-        ).scalar_one_or_none()
+        row = self._by_handle.get(handle)
         if row is None:
-            raise Refusal("unknown_user", handle)
-        self._users[row.id] = row
+            found = self.rows.load(UserRow, "handle = ?", (handle,))
+            if not found:
+                raise Refusal("unknown_user", handle)
+            row = self._by_handle[handle] = found[0]
         return row
 
-    def user_by_id(self, user_id: int) -> User:
-        if user_id not in self._users:
-            self._users[user_id] = self.s.execute(
-                select(User).where(User.id == user_id).with_for_update()
-            ).scalar_one()
-        return self._users[user_id]
+    def user_by_id(self, user_id: int) -> UserRow:
+        row = self.rows.one(UserRow, user_id)
+        assert row is not None, user_id
+        return row
+
+    def handle_of(self, user_id: int) -> str:
+        """A user's handle (read without a lock when the row is not held already)."""
+        row = self.rows.peek(UserRow, user_id)
+        if row is not None:
+            return row.handle
+        return str(self.rows.scalars("SELECT handle FROM users WHERE id = ?", (user_id,))[0])
+
+    def forget_user(self, user_id: int) -> None:
+        """The ORM is about to change or delete this user: write and drop the plain row."""
+        row = self.rows.peek(UserRow, user_id)
+        if row is not None:
+            self._by_handle.pop(row.handle, None)
+        self.rows.forget(UserRow, user_id)
+
+    def flush(self) -> None:
+        self.rows.flush()
 
     # -- journal ----------------------------------------------------------------------------
+    def stored(self, key: str) -> tuple[str, str | None] | None:
+        """The body and result stored under an idempotency key, if any."""
+        found = self.rows.db.rows('SELECT body, result FROM journal WHERE "key" = ?', (key,))
+        return (found[0][0], found[0][1]) if found else None
+
     def already(self, key: str | None) -> dict[str, Any] | None:
         """The stored result of an earlier call with this idempotency key, if any."""
         if key is None:
             return None
-        txn = journal.find(self.s, key)
-        if txn is None:
+        found = self.stored(key)
+        if found is None:
             return None
-        result: dict[str, Any] = json.loads(txn.result) if txn.result else {}
+        result: dict[str, Any] = json.loads(found[1]) if found[1] else {}
         result["replayed"] = True
         return result
 
     def record(self, *, key: str, kind: str, at: datetime,
                postings: journal.Postings | None = None, body: dict[str, Any] | None = None,
                result: dict[str, Any] | None = None, actor: str | None = None) -> int:
-        return journal.record(self.s, self.head, key=key, kind=kind, at=at, postings=postings,
-                              body=body, result=result, actor=actor)
+        """Append one balanced transaction to the chain; returns its position."""
+        self.record_many([journal.Txn(key, kind, at, postings, body, result, actor)])
+        return self.head.last_txn
+
+    def record_many(self, txns: list[journal.Txn]) -> None:
+        txn_rows, posting_rows = journal.chain(self.head, txns)
+        for row in txn_rows:
+            self.rows.append(JOURNAL, row)
+        for row in posting_rows:
+            self.rows.append(POSTINGS, row)
 
     # -- notifications ----------------------------------------------------------------------
-    def notify(self, user: User, kind: str, key: str, at: datetime, **params: Any) -> None:
+    def notify(self, user: UserRow, kind: str, key: str, at: datetime, **params: Any) -> None:
         """Owe `user` a message about a movement, in the same transaction as the movement."""
-        self.s.add(Outbox(key=key, user_id=user.id, kind=kind, params=journal.canonical(params),
-                          lang=user.lang or "zh", status="pending", attempts=0, next_at=at,
-                          created_at=at))
+        self.rows.append(OUTBOX, (key, user.id, kind, journal.canonical(params),
+                                  user.lang or "zh", "pending", 0, at, at))

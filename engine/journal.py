@@ -13,13 +13,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Protocol
 
-from sqlalchemy import Table, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage import bulk
-from storage.models import Head, JournalTxn, Posting
+from storage.models import JournalTxn
 
 GENESIS = "0" * 64
 FEN = "fen"
@@ -97,9 +96,16 @@ def find(session: Session, key: str) -> JournalTxn | None:
     return session.execute(select(JournalTxn).where(JournalTxn.key == key)).scalar_one_or_none()
 
 
+class Head(Protocol):
+    """The chain's tip, locked by the caller (storage.rows.HeadRow)."""
+
+    last_txn: int
+    last_hash: str
+
+
 @dataclass
 class Txn:
-    """A journal transaction to append (see `record` / `record_many`)."""
+    """A journal transaction to append (see `chain`)."""
 
     key: str
     kind: str
@@ -110,19 +116,12 @@ class Txn:
     actor: str | None = None
 
 
-def record(session: Session, head: Head, *, key: str, kind: str, at: datetime,
-           postings: Postings | None = None, body: dict[str, Any] | None = None,
-           result: dict[str, Any] | None = None, actor: str | None = None) -> int:
-    """Append one balanced transaction to the chain; `head` must be locked by the caller."""
-    record_many(session, head, [Txn(key, kind, at, postings, body, result, actor)])
-    return head.last_txn
-
-
-def record_many(session: Session, head: Head, txns: Sequence[Txn]) -> None:
-    """Append transactions in order, with two multi-row inserts whatever their number
-    (the static release writes one per entry paid)."""
-    journal_rows: list[dict[str, Any]] = []
-    posting_rows: list[dict[str, Any]] = []
+def chain(head: Head, txns: Sequence[Txn]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Link transactions onto the chain in order, moving `head` along: the journal rows
+    (id, key, kind, at, actor, body, result, prev_hash, hash) and posting rows (txn_id,
+    account, unit, amount, ref) to store."""
+    journal_rows: list[tuple[Any, ...]] = []
+    posting_rows: list[tuple[Any, ...]] = []
     for t in txns:
         lines = t.postings.lines if t.postings else []
         unbalanced = check_balanced(lines)
@@ -133,23 +132,9 @@ def record_many(session: Session, head: Head, txns: Sequence[Txn]) -> None:
         result_text = canonical(t.result) if t.result is not None else None
         digest = txn_hash(head.last_hash, txn_id, t.key, t.kind, t.at, t.actor, body_text,
                           result_text, lines)
-        journal_rows.append({"id": txn_id, "key": t.key, "kind": t.kind, "at": t.at,
-                             "actor": t.actor, "body": body_text, "result": result_text,
-                             "prev_hash": head.last_hash, "hash": digest})
-        posting_rows.extend({"txn_id": txn_id, "account": a, "unit": u, "amount": n, "ref": r}
-                            for a, u, n, r in lines)
+        journal_rows.append((txn_id, t.key, t.kind, t.at, t.actor, body_text, result_text,
+                             head.last_hash, digest))
+        posting_rows.extend((txn_id, a, u, n, r) for a, u, n, r in lines)
         head.last_txn = txn_id
         head.last_hash = digest
-    # Straight to the driver: the journal is the hottest table and has no ORM behaviour.
-    bulk.executemany(session, _INSERT_TXN, cast(Table, JournalTxn.__table__), _TXN_COLUMNS,
-                     [[row[c] for c in _TXN_COLUMNS] for row in journal_rows])
-    bulk.executemany(session, _INSERT_POSTING, cast(Table, Posting.__table__), _POSTING_COLUMNS,
-                     [[row[c] for c in _POSTING_COLUMNS] for row in posting_rows])
-
-
-_TXN_COLUMNS = ("id", "key", "kind", "at", "actor", "body", "result", "prev_hash", "hash")
-_INSERT_TXN = ('INSERT INTO journal (id, "key", kind, at, actor, body, result, prev_hash, hash) '
-               "VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {})")
-_POSTING_COLUMNS = ("txn_id", "account", "unit", "amount", "ref")
-_INSERT_POSTING = ("INSERT INTO postings (txn_id, account, unit, amount, ref) "
-                   "VALUES ({}, {}, {}, {}, {})")
+    return journal_rows, posting_rows

@@ -73,6 +73,15 @@ def holds_money(s: Session, user: User) -> bool:
                                                 Order.status.in_(_OPEN_ORDERS)))).scalar())
 
 
+def _orm_user(book: Book, user_id: int) -> User:
+    """A user as an ORM object, locked: a merge rewrites more than the money columns the
+    book's plain rows carry, so the book lets go of its row first."""
+    book.forget_user(user_id)
+    user = book.s.get(User, user_id, with_for_update=True)
+    assert user is not None, user_id
+    return user
+
+
 def issue_code(book: Book, *, identity: str, code: str, at: datetime) -> dict[str, Any]:
     """A fresh one-time code for the account behind `identity`, valid for 10 minutes.
     Earlier unused codes of that account stop working: only the newest one counts."""
@@ -101,8 +110,7 @@ def redeem(book: Book, *, code: object, identity: str, at: datetime) -> dict[str
     sender = _identity(book.s, identity)
     if sender.user_id == row.user_id:
         raise Refusal("already_linked")
-    a = book.user_by_id(min(sender.user_id, row.user_id))
-    b = book.user_by_id(max(sender.user_id, row.user_id))
+    a, b = (_orm_user(book, uid) for uid in sorted((sender.user_id, row.user_id)))
     ids_a, ids_b = _identities(book.s, a.id), _identities(book.s, b.id)
     if {channel_of(i) for i in ids_a} & {channel_of(i) for i in ids_b}:
         raise Refusal("link_same_channel")
@@ -160,7 +168,6 @@ def _merge(book: Book, *, older: User, newer: User, identities: Iterable[str],
               **moved}
     book.record(key=f"link:{n}", kind="link", at=at, postings=p,
                 body={"from": older.handle, "into": newer.handle, **moved}, result=result)
-    book._users.pop(older.id, None)
     s.delete(older)
     s.flush()
     points.forced_exits(book, at, "link")

@@ -12,9 +12,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-
-from storage.models import Order, Product, User
+from storage.rows import OrderRow, UserRow
 
 from . import journal, points, queue
 from .accounts import micro_amount
@@ -46,19 +44,28 @@ def parse_points_arg(value: object) -> int:
     return 0 if value is None else micro_amount(value)
 
 
-def _locked_order(book: Book, ref: object) -> Order:
-    order = book.s.execute(
-        select(Order).where(Order.ref == ref).with_for_update()
-    ).scalar_one_or_none() if isinstance(ref, str) else None
+def _order(book: Book, ref: object, *, lock: bool = True) -> OrderRow | None:
+    """The order with this ref: one recorded in this transaction, or from the database."""
+    if not isinstance(ref, str):
+        return None
+    for order in book.rows.known(OrderRow):
+        if order.ref == ref:
+            return order
+    found = book.rows.load(OrderRow, "ref = ?", (ref,), lock=lock)
+    return found[0] if found else None
+
+
+def _locked_order(book: Book, ref: object) -> OrderRow:
+    order = _order(book, ref)
     if order is None:
         raise Refusal("unknown_order", str(ref))
     return order
 
 
-def order_result(book: Book, order: Order) -> dict[str, Any]:
+def order_result(book: Book, order: OrderRow) -> dict[str, Any]:
     """What the buyer is told about an order; rebuilt from the row for idempotent retries."""
     user = book.user_by_id(order.user_id)
-    referrer = book.user_by_id(user.referrer_id).handle if user.referrer_id else None
+    referrer = book.handle_of(user.referrer_id) if user.referrer_id else None
     tz = book.cfg.timezone
     return {
         "order": order.ref, "status": order.status, "user": user.handle, "sku": order.sku,
@@ -74,11 +81,11 @@ def order_result(book: Book, order: Order) -> dict[str, Any]:
 def _replayed(book: Book, key: str | None) -> dict[str, Any] | None:
     if key is None:
         return None
-    txn = journal.find(book.s, key)
-    if txn is None:
+    found = book.stored(key)
+    if found is None:
         return None
-    ref = json.loads(txn.body).get("order")
-    order = book.s.execute(select(Order).where(Order.ref == ref)).scalar_one()
+    order = _order(book, json.loads(found[0]).get("order"), lock=False)
+    assert order is not None, key
     return {**order_result(book, order), "replayed": True}
 
 
@@ -91,11 +98,10 @@ def place(book: Book, *, user: str, sku: str, qty: object = 1, at: object,
     ref = check_ref(ref)
     if (done := _replayed(book, key)) is not None:
         return done
-    if ref is not None and book.s.execute(
-            select(Order.no).where(Order.ref == ref)).first() is not None:
+    if ref is not None and _order(book, ref, lock=False) is not None:
         raise Refusal("duplicate_order", ref)
     buyer = book.user(user)
-    product = book.s.get(Product, sku) if isinstance(sku, str) else None
+    product = book.product(sku)
     if product is None:
         raise Refusal("unknown_product", str(sku))
     n = parse_qty(qty)
@@ -125,11 +131,11 @@ def place(book: Book, *, user: str, sku: str, qty: object = 1, at: object,
              "pool_share": cfg.raw["queue.pool_share"], "accel_rate": cfg.raw["queue.accel_rate"],
              "pool_rate": cfg.raw["points.pool_rate"], "mint_rate": cfg.raw["points.mint_rate"],
              "min_order": cfg.min_order, "unit_price": product.price}
-    order = Order(no=no, ref=ref, user_id=buyer.id, sku=product.sku, qty=n, total=total,
-                  points_used=q, points_value=value, cash=cash, method=method,
-                  currency=cfg.currency, status="awaiting_payment", created_at=when,
-                  terms=journal.canonical(terms), minted=0, accelerated=0)
-    book.s.add(order)
+    order = book.rows.add(OrderRow(
+        no=no, ref=ref, user_id=buyer.id, sku=product.sku, qty=n, total=total, points_used=q,
+        points_value=value, cash=cash, method=method, currency=cfg.currency,
+        status="awaiting_payment", created_at=when, terms=journal.canonical(terms), minted=0,
+        accelerated=0))
     p = journal.Postings()
     if q:
         burned = points.burn(book, buyer, q, p, f"order:{ref}")
@@ -155,7 +161,7 @@ def place(book: Book, *, user: str, sku: str, qty: object = 1, at: object,
     return order_result(book, order)
 
 
-def _mark_paid(book: Book, order: Order, buyer: User, at: datetime,
+def _mark_paid(book: Book, order: OrderRow, buyer: UserRow, at: datetime,
                payment_ref: str | None) -> None:
     tz = book.cfg.timezone
     terms = json.loads(order.terms)
@@ -210,20 +216,29 @@ def cancel_unpaid(book: Book, *, ref: str, at: object, actor: str | None = None)
 def settle_due(book: Book, at: datetime) -> list[dict[str, Any]]:
     """Settle every pending order due by `at`, in the order they were recorded (SPEC §8)."""
     settled: list[dict[str, Any]] = []
+    after = 0
+    due_by = book.rows.param(OrderRow, "settles_at", at)
     while True:
-        book.s.flush()
-        batch = book.s.execute(
-            select(Order).where(Order.status == "pending", Order.settles_at <= at)
-            .order_by(Order.no).limit(200).with_for_update()
-        ).scalars().all()
-        for order in batch:
+        batch = book.rows.load(OrderRow, "status = 'pending' AND settles_at <= ? AND no > ?",
+                               (due_by, after), suffix=" ORDER BY no LIMIT 200")
+        more = len(batch) == 200
+        upto = batch[-1].no if more else None
+        # Orders recorded (or changed) in this transaction are in memory, not yet stored.
+        due = {o.no: o for o in batch}
+        due.update((o.no, o) for o in book.rows.known(OrderRow)
+                   if o.no > after and (upto is None or o.no <= upto))
+        for no in sorted(due):
+            order = due[no]
+            if order.status != "pending" or order.settles_at is None or order.settles_at > at:
+                continue
             settled.append(_settle(book, order, at))
             points.forced_exits(book, at, f"settle:{order.ref}")
-        if len(batch) < 200:
+        if not more:
             return settled
+        after = batch[-1].no
 
 
-def _settle(book: Book, order: Order, at: datetime) -> dict[str, Any]:
+def _settle(book: Book, order: OrderRow, at: datetime) -> dict[str, Any]:
     """Grant an order's rebates on the terms frozen when it was recorded."""
     terms = json.loads(order.terms)
     buyer = book.user_by_id(order.user_id)
@@ -232,7 +247,7 @@ def _settle(book: Book, order: Order, at: datetime) -> dict[str, Any]:
     p = journal.Postings()
     ref = f"order:{order.ref}"
     accelerated: list[tuple[int, int]] = []
-    referrer: User | None = None
+    referrer: UserRow | None = None
     if scheme in ("queue", "both"):
         queue.contribute(book, cash, parse_rate(terms["margin"]), parse_rate(terms["pool_share"]),
                          p, ref)

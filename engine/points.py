@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
 
-from sqlalchemy import select
-
-from storage.models import User
+from storage.rows import UserRow
 
 from . import journal
 from .book import Book
@@ -66,11 +64,11 @@ def exit_key(basis: int, holdings: int) -> bytes | None:
     return min(basis * _EXIT_SCALE // holdings, _EXIT_MAX).to_bytes(_EXIT_BYTES, "big")
 
 
-def _touch(user: User) -> None:
+def _touch(user: UserRow) -> None:
     user.exit_key = exit_key(user.basis, user.points)
 
 
-def mint(book: Book, user: User, cash: int, pool_rate: Fraction, mint_rate: Fraction,
+def mint(book: Book, user: UserRow, cash: int, pool_rate: Fraction, mint_rate: Fraction,
          p: journal.Postings, ref: str) -> int:
     """Mint for a recorded cash amount: `c` into the pool, `v` of it minted at the price
     *before* `c` is added; the buyer's basis grows by the cash amount. Returns micro-points."""
@@ -88,7 +86,7 @@ def mint(book: Book, user: User, cash: int, pool_rate: Fraction, mint_rate: Frac
     return minted
 
 
-def _take(user: User, q: int) -> int:
+def _take(user: UserRow, q: int) -> int:
     """Points leave a holder: basis falls pro rata (all of it when all points go)."""
     if q == user.points:
         moved = user.basis
@@ -100,7 +98,7 @@ def _take(user: User, q: int) -> int:
     return moved
 
 
-def burn(book: Book, user: User, q: int, p: journal.Postings, ref: str) -> int:
+def burn(book: Book, user: UserRow, q: int, p: journal.Postings, ref: str) -> int:
     """`q` points leave circulation at the current price; returns their value in fen, which
     the caller must take out of the points pool."""
     pool = book.pool("points")
@@ -115,7 +113,7 @@ def burn(book: Book, user: User, q: int, p: journal.Postings, ref: str) -> int:
     return value
 
 
-def withdraw(book: Book, user: User, q: int, p: journal.Postings, ref: str) -> tuple[int, int]:
+def withdraw(book: Book, user: UserRow, q: int, p: journal.Postings, ref: str) -> tuple[int, int]:
     """Sell `q` points to the pool: gross rounds down, the fee rounds up and stays in the
     pool (lifting the price). Returns (paid to wallet, fee)."""
     pool = book.pool("points")
@@ -130,7 +128,7 @@ def withdraw(book: Book, user: User, q: int, p: journal.Postings, ref: str) -> t
     return net, fee
 
 
-def transfer(sender: User, receiver: User, q: int, p: journal.Postings, ref: str) -> None:
+def transfer(sender: UserRow, receiver: UserRow, q: int, p: journal.Postings, ref: str) -> None:
     moved = _take(sender, q)
     receiver.points += q
     receiver.basis += moved
@@ -138,7 +136,7 @@ def transfer(sender: User, receiver: User, q: int, p: journal.Postings, ref: str
     p.micro(journal.holding(sender.id), journal.holding(receiver.id), q, ref)
 
 
-def _next_exit(book: Book) -> User | None:
+def _next_exit(book: Book) -> UserRow | None:
     """The holder who must exit next, found through the exit-price index (SPEC §4)."""
     m = book.cfg.exit_multiple
     if m == 0:
@@ -149,29 +147,25 @@ def _next_exit(book: Book) -> User | None:
     cur = price(book)
     # holdings × price ≥ m × basis  ⇔  basis / holdings ≤ price / m
     threshold = min(cur.num * m.denominator * _EXIT_SCALE // (cur.den * m.numerator), _EXIT_MAX)
-    first = book.s.execute(
-        select(User.exit_key).where(User.exit_key.is_not(None),
-                                    User.exit_key <= threshold.to_bytes(_EXIT_BYTES, "big"))
-        .order_by(User.exit_key, User.id).limit(1)
-    ).scalar_one_or_none()
-    if first is None:
+    book.flush()  # the holdings changed so far in this transaction, into the index
+    first = book.rows.scalars(
+        "SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND exit_key <= ? "
+        "ORDER BY exit_key, id LIMIT 1", (threshold.to_bytes(_EXIT_BYTES, "big"),))
+    if not first:
         return None
     # Rows sharing the smallest key: order them exactly (ties to the earliest user).
-    tied = book.s.execute(
-        select(User).where(User.exit_key == first).order_by(User.id).with_for_update()
-    ).scalars().all()
+    tied = book.rows.load(UserRow, "exit_key = ?", (first[0],), suffix=" ORDER BY id")
     best = min(tied, key=lambda u: (Fraction(u.basis, u.points), u.id))
     if best.points * cur.num * m.denominator >= m.numerator * best.basis * cur.den:
-        book._users[best.id] = best
         return best
     return None
 
 
-def forced_exits(book: Book, at: datetime, cause: str) -> list[tuple[User, int, int]]:
+def forced_exits(book: Book, at: datetime, cause: str) -> list[tuple[UserRow, int, int]]:
     """Withdraw every holder whose points reached `exit_multiple × basis`, cheapest exit
     first, re-checking after each since each fee lifts the price. Returns (user, points,
     paid) for each exit."""
-    exits: list[tuple[User, int, int]] = []
+    exits: list[tuple[UserRow, int, int]] = []
     while (user := _next_exit(book)) is not None:
         q = user.points
         p = journal.Postings()

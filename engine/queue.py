@@ -5,12 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
-from typing import cast
 
-from sqlalchemy import Table, select
-
-from storage import bulk, faults
-from storage.models import Entry, Outbox, User
+from storage import faults
+from storage.rows import OUTBOX, EntryRow, UserRow
 
 from . import journal
 from .book import Book
@@ -26,18 +23,25 @@ def contribute(book: Book, cash: int, margin: Fraction, pool_share: Fraction,
     return c
 
 
-def add_entry(book: Book, user: User, order_no: int, amount: int, matures_at: datetime,
-              at: datetime) -> Entry:
+def add_entry(book: Book, user: UserRow, order_no: int, amount: int, matures_at: datetime,
+              at: datetime) -> EntryRow:
     """A new entry takes the next `seq`: the queue's order is the order of recording."""
     book.head.last_entry_seq += 1
-    entry = Entry(seq=book.head.last_entry_seq, user_id=user.id, order_no=order_no,
-                  amount=amount, released=0, status="waiting", matures_at=matures_at,
-                  created_at=at)
-    book.s.add(entry)
-    return entry
+    return book.rows.add(EntryRow(seq=book.head.last_entry_seq, user_id=user.id,
+                                  order_no=order_no, amount=amount, released=0,
+                                  status="waiting", matures_at=matures_at, created_at=at))
 
 
-def accelerate(book: Book, referrer: User, cash: int, accel_rate: Fraction,
+def waiting_entries(book: Book, user: UserRow) -> list[EntryRow]:
+    """A user's waiting entries in `seq` order, locked — with those recorded or paid in this
+    transaction as they are in memory."""
+    found = {e.seq: e for e in book.rows.load(EntryRow, "user_id = ? AND status = 'waiting'",
+                                               (user.id,))}
+    found.update((e.seq, e) for e in book.rows.known(EntryRow) if e.user_id == user.id)
+    return [found[seq] for seq in sorted(found) if found[seq].status == "waiting"]
+
+
+def accelerate(book: Book, referrer: UserRow, cash: int, accel_rate: Fraction,
                p: journal.Postings) -> list[tuple[int, int]]:
     """`floor(A × accel_rate)`, capped by the pool, paid to the referrer's waiting entries in
     `seq` order, each up to what it lacks. Lock periods do not matter here.
@@ -47,12 +51,7 @@ def accelerate(book: Book, referrer: User, cash: int, accel_rate: Fraction,
     paid: list[tuple[int, int]] = []
     if budget <= 0:
         return paid
-    book.s.flush()
-    entries = book.s.execute(
-        select(Entry).where(Entry.user_id == referrer.id, Entry.status == "waiting")
-        .order_by(Entry.seq).with_for_update()
-    ).scalars()
-    for entry in entries:
+    for entry in waiting_entries(book, referrer):
         if budget == 0:
             break
         pay = min(budget, entry.amount - entry.released)
@@ -62,7 +61,7 @@ def accelerate(book: Book, referrer: User, cash: int, accel_rate: Fraction,
     return paid
 
 
-def _pay(book: Book, entry: Entry, owner: User, amount: int, p: journal.Postings) -> None:
+def _pay(book: Book, entry: EntryRow, owner: UserRow, amount: int, p: journal.Postings) -> None:
     assert 0 < amount <= entry.amount - entry.released
     entry.released += amount
     if entry.released == entry.amount:
@@ -88,22 +87,21 @@ def release_page(book: Book, at: datetime, after_seq: int, limit: int) -> Releas
     Core statements in bulk (a release may pay a million entries): one read of the page,
     then a handful of multi-row writes, whatever the page size."""
     pool = book.pool("queue")
-    e = Entry.__table__
-    rows = book.s.execute(
-        select(e.c.seq, e.c.user_id, e.c.amount, e.c.released)
-        .where(e.c.status == "waiting", e.c.seq > after_seq, e.c.matures_at <= at)
-        .order_by(e.c.seq).limit(limit).with_for_update()
-    ).all()
+    book.flush()
+    db = book.rows.db
+    rows = db.rows("SELECT seq, user_id, amount, released FROM entries WHERE status = 'waiting' "
+                   "AND seq > ? AND matures_at <= ? ORDER BY seq LIMIT ?" + db.lock,
+                   (after_seq, book.rows.param(EntryRow, "matures_at", at), limit))
     payable = []
     balance = pool.balance
     blocked = False
-    for row in rows:
-        owed = row.amount - row.released
+    for seq, user_id, amount, released in rows:
+        owed = amount - released
         if owed > balance:
             blocked = True
             break
         balance -= owed
-        payable.append((row.seq, row.user_id, owed, row.amount))
+        payable.append((seq, user_id, owed, amount))
     if payable:
         _pay_page(book, payable, at)
         pool.balance = balance
@@ -113,40 +111,37 @@ def release_page(book: Book, at: datetime, after_seq: int, limit: int) -> Releas
 
 
 def _pay_page(book: Book, payable: list[tuple[int, int, int, int]], at: datetime) -> None:
-    u = cast(Table, User.__table__)
-    owners = {r.id: r for r in book.s.execute(
-        select(u.c.id, u.c.handle, u.c.lang).where(u.c.id.in_({p[1] for p in payable})))}
-    txns, notes = [], []
+    db = book.rows.db
+    ids = sorted({p[1] for p in payable})
+    owners: dict[int, tuple[str, str | None]] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        owners.update((uid, (handle, lang)) for uid, handle, lang in db.rows(
+            f"SELECT id, handle, lang FROM users WHERE id IN ({', '.join('?' * len(chunk))})",
+            chunk))
+    txns = []
     credit: dict[int, int] = {}
     for seq, user_id, owed, amount in payable:
-        owner = owners[user_id]
+        handle, lang = owners[user_id]
         p = journal.Postings()
         p.fen(journal.QUEUE_POOL, journal.wallet(user_id), owed, f"entry:{seq}")
         key = f"release:entry:{seq}"
         txns.append(journal.Txn(key=key, kind="release", at=at, postings=p,
-                                body={"entry": seq, "user": owner.handle},
+                                body={"entry": seq, "user": handle},
                                 result={"entry": seq, "paid": owed}))
-        notes.append({"key": key, "user_id": user_id, "kind": "release_paid",
-                      "params": journal.canonical({"entry": seq, "amount": owed,
-                                                   "total": amount}),
-                      "lang": owner.lang or "zh", "status": "pending", "attempts": 0,
-                      "next_at": at, "created_at": at})
+        book.rows.append(OUTBOX, (key, user_id, "release_paid", journal.canonical(
+            {"entry": seq, "amount": owed, "total": amount}), lang or "zh", "pending", 0, at, at))
         credit[user_id] = credit.get(user_id, 0) + owed
         faults.point("release.entry_paid")  # a crash mid-page rolls the whole page back
-    bulk.executemany(book.s, "UPDATE entries SET released = amount, status = 'released', "
-                     "released_at = {} WHERE seq = {}", cast(Table, Entry.__table__),
-                     ("released_at", "seq"), [(at, seq) for seq, *_rest in payable])
-    bulk.executemany(book.s, "UPDATE users SET wallet = wallet + {} WHERE id = {}", u,
-                     ("wallet", "id"), [(amount, uid) for uid, amount in credit.items()])
-    for uid in credit:  # rows this session may hold in its identity map are now stale
-        if uid in book._users:
-            book.s.expire(book._users[uid])
-    journal.record_many(book.s, book.head, txns)
-    bulk.executemany(book.s, 'INSERT INTO outbox ("key", user_id, kind, params, lang, status, '
-                     "attempts, next_at, created_at) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {})",
-                     cast(Table, Outbox.__table__), _OUTBOX_COLUMNS,
-                     [[n[c] for c in _OUTBOX_COLUMNS] for n in notes])
-
-
-_OUTBOX_COLUMNS = ("key", "user_id", "kind", "params", "lang", "status", "attempts", "next_at",
-                   "created_at")
+    paid_at = [(at, seq) for seq, *_rest in payable]
+    db.write("UPDATE entries SET released = amount, status = 'released', released_at = ? "
+             "WHERE seq = ?", EntryRow.TABLE, ("released_at", "seq"), paid_at)
+    direct = []
+    for uid, amount in credit.items():
+        if (owner := book.rows.peek(UserRow, uid)) is not None:
+            owner.wallet += amount
+        else:
+            direct.append((amount, uid))
+    db.write("UPDATE users SET wallet = wallet + ? WHERE id = ?", UserRow.TABLE,
+             ("wallet", "id"), direct)
+    book.record_many(txns)

@@ -78,6 +78,9 @@ class Head(Base):
     last_hash: Mapped[str] = mapped_column(String(64))
     last_entry_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     last_order_no: Mapped[int] = mapped_column(BigInteger, default=0)
+    # A fresh random token whenever settings or products change (engine/accounts.py), so a
+    # process may keep its parsed settings and products for as long as the token stays.
+    catalog_rev: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class Pool(Base):
@@ -233,11 +236,9 @@ class Posting(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
     ref: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
-    __table_args__ = (
-        Index("ix_postings_account", "account"),
-        # One account over a window of transactions (engine/report.py).
-        Index("ix_postings_account_txn", "account", "txn_id"),
-    )
+    # One account's postings, and over a window of transactions (engine/report.py). An index
+    # on `account` alone would only repeat this one's prefix (and cost every write a page).
+    __table_args__ = (Index("ix_postings_account_txn", "account", "txn_id"),)
 
 
 class Outbox(Base):
