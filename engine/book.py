@@ -21,7 +21,18 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from storage.rows import JOURNAL, OUTBOX, POSTINGS, HeadRow, PoolRow, Rows, UserRow
+from storage.rows import (
+    JOURNAL,
+    OUTBOX,
+    POSTINGS,
+    EntryRow,
+    HeadRow,
+    OrderRow,
+    PoolRow,
+    Query,
+    Rows,
+    UserRow,
+)
 
 from . import journal
 from .config import Config
@@ -81,6 +92,7 @@ class Book:
         self._catalog = self._load_catalog()
         self._pools: dict[str, PoolRow] = {}
         self._by_handle: dict[str, UserRow] = {}
+        self._stored: dict[str, tuple[str, str | None] | None] = {}
 
     # -- settings and products --------------------------------------------------------------
     @property
@@ -160,9 +172,48 @@ class Book:
     def flush(self) -> None:
         self.rows.flush()
 
+    def prefetch_purchase(self, handle: object, key: str | None, at: datetime | None) -> None:
+        """Everything a purchase may read, in one round trip (PostgreSQL pays one per
+        statement): its idempotency key, the buyer and their referrer, the pools, the orders
+        due by `at`, and the referrer's waiting entries (for acceleration) — all locked, as
+        the purchase would lock them one by one."""
+        if not isinstance(handle, str) or not handle:
+            return
+        queries: dict[Any, Query] = {
+            "buyer": Query(UserRow, "handle = ?", (handle,)),
+            "referrer": Query(UserRow, "id = (SELECT referrer_id FROM users WHERE handle = ?)",
+                              (handle,)),
+            "waiting": Query(EntryRow, "user_id = (SELECT referrer_id FROM users WHERE "
+                                       "handle = ?) AND status = 'waiting'", (handle,),
+                             suffix=" ORDER BY seq"),
+        }
+        if not self._pools:
+            queries["pools"] = Query(PoolRow, "", suffix=" ORDER BY name")
+        if key is not None and key not in self._stored:
+            queries["key"] = Query(None, 'SELECT body, result FROM journal WHERE "key" = ?',
+                                   (key,))
+        if at is not None:
+            queries["due"] = Query(OrderRow, "status = 'pending' AND settles_at <= ? AND no > ?",
+                                   (self.rows.param(OrderRow, "settles_at", at), 0),
+                                   suffix=" ORDER BY no LIMIT 200")
+        got = self.rows.prefetch(queries)
+        if got["buyer"]:
+            self._by_handle[handle] = got["buyer"][0]
+        if got["referrer"]:
+            self.rows.keep(("waiting", got["referrer"][0].id), got["waiting"])
+        if "pools" in got:
+            self._pools = {p.name: p for p in got["pools"]}
+        if "key" in got:
+            found = got["key"]
+            self._stored[key] = (found[0][0], found[0][1]) if found else None  # type: ignore[index]
+        if "due" in got:
+            self.rows.keep(("due", at), got["due"])
+
     # -- journal ----------------------------------------------------------------------------
     def stored(self, key: str) -> tuple[str, str | None] | None:
         """The body and result stored under an idempotency key, if any."""
+        if key in self._stored:
+            return self._stored.pop(key)
         found = self.rows.db.rows('SELECT body, result FROM journal WHERE "key" = ?', (key,))
         return (found[0][0], found[0][1]) if found else None
 

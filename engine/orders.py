@@ -96,6 +96,11 @@ def place(book: Book, *, user: str, sku: str, qty: object = 1, at: object,
     """Record a purchase. With `awaiting_payment` the order waits for `confirm_payment`
     (points are still spent now, at checkout, SPEC §8); otherwise it is paid now."""
     ref = check_ref(ref)
+    try:
+        due_by = None if awaiting_payment else parse_at(at)
+    except Refusal:
+        due_by = None  # refused below, in SPEC §7's order
+    book.prefetch_purchase(user, key, due_by)
     if (done := _replayed(book, key)) is not None:
         return done
     if ref is not None and _order(book, ref, lock=False) is not None:
@@ -220,7 +225,8 @@ def settle_due(book: Book, at: datetime) -> list[dict[str, Any]]:
     due_by = book.rows.param(OrderRow, "settles_at", at)
     while True:
         batch = book.rows.load(OrderRow, "status = 'pending' AND settles_at <= ? AND no > ?",
-                               (due_by, after), suffix=" ORDER BY no LIMIT 200")
+                               (due_by, after), suffix=" ORDER BY no LIMIT 200",
+                               name=("due", at) if after == 0 else None)
         more = len(batch) == 200
         upto = batch[-1].no if more else None
         # Orders recorded (or changed) in this transaction are in memory, not yet stored.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
 
-from storage.rows import UserRow
+from storage.rows import Query, UserRow
 
 from . import journal
 from .book import Book
@@ -147,14 +147,15 @@ def _next_exit(book: Book) -> UserRow | None:
     cur = price(book)
     # holdings × price ≥ m × basis  ⇔  basis / holdings ≤ price / m
     threshold = min(cur.num * m.denominator * _EXIT_SCALE // (cur.den * m.numerator), _EXIT_MAX)
-    book.flush()  # the holdings changed so far in this transaction, into the index
-    first = book.rows.scalars(
-        "SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND exit_key <= ? "
-        "ORDER BY exit_key, id LIMIT 1", (threshold.to_bytes(_EXIT_BYTES, "big"),))
+    # The holdings changed so far in this transaction go into the index first (in the same
+    # round trip as the seek).
+    first = book.rows.flush(then=Query(
+        None, "SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND exit_key <= ? "
+        "ORDER BY exit_key, id LIMIT 1", (threshold.to_bytes(_EXIT_BYTES, "big"),)))
     if not first:
         return None
     # Rows sharing the smallest key: order them exactly (ties to the earliest user).
-    tied = book.rows.load(UserRow, "exit_key = ?", (first[0],), suffix=" ORDER BY id")
+    tied = book.rows.load(UserRow, "exit_key = ?", (first[0][0],), suffix=" ORDER BY id")
     best = min(tied, key=lambda u: (Fraction(u.basis, u.points), u.id))
     if best.points * cur.num * m.denominator >= m.numerator * best.basis * cur.den:
         return best

@@ -36,7 +36,8 @@ def waiting_entries(book: Book, user: UserRow) -> list[EntryRow]:
     """A user's waiting entries in `seq` order, locked — with those recorded or paid in this
     transaction as they are in memory."""
     found = {e.seq: e for e in book.rows.load(EntryRow, "user_id = ? AND status = 'waiting'",
-                                               (user.id,))}
+                                               (user.id,), suffix=" ORDER BY seq",
+                                               name=("waiting", user.id))}
     found.update((e.seq, e) for e in book.rows.known(EntryRow) if e.user_id == user.id)
     return [found[seq] for seq in sorted(found) if found[seq].status == "waiting"]
 

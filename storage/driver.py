@@ -14,14 +14,13 @@ already holds the whole file).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Table
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session
 
 Processor = Callable[[Any], Any] | None
@@ -54,65 +53,92 @@ class Driver:
         self.raw: Any = self.conn.connection.dbapi_connection
         self.pg = self.dialect.name == "postgresql"
         self.lock = " FOR UPDATE" if self.pg else ""
-        self._error: type[Exception] = self.dialect.loaded_dbapi.Error
+        self._dbapi_error: type[Exception] = self.dialect.loaded_dbapi.Error
 
     def _sql(self, sql: str) -> str:
         return _for_pg(sql) if self.pg else sql
 
-    @contextmanager
-    def _wrapped(self, sql: str, params: Any) -> Iterator[None]:
-        try:
-            yield
-        except self._error as exc:
-            lost = self.dialect.is_disconnect(exc, self.raw, None)  # type: ignore[arg-type]
-            if lost:
-                self.conn.invalidate(exc)
-            raise DBAPIError.instance(sql, params, exc, self._error,
-                                      connection_invalidated=lost,
-                                      dialect=self.dialect) from exc
+    def _error(self, exc: Exception, sql: str, params: Any) -> StatementError:
+        """A driver error as SQLAlchemy raises it (so `Database.run` retries and reports it
+        the same way); a lost connection is invalidated, as SQLAlchemy would."""
+        lost = self.dialect.is_disconnect(exc, self.raw, None)  # type: ignore[arg-type]
+        if lost:
+            self.conn.invalidate(exc)
+        return DBAPIError.instance(sql, params, exc, self._dbapi_error,
+                                   connection_invalidated=lost, dialect=self.dialect)
 
     def _observed(self, cursor: Any, sql: str, params: Any, many: bool) -> None:
         """Whoever listens for SQLAlchemy's `before_cursor_execute` (statement counters in
         tests, tracing) hears these statements too."""
         conn = self.conn
-        if conn._has_events or conn.engine._has_events:
+        if conn.dispatch.before_cursor_execute:  # falsy when nobody listens
             conn.dispatch.before_cursor_execute(conn, cursor, sql, params, None, many)
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """All rows of a read."""
         sql = self._sql(sql)
-        with self._wrapped(sql, params):
-            cur = self.raw.cursor()
-            try:
-                self._observed(cur, sql, params, False)
-                cur.execute(sql, params)
-                return list(cur.fetchall())
-            finally:
-                cur.close()
+        cur = self.raw.cursor()
+        try:
+            self._observed(cur, sql, params, False)
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+        except self._dbapi_error as exc:
+            raise self._error(exc, sql, params) from exc
+        finally:
+            cur.close()
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One write; returns the number of rows it changed."""
         sql = self._sql(sql)
-        with self._wrapped(sql, params):
-            cur = self.raw.cursor()
-            try:
-                self._observed(cur, sql, params, False)
-                cur.execute(sql, params)
-                return int(cur.rowcount)
-            finally:
-                cur.close()
+        cur = self.raw.cursor()
+        try:
+            self._observed(cur, sql, params, False)
+            cur.execute(sql, params)
+            return int(cur.rowcount)
+        except self._dbapi_error as exc:
+            raise self._error(exc, sql, params) from exc
+        finally:
+            cur.close()
 
     def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """One statement for many rows (values already bound)."""
         if not rows:
             return
         sql = self._sql(sql)
-        with self._wrapped(sql, rows[:1]):
-            cur = self.raw.cursor()
-            try:
-                self._observed(cur, sql, rows, True)
-                cur.executemany(sql, rows)
-            finally:
+        cur = self.raw.cursor()
+        try:
+            self._observed(cur, sql, rows, True)
+            cur.executemany(sql, rows)
+        except self._dbapi_error as exc:
+            raise self._error(exc, sql, rows[:1]) from exc
+        finally:
+            cur.close()
+
+    def batch(self, reads: Sequence[tuple[str, Sequence[Any]]],
+              writes: Callable[[], None] | None = None) -> list[list[tuple[Any, ...]]]:
+        """`writes` (calls to `many`/`run`/`write`), then `reads`, in one round trip: a
+        pipeline on PostgreSQL (statements still run in order, each seeing the ones before);
+        one after the other on SQLite, where a statement costs no round trip."""
+        if not self.pg:
+            if writes is not None:
+                writes()
+            return [self.rows(sql, params) for sql, params in reads]
+        cursors = []
+        try:
+            with self.raw.pipeline():
+                if writes is not None:
+                    writes()
+                for sql, params in reads:
+                    sql = self._sql(sql)
+                    cur = self.raw.cursor()
+                    self._observed(cur, sql, params, False)
+                    cur.execute(sql, params)
+                    cursors.append(cur)
+            return [list(cur.fetchall()) for cur in cursors]
+        except self._dbapi_error as exc:
+            raise self._error(exc, "-- pipeline", ()) from exc
+        finally:
+            for cur in cursors:
                 cur.close()
 
     # -- values as SQLAlchemy binds and reads them -----------------------------------------

@@ -14,7 +14,8 @@ reference is seen through every other.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar, cast
 
@@ -190,6 +191,24 @@ class EntryRow(Row):
 ROW_TYPES: tuple[type[Row], ...] = (HeadRow, PoolRow, UserRow, OrderRow, EntryRow)
 
 
+@dataclass(frozen=True)
+class Query:
+    """A read: rows of `cls` (or plain tuples when `cls` is None and `where` is the whole
+    statement)."""
+
+    cls: type[Row] | None
+    where: str
+    params: tuple[Any, ...] = ()
+    lock: bool = True
+    suffix: str = ""
+
+    def sql(self, lock: str) -> str:
+        if self.cls is None:
+            return self.where
+        sql = self.cls.SELECT + (f" WHERE {self.where}" if self.where else "")
+        return sql + self.suffix + (lock if self.lock else "")
+
+
 class Appended:
     """An append-only table (journal, postings, outbox): rows written, never read back."""
 
@@ -218,6 +237,7 @@ class Rows:
         self._new: list[Row] = []
         self._appended: dict[Appended, list[Sequence[Any]]] = {a: [] for a in APPENDED}
         self._flushing = False
+        self._ready: dict[Hashable, list[Any]] = {}
         previous = session.info.get("rows")
         if previous is not None:
             previous.flush()
@@ -225,15 +245,35 @@ class Rows:
 
     # -- reading -----------------------------------------------------------------------------
     def load(self, cls: type[R], where: str = "", params: Sequence[Any] = (), *,
-             lock: bool = True, suffix: str = "") -> list[R]:
+             lock: bool = True, suffix: str = "", name: Hashable = None) -> list[R]:
         """Rows of `cls` matching `where` (SQL after WHERE), in the database's order; a row
-        already loaded in this transaction is returned as it is now in memory."""
+        already loaded in this transaction is returned as it is now in memory. With `name`,
+        the result of a `prefetch` under that name, if nothing was written since."""
+        if name is not None and name in self._ready:
+            return cast(list[R], self._ready.pop(name))
         self.session.flush()  # pending ORM changes first (a no-op when there are none)
-        sql = cls.SELECT
-        if where:
-            sql += f" WHERE {where}"
-        sql += suffix + (self.db.lock if lock else "")
-        values = self.db.read(cls.TABLE, cls.COLUMNS, self.db.rows(sql, params))
+        q = Query(cls, where, tuple(params), lock, suffix)
+        return cast(list[R], self._rows_of(q, self.db.rows(q.sql(self.db.lock), q.params)))
+
+    def prefetch(self, queries: dict[Hashable, Query]) -> dict[Hashable, list[Any]]:
+        """Several reads in one round trip, by name (see `keep`). A query without a row
+        class gives plain tuples."""
+        self.session.flush()
+        names = list(queries)
+        results = self.db.batch([(queries[n].sql(self.db.lock), queries[n].params)
+                                 for n in names])
+        return {n: self._rows_of(queries[n], r) for n, r in zip(names, results, strict=True)}
+
+    def keep(self, name: Hashable, rows: list[Any]) -> None:
+        """Offer a prefetched result to the next `load(name=name)` (until anything is
+        written)."""
+        self._ready[name] = rows
+
+    def _rows_of(self, q: Query, raw: list[tuple[Any, ...]]) -> list[Any]:
+        cls = q.cls
+        if cls is None:
+            return raw
+        values = self.db.read(cls.TABLE, cls.COLUMNS, raw)
         known = self._known[cls]
         out = []
         at = cls.COLUMNS.index(cls.KEY)
@@ -241,7 +281,7 @@ class Rows:
             row = known.get(v[at])
             if row is None:
                 row = known[v[at]] = cls._loaded(v)
-            out.append(cast(R, row))
+            out.append(row)
         return out
 
     def one(self, cls: type[R], key: Any, *, lock: bool = True) -> R | None:
@@ -284,13 +324,19 @@ class Rows:
         self.flush()
         self._known[cls].pop(key, None)
 
-    def flush(self) -> None:
-        """Write every change so far, in a few statements."""
+    def flush(self, then: Query | None = None) -> list[Any]:
+        """Write every change so far, in a few statements — then run `then`, a read, in the
+        same round trip, and return its rows."""
         if self._flushing:
-            return
+            return []
         self._flushing = True
+        self._ready.clear()  # prefetched reads may be out of date once anything is written
         try:
-            self._write()
+            if then is None:
+                self._write()
+                return []
+            got = self.db.batch([(then.sql(self.db.lock), then.params)], self._write)
+            return self._rows_of(then, got[0])
         finally:
             self._flushing = False
 

@@ -1,0 +1,135 @@
+"""Issue 7: the engine's plain rows (storage/rows.py) and driver statements (storage/driver.py)
+are as safe as the ORM they replace on the money paths — on SQLite and PostgreSQL.
+
+- a row read twice in one transaction is one object, and what changed is written at commit;
+- ORM statements in the same transaction see those changes first, and ORM copies are not
+  left stale;
+- values are stored byte for byte as the ORM stores them (times above all);
+- a driver error is SQLAlchemy's error, and a refused action writes nothing;
+- settings and products cached per `head.catalog_rev` follow changes made by another
+  process (another `Database` on the same store).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+
+from engine import service
+from engine.book import Book
+from engine.errors import Refusal
+from storage.db import Database
+from storage.migrate import migrate
+from storage.models import Order, User
+from storage.rows import OrderRow, UserRow
+
+T = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def shop(db: Database) -> None:
+    service.upsert_product(db, sku="tea", price="100.00", margin="0.40", lock_days=0,
+                           scheme="both", at=T)
+    service.join(db, user="ann", at=T)
+    service.join(db, user="bob", referrer="ann", at=T)
+
+
+def test_one_object_per_row_and_changes_written_at_commit(db: Database) -> None:
+    shop(db)
+    with db.transaction() as s:
+        book = Book(s)
+        a = book.user("ann")
+        assert book.user_by_id(a.id) is a
+        assert book.rows.load(UserRow, "handle = ?", ("ann",))[0] is a
+        a.wallet += 123
+        # an ORM read in the same transaction sees the change (written before it runs)
+        assert s.execute(select(User.wallet).where(User.handle == "ann")).scalar_one() == 123
+    with db.reading() as s:
+        assert s.execute(select(User.wallet).where(User.handle == "ann")).scalar_one() == 123
+
+
+def test_orm_copies_are_refreshed_after_rows_are_written(db: Database) -> None:
+    shop(db)
+    with db.transaction() as s:
+        orm_ann = s.execute(select(User).where(User.handle == "ann")).scalar_one()
+        assert orm_ann.wallet == 0
+        book = Book(s)
+        book.user("ann").wallet = 500
+        book.flush()
+        assert orm_ann.wallet == 500
+
+
+def test_refused_action_leaves_nothing(db: Database) -> None:
+    shop(db)
+    before = service.buy(db, user="bob", sku="tea", at=T, key="k1")
+    with pytest.raises(Refusal):
+        service.buy(db, user="bob", sku="tea", at=T, pay_points="1000000", key="k2")
+    with db.reading() as s:
+        assert s.execute(text("SELECT count(*) FROM orders")).scalar_one() == 1
+        assert s.execute(text("SELECT count(*) FROM journal WHERE \"key\" = 'k2'")
+                         ).scalar_one() == 0
+    assert before["status"] == "settled"
+
+
+def test_times_are_stored_as_the_orm_stores_them(db: Database) -> None:
+    shop(db)
+    service.buy(db, user="bob", sku="tea", at=T, order="R1")
+    with db.transaction() as s:  # the same columns written by the ORM, for comparison
+        s.add(Order(no=999, ref="ORM", user_id=1, sku="tea", qty=1, total=1, points_used=0,
+                    points_value=0, cash=1, method="cash", currency="CNY", status="x",
+                    created_at=T, paid_at=T, settles_at=T, matures_at=T, settled_at=T,
+                    terms="{}", minted=0, accelerated=0))
+    with db.reading() as s:
+        rows = s.execute(text("SELECT ref, CAST(created_at AS TEXT), CAST(settled_at AS TEXT) "
+                              "FROM orders ORDER BY ref")).all()
+    stored = {ref: (created, settled) for ref, created, settled in rows}
+    assert stored["R1"] == stored["ORM"]
+
+
+def test_a_driver_error_is_sqlalchemys_and_rolls_back(db: Database) -> None:
+    shop(db)
+    with pytest.raises(IntegrityError):
+        with db.transaction() as s:
+            book = Book(s)
+            book.rows.db.run("INSERT INTO users (id, handle, created_at, wallet, held, points, "
+                             "basis, blocked) VALUES (?, ?, ?, 0, 0, 0, 0, ?)",
+                             (999, "ann", "2026-01-01 00:00:00.000000", False))
+    with db.reading() as s:
+        assert s.execute(text("SELECT count(*) FROM users")).scalar_one() == 2
+
+
+def test_an_order_added_in_memory_is_found_before_it_is_written(db: Database) -> None:
+    shop(db)
+    with db.transaction() as s:
+        book = Book(s)
+        from engine import orders
+        placed = orders.place(book, user="bob", sku="tea", at=T, ref="MEM", method="wechat",
+                              awaiting_payment=True)
+        assert placed["status"] == "awaiting_payment"
+        assert any(o.ref == "MEM" for o in book.rows.known(OrderRow))
+        paid = orders.confirm_payment(book, ref="MEM", amount=placed["cash"], currency="CNY",
+                                      payment_ref="p1", at=T, key="pay:MEM")
+        assert paid["status"] == "settled"
+    with db.reading() as s:
+        assert s.execute(select(Order.status).where(Order.ref == "MEM")).scalar_one() \
+            == "settled"
+
+
+def test_settings_changed_by_another_process_are_seen(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first, second = Database(url), Database(url)
+    migrate(first)
+    shop(first)
+    service.buy(second, user="bob", sku="tea", at=T)  # caches settings and products
+    service.configure(first, {"store": {"paused": "1"}}, at=T)
+    with pytest.raises(Refusal) as refused:
+        service.buy(second, user="bob", sku="tea", at=T)
+    assert refused.value.code == "sales_paused"
+    service.configure(first, {"store": {"paused": "0"}}, at=T)
+    service.upsert_product(first, sku="tea", price="1.00", margin="0.40", lock_days=0,
+                           scheme="both", at=T)
+    assert service.buy(second, user="bob", sku="tea", at=T)["total"] == 100
+    first.dispose()
+    second.dispose()
