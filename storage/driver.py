@@ -54,6 +54,7 @@ class Driver:
         self.pg = self.dialect.name == "postgresql"
         self.lock = " FOR UPDATE" if self.pg else ""
         self._dbapi_error: type[Exception] = self.dialect.loaded_dbapi.Error
+        self._bound: dict[Processor, dict[Any, Any]] = {}
 
     def _sql(self, sql: str) -> str:
         return _for_pg(sql) if self.pg else sql
@@ -145,17 +146,15 @@ class Driver:
     def bind(self, table: Table, columns: Sequence[str],
              rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
         """`rows` (values in `columns` order) bound exactly as SQLAlchemy binds them for
-        `table`; over many rows each column's processor runs once per distinct value."""
+        `table`; each processor runs once per distinct value in this transaction (one time is
+        stamped on most rows a purchase writes)."""
         processors = _binders(self.dialect, table, tuple(columns))
-        if len(rows) < 8:
-            return [tuple(v if p is None or v is None else p(v)
-                          for p, v in zip(processors, row, strict=True)) for row in rows]
-        caches: list[dict[Any, Any]] = [{} for _ in processors]
+        caches = [self._bound.setdefault(p, {}) if p is not None else None for p in processors]
         bound = []
         for row in rows:
             values = []
             for proc, cache, value in zip(processors, caches, row, strict=True):
-                if proc is None or value is None:
+                if proc is None or value is None or cache is None:
                     values.append(value)
                     continue
                 try:
