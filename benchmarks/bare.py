@@ -31,6 +31,7 @@ class BareSQLite:
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA cache_size=-16384")
         self.conn.execute("CREATE TABLE bare (id INTEGER PRIMARY KEY, at TEXT, payload TEXT)")
         self.payload = "x" * 120
 

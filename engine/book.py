@@ -93,6 +93,7 @@ class Book:
         self._pools: dict[str, PoolRow] = {}
         self._by_handle: dict[str, UserRow] = {}
         self._stored: dict[str, tuple[str, str | None] | None] = {}
+        self._recorded: dict[str, tuple[str, str | None]] = {}
 
     # -- settings and products --------------------------------------------------------------
     @property
@@ -212,6 +213,8 @@ class Book:
     # -- journal ----------------------------------------------------------------------------
     def stored(self, key: str) -> tuple[str, str | None] | None:
         """The body and result stored under an idempotency key, if any."""
+        if key in self._recorded:  # recorded in this transaction, not yet written
+            return self._recorded[key]
         if key in self._stored:
             return self._stored.pop(key)
         found = self.rows.db.rows('SELECT body, result FROM journal WHERE "key" = ?', (key,))
@@ -239,6 +242,7 @@ class Book:
         txn_rows, posting_rows = journal.chain(self.head, txns)
         for row in txn_rows:
             self.rows.append(JOURNAL, row)
+            self._recorded[row[1]] = (row[5], row[6])  # key: (body, result)
         for row in posting_rows:
             self.rows.append(POSTINGS, row)
 

@@ -158,6 +158,9 @@ def _configure_sqlite(engine: Engine, *, wal: bool, busy_ms: int = 30000) -> Non
         if wal:
             cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
+        # 16 MiB of page cache per connection (SQLite's default is 2 MiB): the inner pages
+        # of every index a purchase walks stay cached however large the shop grows.
+        cur.execute("PRAGMA cache_size=-16384")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         cur.close()

@@ -133,3 +133,17 @@ def test_settings_changed_by_another_process_are_seen(tmp_path) -> None:  # type
     assert service.buy(second, user="bob", sku="tea", at=T)["total"] == 100
     first.dispose()
     second.dispose()
+
+
+def test_one_key_twice_in_one_transaction_is_one_purchase(db: Database) -> None:
+    """Two calls with one idempotency key inside one transaction (a batch): the second is
+    the first's answer, though nothing is written until the commit."""
+    shop(db)
+    from engine import orders
+    with db.transaction() as s:
+        book = Book(s)
+        first = orders.place(book, user="bob", sku="tea", at=T, key="same")
+        again = orders.place(book, user="bob", sku="tea", at=T, key="same")
+    assert again["replayed"] is True and again["order"] == first["order"]
+    with db.reading() as s:
+        assert s.execute(text("SELECT count(*) FROM orders")).scalar_one() == 1
