@@ -6,24 +6,27 @@ small row per transaction with the same durability settings, measured in the sam
 interleaved with the purchases.
 
 Rows: one connection on a SQLite file, one connection on PostgreSQL, and 8 concurrent
-clients on PostgreSQL (8 processes, each with its own connection) against the bare
-one-connection commit rate.
+clients on PostgreSQL against the bare one-connection commit rate: 8 threads of one
+storefront process buying through its group commit (engine/batch.py; each answered only once
+its purchase is durable), with 8 processes without group commit as a fact beside it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import multiprocessing as mp
+import threading
 import time
 import uuid
 from datetime import timedelta
 from typing import Any
 
+from engine.batch import GroupCommit
+from engine.errors import Refusal
 from storage.db import Database
 from storage.migrate import migrate
 
 from .bare import BarePG, BareSQLite, pg_schema
-from .common import Context, Row, count, interleaved, rate
+from .common import Context, Row, count, interleaved
 from .workload import T0, Purchases, buy, setup_shop
 
 SHOP_USERS = 200
@@ -90,11 +93,6 @@ def pg_one(ctx: Context) -> Row:
 
 # -- 8 clients ------------------------------------------------------------------------------
 
-def group_commit_path() -> str | None:
-    """The lead's group-commit module, if it has landed (engine/batch.py)."""
-    return "engine.batch" if importlib.util.find_spec("engine.batch") is not None else None
-
-
 def _client(url: str, index: int, handles: list[str], slices: int, seconds: float,
             start: Any, results: Any) -> None:
     """One client process: its own connection; at each barrier, buy for `seconds`."""
@@ -115,6 +113,35 @@ def _client(url: str, index: int, handles: list[str], slices: int, seconds: floa
     db.dispose()
 
 
+def _grouped(group: GroupCommit, streams: list[Any], tally: dict[str, int]) -> Any:
+    """A slice of 8 client threads buying through one group commit: (purchases, seconds)
+    from the first start to the last answer."""
+    def measure(seconds: float) -> tuple[int, float]:
+        counts = [0] * len(streams)
+        refused = [0] * len(streams)
+        began = time.monotonic()
+        stop = began + seconds
+
+        def client(i: int) -> None:
+            while time.monotonic() < stop:
+                try:
+                    group.buy(**next(streams[i]))
+                    counts[i] += 1
+                except Refusal:
+                    refused[i] += 1
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(streams))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        tally["bought"] += sum(counts)
+        tally["refused"] += sum(refused)
+        return sum(counts), time.monotonic() - began
+
+    return measure
+
+
 def pg_eight(ctx: Context) -> Row:
     row = Row("purchase-pg-8", f"purchases/s, {CLIENTS} concurrent clients, PostgreSQL",
               "purchases/s", ("ratio>=", 2.0),
@@ -122,65 +149,67 @@ def pg_eight(ctx: Context) -> Row:
     if ctx.pg_problem:
         return _skipped(row, ctx.pg_problem)
     runs, seconds = ctx.runs(), ctx.seconds(2.0)
-    share = seconds / SLICES
     with pg_schema() as url:
         db = Database(url)
         migrate(db)
         handles = setup_shop(db, SHOP_USERS * 2)
-        db.dispose()
         bare = BarePG(url)
-        spawn = mp.get_context("spawn")
-        start = spawn.Barrier(CLIENTS + 1)
-        results = spawn.Queue()
-        clients = [spawn.Process(target=_client, args=(url, i, handles, runs * SLICES, share,
-                                                       start, results), daemon=True)
+        # The shop's way: 8 client threads of one storefront process, each answered only when
+        # its purchase is durable, purchases grouped into shared commits (engine/batch.py).
+        group = GroupCommit(db)
+        streams = [iter(Purchases(handles, T0 + timedelta(days=1 + i),
+                                  f"g{i}-" + uuid.uuid4().hex[:6], seed=200 + i))
                    for i in range(CLIENTS)]
-        for p in clients:
-            p.start()
         tally = {"bought": 0, "refused": 0}
-
-        def measure(_seconds: float) -> tuple[int, float]:
-            """One slice: release the clients together; all their purchases over the time
-            from the first start to the last stop."""
-            start.wait(timeout=120)
-            got = [results.get(timeout=share + 120) for _ in range(CLIENTS)]
-            tally["bought"] += sum(g[2] for g in got)
-            tally["refused"] += sum(g[3] for g in got)
-            return sum(g[2] for g in got), max(g[5] for g in got) - min(g[4] for g in got)
-
         try:
             row.measured, row.baseline, row.ratios = interleaved(
-                runs, SLICES, seconds, measure, bare.commits)
+                runs, SLICES, seconds, _grouped(group, streams, tally), bare.commits)
         finally:
-            for p in clients:
-                p.join(timeout=30)
-                if p.is_alive():
-                    p.kill()
-            bare.close()
-        db = Database(url)
-        stream = iter(Purchases(handles, T0 + timedelta(days=30), uuid.uuid4().hex[:8]))
-        bound = batched_rate(db, stream, seconds)
-        db.dispose()
-        row.facts = {"clients": CLIENTS, "processes": True, "users": SHOP_USERS * 2,
-                     "seconds_per_run_each": seconds, "slices": SLICES, "pg": bare.settings,
-                     "group_commit": group_commit_path() or "none (engine.service.buy)",
-                     "one_connection_8_purchases_per_commit": round(bound, 1),
-                     **tally}
+            group.close()
+            db.dispose()
+        # For comparison: 8 processes, one connection each, no group commit.
+        apart = _processes(url, handles, runs, seconds, bare)
+        bare.close()
+        row.facts = {"clients": CLIENTS, "threads_in_one_process": True,
+                     "users": SHOP_USERS * 2, "seconds_per_run_each": seconds,
+                     "slices": SLICES, "pg": bare.settings, "group_commit": "engine.batch",
+                     "commits": group.batches,
+                     "purchases_per_commit": round(group.purchases / max(group.batches, 1), 1),
+                     "without_group_commit_8_processes": apart, **tally}
     return row
 
 
-def batched_rate(db: Database, stream: Any, seconds: float, size: int = CLIENTS) -> float:
-    """Purchases/s when `size` purchases share one transaction and one commit — the most a
-    group commit could give on this engine's own work per purchase (engine.orders.place in
-    one Book), measured on one connection. Informative only: the row uses service.buy."""
-    from engine import orders
-    from engine.book import Book
+def _processes(url: str, handles: list[str], runs: int, seconds: float,
+               bare: BarePG) -> dict[str, Any]:
+    """8 processes, each with its own connection calling `service.buy`: purchases/s and the
+    ratio to bare commits, interleaved the same way."""
+    share = seconds / SLICES
+    spawn = mp.get_context("spawn")
+    start = spawn.Barrier(CLIENTS + 1)
+    results = spawn.Queue()
+    clients = [spawn.Process(target=_client, args=(url, i, handles, runs * SLICES, share,
+                                                   start, results), daemon=True)
+               for i in range(CLIENTS)]
+    for p in clients:
+        p.start()
+    tally = {"bought": 0, "refused": 0}
 
-    def batch() -> None:
-        items = [next(stream) for _ in range(size)]
-        db.run(lambda session: [orders.place(Book(session), **kw) for kw in items])
+    def measure(_seconds: float) -> tuple[int, float]:
+        start.wait(timeout=120)
+        got = [results.get(timeout=share + 120) for _ in range(CLIENTS)]
+        tally["bought"] += sum(g[2] for g in got)
+        tally["refused"] += sum(g[3] for g in got)
+        return sum(g[2] for g in got), max(g[5] for g in got) - min(g[4] for g in got)
 
-    return size * rate(batch, seconds=seconds, at_least=3)
+    try:
+        measured, _baseline, ratios = interleaved(runs, SLICES, seconds, measure, bare.commits)
+    finally:
+        for p in clients:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    return {"purchases_per_s": round(measured.median, 1), "ratio": round(ratios.median, 3),
+            **tally}
 
 
 def _skipped(row: Row, why: str) -> Row:

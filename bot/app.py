@@ -229,9 +229,12 @@ def main(db_url: str | None = None) -> int:
     db = open_db(db_url or settings.database_url)
     if settings.demo_catalogue:
         seed_demo_catalogue(db)
+    # Many buyers at once share durable commits (engine/batch.py, docs/perf.md).
+    service.start_group_commit(db)
     try:
         return asyncio.run(serve(settings, db))
     except KeyboardInterrupt:
         return 0
     finally:
+        service.stop_group_commit(db)
         db.dispose()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -80,8 +80,35 @@ def iso(at: datetime) -> str:
     return at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
 
 
-def canonical(body: Any) -> str:
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# `json.dumps(…, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`, with its
+# encoder made once instead of per call (journal rows are plain data: no circular checks).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              check_circular=False)
+
+
+def _c_encoder() -> Callable[[Any], str] | None:
+    """The C encoder `JSONEncoder.iterencode` would build for `_CANONICAL` on every call,
+    built once; None where CPython's `_json` is missing."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    e = _CANONICAL
+    encode = make(None, e.default, json.encoder.encode_basestring, e.indent,
+                  e.key_separator, e.item_separator, e.sort_keys, e.skipkeys, e.allow_nan)
+    return lambda body: "".join(encode(body, 0))
+
+
+def _plain(body: Any) -> str:
+    return _CANONICAL.encode(body)
+
+
+_fast = _c_encoder()
+_SAMPLE = [1, "键 \"q\"\n", None, True, {"b": [1, -2], "a": {"z": None, "é": "x"}}, 10**30]
+# Canonical JSON text of `body` (what the journal stores and hashes): the C encoder built once
+# when it gives exactly `_plain`'s text (checked here), else `_plain`.
+canonical: Callable[[Any], str] = (
+    _fast if _fast is not None and _fast(_SAMPLE) == _plain(_SAMPLE) and _fast("s") == _plain("s")
+    else _plain)
 
 
 def txn_hash(prev_hash: str, txn_id: int, key: str, kind: str, at: datetime, actor: str | None,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
 
-from storage.rows import Query, UserRow
+from storage.rows import UserRow
 
 from . import journal
 from .book import Book
@@ -147,15 +147,25 @@ def _next_exit(book: Book) -> UserRow | None:
     cur = price(book)
     # holdings × price ≥ m × basis  ⇔  basis / holdings ≤ price / m
     threshold = min(cur.num * m.denominator * _EXIT_SCALE // (cur.den * m.numerator), _EXIT_MAX)
-    # The holdings changed so far in this transaction go into the index first (in the same
-    # round trip as the seek).
-    first = book.rows.flush(then=Query(
-        None, "SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND exit_key <= ? "
-        "ORDER BY exit_key, id LIMIT 1", (threshold.to_bytes(_EXIT_BYTES, "big"),)))
-    if not first:
+    limit = threshold.to_bytes(_EXIT_BYTES, "big")
+    # Holders this transaction has read are as they are in memory (their rows may not be
+    # written yet); everyone else is as the index says.
+    held = list(book.rows.known(UserRow))
+    others = f" AND id NOT IN ({', '.join('?' * len(held))})" if held else ""
+    ids = tuple(u.id for u in held)
+    stored = book.rows.scalars("SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND "
+                               f"exit_key <= ?{others} ORDER BY exit_key, id LIMIT 1",
+                               (limit, *ids))
+    keys = [bytes(k) for k in stored] + [u.exit_key for u in held
+                                         if u.exit_key is not None and u.exit_key <= limit]
+    if not keys:
         return None
+    first = min(keys)
     # Rows sharing the smallest key: order them exactly (ties to the earliest user).
-    tied = book.rows.load(UserRow, "exit_key = ?", (first[0][0],), suffix=" ORDER BY id")
+    tied = [u for u in held if u.exit_key == first]
+    if stored and bytes(stored[0]) == first:
+        tied += book.rows.load(UserRow, f"exit_key = ?{others}", (first, *ids),
+                               suffix=" ORDER BY id")
     best = min(tied, key=lambda u: (Fraction(u.basis, u.points), u.id))
     if best.points * cur.num * m.denominator >= m.numerator * best.basis * cur.den:
         return best

@@ -8,6 +8,7 @@ idempotency `key`: a second call with the same key returns the first result.
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
@@ -74,13 +75,47 @@ def deposit(db: Database, *, pool: object, amount: object, at: datetime | None =
                                                    actor=actor, key=key))
 
 
+_GROUPS: weakref.WeakKeyDictionary[Database, Any] = weakref.WeakKeyDictionary()
+
+
+def start_group_commit(db: Database, *, most: int = 64) -> None:
+    """From now on `buy` on `db` from many threads at once shares commits (engine/batch.py);
+    each caller still returns only once its purchase is durable. The storefront turns this
+    on for its chat and webhook handlers (bot/app.py)."""
+    from .batch import GroupCommit  # engine/batch.py builds on this module
+
+    if db not in _GROUPS:
+        _GROUPS[db] = GroupCommit(db, most=most)
+
+
+def stop_group_commit(db: Database) -> None:
+    """Record what is queued, then go back to one transaction per `buy`."""
+    group = _GROUPS.pop(db, None)
+    if group is not None:
+        group.close()
+
+
 def buy(db: Database, *, user: str, sku: str, qty: object = 1, at: object = None,
         pay_points: object = None, order: object = None, method: str = "cash",
         key: str | None = None, actor: str | None = None) -> dict[str, Any]:
     """Record a paid purchase (cash recorded by the caller, wallet, or offline by staff)."""
-    return _in_book(db, lambda b: orders.place(
-        b, user=user, sku=sku, qty=qty, at=now() if at is None else at, pay_points=pay_points,
-        ref=order, method=method, key=key, actor=actor))
+    group = _GROUPS.get(db)
+    if group is not None:
+        result: dict[str, Any] = group.buy(user=user, sku=sku, qty=qty, at=at,
+                                           pay_points=pay_points, order=order, method=method,
+                                           key=key, actor=actor)
+        return result
+    return _in_book(db, lambda b: place(
+        b, user=user, sku=sku, qty=qty, at=at, pay_points=pay_points, order=order,
+        method=method, key=key, actor=actor))
+
+
+def place(b: Book, *, user: str, sku: str, qty: object = 1, at: object = None,
+          pay_points: object = None, order: object = None, method: str = "cash",
+          key: str | None = None, actor: str | None = None) -> dict[str, Any]:
+    """`buy` inside a transaction the caller holds (engine/batch.py puts several in one)."""
+    return orders.place(b, user=user, sku=sku, qty=qty, at=now() if at is None else at,
+                        pay_points=pay_points, ref=order, method=method, key=key, actor=actor)
 
 
 def open_order(db: Database, *, user: str, sku: str, qty: object = 1, at: object = None,
@@ -115,7 +150,7 @@ def refund(db: Database, *, order: object, at: object = None,
                                                 actor=actor))
 
 
-def release(db: Database, *, at: object = None, batch: int = 500,
+def release(db: Database, *, at: object = None, batch: int = 2000,
             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Settle what is due, then pay matured entries in `seq` order (SPEC §3, §7).
 

@@ -21,7 +21,6 @@ which is checked when this module is imported (on any difference it uses that fu
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,9 +36,7 @@ from .points import exit_key
 
 PAGE = 10_000
 
-# `journal.canonical`'s options; no circular-reference bookkeeping (rows cannot be circular).
-_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                           check_circular=False).encode
+_ENCODE = journal.canonical  # one encoder made once (engine/journal.py)
 Lines = Sequence[tuple[str, str, int, str | None]]
 
 

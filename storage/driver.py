@@ -149,21 +149,23 @@ class Driver:
         `table`; each processor runs once per distinct value in this transaction (one time is
         stamped on most rows a purchase writes)."""
         processors = _binders(self.dialect, table, tuple(columns))
-        caches = [self._bound.setdefault(p, {}) if p is not None else None for p in processors]
+        todo = [(i, p, self._bound.setdefault(p, {}))
+                for i, p in enumerate(processors) if p is not None]
+        if not todo:
+            return [tuple(row) for row in rows]
         bound = []
         for row in rows:
-            values = []
-            for proc, cache, value in zip(processors, caches, row, strict=True):
-                if proc is None or value is None or cache is None:
-                    values.append(value)
+            values = list(row)
+            for i, proc, cache in todo:
+                value = values[i]
+                if value is None:
                     continue
                 try:
-                    values.append(cache[value])
+                    values[i] = cache[value]
                 except KeyError:
-                    cache[value] = out = proc(value)
-                    values.append(out)
+                    cache[value] = values[i] = proc(value)
                 except TypeError:  # unhashable: process each time
-                    values.append(proc(value))
+                    values[i] = proc(value)
             bound.append(tuple(values))
         return bound
 

@@ -332,23 +332,30 @@ class Rows:
         self._flushing = True
         self._ready.clear()  # prefetched reads may be out of date once anything is written
         try:
-            if then is None:
-                self._write()
+            writes = self._changes()
+            if not writes and then is None:
                 return []
-            got = self.db.batch([(then.sql(self.db.lock), then.params)], self._write)
-            return self._rows_of(then, got[0])
+            reads = [] if then is None else [(then.sql(self.db.lock), then.params)]
+
+            def write_all() -> None:
+                for w in writes:
+                    self.db.write(*w)
+
+            got = self.db.batch(reads, write_all)
+            return [] if then is None else self._rows_of(then, got[0])
         finally:
             self._flushing = False
 
-    def _write(self) -> None:
-        db = self.db
+    def _changes(self) -> list[tuple[str, Table, Sequence[str], list[Sequence[Any]]]]:
+        """The statements that write what changed since the last flush, in flush order."""
+        writes: list[tuple[str, Table, Sequence[str], list[Sequence[Any]]]] = []
         new, self._new = self._new, []
         for cls in ROW_TYPES:
             if new:
                 inserts = [r for r in new if type(r) is cls]
                 if inserts:
-                    db.write(cls.INSERT, cls.TABLE, cls.COLUMNS,
-                             [[getattr(r, c) for c in cls.COLUMNS] for r in inserts])
+                    writes.append((cls.INSERT, cls.TABLE, cls.COLUMNS,
+                                   [[getattr(r, c) for c in cls.COLUMNS] for r in inserts]))
                     for r in inserts:
                         r._saved = r._mutable()
             changed = []
@@ -358,14 +365,15 @@ class Rows:
                     changed.append(r)
                     r._saved = now
             if changed:
-                db.write(cls.UPDATE, cls.TABLE, (*cls.MUTABLE, cls.KEY),
-                         [[*r._saved, r.key] for r in changed])  # type: ignore[misc]
+                writes.append((cls.UPDATE, cls.TABLE, (*cls.MUTABLE, cls.KEY),
+                               [[*r._mutable(), r.key] for r in changed]))
                 self._expire_orm(cls, changed)
         for table in APPENDED:
             rows = self._appended[table]
             if rows:
                 self._appended[table] = []
-                db.write(table.sql, table.table, table.columns, rows)
+                writes.append((table.sql, table.table, table.columns, rows))
+        return writes
 
     def _expire_orm(self, cls: type[Row], rows: Iterable[Row]) -> None:
         """ORM copies of rows written here are stale now: make the ORM read them again."""

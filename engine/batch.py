@@ -1,0 +1,119 @@
+"""Group commit: purchases from many concurrent callers, several to one durable commit.
+
+A chat storefront takes purchases from many buyers at once, and every writer takes the
+journal head lock, so purchases run one at a time whatever the number of callers
+(docs/engine.md). `GroupCommit.buy` keeps each caller's promise — it returns only once the
+purchase is on disk — but one thread records every purchase queued meanwhile, in arrival
+order, in **one** transaction: exactly as if they were made one after the other (each sees
+the ones before it; the hash chain runs through them in that order), with one commit, one
+head lock, one read of the settings and pools, and each table written in one statement.
+
+- A refused purchase is refused alone: the engine checks a purchase completely before it
+  changes anything (SPEC §7), so the others in its batch are recorded as if it never came.
+- If the batch's transaction fails for any other reason, each of its purchases is retried in
+  a transaction of its own, so one bad request never costs the others theirs.
+- A crash before the commit loses the whole batch — and none of its callers had been
+  answered, so each retries with its idempotency key and is recorded once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from storage.db import Database
+
+from . import service
+from .book import Book
+from .errors import Refusal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    kwargs: dict[str, Any]
+    done: Future[dict[str, Any]] = field(default_factory=Future)
+
+
+class GroupCommit:
+    """Purchases for `db` from any number of threads; at most `most` per transaction."""
+
+    def __init__(self, db: Database, *, most: int = 64) -> None:
+        self.db = db
+        self.most = most
+        self.batches = 0  # transactions committed (a figure for benchmarks and tests)
+        self.purchases = 0
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._worker = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._worker.start()
+
+    def buy(self, **kwargs: Any) -> dict[str, Any]:
+        """`engine.service.buy`'s arguments and answer; returns once the purchase is durable
+        (or raises its `Refusal`, or the error that kept it from being recorded)."""
+        if not self._worker.is_alive():
+            raise RuntimeError("group commit is closed")
+        job = _Job(kwargs)
+        self._jobs.put(job)
+        return job.done.result()
+
+    def close(self) -> None:
+        """Finish what is queued, then stop."""
+        self._jobs.put(None)
+        self._worker.join()
+
+    def _run(self) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.most:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                batch.append(job)
+            self._record(batch)
+            if stop:
+                return
+
+    def _record(self, batch: list[_Job]) -> None:
+        def work(session: Session) -> list[dict[str, Any] | Refusal]:
+            book = Book(session)
+            outcomes: list[dict[str, Any] | Refusal] = []
+            for job in batch:
+                try:
+                    outcomes.append(service.place(book, **job.kwargs))
+                except Refusal as refusal:
+                    outcomes.append(refusal)
+            return outcomes
+
+        try:
+            outcomes = self.db.run(work, label="buy")
+        except Exception as exc:  # noqa: BLE001 - handed to the callers, never swallowed
+            if len(batch) > 1:
+                log.warning("a batch of %d purchases failed (%s); recording each alone",
+                            len(batch), type(exc).__name__)
+                for job in batch:
+                    self._record([job])
+                return
+            batch[0].done.set_exception(exc)
+            return
+        self.batches += 1
+        self.purchases += len(batch)
+        for job, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Refusal):
+                job.done.set_exception(outcome)
+            else:
+                job.done.set_result(outcome)
