@@ -79,9 +79,17 @@ def _exit_line(c: Ctx, a: dict[str, Any]) -> str:
                rise=f"{a['rise_permille'] // 10}.{a['rise_permille'] % 10}")
 
 
-@command("me", aliases=("我的", "account", "balance", "账户", "余额"))
+async def _account(c: Ctx) -> dict[str, Any]:
+    """The member's account view: read along with the member when the command is registered
+    with `account=True`, else read now."""
+    if c.account is not None:
+        return c.account
+    return await c.call(users.account, c.app.db, c.handle)
+
+
+@command("me", aliases=("我的", "account", "balance", "账户", "余额"), account=True)
 async def me(c: Ctx) -> Reply:
-    a = await c.call(users.account, c.app.db, c.handle)
+    a = await _account(c)
     cur = a["currency"]
     lines = [c.t("me.title", name=echo(c.member.get("display_name") or c.handle, 40)),
              c.t("me.wallet", wallet=c.money(a["wallet"], cur), held=c.money(a["held"], cur)),
@@ -124,9 +132,9 @@ async def queue(c: Ctx) -> Reply:
     return Reply().text("\n".join(lines))
 
 
-@command("points", aliases=("积分", "point"))
+@command("points", aliases=("积分", "point"), account=True)
 async def points_(c: Ctx) -> Reply:
-    a = await c.call(users.account, c.app.db, c.handle)
+    a = await _account(c)
     cur = a["currency"]
     lines = [c.t("points.title", points=i18n.pts(a["points"]), price=i18n.price(a["price_micro"]),
                   value=c.money(a["value"], cur), basis=c.money(a["basis"], cur)),

@@ -109,6 +109,7 @@ async def test_unexpected_errors_are_logged_with_a_reference_and_nothing_leaks(
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(users, "account", broken)
+    monkeypatch.setattr(users, "resolve_and_account", broken)  # how `/me` reads it
     with caplog.at_level(logging.ERROR, logger="handlers.registry"):
         reply = await shop.send("tg:5", "/me", request_id="req-42")
     body = text(reply)
@@ -123,12 +124,15 @@ async def test_a_busy_database_says_try_again(shop, monkeypatch):
         raise DatabaseUnavailable("locked")
 
     monkeypatch.setattr(users, "account", busy)
+    monkeypatch.setattr(users, "resolve_and_account", busy)  # how `/me` reads it
     assert text(await shop.send("tg:5", "/me")) == \
         "The shop is busy, please try again in a moment. Nothing was changed."
     # in the user's language: a Chinese newcomer is answered in Chinese
     assert "商店繁忙" in text(await shop.send("tg:7", "/me", lang="zh"))
-    monkeypatch.setattr(users, "resolve", busy)
+    monkeypatch.undo()
+    monkeypatch.setattr(users, "resolve", busy)  # a first contact of `/me` resolves as ever
     assert text(await shop.send("tg:9", "/me")).startswith("The shop is busy")
+    assert text(await shop.send("tg:9", "/help")).startswith("The shop is busy")
 
 
 async def test_commands_are_rate_limited_per_user(memdb):
