@@ -533,7 +533,11 @@ class FakeBotAPI:
     def start(self) -> FakeBotAPI:
         if self._thread is not None:
             return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP spelled out: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on
+        # connections of a socket that says it is TCP. Without it every answer, which uvicorn
+        # writes as headers then body, waited ~40 ms for the client's delayed ACK: a stall
+        # no real Bot API server has.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self._port = sock.getsockname()[1]
