@@ -43,6 +43,14 @@ def shop(db: Database, users: int = 12) -> list[str]:
     return handles
 
 
+def together(threads: list[threading.Thread]) -> None:
+    """Start every thread, then wait for all of them."""
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_concurrent_buyers_share_commits_and_the_books_are_exact(db: Database) -> None:
     handles = shop(db)
     commits = [0]
@@ -67,11 +75,7 @@ def test_concurrent_buyers_share_commits_and_the_books_are_exact(db: Database) -
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    together([threading.Thread(target=client, args=(n,)) for n in range(8)])
     group.close()
     assert errors == []
     assert len(answers) == 120 and len({a["order"] for a in answers}) == 120
@@ -145,11 +149,7 @@ def test_a_failed_batch_is_retried_purchase_by_purchase(db: Database) -> None:
     # The first commit raises; what it held is recorded again, one purchase at a time.
     faults.arm("commit.before:buy:1:raise")
     try:
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        together([threading.Thread(target=call, args=(i,)) for i in range(4)])
     finally:
         faults.disarm()
         group.close()
@@ -185,13 +185,9 @@ def test_service_buy_shares_commits_once_the_storefront_turns_it_on(db: Database
     service.start_group_commit(db)
     try:
         faults.arm("commit.before:buy:*:sleep0.05")  # let callers queue behind each commit
-        threads = [threading.Thread(target=service.buy, kwargs={
+        together([threading.Thread(target=service.buy, kwargs={
             "db": db, "user": handles[i % 6], "sku": "rice", "at": T, "key": f"s{i}"})
-            for i in range(24)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+            for i in range(24)])
     finally:
         faults.disarm()
         service.stop_group_commit(db)

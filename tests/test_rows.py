@@ -147,3 +147,18 @@ def test_one_key_twice_in_one_transaction_is_one_purchase(db: Database) -> None:
     assert again["replayed"] is True and again["order"] == first["order"]
     with db.reading() as s:
         assert s.execute(text("SELECT count(*) FROM orders")).scalar_one() == 1
+
+
+def test_a_failing_write_at_commit_is_sqlalchemys_error_and_nothing_stays(db: Database) -> None:
+    """The rows are written at commit (in one pipeline on PostgreSQL): a constraint broken
+    there is SQLAlchemy's IntegrityError and the whole transaction is rolled back."""
+    shop(db)
+    with pytest.raises(IntegrityError):
+        with db.transaction() as s:
+            book = Book(s)
+            book.user("ann").wallet += 1
+            book.record(key="join:ann", kind="again", at=T)  # that key is taken (the join)
+    with db.reading() as s:
+        assert s.execute(select(User.wallet).where(User.handle == "ann")).scalar_one() == 0
+        assert s.execute(text("SELECT count(*) FROM journal WHERE kind = 'again'")
+                         ).scalar_one() == 0
