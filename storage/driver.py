@@ -180,7 +180,14 @@ class Driver:
              rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
         """Rows read from `table` (values in `columns` order) as SQLAlchemy returns them."""
         processors = _readers(self.dialect, table, tuple(columns))
-        if not any(processors):
+        todo = [(i, p) for i, p in enumerate(processors) if p is not None]
+        if not todo:
             return [tuple(r) for r in rows]
-        return [tuple(v if p is None or v is None else p(v)
-                      for p, v in zip(processors, r, strict=True)) for r in rows]
+        out = []
+        for r in rows:
+            values = list(r)
+            for i, proc in todo:
+                if values[i] is not None:
+                    values[i] = proc(values[i])
+            out.append(tuple(values))
+        return out

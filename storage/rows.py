@@ -14,7 +14,8 @@ reference is seen through every other.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+import operator
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar, cast
@@ -37,6 +38,7 @@ class Row:
     KEY: ClassVar[str]
     COLUMNS: ClassVar[tuple[str, ...]]
     MUTABLE: ClassVar[tuple[str, ...]]
+    _GET_MUTABLE: ClassVar[Callable[[Any], tuple[Any, ...]]]
     SELECT: ClassVar[str]
     INSERT: ClassVar[str]
     UPDATE: ClassVar[str]
@@ -51,6 +53,8 @@ class Row:
                       f"VALUES ({', '.join('?' for _ in cls.COLUMNS)})")
         sets = ", ".join(f"{_q(c)} = ?" for c in cls.MUTABLE)
         cls.UPDATE = f"UPDATE {cls.TABLE.name} SET {sets} WHERE {_q(cls.KEY)} = ?"
+        getter = operator.attrgetter(*cls.MUTABLE)  # a tuple of them (more than one each)
+        cls._GET_MUTABLE = staticmethod(getter)  # type: ignore[assignment]
 
     def __init__(self, **values: Any) -> None:
         for name in self.COLUMNS:
@@ -66,7 +70,7 @@ class Row:
         return row
 
     def _mutable(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self.MUTABLE)
+        return type(self)._GET_MUTABLE(self)
 
     @property
     def key(self) -> Any:
