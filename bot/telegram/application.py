@@ -36,6 +36,7 @@ from handlers.base import App, Progress, Reply, Request
 
 from .conversations import Conversations, invoke
 from .output import ChatGone, ChatOutput, JobRunner, call_bot
+from .request import AiohttpRequest
 from .texts import text as adapter_text
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ ALLOWED_UPDATES = ["message", "callback_query", "pre_checkout_query"]
 MAX_CONCURRENT_UPDATES = 16
 PRECHECK_BUDGET = 8.0  # seconds; Telegram drops a pre-checkout query unanswered after 10 s
 PAYMENT_ATTEMPTS = 3
+POOL_SIZE = 256  # connections for the Bot API calls (PTB's default)
 
 PRIVATE = filters.ChatType.PRIVATE & filters.UpdateType.MESSAGE  # new messages only, 1:1 chats
 
@@ -286,6 +288,14 @@ class TelegramAdapter:
             pass
 
 
+def bot_request() -> AiohttpRequest:
+    """Every Bot API call but getUpdates, on aiohttp (bot/telegram/request.py): sending the
+    answers was most of the bot's CPU on httpx. PTB's pool size; our time-outs."""
+    return AiohttpRequest(connection_pool_size=POOL_SIZE, connect_timeout=5.0,
+                          read_timeout=10.0, write_timeout=10.0, media_write_timeout=30.0,
+                          pool_timeout=5.0)
+
+
 def build_application(settings: Settings, app: App, *,
                       conversations: Conversations | None = None) -> Application:
     """The PTB Application wired to the conversations; not yet initialised or started."""
@@ -306,12 +316,10 @@ def build_application(settings: Settings, app: App, *,
         # output.call_bot, where we know whether a wait is worth it.
         .rate_limiter(AIORateLimiter(max_retries=0))
         .concurrent_updates(PerUserOrder(MAX_CONCURRENT_UPDATES))
-        .connect_timeout(5.0)
-        .read_timeout(10.0)
-        .write_timeout(10.0)
-        .media_write_timeout(30.0)
-        .pool_timeout(5.0)
+        # getUpdates stays on PTB's stock HTTPXRequest (one long poll at a time, a sliver of
+        # the CPU); set before `.request`, after which PTB refuses request settings.
         .get_updates_read_timeout(10.0)
+        .request(bot_request())
         .job_queue(None)  # the storefront's own scheduler runs jobs, not PTB's
         .build()
     )
@@ -347,12 +355,13 @@ class _Redact(logging.Filter):
 
 
 _redactor = _Redact()
-_REDACTED_LIBRARIES = ("telegram", "httpx", "httpcore", "bot")
+_REDACTED_LIBRARIES = ("telegram", "httpx", "httpcore", "aiohttp", "bot")
 
 
 def redact_in_logs(*secrets: str | None) -> None:
     """PTB (at DEBUG) and httpx (at INFO) log Bot API URLs, which carry the bot token, and
-    PTB logs call parameters at DEBUG, which carry the payment provider token.
+    PTB logs call parameters at DEBUG, which carry the payment provider token. (Some of
+    aiohttp's exceptions name the URL, and may be logged with their traceback.)
 
     Records are filtered where they are created, so the filter goes on every logger of those
     libraries (and of this adapter) that exists now; they are made when modules are imported."""
