@@ -87,7 +87,7 @@ class ReleaseJob:
         self.redis_url = redis_url
         self.results: list[dict[str, Any]] = []  # the last few, for logs and tests
         self.stopping = threading.Event()  # set on shutdown: stop after the current page
-        self.batch = 2000
+        self.batch = 5000
         self._running: set[asyncio.Future[dict[str, Any]]] = set()
 
     async def stop(self) -> None:

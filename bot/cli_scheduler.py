@@ -17,8 +17,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("release", help="settle what is due, then pay matured entries now")
     p.add_argument("--db", help="database URL (default: DATABASE_URL or var/storefront.db)")
     p.add_argument("--at", help="as of this ISO 8601 time with an offset (default: now)")
-    p.add_argument("--batch", type=int, default=2000,
-                   help="entries paid per transaction (default 2000)")
+    p.add_argument("--batch", type=int, default=5000,
+                   help="entries paid per transaction (default 5000)")
     p.set_defaults(func=cmd_release)
 
     o = sub.add_parser("outbox", help="show pending, sent and failed notifications")
