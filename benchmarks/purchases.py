@@ -43,15 +43,11 @@ def _purchases(db: Database, stream: Any, tally: dict[str, int]) -> Any:
     return lambda seconds: count(step, seconds=seconds, at_least=3)
 
 
-def sqlite_one(ctx: Context) -> Row:
-    row = Row("purchase-sqlite", "purchases/s, one connection, SQLite file", "purchases/s",
-              ("ratio>=", 0.5), baseline_what="bare durable one-row commits/s, same driver, "
-              "same directory, WAL + synchronous=FULL + BEGIN IMMEDIATE")
-    work = ctx.scratch("purchase-sqlite")
-    db = Database(f"sqlite:///{work / 'shop.db'}")
+def _one_connection(ctx: Context, row: Row, url: str, bare: BareSQLite | BarePG) -> None:
+    """Purchases on one connection to `url`, interleaved with `bare`'s commits, into `row`."""
+    db = Database(url)
     migrate(db)
     handles = setup_shop(db, SHOP_USERS)
-    bare = BareSQLite(work / "bare.db")
     stream = iter(Purchases(handles, T0 + timedelta(days=1), uuid.uuid4().hex[:8]))
     tally = {"bought": 0, "refused": 0}
     seconds = ctx.seconds()
@@ -63,6 +59,14 @@ def sqlite_one(ctx: Context) -> Row:
         db.dispose()
     row.facts = {"users": SHOP_USERS, "seconds_per_run_each": seconds, "slices": SLICES,
                  **tally}
+
+
+def sqlite_one(ctx: Context) -> Row:
+    row = Row("purchase-sqlite", "purchases/s, one connection, SQLite file", "purchases/s",
+              ("ratio>=", 0.5), baseline_what="bare durable one-row commits/s, same driver, "
+              "same directory, WAL + synchronous=FULL + BEGIN IMMEDIATE")
+    work = ctx.scratch("purchase-sqlite")
+    _one_connection(ctx, row, f"sqlite:///{work / 'shop.db'}", BareSQLite(work / "bare.db"))
     return row
 
 
@@ -73,21 +77,9 @@ def pg_one(ctx: Context) -> Row:
     if ctx.pg_problem:
         return _skipped(row, ctx.pg_problem)
     with pg_schema() as url:
-        db = Database(url)
-        migrate(db)
-        handles = setup_shop(db, SHOP_USERS)
         bare = BarePG(url)
-        stream = iter(Purchases(handles, T0 + timedelta(days=1), uuid.uuid4().hex[:8]))
-        tally = {"bought": 0, "refused": 0}
-        seconds = ctx.seconds()
-        try:
-            row.measured, row.baseline, row.ratios = interleaved(
-                ctx.runs(), SLICES, seconds, _purchases(db, stream, tally), bare.commits)
-        finally:
-            bare.close()
-            db.dispose()
-        row.facts = {"users": SHOP_USERS, "seconds_per_run_each": seconds, "slices": SLICES,
-                     "pg": bare.settings, **tally}
+        _one_connection(ctx, row, url, bare)
+        row.facts["pg"] = bare.settings
     return row
 
 
