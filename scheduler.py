@@ -88,6 +88,7 @@ class ReleaseJob:
         self.results: list[dict[str, Any]] = []  # the last few, for logs and tests
         self.stopping = threading.Event()  # set on shutdown: stop after the current page
         self.batch = 5000
+        self.checks = 0  # catch-up checks finished (for logs and tests)
         self._running: set[asyncio.Future[dict[str, Any]]] = set()
 
     async def stop(self) -> None:
@@ -100,15 +101,18 @@ class ReleaseJob:
 
     async def catch_up(self) -> dict[str, Any] | None:
         """Run now if the latest scheduled time passed without a release as of it."""
-        now = self.clock()
-        slot = latest_slot(self.triggers, now)
-        last = await asyncio.to_thread(last_run, self.db, RELEASE)
-        if slot is None or (last is not None and last >= slot):
-            log.debug("release catch-up: nothing missed (last release as of %s)", last)
-            return None
-        log.warning("release catch-up: last release as of %s, scheduled %s was missed", last,
-                    slot)
-        return await self._run("catch-up")
+        try:
+            now = self.clock()
+            slot = latest_slot(self.triggers, now)
+            last = await asyncio.to_thread(last_run, self.db, RELEASE)
+            if slot is None or (last is not None and last >= slot):
+                log.debug("release catch-up: nothing missed (last release as of %s)", last)
+                return None
+            log.warning("release catch-up: last release as of %s, scheduled %s was missed",
+                        last, slot)
+            return await self._run("catch-up")
+        finally:
+            self.checks += 1
 
     async def _run(self, why: str) -> dict[str, Any]:
         at = self.clock()

@@ -17,6 +17,10 @@ PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:54
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
+# The WeChat modules' shared `keys` and `shop` fixtures (a module's own fixture of the same
+# name takes precedence).
+pytest_plugins = ["tests.wechat_harness"]
+
 
 def _unavailable(what: str, exc: Exception) -> None:
     if IN_CI:

@@ -145,7 +145,7 @@ async def test_a_slot_missed_beyond_the_grace_time_is_made_up_by_the_catch_up(
     scheduler = build_scheduler(settings(), shop, {}, clock=clock.now)
     scheduler.start()
     try:
-        await asyncio.sleep(0.2)
+        await wait_until(lambda: scheduler.releaser.checks >= 1)  # the start-up check is over
         assert scheduler.releaser.results == []  # nothing missed at start
         clock.jump(timedelta(hours=25))  # 16th, 13:00: the 00:05 run is 13 h late
         scheduler.wakeup()

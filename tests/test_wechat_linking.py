@@ -26,11 +26,6 @@ WEBHOOK_SECRET = "hook-secret_1"
 WECHAT_UA = "Mozilla/5.0 MicroMessenger/8.0.47"
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    return sw.generate_pay_keys(tmp_path_factory.mktemp("paykeys"))
-
-
 @pytest.fixture
 async def both(sqlite_url, keys):
     """The shop on both channels behind one HTTP server and one database."""

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import time
 
-import pytest
 from sqlalchemy import select
 
 from engine import checkout, service, users
@@ -21,18 +20,6 @@ from tests.wechat_harness import OPERATOR, checkout_path, open_shop, stock
 ALICE = "oAlice_000000000000000000001"
 WECHAT_UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 "
              "(KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.47(0x18002f2c)")
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    return sw.generate_pay_keys(tmp_path_factory.mktemp("paykeys"))
-
-
-@pytest.fixture
-async def shop(sqlite_url, keys):
-    async with open_shop(sqlite_url, keys) as s:
-        stock(s.db)
-        yield s
 
 
 async def order_in_wechat(shop, text: str = "购买 TEA", openid: str = ALICE,

@@ -27,18 +27,6 @@ ALICE = "oAlice_000000000000000000001"
 BOB = "oBob_0000000000000000000002"
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    return sw.generate_pay_keys(tmp_path_factory.mktemp("paykeys"))
-
-
-@pytest.fixture
-async def shop(sqlite_url, keys):
-    async with open_shop(sqlite_url, keys) as s:
-        stock(s.db)
-        yield s
-
-
 @pytest.fixture
 async def safe_shop(sqlite_url, keys):
     async with open_shop(sqlite_url, keys, aes=True) as s:

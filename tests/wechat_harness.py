@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from bot.http import HttpServer, start_http
@@ -182,3 +183,20 @@ def checkout_path(reply_text: str) -> str:
 
 def envelope(body: bytes) -> dict[str, Any]:
     return json.loads(body)
+
+
+# -- fixtures the WeChat test modules share (import them by name) ---------------------------
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: Any) -> sw.PayKeys:
+    """WeChat Pay keys and platform certificate, made once per module."""
+    return sw.generate_pay_keys(tmp_path_factory.mktemp("paykeys"))
+
+
+@pytest.fixture
+async def shop(sqlite_url: str, keys: sw.PayKeys) -> AsyncIterator[Shop]:
+    """The shop with its catalogue, behind the WeChat webhook and stand-ins."""
+    async with open_shop(sqlite_url, keys) as s:
+        stock(s.db)
+        yield s
+
