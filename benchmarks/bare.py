@@ -14,11 +14,29 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .common import count
 
 PG_URL = os.environ.get("BENCH_PG_URL") or os.environ.get(
     "TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def sqlite_connection(path: Path) -> sqlite3.Connection:
+    """A sqlite3 connection with the settings storage/db.py gives the shop's file; the caller
+    says `BEGIN IMMEDIATE` and `COMMIT` itself."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "cache_size=-16384",
+                   "foreign_keys=ON"):
+        conn.execute(f"PRAGMA {pragma}")
+    return conn
+
+
+def pg_connection(url: str) -> Any:
+    """A psycopg connection to a SQLAlchemy-style PostgreSQL URL."""
+    import psycopg
+
+    return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
 
 
 class BareSQLite:
@@ -28,10 +46,7 @@ class BareSQLite:
     def __init__(self, path: Path) -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.execute("PRAGMA cache_size=-16384")
+        self.conn = sqlite_connection(path)
         self.conn.execute("CREATE TABLE bare (id INTEGER PRIMARY KEY, at TEXT, payload TEXT)")
         self.payload = "x" * 120
 
@@ -52,9 +67,7 @@ class BarePG:
     """Durable one-row commits on PostgreSQL with its defaults (synchronous_commit on)."""
 
     def __init__(self, url: str) -> None:
-        import psycopg
-
-        self.conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
+        self.conn = pg_connection(url)
         self.settings = {k: self.conn.execute(f"SHOW {k}").fetchone()[0]  # type: ignore[index]
                          for k in ("synchronous_commit", "fsync", "wal_sync_method",
                                    "commit_delay", "server_version")}

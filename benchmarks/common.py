@@ -66,6 +66,9 @@ class Row:
     baseline: Stats | None = None
     baseline_what: str | None = None
     ratios: Stats | None = None
+    # The highest ratio the row's work allows: the same writes with no engine (floor.py).
+    ceiling: Stats | None = None
+    ceiling_what: str | None = None
     extra_checks: list[tuple[str, float, str, float]] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -116,6 +119,8 @@ class Row:
             "baseline_what": self.baseline_what,
             "ratio": _round(self.ratio) if self.ratio is not None else None,
             "ratio_runs": self.ratios.as_dict() if self.ratios else None,
+            "ceiling_ratio": self.ceiling.as_dict() if self.ceiling else None,
+            "ceiling_what": self.ceiling_what,
             "target": self.target_text(),
             "target_ratio": _round(self.target_ratio) if self.target_ratio is not None else None,
             "checks": [{"what": n, "value": _round(v), "must_be": f"{op} {lim:g}",

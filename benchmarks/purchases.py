@@ -17,6 +17,8 @@ import multiprocessing as mp
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +29,7 @@ from storage.migrate import migrate
 
 from .bare import BarePG, BareSQLite, pg_schema
 from .common import Context, Row, count, interleaved
+from .floor import Ceiling, Floor, PGFloor, SQLiteFloor, Writes, sqlite_copy
 from .workload import T0, Purchases, buy, setup_shop
 
 SHOP_USERS = 200
@@ -43,22 +46,55 @@ def _purchases(db: Database, stream: Any, tally: dict[str, int]) -> Any:
     return lambda seconds: count(step, seconds=seconds, at_least=3)
 
 
-def _one_connection(ctx: Context, row: Row, url: str, bare: BareSQLite | BarePG) -> None:
-    """Purchases on one connection to `url`, interleaved with `bare`'s commits, into `row`."""
+def _one_connection(ctx: Context, row: Row, url: str, bare: BareSQLite | BarePG,
+                    floors: Callable[[], dict[str, tuple[Floor, int | None]]]) -> None:
+    """Purchases on one connection to `url`, interleaved with `bare`'s commits, into `row`;
+    each slice of purchases followed by the replay of its writes on `floors()` (copies of the
+    shop made after its setup), for the row's ceiling."""
     db = Database(url)
     migrate(db)
     handles = setup_shop(db, SHOP_USERS)
     stream = iter(Purchases(handles, T0 + timedelta(days=1), uuid.uuid4().hex[:8]))
     tally = {"bought": 0, "refused": 0}
     seconds = ctx.seconds()
+    ceiling = Ceiling(Writes(db), floors())
     try:
         row.measured, row.baseline, row.ratios = interleaved(
-            ctx.runs(), SLICES, seconds, _purchases(db, stream, tally), bare.commits)
+            ctx.runs(), SLICES, seconds, ceiling.follow(_purchases(db, stream, tally)),
+            bare.commits)
     finally:
+        ceiling.close()
         bare.close()
         db.dispose()
-    row.facts = {"users": SHOP_USERS, "seconds_per_run_each": seconds, "slices": SLICES,
-                 **tally}
+    _ceilings(row, ceiling)
+    row.facts.update({"users": SHOP_USERS, "seconds_per_run_each": seconds, "slices": SLICES,
+                      **tally})
+
+
+def _ceilings(row: Row, ceiling: Ceiling, what: str = "") -> None:
+    """The row's ceiling (floor "schema") and the other floors' as facts."""
+    assert row.baseline is not None
+    ratios = ceiling.ratios(row.baseline)
+    row.ceiling = ratios.pop("schema")
+    row.ceiling_what = ("the same purchases' writes replayed with no engine on a copy of the "
+                        "shop (benchmarks/floor.py)" + what + ", over the same baseline")
+    for name, stats in ratios.items():
+        row.facts["ceiling_" + name.replace(" ", "_")] = stats.as_dict()
+    row.facts.update(ceiling.facts())
+
+
+def _pg_copies(stack: ExitStack, users: int, floors: Mapping[str, tuple[bool, int | None]],
+               ) -> Callable[[], dict[str, tuple[Floor, int | None]]]:
+    """A schema with the same shop for each floor (the same setup, so the same ids):
+    name -> (keys only, purchases per commit)."""
+    urls = {name: stack.enter_context(pg_schema()) for name in floors}
+    for url in urls.values():
+        db = Database(url)
+        migrate(db)
+        setup_shop(db, users)
+        db.dispose()
+    return lambda: {name: (PGFloor(urls[name], keys_only=keys), per_commit)
+                    for name, (keys, per_commit) in floors.items()}
 
 
 def sqlite_one(ctx: Context) -> Row:
@@ -66,7 +102,14 @@ def sqlite_one(ctx: Context) -> Row:
               ("ratio>=", 0.5), baseline_what="bare durable one-row commits/s, same driver, "
               "same directory, WAL + synchronous=FULL + BEGIN IMMEDIATE")
     work = ctx.scratch("purchase-sqlite")
-    _one_connection(ctx, row, f"sqlite:///{work / 'shop.db'}", BareSQLite(work / "bare.db"))
+    shop = work / "shop.db"
+
+    def floors() -> dict[str, tuple[Floor, int | None]]:
+        return {"schema": (SQLiteFloor(sqlite_copy(shop, work / "floor.db")), None),
+                "keys only": (SQLiteFloor(sqlite_copy(shop, work / "keys.db", keys_only=True)),
+                              None)}
+
+    _one_connection(ctx, row, f"sqlite:///{shop}", BareSQLite(work / "bare.db"), floors)
     return row
 
 
@@ -76,9 +119,11 @@ def pg_one(ctx: Context) -> Row:
               "synchronous_commit on)")
     if ctx.pg_problem:
         return _skipped(row, ctx.pg_problem)
-    with pg_schema() as url:
+    with ExitStack() as stack:
+        url = stack.enter_context(pg_schema())
         bare = BarePG(url)
-        _one_connection(ctx, row, url, bare)
+        floors = {"schema": (False, None), "keys only": (True, None)}
+        _one_connection(ctx, row, url, bare, _pg_copies(stack, SHOP_USERS, floors))
         row.facts["pg"] = bare.settings
     return row
 
@@ -141,10 +186,16 @@ def pg_eight(ctx: Context) -> Row:
     if ctx.pg_problem:
         return _skipped(row, ctx.pg_problem)
     runs, seconds = ctx.runs(), ctx.seconds(2.0)
-    with pg_schema() as url:
+    with ExitStack() as stack:
+        url = stack.enter_context(pg_schema())
         db = Database(url)
         migrate(db)
         handles = setup_shop(db, SHOP_USERS * 2)
+        # Ceilings: the writes merged 8 purchases to a commit (the most 8 clients can share),
+        # with every index and with keys only; and as this group commit grouped them.
+        floors = {"schema": (False, CLIENTS), "keys only": (True, CLIENTS),
+                  "as grouped": (False, None)}
+        ceiling = Ceiling(Writes(db), _pg_copies(stack, SHOP_USERS * 2, floors)())
         bare = BarePG(url)
         # The shop's way: 8 client threads of one storefront process, each answered only when
         # its purchase is durable, purchases grouped into shared commits (engine/batch.py).
@@ -155,19 +206,22 @@ def pg_eight(ctx: Context) -> Row:
         tally = {"bought": 0, "refused": 0}
         try:
             row.measured, row.baseline, row.ratios = interleaved(
-                runs, SLICES, seconds, _grouped(group, streams, tally), bare.commits)
+                runs, SLICES, seconds, ceiling.follow(_grouped(group, streams, tally)),
+                bare.commits)
         finally:
             group.close()
+            ceiling.close()
             db.dispose()
+        _ceilings(row, ceiling, f", {CLIENTS} purchases to a commit")
         # For comparison: 8 processes, one connection each, no group commit.
         apart = _processes(url, handles, runs, seconds, bare)
         bare.close()
-        row.facts = {"clients": CLIENTS, "threads_in_one_process": True,
+        row.facts.update({"clients": CLIENTS, "threads_in_one_process": True,
                      "users": SHOP_USERS * 2, "seconds_per_run_each": seconds,
                      "slices": SLICES, "pg": bare.settings, "group_commit": "engine.batch",
                      "commits": group.batches,
                      "purchases_per_commit": round(group.purchases / max(group.batches, 1), 1),
-                     "without_group_commit_8_processes": apart, **tally}
+                     "without_group_commit_8_processes": apart, **tally})
     return row
 
 

@@ -76,8 +76,9 @@ def figure(stats: Stats | None, unit: str) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    """A Markdown table: pasteable into docs/perf.md as it is."""
-    head = ["row", "measured", "baseline (same run)", "ratio", "target", "met"]
+    """A Markdown table: pasteable into docs/perf.md as it is. `ceiling` is the ratio the
+    row's own writes reach with no engine (benchmarks/floor.py), where measured."""
+    head = ["row", "measured", "baseline (same run)", "ratio", "ceiling", "target", "met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         measured = figure(r.measured, r.unit)
@@ -89,9 +90,11 @@ def table(rows: list[Row]) -> str:
         ratio = fmt(r.ratio, "ratio")
         if r.ratios is not None:
             ratio += f" (±{r.ratios.spread_pct / 2:.0f}%)"
+        ceiling = "—" if r.ceiling is None else (
+            f"{fmt(r.ceiling.median, 'ratio')} (±{r.ceiling.spread_pct / 2:.0f}%)")
         lines.append("| " + " | ".join([
             r.title, measured, figure(r.baseline, r.unit) if r.baseline else "—", ratio,
-            r.target_text(), met]) + " |")
+            ceiling, r.target_text(), met]) + " |")
     return "\n".join(lines)
 
 

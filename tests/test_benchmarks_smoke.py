@@ -36,6 +36,11 @@ def test_quick_run_writes_each_row_with_its_baseline_and_ratio(tmp_path):
         assert row["machine"]["nproc"] >= 1 and row["machine"]["sqlite"]
     purchases = rows[0]
     assert purchases["facts"]["bought"] > 0 and purchases["facts"]["refused"] == 0
+    # the ceiling: the same purchases' writes replayed with no engine, over the same baseline
+    assert purchases["ceiling_ratio"]["median"] > 0 and len(purchases["ceiling_ratio"]["runs"]) == 2
+    assert purchases["facts"]["ceiling_keys_only"]["median"] > 0
+    assert purchases["facts"]["commits_replayed"] == purchases["facts"]["bought"]
+    assert rows[1]["ceiling_ratio"] is None  # only the purchase rows have one
     assert "| purchases/s, one connection, SQLite file |" in done.stdout
     assert not (tmp_path / "var" / "bench-work").exists()  # scratch databases are removed
 
