@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, bindparam, func, insert, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.models import Entry, Identity, JournalTxn, Order, Outbox, Pool, Posting, Setting, User
+from storage.driver import Driver
+from storage.models import Identity, JournalTxn, Order, Outbox, Pool, Posting, Setting, User
 
 from . import accounts, journal
 from .book import Book
@@ -131,14 +133,17 @@ def resolve_and_account(db: Database, identity: str, *, lang: str | None = None,
     when = at or now()
 
     def work(session: Session) -> tuple[dict[str, Any], datetime | None, dict[str, Any]] | None:
-        row = session.connection().execute(
-            _HOLDER_BY_IDENTITY, {"identity": identity}).first()
-        if row is None:
+        driver = Driver(session)
+        found = driver.rows(_HOLDER_BY_IDENTITY, (identity,))
+        if not found:
             return None
+        *columns, seen = found[0]
+        row = _Holder(*columns)
         member = {"user_id": row.id, "handle": row.handle, "lang": row.lang, "new": False,
                   "referrer_id": row.referrer_id, "blocked": bool(row.blocked),
                   "display_name": row.display_name}
-        return member, row.last_seen_at, _account_view(session, row)
+        last_seen_at = driver.read(_IDENTITIES, ("last_seen_at",), [(seen,)])[0][0]
+        return member, last_seen_at, _account_view(driver, row)
 
     found = db.read(work)
     if found is None:
@@ -241,50 +246,70 @@ def exit_view(points: int, basis: int, price: Price, multiple: Fraction) -> dict
             "rise_permille": max(0, rise) if rise is not None else None}
 
 
-# The account's holder, with what the account view shows of their referrer: plain columns
-# through the session's connection (Core, no ORM objects), since `/me` is the hottest read.
-_REFERRER = aliased(User)
+# The account's holder, with what the account view shows of their referrer, and the rest of
+# the account view: plain SQL on the session's own connection and transaction
+# (storage/driver.py), since `/me` is the hottest read — SQLAlchemy Core cost ~50 µs a
+# statement here, the driver a few.
+_HOLDER = ("SELECT u.id, u.handle, u.lang, u.referrer_id, u.blocked, u.display_name, u.wallet, "
+           "u.held, u.points, u.basis, r.display_name, r.handle{more} FROM users u "
+           "LEFT JOIN users r ON r.id = u.referrer_id{join} WHERE {where}")
+_HOLDER_BY_HANDLE = _HOLDER.format(more="", join="", where="u.handle = ?")
+_HOLDER_BY_IDENTITY = _HOLDER.format(more=", i.last_seen_at",
+                                     join=" JOIN identities i ON i.user_id = u.id",
+                                     where="i.identity = ?")
+_IDENTITIES = cast(Table, Identity.__table__)  # how `last_seen_at` is read back
+_SETTINGS = "SELECT key, value FROM settings"
+_POINTS_POOL = ("SELECT balance, supply, zero_price_num, zero_price_den FROM pools "
+                "WHERE name = 'points'")
+_WAITING = ("SELECT count(*), coalesce(sum(amount - released), 0) FROM entries "
+            "WHERE user_id = ? AND status = 'waiting'")
 
 
-def _holder(*columns: Any) -> Select[*tuple[Any, ...]]:
-    return (select(User.id, User.handle, User.lang, User.referrer_id, User.blocked,
-                   User.display_name, User.wallet, User.held, User.points, User.basis,
-                   _REFERRER.display_name.label("referrer_name"),
-                   _REFERRER.handle.label("referrer_handle"), *columns)
-            .select_from(User).outerjoin(_REFERRER, _REFERRER.id == User.referrer_id))
+@dataclass(frozen=True, slots=True)
+class _Holder:
+    """A row of `_HOLDER`."""
+
+    id: int
+    handle: str
+    lang: str | None
+    referrer_id: int | None
+    blocked: bool
+    display_name: str | None
+    wallet: int
+    held: int
+    points: int
+    basis: int
+    referrer_name: str | None
+    referrer_handle: str | None
 
 
-# Built once with bound parameters: SQLAlchemy reuses the compiled form of the very same
-# statement object without re-adapting its result columns on every call.
-_HOLDER_BY_HANDLE = _holder().where(User.handle == bindparam("handle"))
-_HOLDER_BY_IDENTITY = (_holder(Identity.last_seen_at)
-                       .join(Identity, Identity.user_id == User.id)
-                       .where(Identity.identity == bindparam("identity")))
-_SETTINGS = select(Setting.key, Setting.value)
-_POINTS_POOL = select(Pool.balance, Pool.supply, Pool.zero_price_num,
-                      Pool.zero_price_den).where(Pool.name == "points")
-_WAITING = (select(func.count(), func.coalesce(func.sum(Entry.amount - Entry.released), 0))
-            .where(Entry.user_id == bindparam("user_id"), Entry.status == "waiting"))
+@dataclass(frozen=True, slots=True)
+class _PointsPool:
+    """A row of `_POINTS_POOL`, shaped for `_price`."""
+
+    balance: int
+    supply: int
+    zero_price_num: int | None
+    zero_price_den: int | None
 
 
 def account(db: Database, handle: str) -> dict[str, Any]:
     """Wallet, held, points with price and value, forced-exit distance, queue summary."""
     def work(session: Session) -> dict[str, Any]:
-        holder = session.connection().execute(
-            _HOLDER_BY_HANDLE, {"handle": handle}).first()
-        if holder is None:
+        driver = Driver(session)
+        found = driver.rows(_HOLDER_BY_HANDLE, (handle,))
+        if not found:
             raise Refusal("unknown_user", handle)
-        return _account_view(session, holder)
+        return _account_view(driver, _Holder(*found[0]))
 
     return db.read(work)
 
 
-def _account_view(session: Session, holder: Any) -> dict[str, Any]:
-    """`account`'s view of a `_holder()` row, in the snapshot that read it."""
-    conn = session.connection()
-    cfg = Config.from_values(dict(conn.execute(_SETTINGS).all()))
-    price = _price(conn.execute(_POINTS_POOL).one(), cfg)
-    waiting = conn.execute(_WAITING, {"user_id": holder.id}).one()
+def _account_view(driver: Driver, holder: _Holder) -> dict[str, Any]:
+    """`account`'s view of a `_HOLDER` row, in the snapshot that read it."""
+    cfg = Config.from_values(dict(driver.rows(_SETTINGS)))
+    price = _price(_PointsPool(*driver.rows(_POINTS_POOL)[0]), cfg)
+    waiting = driver.rows(_WAITING, (holder.id,))[0]
     referrer = (holder.referrer_name or holder.referrer_handle) if holder.referrer_id else None
     gross = price.value_of(holder.points)
     return {"handle": holder.handle, "wallet": holder.wallet, "held": holder.held,

@@ -7,11 +7,11 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from engine import users
 from engine.errors import Refusal
-from storage.models import Identity, User
+from storage.models import Entry, Identity, User
 from tests.handlers_kit import Chat, text
 
 
@@ -44,6 +44,18 @@ async def test_resolve_and_account_answers_what_resolve_then_account_answer(db):
     assert users.resolve_and_account(db, "tg:12")[1]["referrer"] == "tg:13"  # no name: handle
     assert users.resolve_and_account(db, "tg:10")[1]["points"] > 0
     assert users.resolve_and_account(db, "tg:14")[0]["blocked"] is True
+    # the view's figures are the stored ones, as plain ints, on either database
+    ann = db.read(lambda s: s.execute(select(User).where(User.handle == "tg:10")).scalar_one()
+                  .__dict__.copy())
+    waiting = db.read(lambda s: s.execute(select(Entry.amount - Entry.released).join(
+        User, User.id == Entry.user_id).where(User.handle == "tg:11",
+                                              Entry.status == "waiting")).scalars().all())
+    mine = users.resolve_and_account(db, "tg:10")[1]
+    assert (mine["wallet"], mine["held"], mine["points"], mine["basis"]) == (
+        ann["wallet"], ann["held"], ann["points"], ann["basis"])
+    assert (view["entries_waiting"], view["owed"]) == (len(waiting), sum(waiting))
+    assert all(type(v) is int for v in (*mine.values(), view["owed"])
+               if isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 async def test_first_contact_through_resolve_and_account_creates_the_user_with_a_referrer(db):
@@ -58,17 +70,19 @@ async def test_first_contact_through_resolve_and_account_creates_the_user_with_a
     assert again == {**member, "new": False}
 
 
-def test_resolve_and_account_refreshes_last_seen_at_most_hourly(memdb):
+def test_resolve_and_account_refreshes_last_seen_at_most_hourly(db):
     t0 = datetime(2026, 8, 1, 10, tzinfo=UTC)
 
     def seen() -> datetime | None:
-        return memdb.read(lambda s: s.get(Identity, "tg:9").last_seen_at)
+        return db.read(lambda s: s.get(Identity, "tg:9").last_seen_at)
 
-    assert users.resolve_and_account(memdb, "tg:9", at=t0)[0]["new"]
+    assert users.resolve_and_account(db, "tg:9", at=t0)[0]["new"]
     assert seen() == t0
-    users.resolve_and_account(memdb, "tg:9", at=t0 + timedelta(minutes=30))
+    users.resolve_and_account(db, "tg:9", at=t0 + timedelta(minutes=30))
     assert seen() == t0
-    users.resolve_and_account(memdb, "tg:9", at=t0 + timedelta(hours=2))
+    users.resolve_and_account(db, "tg:9", at=t0 + timedelta(minutes=59))
+    assert seen() == t0
+    users.resolve_and_account(db, "tg:9", at=t0 + timedelta(hours=2))
     assert seen() == t0 + timedelta(hours=2)
 
 

@@ -29,7 +29,7 @@ import io
 import os
 import re
 import ssl
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
@@ -104,8 +104,9 @@ class AiohttpRequest(BaseRequest):
 
         files = request_data.multipart_data if request_data else None
         fields = request_data.json_parameters if request_data else None
-        data: aiohttp.FormData | dict[str, str] | None = (
-            _multipart(fields or {}, files) if files else fields)
+        data: aiohttp.FormData | aiohttp.BytesPayload | None = (
+            _multipart(fields or {}, files) if files else _urlencoded(fields) if fields
+            else None)
 
         # Not passed (DEFAULT_NONE): the defaults given to the constructor; None: no limit.
         if isinstance(read_timeout, DefaultValue):
@@ -174,6 +175,14 @@ def _client_timeout(connect: float | None, read: float | None, write: float | No
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\"]")
+
+
+def _urlencoded(fields: dict[str, str]) -> aiohttp.BytesPayload:
+    """The form body aiohttp would make of `fields`, made directly: a dict passed as `data`
+    becomes a `FormData`, which makes a multipart writer, and so a random boundary, for every
+    request before it finds it has no file (~4% of the bot's time on each answer)."""
+    return aiohttp.BytesPayload(urlencode(fields, doseq=True).encode(),
+                                content_type="application/x-www-form-urlencoded")
 
 
 def _multipart(fields: dict[str, str], files: UploadFileDict) -> aiohttp.FormData:
