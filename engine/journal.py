@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
 from sqlalchemy import select
@@ -76,6 +77,7 @@ def check_balanced(lines: Iterable[tuple[str, str, int, str | None]]) -> dict[st
     return {u: s for u, s in sums.items() if s != 0}
 
 
+@lru_cache(maxsize=256)  # a release or a group commit stamps thousands of rows with one time
 def iso(at: datetime) -> str:
     return at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
 
@@ -114,8 +116,8 @@ canonical: Callable[[Any], str] = (
 def txn_hash(prev_hash: str, txn_id: int, key: str, kind: str, at: datetime, actor: str | None,
              body: str, result: str | None,
              lines: Sequence[tuple[str, str, int, str | None]]) -> str:
-    content = canonical([txn_id, key, kind, iso(at), actor, body, result,
-                         [list(line) for line in lines]])
+    # tuples encode as JSON arrays, exactly as lists do
+    content = canonical([txn_id, key, kind, iso(at), actor, body, result, lines])
     return hashlib.sha256((prev_hash + content).encode()).hexdigest()
 
 
