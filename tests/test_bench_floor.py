@@ -43,24 +43,30 @@ def _purchases_with_one_refused(db: Database, handles: list[str]) -> None:
         service.buy(db, **{**next(stream), "sku": "no-such-product"})
 
 
-def test_sqlite_floor_replays_the_engine_writes_exactly(tmp_path):
-    shop = tmp_path / "shop.db"
-    db = Database(f"sqlite:///{shop}")
-    migrate(db)
-    handles = setup_shop(db, USERS)
-    floor = SQLiteFloor(sqlite_copy(shop, tmp_path / "floor.db"))
-    keys = SQLiteFloor(sqlite_copy(shop, tmp_path / "keys.db", keys_only=True))
+def _replayed(db: Database, handles: list[str], *floors: SQLiteFloor | PGFloor) -> None:
+    """Buy on `db` while capturing its writes (one purchase refused), replay them on each of
+    `floors`, then close the floors."""
     writes = Writes(db)
     try:
         _purchases_with_one_refused(db, handles)
         txns = writes.take()
         assert len(txns) == PURCHASES  # one transaction a purchase; the refusal wrote nothing
         assert writes.take() == []
-        assert floor.replay(txns) > 0 and keys.replay(txns) > 0
+        for floor in floors:
+            assert floor.replay(txns) > 0
     finally:
         writes.close()
-        floor.close()
-        keys.close()
+        for floor in floors:
+            floor.close()
+
+
+def test_sqlite_floor_replays_the_engine_writes_exactly(tmp_path):
+    shop = tmp_path / "shop.db"
+    db = Database(f"sqlite:///{shop}")
+    migrate(db)
+    handles = setup_shop(db, USERS)
+    _replayed(db, handles, SQLiteFloor(sqlite_copy(shop, tmp_path / "floor.db")),
+              SQLiteFloor(sqlite_copy(shop, tmp_path / "keys.db", keys_only=True)))
     expected = _contents(db)
     db.dispose()
     assert expected["journal"] and len(expected["orders"]) >= PURCHASES
@@ -88,23 +94,13 @@ def test_postgres_floor_replays_the_engine_writes_exactly(pg_admin):
         db = Database(urls[0])
         migrate(db)
         handles = setup_shop(db, USERS)
-        writes = Writes(db)
-        floor, keys = PGFloor(urls[1]), PGFloor(urls[2], keys_only=True)
-        try:
-            _purchases_with_one_refused(db, handles)
-            txns = writes.take()
-            assert len(txns) == PURCHASES
-            floor.replay(txns)
-            keys.replay(txns)
-            left = keys.conn.execute(
-                "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() AND "
-                "indexname NOT IN (SELECT conname FROM pg_constraint "
-                "WHERE connamespace = current_schema()::regnamespace)").fetchone()
-            assert left == (0,)
-        finally:
-            writes.close()
-            floor.close()
-            keys.close()
+        keys = PGFloor(urls[2], keys_only=True)
+        left = keys.conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() AND "
+            "indexname NOT IN (SELECT conname FROM pg_constraint "
+            "WHERE connamespace = current_schema()::regnamespace)").fetchone()
+        assert left == (0,)  # only the keys' own indexes are left
+        _replayed(db, handles, PGFloor(urls[1]), keys)
         expected = _contents(db)
         db.dispose()
         for url in urls[1:]:
