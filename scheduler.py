@@ -34,6 +34,7 @@ from bot.senders import Rejected, RetryLater, Sender, Unreachable
 from engine import outbox
 from engine.jobs import RELEASE, last_run, run_release, store_timezone
 from engine.money import format_fen, format_micro
+from engine.queue import RELEASE_PAGE
 from engine.report import scheduled_pool_warnings
 from storage import faults
 from storage.db import Database
@@ -87,7 +88,7 @@ class ReleaseJob:
         self.redis_url = redis_url
         self.results: list[dict[str, Any]] = []  # the last few, for logs and tests
         self.stopping = threading.Event()  # set on shutdown: stop after the current page
-        self.batch = 5000
+        self.batch = RELEASE_PAGE
         self.checks = 0  # catch-up checks finished (for logs and tests)
         self._running: set[asyncio.Future[dict[str, Any]]] = set()
 

@@ -10,6 +10,8 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+from engine.queue import RELEASE_PAGE
+
 EX_TEMPFAIL = 75  # sysexits.h: "try again later" - another process holds the release lock
 
 
@@ -17,8 +19,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("release", help="settle what is due, then pay matured entries now")
     p.add_argument("--db", help="database URL (default: DATABASE_URL or var/storefront.db)")
     p.add_argument("--at", help="as of this ISO 8601 time with an offset (default: now)")
-    p.add_argument("--batch", type=int, default=5000,
-                   help="entries paid per transaction (default 5000)")
+    p.add_argument("--batch", type=int, default=RELEASE_PAGE,
+                   help=f"entries paid per transaction (default {RELEASE_PAGE})")
     p.set_defaults(func=cmd_release)
 
     o = sub.add_parser("outbox", help="show pending, sent and failed notifications")

@@ -28,6 +28,7 @@ from storage.models import JobRun, Setting
 from . import service
 from .book import Book
 from .config import Config
+from .queue import RELEASE_PAGE
 from .times import parse_at
 from .users import IDENTITY
 
@@ -43,7 +44,7 @@ class LockLost(RuntimeError):
 def run_release(db: Database, *, at: object = None,
                 progress: Callable[[int, int], None] | None = None,
                 redis_url: str | None = None, holder: str | None = None,
-                actor: str | None = None, batch: int = 5000) -> dict[str, Any]:
+                actor: str | None = None, batch: int = RELEASE_PAGE) -> dict[str, Any]:
     """Settle what is due at `at` (default now), then pay matured entries, under the lock.
 
     Returns `{"skipped": True, "holder": <who holds it>}` when another run holds the lock,

@@ -23,7 +23,7 @@ from storage.models import Withdrawal
 
 from . import accounts, orders
 from .book import Book
-from .queue import ReleasePage, release_page
+from .queue import RELEASE_PAGE, ReleasePage, release_page
 from .times import parse_at
 
 T = TypeVar("T")
@@ -152,7 +152,7 @@ def refund(db: Database, *, order: object, at: object = None,
                                                 actor=actor))
 
 
-def release(db: Database, *, at: object = None, batch: int = 5000,
+def release(db: Database, *, at: object = None, batch: int = RELEASE_PAGE,
             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Settle what is due, then pay matured entries in `seq` order (SPEC §3, §7).
 
