@@ -12,8 +12,9 @@ Two copies are replayed:
 
 - `schema`: the shop's schema as migrated, every index the rules and the seeks use;
 - `keys only`: the same with every secondary index dropped, only primary keys and unique
-  constraints (the idempotency keys) kept — the ceiling of any schema that still refuses a
-  replayed payment, though it would lose the queue's and the forced exit's index seeks.
+  constraints (the idempotency keys) kept — the same tables with no index beyond what
+  refusing a replayed payment needs, though they would lose the queue's and the forced
+  exit's index seeks.
 """
 
 from __future__ import annotations
