@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -103,7 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        code = int(args.func(args))
+        sys.stdout.flush()  # what is still buffered goes (or fails) here, not at exit
+        return code
+    except BrokenPipeError:
+        return reader_went_away()
+
+
+def reader_went_away() -> int:
+    """Whoever reads our output stopped (`storefront export … | head`): end quietly, with
+    the status a Unix tool ended by SIGPIPE has (128 + 13), not with a traceback."""
+    # Python flushes stdout again at exit, which would fail the same way: point it at
+    # /dev/null first (the recipe of Python's `signal` documentation).
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":
