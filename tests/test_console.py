@@ -51,7 +51,7 @@ class ConsoleChat:
     def _until(self, done: Any) -> list[str]:
         got = []
         while True:
-            line = self.lines.get(timeout=30)
+            line = self.lines.get(timeout=120)  # a loaded machine is slow
             if line is None:
                 raise AssertionError("console ended early:\n" + "\n".join(got) +
                                      (self.proc.stderr.read() if self.proc.stderr else ""))
