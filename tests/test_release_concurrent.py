@@ -5,6 +5,7 @@ once; the CLI's contract; and a release reads matured entries in keyset pages.""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -51,13 +52,30 @@ def test_two_processes_releasing_at_once_on_postgres_pay_each_entry_once(
         pg_db: Database, pg_url: str) -> None:
     entries = 120
     make_shop(pg_db, entries=entries, users=6)
-    # Each page pauses a little, so the two runs surely overlap.
-    env = {"STOREFRONT_FAULT": "release.after_page:*:sleep0.15"}
+    # The first process is frozen (SIGSTOP) right after its first page, lock held, while the
+    # second runs from start to end: the overlap is certain, not a race of start-up times.
+    # (Its second page pauses 3 s, so it cannot finish between our reading and freezing it.)
     args = [sys.executable, "-m", "bot.cli", "release", "--db", pg_url, "--at", AT,
             "--batch", "10"]
-    procs = [subprocess.Popen(args, cwd=ROOT, env={**_env(), **env}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=120) for p in procs]
+    first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True,
+                             env={**_env(), "STOREFRONT_FAULT": "release.after_page:2:sleep3"})
+    assert first.stderr is not None
+    before: list[str] = []
+    while not before or not before[-1].startswith("released 10 entries"):  # page 1 is paid
+        line = first.stderr.readline()
+        assert line, "the first release ended before its first page: " + "".join(before)
+        before.append(line)
+    first_line = "".join(before)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                                timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    out, err = first.communicate(timeout=300)
+    procs = [first, second]
+    outs = [(out, first_line + err), (second.stdout, second.stderr)]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 75], outs
     results = {p.returncode: json.loads(out) for p, (out, _err) in zip(procs, outs, strict=True)}
