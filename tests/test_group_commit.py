@@ -80,9 +80,15 @@ def queued_in_order(group: GroupCommit, threads: list[threading.Thread]) -> None
         wait_until(lambda n=n: group._jobs.qsize() >= n, f"purchase {n} queued")  # type: ignore[misc]
 
 
-def together(threads: list[threading.Thread]) -> None:
-    """Start every thread, then wait for all of them."""
-    for t in threads:
+def together(threads: list[threading.Thread], holding: threading.Event | None = None) -> None:
+    """Start every thread, then wait for all of them. With `holding` (hold_first_commit's),
+    the first thread starts alone and the others once its commit is held, so the held batch
+    is the first thread's purchase alone and everyone else's queue behind it."""
+    first, *rest = threads
+    first.start()
+    if holding is not None:
+        wait_until(holding.is_set, "the first commit held")
+    for t in rest:
         t.start()
     for t in threads:
         t.join()
@@ -93,7 +99,7 @@ def test_concurrent_buyers_share_commits_and_the_books_are_exact(db: Database) -
     commits = [0]
     event.listen(db.engine, "commit", lambda _conn: commits.__setitem__(0, commits[0] + 1))
     group = GroupCommit(db, most=16)
-    hold_first_commit(db, group, queued=7)  # the other 7 clients' first purchases
+    holding = hold_first_commit(db, group, queued=7)  # the other 7 clients' first purchases
     answers: list[dict[str, Any]] = []
     asked: dict[str, dict[str, Any]] = {}
     errors: list[BaseException] = []
@@ -113,7 +119,7 @@ def test_concurrent_buyers_share_commits_and_the_books_are_exact(db: Database) -
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    together([threading.Thread(target=client, args=(n,)) for n in range(8)])
+    together([threading.Thread(target=client, args=(n,)) for n in range(8)], holding)
     group.close()
     assert errors == []
     assert len(answers) == 120 and len({a["order"] for a in answers}) == 120
@@ -226,11 +232,11 @@ def test_service_buy_shares_commits_once_the_storefront_turns_it_on(db: Database
     commits = [0]
     event.listen(db.engine, "commit", lambda _conn: commits.__setitem__(0, commits[0] + 1))
     service.start_group_commit(db)
-    hold_first_commit(db, service._GROUPS[db], queued=23)  # everyone else queues behind it
+    holding = hold_first_commit(db, service._GROUPS[db], queued=23)  # the rest queue behind
     try:
         together([threading.Thread(target=service.buy, kwargs={
             "db": db, "user": handles[i % 6], "sku": "rice", "at": T, "key": f"s{i}"})
-            for i in range(24)])
+            for i in range(24)], holding)
     finally:
         service.stop_group_commit(db)
     assert commits[0] == 2  # the first purchase, then the other 23 together
