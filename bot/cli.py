@@ -102,8 +102,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def redact_last_resort() -> None:
+    """Commands other than `run` and `chat` log through Python's last-resort handler
+    (warnings and errors to stderr); it gets the same secret filter as the log file."""
+    import logging
+
+    from bot.logs import Redactor, secrets_of
+
+    try:
+        from bot.settings import load
+
+        secrets = secrets_of(load())
+    except Exception:  # noqa: BLE001 - bad settings are reported by the commands that use them
+        secrets = set()
+    handler = logging.lastResort
+    if handler is not None and not any(isinstance(f, Redactor) for f in handler.filters):
+        handler.addFilter(Redactor(secrets))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    redact_last_resort()
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # what is still buffered goes (or fails) here, not at exit

@@ -13,6 +13,7 @@ import logging
 import re
 import secrets
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -288,3 +289,19 @@ def test_the_log_level_is_checked() -> None:
     assert Settings(_env_file=None).log_level == "INFO"  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="STOREFRONT_LOG_LEVEL"):
         Settings(_env_file=None, STOREFRONT_LOG_LEVEL="loud")  # type: ignore[call-arg]
+
+
+def test_one_shot_commands_log_through_the_same_filter(tmp_path: Path) -> None:
+    """`storefront release`, `outbox --deliver`…: Python's last-resort handler (warnings to
+    stderr) blanks secrets too."""
+    token = f"{secrets.randbelow(9 * 10**9) + 10**9}:{_made_up('ONESHOT')}"
+    code = ("import logging, sys\n"
+            "from bot.cli import redact_last_resort\n"
+            "redact_last_resort()\n"
+            "logging.getLogger('httpx').warning('POST https://api.telegram.org/bot%s/x', "
+            "sys.argv[1])\n")
+    env = {"TELEGRAM_BOT_TOKEN": token, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code, token], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "api.telegram.org/bot<redacted>/x" in done.stderr, done.stderr
+    assert token.split(":")[1] not in done.stderr
