@@ -31,7 +31,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from bot.http_guard import ConnectionGuard, connection_cap, install_storm_filters
+from bot.http_guard import LISTEN_QUEUE, ConnectionGuard, connection_cap, install_storm_filters
 from bot.settings import Settings
 from handlers.base import App
 from storage.db import Database
@@ -263,14 +263,14 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
                          socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.http_host, settings.http_port))
-    cap, backlog = connection_cap(settings.http_max_connections)
+    cap, per_tick = connection_cap(settings.http_max_connections)
     guard = ConnectionGuard(cap, settings.http_header_timeout, settings.http_body_timeout)
     # asyncio's accept-out-of-descriptors and uvicorn's bad-request warnings come once per
     # socket; a flood must not become a flood of log lines
     install_storm_filters("asyncio", "uvicorn.error")
     server = _Server(uvicorn.Config(
         asgi, http=guard.protocol(), log_level="warning", access_log=False, lifespan="on",
-        timeout_graceful_shutdown=5, server_header=False, backlog=backlog,
+        timeout_graceful_shutdown=5, server_header=False, backlog=per_tick,
         timeout_keep_alive=settings.http_keepalive_timeout,
         h11_max_incomplete_event_size=16 * 1024))  # headers: h11's default, pinned
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -280,6 +280,9 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
             task.result()  # raises why it could not start
             raise RuntimeError("the HTTP server stopped before it started")
         await asyncio.sleep(0.01)
+    # asyncio listened with `per_tick`, which is also how many it accepts per loop tick; the
+    # kernel may queue more (bot/http_guard.py)
+    sock.listen(LISTEN_QUEUE)
     host, port = sock.getsockname()[:2]
     log.info("HTTP server listening on %s:%s (at most %d connections; headers within %gs, "
              "bodies within %gs)", host, port, cap, settings.http_header_timeout,

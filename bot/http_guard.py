@@ -15,8 +15,11 @@ loop logs "socket.accept() out of system resource" once per failed accept — up
   body still dribbling in after the app has answered (413, 403).
 * **A cap on open connections** below the open-file limit (`connection_cap`): a quarter of
   RLIMIT_NOFILE (at least 64) stays free for the database, Redis, outgoing API calls and
-  the sockets accepted in one loop tick (`backlog` is kept below that reserve), so accept()
-  does not meet EMFILE in the first place.
+  sockets accepted but not yet admitted, so accept() does not meet EMFILE in the first
+  place. asyncio accepts up to `backlog` sockets per loop tick, so that number is kept
+  small, while the kernel's queue of connections waiting to be accepted stays long
+  (LISTEN_QUEUE, set on the socket after the server starts): a burst waits its turn instead
+  of having its SYNs dropped (a dropped SYN costs the client a second).
 * **At the cap, the longest-waiting slow client makes room.** A connection is *waiting* while
   the server waits on the client: idle between requests, headers or body unfinished. A new
   connection closes the one that has waited longest (503); when every open connection is
@@ -43,6 +46,7 @@ log = logging.getLogger("bot.http")
 
 REPORT_SECONDS = 60.0
 MIN_RESERVE = 64
+LISTEN_QUEUE = 1024  # the kernel's accept queue (capped by net.core.somaxconn)
 
 _ANSWERS = {
     status: (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -52,11 +56,14 @@ _ANSWERS = {
 
 
 def connection_cap(configured: int = 0, soft_limit: int | None = None) -> tuple[int, int]:
-    """(cap on open connections, accept backlog) for this process's open-file limit.
+    """(cap on open connections, sockets accepted per loop tick) for this open-file limit.
 
-    A quarter of the limit (at least MIN_RESERVE) stays for everything that is not an HTTP
-    connection; the backlog — also how many sockets asyncio accepts in one loop tick before
-    any can be closed — is half of that reserve. `configured` > 0 lowers the cap."""
+    A quarter of the limit (at least MIN_RESERVE) stays for everything that is not an admitted
+    HTTP connection. That includes sockets accepted but not yet admitted: asyncio accepts up
+    to `backlog` sockets per loop tick and hands them to the protocol two ticks later, and a
+    connection closed to make room is released one tick after that — so about three ticks'
+    worth of accepts can be open beyond the cap. An eighth of the reserve per tick keeps that
+    within it. `configured` > 0 lowers the cap."""
     if soft_limit is None:
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft_limit == resource.RLIM_INFINITY or soft_limit <= 0:
@@ -65,8 +72,7 @@ def connection_cap(configured: int = 0, soft_limit: int | None = None) -> tuple[
     cap = max(1, soft_limit - reserve)
     if configured > 0:
         cap = min(cap, configured)
-    backlog = max(16, min(2048, reserve // 2))
-    return cap, backlog
+    return cap, max(8, min(LISTEN_QUEUE, reserve // 8))
 
 
 class _Report:

@@ -11,9 +11,10 @@ that declares a body and never finishes, in three kinds taken in turn:
 
 and trickles one more byte down every connection every 2 s (that defeats idle and keep-alive
 timers, as a real slowloris does). It never reconnects. It prints one JSON line when every
-connection has been tried (`{"open": …, "failed": …, "seconds": …}`), then holds them until
-its stdin closes, and prints a last line with how many the server closed meanwhile
-(`{"closed_by_server": …, "open": …}`) before closing the rest.
+connection has been tried (`{"open": …, "failed": …, "seconds": …}`), then holds them and
+answers its stdin: a line `closed K` is answered `{"closed_by_server": …, "open": …}` once
+the server has closed at least K of them (or after 60 s, whatever the count); end of input
+gets the same line, and the flood closes the rest and ends.
 """
 
 from __future__ import annotations
@@ -94,9 +95,18 @@ async def main(host: str, port: int, n: int) -> None:
     print(json.dumps({"open": len(socks), "failed": n - len(socks),
                       "seconds": round(time.monotonic() - started, 3)}), flush=True)
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, sys.stdin.read)  # hold until the test lets go
-    print(json.dumps({"closed_by_server": closed[0], "open": len(socks) - closed[0]}),
-          flush=True)
+
+    def status() -> None:
+        print(json.dumps({"closed_by_server": closed[0], "open": len(socks) - closed[0]}),
+              flush=True)
+
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        want = int(line.split()[1])
+        deadline = time.monotonic() + 60
+        while closed[0] < want and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        status()
+    status()
     trickle.cancel()
     for task in watchers:
         task.cancel()
