@@ -247,8 +247,9 @@ class GuardedH11Protocol(H11Protocol):
 
 
 class StormFilter(logging.Filter):
-    """Let each message (by its first line) through at most once per `every` seconds; the
-    next one let through says how many like it were held back."""
+    """Let each warning or error (by its message's first line) through at most once per
+    `every` seconds; the next one let through says how many like it were held back. Lower
+    levels pass."""
 
     def __init__(self, every: float = REPORT_SECONDS) -> None:
         super().__init__()
@@ -257,6 +258,8 @@ class StormFilter(logging.Filter):
         self._held: dict[tuple[str, str], int] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
         key = (record.name, str(record.msg).split("\n", 1)[0])
         now = time.monotonic()
         last = self._last.get(key, now - self.every)

@@ -318,15 +318,28 @@ async def test_at_the_cap_the_longest_waiting_slow_client_makes_room(capped: Any
         sock.close()
 
 
-async def test_at_the_cap_with_every_connection_busy_a_new_one_is_refused() -> None:
-    class Busy:  # a connection whose request is complete and with the app
-        pass
+async def test_at_the_cap_with_every_connection_busy_a_new_one_is_refused(
+        sqlite_url: str, keys: sw.PayKeys) -> None:
+    async with open_shop(sqlite_url, keys, STOREFRONT_HTTP_MAX_CONNECTIONS="1") as shop:
+        guard, release = shop.server.guard, asyncio.Event()
+        real = shop.server.wechat.handle_post
 
-    guard = ConnectionGuard(cap=2, header_timeout=1, body_timeout=1)
-    guard.open.update({Busy(), Busy()})  # type: ignore[arg-type]
-    assert guard.admit(Busy()) is False  # type: ignore[arg-type]
-    assert guard.report.totals == {"timed_out": 0, "evicted": 0, "refused": 1}
-    guard.report.close()
+        async def slow_handler(query: dict[str, str], body: bytes) -> Any:
+            await release.wait()  # the app is working on a whole request
+            return await real(query, body)
+
+        shop.server.wechat.handle_post = slow_handler
+        busy = asyncio.create_task(shop.post(sw.text_message_xml(GH_ID, ALICE, "帮助",
+                                                                 next_msg_id())))
+        await _until(lambda: len(guard.open) == 1 and not guard.waiting)
+        sock = await asyncio.to_thread(_connect, shop.server.url)  # refused on arrival
+        refused = await asyncio.to_thread(_read_all, sock)
+        sock.close()
+        assert refused.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+        assert guard.report.totals == {"timed_out": 0, "evicted": 0, "refused": 1}
+        release.set()
+        reply = shop.reply_of(await busy)  # the busy request was not disturbed
+        assert "商品" in reply["Content"]
 
 
 async def test_what_the_guard_does_is_logged_once_then_summarised(
