@@ -27,8 +27,8 @@ loop logs "socket.accept() out of system resource" once per failed accept — up
   A webhook sends its whole request at once and is never waiting for long, so 1,500 stalled
   connections cannot keep /healthz or a WeChat message out.
 * **Logged once a while.** What the guard does is counted and logged once at the start,
-  then at most once per `REPORT_SECONDS` while it goes on (`_Report`); repeated warnings
-  from asyncio and uvicorn (`StormFilter`) likewise.
+  then at most once per `REPORT_SECONDS` while it goes on, and what is left when the server
+  stops (`_Report`); repeated warnings from asyncio and uvicorn (`StormFilter`) likewise.
 """
 
 from __future__ import annotations
@@ -114,9 +114,12 @@ class _Report:
         self.since = time.time()
 
     def close(self) -> None:
+        """The server stops: say what has not been said yet."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if any(self.counts.values()):
+            self._say()
 
 
 class ConnectionGuard:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -107,8 +108,12 @@ def _flood_says(flood: subprocess.Popen[str], command: str | None = None) -> dic
     return json.loads(flood.stdout.readline())
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc, runs sh")
 def test_1500_slow_bodies_under_a_1024_file_limit_leave_webhooks_and_health_answering(
         tmp_path: Path) -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < FLOOD + 64:
+        pytest.skip(f"the flood needs {FLOOD + 64} open files; this machine allows {hard}")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TELEGRAM_", "WECHAT_", "STOREFRONT_")) and k != "REDIS_URL"}
     log = tmp_path / "storefront.log"
@@ -167,17 +172,27 @@ def test_1500_slow_bodies_under_a_1024_file_limit_leave_webhooks_and_health_answ
         finally:
             if flood is not None and flood.poll() is None:
                 flood.kill()
+            stopping = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+            print(f"\nstopped in {time.monotonic() - stopping:.2f} s")
         text = log.read_text()
     assert proc.returncode == 0, text[-3000:]
-    # the flood's own log: a handful of lines, not one per socket
-    ours = [line for line in lines if "apscheduler" not in line]  # its routine job lines
-    assert len(ours) < 50, "\n".join(ours[:60])
+    # the flood's own log: a line or two, not one per socket (the rest is routine: the
+    # scheduler's jobs and Telegram's polls, logged at INFO)
+    assert len(lines) < 50, "\n".join(lines[:60])
+    ours = [line for line in lines if " INFO apscheduler" not in line
+            and " INFO httpx: HTTP Request: POST" not in line]
+    assert len(ours) <= 5, "\n".join(ours)
     assert any("closed to admit new connections" in line for line in ours), ours
     assert "Too many open files" not in text and "Traceback" not in text, text[-3000:]
-    print(f"\ncap {cap}; flood opened in {opened['seconds']} s; {len(ours)} log lines "
-          f"during the flood; answer times (s, -1 = attempt not answered): {timings}")
+    # the guard's lines (the first at once, the rest when the server stopped) account for
+    # every connection it closed to stay at the cap
+    closed = sum(int(n) for n in re.findall(r"(\d+) closed to admit new connections", text))
+    assert closed >= FLOOD - cap
+    print(f"\ncap {cap}; flood opened in {opened['seconds']} s; {len(lines)} log lines "
+          f"during the flood, {len(ours)} not routine; answer times (s, -1 = attempt not "
+          f"answered): {timings}\n" + "\n".join(ours))
 
 
 # -- each mechanism, in process ----------------------------------------------------------------
@@ -235,8 +250,9 @@ async def test_headers_that_never_end_are_answered_408_at_the_deadline_however_t
             except TimeoutError:
                 try:
                     sock.sendall(b"X")
-                except OSError:
-                    return data
+                except OSError:  # closed under our feet: what it said is still queued
+                    sock.settimeout(10)
+                    return data + _read_all(sock)
                 assert time.monotonic() - started < 10, "never closed"
                 continue
             except ConnectionResetError:
