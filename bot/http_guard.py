@@ -260,6 +260,10 @@ class StormFilter(logging.Filter):
         self._last: dict[tuple[str, str], float] = {}
         self._held: dict[tuple[str, str], int] = {}
 
+    def held_back(self) -> int:
+        """Records held back and not yet counted in a later one."""
+        return sum(self._held.values())
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True

@@ -195,6 +195,43 @@ def test_1500_slow_bodies_under_a_1024_file_limit_leave_webhooks_and_health_answ
           f"answered): {timings}\n" + "\n".join(ours))
 
 
+def test_out_of_descriptors_the_server_pauses_accepting_logs_once_and_recovers(
+        tmp_path: Path) -> None:
+    """When the reserve is gone anyway (here: eaten on purpose), accept() meets EMFILE;
+    asyncio pauses accepting for a second each time, and the log gets one line, not one
+    per failed accept."""
+    err = tmp_path / "server.log"
+    with err.open("w") as out:
+        proc = subprocess.Popen(
+            ["sh", "-c", f"ulimit -n 256 && exec {sys.executable} -m tests.fd_starved_server "
+                         f"sqlite:///{tmp_path}/fd.db"],
+            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=out, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert proc.stdout is not None
+        clients: list[socket.socket] = []
+        try:
+            port = int(proc.stdout.readline().split()[1])
+            proc.send_signal(signal.SIGUSR1)
+            assert proc.stdout.readline().strip() == "starved"
+            # the kernel completes these connections; the server cannot accept them
+            clients = [_connect(f"http://127.0.0.1:{port}") for _ in range(40)]
+            assert proc.stdout.readline().startswith("held ")  # >= 10 failed accepts
+            proc.send_signal(signal.SIGUSR1)
+            assert proc.stdout.readline().strip() == "fed"
+            with httpx.Client(timeout=10, trust_env=False) as client:
+                r = client.get(f"http://127.0.0.1:{port}/healthz")  # accepting again
+            assert r.status_code == 200 and r.json()["database"] == "ok"
+        finally:
+            for sock in clients:
+                sock.close()
+            proc.send_signal(signal.SIGTERM)
+            done = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0 and done.startswith("done ")
+    log = err.read_text()
+    assert log.count("socket.accept() out of system resource") == 1, log[-3000:]
+    assert "Traceback" in log and log.count("Too many open files") == 1  # the first, whole
+
+
 # -- each mechanism, in process ----------------------------------------------------------------
 
 def _connect(url: str) -> socket.socket:
