@@ -4,7 +4,8 @@ bot/http_guard.py, docs/reliability.md "Slow bodies").
 The first test is the attack itself: `storefront run` (WeChat and Telegram configured) under
 `ulimit -n 1024`, 1,500 connections that each declare a body and never finish it
 (tests/slow_flood.py, another process), and meanwhile /healthz, a signed WeChat message and
-a Telegram /shop are answered. The others pin each mechanism on an in-process server with
+a Telegram /shop are answered. The next starves a server of descriptors on purpose
+(tests/fd_starved_server.py); the others pin each mechanism on an in-process server with
 small numbers."""
 
 from __future__ import annotations
