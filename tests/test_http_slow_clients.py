@@ -261,9 +261,10 @@ async def _until(condition: Callable[[], bool], timeout: float = 10) -> None:
 
 @pytest.fixture
 async def quick(sqlite_url: str, keys: sw.PayKeys) -> Any:
-    """The WeChat shop with short read deadlines and room for four connections."""
+    """The WeChat shop with short read deadlines and keep-alive, room for four connections."""
     async with open_shop(sqlite_url, keys, STOREFRONT_HTTP_HEADER_TIMEOUT="0.5",
                          STOREFRONT_HTTP_BODY_TIMEOUT="0.5",
+                         STOREFRONT_HTTP_KEEPALIVE_TIMEOUT="1",
                          STOREFRONT_HTTP_MAX_CONNECTIONS="4") as s:
         stock(s.db)
         yield s
@@ -327,6 +328,17 @@ async def test_a_body_that_never_ends_is_cut_at_the_deadline_whether_or_not_the_
     assert guard.report.totals["timed_out"] == 1
     r = await quick.http.get("/healthz")
     assert r.status_code == 200
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(
+        quick: Any) -> None:
+    sock, began = await _stalled(quick.server.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await asyncio.to_thread(_read_all, sock)  # the answer, then the close
+    took = time.monotonic() - began
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b'"database":"ok"' in answer
+    assert 1 <= took < 10
+    assert quick.server.guard.report.totals["timed_out"] == 0  # uvicorn's keep-alive timer
 
 
 @pytest.fixture
