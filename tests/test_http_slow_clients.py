@@ -310,9 +310,18 @@ async def test_headers_that_never_end_are_answered_408_at_the_deadline_however_t
     assert 0.5 <= took < 10
 
 
+async def test_a_connection_that_sends_nothing_is_closed_at_the_header_deadline(
+        quick: Any) -> None:
+    sock, began = await _stalled(quick.server.url, b"")
+    answer = await asyncio.to_thread(_read_all, sock)
+    took = time.monotonic() - began
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and 0.5 <= took < 10
+
+
 @pytest.mark.parametrize("declared", [60_000, 100_000], ids=["app-reads-it", "refused-413"])
 async def test_a_body_that_never_ends_is_cut_at_the_deadline_whether_or_not_the_app_reads_it(
-        quick: Any, declared: int) -> None:
+        quick: Any, declared: int, caplog: pytest.LogCaptureFixture) -> None:
     head = (f"POST /wechat HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n<xml>")
     sock, started = await _stalled(quick.server.url, head.encode())
     answer = await asyncio.to_thread(_read_all, sock)
@@ -326,6 +335,7 @@ async def test_a_body_that_never_ends_is_cut_at_the_deadline_whether_or_not_the_
     guard = quick.server.guard
     await _until(lambda: not guard.open)
     assert guard.report.totals["timed_out"] == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no "failed"
     r = await quick.http.get("/healthz")
     assert r.status_code == 200
 
