@@ -423,3 +423,4 @@ class WeChatAdapter:
         await self.drain()
         for task in list(self._tasks):
             task.cancel()
+        self.nonces.close()

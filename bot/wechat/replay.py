@@ -157,6 +157,10 @@ class Nonces:
                 SeenMessage.key == key)).scalar_one_or_none())
             return stored == digest
 
+    def close(self) -> None:
+        if self.redis is not None:
+            self.redis.close()
+
     def prune(self, now: datetime) -> int:
         """Forget database nonces whose timestamps can no longer be fresh."""
         def work(s: Session) -> int:
