@@ -56,9 +56,9 @@ class InvalidSetting(Refusal):
 def _check(key: str, value: Any) -> str:
     """One `section.key` value; raises `invalid_config` when it breaks SPEC §7's rules."""
     if key not in DEFAULTS:
-        raise Refusal("invalid_config", f"unknown key {key}")
+        raise Refusal("invalid_config", "unknown key")
     if not isinstance(value, str):
-        raise Refusal("invalid_config", f"{key} is not a string")
+        raise Refusal("invalid_config", "not a string")
     try:
         if key == "store.currency":
             if not _CURRENCY.fullmatch(value):
@@ -81,10 +81,10 @@ def _check(key: str, value: Any) -> str:
         else:
             rate = parse_rate(value)
             if key in _UNIT_RATES and rate > 1:
-                raise Refusal("invalid_config", f"{key} is above 1")
+                raise Refusal("invalid_config", "above 1")
     # OSError: `ZoneInfo("Asia")` names a directory of the tz database, not a zone
     except (AmountError, ZoneInfoNotFoundError, ValueError, OSError) as exc:
-        raise Refusal("invalid_config", f"{key}: {exc}") from exc
+        raise Refusal("invalid_config", str(exc)) from exc
     return value
 
 

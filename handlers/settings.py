@@ -52,7 +52,7 @@ def show_value(lang: str, key: str, raw: str, currency: str) -> str:
     return echo(raw, 40)
 
 
-def _meaning(lang: str, key: str) -> str:
+def meaning(lang: str, key: str) -> str:
     name = f"settings.meaning.{key}"
     return i18n.t(lang, name) if i18n.has(name) else ""
 
@@ -70,7 +70,7 @@ def render_rules(lang: str, raw: dict[str, str]) -> str:
             lines.append(i18n.t(lang, "settings.line", key=key,
                                 value=show_value(lang, key, raw.get(key, DEFAULTS[key]),
                                                  currency),
-                                meaning=_meaning(lang, key)).rstrip(" —"))
+                                meaning=meaning(lang, key)).rstrip(" —"))
     return "\n".join(lines)
 
 
