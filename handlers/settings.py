@@ -151,8 +151,12 @@ def render_changes(lang: str, actor: str, changed: dict[str, tuple[str, str]],
         lines.append(i18n.t(lang, "settings.change_line", key=key,
                             old=show_value(lang, key, old, before),
                             new=show_value(lang, key, new, currency)))
-    if "store.settle_days" in changed:
-        lines.append(i18n.t(lang, "settings.settle_note"))
+    # what a change does not do by itself
+    for key, note in (("store.settle_days", "settings.settle_note"),
+                      ("store.timezone", "settings.timezone_note"),
+                      ("store.currency", "settings.currency_note")):
+        if key in changed:
+            lines.append(i18n.t(lang, note))
     return "\n".join(lines)
 
 

@@ -125,6 +125,19 @@ async def test_several_rules_at_once_in_any_spelling(memdb):
         "store.paused": "0", "queue.accel_rate": "0.125"})]
 
 
+async def test_a_new_time_zone_or_currency_says_what_it_does_not_do(memdb):
+    chat = Chat(memdb)
+    reply = text(await chat.send(OPERATOR, "/settings timezone Europe/Berlin currency EUR"))
+    assert reply.split("\n\n")[0] == (
+        "Rules changed by tg:1:\n"
+        "• store.timezone: Asia/Shanghai → Europe/Berlin\n"
+        "• store.currency: CNY → EUR\n"
+        "Maturities and settlements use the new time zone at once; the scheduled release "
+        "times follow it after the next restart of storefront run.\n"
+        "Amounts already recorded are not converted: they are now read in the new currency.")
+    assert "• queue.min_order = 100.00 EUR" in text(await chat.send(OPERATOR, "/settings"))
+
+
 @pytest.mark.parametrize("line,says", [
     ("/settings queue.accel_rate 2 store.settle_days 7",
      "“2” is not a valid queue.accel_rate: use a decimal from 0 to 1, or a percentage up to "
