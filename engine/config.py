@@ -66,7 +66,11 @@ def _check(key: str, value: Any) -> str:
         elif key == "store.timezone":
             if not re.fullmatch(r"[A-Za-z0-9_+\-/]{1,64}", value):
                 raise Refusal("invalid_config", "unknown timezone")
-            ZoneInfo(value)
+            try:
+                ZoneInfo(value)
+            # OSError: `ZoneInfo("Asia")` names a folder of the tz database, not a zone
+            except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+                raise Refusal("invalid_config", "unknown timezone") from exc
         elif key == "store.settle_days":
             if not re.fullmatch(r"[0-9]{1,3}", value) or int(value) > 365:
                 raise Refusal("invalid_config", "settle_days is a whole number 0-365")
@@ -82,8 +86,7 @@ def _check(key: str, value: Any) -> str:
             rate = parse_rate(value)
             if key in _UNIT_RATES and rate > 1:
                 raise Refusal("invalid_config", "above 1")
-    # OSError: `ZoneInfo("Asia")` names a directory of the tz database, not a zone
-    except (AmountError, ZoneInfoNotFoundError, ValueError, OSError) as exc:
+    except (AmountError, ValueError) as exc:
         raise Refusal("invalid_config", str(exc)) from exc
     return value
 
