@@ -3,11 +3,15 @@ event's own check, journaled with the operator, shown back old → new in zh and
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
+from engine.config import DEFAULTS
 from engine.replay import Replayer
 from storage.db import Database
 from storage.migrate import migrate
@@ -279,3 +283,33 @@ async def test_changing_a_product_off_sale_keeps_it_off_sale(memdb):
     assert text(await chat.send(OPERATOR, "/product TEA 120.00 0.30 15 queue Green tea")) \
         .startswith("Product TEA saved")
     assert "TEA" not in text(await chat.send("tg:5", "/shop"))
+
+
+# -- hostile input from an operator ------------------------------------------------------------
+
+_RULE_WORDS = st.sampled_from(sorted({*DEFAULTS, *(k.split(".")[1] for k in DEFAULTS),
+                                      "store.bonus", "lottery.odds", "=", "store.", ".x"}))
+_VALUES = st.one_of(st.sampled_from(["", "0", "1", "-1", "1e3", "NaN", "１００", "0.001", "25%",
+                                     "150%", "%", "on", "OFF", "Asia", "Asia/Shanghai", "CNY",
+                                     "9" * 41, "366", "1.5", "\u202e", "<b>x</b>", "{ref}"]),
+                   st.text(max_size=16))
+
+
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pairs=st.lists(st.tuples(_RULE_WORDS, _VALUES, st.booleans()), min_size=1, max_size=4))
+def test_any_rule_change_is_answered_politely_and_changes_all_or_nothing(pairs):
+    db = Database("sqlite://")
+    migrate(db)
+    try:
+        words = [f"{k}={v}" if eq else f"{k} {v}" for k, v, eq in pairs]
+        reply = text(asyncio.run(Chat(db).send(OPERATOR, "/settings " + " ".join(words))))
+        assert "went wrong" not in reply, reply
+        changed = _config_txns(db)
+        if reply.startswith("Rules changed by tg:1:"):
+            (_actor, body), = changed
+            assert _settings(db) == body
+        else:
+            assert changed == [] and _settings(db) == {}, reply
+    finally:
+        db.dispose()
