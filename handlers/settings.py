@@ -3,7 +3,8 @@ operators in chat.
 
 A change goes through `service.change_settings`, which is the replayed `config` event's own
 check and journal entry (`engine.accounts.configure`), with the operator as the actor. Chat
-only adds spelling an operator would type: a bare key (`settle_days`), `KEY=VALUE` or
+only adds spelling an operator would type: a bare key (`settle_days`) or its Chinese name
+(`退货期`), `KEY=VALUE` or
 `KEY VALUE`, a rate as a percentage (`25%` → `0.25`) and `on`/`off` for a switch; the value
 that reaches the engine is validated exactly as a `config` line would be.
 """
@@ -22,6 +23,14 @@ from .registry import Ctx, button, command
 SECTIONS = ("store", "queue", "points")
 # The return windows offered as buttons under /settings (days).
 SETTLE_PRESETS = ("0", "7", "15", "30")
+# The rules' Chinese names, as the zh listing shows them at the start of each meaning, for
+# operators typing `设置 退货期 7`.
+ZH_NAMES = {"币种": "store.currency", "时区": "store.timezone", "退货期": "store.settle_days",
+            "暂停销售": "store.paused", "排队门槛": "queue.min_order",
+            "奖金池比例": "queue.pool_share", "加速比例": "queue.accel_rate",
+            "分红池比例": "points.pool_rate", "铸造比例": "points.mint_rate",
+            "初始价格": "points.initial_price", "提现手续费": "points.withdraw_fee",
+            "出局倍数": "points.exit_multiple"}
 _SWITCH = {"on": "1", "yes": "1", "true": "1", "开": "1", "是": "1",
            "off": "0", "no": "0", "false": "0", "关": "0", "否": "0"}
 
@@ -89,8 +98,10 @@ def _buttons(c: Ctx, raw: dict[str, str]) -> tuple[tuple[Button, ...], ...]:
 
 
 def _full_key(word: str) -> str:
-    """`settle_days` → `store.settle_days`; a dotted key is taken as typed (the engine says
-    whether it exists); a bare word that is no rule is refused naming it."""
+    """`settle_days` (or `退货期`) → `store.settle_days`; a dotted key is taken as typed (the
+    engine says whether it exists); a bare word that is no rule is refused naming it."""
+    if word in ZH_NAMES:
+        return ZH_NAMES[word]
     word = word.lower()
     if "." in word:
         return word

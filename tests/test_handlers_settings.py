@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from engine.config import DEFAULTS
 from engine.replay import Replayer
+from handlers import settings as settings_module
 from storage.db import Database
 from storage.migrate import migrate
 from storage.models import JournalTxn, Setting
@@ -85,8 +86,17 @@ async def test_settings_in_chinese(memdb):
     body = text(await chat.send("wx:boss", "设置", lang="zh"))
     assert body.startswith("店铺规则 — 用 /settings 键 值 修改")
     assert "• store.settle_days = 0 天 — 退货期：返利等待这么多天，期间订单可以退款（0：不可退款）" in body
-    assert "• queue.accel_rate = 20% — 被推荐人支付金额中立即返给推荐人排队的比例" in body
-    assert "• points.initial_price = 1.00 CNY — 尚未铸造积分时的积分价格" in body
+    assert "• queue.accel_rate = 20% — 加速比例：被推荐人支付金额中立即返给推荐人排队的比例" in body
+    assert "• points.initial_price = 1.00 CNY — 初始价格：尚未铸造积分时的积分价格" in body
+    # every rule's Chinese name, as listed, can be typed instead of its key
+    for name, key in settings_module.ZH_NAMES.items():
+        assert f"• {key} = " in body and f" — {name}：" in body, name
+    reply = text(await chat.send("wx:boss", "设置 退货期 7 加速比例 10% 暂停销售 开", lang="zh"))
+    assert reply.split("\n\n")[0] == ("规则已由 wx:boss 修改：\n"
+                                        "• store.settle_days：0 天 → 7 天\n"
+                                        "• store.paused：否 → 是\n"
+                                        "• queue.accel_rate：20% → 10%\n"
+                                        "此后登记的订单适用新的退货期；已登记的订单保持原来的。")
 
 
 async def test_a_return_window_set_in_chat_makes_refunds_possible(memdb):
