@@ -21,7 +21,7 @@ from engine.money import AmountError, parse_rate
 from engine.orders import ORDER_REF
 from engine.verify import verify as verify_books
 
-from . import charts, i18n
+from . import charts, i18n, onsale
 from .base import App, Button, Document, Photo, Progress, Reply, Request
 from .parsing import BadInput, callback, echo, money, normalise, qty, sku, whole
 from .registry import Ctx, button, command, commands, first_lang
@@ -39,7 +39,8 @@ _pending_broadcasts: dict[str, tuple[str, str, float]] = {}
 
 @command("admin", aliases=("管理",), operator=True)
 async def admin(c: Ctx) -> Reply:
-    names = ("pool", "release", "withdrawals", "verify", "export", "pause", "resume")
+    names = ("pool", "release", "withdrawals", "settings", "verify", "export", "pause",
+             "resume")
     rows = []
     for i in range(0, len(names), 3):
         rows.append(tuple(Button("/" + n, f"cmd:v1:{n}") for n in names[i:i + 3]))
@@ -51,6 +52,10 @@ async def admin(c: Ctx) -> Reply:
 
 @command("product", aliases=("上架",), operator=True, usage_key="usage.product")
 async def product(c: Ctx) -> Reply:
+    if len(c.args) == 2 and c.args[1].lower() in onsale.OFF_WORDS + onsale.ON_WORDS:
+        return await onsale.switch(c, c.args[0], c.args[1].lower() in onsale.ON_WORDS)
+    if len(c.args) == 1 and normalise(c.req.text).lstrip().startswith("上架"):
+        return await onsale.switch(c, c.args[0], True)  # 上架 SKU: back on sale
     if len(c.args) < 5:
         raise BadInput("bad.missing")
     code, price = sku(c.args[0]), money(c.args[1])
