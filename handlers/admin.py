@@ -122,6 +122,8 @@ async def pool(c: Ctx) -> Reply:
                  price=i18n.price(int(r["price_micro"]))),
              c.t("pool.near_exit", count=len(near) if isinstance(near, list) else (near or 0)),
              pending_text]
+    if r.get("points_unbacked"):
+        lines.insert(5, c.t("pool.points_unbacked", amount=m("points_unbacked")))
     reply = Reply().text("\n".join(lines))
     for draw, caption in ((charts.pool_chart_png, "pool.chart"),
                           (charts.price_chart_png, "pool.price_chart")):
