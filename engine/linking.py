@@ -5,8 +5,9 @@ person sends it from the other channel and `redeem` joins the two accounts into 
 database transaction: one journal transaction moves the older account's wallet, hold and
 points to the newer one, and its identities, entries, orders, withdrawals, basis,
 notifications and referrals are re-pointed. The merged account's referrer is the one fixed
-at the earliest first contact, unless that would make a referral cycle (`merged_referrer`). Two accounts that both hold money are never
-joined (`link_both_funded`): which balance would win is not ours to guess.
+at the earliest first contact, unless that would make a referral cycle (`merged_referrer`).
+Two accounts that both hold money are never joined (`link_both_funded`): which balance
+would win is not ours to guess.
 
 The code itself is chosen by the caller (randomness stays at the edges); the engine only
 stores, checks and spends it.

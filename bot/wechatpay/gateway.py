@@ -130,7 +130,8 @@ class WeChatPayGateway:
             return 410, page("已过期 · Expired", "支付链接已过期，请重新下单。",
                              "This payment link has expired; please order again.")
         if facts["paused"]:  # no prepay while paused: nothing can be charged (docs/engine.md)
-            return 503, page("暂停销售 · Sales paused", "商店暂停销售中，暂时无法付款。请在商店恢复后再试。",
+            return 503, page("暂停销售 · Sales paused",
+                             "商店暂停销售中，暂时无法付款。请在商店恢复后再试。",
                              "Sales are paused, so this payment cannot start now. "
                              "Please try again when the shop reopens.")
         description = f"{facts['sku']} x{facts['qty']} ({facts['order']})"
