@@ -140,13 +140,17 @@ def join(book: Book, *, user: object, referrer: object = None, at: datetime,
 
 def deposit(book: Book, *, pool: object, amount: object, at: datetime,
             actor: str | None = None, key: str | None = None) -> dict[str, Any]:
-    """Operator seed money into a pool. Into the points pool it lifts the price."""
+    """Operator seed money into a pool. Into the points pool it lifts the price, so it is
+    refused while nobody holds points (SPEC §4): the next buyer's few points would own the
+    whole deposit. Checks in SPEC §7's order: amount, pool, holders."""
     if (done := book.already(key)) is not None:
         return done
+    fen = fen_amount(amount)
     if pool not in ("queue", "points"):
         raise Refusal("unknown_pool", str(pool))
-    fen = fen_amount(amount)
     row = book.pool(str(pool))
+    if pool == "points" and row.supply <= 0:
+        raise Refusal("no_points_holders")
     row.balance += fen
     p = journal.Postings()
     p.fen(journal.DEPOSITS_IN, journal.QUEUE_POOL if pool == "queue" else journal.POINTS_POOL,

@@ -124,9 +124,11 @@ async def pool(c: Ctx) -> Reply:
              c.t("pool.flows", in7=m("inflow_7d"), in30=m("inflow_30d"), out7=m("released_7d"),
                  out30=m("released_30d")),
              c.t("pool.points", balance=m("points_balance"), supply=i18n.pts(int(r["supply"])),
-                 price=i18n.price(int(r["price_micro"]))),
-             c.t("pool.near_exit", count=len(near) if isinstance(near, list) else (near or 0)),
-             pending_text]
+                 price=i18n.price(int(r["price_micro"])))]
+    if r.get("points_unbacked"):  # supply 0, pool > 0: whoever mints next would own it
+        lines.append(c.t("pool.points_unbacked", amount=m("points_unbacked")))
+    lines += [c.t("pool.near_exit", count=len(near) if isinstance(near, list) else (near or 0)),
+              pending_text]
     reply = Reply().text("\n".join(lines))
     for draw, caption in ((charts.pool_chart_png, "pool.chart"),
                           (charts.price_chart_png, "pool.price_chart")):

@@ -107,7 +107,7 @@ async def test_every_operator_action_is_journaled_with_the_operator(
     service.buy(memdb, user="tg:5", sku="OLD", method="offline", at=bought, order="M1")
     actions: list[tuple[str, str | None]] = [
         ("/product TEA 120.00 0.30 15 queue Green tea", None),
-        ("/deposit points 10.00", None),
+        ("/deposit queue 10.00", None),  # points: refused while nobody holds any (SPEC §4)
         ("/offline tg:5 TEA", None),
         ("/release", None),
         ("/pause", None),
