@@ -69,15 +69,35 @@ def pool_flows(session: Session, since: datetime, until: datetime) -> tuple[int,
     return int(row[0]), int(row[1])
 
 
+def pool_inflows(session: Session, since: datetime, until: datetime) -> tuple[int, int]:
+    """(sales, deposits): the queue pool's inflow for journal times in (since, until], split
+    into what sales contributed and what operators deposited (journal kind `deposit`).
+    A deposit is a one-off, so the estimate's daily rate counts sales only."""
+    window = in_window(session, JournalTxn.at > since, JournalTxn.at <= until)
+    if window is None:
+        return 0, 0
+    deposit = JournalTxn.kind == "deposit"
+    row = session.execute(
+        select(func.coalesce(func.sum(case((and_(Posting.amount > 0, ~deposit), Posting.amount),
+                                           else_=0)), 0),
+               func.coalesce(func.sum(case((and_(Posting.amount > 0, deposit), Posting.amount),
+                                           else_=0)), 0))
+        .join(JournalTxn, JournalTxn.id == Posting.txn_id)
+        .where(Posting.account == journal.QUEUE_POOL, window)
+    ).one()
+    return int(row[0]), int(row[1])
+
+
 def queue_flows(db: Database, since: datetime, until: datetime) -> tuple[int, int]:
     """(inflow, outflow) of the queue pool in fen for journal times in (since, until]."""
     return db.read(lambda s: pool_flows(s, since, until))
 
 
 def daily_inflow(session: Session, at: datetime) -> Fraction:
-    """The 30-day average daily inflow into the queue pool, exact (fen per day)."""
-    inflow, _out = pool_flows(session, at - 30 * DAY, at)
-    return Fraction(inflow, 30)
+    """The 30-day average daily inflow from sales into the queue pool, exact (fen per day).
+    Deposits are left out: a one-off is not a rate (they are in the balance already)."""
+    sales, _deposits = pool_inflows(session, at - 30 * DAY, at)
+    return Fraction(sales, 30)
 
 
 # -- history: daily figures walked back from today ----------------------------------------
