@@ -135,7 +135,7 @@ async def pool(c: Ctx) -> Reply:
     for draw, caption in ((charts.pool_chart_png, "pool.chart"),
                           (charts.price_chart_png, "pool.price_chart")):
         try:
-            reply.items.append(Photo(await c.call(draw, c.app.db), c.t(caption)))
+            reply.items.append(Photo(await c.call(draw, c.app.db, lang=c.lang), c.t(caption)))
         except Exception:  # noqa: BLE001 - the numbers matter, the picture is a bonus
             log.exception("%s failed", caption)
     return reply

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from engine import report, service
 from engine.errors import Refusal
 from engine.estimate import HORIZON_DAYS, days_to_fund, release_estimate
+from engine.history import price_changes
 from engine.points import Price
 from storage.db import Database
 from storage.models import Entry, Identity, JournalTxn, Outbox, Pool, Posting, User
@@ -322,6 +323,7 @@ def test_report_reads_no_growing_table_by_a_full_scan(sqlite_url: str):
     report.pool_report(db, at)
     report.queue_view(db, "B", at)
     report.warnings(db, at, Fraction(1, 2), 3)
+    price_changes(db, at)
     event.remove(db.engine, "before_cursor_execute", seen)
     scans = []
     with db.engine.connect() as conn:
