@@ -11,6 +11,7 @@ from fractions import Fraction
 from alembic import command
 from sqlalchemy import select, text
 
+from bot.cli_reports import format_report
 from engine import export, report, service
 from engine.estimate import ahead_of, release_estimate
 from handlers import notify
@@ -238,6 +239,8 @@ def test_near_exit_counts_holders_within_ten_percent_of_their_exit_price(memdb: 
     assert {h["handle"]: h["near"] for h in r["holders_near_exit"]} == {"NEAR": True,
                                                                          "FAR": False}
     assert r["near_exit_count"] == 1 and r["near_exit_within"] == Fraction(1, 10)
+    assert ("1 holders within 10.00% of their exit price (points × price ≥ 90.00% of exit "
+            "multiple × basis)") in format_report(r)
 
 
 # -- acceleration capped by the pool ---------------------------------------------------------
