@@ -148,11 +148,22 @@ def _figure(height: float = 4.2) -> Figure:
 
 def line_chart_png(title: str, series: Sequence[Series], *, ylabel: str = "",
                    xlabel: str = "", percent: bool = False, fill_between: bool = False,
-                   note: str = "") -> bytes:
+                   note: str = "", alone: int | None = None) -> bytes:
     """One PNG with a line per series (the simulator's charts). With `fill_between`, the gap
-    between the first two series is shaded (the shortfall of pool vs liability)."""
-    fig = _figure()
-    ax = fig.add_subplot()
+    between the first two series is shaded (the shortfall of pool vs liability). With
+    `alone`, that series is drawn again below on its own scale (a pool next to a liability
+    hundreds of times larger would otherwise lie on the axis)."""
+    fig = _figure(5.6 if alone is not None else 4.2)
+    if alone is not None:
+        ax, low = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+        label, xs_alone, ys_alone = series[alone]
+        low.plot(list(xs_alone), _floats(ys_alone), linewidth=1.6, color=f"C{alone}")
+        low.set_title(f"{label} (own scale)", fontsize="small")
+        low.set_ylabel(ylabel)
+        low.grid(True, alpha=0.3)
+        fit_y(low, list(ys_alone))
+    else:
+        ax = fig.add_subplot()
     for label, xs, ys in series:
         ax.plot(list(xs), _floats(ys), label=label, linewidth=1.6,
                 marker="o" if len(xs) < 3 else None)
