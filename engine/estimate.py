@@ -23,8 +23,7 @@ zero and the pool is short, or the date lies beyond `HORIZON_DAYS`, the honest a
 from __future__ import annotations
 
 import heapq
-import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from fractions import Fraction
@@ -80,16 +79,18 @@ class Ahead:
 
 
 def ahead_of(waiting: Iterable[tuple[int, int, date]], *, balance: int,
-             daily_inflow: Fraction, today: date) -> dict[int, Ahead]:
+             daily_inflow: Fraction, today: date,
+             wanted: Collection[int] | None = None) -> dict[int, Ahead]:
     """Walk the static releases forward from `today`, one a day at 00:00, for the waiting
     entries `(seq, remaining, maturity date)`, with the pool at `balance` growing by
     `daily_inflow` a day and nothing else changing (no new entries, no accelerations).
 
     Each day's release pays the matured entries in `seq` order, each in full, and stops at the
     first the pool cannot pay (SPEC §3); entries not yet matured neither block nor get paid.
-    Returns, for every seq, what is paid before it. An entry the walk never reaches (no
-    inflow, or beyond `HORIZON_DAYS`) is behind everything the walk paid and every unpaid
-    entry earlier in `seq`.
+    Returns, for every seq (with `wanted`, for those at least: the walk then stops once they
+    are all paid), what is paid before it. An entry the walk never reaches (no inflow, or beyond
+    `HORIZON_DAYS`) is behind everything the walk paid and every unpaid entry earlier in
+    `seq`.
 
     Event-driven, so it costs O(n log n) whatever the dates: between two maturity dates the
     only thing that changes is the pool, and the next payment day is computed, not stepped."""
@@ -97,33 +98,38 @@ def ahead_of(waiting: Iterable[tuple[int, int, date]], *, balance: int,
     remaining = {seq: rem for seq, rem, _day in entries}
     out: dict[int, Ahead] = {}
     matured: list[int] = []  # heap of seqs
+    # Integers only: money scaled by the inflow's denominator (r = per ÷ scale fen a day).
+    per, scale = daily_inflow.numerator, daily_inflow.denominator
     i, day, paid, count = 0, today, 0, 0
     horizon = today + timedelta(days=HORIZON_DAYS)
-    while day <= horizon:
+    want = None if wanted is None else set(wanted) & remaining.keys()
+    left = len(remaining) if want is None else len(want)
+    while day <= horizon and left > 0:
         while i < len(entries) and entries[i][2] <= day:
             heapq.heappush(matured, entries[i][0])
             i += 1
-        funds = balance + (day - today).days * daily_inflow - paid
-        while matured and remaining[matured[0]] <= funds:
+        funds = (balance - paid) * scale + (day - today).days * per  # × scale
+        while matured and remaining[matured[0]] * scale <= funds:
             seq = heapq.heappop(matured)
             out[seq] = Ahead(count + 1, paid, day)
+            left -= want is None or seq in want
             paid += remaining[seq]
-            funds -= remaining[seq]
+            funds -= remaining[seq] * scale
             count += 1
         upcoming = entries[i][2] if i < len(entries) else None
-        if matured and daily_inflow > 0:
-            short = remaining[matured[0]] - funds
-            funded = day + timedelta(days=math.ceil(short / daily_inflow))
+        if matured and per > 0:
+            short = remaining[matured[0]] * scale - funds
+            funded = day + timedelta(days=ceil_div(short, per))
             day = min(funded, upcoming) if upcoming is not None else funded
         elif upcoming is not None:
             day = upcoming
         else:
             break
     # Not reached: behind everything paid and every unpaid entry before it in `seq`.
-    unpaid = sorted(seq for seq in remaining if seq not in out)
     owed, n = paid, count
-    for seq in unpaid:
-        out[seq] = Ahead(n + 1, owed, None)
+    for seq in sorted(seq for seq in remaining if seq not in out):
+        if want is None or seq in want:
+            out[seq] = Ahead(n + 1, owed, None)
         owed += remaining[seq]
         n += 1
     return out

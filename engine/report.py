@@ -102,7 +102,8 @@ def _queue_view(session: Session, handle: str, at: datetime, limit: int) -> list
                    select(Entry.seq, OWED, Entry.matures_at)
                    .where(WAITING, or_(Entry.seq <= last_seq, Entry.matures_at < last_maturity))
                )]
-    order = ahead_of(waiting, balance=balance, daily_inflow=inflow, today=today)
+    order = ahead_of(waiting, balance=balance, daily_inflow=inflow, today=today,
+                     wanted={e.seq for e in mine})
     out: list[dict[str, Any]] = []
     for seq, amount, released, matures_at in mine:
         stands = order[seq]

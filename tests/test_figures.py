@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timedelta
+import random
+from datetime import date, datetime, timedelta
 from fractions import Fraction
 
 from alembic import command
@@ -290,3 +291,42 @@ def test_an_empty_pool_still_tells_the_referrer_why_nothing_came(memdb: Database
         "acceleration", p, o.lang, currency="CNY")
     assert memdb.read(lambda s: s.execute(select(User.wallet).where(User.handle == "R"))
                       .scalar_one()) == 0
+
+
+def _step_by_step(waiting: list[tuple[int, int, date]], balance: int, rate: Fraction,
+                  today: date, days: int) -> dict[int, tuple[int, date]]:
+    """The static release stepped one day at a time, written plainly: {seq: (paid before it,
+    day paid)}."""
+    paid, out = 0, {}
+    for n in range(days):
+        day = today + timedelta(days=n)
+        funds = balance + n * rate - paid
+        for seq, rem, matures in sorted(waiting):
+            if seq in out or matures > day:
+                continue
+            if rem > funds:
+                break
+            out[seq] = (paid, day)
+            paid, funds = paid + rem, funds - rem
+    return out
+
+
+def test_the_walk_agrees_with_a_day_by_day_release_on_random_queues():
+    rng = random.Random(14)
+    today = date(2026, 8, 1)
+    for _case in range(40):
+        waiting = [(seq, rng.randrange(1, 50) * 1000,
+                    today + timedelta(days=rng.randrange(-5, 25)))
+                   for seq in range(1, rng.randrange(2, 25))]
+        balance = rng.randrange(0, 30_000)
+        rate = Fraction(rng.randrange(0, 9000), rng.choice((1, 7, 30)))
+        walk = ahead_of(waiting, balance=balance, daily_inflow=rate, today=today)
+        stepped = _step_by_step(waiting, balance, rate, today, 400)
+        for seq, _rem, _m in waiting:
+            if seq in stepped:
+                assert (walk[seq].owed_ahead, walk[seq].paid_on) == stepped[seq]
+            else:
+                assert walk[seq].paid_on is None or walk[seq].paid_on >= today + timedelta(400)
+        mine = {seq for seq, _r, _m in waiting if rng.random() < 0.3}
+        some = ahead_of(waiting, balance=balance, daily_inflow=rate, today=today, wanted=mine)
+        assert {seq: some[seq] for seq in mine} == {seq: walk[seq] for seq in mine}
