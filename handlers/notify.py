@@ -69,7 +69,10 @@ def _pool_warning(p: dict[str, Any], lang: str, cur: str | None) -> str:
 
 def _percent(rate: Any) -> str:
     """`"0.20"` → `"20"`, `"0.125"` → `"12.5"`: a rate as a percentage, exactly."""
-    hundred = Fraction(str(rate)) * 100
+    try:
+        hundred = Fraction(str(rate)) * 100
+    except (ValueError, ZeroDivisionError):
+        return "-"
     if hundred.denominator == 1:
         return str(hundred.numerator)
     return f"{float(hundred):g}"  # display only: a rate has at most a few places
