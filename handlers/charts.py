@@ -116,7 +116,7 @@ def fit_x(ax: Axes, xs: Sequence[Any], tz: Any = None) -> None:
         return
     first, last = xs[0], xs[-1]
     if isinstance(first, datetime):
-        if last - first < timedelta(hours=12):
+        if last - first < timedelta(hours=1):  # a single instant: the day around it
             first, last = last - timedelta(hours=12), last + timedelta(hours=12)
         locator = mdates.AutoDateLocator(tz=tz, minticks=3, maxticks=8)
         ax.xaxis.set_major_locator(locator)
