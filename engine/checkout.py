@@ -83,6 +83,26 @@ def open_checkout(db: Database, *, user: str, sku: str, qty: object = 1,
     return db.run(work)
 
 
+def pay_with_wallet(db: Database, *, user: str, order: object, key: str,
+                    at: datetime | None = None) -> dict[str, Any]:
+    """Pay this open order from the buyer's wallet (`orders.pay_from_wallet`) and close its
+    checkout, so the channel's invoice for it can no longer be paid (`precheck` says
+    `closed`). Never opens a second order: a button under an invoice acts on that order."""
+    when = at or now()
+
+    def work(session: Session) -> dict[str, Any]:
+        # the checkout row first, as `paid` locks it: one lock order for both ways to pay
+        row = session.execute(select(Checkout).where(Checkout.order_ref == order)
+                              .with_for_update()).scalar_one_or_none() \
+            if isinstance(order, str) else None
+        result = orders.pay_from_wallet(Book(session), ref=order, user=user, at=when, key=key)
+        if row is not None and row.status == "open":
+            row.status = "paid"
+        return result
+
+    return db.run(work)
+
+
 def _buyer_id(session: Session, identity: str) -> int | None:
     return session.execute(select(Identity.user_id).where(Identity.identity == identity)
                            ).scalar_one_or_none()

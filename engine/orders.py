@@ -311,3 +311,38 @@ def refund(book: Book, *, ref: object, at: object, actor: str | None = None) -> 
     book.notify(buyer, "order_refunded", key, when, order=order.ref, cash=order.cash,
                 points_value=order.points_value, method=order.method)
     return order_result(book, order)
+
+
+def pay_from_wallet(book: Book, *, ref: object, user: str, at: object, key: str,
+                    actor: str | None = None) -> dict[str, Any]:
+    """Pay an order awaiting payment (a checkout its buyer opened) from the buyer's wallet:
+    the same journal rules as a wallet purchase (`place` with `method="wallet"`) — the cash
+    moves wallet → revenue in one `purchase` transaction, the order becomes a wallet order
+    (so a refund returns its cash to the wallet) and settles as any paid order (SPEC §8).
+
+    Refused: `unknown_order` for an order that is not this user's (someone else's order is
+    not theirs to learn about), `not_payable` once it no longer awaits payment,
+    `insufficient_balance`. Exactly once per `key`: a repeat answers the same result."""
+    buyer = book.user(user)
+    order = _order(book, ref)
+    if order is None or order.user_id != buyer.id:
+        raise Refusal("unknown_order", str(ref))
+    if (done := _replayed(book, key)) is not None:
+        return done
+    when = parse_at(at)
+    if order.status != "awaiting_payment":
+        raise Refusal("not_payable", order.status)
+    if order.cash > buyer.wallet:
+        raise Refusal("insufficient_balance")
+    order.method = "wallet"
+    _mark_paid(book, order, buyer, when, payment_ref=None)
+    buyer.wallet -= order.cash
+    p = journal.Postings()
+    p.fen(journal.wallet(buyer.id), journal.REVENUE, order.cash, f"order:{order.ref}")
+    book.record(key=key, kind="purchase", at=when, postings=p, actor=actor,
+                body={"order": order.ref, "user": buyer.handle, "sku": order.sku,
+                      "qty": order.qty, "total": order.total, "cash": order.cash,
+                      "points": order.points_used, "method": "wallet"})
+    if not settle_due(book, when):
+        points.forced_exits(book, when, f"order:{order.ref}")
+    return order_result(book, order)
