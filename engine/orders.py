@@ -218,6 +218,19 @@ def cancel_unpaid(book: Book, *, ref: str, at: object, actor: str | None = None)
     return order_result(book, order)
 
 
+def cancel_open(book: Book, *, ref: object, user: str, at: object) -> dict[str, Any]:
+    """The buyer gives up their own order awaiting payment (it is being replaced):
+    `cancel_unpaid`, after checking it is theirs (`unknown_order`) and still open
+    (`not_payable`)."""
+    buyer = book.user(user)
+    order = _order(book, ref)
+    if order is None or order.user_id != buyer.id:
+        raise Refusal("unknown_order", str(ref))
+    if order.status != "awaiting_payment":
+        raise Refusal("not_payable", order.status)
+    return cancel_unpaid(book, ref=order.ref, at=at)
+
+
 def settle_due(book: Book, at: datetime) -> list[dict[str, Any]]:
     """Settle every pending order due by `at`, in the order they were recorded (SPEC §8)."""
     settled: list[dict[str, Any]] = []
