@@ -114,18 +114,23 @@ def pay_with_wallet(db: Database, *, user: str, order: object, key: str,
     return db.run(work)
 
 
-def open_order_line(db: Database, *, user: str, order: object) -> tuple[str, int]:
+def open_order_line(db: Database, *, user: str, order: object,
+                    replaced_by: str | None = None) -> tuple[str, int, bool]:
     """The product and quantity of `user`'s order `order` while it awaits payment; else
-    `unknown_order` (not theirs, or none) or `not_payable`."""
-    def work(session: Session) -> tuple[str, int]:
+    `unknown_order` (not theirs, or none) or `not_payable` — unless the checkout keyed
+    `replaced_by` already replaced it (a repeated tap answers the same invoice): then the
+    third item is True."""
+    def work(session: Session) -> tuple[str, int, bool]:
         row = session.execute(select(Order).where(Order.ref == order)).scalar_one_or_none() \
             if isinstance(order, str) else None
         if row is None or row.user_id != session.execute(
                 select(User.id).where(User.handle == user)).scalar_one_or_none():
             raise Refusal("unknown_order", str(order))
+        if replaced_by is not None and journal.find(session, replaced_by) is not None:
+            return row.sku, row.qty, True
         if row.status != "awaiting_payment":
             raise Refusal("not_payable", row.status)
-        return row.sku, row.qty
+        return row.sku, row.qty, False
 
     return db.read(work)
 

@@ -266,8 +266,11 @@ async def pay_button(c: Ctx) -> Reply:
         result = await c.call(checkout.pay_with_wallet, c.app.db, user=c.handle, order=ref,
                               key=f"btn:{c.user_id}:pay:{ref}:w")
         return Reply().text(await receipt(c, result))
-    sku_, n = await c.call(checkout.open_order_line, c.app.db, user=c.handle, order=ref)
-    return await _buy(c, sku_, n, "all", False, f"btn:{c.user_id}:pay:{ref}:p", replaces=ref)
+    key = f"btn:{c.user_id}:pay:{ref}:p"
+    sku_, n, done = await c.call(checkout.open_order_line, c.app.db, user=c.handle,
+                                 order=ref, replaced_by=f"{key}:checkout")
+    # done: a repeated tap, answered with the same invoice (the points are already spent)
+    return await _buy(c, sku_, n, None if done else "all", False, key, replaces=ref)
 
 
 async def receipt(c: Ctx, result: dict[str, Any]) -> str:

@@ -1,0 +1,209 @@
+"""Issue 14, "confusing replies": buttons under an invoice act on its order, the buyer hears
+what a purchase earns before paying, and the catalogue is paged."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from engine import service
+from handlers import shop
+from storage.models import Checkout, Order
+from tests.handlers_kit import OPERATOR, Chat, buttons, invoice, text
+
+
+def _orders(chat: Chat) -> dict[str, str]:
+    rows = chat.db.read(lambda s: s.execute(select(Order.ref, Order.status)).all())
+    return {ref: status for ref, status in rows}
+
+
+def _order(chat: Chat, ref: str) -> Order:
+    return chat.db.read(lambda s: s.execute(select(Order).where(Order.ref == ref)).scalar_one())
+
+
+async def _with_wallet(chat: Chat, who: str) -> None:
+    """`who` buys TEA offline (order N1); the release 16 days later pays 100.00 into their
+    wallet."""
+    await chat.send(who, "/start")
+    await chat.send(OPERATOR, f"/offline {who} TEA")
+    service.release(chat.db, at=datetime.now(UTC) + timedelta(days=16))
+    assert chat.state()["users"][who]["wallet"] == "100.00"
+
+
+async def _invite_code(chat: Chat, who: str) -> str:
+    line = next(x for x in text(await chat.send(who, "/invite")).splitlines()
+                if x.startswith("Your invite code: "))
+    return line.removeprefix("Your invite code: ")
+
+
+# -- a button under an order acts on that order ----------------------------------------------
+
+async def test_pay_with_wallet_under_invoice_n11_pays_n11_and_creates_no_n12(memdb):
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    await _with_wallet(chat, "tg:5")  # N1
+    for _ in range(9):  # N2 … N10, invoices left unpaid
+        invoice(await chat.send("tg:5", "/buy RICE"))
+    reply = await chat.send("tg:5", "/buy TEA")
+    inv = invoice(reply)
+    assert inv.order == "N11"
+    wallet = [b for b in buttons(reply) if b.data.endswith(":w")]
+    assert [b.data for b in wallet] == ["pay:v1:N11:w"]
+    assert "N11" in wallet[0].label and "100.00 CNY" in wallet[0].label
+    paid = text(await chat.send("tg:5", "", callback="pay:v1:N11:w"))
+    assert "Paid: order N11 — TEA ×1, total 100.00 CNY." in paid
+    assert "Queue entry #2 for 100.00 CNY" in paid
+    orders = _orders(chat)
+    assert "N12" not in orders and orders["N11"] == "settled"
+    assert _order(chat, "N11").method == "wallet"
+    assert chat.state()["users"]["tg:5"]["wallet"] == "0.00"
+    assert memdb.read(lambda s: s.get(Checkout, inv.token).status) == "paid"
+    ok, error = await shop.precheck(chat.app, inv.token, inv.amount, inv.currency, "tg:5")
+    assert not ok and "no longer open" in error  # the channel's invoice cannot be paid too
+    world = chat.world()
+    assert text(await chat.send("tg:5", "", callback="pay:v1:N11:w")) == paid  # double tap
+    assert chat.world() == world
+
+
+async def test_order_buttons_refuse_politely_what_is_not_payable_or_not_yours(memdb):
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    await _with_wallet(chat, "tg:5")
+    await chat.send("tg:6", "/start")
+    invoice(await chat.send("tg:5", "/buy TEA"))  # N2
+    world = chat.world()
+    assert text(await chat.send("tg:6", "", callback="pay:v1:N2:w")) == \
+        "There is no such order."  # someone else's order is not theirs to learn about
+    assert text(await chat.send("tg:6", "", callback="pay:v1:N2:p")) == \
+        "There is no such order."
+    assert text(await chat.send("tg:5", "", callback="pay:v1:N1:w")) == \
+        "That order is no longer waiting for payment; send /orders to see it."
+    for forged in ("pay:v1:N2", "pay:v1:N2:x", "pay:v2:N2:w", "pay:v1:N2:w:extra",
+                   "pay:v1:N!2:w"):
+        assert "no longer valid" in text(await chat.send("tg:5", "", callback=forged))
+    assert chat.world() == world
+    await chat.send("tg:5", "/buy TEA 1 wallet")  # the wallet is spent elsewhere
+    assert text(await chat.send("tg:5", "", callback="pay:v1:N2:w")) == \
+        "Your wallet balance is not enough for that."
+    assert _orders(chat)["N2"] == "awaiting_payment"
+
+
+async def test_points_button_under_an_invoice_replaces_that_order(memdb):
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    await chat.pay("tg:5", await chat.send("tg:5", "/buy RICE"))  # N1: 10.5 points
+    first = await chat.send("tg:5", "/buy TEA")
+    old = invoice(first)
+    assert [b.data for b in buttons(first)] == ["pay:v1:N2:p"]
+    replaced = await chat.send("tg:5", "", callback="pay:v1:N2:p")
+    new = invoice(replaced)
+    assert new.order == "N3" and new.amount == 10000 - 1500  # 10.5 points × 1500/10.5 fen
+    assert _orders(chat) == {"N1": "settled", "N2": "cancelled", "N3": "awaiting_payment"}
+    assert memdb.read(lambda s: s.get(Checkout, old.token).status) == "cancelled"
+    ok, _ = await shop.precheck(chat.app, old.token, old.amount, old.currency, "tg:5")
+    assert not ok
+    again = await chat.send("tg:5", "", callback="pay:v1:N2:p")  # a double tap
+    assert invoice(again).token == new.token and len(_orders(chat)) == 3
+
+
+# -- what a purchase earns, said before paying -----------------------------------------------
+
+async def test_points_paying_part_of_a_queue_order_says_before_paying_that_no_entry_comes(memdb):
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    await chat.pay("tg:5", await chat.send("tg:5", "/buy RICE"))  # price now 1.428571
+    reply = await chat.send("tg:5", "/buy TEA 1 points 1")
+    assert invoice(reply).amount == 10000 - 142
+    note = text(reply)
+    assert "Before you pay: what this purchase earns" in note
+    assert ("No queue entry: the cash part 98.58 CNY is below the 100.00 CNY minimum "
+            "(what points pay does not count).") in note
+    assert "Points pay 1.42 CNY of it; only the cash part, 98.58 CNY, earns rebates." in note
+    assert "A queue entry" not in note
+    receipt = text(await chat.pay("tg:5", reply))
+    assert "This purchase earns no rebate." in receipt  # as announced, no surprise
+
+
+async def test_the_invoice_names_the_entry_its_maturity_the_points_and_the_acceleration(memdb):
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    code = await _invite_code(chat, "tg:5")
+    await chat.send("tg:7", "/start", payload=code, name="Bea")
+    note = text(await chat.send("tg:7", "/buy SOFA"))
+    assert "A queue entry of 1000.00 CNY, released in queue order from " in note
+    assert "(lock 30 days)." in note
+    assert "About 210.00 green points at today's price 1.00" in note  # SPEC §4: 300 × 0.70
+    assert "Your inviter tg:5 gets up to 200.00 CNY at once on their waiting queue entries." \
+        in note
+    assert "Paying with points" not in note
+
+
+async def test_the_outlook_speaks_chinese_with_chinese_punctuation(memdb):
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    await chat.send("tg:8", "/start", lang="zh")
+    note = text(await chat.send("tg:8", "/buy TEA", lang="zh"))
+    assert "付款前请了解：本次购买的返利" in note
+    assert "• 排队返现 100.00 CNY，自 " in note and "（锁定 15 天）。" in note
+
+
+async def test_the_outlook_says_no_rebate_and_the_return_window(memdb):
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    await chat.send(OPERATOR, "/product PEN 5.00 0.10 0 none Pen")
+    assert "No rebate: this product earns no queue entry and no points." in \
+        text(await chat.send("tg:5", "/buy PEN"))
+    service.configure(memdb, {"store": {"settle_days": "7"}})
+    note = text(await chat.send("tg:5", "/buy RICE"))
+    assert "Rebates are granted when the 7-day return window closes (" in note
+
+
+async def test_without_online_payment_the_offer_says_what_the_purchase_earns(memdb):
+    chat = Chat(memdb, payments=False)
+    await chat.setup_shop()
+    await _with_wallet(chat, "tg:5")
+    reply = await chat.send("tg:5", "/buy TEA")
+    assert "Online payment is not available here" in text(reply)
+    assert "A queue entry of 100.00 CNY, released in queue order from " in text(reply)
+
+
+# -- /shop pages -----------------------------------------------------------------------------
+
+async def test_shop_pages_sixty_products_eight_at_a_time_and_every_one_is_reachable(memdb):
+    chat = Chat(memdb)
+    await chat.setup_shop()  # RICE, SOFA, TEA
+    await chat.send(OPERATOR, "/product PEN 5.00 0.10 0 none Pen")
+    for i in range(56):  # 60 in all, most sorting before the demo products
+        service.upsert_product(memdb, sku=f"A{i:02d}", price="9.00", margin="0.10",
+                               lock_days=0, scheme="none", name=f"Item {i}")
+    reply = await chat.send("tg:5", "/shop")
+    assert text(reply).startswith("Products: Page 1/8")
+    seen: list[str] = []
+    for page in range(1, 9):
+        rows = [b.data for b in buttons(reply)]
+        buys = [d for d in rows if d.startswith("buy:")]
+        nav = [d for d in rows if d.startswith("shop:")]
+        assert f"Page {page}/8" in text(reply)
+        assert len(buys) == (8 if page < 8 else 4)
+        seen += [d.split(":")[2] for d in buys]
+        expected_nav = ([f"shop:v1:{page - 2}"] if page > 1 else []) + \
+            ([f"shop:v1:{page}"] if page < 8 else [])
+        assert nav == expected_nav
+        if page < 8:
+            reply = await chat.send("tg:5", "", callback=f"shop:v1:{page}")
+    assert len(seen) == 60 and seen == sorted(set(seen))  # stable order, each once
+    assert {"TEA", "RICE", "SOFA", "PEN"} <= set(seen)
+    assert "Page 8/8" in text(await chat.send("tg:5", "/shop 8"))
+    assert "Page 8/8" in text(await chat.send("tg:5", "/shop 99"))  # the last page
+    bad = text(await chat.send("tg:5", "/shop x"))
+    assert "“x” is not a page number." in bad and "Usage: /shop [PAGE]" in bad
+    assert "no longer valid" in text(await chat.send("tg:5", "", callback="shop:v1:-1"))
+
+
+async def test_a_short_catalogue_has_one_page_and_no_page_buttons(memdb):
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    reply = await chat.send("tg:5", "/shop")
+    assert "Page" not in text(reply)
+    assert not [b for b in buttons(reply) if b.data.startswith("shop:")]
