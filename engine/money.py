@@ -103,27 +103,34 @@ def max_amount(places: int) -> str:
 
 
 # -- what shoppers read -------------------------------------------------------------------
-# Shoppers see points and the points price like money: 2 places, rounded toward zero, so a
-# holding or a price is never shown above what it is (docs/conversations.md, "Amounts").
-# Operators' exact views (/user, /pool), exports and replay keep all 6 places.
-SHOWN_PLACES = 2
+# Shoppers see points like money, 2 places, and the points price with up to 4 places (at
+# least 2: `1.00`, `1.4285`), both rounded toward zero, so neither a holding nor a price is
+# shown above what it is (docs/conversations.md, "Amounts"). Operators' exact views (/user,
+# /pool), exports and replay keep all 6 places.
+POINTS_SHOWN_PLACES = 2
+PRICE_SHOWN_PLACES = 4
 
 
-def _shown(value: int, *, up: bool = False) -> str:
-    step = 10 ** (MICRO_PLACES - SHOWN_PLACES)
+def _shown(value: int, places: int, *, up: bool = False, trim_to: int | None = None) -> str:
+    step = 10 ** (MICRO_PLACES - places)
     whole = -(-abs(value) // step) if up else abs(value) // step
-    return _format_scaled(-whole if value < 0 else whole, SHOWN_PLACES)
+    text = _format_scaled(-whole if value < 0 else whole, places)
+    if trim_to is not None:
+        while len(text.rsplit(".", 1)[1]) > trim_to and text.endswith("0"):
+            text = text[:-1]
+    return text
 
 
 def format_points_shown(value: int) -> str:
     """Micro-points for a shopper: 10_504_999 → `"10.50"` (rounded toward zero)."""
-    return _shown(value)
+    return _shown(value, POINTS_SHOWN_PLACES)
 
 
 def format_price_shown(price_micro: int, *, up: bool = False) -> str:
-    """A points price (currency units × 10^6) for a shopper: 1_428_571 → `"1.42"`; `up` for a
-    threshold the price must reach (a forced exit), which is never shown below itself."""
-    return _shown(price_micro, up=up)
+    """A points price (currency units × 10^6) for a shopper: 1_428_571 → `"1.4285"`,
+    2_000_000 → `"2.00"`; `up` for a threshold the price must reach (a forced exit), which
+    is never shown below itself."""
+    return _shown(price_micro, PRICE_SHOWN_PLACES, up=up, trim_to=FEN_PLACES)
 
 
 def format_percent(rate: Rate) -> str:

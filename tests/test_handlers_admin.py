@@ -52,7 +52,7 @@ async def test_a_job_is_never_run_for_a_non_operator(memdb):
 async def test_product_and_deposit_are_journaled_with_the_operator(memdb):
     chat = Chat(memdb)
     reply = text(await chat.send(OPERATOR, "/product TEA 100.00 0.30 15 queue Green tea"))
-    assert reply == ("Product TEA saved: Green tea, 100.00 CNY, margin 0.30, lock 15 days, "
+    assert reply == ("Product TEA saved: Green tea, 100.00 CNY, margin 30%, lock 15 days, "
                      "scheme queue.")
     assert text(await chat.send(OPERATOR, "/deposit points 12.34")) == \
         "Deposited 12.34 CNY into the points pool; balance now 12.34 CNY."
@@ -213,7 +213,12 @@ async def test_verify_and_export_answer_operators(memdb):
 async def test_admin_menu_lists_operator_commands_with_buttons(memdb):
     chat = Chat(memdb)
     reply = await chat.send(OPERATOR, "/admin")
-    assert "/broadcast  — Message every user" in text(reply)
+    body = text(reply)
+    # each command with its words and a usage line
+    assert "/broadcast (群发, 广播) — Message every user\n   Usage: /broadcast TEXT" in body
+    assert "/pause (暂停) — Pause sales\n   Usage: /pause" in body
+    assert "/product (上架) — Add or change a product\n   Usage: /product SKU PRICE" in body
+    assert "  —" not in body
     assert "cmd:v1:pool" in [b.data for b in buttons(reply)]
     assert text(await chat.send(OPERATOR, "", callback="cmd:v1:withdrawals")) == \
         "No withdrawals are waiting."
