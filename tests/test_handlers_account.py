@@ -133,7 +133,7 @@ async def test_history_pages_the_statement_newest_first_with_buttons(memdb):
     second = await chat.send("tg:10", "", callback="hist:v1:1")
     body2 = text(second)
     assert body2.startswith("Statement, page 2 of 2")
-    assert "Points minted · points +10.500000" in body2
+    assert "Points minted · points +10.50" in body2
     assert [b.data for b in buttons(second)] == ["hist:v1:0"]
     assert text(await chat.send("tg:10", "/history 2")) == body2
     assert text(await chat.send("tg:20", "", callback="hist:v1:x")) == \
