@@ -207,3 +207,77 @@ async def test_a_short_catalogue_has_one_page_and_no_page_buttons(memdb):
     reply = await chat.send("tg:5", "/shop")
     assert "Page" not in text(reply)
     assert not [b for b in buttons(reply) if b.data.startswith("shop:")]
+
+
+# -- wording and formatting, in zh and en ---------------------------------------------------
+
+CJK = "[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]"
+
+
+def test_chinese_catalogue_uses_full_width_punctuation_between_chinese_words():
+    import json
+    import re
+    from pathlib import Path
+
+    zh = json.loads((Path(__file__).parents[1] / "handlers" / "locales" / "zh.json")
+                    .read_text("utf-8"))
+    ascii_between = re.compile(rf"{CJK}\s*[:,;]\s*{CJK}|{CJK}[:,;] |[:,;] ?{CJK}")
+    bad = {k: v for k, v in zh.items() if ascii_between.search(v)}
+    assert not bad
+
+
+async def test_chinese_replies_built_from_parts_keep_full_width_separators(memdb):
+    import re
+
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    await chat.send("tg:8", "/start", lang="zh")
+    await chat.pay("tg:8", await chat.send("tg:8", "/buy SOFA", lang="zh"))  # entry + points
+    body = text(await chat.send("tg:8", "/orders", lang="zh"))
+    assert "已结算：排队号 #1" in body and "，210.00 积分" in body
+    assert not re.search(rf"{CJK}\s*[:,]\s|[:,] {CJK}", body), body
+
+
+async def test_lock_periods_say_1_day_2_days_and_from_payment(memdb):
+    chat = Chat(memdb)
+    assert "lock 1 day, scheme queue." in \
+        text(await chat.send(OPERATOR, "/product ONE 100.00 0.30 1 queue One"))
+    assert "lock 2 days," in text(await chat.send(OPERATOR, "/product TWO 100.00 0.30 2 queue T"))
+    await chat.send(OPERATOR, "/product NOW 100.00 0.30 0 queue Now")
+    body = text(await chat.send("tg:5", "/shop"))
+    assert "released in queue order from payment." in body
+    assert "from 1 day after payment." in body and "from 2 days after payment." in body
+    assert "0 days" not in body and "1 days" not in body
+    await chat.send("tg:6", "/start", lang="zh")
+    zh = text(await chat.send("tg:6", "/shop", lang="zh"))
+    assert "付款当天起按排队顺序释放" in zh and "付款 1 天后起按排队顺序释放" in zh
+    await chat.send(OPERATOR, "/lang zh")
+    assert "锁定 1 天，" in text(await chat.send(OPERATOR, "/product ONE 100.00 0.30 1 queue O"))
+
+
+async def test_the_invite_rate_reads_as_a_percentage(memdb):
+    chat = Chat(memdb)
+    body = text(await chat.send("tg:5", "/invite"))
+    assert "Acceleration rate: 20% of each qualifying purchase" in body and "0.20" not in body
+    service.configure(memdb, {"queue": {"accel_rate": "0.125"}})
+    assert "12.5%" in text(await chat.send("tg:5", "/invite"))
+
+
+async def test_an_oversized_amount_is_too_large_not_malformed(memdb):
+    chat = Chat(memdb)
+    await chat.send("tg:5", "/start")
+    reply = text(await chat.send("tg:5", "/withdraw 1000000000000"))
+    assert reply.startswith("“1000000000000” is too large: at most 999999999999.99.")
+    assert "not an amount" not in reply
+    reply = text(await chat.send("tg:9", "/sellpoints 5000000000000", lang="zh"))
+    assert "太大了：最多 999999999999.999999" in reply
+    assert "is not an amount" in text(await chat.send("tg:5", "/withdraw 1.234"))
+
+
+async def test_shoppers_never_read_six_decimal_points_or_prices(memdb):
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    await chat.pay("tg:5", await chat.send("tg:5", "/buy RICE"))
+    for command in ("/shop", "/me", "/points", "/orders", "/history", "/buy TEA"):
+        body = text(await chat.send("tg:5", command))
+        assert not __import__("re").search(r"\d\.\d{5,}", body), (command, body)
