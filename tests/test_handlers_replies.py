@@ -281,3 +281,25 @@ async def test_shoppers_never_read_six_decimal_points_or_prices(memdb):
     for command in ("/shop", "/me", "/points", "/orders", "/history", "/buy TEA"):
         body = text(await chat.send("tg:5", command))
         assert not __import__("re").search(r"\d\.\d{5,}", body), (command, body)
+
+
+async def test_delivered_notifications_name_the_stores_currency(memdb):
+    from scheduler import Deliverer
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.texts: list[str] = []
+
+        async def send(self, identity: str, text: str) -> None:
+            self.texts.append(text)
+
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    service.configure(memdb, {"store": {"currency": "USD"}})
+    await _with_wallet(chat, "tg:5")  # a release pays 100.00 to tg:5's wallet
+    sender = Recorder()
+    later = datetime.now(UTC) + timedelta(days=17)  # the release's row is due then
+    await Deliverer(memdb, {"tg": sender}, per_user=0, clock=lambda: later).drain()
+    assert "Queue entry #1 released: 100.00 USD paid to your wallet (entry total " \
+        "100.00 USD)." in sender.texts
+    assert all("CNY" not in t for t in sender.texts) and len(sender.texts) == 2
