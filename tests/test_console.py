@@ -137,7 +137,7 @@ def test_console_shop_invite_purchase_payment_acceleration_and_reports(console):
         ("console:alice", "20.00"), ("console:bob", "0.00")]
     release = chat.send("/release")
     assert release.startswith("Release started…")
-    assert "Release done: 0 orders settled, 0 entries paid (0.00 CNY)." in release
+    assert "Release done: orders settled 0, entries paid 0 (0.00 CNY)." in release
 
 
 OPERATOR_COMMANDS = [

@@ -85,7 +85,7 @@ async def test_release_runs_as_a_progress_job_and_pays_matured_entries(memdb):
     pushed: list[str] = []
     req = Request(channel="telegram", identity=OPERATOR, request_id="job1")
     final = await handlers.run_job(chat.app, item.job, req, pushed.append)
-    assert final == "Release done: 0 orders settled, 2 entries paid (200.00 CNY)."
+    assert final == "Release done: orders settled 0, entries paid 2 (200.00 CNY)."
     assert pushed[-1] == final
     assert chat.state()["users"]["tg:5"]["wallet"] == "100.00"
     assert len(chat.outbox("release_paid")) == 2
@@ -94,7 +94,7 @@ async def test_release_runs_as_a_progress_job_and_pays_matured_entries(memdb):
         pushed.append("async:" + line)
 
     again = await handlers.run_job(chat.app, "release", req, async_update)
-    assert again == "Release done: 0 orders settled, 0 entries paid (0.00 CNY)."
+    assert again == "Release done: orders settled 0, entries paid 0 (0.00 CNY)."
 
 
 async def test_withdrawals_are_listed_with_buttons_and_decided_once(memdb):
@@ -170,7 +170,7 @@ async def test_broadcast_asks_for_confirmation_then_writes_one_outbox_row_per_us
     assert not chat.outbox("broadcast")
     assert "expired" in text(await chat.send("tg:2", "", callback=yes))  # not theirs
     # five users: the operator, the three above and tg:2, who joined by pressing the button
-    assert text(await chat.send(OPERATOR, "", callback=yes)) == "Broadcast queued for 5 users."
+    assert text(await chat.send(OPERATOR, "", callback=yes)) == "Broadcast queued; recipients: 5."
     rows = chat.outbox("broadcast")
     assert len(rows) == 5 and all(json.loads(r.params)["text"] == "Sale tomorrow!  明天促销"
                                   for r in rows)
