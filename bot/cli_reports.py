@@ -52,6 +52,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"  supply 流通量                  {format_micro(r['supply'])}",
         f"  price 价格                     {format_micro(r['price_micro'])}",
     ]
+    if r.get("points_unbacked"):
+        lines.append(f"  pool money no points stand for 无积分对应的分红池资金  "
+                     f"{format_fen(r['points_unbacked'])} {cur} (supply 0 流通量为零)")
     history = r["price_history"]
     if len(history) > 1:
         first_at, first = history[0]

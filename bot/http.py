@@ -1,7 +1,7 @@
 """The one HTTP server of `storefront run`: a Starlette app on uvicorn.
 
     GET  /healthz                    200 when the database answers ("degraded" if Redis does not)
-    GET  /wechat                     WeChat's server check: echo `echostr` if signed, else 403
+    GET  /wechat                     WeChat's server check: echo `echostr` if signed and fresh, else 403
     POST /wechat                     Official Account messages and events (bot/wechat.py)
     POST /wechat/pay/notify          WeChat Pay payment notifications (bot/wechatpay.py)
     POST /wechat/pay/refund-notify   WeChat Pay refund notifications
@@ -116,7 +116,9 @@ def build_app(*, db: Database, redis_url: str | None = None, wechat: Any = None,
 
     if wechat is not None:
         async def wechat_get(request: Request) -> Response:
-            status, body = wechat.verify_get(dict(request.query_params))
+            # a thread: the check remembers the query's nonce in the database or Redis
+            status, body = await asyncio.to_thread(wechat.verify_get,
+                                                   dict(request.query_params))
             return PlainTextResponse(body, status_code=status)
 
         async def wechat_post(request: Request) -> Response:

@@ -143,6 +143,7 @@ def _buyer_id(session: Session, identity: str) -> int | None:
 def precheck(db: Database, *, token: object, amount: object, currency: object,
              identity: str, at: datetime | None = None) -> str | None:
     """None when the channel may charge; else why not: `unknown`, `closed`, `expired`,
+    `paused` (sales are paused: an order opened before the pause is not charged during it),
     `mismatch` (amount or currency), `wrong_buyer`."""
     when = at or now()
 
@@ -157,6 +158,8 @@ def precheck(db: Database, *, token: object, amount: object, currency: object,
             return "closed"
         if when >= row.expires_at:
             return "expired"
+        if store_config(session).paused:
+            return "paused"
         if amount != order.cash or currency != order.currency:
             return "mismatch"
         if _buyer_id(session, identity) != order.user_id:
@@ -172,7 +175,8 @@ def paid(db: Database, *, token: object, amount: int, currency: str, charge_id: 
     """Record a channel's charge exactly once (`confirm_payment` keyed by the charge id).
 
     Returns the order result with `ok` True, or `ok` False and the refusal `code`; a refused
-    charge is flagged to every operator (once per charge)."""
+    charge is flagged to every operator (once per charge), and so is a charge recorded while
+    sales are paused (`paid_while_paused`: the money is real, so it is recorded)."""
     when = at or now()
     key = charge_key(channel, charge_id)
 
@@ -192,6 +196,11 @@ def paid(db: Database, *, token: object, amount: int, currency: str, charge_id: 
                                         currency=currency, payment_ref=charge_id[:128],
                                         at=when, key=key)
         row.status = "paid"
+        if result.get("paid_while_paused"):
+            _flag_rows(session, operators, key=f"paused:{key}", kind="paused_payment",
+                       at=when, params={"order": result["order"], "amount": amount,
+                                        "currency": currency, "charge": charge_id[:128],
+                                        "channel": channel, "buyer": identity})
         return {**result, "ok": True}
 
     try:
@@ -205,30 +214,55 @@ def paid(db: Database, *, token: object, amount: int, currency: str, charge_id: 
         return {"ok": False, "code": exc.code, "order": ref}
 
 
+def confirm_payment(db: Database, *, order: str, amount: int, currency: str, payment_ref: str,
+                    key: str, channel: str, buyer: str, operators: Iterable[str] = (),
+                    at: datetime | None = None) -> dict[str, Any]:
+    """`service.confirm_payment` for a channel that names the order itself (WeChat Pay's
+    notification): a payment recorded while sales are paused also owes every operator a
+    `paused_payment` message, written in the same transaction (once per payment `key`)."""
+    when = at or now()
+
+    def work(session: Session) -> dict[str, Any]:
+        result = orders.confirm_payment(Book(session), ref=order, amount=amount,
+                                        currency=currency, payment_ref=payment_ref, at=when,
+                                        key=key)
+        if result.get("paid_while_paused"):
+            _flag_rows(session, operators, key=f"paused:{key}", kind="paused_payment",
+                       at=when, params={"order": result["order"], "amount": amount,
+                                        "currency": currency, "charge": payment_ref,
+                                        "channel": channel, "buyer": buyer})
+        return result
+
+    return db.run(work)
+
+
 def flag_operators(db: Database, operators: Iterable[str], *, key: str, params: dict[str, Any],
                    at: datetime | None = None) -> int:
     """A `payment_flag` outbox row for each operator identity (once per `key`); the identity
     is in the params, since an operator need not have a shop account."""
     when = at or now()
     targets = sorted(set(operators))
+    if not targets:
+        return 0
+    return db.run(lambda session: _flag_rows(session, targets, key=key, params=params,
+                                             at=when, kind="payment_flag"))
 
-    def work(session: Session) -> int:
-        written = 0
-        for ident in targets:
-            row_key = f"flag:{key}:{ident}"[:200]
-            if session.execute(select(Outbox.id).where(Outbox.key == row_key)).first():
-                continue
-            user = session.execute(select(User).join(Identity, Identity.user_id == User.id)
-                                   .where(Identity.identity == ident)).scalar_one_or_none()
-            session.add(Outbox(key=row_key, user_id=user.id if user else None,
-                               kind="payment_flag",
-                               params=journal.canonical({**params, "identity": ident}),
-                               lang=(user.lang if user and user.lang else "zh"),
-                               status="pending", attempts=0, next_at=when, created_at=when))
-            written += 1
-        return written
 
-    return db.run(work) if targets else 0
+def _flag_rows(session: Session, operators: Iterable[str], *, key: str, kind: str,
+               params: dict[str, Any], at: datetime) -> int:
+    written = 0
+    for ident in sorted(set(operators)):
+        row_key = f"flag:{key}:{ident}"[:200]
+        if session.execute(select(Outbox.id).where(Outbox.key == row_key)).first():
+            continue
+        user = session.execute(select(User).join(Identity, Identity.user_id == User.id)
+                               .where(Identity.identity == ident)).scalar_one_or_none()
+        session.add(Outbox(key=row_key, user_id=user.id if user else None, kind=kind,
+                           params=journal.canonical({**params, "identity": ident}),
+                           lang=(user.lang if user and user.lang else "zh"),
+                           status="pending", attempts=0, next_at=at, created_at=at))
+        written += 1
+    return written
 
 
 def expire_due(db: Database, *, at: datetime | None = None, batch: int = 200) -> int:

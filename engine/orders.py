@@ -84,9 +84,13 @@ def _replayed(book: Book, key: str | None) -> dict[str, Any] | None:
     found = book.stored(key)
     if found is None:
         return None
-    order = _order(book, json.loads(found[0]).get("order"), lock=False)
+    body = json.loads(found[0])
+    order = _order(book, body.get("order"), lock=False)
     assert order is not None, key
-    return {**order_result(book, order), "replayed": True}
+    result = {**order_result(book, order), "replayed": True}
+    if body.get("paid_while_paused"):
+        result["paid_while_paused"] = True
+    return result
 
 
 def place(book: Book, *, user: str, sku: str, qty: object = 1, at: object,
@@ -193,13 +197,20 @@ def confirm_payment(book: Book, *, ref: str, amount: int, currency: str, payment
     _mark_paid(book, order, buyer, when, payment_ref)
     p = journal.Postings()
     p.fen(journal.PAYMENTS_IN, journal.REVENUE, amount, f"order:{ref}")
-    book.record(key=key, kind="purchase", at=when, postings=p, actor=actor,
-                body={"order": ref, "user": buyer.handle, "sku": order.sku, "qty": order.qty,
-                      "total": order.total, "cash": order.cash, "points": order.points_used,
-                      "method": order.method, "payment": payment_ref})
+    body = {"order": ref, "user": buyer.handle, "sku": order.sku, "qty": order.qty,
+            "total": order.total, "cash": order.cash, "points": order.points_used,
+            "method": order.method, "payment": payment_ref}
+    # Sales paused after this order was opened, and the buyer paid anyway (the channel asked
+    # before the pause, or the payer's screen was already open): the money is real, so it is
+    # recorded as usual, and the journal says it came in while paused (docs/engine.md).
+    paused = book.cfg.paused
+    if paused:
+        body["paid_while_paused"] = True
+    book.record(key=key, kind="purchase", at=when, postings=p, actor=actor, body=body)
     if not settle_due(book, when):
         points.forced_exits(book, when, f"order:{ref}")
-    return order_result(book, order)
+    result = order_result(book, order)
+    return {**result, "paid_while_paused": True} if paused else result
 
 
 def cancel_unpaid(book: Book, *, ref: str, at: object, actor: str | None = None) -> dict[str, Any]:
@@ -274,7 +285,8 @@ def _settle(book: Book, order: OrderRow, at: datetime) -> dict[str, Any]:
             assert order.matures_at is not None
             entry = queue.add_entry(book, buyer, order.no, cash, order.matures_at, at)
             order.entry_seq = entry.seq
-            if buyer.referrer_id is not None:
+            # never to the buyer's own account (linking drops such an edge; belt and braces)
+            if buyer.referrer_id is not None and buyer.referrer_id != buyer.id:
                 referrer = book.user_by_id(buyer.referrer_id)
                 accelerated = queue.accelerate(book, referrer, cash,
                                                parse_rate(terms["accel_rate"]), p)

@@ -157,6 +157,9 @@ def _pool_report(session: Session, at: datetime, near_exit: int,
         "released_7d": released_7, "released_30d": released_30,
         "points_balance": points_pool.balance,
         "supply": points_pool.supply,
+        # Money in the points pool that no points stand for: all of it while the supply is
+        # zero (fees left by the last holders, or a deposit made before SPEC §4 refused one).
+        "points_unbacked": points_pool.balance if points_pool.supply == 0 else 0,
         "price_micro": price.display_micro(),
         "price_history": [(h["at"], h["price_micro"]) for h in history
                           if h["price_micro"] is not None],

@@ -21,7 +21,7 @@ from engine.money import AmountError, parse_rate
 from engine.orders import ORDER_REF
 from engine.verify import verify as verify_books
 
-from . import charts, i18n
+from . import charts, i18n, onsale
 from .base import App, Button, Document, Photo, Progress, Reply, Request
 from .parsing import BadInput, callback, echo, money, normalise, qty, sku, whole
 from .registry import Ctx, button, command, commands, first_lang, lookup
@@ -39,7 +39,8 @@ _pending_broadcasts: dict[str, tuple[str, str, float]] = {}
 
 @command("admin", aliases=("管理",), operator=True)
 async def admin(c: Ctx) -> Reply:
-    names = ("pool", "release", "withdrawals", "verify", "export", "pause", "resume")
+    names = ("pool", "release", "withdrawals", "settings", "verify", "export", "pause",
+             "resume")
     rows = []
     for i in range(0, len(names), 3):
         rows.append(tuple(Button("/" + n, f"cmd:v1:{n}") for n in names[i:i + 3]))
@@ -58,6 +59,10 @@ async def admin(c: Ctx) -> Reply:
 
 @command("product", aliases=("上架",), operator=True, usage_key="usage.product")
 async def product(c: Ctx) -> Reply:
+    if len(c.args) == 2 and c.args[1].lower() in onsale.OFF_WORDS + onsale.ON_WORDS:
+        return await onsale.switch(c, c.args[0], c.args[1].lower() in onsale.ON_WORDS)
+    if len(c.args) == 1 and normalise(c.req.text).lstrip().startswith("上架"):
+        return await onsale.switch(c, c.args[0], True)  # 上架 SKU: back on sale
     if len(c.args) < 5:
         raise BadInput("bad.missing")
     code, price = sku(c.args[0]), money(c.args[1])
@@ -126,11 +131,12 @@ async def pool(c: Ctx) -> Reply:
                  else "-"),
              c.t("pool.flows", in7=m("inflow_7d"), in30=m("inflow_30d"), out7=m("released_7d"),
                  out30=m("released_30d")),
-             c.t("pool.points", balance=m("points_balance"),
-                 supply=i18n.pts_exact(int(r["supply"])),
-                 price=i18n.price_exact(int(r["price_micro"]))),
-             c.t("pool.near_exit", count=len(near) if isinstance(near, list) else (near or 0)),
-             pending_text]
+             c.t("pool.points", balance=m("points_balance"), supply=i18n.pts_exact(int(r["supply"])),
+                 price=i18n.price_exact(int(r["price_micro"])))]
+    if r.get("points_unbacked"):  # supply 0, pool > 0: whoever mints next would own it
+        lines.append(c.t("pool.points_unbacked", amount=m("points_unbacked")))
+    lines += [c.t("pool.near_exit", count=len(near) if isinstance(near, list) else (near or 0)),
+              pending_text]
     reply = Reply().text("\n".join(lines))
     for draw, caption in ((charts.pool_chart_png, "pool.chart"),
                           (charts.price_chart_png, "pool.price_chart")):

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("order_settled", "acceleration", "release_paid", "forced_exit", "points_received",
          "withdrawal_approved", "withdrawal_rejected", "order_refunded", "broadcast",
-         "payment_flag", "pool_warning")
+         "payment_flag", "paused_payment", "pool_warning")
 
 
 def _fen(value: Any, currency: str | None) -> str:
@@ -94,6 +94,8 @@ _SIMPLE: dict[str, Callable[[dict[str, Any], str | None], dict[str, Any]]] = {
                                   "charge": echo(p.get("charge") or "-", 64),
                                   "buyer": echo(p.get("buyer") or "-", 64)},
 }
+# Paid while sales were paused (engine/checkout.py): the same facts as a payment flag.
+_SIMPLE["paused_payment"] = _SIMPLE["payment_flag"]
 _COMPOSED: dict[str, Callable[[dict[str, Any], str, str | None], str]] = {
     "order_settled": _order_settled, "order_refunded": _refunded, "pool_warning": _pool_warning,
 }

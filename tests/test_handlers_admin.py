@@ -54,8 +54,9 @@ async def test_product_and_deposit_are_journaled_with_the_operator(memdb):
     reply = text(await chat.send(OPERATOR, "/product TEA 100.00 0.30 15 queue Green tea"))
     assert reply == ("Product TEA saved: Green tea, 100.00 CNY, margin 30%, lock 15 days, "
                      "scheme queue.")
-    assert text(await chat.send(OPERATOR, "/deposit points 12.34")) == \
-        "Deposited 12.34 CNY into the points pool; balance now 12.34 CNY."
+    # (into the queue pool: a points deposit needs someone holding points, SPEC §4)
+    assert text(await chat.send(OPERATOR, "/deposit queue 12.34")) == \
+        "Deposited 12.34 CNY into the queue pool; balance now 12.34 CNY."
     actors = memdb.read(lambda s: s.execute(select(JournalTxn.kind, JournalTxn.actor).where(
         JournalTxn.kind.in_(("product", "deposit")))).all())
     assert sorted(actors) == [("deposit", OPERATOR), ("product", OPERATOR)]
@@ -222,3 +223,44 @@ async def test_admin_menu_lists_operator_commands_with_buttons(memdb):
     assert "cmd:v1:pool" in [b.data for b in buttons(reply)]
     assert text(await chat.send(OPERATOR, "", callback="cmd:v1:withdrawals")) == \
         "No withdrawals are waiting."
+
+
+async def test_points_deposit_on_a_new_shop_is_refused_and_says_why(memdb):
+    """Issue 13: with nobody holding points the next buyer's few points would own the whole
+    deposit (21 points minted, then a forced exit paying 477.00 of a 500.00 deposit)."""
+    chat = Chat(memdb, operators=(OPERATOR, "tg:2"))
+    await chat.setup_shop()
+    await chat.send("tg:2", "/start", lang="zh")
+    world = chat.world()
+    en = text(await chat.send(OPERATOR, "/deposit points 500"))
+    assert en.startswith("Nobody holds points yet, so a deposit into the points pool is "
+                         "refused") and "Nothing was changed." in en
+    zh = text(await chat.send("tg:2", "/deposit points 500", lang="zh"))
+    assert zh.startswith("目前还没有人持有积分，因此拒绝向积分分红池注资") and "未做任何更改" in zh
+    assert text(await chat.send("tg:2", "注资 积分 500", lang="zh")) == zh
+    assert chat.world() == world  # no journal entry, no pool change, no message owed
+
+    # the attack then goes nowhere: the first buyer's points are worth what was paid in
+    await chat.pay("tg:5", await chat.send("tg:5", "/buy RICE"))
+    user = chat.state()["users"]["tg:5"]
+    assert (user["wallet"], user["points"]) == ("0.00", "10.500000")
+    assert chat.state()["pools"]["points"] == "15.00"
+    assert text(await chat.send(OPERATOR, "/deposit points 1.50")) == \
+        "Deposited 1.50 CNY into the points pool; balance now 16.50 CNY."
+
+
+async def test_pool_shows_pool_money_that_no_points_stand_for(memdb):
+    chat = Chat(memdb, operators=(OPERATOR, "tg:2"))
+    await chat.setup_shop()
+    await chat.pay("tg:5", await chat.send("tg:5", "/buy RICE"))
+    assert "no points stand for" not in text(await chat.send(OPERATOR, "/pool"))
+    from engine import service
+
+    service.withdraw_points(memdb, user="tg:5", points="10.5")  # the 10% fee stays behind
+    assert chat.state()["points"]["supply"] == "0.000000"
+    body = text(await chat.send(OPERATOR, "/pool"))
+    assert "Points pool 1.50 CNY · supply 0.000000" in body
+    assert ("Points pool money no points stand for: 1.50 CNY (supply is 0; whoever mints "
+            "next would own it)") in body
+    zh = text(await chat.send("tg:2", "/pool", lang="zh"))
+    assert "积分分红池中无积分对应的资金：1.50 CNY" in zh

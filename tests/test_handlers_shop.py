@@ -277,3 +277,36 @@ async def test_concurrent_reports_of_one_charge_record_one_payment(db):
     assert _purchases(chat) == 1
     user = db.read(lambda s: s.execute(select(User).where(User.handle == "tg:5")).scalar_one())
     assert user.wallet == 0 and len(chat.state()["entries"]) == 1
+
+
+async def test_pause_stops_open_checkouts_and_flags_money_that_arrives_anyway(db):
+    """Issue 13: `/buy`, then the operator pauses. Pre-checkout now says no with a reason and
+    records nothing; a charge the channel took before the pause is recorded (the money is
+    real), earns its rebates, and is flagged in the journal and to every operator."""
+    chat = Chat(db, operators=(OPERATOR, "tg:2"))
+    await chat.setup_shop()
+    await chat.send("tg:5", "/start")
+    inv = invoice(await chat.send("tg:5", "/buy TEA"))
+    assert await shop.precheck(chat.app, inv.token, inv.amount, "CNY", "tg:5") == (True, None)
+    assert text(await chat.send(OPERATOR, "/pause")).startswith("Sales paused.")
+    world = chat.world()
+    ok, why = await shop.precheck(chat.app, inv.token, inv.amount, "CNY", "tg:5")
+    assert (ok, why) == (False, "Sales are paused, so this payment cannot be taken now. "
+                                "Nothing was charged; please try again when the shop reopens.")
+    assert chat.world() == world
+
+    receipt = text(await shop.paid(chat.app, inv.token, inv.amount, "CNY", "before-pause",
+                                   "telegram", "tg:5"))
+    assert inv.order in receipt and "queue" in receipt.lower()
+    assert _order(chat, inv.order).status == "settled"
+    assert chat.state()["entries"][0]["user"] == "tg:5"
+    body = json.loads(db.read(lambda s: s.execute(select(JournalTxn.body).where(
+        JournalTxn.key == "telegram:charge:before-pause")).scalar_one()))
+    assert body["paid_while_paused"] is True
+    flags = chat.outbox("paused_payment")
+    assert sorted(json.loads(f.params)["identity"] for f in flags) == [OPERATOR, "tg:2"]
+    from handlers.notify import render
+
+    note = render("paused_payment", json.loads(flags[0].params), "en", currency="CNY")
+    assert note.startswith("Paid while sales were paused: telegram charge before-pause of "
+                           "100.00 CNY by tg:5 for order " + inv.order)
