@@ -347,7 +347,9 @@ def pay_from_wallet(book: Book, *, ref: object, user: str, at: object, key: str,
 
     Refused: `unknown_order` for an order that is not this user's (someone else's order is
     not theirs to learn about), `not_payable` once it no longer awaits payment,
-    `insufficient_balance`. Exactly once per `key`: a repeat answers the same result."""
+    `sales_paused` (unlike a channel's charge, the wallet's money has not moved yet: the shop
+    can still say no), `insufficient_balance`. Exactly once per `key`: a repeat answers the
+    same result."""
     buyer = book.user(user)
     order = _order(book, ref)
     if order is None or order.user_id != buyer.id:
@@ -357,6 +359,8 @@ def pay_from_wallet(book: Book, *, ref: object, user: str, at: object, key: str,
     when = parse_at(at)
     if order.status != "awaiting_payment":
         raise Refusal("not_payable", order.status)
+    if book.cfg.paused:
+        raise Refusal("sales_paused")
     if order.cash > buyer.wallet:
         raise Refusal("insufficient_balance")
     order.method = "wallet"

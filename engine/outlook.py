@@ -63,7 +63,9 @@ def outlook(db: Database, *, user: str, order: str | None = None, sku: str | Non
         minted = 0
         if scheme in ("points", "both") and cash > 0:
             minted = price.points_for(out_of_pool(into_pool(cash * pool_rate) * mint_rate))
-        referrer = session.get(User, buyer.referrer_id) if buyer.referrer_id else None
+        # never the buyer's own account (as `orders._settle`)
+        referrer = session.get(User, buyer.referrer_id) \
+            if buyer.referrer_id and buyer.referrer_id != buyer.id else None
         accel = out_of_pool(entry * accel_rate) if entry and referrer is not None else 0
         tz = cfg.timezone
         return {

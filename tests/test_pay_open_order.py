@@ -71,6 +71,10 @@ def test_paying_an_order_refuses_others_closed_orders_and_a_short_wallet(db):
     with pytest.raises(Refusal) as err:
         checkout.pay_with_wallet(db, user="B", order="N3", key="pay:N3:w", at=at(21, 12))
     assert err.value.code == "insufficient_balance"
+    service.configure(db, {"store": {"paused": "1"}}, at=at(21, 12))
+    with pytest.raises(Refusal) as err:  # the wallet's money has not moved: the shop says no
+        checkout.pay_with_wallet(db, user="B", order="N3", key="pay:N3:w", at=at(21, 12))
+    assert err.value.code == "sales_paused"
     with pytest.raises(Refusal) as err:  # N2 is paid: another key cannot pay it twice
         checkout.pay_with_wallet(db, user="B", order="N2", key="pay:N2:again", at=at(21, 12))
     assert err.value.code == "not_payable"
