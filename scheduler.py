@@ -232,12 +232,7 @@ class Deliverer:
     async def drain(self) -> Counter[str]:
         """Deliver until nothing is due (or `stop()`); returns outcome counts."""
         stats: Counter[str] = Counter()
-        try:
-            cfg = await asyncio.to_thread(self.db.read, users.store_config)
-            self.currency = cfg.currency
-        except Exception:  # noqa: BLE001 - the texts fall back to the default currency
-            log.warning("outbox: cannot read the store currency", exc_info=True)
-        stale = await asyncio.to_thread(outbox.recover_stale, self.db, now=self.clock())
+        stale = await asyncio.to_thread(self._prepare, self.clock())
         if stale:
             log.warning("outbox: %d notifications were left mid-send by a stopped process; "
                         "marked interrupted, not resent (storefront outbox shows them)", stale)
@@ -255,6 +250,15 @@ class Deliverer:
                 stats[result] += 1
         self.totals.update(stats)
         return stats
+
+    def _prepare(self, now: datetime) -> int:
+        """Before a drain, in one worker-thread hop: the store's currency for the texts, and
+        the rows a stopped process left mid-send."""
+        try:
+            self.currency = self.db.read(users.store_config).currency
+        except Exception:  # noqa: BLE001 - the texts fall back to the default currency
+            log.warning("outbox: cannot read the store currency", exc_info=True)
+        return outbox.recover_stale(self.db, now=now)
 
     def _busy(self) -> set[int]:
         cutoff = time.monotonic() - self.per_user
