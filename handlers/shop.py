@@ -64,9 +64,8 @@ async def _shop_page(c: Ctx, page: int) -> Reply:
     cat = await c.call(checkout.catalogue, c.app.db, page)
     if not cat["products"]:
         return c.say("shop.empty")
-    lines = [c.t("shop.title")]
-    if cat["pages"] > 1:
-        lines[0] += " " + c.t("shop.page", page=cat["page"] + 1, pages=cat["pages"])
+    lines = [c.t("shop.page", page=cat["page"] + 1, pages=cat["pages"]) if cat["pages"] > 1
+             else c.t("shop.title")]
     rows: list[tuple[Button, ...]] = []
     for p in cat["products"]:
         lines.append(c.t("shop.item", name=echo(p["name"], 40), sku=p["sku"],

@@ -178,13 +178,13 @@ async def test_shop_pages_sixty_products_eight_at_a_time_and_every_one_is_reacha
         service.upsert_product(memdb, sku=f"A{i:02d}", price="9.00", margin="0.10",
                                lock_days=0, scheme="none", name=f"Item {i}")
     reply = await chat.send("tg:5", "/shop")
-    assert text(reply).startswith("Products: Page 1/8")
+    assert text(reply).startswith("Products, page 1/8:")
     seen: list[str] = []
     for page in range(1, 9):
         rows = [b.data for b in buttons(reply)]
         buys = [d for d in rows if d.startswith("buy:")]
         nav = [d for d in rows if d.startswith("shop:")]
-        assert f"Page {page}/8" in text(reply)
+        assert f"Products, page {page}/8:" in text(reply)
         assert len(buys) == (8 if page < 8 else 4)
         seen += [d.split(":")[2] for d in buys]
         expected_nav = ([f"shop:v1:{page - 2}"] if page > 1 else []) + \
@@ -194,8 +194,8 @@ async def test_shop_pages_sixty_products_eight_at_a_time_and_every_one_is_reacha
             reply = await chat.send("tg:5", "", callback=f"shop:v1:{page}")
     assert len(seen) == 60 and seen == sorted(set(seen))  # stable order, each once
     assert {"TEA", "RICE", "SOFA", "PEN"} <= set(seen)
-    assert "Page 8/8" in text(await chat.send("tg:5", "/shop 8"))
-    assert "Page 8/8" in text(await chat.send("tg:5", "/shop 99"))  # the last page
+    assert "page 8/8" in text(await chat.send("tg:5", "/shop 8"))
+    assert "page 8/8" in text(await chat.send("tg:5", "/shop 99"))  # the last page
     bad = text(await chat.send("tg:5", "/shop x"))
     assert "“x” is not a page number." in bad and "Usage: /shop [PAGE]" in bad
     assert "no longer valid" in text(await chat.send("tg:5", "", callback="shop:v1:-1"))
@@ -205,7 +205,7 @@ async def test_a_short_catalogue_has_one_page_and_no_page_buttons(memdb):
     chat = Chat(memdb)
     await chat.setup_shop()
     reply = await chat.send("tg:5", "/shop")
-    assert "Page" not in text(reply)
+    assert "page" not in text(reply) and text(reply).startswith("Products:")
     assert not [b for b in buttons(reply) if b.data.startswith("shop:")]
 
 
