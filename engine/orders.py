@@ -277,6 +277,7 @@ def _settle(book: Book, order: OrderRow, at: datetime) -> dict[str, Any]:
     p = journal.Postings()
     ref = f"order:{order.ref}"
     accelerated: list[tuple[int, int]] = []
+    accel: queue.Acceleration | None = None
     referrer: UserRow | None = None
     if scheme in ("queue", "both"):
         queue.contribute(book, cash, parse_rate(terms["margin"]), parse_rate(terms["pool_share"]),
@@ -288,8 +289,9 @@ def _settle(book: Book, order: OrderRow, at: datetime) -> dict[str, Any]:
             # never to the buyer's own account (linking drops such an edge; belt and braces)
             if buyer.referrer_id is not None and buyer.referrer_id != buyer.id:
                 referrer = book.user_by_id(buyer.referrer_id)
-                accelerated = queue.accelerate(book, referrer, cash,
-                                               parse_rate(terms["accel_rate"]), p)
+                accel = queue.accelerate(book, referrer, cash,
+                                         parse_rate(terms["accel_rate"]), p, at)
+                accelerated = accel.paid
     if scheme in ("points", "both"):
         order.minted = points.mint(book, buyer, cash, parse_rate(terms["pool_rate"]),
                                    parse_rate(terms["mint_rate"]), p, ref)
@@ -304,9 +306,12 @@ def _settle(book: Book, order: OrderRow, at: datetime) -> dict[str, Any]:
                 amount=cash if order.entry_seq else 0,
                 matures_at=order.matures_at.isoformat() if order.matures_at else None,
                 minted=order.minted)
-    if referrer is not None and order.accelerated:
+    if referrer is not None and accel is not None and (order.accelerated or accel.capped_by_pool):
+        # A payment the pool capped (down to nothing, even) is explained with its figures.
+        extra = ({"due": accel.due, "pool": accel.pool, "cash": cash,
+                  "rate": terms["accel_rate"]} if accel.capped_by_pool else {})
         book.notify(referrer, "acceleration", f"accel:{order.ref}", at, amount=order.accelerated,
-                    buyer=buyer.display_name or buyer.handle, order=order.ref)
+                    buyer=buyer.display_name or buyer.handle, order=order.ref, **extra)
     return order_result(book, order)
 
 

@@ -128,6 +128,10 @@ async def queue(c: Ctx) -> Reply:
             estimate=i18n.day(est, cfg.timezone) if est else c.t("queue.no_estimate")))
     if len(entries) > 20:
         lines.append(c.t("more", count=len(entries) - 20))
+    deposits = int(entries[0].get("deposits_30d") or 0)
+    lines.append(c.t("queue.inflow", rate=c.money(int(entries[0].get("daily_inflow") or 0)),
+                     deposits=c.t("queue.deposits", amount=c.money(deposits)) if deposits else ""))
+    lines.append(c.t("queue.ahead_rule"))
     lines.append(c.t("queue.rule"))
     return Reply().text("\n".join(lines))
 

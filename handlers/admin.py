@@ -108,6 +108,15 @@ def _percent(value: Any) -> str:
     return f"{tenths // 10}.{tenths % 10}%"
 
 
+def _near_exit_line(c: Ctx, r: dict[str, Any]) -> str:
+    """How many holders are near forced exit, with what "near" means (docs/reports.md)."""
+    within = Fraction(r.get("near_exit_within") or Fraction(1, 10))
+    pct = within * 100
+    return c.t("pool.near_exit_within", count=int(r.get("near_exit_count") or 0),
+               within=f"{pct.numerator // pct.denominator}",
+               share=f"{(100 - pct).numerator // (100 - pct).denominator}")
+
+
 @command("pool", aliases=("奖金池", "资金池"), operator=True)
 async def pool(c: Ctx) -> Reply:
     r = await c.call(report.pool_report, c.app.db, datetime.now(UTC))
@@ -122,7 +131,6 @@ async def pool(c: Ctx) -> Reply:
                            amount=c.money(int(pending.get("amount", 0)), cur))
     else:
         pending_text = str(pending)
-    near = r.get("holders_near_exit")
     lines = [c.t("pool.title"),
              c.t("pool.queue", balance=m("queue_balance"), liability=m("liability"),
                  coverage=_percent(r.get("coverage"))),
@@ -131,17 +139,18 @@ async def pool(c: Ctx) -> Reply:
                  else "-"),
              c.t("pool.flows", in7=m("inflow_7d"), in30=m("inflow_30d"), out7=m("released_7d"),
                  out30=m("released_30d")),
-             c.t("pool.points", balance=m("points_balance"), supply=i18n.pts_exact(int(r["supply"])),
+             c.t("pool.deposits", amount=m("deposits_30d")),
+             c.t("pool.points", balance=m("points_balance"),
+                 supply=i18n.pts_exact(int(r["supply"])),
                  price=i18n.price_exact(int(r["price_micro"])))]
     if r.get("points_unbacked"):  # supply 0, pool > 0: whoever mints next would own it
         lines.append(c.t("pool.points_unbacked", amount=m("points_unbacked")))
-    lines += [c.t("pool.near_exit", count=len(near) if isinstance(near, list) else (near or 0)),
-              pending_text]
+    lines += [_near_exit_line(c, r), pending_text]
     reply = Reply().text("\n".join(lines))
     for draw, caption in ((charts.pool_chart_png, "pool.chart"),
                           (charts.price_chart_png, "pool.price_chart")):
         try:
-            reply.items.append(Photo(await c.call(draw, c.app.db), c.t(caption)))
+            reply.items.append(Photo(await c.call(draw, c.app.db, lang=c.lang), c.t(caption)))
         except Exception:  # noqa: BLE001 - the numbers matter, the picture is a bonus
             log.exception("%s failed", caption)
     return reply

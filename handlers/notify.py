@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from fractions import Fraction
 from typing import Any
 
 from engine.config import DEFAULTS
@@ -72,10 +73,29 @@ def _pool_warning(p: dict[str, Any], lang: str, cur: str | None) -> str:
     return i18n.t(lang, "note.pool_warning", warning=echo(warning or "-", 40))
 
 
+def _percent(rate: Any) -> str:
+    """`"0.20"` → `"20"`, `"0.125"` → `"12.5"`: a rate as a percentage, exactly."""
+    try:
+        hundred = Fraction(str(rate)) * 100
+    except (ValueError, ZeroDivisionError):
+        return "-"
+    if hundred.denominator == 1:
+        return str(hundred.numerator)
+    return f"{float(hundred):g}"  # display only: a rate has at most a few places
+
+
+def _acceleration(p: dict[str, Any], lang: str, cur: str | None) -> str:
+    text = i18n.t(lang, "note.acceleration", amount=_fen(p.get("amount"), cur),
+                  buyer=echo(p.get("buyer") or "-", 40), order=echo(p.get("order", "-"), 64))
+    if "due" in p and "pool" in p:
+        # The pool held less than the acceleration was worth: say so, with the figures.
+        text += "\n" + i18n.t(lang, "note.acceleration_capped", rate=_percent(p.get("rate")),
+                               cash=_fen(p.get("cash"), cur), due=_fen(p["due"], cur),
+                               pool=_fen(p["pool"], cur), amount=_fen(p.get("amount"), cur))
+    return text
+
+
 _SIMPLE: dict[str, Callable[[dict[str, Any], str | None], dict[str, Any]]] = {
-    "acceleration": lambda p, c: {"amount": _fen(p.get("amount"), c),
-                                  "buyer": echo(p.get("buyer") or "-", 40),
-                                  "order": echo(p.get("order", "-"), 64)},
     "release_paid": lambda p, c: {"entry": int(p.get("entry") or 0),
                                   "amount": _fen(p.get("amount"), c),
                                   "total": _fen(p.get("total"), c)},
@@ -98,6 +118,7 @@ _SIMPLE: dict[str, Callable[[dict[str, Any], str | None], dict[str, Any]]] = {
 _SIMPLE["paused_payment"] = _SIMPLE["payment_flag"]
 _COMPOSED: dict[str, Callable[[dict[str, Any], str, str | None], str]] = {
     "order_settled": _order_settled, "order_refunded": _refunded, "pool_warning": _pool_warning,
+    "acceleration": _acceleration,
 }
 
 
@@ -118,6 +139,6 @@ def render(kind: str, params: dict[str, Any], lang: str, *, currency: str | None
             return _COMPOSED[kind](p, lang, currency)
         if kind in _SIMPLE:
             return i18n.t(lang, f"note.{kind}", **_SIMPLE[kind](p, currency))
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, ZeroDivisionError):
         log.warning("outbox %s row with unexpected params; rendered generically", kind)
     return i18n.t(lang, "note.generic", kind=echo(kind, 32))
