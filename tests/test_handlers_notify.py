@@ -94,7 +94,7 @@ async def test_the_engines_own_rows_render_in_their_users_language(memdb):
 
 
 AMOUNT_PLACEHOLDERS = {"amount", "paid", "fee", "total", "cash", "value", "balance",
-                       "liability"}
+                       "liability", "due", "pool"}
 
 
 def test_every_notification_template_with_an_amount_names_its_currency():
@@ -103,7 +103,9 @@ def test_every_notification_template_with_an_amount_names_its_currency():
     no bare "60.00 paid"."""
     samples = {**SAMPLES, "pool_warning:matured": {
         "warning": "matured_waiting", "amount": 30000, "days": 1, "limit_days": 3,
-        "entries": 2, "first_seq": 4}}
+        "entries": 2, "first_seq": 4}, "acceleration:capped": {
+        "amount": 500, "buyer": "Bob", "order": "N6", "rate": "0.20", "cash": 10000,
+        "due": 2000, "pool": 500}}
     for lang in ("en", "zh"):
         for name, params in samples.items():
             kind = name.split(":")[0]
