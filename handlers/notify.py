@@ -13,6 +13,8 @@ from datetime import datetime
 from fractions import Fraction
 from typing import Any
 
+from engine.config import DEFAULTS
+
 from . import i18n
 from .parsing import echo
 
@@ -24,8 +26,8 @@ KINDS = ("order_settled", "acceleration", "release_paid", "forced_exit", "points
 
 
 def _fen(value: Any, currency: str | None) -> str:
-    fen = int(value or 0)
-    return i18n.money(fen, currency) if currency else i18n.money(fen, "").strip()
+    """An amount with its currency, always: a bare "60.00 paid" says too little."""
+    return i18n.money(int(value or 0), currency or DEFAULTS["store.currency"])
 
 
 def _moment(value: Any) -> str:
@@ -54,6 +56,10 @@ def _refunded(p: dict[str, Any], lang: str, cur: str | None) -> str:
     return "\n".join(lines)
 
 
+def _days(lang: str, value: Any) -> str:
+    return i18n.days(lang, value) if isinstance(value, int) else "-"
+
+
 def _pool_warning(p: dict[str, Any], lang: str, cur: str | None) -> str:
     warning = p.get("warning")
     if warning == "coverage_low":
@@ -61,8 +67,8 @@ def _pool_warning(p: dict[str, Any], lang: str, cur: str | None) -> str:
                       liability=_fen(p.get("liability"), cur),
                       coverage=p.get("coverage_pct", "-"), threshold=p.get("threshold_pct", "-"))
     if warning == "matured_waiting":
-        return i18n.t(lang, "note.matured_waiting", days=p.get("days", "-"),
-                      limit=p.get("limit_days", "-"), entries=p.get("entries", "-"),
+        return i18n.t(lang, "note.matured_waiting", days=_days(lang, p.get("days")),
+                      limit=_days(lang, p.get("limit_days")), entries=p.get("entries", "-"),
                       amount=_fen(p.get("amount"), cur), seq=p.get("first_seq", "-"))
     return i18n.t(lang, "note.pool_warning", warning=echo(warning or "-", 40))
 
@@ -118,9 +124,13 @@ _COMPOSED: dict[str, Callable[[dict[str, Any], str, str | None], str]] = {
 
 def render(kind: str, params: dict[str, Any], lang: str, *, currency: str | None = None) -> str:
     """The message for one outbox row, in `lang` (zh or en; anything else is English).
-    Amounts are formatted by `engine.money`, with `currency` appended when given."""
+    Amounts are formatted by `engine.money`, each with its currency: `currency`, else the
+    row's own `currency` param (the deliverer adds the store's), else the default store
+    currency."""
     lang = lang if lang in i18n.LANGS else "en"
     p = params if isinstance(params, dict) else {}
+    if currency is None and isinstance(p.get("currency"), str):
+        currency = echo(p["currency"], 8)
     try:
         if kind == "broadcast":
             # the operator's own words, as they wrote them (plain text, never markup)
