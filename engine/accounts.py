@@ -58,8 +58,10 @@ def configure(book: Book, sections: Any, at: datetime, actor: str | None = None)
 
 
 def upsert_product(book: Book, *, sku: object, price: object, margin: object, lock_days: object,
-                   scheme: object, name: str | None = None, active: bool = True,
+                   scheme: object, name: str | None = None, active: bool | None = None,
                    at: datetime, actor: str | None = None) -> Product:
+    """Add a product or change one (SPEC §7 `product`). `active` None: a new product is on
+    sale, a changed one stays on or off sale as it was (`set_on_sale` switches it)."""
     if not isinstance(sku, str) or not SKU.fullmatch(sku):
         raise Refusal("invalid_event", "sku is 1-64 of A-Za-z0-9_-")
     if scheme not in SCHEMES:
@@ -76,19 +78,41 @@ def upsert_product(book: Book, *, sku: object, price: object, margin: object, lo
     row = book.s.get(Product, sku)
     if row is None:
         row = Product(sku=sku, name=name or sku, price=fen, margin=str(margin),
-                      lock_days=lock_days, scheme=str(scheme), active=active, updated_at=at)
+                      lock_days=lock_days, scheme=str(scheme), active=active is not False,
+                      updated_at=at)
         book.s.add(row)
     else:
         row.price, row.margin, row.lock_days, row.scheme = fen, str(margin), lock_days, str(scheme)
-        row.active, row.updated_at = active, at
+        row.updated_at = at
+        if active is not None:
+            row.active = active
         if name:
             row.name = name
     book.catalog_changed()
     n = book.head.last_txn + 1
     book.record(key=f"product:{n}", kind="product", at=at, actor=actor,
                 body={"sku": sku, "price": fen, "margin": str(margin), "lock_days": lock_days,
-                      "scheme": scheme, "name": row.name, "active": active})
+                      "scheme": scheme, "name": row.name, "active": bool(row.active)})
     return row
+
+
+def set_on_sale(book: Book, *, sku: object, active: bool, at: datetime,
+                actor: str | None = None) -> dict[str, Any]:
+    """Take a product off sale (`/shop` hides it, buying it is refused `product_inactive`)
+    or put it back. Orders already recorded keep their terms. Journaled with who did it;
+    asking for the state it is already in changes and records nothing."""
+    row = book.s.get(Product, sku) if isinstance(sku, str) else None
+    if row is None:
+        raise Refusal("unknown_product", str(sku))
+    result = {"sku": row.sku, "name": row.name, "active": active, "changed": row.active != active}
+    if not result["changed"]:
+        return result
+    row.active, row.updated_at = active, at
+    book.catalog_changed()
+    n = book.head.last_txn + 1
+    book.record(key=f"product:{n}", kind="product_sale", at=at, actor=actor,
+                body={"sku": row.sku, "active": active})
+    return result
 
 
 def join(book: Book, *, user: object, referrer: object = None, at: datetime,
@@ -116,13 +140,17 @@ def join(book: Book, *, user: object, referrer: object = None, at: datetime,
 
 def deposit(book: Book, *, pool: object, amount: object, at: datetime,
             actor: str | None = None, key: str | None = None) -> dict[str, Any]:
-    """Operator seed money into a pool. Into the points pool it lifts the price."""
+    """Operator seed money into a pool. Into the points pool it lifts the price, so it is
+    refused while nobody holds points (SPEC §4): the next buyer's few points would own the
+    whole deposit. Checks in SPEC §7's order: amount, pool, holders."""
     if (done := book.already(key)) is not None:
         return done
+    fen = fen_amount(amount)
     if pool not in ("queue", "points"):
         raise Refusal("unknown_pool", str(pool))
-    fen = fen_amount(amount)
     row = book.pool(str(pool))
+    if pool == "points" and row.supply <= 0:
+        raise Refusal("no_points_holders")
     row.balance += fen
     p = journal.Postings()
     p.fen(journal.DEPOSITS_IN, journal.QUEUE_POOL if pool == "queue" else journal.POINTS_POOL,

@@ -30,17 +30,35 @@ DEFAULTS: dict[str, str] = {
     "points.exit_multiple": "2",
 }
 
+# What each rule's value is, for showing it (`/settings`, `storefront config`): a rule not
+# listed here is shown as its plain text.
+KINDS: dict[str, str] = {
+    "store.currency": "currency", "store.timezone": "timezone", "store.settle_days": "days",
+    "store.paused": "flag", "queue.min_order": "money", "queue.pool_share": "rate",
+    "queue.accel_rate": "rate", "points.pool_rate": "rate", "points.mint_rate": "rate",
+    "points.initial_price": "money", "points.withdraw_fee": "rate",
+    "points.exit_multiple": "multiple",
+}
+
 _UNIT_RATES = {"queue.pool_share", "queue.accel_rate", "points.pool_rate", "points.mint_rate",
                "points.withdraw_fee"}
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
+class InvalidSetting(Refusal):
+    """`invalid_config`, naming the rule (`queue.accel_rate`) or section that broke it."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__("invalid_config", f"{key}: {detail}")
+        self.key = key
+
+
 def _check(key: str, value: Any) -> str:
     """One `section.key` value; raises `invalid_config` when it breaks SPEC §7's rules."""
     if key not in DEFAULTS:
-        raise Refusal("invalid_config", f"unknown key {key}")
+        raise Refusal("invalid_config", "unknown key")
     if not isinstance(value, str):
-        raise Refusal("invalid_config", f"{key} is not a string")
+        raise Refusal("invalid_config", "not a string")
     try:
         if key == "store.currency":
             if not _CURRENCY.fullmatch(value):
@@ -48,7 +66,11 @@ def _check(key: str, value: Any) -> str:
         elif key == "store.timezone":
             if not re.fullmatch(r"[A-Za-z0-9_+\-/]{1,64}", value):
                 raise Refusal("invalid_config", "unknown timezone")
-            ZoneInfo(value)
+            try:
+                ZoneInfo(value)
+            # OSError: `ZoneInfo("Asia")` names a folder of the tz database, not a zone
+            except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+                raise Refusal("invalid_config", "unknown timezone") from exc
         elif key == "store.settle_days":
             if not re.fullmatch(r"[0-9]{1,3}", value) or int(value) > 365:
                 raise Refusal("invalid_config", "settle_days is a whole number 0-365")
@@ -63,9 +85,9 @@ def _check(key: str, value: Any) -> str:
         else:
             rate = parse_rate(value)
             if key in _UNIT_RATES and rate > 1:
-                raise Refusal("invalid_config", f"{key} is above 1")
-    except (AmountError, ZoneInfoNotFoundError, ValueError) as exc:
-        raise Refusal("invalid_config", f"{key}: {exc}") from exc
+                raise Refusal("invalid_config", "above 1")
+    except (AmountError, ValueError) as exc:
+        raise Refusal("invalid_config", str(exc)) from exc
     return value
 
 
@@ -76,10 +98,13 @@ def validate_update(sections: Any) -> dict[str, str]:
     flat: dict[str, str] = {}
     for section, values in sections.items():
         if section not in ("store", "queue", "points") or not isinstance(values, dict):
-            raise Refusal("invalid_config", f"unknown section {section}")
+            raise InvalidSetting(str(section), "unknown section")
         for key, value in values.items():
             name = f"{section}.{key}"
-            flat[name] = _check(name, value)
+            try:
+                flat[name] = _check(name, value)
+            except Refusal as refusal:
+                raise InvalidSetting(name, refusal.detail) from refusal
     return flat
 
 

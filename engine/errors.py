@@ -15,6 +15,7 @@ CODES = frozenset(
         "self_referral",
         "unknown_user",
         "unknown_pool",
+        "no_points_holders",
         "duplicate_order",
         "unknown_product",
         "insufficient_points",

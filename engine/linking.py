@@ -4,8 +4,10 @@
 person sends it from the other channel and `redeem` joins the two accounts into one, in one
 database transaction: one journal transaction moves the older account's wallet, hold and
 points to the newer one, and its identities, entries, orders, withdrawals, basis,
-notifications and referrals are re-pointed. Two accounts that both hold money are never
-joined (`link_both_funded`): which balance would win is not ours to guess.
+notifications and referrals are re-pointed. The merged account's referrer is the one fixed
+at the earliest first contact, unless that would make a referral cycle (`merged_referrer`).
+Two accounts that both hold money are never joined (`link_both_funded`): which balance
+would win is not ours to guess.
 
 The code itself is chosen by the caller (randomness stays at the edges); the engine only
 stores, checks and spends it.
@@ -120,16 +122,36 @@ def redeem(book: Book, *, code: object, identity: str, at: datetime) -> dict[str
     return _merge(book, older=a, newer=b, identities=ids_a + ids_b, at=at)
 
 
+def merged_referrer(s: Session, a: User, b: User) -> int | None:
+    """The referrer of two accounts joined into one (SPEC §5: fixed at first contact, never
+    changed, one level, no self-referral): the referrer of the account with the earliest
+    first contact (ties to the lower id), or none if that account had none: the later
+    account's referrer came after the person's first contact, and taking it would give the
+    merged account a referrer it never had. Dropped too if it is either account itself, or
+    if its own chain of referrers leads back to either of them (A invites X, A's other
+    identity joins with X's code: X→A and A→X would pay acceleration both ways)."""
+    first = min((a, b), key=lambda u: (u.created_at, u.id))
+    start = first.referrer_id
+    if start is None:
+        return None
+    # Walk up from the candidate: UNION (not UNION ALL) stops at a row seen before, so even
+    # a cycle already in the data ends the walk.
+    up = select(User.id, User.referrer_id).where(User.id == start).cte("up", recursive=True)
+    up = up.union(select(User.id, User.referrer_id).join(up, User.id == up.c.referrer_id))
+    loops = s.execute(select(exists().where(up.c.id.in_((a.id, b.id))))).scalar()
+    return None if loops else start
+
+
 def _merge(book: Book, *, older: User, newer: User, identities: Iterable[str],
            at: datetime) -> dict[str, Any]:
     """Fold `older` into `newer` and delete `older`.
 
     The newer row survives so the deleted id is never the largest one, and SQLite (which
     reuses the largest rowid) can never hand a dead account's journal accounts to someone
-    new. The merged account keeps the earliest first contact, and the referrer fixed then
-    (the older account's, else the newer's), language and name; nobody ends up referring
-    themselves."""
+    new. The merged account keeps the earliest first contact, language and name, and the
+    referrer fixed at that first contact (`merged_referrer`)."""
     s, n = book.s, book.head.last_txn + 1
+    referrer = merged_referrer(s, older, newer)
     moved = {"wallet": older.wallet, "held": older.held, "points": older.points,
              "basis": older.basis}
     p = journal.Postings()
@@ -145,8 +167,7 @@ def _merge(book: Book, *, older: User, newer: User, identities: Iterable[str],
     older.exit_key = None
     newer.exit_key = points.exit_key(newer.basis, newer.points)
 
-    referrer = older.referrer_id if older.referrer_id is not None else newer.referrer_id
-    newer.referrer_id = None if referrer in (older.id, newer.id) else referrer
+    newer.referrer_id = referrer
     newer.created_at = min(older.created_at, newer.created_at)
     newer.lang = older.lang or newer.lang
     newer.display_name = older.display_name or newer.display_name

@@ -84,9 +84,13 @@ def _replayed(book: Book, key: str | None) -> dict[str, Any] | None:
     found = book.stored(key)
     if found is None:
         return None
-    order = _order(book, json.loads(found[0]).get("order"), lock=False)
+    body = json.loads(found[0])
+    order = _order(book, body.get("order"), lock=False)
     assert order is not None, key
-    return {**order_result(book, order), "replayed": True}
+    result = {**order_result(book, order), "replayed": True}
+    if body.get("paid_while_paused"):
+        result["paid_while_paused"] = True
+    return result
 
 
 def place(book: Book, *, user: str, sku: str, qty: object = 1, at: object,
@@ -193,13 +197,20 @@ def confirm_payment(book: Book, *, ref: str, amount: int, currency: str, payment
     _mark_paid(book, order, buyer, when, payment_ref)
     p = journal.Postings()
     p.fen(journal.PAYMENTS_IN, journal.REVENUE, amount, f"order:{ref}")
-    book.record(key=key, kind="purchase", at=when, postings=p, actor=actor,
-                body={"order": ref, "user": buyer.handle, "sku": order.sku, "qty": order.qty,
-                      "total": order.total, "cash": order.cash, "points": order.points_used,
-                      "method": order.method, "payment": payment_ref})
+    body = {"order": ref, "user": buyer.handle, "sku": order.sku, "qty": order.qty,
+            "total": order.total, "cash": order.cash, "points": order.points_used,
+            "method": order.method, "payment": payment_ref}
+    # Sales paused after this order was opened, and the buyer paid anyway (the channel asked
+    # before the pause, or the payer's screen was already open): the money is real, so it is
+    # recorded as usual, and the journal says it came in while paused (docs/engine.md).
+    paused = book.cfg.paused
+    if paused:
+        body["paid_while_paused"] = True
+    book.record(key=key, kind="purchase", at=when, postings=p, actor=actor, body=body)
     if not settle_due(book, when):
         points.forced_exits(book, when, f"order:{ref}")
-    return order_result(book, order)
+    result = order_result(book, order)
+    return {**result, "paid_while_paused": True} if paused else result
 
 
 def cancel_unpaid(book: Book, *, ref: str, at: object, actor: str | None = None) -> dict[str, Any]:
@@ -216,6 +227,19 @@ def cancel_unpaid(book: Book, *, ref: str, at: object, actor: str | None = None)
     book.record(key=f"cancel:{ref}", kind="cancel", at=when, postings=p, actor=actor,
                 body={"order": ref, "returned": order.points_value})
     return order_result(book, order)
+
+
+def cancel_open(book: Book, *, ref: object, user: str, at: object) -> dict[str, Any]:
+    """The buyer gives up their own order awaiting payment (it is being replaced):
+    `cancel_unpaid`, after checking it is theirs (`unknown_order`) and still open
+    (`not_payable`)."""
+    buyer = book.user(user)
+    order = _order(book, ref)
+    if order is None or order.user_id != buyer.id:
+        raise Refusal("unknown_order", str(ref))
+    if order.status != "awaiting_payment":
+        raise Refusal("not_payable", order.status)
+    return cancel_unpaid(book, ref=order.ref, at=at)
 
 
 def settle_due(book: Book, at: datetime) -> list[dict[str, Any]]:
@@ -253,6 +277,7 @@ def _settle(book: Book, order: OrderRow, at: datetime) -> dict[str, Any]:
     p = journal.Postings()
     ref = f"order:{order.ref}"
     accelerated: list[tuple[int, int]] = []
+    accel: queue.Acceleration | None = None
     referrer: UserRow | None = None
     if scheme in ("queue", "both"):
         queue.contribute(book, cash, parse_rate(terms["margin"]), parse_rate(terms["pool_share"]),
@@ -261,10 +286,12 @@ def _settle(book: Book, order: OrderRow, at: datetime) -> dict[str, Any]:
             assert order.matures_at is not None
             entry = queue.add_entry(book, buyer, order.no, cash, order.matures_at, at)
             order.entry_seq = entry.seq
-            if buyer.referrer_id is not None:
+            # never to the buyer's own account (linking drops such an edge; belt and braces)
+            if buyer.referrer_id is not None and buyer.referrer_id != buyer.id:
                 referrer = book.user_by_id(buyer.referrer_id)
-                accelerated = queue.accelerate(book, referrer, cash,
-                                               parse_rate(terms["accel_rate"]), p)
+                accel = queue.accelerate(book, referrer, cash,
+                                         parse_rate(terms["accel_rate"]), p, at)
+                accelerated = accel.paid
     if scheme in ("points", "both"):
         order.minted = points.mint(book, buyer, cash, parse_rate(terms["pool_rate"]),
                                    parse_rate(terms["mint_rate"]), p, ref)
@@ -279,9 +306,12 @@ def _settle(book: Book, order: OrderRow, at: datetime) -> dict[str, Any]:
                 amount=cash if order.entry_seq else 0,
                 matures_at=order.matures_at.isoformat() if order.matures_at else None,
                 minted=order.minted)
-    if referrer is not None and order.accelerated:
+    if referrer is not None and accel is not None and (order.accelerated or accel.capped_by_pool):
+        # A payment the pool capped (down to nothing, even) is explained with its figures.
+        extra = ({"due": accel.due, "pool": accel.pool, "cash": cash,
+                  "rate": terms["accel_rate"]} if accel.capped_by_pool else {})
         book.notify(referrer, "acceleration", f"accel:{order.ref}", at, amount=order.accelerated,
-                    buyer=buyer.display_name or buyer.handle, order=order.ref)
+                    buyer=buyer.display_name or buyer.handle, order=order.ref, **extra)
     return order_result(book, order)
 
 
@@ -310,4 +340,43 @@ def refund(book: Book, *, ref: object, at: object, actor: str | None = None) -> 
                       "method": order.method})
     book.notify(buyer, "order_refunded", key, when, order=order.ref, cash=order.cash,
                 points_value=order.points_value, method=order.method)
+    return order_result(book, order)
+
+
+def pay_from_wallet(book: Book, *, ref: object, user: str, at: object, key: str,
+                    actor: str | None = None) -> dict[str, Any]:
+    """Pay an order awaiting payment (a checkout its buyer opened) from the buyer's wallet:
+    the same journal rules as a wallet purchase (`place` with `method="wallet"`) — the cash
+    moves wallet → revenue in one `purchase` transaction, the order becomes a wallet order
+    (so a refund returns its cash to the wallet) and settles as any paid order (SPEC §8).
+
+    Refused: `unknown_order` for an order that is not this user's (someone else's order is
+    not theirs to learn about), `not_payable` once it no longer awaits payment,
+    `sales_paused` (unlike a channel's charge, the wallet's money has not moved yet: the shop
+    can still say no), `insufficient_balance`. Exactly once per `key`: a repeat answers the
+    same result."""
+    buyer = book.user(user)
+    order = _order(book, ref)
+    if order is None or order.user_id != buyer.id:
+        raise Refusal("unknown_order", str(ref))
+    if (done := _replayed(book, key)) is not None:
+        return done
+    when = parse_at(at)
+    if order.status != "awaiting_payment":
+        raise Refusal("not_payable", order.status)
+    if book.cfg.paused:
+        raise Refusal("sales_paused")
+    if order.cash > buyer.wallet:
+        raise Refusal("insufficient_balance")
+    order.method = "wallet"
+    _mark_paid(book, order, buyer, when, payment_ref=None)
+    buyer.wallet -= order.cash
+    p = journal.Postings()
+    p.fen(journal.wallet(buyer.id), journal.REVENUE, order.cash, f"order:{order.ref}")
+    book.record(key=key, kind="purchase", at=when, postings=p, actor=actor,
+                body={"order": order.ref, "user": buyer.handle, "sku": order.sku,
+                      "qty": order.qty, "total": order.total, "cash": order.cash,
+                      "points": order.points_used, "method": "wallet"})
+    if not settle_due(book, when):
+        points.forced_exits(book, when, f"order:{order.ref}")
     return order_result(book, order)

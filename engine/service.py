@@ -47,9 +47,27 @@ def configure(db: Database, sections: Any, *, at: datetime | None = None,
     return _in_book(db, lambda b: accounts.configure(b, sections, at or now(), actor))
 
 
+def change_settings(db: Database, sections: Any, *, at: datetime | None = None,
+                    actor: str | None = None) -> dict[str, tuple[str, str]]:
+    """`configure` (the very check and journal entry of a replayed `config` event), telling
+    what each changed rule was before: `{"store.settle_days": ("0", "7")}`."""
+    def work(b: Book) -> dict[str, tuple[str, str]]:
+        before = b.cfg.raw
+        after = accounts.configure(b, sections, at or now(), actor)
+        return {key: (before.get(key, ""), value) for key, value in after.items()}
+
+    return _in_book(db, work)
+
+
+def set_on_sale(db: Database, *, sku: object, active: bool, at: datetime | None = None,
+                actor: str | None = None) -> dict[str, Any]:
+    return _in_book(db, lambda b: accounts.set_on_sale(b, sku=sku, active=active,
+                                                       at=at or now(), actor=actor))
+
+
 def upsert_product(db: Database, *, sku: object, price: object, margin: object,
                    lock_days: object, scheme: object, name: str | None = None,
-                   active: bool = True, at: datetime | None = None,
+                   active: bool | None = None, at: datetime | None = None,
                    actor: str | None = None) -> dict[str, Any]:
     def work(b: Book) -> dict[str, Any]:
         row = accounts.upsert_product(b, sku=sku, price=price, margin=margin,

@@ -224,3 +224,58 @@ def test_a_refused_event_changes_nothing(memdb):
     assert state(memdb) == before
     assert memdb.read(lambda s: s.execute(__import__("sqlalchemy").text(
         "select last_txn, last_hash from head")).one()) == head
+
+
+# -- issue 13: a points deposit while nobody holds points (SPEC §4, §7) ----------------------
+
+
+def test_points_deposit_is_refused_while_nobody_holds_points(db):
+    """The attack: `/deposit points 500` on a new shop, then one 100.00 purchase minted 21
+    points worth 5× their basis, and the buyer's forced exit took 477.00 of the deposit."""
+    shop(db, users=("A",), products=[("tea", "100.00", "0.50", 15, "points")])
+    before = state(db)
+    with pytest.raises(Refusal) as refused:
+        service.deposit(db, pool="points", amount="500.00", key="dep-500")
+    assert refused.value.code == "no_points_holders"
+    assert state(db) == before
+    service.buy(db, user="A", sku="tea", at=at(1))
+    s = state(db)
+    assert s["users"]["A"] == {"wallet": "0.00", "points": "21.000000", "basis": "100.00",
+                               "referrer": None}  # no forced exit: nothing to take
+    assert s["pools"]["points"] == "30.00" and s["points"]["price"] == "1.428571"
+    # once someone holds points, a deposit lifts their price as before
+    assert service.deposit(db, pool="points", amount="1.00", key="dep-1")["balance"] == 3100
+    assert state(db)["points"]["price"] == "1.476190"
+
+
+def test_points_deposit_is_refused_again_once_the_last_points_left(memdb):
+    shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 0, "points")])
+    service.buy(memdb, user="A", sku="tea", at=at(1))
+    service.withdraw_points(memdb, user="A", points="21")
+    with pytest.raises(Refusal, match="no_points_holders"):
+        service.deposit(memdb, pool="points", amount="1.00")
+    service.deposit(memdb, pool="queue", amount="1.00")  # the queue pool takes it any time
+
+
+@pytest.mark.parametrize("pool,amount,code", [
+    ("moon", "-1", "invalid_amount"), ("moon", "abc", "invalid_amount"),
+    ("points", "1.001", "invalid_amount"), ("moon", "1.00", "unknown_pool"),
+    ("points", "1.00", "no_points_holders")])
+def test_deposit_refusals_come_in_the_order_spec_7_lists_them(memdb, pool, amount, code):
+    shop(memdb, users=("A",))
+    with pytest.raises(Refusal) as refused:
+        service.deposit(memdb, pool=pool, amount=amount)
+    assert refused.value.code == code
+
+
+def test_replay_names_the_refused_points_deposit(memdb):
+    from engine.replay import Replayer
+
+    lines = ['{"op": "product", "sku": "P", "price": "100.00", "margin": "0.50", '
+             '"lock_days": 0, "scheme": "points"}',
+             '{"op": "join", "user": "a"}',
+             '{"op": "deposit", "pool": "points", "amount": "500.00"}',
+             '{"op": "buy", "user": "a", "sku": "P", "at": "2026-05-01T09:00:00Z"}']
+    out = Replayer(memdb).run(lines)
+    assert out["errors"] == [{"line": 3, "code": "no_points_holders"}]
+    assert out["users"]["a"]["wallet"] == "0.00" and out["pools"]["points"] == "30.00"

@@ -52,10 +52,11 @@ async def test_a_job_is_never_run_for_a_non_operator(memdb):
 async def test_product_and_deposit_are_journaled_with_the_operator(memdb):
     chat = Chat(memdb)
     reply = text(await chat.send(OPERATOR, "/product TEA 100.00 0.30 15 queue Green tea"))
-    assert reply == ("Product TEA saved: Green tea, 100.00 CNY, margin 0.30, lock 15 days, "
+    assert reply == ("Product TEA saved: Green tea, 100.00 CNY, margin 30%, lock 15 days, "
                      "scheme queue.")
-    assert text(await chat.send(OPERATOR, "/deposit points 12.34")) == \
-        "Deposited 12.34 CNY into the points pool; balance now 12.34 CNY."
+    # (into the queue pool: a points deposit needs someone holding points, SPEC §4)
+    assert text(await chat.send(OPERATOR, "/deposit queue 12.34")) == \
+        "Deposited 12.34 CNY into the queue pool; balance now 12.34 CNY."
     actors = memdb.read(lambda s: s.execute(select(JournalTxn.kind, JournalTxn.actor).where(
         JournalTxn.kind.in_(("product", "deposit")))).all())
     assert sorted(actors) == [("deposit", OPERATOR), ("product", OPERATOR)]
@@ -85,7 +86,7 @@ async def test_release_runs_as_a_progress_job_and_pays_matured_entries(memdb):
     pushed: list[str] = []
     req = Request(channel="telegram", identity=OPERATOR, request_id="job1")
     final = await handlers.run_job(chat.app, item.job, req, pushed.append)
-    assert final == "Release done: 0 orders settled, 2 entries paid (200.00 CNY)."
+    assert final == "Release done: orders settled 0, entries paid 2 (200.00 CNY)."
     assert pushed[-1] == final
     assert chat.state()["users"]["tg:5"]["wallet"] == "100.00"
     assert len(chat.outbox("release_paid")) == 2
@@ -94,7 +95,7 @@ async def test_release_runs_as_a_progress_job_and_pays_matured_entries(memdb):
         pushed.append("async:" + line)
 
     again = await handlers.run_job(chat.app, "release", req, async_update)
-    assert again == "Release done: 0 orders settled, 0 entries paid (0.00 CNY)."
+    assert again == "Release done: orders settled 0, entries paid 0 (0.00 CNY)."
 
 
 async def test_withdrawals_are_listed_with_buttons_and_decided_once(memdb):
@@ -170,7 +171,7 @@ async def test_broadcast_asks_for_confirmation_then_writes_one_outbox_row_per_us
     assert not chat.outbox("broadcast")
     assert "expired" in text(await chat.send("tg:2", "", callback=yes))  # not theirs
     # five users: the operator, the three above and tg:2, who joined by pressing the button
-    assert text(await chat.send(OPERATOR, "", callback=yes)) == "Broadcast queued for 5 users."
+    assert text(await chat.send(OPERATOR, "", callback=yes)) == "Broadcast queued; recipients: 5."
     rows = chat.outbox("broadcast")
     assert len(rows) == 5 and all(json.loads(r.params)["text"] == "Sale tomorrow!  明天促销"
                                   for r in rows)
@@ -213,7 +214,53 @@ async def test_verify_and_export_answer_operators(memdb):
 async def test_admin_menu_lists_operator_commands_with_buttons(memdb):
     chat = Chat(memdb)
     reply = await chat.send(OPERATOR, "/admin")
-    assert "/broadcast  — Message every user" in text(reply)
+    body = text(reply)
+    # each command with its words and a usage line
+    assert "/broadcast (群发, 广播) — Message every user\n   Usage: /broadcast TEXT" in body
+    assert "/pause (暂停) — Pause sales\n   Usage: /pause" in body
+    assert "/product (上架) — Add or change a product\n   Usage: /product SKU PRICE" in body
+    assert "  —" not in body
     assert "cmd:v1:pool" in [b.data for b in buttons(reply)]
     assert text(await chat.send(OPERATOR, "", callback="cmd:v1:withdrawals")) == \
         "No withdrawals are waiting."
+
+
+async def test_points_deposit_on_a_new_shop_is_refused_and_says_why(memdb):
+    """Issue 13: with nobody holding points the next buyer's few points would own the whole
+    deposit (21 points minted, then a forced exit paying 477.00 of a 500.00 deposit)."""
+    chat = Chat(memdb, operators=(OPERATOR, "tg:2"))
+    await chat.setup_shop()
+    await chat.send("tg:2", "/start", lang="zh")
+    world = chat.world()
+    en = text(await chat.send(OPERATOR, "/deposit points 500"))
+    assert en.startswith("Nobody holds points yet, so a deposit into the points pool is "
+                         "refused") and "Nothing was changed." in en
+    zh = text(await chat.send("tg:2", "/deposit points 500", lang="zh"))
+    assert zh.startswith("目前还没有人持有积分，因此拒绝向积分分红池注资") and "未做任何更改" in zh
+    assert text(await chat.send("tg:2", "注资 积分 500", lang="zh")) == zh
+    assert chat.world() == world  # no journal entry, no pool change, no message owed
+
+    # the attack then goes nowhere: the first buyer's points are worth what was paid in
+    await chat.pay("tg:5", await chat.send("tg:5", "/buy RICE"))
+    user = chat.state()["users"]["tg:5"]
+    assert (user["wallet"], user["points"]) == ("0.00", "10.500000")
+    assert chat.state()["pools"]["points"] == "15.00"
+    assert text(await chat.send(OPERATOR, "/deposit points 1.50")) == \
+        "Deposited 1.50 CNY into the points pool; balance now 16.50 CNY."
+
+
+async def test_pool_shows_pool_money_that_no_points_stand_for(memdb):
+    chat = Chat(memdb, operators=(OPERATOR, "tg:2"))
+    await chat.setup_shop()
+    await chat.pay("tg:5", await chat.send("tg:5", "/buy RICE"))
+    assert "no points stand for" not in text(await chat.send(OPERATOR, "/pool"))
+    from engine import service
+
+    service.withdraw_points(memdb, user="tg:5", points="10.5")  # the 10% fee stays behind
+    assert chat.state()["points"]["supply"] == "0.000000"
+    body = text(await chat.send(OPERATOR, "/pool"))
+    assert "Points pool 1.50 CNY · supply 0.000000" in body
+    assert ("Points pool money no points stand for: 1.50 CNY (supply is 0; whoever mints "
+            "next would own it)") in body
+    zh = text(await chat.send("tg:2", "/pool", lang="zh"))
+    assert "积分分红池中无积分对应的资金：1.50 CNY" in zh

@@ -40,7 +40,7 @@ async def test_shop_lists_each_product_with_price_rebate_in_plain_words_and_a_bu
     body = text(reply)
     assert "• Green tea (TEA) — 100.00 CNY" in body
     assert "the full 100.00 CNY comes back to your wallet" in body and "15 days" in body
-    assert "about 10.500000 points at today's price 1.000000" in body  # RICE, SPEC §4
+    assert "about 10.50 points at today's price 1.00" in body  # RICE, SPEC §4 (shown: 2 places)
     assert [b.data for b in buttons(reply)] == ["buy:v1:RICE:1", "buy:v1:SOFA:1",
                                                 "buy:v1:TEA:1"]
 
@@ -137,7 +137,7 @@ async def test_points_scheme_receipt_names_the_points_minted(memdb):
     chat = Chat(memdb)
     await chat.setup_shop()
     receipt = text(await chat.pay("tg:5", await chat.send("tg:5", "/buy RICE")))
-    assert "Green points received: 10.500000." in receipt
+    assert "Green points received: 10.50." in receipt
 
 
 async def test_wallet_purchase_is_recorded_at_once(memdb):
@@ -161,7 +161,7 @@ async def test_points_pay_part_and_the_invoice_is_for_the_rest(memdb):
     assert inv.amount == 10000 - 714  # 5 points × 1500/10.5 fen, rounded down
     assert chat.state()["users"]["tg:5"]["points"] == "5.500000"  # spent at checkout
     receipt = text(await chat.pay("tg:5", reply))
-    assert "Points used: 5.000000 (worth 7.14 CNY); cash paid 92.86 CNY." in receipt
+    assert "Points used: 5.00 (worth 7.14 CNY); cash paid 92.86 CNY." in receipt
 
 
 async def test_points_covering_the_whole_total_complete_the_purchase_without_invoice(memdb):
@@ -195,8 +195,8 @@ async def test_invoice_offers_wallet_and_points_buttons_when_the_buyer_can_use_t
     await chat.pay("tg:5", await chat.send("tg:5", "/buy RICE"))
     reply = await chat.send("tg:5", "/buy TEA")
     data = [b.data for b in buttons(reply)]
-    assert [d.rsplit(":", 1)[0] for d in data] == ["buy:v1:TEA:1:w", "buy:v1:TEA:1:p"]
-    assert data[0].rsplit(":", 1)[1] == data[1].rsplit(":", 1)[1]  # one quote, one nonce
+    # buttons under an invoice act on its order (N3), never on a new one
+    assert data == ["pay:v1:N3:w", "pay:v1:N3:p"]
     assert all(len(d.encode()) <= 64 for d in data)
 
 
@@ -206,14 +206,15 @@ async def test_a_double_tap_on_the_wallet_button_buys_once(memdb):
     await _with_wallet(chat, "tg:5")
     await chat.send(OPERATOR, "/product PEN 5.00 0.10 0 none Pen")
     wallet = [b.data for b in buttons(await chat.send("tg:5", "/buy PEN"))
-              if ":w:" in b.data][0]
+              if b.data.endswith(":w")][0]
+    assert wallet == "pay:v1:N2:w"
     first = text(await chat.send("tg:5", "", callback=wallet))
     second = text(await chat.send("tg:5", "", callback=wallet))
-    assert first == second and "Paid: order N3 — PEN ×1, total 5.00 CNY." in first
+    assert first == second and "Paid: order N2 — PEN ×1, total 5.00 CNY." in first
     assert chat.state()["users"]["tg:5"]["wallet"] == "95.00"
     other = [b.data for b in buttons(await chat.send("tg:5", "/buy PEN"))
-             if ":w:" in b.data][0]
-    assert other != wallet and "order N5" in text(await chat.send("tg:5", "", callback=other))
+             if b.data.endswith(":w")][0]
+    assert other != wallet and "order N3" in text(await chat.send("tg:5", "", callback=other))
 
 
 async def test_forged_or_stale_buy_buttons_change_nothing(memdb):
@@ -276,3 +277,36 @@ async def test_concurrent_reports_of_one_charge_record_one_payment(db):
     assert _purchases(chat) == 1
     user = db.read(lambda s: s.execute(select(User).where(User.handle == "tg:5")).scalar_one())
     assert user.wallet == 0 and len(chat.state()["entries"]) == 1
+
+
+async def test_pause_stops_open_checkouts_and_flags_money_that_arrives_anyway(db):
+    """Issue 13: `/buy`, then the operator pauses. Pre-checkout now says no with a reason and
+    records nothing; a charge the channel took before the pause is recorded (the money is
+    real), earns its rebates, and is flagged in the journal and to every operator."""
+    chat = Chat(db, operators=(OPERATOR, "tg:2"))
+    await chat.setup_shop()
+    await chat.send("tg:5", "/start")
+    inv = invoice(await chat.send("tg:5", "/buy TEA"))
+    assert await shop.precheck(chat.app, inv.token, inv.amount, "CNY", "tg:5") == (True, None)
+    assert text(await chat.send(OPERATOR, "/pause")).startswith("Sales paused.")
+    world = chat.world()
+    ok, why = await shop.precheck(chat.app, inv.token, inv.amount, "CNY", "tg:5")
+    assert (ok, why) == (False, "Sales are paused, so this payment cannot be taken now. "
+                                "Nothing was charged; please try again when the shop reopens.")
+    assert chat.world() == world
+
+    receipt = text(await shop.paid(chat.app, inv.token, inv.amount, "CNY", "before-pause",
+                                   "telegram", "tg:5"))
+    assert inv.order in receipt and "queue" in receipt.lower()
+    assert _order(chat, inv.order).status == "settled"
+    assert chat.state()["entries"][0]["user"] == "tg:5"
+    body = json.loads(db.read(lambda s: s.execute(select(JournalTxn.body).where(
+        JournalTxn.key == "telegram:charge:before-pause")).scalar_one()))
+    assert body["paid_while_paused"] is True
+    flags = chat.outbox("paused_payment")
+    assert sorted(json.loads(f.params)["identity"] for f in flags) == [OPERATOR, "tg:2"]
+    from handlers.notify import render
+
+    note = render("paused_payment", json.loads(flags[0].params), "en", currency="CNY")
+    assert note.startswith("Paid while sales were paused: telegram charge before-pause of "
+                           "100.00 CNY by tg:5 for order " + inv.order)

@@ -24,7 +24,8 @@ from tests.handlers_kit import OPERATOR, Chat, buttons, text
 
 STRANGER = "tg:5"
 OPERATOR_WORDS = sorted({w for c in commands(operator=True) for w in (c.name, *c.aliases)})
-OPERATOR_BUTTONS = ["wd:v1:a:1", "wd:v1:r:1", "bc:v1:abcdef:y", "bc:v1:abcdef:n"] + [
+OPERATOR_BUTTONS = ["wd:v1:a:1", "wd:v1:r:1", "bc:v1:abcdef:y", "bc:v1:abcdef:n",
+                    "set:v1:sd:7", "sale:v1:TEA:0", "sale:v1:TEA:1"] + [
     f"cmd:v1:{c.name}" for c in commands(operator=True)]
 REFUSED = {lang: i18n.t(lang, "operator_only") for lang in i18n.LANGS}
 
@@ -106,11 +107,15 @@ async def test_every_operator_action_is_journaled_with_the_operator(
     service.buy(memdb, user="tg:5", sku="OLD", method="offline", at=bought, order="M1")
     actions: list[tuple[str, str | None]] = [
         ("/product TEA 120.00 0.30 15 queue Green tea", None),
-        ("/deposit points 10.00", None),
+        ("/deposit queue 10.00", None),  # points: refused while nobody holds any (SPEC §4)
         ("/offline tg:5 TEA", None),
         ("/release", None),
         ("/pause", None),
         ("/resume", None),
+        ("/settings store.settle_days 5 queue.min_order 50.00", None),
+        ("", "set:v1:sd:7"),
+        ("/product RICE off", None),
+        ("", "sale:v1:RICE:1"),
     ]
     audited: dict[str, list[tuple[str, str | None]]] = {}
     for line, data in actions:
@@ -122,8 +127,8 @@ async def test_every_operator_action_is_journaled_with_the_operator(
 
             await handlers.run_job(chat.app, "release", Request(
                 channel="telegram", identity=OPERATOR, request_id="job"), lambda _t: None)
-        audited[line] = _new_txns(memdb, tip)
-        assert audited[line], (line, text(reply))
+        audited[line or str(data)] = _new_txns(memdb, tip)
+        assert audited[line or str(data)], (line, data, text(reply))
     # refund (the offline sale is pending in its return window), withdrawals, broadcast
     order = memdb.read(lambda s: s.execute(select(JournalTxn.body).where(
         JournalTxn.kind == "purchase", JournalTxn.actor == OPERATOR)

@@ -182,3 +182,106 @@ def test_entries_keep_their_queue_places(memdb):
         select(Entry).order_by(Entry.seq)).scalars()])
     assert [seq for seq, _ in seqs] == [1, 2]
     assert [e["user"] for e in state(memdb)["entries"]] == ["WX", "O"]
+
+
+# -- issue 13: a referral loop through account linking ---------------------------------------
+
+
+def _entries(db) -> list[tuple[str, str]]:
+    return [(e["user"], e["released"]) for e in state(db)["entries"]]
+
+
+@pytest.mark.parametrize("asks", ["tg:7", "wx:oA"])
+def test_a_referral_loop_through_linking_is_closed(db, asks):
+    """A (WeChat, no referrer) invites X; A's Telegram identity T joins with X's code; T and A
+    link. The merged account keeps A's first contact and so no referrer: X→A stays (A did
+    invite X), A→X is never made, and acceleration flows only from X to A."""
+    shop(db, users=(), products=[("tea", "100.00", "0.50", 15, "queue")])
+    service.join(db, user="A", at=at(1, 9))
+    service.join(db, user="X", referrer="A", at=at(1, 10))
+    service.join(db, user="T", referrer="X", at=at(1, 11))
+    identify(db, "A", "wx:oA")
+    identify(db, "T", "tg:7")
+    service.deposit(db, pool="queue", amount="100.00", at=at(1, 12))
+    link_code(db, identity=asks, code="LQQP2345", at=at(2))
+    result = link_accounts(db, code="LQQP2345", identity="wx:oA" if asks == "tg:7" else "tg:7",
+                           at=at(2))
+    merged = result["user"]
+    assert result["identities"] == ["tg:7", "wx:oA"] and merged == "T"  # the newer row stays
+    s = state(db)
+    assert s["users"][merged]["referrer"] is None  # no referrer gained after first contact
+    assert s["users"]["X"]["referrer"] == merged
+    assert set(s["users"]) == {merged, "X"}
+
+    service.buy(db, user="X", sku="tea", at=at(3))  # X's entry first: it would be paid first
+    service.buy(db, user=merged, sku="tea", at=at(3, 11))  # would pay X if A→X existed
+    assert _entries(db) == [("X", "0.00"), (merged, "0.00")]
+    service.buy(db, user="X", sku="tea", at=at(3, 12))  # X→A: pays the merged account
+    assert _entries(db) == [("X", "0.00"), (merged, "20.00"), ("X", "0.00")]
+    report = verify(db)
+    assert report.ok, report.problems
+
+
+def test_linking_keeps_the_referrer_of_the_earliest_first_contact_not_the_lowest_id(db):
+    # WX's row is older (lower id) but TG's first contact came first: TG's referrer stays.
+    shop(db, users=(), products=[("tea", "100.00", "0.50", 15, "queue")])
+    service.join(db, user="Y", at=at(1, 8))
+    service.join(db, user="Z", at=at(1, 8))
+    service.join(db, user="WX", referrer="Y", at=at(1, 12))
+    service.join(db, user="TG", referrer="Z", at=at(1, 9))
+    identify(db, "WX", "wx:o1")
+    identify(db, "TG", "tg:1")
+    link_code(db, identity="wx:o1", code="ERLY2345", at=at(2))
+    result = link_accounts(db, code="ERLY2345", identity="tg:1", at=at(2))
+    assert state(db)["users"][result["user"]]["referrer"] == "Z"
+    # and the later identity's referrer is not taken when the earliest had none
+    service.join(db, user="N", at=at(1, 7))
+    service.join(db, user="M", referrer="Y", at=at(1, 13))
+    identify(db, "N", "wx:o2")
+    identify(db, "M", "tg:2")
+    link_code(db, identity="tg:2", code="LATE2345", at=at(2))
+    result = link_accounts(db, code="LATE2345", identity="wx:o2", at=at(2))
+    assert state(db)["users"][result["user"]]["referrer"] is None
+
+
+def test_linking_drops_a_referrer_whose_chain_leads_back_to_the_account(db):
+    """The earliest first contact's referrer is dropped when its own referrers lead back to
+    either linked account: T (first contact 08:00, by X's code) links with A, who invited X.
+    Keeping X would make A→X→A, acceleration paid both ways."""
+    shop(db, users=(), products=[("tea", "100.00", "0.50", 15, "queue")])
+    service.join(db, user="A", at=at(1, 9))
+    service.join(db, user="X", referrer="A", at=at(1, 10))
+    service.join(db, user="T", referrer="X", at=at(1, 8))  # a clock that ran behind
+    service.join(db, user="W", referrer="X", at=at(1, 10))  # a longer way round: W→X→A
+    identify(db, "A", "wx:oA")
+    identify(db, "T", "tg:7")
+    identify(db, "W", "tg:8")
+    link_code(db, identity="tg:7", code="CYCL2345", at=at(2))
+    merged = link_accounts(db, code="CYCL2345", identity="wx:oA", at=at(2))["user"]
+    s = state(db)
+    assert s["users"][merged]["referrer"] is None and s["users"]["X"]["referrer"] == merged
+    # an account whose referrer chain does not come back keeps its referrer: W→X→(A+T)
+    service.join(db, user="V", at=at(1, 11))
+    identify(db, "V", "wx:oV")
+    link_code(db, identity="tg:8", code="KEEP2345", at=at(2))
+    kept = link_accounts(db, code="KEEP2345", identity="wx:oV", at=at(2))["user"]
+    assert state(db)["users"][kept]["referrer"] == "X"  # W's, the earlier first contact
+    assert verify(db).ok
+
+
+def test_no_acceleration_between_two_identities_of_one_account(db):
+    # T joined with A's own code (the same person's other identity): the edge goes on link.
+    shop(db, users=(), products=[("tea", "100.00", "0.50", 15, "queue")])
+    service.join(db, user="A", at=at(1, 9))
+    service.join(db, user="T", referrer="A", at=at(1, 10))
+    identify(db, "A", "wx:oA")
+    identify(db, "T", "tg:7")
+    service.deposit(db, pool="queue", amount="100.00", at=at(1, 12))
+    link_code(db, identity="wx:oA", code="SELF6789", at=at(2))
+    merged = link_accounts(db, code="SELF6789", identity="tg:7", at=at(2))["user"]
+    assert state(db)["users"][merged]["referrer"] is None
+    service.buy(db, user=merged, sku="tea", at=at(3))
+    service.buy(db, user=merged, sku="tea", at=at(3, 11))
+    assert _entries(db) == [(merged, "0.00"), (merged, "0.00")]
+    assert db.read(lambda s: s.execute(select(User.id).where(
+        User.referrer_id == User.id)).first()) is None

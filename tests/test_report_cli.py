@@ -60,3 +60,28 @@ def test_report_command_prints_the_figures_and_writes_charts(
 def test_report_text_says_n_a_without_liability(memdb: Database):
     text = format_report(report.pool_report(memdb, local(0)))
     assert "coverage 覆盖率               n/a" in text
+
+
+def test_report_shows_pool_money_no_points_stand_for(
+        sqlite_url: str, capsys: pytest.CaptureFixture[str]):
+    """Issue 13: with the supply at zero, money left in the points pool (here the fee the last
+    holder left behind) belongs to nobody yet, and the report says so."""
+    from engine import service
+    from tests.helpers import at, shop
+
+    db = Database(sqlite_url)
+    migrate(db)
+    shop(db, users=("A",), products=[("tea", "100.00", "0.50", 0, "points")])
+    service.buy(db, user="A", sku="tea", at=at(1))
+    assert "no points stand for" not in format_report(report.pool_report(db, at(2)))
+    service.withdraw_points(db, user="A", points="21", at=at(2))
+    figures = report.pool_report(db, at(2))
+    db.dispose()
+    assert (figures["supply"], figures["points_balance"], figures["points_unbacked"]) == (
+        0, 300, 300)
+    assert main(["report", "--db", sqlite_url, "--at", at(2).isoformat()]) == 0
+    out = capsys.readouterr().out
+    assert ("  pool money no points stand for 无积分对应的分红池资金  3.00 CNY "
+            "(supply 0 流通量为零)") in out
+    assert main(["report", "--db", sqlite_url, "--at", at(2).isoformat(), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["points_unbacked"] == 300

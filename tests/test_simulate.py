@@ -94,6 +94,9 @@ def test_the_examples_cover_growing_flat_and_shrinking_sales():
     ("sales: [1, 2]\nproducts: [{sku: A, price: '1.00'}]\n", "mappings"),
     ("config: {store: {paused: '1'}}\nproducts: [{sku: A, price: '100.00'}]\n",
      "day 1: the engine refused an event: sales_paused"),
+    # seed money for the points pool before anyone holds points (SPEC §4)
+    ("deposits: {points: '500.00'}\nproducts: [{sku: A, price: '100.00'}]\n",
+     "refused the scenario's setup: no_points_holders"),
 ])
 def test_a_bad_scenario_gets_a_clear_message(tmp_path: Path, text: str, message: str,
                                              capsys: pytest.CaptureFixture[str]):

@@ -8,6 +8,7 @@ import re
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import select
 
 from bot.settings import Settings
 from bot.telegram import start_telegram, stop_telegram
@@ -15,6 +16,7 @@ from engine.verify import verify
 from handlers.base import App
 from storage.db import Database
 from storage.migrate import migrate
+from storage.models import Entry
 from tests.standins import telegram_api as tg
 from tests.standins import wechat as sw
 from tests.wechat_harness import checkout_path, open_shop, stock
@@ -120,7 +122,7 @@ async def test_linked_account_sees_one_balance_after_a_purchase_on_each_channel(
     on_telegram = (await telegram(shop, bot_api, tg.make_text_update(TG_ID, "/me"))).text
     on_wechat = (await shop.say(ALICE, "我的"))["Content"]
     assert numbers(on_telegram) == numbers(on_wechat)
-    assert f"{Decimal(user.points) / 1_000_000:.6f}" in on_wechat
+    assert f"{Decimal(user.points // 10_000) / 100:.2f}" in on_wechat  # shown: 2 places
     report = verify(shop.db)
     assert report.ok, report.problems
 
@@ -149,3 +151,51 @@ async def test_link_codes_in_wechat_words(both):
     assert "不是有效的绑定码" in (await shop.say(other, "绑定 hello!"))["Content"]
     assert "无效、已使用或已过期" in (await shop.say(other, "绑定 ABCD2345"))["Content"]
     assert shop.user_of(f"wx:{other}").id != shop.user_of(f"wx:{ALICE}").id
+
+
+XAVIER = "oXavier_00000000000000000002"
+
+
+async def pay_in_wechat(shop, openid: str, sku: str, txn: str) -> str:
+    reply = await shop.say(openid, f"购买 {sku}")
+    await shop.http.get(checkout_path(reply["Content"]), headers={"User-Agent": WECHAT_UA})
+    order = shop.last_order_of(f"wx:{openid}")
+    headers, body = sw.signed_pay_notification(shop.keys, out_trade_no=order.ref,
+                                               transaction_id=txn, total_fen=order.cash,
+                                               payer_openid=openid)
+    assert (await shop.notify(headers, body)).status_code == 204
+    return order.ref
+
+
+async def test_a_referral_loop_through_linking_is_closed_on_the_running_shop(both):
+    """Issue 13, point 3, as played on both channels: Alice (WeChat, no referrer) invites
+    Xavier by her QR code; Alice's Telegram identity starts with Xavier's invite code; she
+    links the two. Her account gains no referrer, and acceleration only flows X → Alice."""
+    shop, bot_api = both
+    await shop.say(ALICE, "我的")  # first contact, no referrer
+    alice = shop.user_of(f"wx:{ALICE}")
+    await shop.event(XAVIER, "subscribe", key=f"qrscene_{alice.invite_code}")
+    xavier = shop.user_of(f"wx:{XAVIER}")
+    assert xavier.referrer_id == alice.id
+    await telegram(shop, bot_api, tg.make_text_update(TG_ID, f"/start {xavier.invite_code}"))
+    assert shop.user_of("tg:4242").referrer_id == xavier.id  # the loop, before the link
+
+    code = await link_code_from_telegram(shop, bot_api)
+    linked = await shop.say(ALICE, f"绑定 {code}")
+    assert "tg:4242" in linked["Content"]
+    merged = shop.user_of(f"wx:{ALICE}")
+    assert shop.user_of("tg:4242").id == merged.id
+    assert merged.referrer_id is None  # Alice's first contact had none
+    assert shop.user_of(f"wx:{XAVIER}").referrer_id == merged.id  # she did invite Xavier
+
+    # Alice buys on WeChat, Xavier buys on WeChat (accelerates Alice), Alice buys on
+    # Telegram: nothing flows back to Xavier.
+    await pay_in_wechat(shop, ALICE, "TEA", "4200000009202601010000000011")
+    await pay_in_wechat(shop, XAVIER, "TEA", "4200000009202601010000000012")
+    await buy_in_telegram(shop, bot_api, "TEA", 12000, "tg-charge-loop")
+    entries = shop.db.read(lambda s: [(e.user_id, e.released) for e in s.execute(
+        select(Entry).order_by(Entry.seq)).scalars()])
+    # pool after two purchases: 2 × 12.00; Xavier's acceleration 24.00 pays Alice's entry
+    assert entries == [(merged.id, 2400), (xavier.id, 0), (merged.id, 0)]
+    report = verify(shop.db)
+    assert report.ok, report.problems

@@ -1,10 +1,13 @@
 """`GET`/`POST /wechat`: WeChat's server check, then every message and event, answered.
 
-A POST is refused (403) unless its query `signature` checks against WECHAT_TOKEN, before the
-body is looked at; then the body is parsed safely (400 if it is not a WeChat push), decrypted
-in safe mode (`msg_signature` first, 403), deduplicated, dispatched and answered with one
-passive reply inside WeChat's five seconds. Whatever does not fit that one reply — a second
-message, a picture, an answer that took too long — follows as customer-service messages.
+A request is refused (403, one log line) unless its query `signature` checks against
+WECHAT_TOKEN, its `timestamp` is within five minutes of our clock and its `nonce` was not
+used before for another request (bot/wechat/replay.py) — all before the body is believed.
+Then the body is parsed safely (400 if it is not a WeChat push); with WECHAT_ENCODING_AES_KEY
+set it must be encrypted (safe mode: a plaintext body is 403) and its `msg_signature` right
+(403). Then it is deduplicated, dispatched and answered with one passive reply inside
+WeChat's five seconds. Whatever does not fit that one reply — a second message, a picture, an
+answer that took too long — follows as customer-service messages.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from sqlalchemy.orm import Session
 from wechatpy import WeChatClient
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidSignatureException
-from wechatpy.utils import check_signature
 
 from bot.settings import Settings
 from engine.money import format_fen
@@ -45,6 +47,7 @@ from .messages import (
     scene_of,
     split_text,
 )
+from .replay import Nonces, log_refusal, query_refusal
 from .seen import Seen
 from .sender import WeChatSender, client_from_settings
 
@@ -81,13 +84,14 @@ class WeChatAdapter:
     def __init__(self, app: App, client: WeChatClient, *, token: str, appid: str,
                  aes_key: str | None = None, template_id: str | None = None,
                  pay: Any = None, passive_budget: float = PASSIVE_BUDGET,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, redis_url: str | None = None) -> None:
         self.app = app
         self.client = client
         self.token = token
         self.crypto = WeChatCrypto(token, aes_key, appid) if aes_key else None
         self.sender = WeChatSender(client, app.db, template_id)
         self.seen = Seen(app.db)
+        self.nonces = Nonces(app.db, redis_url, namespace=appid)
         self.pay = pay  # a bot.wechatpay.WeChatPayGateway, set by bot.http when configured
         self.passive_budget = passive_budget
         self.clock = clock
@@ -100,41 +104,62 @@ class WeChatAdapter:
                if settings.wechat_encoding_aes_key else None)
         return cls(app, client or client_from_settings(settings), token=token,
                    appid=settings.wechat_app_id or "", aes_key=aes,
-                   template_id=settings.wechat_notify_template_id)
+                   template_id=settings.wechat_notify_template_id,
+                   redis_url=settings.redis_url)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
 
-    # -- GET /wechat ------------------------------------------------------------------------
-    def _signed(self, query: dict[str, str]) -> bool:
-        if not self.token:
-            return False
-        try:
-            check_signature(self.token, query.get("signature", ""), query.get("timestamp", ""),
-                            query.get("nonce", ""))
-        except InvalidSignatureException:
-            return False
-        return True
+    # -- who is speaking: signed, fresh, once ------------------------------------------------
+    def _query_refusal(self, query: dict[str, str]) -> str | None:
+        return query_refusal(self.token, query, self.clock())
 
+    def _claim_nonce(self, query: dict[str, str], body: bytes) -> bool:
+        """False when this signed query was already used for a different body. Raises
+        `DatabaseUnavailable` when that cannot be known."""
+        return self.nonces.claim(query["timestamp"], query["nonce"], body, self._now())
+
+    @staticmethod
+    def _refuse(reason: str, query: dict[str, str]) -> tuple[int, bytes, str]:
+        log_refusal(reason, query)
+        return FORBIDDEN
+
+    # -- GET /wechat ------------------------------------------------------------------------
     def verify_get(self, query: dict[str, str]) -> tuple[int, str]:
-        """Echo `echostr` only to a correctly signed check (and only a sane one)."""
+        """Echo `echostr` only to a correctly signed, fresh, unused check (and a sane one)."""
         echostr = query.get("echostr", "")
-        if not self._signed(query) or not 0 < len(echostr) <= 128 or not echostr.isprintable():
-            return 403, "forbidden"
+        reason = self._query_refusal(query)
+        if reason is None and not (0 < len(echostr) <= 128 and echostr.isprintable()):
+            reason = "malformed echostr"
+        if reason is None:
+            try:
+                if not self._claim_nonce(query, b"GET " + echostr.encode()):
+                    reason = "nonce already used"
+            except DatabaseUnavailable:
+                log.warning("wechat: database unavailable for a server check")
+                return 503, "unavailable"
+        if reason is not None:
+            return self._refuse(reason, query)[0], "forbidden"
         return 200, echostr
 
     # -- POST /wechat -----------------------------------------------------------------------
     async def handle_post(self, query: dict[str, str], body: bytes) -> tuple[int, bytes, str]:
-        if not self._signed(query):
-            return FORBIDDEN
+        reason = self._query_refusal(query)
+        if reason is not None:
+            return self._refuse(reason, query)
         try:
             outer = parse_xml(body)
-            encrypted = query.get("encrypt_type") == "aes" or "Encrypt" in outer
-            if encrypted:
+            if self.crypto is not None:
+                # Safe mode: only what `msg_signature` covers is believed. A plaintext body
+                # is signed by nothing (the query signature leaves the body out).
+                if not outer.get("Encrypt"):
+                    return self._refuse("a plaintext body in safe mode", query)
                 plain = self._decrypt(outer, query)
                 if plain is None:
-                    return FORBIDDEN
+                    return self._refuse("wrong msg_signature", query)
                 msg = parse_xml(plain)
+            elif query.get("encrypt_type") == "aes" or "Encrypt" in outer:
+                raise BadXml("a safe-mode message needs WECHAT_ENCODING_AES_KEY")
             else:
                 msg = outer
         except BadXml as exc:
@@ -143,21 +168,31 @@ class WeChatAdapter:
         openid, ours = msg.get("FromUserName", ""), msg.get("ToUserName", "")
         if not OPENID.match(openid) or not ours or not msg.get("MsgType"):
             return BAD_REQUEST
+        try:
+            unused = await asyncio.to_thread(self._claim_nonce, query, body)
+        except DatabaseUnavailable:
+            # Unchecked, nothing may act: "busy, try again", as when the dedupe claim fails.
+            log.warning("wechat: database unavailable checking a nonce")
+            return self._reply(self._busy(openid, ours), query)
+        if not unused:
+            return self._refuse("nonce already used for another body", query)
         inbound = self._inbound(msg, openid)
         if inbound is None:
             return NO_REPLY
-        xml = await self._answer(inbound, openid, ours)
+        return self._reply(await self._answer(inbound, openid, ours), query)
+
+    def _reply(self, xml: str, query: dict[str, str]) -> tuple[int, bytes, str]:
+        """The passive reply (encrypted in safe mode), or `success` for none."""
         if not xml:
             return NO_REPLY
-        if encrypted and self.crypto is not None:
+        if self.crypto is not None:
             xml = self.crypto.encrypt_message(xml, query.get("nonce", ""),
                                               query.get("timestamp", ""))
         return 200, xml.encode("utf-8"), "application/xml"
 
     def _decrypt(self, outer: dict[str, str], query: dict[str, str]) -> str | None:
         """The plaintext of a safe-mode message; None when its signature is wrong."""
-        if self.crypto is None or not outer.get("Encrypt"):
-            raise BadXml("a safe-mode message needs <Encrypt> and WECHAT_ENCODING_AES_KEY")
+        assert self.crypto is not None
         try:
             return str(self.crypto.decrypt_message(
                 {"Encrypt": outer["Encrypt"]}, query.get("msg_signature", ""),
@@ -210,7 +245,7 @@ class WeChatAdapter:
             # "success" would make WeChat drop the message for good (it retries only pushes
             # left unanswered): say "busy, try again" now, which needs no database.
             log.warning("wechat: database unavailable for %s", inbound.key)
-            return render_reply(openid, ours, "text", BUSY, int(self.clock()))
+            return self._busy(openid, ours)
         if seen:
             return stored or ""
         request = inbound.request
@@ -234,6 +269,9 @@ class WeChatAdapter:
         if rest:
             self._background(self._deliver(openid, rest))
         return xml
+
+    def _busy(self, openid: str, ours: str) -> str:
+        return render_reply(openid, ours, "text", BUSY, int(self.clock()))
 
     async def _passive(self, parts: list[Part], openid: str, ours: str) -> tuple[str, list[Part]]:
         """The first message as a passive reply, the rest for customer service."""
@@ -366,7 +404,9 @@ class WeChatAdapter:
         return await asyncio.to_thread(qr_png, url) if url else None
 
     async def prune_seen(self) -> int:
-        return await asyncio.to_thread(self.seen.prune, self._now())
+        now = self._now()
+        return (await asyncio.to_thread(self.seen.prune, now)
+                + await asyncio.to_thread(self.nonces.prune, now))
 
     def _background(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -383,3 +423,4 @@ class WeChatAdapter:
         await self.drain()
         for task in list(self._tasks):
             task.cancel()
+        self.nonces.close()

@@ -15,7 +15,9 @@ from storage.models import Identity, SeenMessage
 
 log = logging.getLogger(__name__)
 
-KEEP = timedelta(days=3)  # WeChat retries within 15 s; menu links stay usable this long
+# WeChat retries within 15 s; menu links stay usable this long. It must also outlive every
+# moment a replayed request could still be fresh (bot/wechat/replay.py, `check_no_gap`).
+KEEP = timedelta(days=3)
 
 
 class Seen:

@@ -4,8 +4,9 @@
   payer is the buyer's openid) and a Native order (a QR code) anywhere else, with
   `out_trade_no` = the order ref and the order's cash in fen, expiring with the checkout.
 - Payment notifications: verified (notifications.py), then recorded once per
-  `transaction_id` through `service.confirm_payment` (key `wx:txn:<id>`), which checks the
-  order, amount and currency; what it refuses is flagged to the operators.
+  `transaction_id` through `checkout.confirm_payment` (key `wx:txn:<id>`), which checks the
+  order, amount and currency; what it refuses is flagged to the operators, and so is a
+  payment that arrives while sales are paused (recorded: the money is real).
 - Refunds of pending orders (SPEC §8): the engine books them; `sweep_refunds` asks WeChat
   Pay to return the cash (`out_refund_no` = the order ref, retried until it is accepted) and
   the refund notification records the outcome.
@@ -27,7 +28,7 @@ from typing import Any
 from wechatpayv3 import WeChatPay, WeChatPayType
 from wechatpayv3.utils import load_public_key
 
-from engine import checkout, service
+from engine import checkout
 from engine.errors import Refusal
 from engine.money import format_fen
 from storage.db import Database, DatabaseUnavailable
@@ -128,6 +129,11 @@ class WeChatPayGateway:
         if now >= facts["expires_at"]:
             return 410, page("已过期 · Expired", "支付链接已过期，请重新下单。",
                              "This payment link has expired; please order again.")
+        if facts["paused"]:  # no prepay while paused: nothing can be charged (docs/engine.md)
+            return 503, page("暂停销售 · Sales paused",
+                             "商店暂停销售中，暂时无法付款。请在商店恢复后再试。",
+                             "Sales are paused, so this payment cannot start now. "
+                             "Please try again when the shop reopens.")
         description = f"{facts['sku']} x{facts['qty']} ({facts['order']})"
         amount_text = f"{format_fen(facts['amount'])} {facts['currency']}"
         try:
@@ -176,17 +182,19 @@ class WeChatPayGateway:
                 and not isinstance(total, bool) and isinstance(currency, str)):
             raise Refused(400, "transaction lacks order, id or amount")
         key = f"wx:txn:{txn}"
+        buyer = f"wx:{(tx.get('payer') or {}).get('openid', '?')}"
         try:
+            # paid while sales are paused (opened before): recorded, and the operators told
             result = await asyncio.to_thread(
-                service.confirm_payment, self.db, order=ref, amount=total, currency=currency,
-                payment_ref=txn, key=key, at=paid_at(tx.get("success_time"), self.clock()))
+                checkout.confirm_payment, self.db, order=ref, amount=total, currency=currency,
+                payment_ref=txn, key=key, channel="wechat", buyer=buyer,
+                operators=self.operators, at=paid_at(tx.get("success_time"), self.clock()))
         except Refusal as exc:
             log.error("WeChat Pay %s for order %s refused: %s", txn, ref, exc)
             await asyncio.to_thread(
                 checkout.flag_operators, self.db, self.operators, key=key,
                 params={"code": exc.code, "order": ref, "amount": total, "currency": currency,
-                        "charge": txn, "channel": "wechat",
-                        "buyer": f"wx:{(tx.get('payer') or {}).get('openid', '?')}"})
+                        "charge": txn, "channel": "wechat", "buyer": buyer})
             status = 404 if exc.code == "unknown_order" else 400
             return Answer.fail(status, f"refused: {exc.code}")
         except DatabaseUnavailable:

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
+from engine.users import store_config
 from storage.models import ChannelRefund, Checkout, Identity, Order
 
 REFUND_BATCH = 20
@@ -31,7 +32,7 @@ def checkout_facts(s: Session, token: str) -> dict[str, Any] | None:
     return {"order": order.ref, "amount": order.cash, "currency": order.currency,
             "sku": order.sku, "qty": order.qty, "status": row.status, "channel": row.channel,
             "order_status": order.status, "expires_at": row.expires_at,
-            "openid": openid[3:] if openid else None}
+            "openid": openid[3:] if openid else None, "paused": store_config(s).paused}
 
 
 def close_checkout(s: Session, ref: str) -> None:
