@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from storage.db import Database
 from storage.models import Checkout, Identity, Order, Outbox, Product, User
 
-from . import journal, orders
+from . import inbox, journal, orders
 from .book import Book
 from .config import Config
 from .errors import Refusal
@@ -116,11 +116,13 @@ def precheck(db: Database, *, token: object, amount: object, currency: object,
 
 def paid(db: Database, *, token: object, amount: int, currency: str, charge_id: str,
          channel: str, identity: str, operators: Iterable[str] = (),
-         at: datetime | None = None) -> dict[str, Any]:
+         at: datetime | None = None, inbox_update: int | None = None) -> dict[str, Any]:
     """Record a channel's charge exactly once (`confirm_payment` keyed by the charge id).
 
     Returns the order result with `ok` True, or `ok` False and the refusal `code`; a refused
-    charge is flagged to every operator (once per charge)."""
+    charge is flagged to every operator (once per charge). `inbox_update`: the inbox row
+    (engine/inbox.py) this charge came in, marked done in the same transaction as the
+    payment (or as the operators' flag)."""
     when = at or now()
     key = charge_key(channel, charge_id)
 
@@ -140,6 +142,8 @@ def paid(db: Database, *, token: object, amount: int, currency: str, charge_id: 
                                         currency=currency, payment_ref=charge_id[:128],
                                         at=when, key=key)
         row.status = "paid"
+        if inbox_update is not None:
+            inbox.mark(session, inbox_update, at=when)
         return {**result, "ok": True}
 
     try:
@@ -149,18 +153,22 @@ def paid(db: Database, *, token: object, amount: int, currency: str, charge_id: 
             Checkout.token == token)).scalar_one_or_none()) if isinstance(token, str) else None
         flag_operators(db, operators, key=key, at=when, params={
             "code": exc.code, "order": ref, "amount": amount, "currency": currency,
-            "charge": charge_id[:128], "channel": channel, "buyer": identity})
+            "charge": charge_id[:128], "channel": channel, "buyer": identity},
+            inbox_update=inbox_update)
         return {"ok": False, "code": exc.code, "order": ref}
 
 
 def flag_operators(db: Database, operators: Iterable[str], *, key: str, params: dict[str, Any],
-                   at: datetime | None = None) -> int:
+                   at: datetime | None = None, inbox_update: int | None = None) -> int:
     """A `payment_flag` outbox row for each operator identity (once per `key`); the identity
-    is in the params, since an operator need not have a shop account."""
+    is in the params, since an operator need not have a shop account. `inbox_update`: the
+    inbox row the charge came in, marked done in the same transaction."""
     when = at or now()
     targets = sorted(set(operators))
 
     def work(session: Session) -> int:
+        if inbox_update is not None:
+            inbox.mark(session, inbox_update, at=when)
         written = 0
         for ident in targets:
             row_key = f"flag:{key}:{ident}"[:200]
@@ -176,7 +184,7 @@ def flag_operators(db: Database, operators: Iterable[str], *, key: str, params: 
             written += 1
         return written
 
-    return db.run(work) if targets else 0
+    return db.run(work) if targets or inbox_update is not None else 0
 
 
 def expire_due(db: Database, *, at: datetime | None = None, batch: int = 200) -> int:
