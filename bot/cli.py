@@ -74,7 +74,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
 
 # Each of these modules defines `register(subparsers)`, adding its commands with
 # `set_defaults(func=...)`; they live beside the code they drive.
-COMMAND_MODULES = ("bot.cli_run", "bot.cli_scheduler", "bot.cli_reports")
+COMMAND_MODULES = ("bot.cli_run", "bot.cli_scheduler", "bot.cli_reports", "bot.cli_inbox")
 
 
 def add_db_option(p: argparse.ArgumentParser) -> None:

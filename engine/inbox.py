@@ -93,10 +93,13 @@ def pending(db: Database, *, limit: int = 200, skip: Iterable[int] = ()) -> list
 
 def mark(session: Session, update_id: int, status: str = DONE, *,
          at: datetime | None = None, error: str | None = None) -> bool:
-    """Inside the caller's transaction: a pending row becomes `status`. False when the row
-    was not pending (already finished, or never stored)."""
+    """Inside the caller's transaction: a pending (or spooled) row becomes `status`. False
+    when it was neither (already finished, or never stored). A spooled payment recorded
+    later from the charge spool so becomes done, and `spooled` rows are exactly the
+    payments still unrecorded."""
     result = session.execute(update(InboxUpdate).where(
-        InboxUpdate.update_id == update_id, InboxUpdate.status == PENDING).values(
+        InboxUpdate.update_id == update_id,
+        InboxUpdate.status.in_((PENDING, SPOOLED))).values(
         status=status, done_at=at or now(), last_error=error[:255] if error else None))
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -129,13 +132,13 @@ def summary(db: Database) -> dict[str, Any]:
     """Rows per status, the oldest pending row's time, and the spooled rows (what operators
     must look at: payments not recorded)."""
     def work(session: Session) -> dict[str, Any]:
-        counts = dict(session.execute(select(InboxUpdate.status, func.count()).group_by(
-            InboxUpdate.status)).tuples().all())
+        counts = {status: int(n) for status, n in session.execute(select(
+            InboxUpdate.status, func.count()).group_by(InboxUpdate.status)).all()}
         oldest = session.execute(select(func.min(InboxUpdate.received_at)).where(
             InboxUpdate.status == PENDING)).scalar_one_or_none()
         spooled = session.execute(select(InboxUpdate).where(
             InboxUpdate.status == SPOOLED).order_by(InboxUpdate.update_id)).scalars().all()
-        return {"counts": {k: int(v) for k, v in counts.items()}, "oldest_pending": oldest,
+        return {"counts": counts, "oldest_pending": oldest,
                 "spooled": [{"update_id": r.update_id, "kind": r.kind, "user_id": r.user_id,
                              "error": r.last_error, "at": r.done_at} for r in spooled]}
 

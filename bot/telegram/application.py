@@ -126,9 +126,12 @@ class TelegramAdapter:
 
     async def record_spooled(self, charge: dict[str, Any]) -> None:
         """Record a charge from the spool (raises while the database is still down)."""
+        update_id = charge.get("update_id")
         await invoke(self.conv.paid, self.app, token=charge["token"], amount=charge["amount"],
-                             currency=charge["currency"], charge_id=charge["charge_id"],
-                             channel="telegram", identity=charge["identity"])
+                     currency=charge["currency"], charge_id=charge["charge_id"],
+                     channel="telegram", identity=charge["identity"],
+                     **({"inbox_update": update_id}
+                        if self.inbox and isinstance(update_id, int) else {}))
 
     def register(self, application: Application) -> None:
         private = PRIVATE & ~filters.SUCCESSFUL_PAYMENT
@@ -273,7 +276,8 @@ class TelegramAdapter:
         charge_spool.spool(self.spool_path, {
             "channel": "telegram", "token": sp.invoice_payload, "amount": sp.total_amount,
             "currency": sp.currency, "charge_id": sp.telegram_payment_charge_id,
-            "identity": f"tg:{user.id}"})
+            "identity": f"tg:{user.id}",
+            **({"update_id": update.update_id} if self.inbox else {})})
         self._spooled.add(update.update_id)
 
     # ------------------------------------------------------------------ the rest

@@ -1,0 +1,199 @@
+"""The Telegram inbox in process (bot/telegram/inbox.py, engine/inbox.py): pending rows are
+resumed on start, one user's in order while others overtake; a stale pre-checkout query is
+set aside; a payment the engine did not record is spooled and shown to operators by
+`storefront inbox` until the spool records it; old finished rows are pruned. The kill tests
+against the running service are in tests/test_telegram_inbox_kill.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from bot import charge_spool
+from bot.cli import main as cli
+from bot.telegram import Conversations, start_telegram, stop_telegram
+from bot.telegram.application import adapter_of
+from bot.telegram.inbox import item_of
+from engine import checkout, inbox, service, users
+from handlers.base import App, Reply, Request
+from storage.db import Database
+from storage.migrate import migrate
+from storage.models import InboxUpdate, JournalTxn
+from storage.ratelimit import RateLimiter
+from tests.standins.telegram_api import (
+    FakeBotAPI,
+    make_pre_checkout_update,
+    make_successful_payment_update,
+    make_text_update,
+)
+from tests.test_telegram_adapter import MENU, TOKEN, Script, settings_for
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:DeprecationWarning")
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeBotAPI]:
+    async with FakeBotAPI(token=TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+def db(sqlite_url: str) -> Any:
+    database = Database(sqlite_url)
+    migrate(database)
+    yield database
+    database.dispose()
+
+
+def stored(db: Database, raw: list[dict[str, Any]], at: datetime | None = None) -> None:
+    from telegram import Update
+
+    inbox.receive(db, [item_of(Update.de_json(u, None), u) for u in raw], at=at)
+
+
+def statuses(db: Database) -> dict[int, str]:
+    return dict(db.read(lambda s: s.execute(select(InboxUpdate.update_id,
+                                                   InboxUpdate.status)).all()))
+
+
+async def drained(db: Database, rows: int = 1, timeout: float = 10.0) -> dict[int, str]:
+    """The inbox's statuses once it holds `rows` rows or more and none is pending."""
+    async def wait() -> dict[int, str]:
+        while "pending" in (now := statuses(db)).values() or len(now) < rows:
+            await asyncio.sleep(0.02)
+        return now
+
+    return await asyncio.wait_for(wait(), timeout)
+
+
+async def test_pending_rows_resume_on_start_each_user_in_order_others_overtake(
+        api: FakeBotAPI, db: Database) -> None:
+    script = Script()
+    order: list[str] = []
+    gate = threading.Event()
+
+    async def dispatch(app: App, request: Request) -> Reply:
+        if request.text == "/me slow":
+            await asyncio.to_thread(gate.wait, 5)
+        order.append(f"{request.identity} {request.text}")
+        return Reply().text("ok")
+
+    # A previous run stored these and died before handling them.
+    stored(db, [make_text_update(20, "/me slow", update_id=1, message_id=1),
+                make_text_update(20, "/me second", update_id=2, message_id=2),
+                make_text_update(21, "/me other", update_id=3, message_id=3)])
+    stored(db, [make_pre_checkout_update(22, "tok", 100, query_id="q1", update_id=4)],
+           at=datetime.now(UTC) - timedelta(minutes=1))
+    conversations = Conversations(dispatch=dispatch, precheck=script.precheck,
+                                  paid=script.paid, run_job=script.run_job, menu=MENU)
+    application = await start_telegram(settings_for(api), App(db=db, operators=frozenset()),
+                                       poll_timeout=1, conversations=conversations)
+    try:
+        await api.wait_for(lambda c: c.is_("sendMessage") and c.chat_id == 21)
+        assert order == ["tg:21 /me other"]  # user 20 is still on its first update
+        gate.set()
+        assert await drained(db, 4) == {1: "done", 2: "done", 3: "done", 4: "expired"}
+        assert order == ["tg:21 /me other", "tg:20 /me slow", "tg:20 /me second"]
+        # Telegram no longer waits for that pre-checkout answer: it was not asked again
+        assert script.prechecks == [] and api.calls_of("answerPreCheckoutQuery") == []
+        # ... and a new update comes in through getUpdates, stored before it is confirmed
+        mark = len(api.calls)
+        api.push_update(make_text_update(21, "/me again", update_id=5, message_id=5))
+        await api.wait_for(lambda c: c.is_("sendMessage") and c.chat_id == 21, since=mark)
+        assert (await drained(db, 5))[5] == "done" and order[-1] == "tg:21 /me again"
+    finally:
+        await stop_telegram(application)
+
+
+async def test_an_unrecorded_payment_is_spooled_shown_to_operators_then_recorded(
+        api: FakeBotAPI, db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    service.upsert_product(db, sku="TEA", price="20.00", margin="0.30", lock_days=15,
+                           scheme="both", name="Tea", actor="test")
+    users.resolve(db, "tg:30", lang="en")
+    token = checkout.open_checkout(db, user="tg:30", sku="TEA", channel="telegram",
+                                   method="telegram", key="open:30")["token"]
+    real_paid = checkout.paid
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in recording")  # not the database being down
+
+    monkeypatch.setattr(checkout, "paid", broken)
+    settings = settings_for(api)
+    spool = Path(settings.charge_spool)
+    app = App(db=db, operators=frozenset({"tg:1"}), limiter=RateLimiter.disabled())
+    application = await start_telegram(settings, app, poll_timeout=1)
+    try:
+        api.push_successful_payment(30, token, 2000, "charge-30")
+        assert await drained(db) == {1: "spooled"}
+        # the charge is in the durable spool, with its inbox row
+        (line,) = charge_spool.pending(spool)
+        assert (line["charge_id"], line["amount"], line["update_id"]) == ("charge-30", 2000, 1)
+        # operators see it
+        assert cli(["inbox", "--db", str(db.engine.url), "--spool", str(spool)]) == 1
+        out = capsys.readouterr().out
+        assert "spooled 1" in out and "UNRECORDED PAYMENT: inbox update 1 from tg:30" in out
+        assert "UNRECORDED CHARGE: telegram charge charge-30 2000 CNY from tg:30" in out
+
+        # once recording works, the spool's replay records it and the row is done
+        monkeypatch.setattr(checkout, "paid", real_paid)
+        adapter = adapter_of(application)
+        assert await charge_spool.replay(spool, adapter.record_spooled) == 1
+        assert statuses(db) == {1: "done"}
+        assert cli(["inbox", "--db", str(db.engine.url), "--spool", str(spool)]) == 0
+        assert "spooled 0" in capsys.readouterr().out
+        keys = db.read(lambda s: s.execute(select(JournalTxn.key).where(
+            JournalTxn.key.like("telegram:charge:%"))).scalars().all())
+        assert keys == ["telegram:charge:charge-30"]
+    finally:
+        await stop_telegram(application)
+
+
+def test_a_payment_marks_its_row_done_in_its_own_transaction_and_only_once(
+        db: Database) -> None:
+    service.upsert_product(db, sku="TEA", price="20.00", margin="0.30", lock_days=15,
+                           scheme="both", name="Tea", actor="test")
+    users.resolve(db, "tg:40", lang="en")
+    token = checkout.open_checkout(db, user="tg:40", sku="TEA", channel="telegram",
+                                   method="telegram", key="open:40")["token"]
+    stored(db, [make_successful_payment_update(40, token, 2000, "c40", update_id=7)])
+    assert inbox.receive(db, [inbox.Item(7, "payment", "{}")]) == 0  # a duplicate: ignored
+    first = checkout.paid(db, token=token, amount=2000, currency="CNY", charge_id="c40",
+                          channel="telegram", identity="tg:40", inbox_update=7)
+    assert first["ok"] and statuses(db) == {7: "done"}
+    # processed again (a crash after the commit, before anyone knew): nothing moves twice
+    db.run(lambda s: s.execute(update(InboxUpdate).values(status="pending")))
+    again = checkout.paid(db, token=token, amount=2000, currency="CNY", charge_id="c40",
+                          channel="telegram", identity="tg:40", inbox_update=7)
+    assert again["ok"] and again.get("replayed") and statuses(db) == {7: "done"}
+    assert db.read(lambda s: s.execute(select(JournalTxn.key).where(
+        JournalTxn.key.like("telegram:charge:%"))).scalars().all()) == ["telegram:charge:c40"]
+    # a charge the shop refuses is flagged to operators, the row done with the flag
+    stored(db, [make_successful_payment_update(40, "no-such", 2000, "c41", update_id=8)])
+    refused = checkout.paid(db, token="no-such", amount=2000, currency="CNY", charge_id="c41",
+                            channel="telegram", identity="tg:40", operators=("tg:1",),
+                            inbox_update=8)
+    assert not refused["ok"] and statuses(db)[8] == "done"
+
+
+def test_finished_rows_are_pruned_after_the_retention_pending_and_spooled_stay(
+        db: Database) -> None:
+    stored(db, [make_text_update(50, f"/me {n}", update_id=n, message_id=n)
+                for n in range(1, 5)])
+    inbox.finish(db, 1)
+    inbox.finish(db, 2, inbox.EXPIRED)
+    inbox.finish(db, 3, inbox.SPOOLED)
+    later = datetime.now(UTC) + inbox.KEEP - timedelta(hours=1)
+    assert inbox.prune(db, at=later) == 0
+    assert inbox.prune(db, at=later + timedelta(hours=2)) == 2
+    assert statuses(db) == {3: "spooled", 4: "pending"}
+    body = json.loads(db.read(lambda s: s.get(InboxUpdate, 4)).body)  # the raw update
+    assert body["message"]["text"] == "/me 4"
