@@ -324,19 +324,7 @@ def test_a_webhook_answered_200_is_in_the_inbox_even_if_killed_at_once(
             assert answers == [True] * 30
             assert set(_inbox(db, [u["update_id"] for u in updates])) == {
                 u["update_id"] for u in updates}
-            # ... and the restarted service records every one of them
-            svc.start()
-            _wait("the inbox to drain", lambda: set(_inbox(
-                db, [u["update_id"] for u in updates]).values()) == {"done"}, svc)
-            assert _recorded(db, "c") == 30
-            # Telegram sending one again (it never does after a 200; a proxy might) is harmless
-            assert svc.post(client, updates[0])
-            svc.stop()
+            # (that the restarted service then records them is the test above)
         finally:
             svc.close()
             db.dispose()
-    again = Database(url)
-    try:
-        assert _recorded(again, "c") == 30
-    finally:
-        again.dispose()
