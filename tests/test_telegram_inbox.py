@@ -14,17 +14,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select, update
+from starlette.applications import Starlette
+from starlette.routing import Route
 
 from bot import charge_spool
 from bot.cli import main as cli
-from bot.telegram import Conversations, start_telegram, stop_telegram
+from bot.telegram import Conversations, start_telegram, stop_telegram, telegram_webhook_route
 from bot.telegram.application import adapter_of
 from bot.telegram.inbox import item_of
 from engine import checkout, inbox, service, users
 from handlers.base import App, Reply, Request
-from storage.db import Database
+from storage.db import Database, DatabaseUnavailable
 from storage.migrate import migrate
 from storage.models import InboxUpdate, JournalTxn
 from storage.ratelimit import RateLimiter
@@ -197,3 +200,68 @@ def test_finished_rows_are_pruned_after_the_retention_pending_and_spooled_stay(
     assert statuses(db) == {3: "spooled", 4: "pending"}
     body = json.loads(db.read(lambda s: s.get(InboxUpdate, 4)).body)  # the raw update
     assert body["message"]["text"] == "/me 4"
+
+
+async def test_polling_confirms_nothing_the_inbox_could_not_store(
+        api: FakeBotAPI, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_receive = inbox.receive
+
+    def down(*args: Any, **kwargs: Any) -> int:
+        raise DatabaseUnavailable("the database is down")
+
+    monkeypatch.setattr(inbox, "receive", down)
+    script = Script()
+    application = await start_telegram(settings_for(api), App(db=db, operators=frozenset()),
+                                       poll_timeout=1, conversations=script.conversations())
+    try:
+        mark = len(api.calls)
+        api.push_update(make_text_update(60, "/me", update_id=70, message_id=70))
+        for _ in range(2):  # asked again and again, never with an offset past it
+            mark = api.calls.index(await api.wait_for("getUpdates", since=mark)) + 1
+        assert all(int(c.params.get("offset") or 0) <= 70 for c in api.calls_of("getUpdates"))
+        assert [u["update_id"] for u in api.pending_updates()] == [70]
+        assert script.requests == [] and statuses(db) == {}
+
+        monkeypatch.setattr(inbox, "receive", real_receive)
+        await api.wait_for(lambda c: c.is_("sendMessage") and c.chat_id == 60)
+        assert await drained(db) == {70: "done"}
+        await api.wait_for(lambda c: c.is_("getUpdates") and c.params.get("offset") == 71)
+        assert api.pending_updates() == [] and len(script.requests) == 1
+    finally:
+        await stop_telegram(application)
+
+
+async def test_the_webhook_answers_503_until_the_update_is_stored(
+        api: FakeBotAPI, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_receive = inbox.receive
+
+    def down(*args: Any, **kwargs: Any) -> int:
+        raise DatabaseUnavailable("the database is down")
+
+    script = Script()
+    settings = settings_for(api, TELEGRAM_WEBHOOK_URL="https://shop.example/telegram",
+                            TELEGRAM_WEBHOOK_SECRET="hook-secret")
+    application = await start_telegram(settings, App(db=db, operators=frozenset()),
+                                       poll_timeout=1, conversations=script.conversations())
+    route = Starlette(routes=[Route("/telegram", telegram_webhook_route(
+        application, "hook-secret"), methods=["POST"])])
+    update = make_text_update(61, "/me", update_id=80, message_id=80)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=route),
+                                     base_url="http://shop") as client:
+            async def post() -> int:
+                r = await client.post("/telegram", json=update, headers={
+                    "X-Telegram-Bot-Api-Secret-Token": "hook-secret"})
+                return r.status_code
+
+            monkeypatch.setattr(inbox, "receive", down)
+            assert await post() == 503  # not stored: Telegram sends it again
+            assert statuses(db) == {} and script.requests == []
+            monkeypatch.setattr(inbox, "receive", real_receive)
+            assert await post() == 200
+            assert 80 in statuses(db)  # stored before the 200
+            assert await drained(db) == {80: "done"}
+            assert await post() == 200  # sent again: stored once, handled once
+            assert await drained(db) == {80: "done"} and len(script.requests) == 1
+    finally:
+        await stop_telegram(application)
