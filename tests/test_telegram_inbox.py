@@ -265,3 +265,31 @@ async def test_the_webhook_answers_503_until_the_update_is_stored(
             assert await drained(db) == {80: "done"} and len(script.requests) == 1
     finally:
         await stop_telegram(application)
+
+
+async def test_a_row_that_fails_holds_back_its_users_later_rows(
+        api: FakeBotAPI, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_finish = inbox.finish
+    failed: list[int] = []
+
+    def finish_once(db: Database, update_id: int, *args: Any, **kwargs: Any) -> bool:
+        if update_id == 1 and not failed:  # the database blinks while row 1 is marked
+            failed.append(update_id)
+            raise DatabaseUnavailable("blink")
+        return real_finish(db, update_id, *args, **kwargs)
+
+    monkeypatch.setattr(inbox, "finish", finish_once)
+    stored(db, [make_text_update(90, "/me one", update_id=1, message_id=1),
+                make_text_update(90, "/me two", update_id=2, message_id=2),
+                make_text_update(91, "/me other", update_id=3, message_id=3)])
+    script = Script()
+    application = await start_telegram(settings_for(api), App(db=db, operators=frozenset()),
+                                       poll_timeout=1, conversations=script.conversations())
+    try:
+        assert await drained(db, 3) == {1: "done", 2: "done", 3: "done"}
+        seen = [(r.identity, r.text) for r in script.requests]
+        # row 1 ran again after the failure (at least once), and row 2 only after it
+        assert [t for i, t in seen if i == "tg:90"] == ["/me one", "/me one", "/me two"]
+        assert ("tg:91", "/me other") in seen and failed == [1]
+    finally:
+        await stop_telegram(application)

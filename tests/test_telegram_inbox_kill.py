@@ -240,7 +240,7 @@ def test_kill_9_during_payment_bursts_loses_and_doubles_nothing(
                 while (time.monotonic() - started < delay if target == 0
                        else _recorded(db, prefix) < target):
                     assert time.monotonic() - started < 90, svc.tail()
-                    time.sleep(0.005)
+                    time.sleep(0.02)
                 svc.kill()
                 if webhook:
                     for f in posting:

@@ -79,7 +79,9 @@ class InboxProcessor:
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
         self._in_flight: set[int] = set()
-        self._not_before: dict[int, float] = {}
+        # a user (or chat) whose row failed: none of its rows is taken before this time, so
+        # its later updates never overtake the failed one
+        self._held: dict[tuple[str, int], float] = {}
         self._queues: dict[tuple[str, int], deque[inbox.Row]] = {}
         self._workers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -124,45 +126,46 @@ class InboxProcessor:
                         log.info("pruned %d finished inbox rows", pruned)
                 except Exception:  # noqa: BLE001 - next time
                     log.exception("pruning the inbox failed")
-            full = False
+            more = False
             try:
-                for uid, at in list(self._not_before.items()):
-                    if at <= now:
-                        del self._not_before[uid]
-                skip = self._in_flight | set(self._not_before)
-                rows = await asyncio.to_thread(inbox.pending, self.db, limit=BATCH, skip=skip)
-                full = len(rows) == BATCH
-                for row in rows:
-                    self._queue(row)
+                for key, until in list(self._held.items()):
+                    if until <= now:
+                        del self._held[key]
+                rows = await asyncio.to_thread(inbox.pending, self.db, limit=BATCH,
+                                               skip=self._in_flight)
+                taken = sum(self._queue(row) for row in rows)
+                more = len(rows) == BATCH and taken > 0
                 self._failures = 0
             except Exception:  # noqa: BLE001 - the database is down: try again later
                 self._failures += 1
                 log.exception("reading the inbox failed")
                 await asyncio.sleep(_backoff(self._failures))
                 continue
-            if full and len(self._in_flight) < 10 * BATCH:
+            if more and len(self._in_flight) < 10 * BATCH:
                 await asyncio.sleep(0)
                 continue
             timeout = IDLE
-            if self._not_before:
-                timeout = max(0.01, min(timeout, min(self._not_before.values()) - now))
+            if self._held:
+                timeout = max(0.01, min(timeout, min(self._held.values()) - now))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
 
-    def _queue(self, row: inbox.Row) -> None:
-        if row.update_id in self._in_flight:
-            return
-        self._in_flight.add(row.update_id)
+    def _queue(self, row: inbox.Row) -> bool:
+        """Hand a row to its user's worker; False if it is in hand already or held."""
         key = (("u", row.user_id) if row.user_id is not None else
                ("c", row.chat_id) if row.chat_id is not None else ("n", row.update_id))
+        if row.update_id in self._in_flight or key in self._held:
+            return False
+        self._in_flight.add(row.update_id)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque()
         queue.append(row)
         if key not in self._workers:
             self._workers[key] = asyncio.create_task(self._worker(key, queue))
+        return True
 
     async def _worker(self, key: tuple[str, int], queue: deque[inbox.Row]) -> None:
         """One user's rows, one after the other."""
@@ -174,7 +177,7 @@ class InboxProcessor:
                 queue.popleft()
                 self._in_flight.discard(row.update_id)
                 if not ok:  # keep this user's order: the rest waits for the failed row
-                    self._not_before[row.update_id] = time.monotonic() + _backoff(
+                    self._held[key] = time.monotonic() + _backoff(
                         self._failures + row.attempts + 1)
                     while queue:
                         self._in_flight.discard(queue.popleft().update_id)
