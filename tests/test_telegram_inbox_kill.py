@@ -16,6 +16,7 @@ STOREFRONT_INBOX_KILL_ROUNDS for more). docs/reliability.md states the figures."
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -53,10 +54,11 @@ PRICE = 2_000  # fen
 
 
 PRELUDE = """
-import sys
+import json, sys
 import bot.app, bot.cli, bot.http, bot.telegram, bot.wechat, bot.wechatpay, scheduler  # noqa
-if sys.stdin.readline():
-    sys.exit(bot.cli.main(["run", "--db", sys.argv[1]]))
+line = sys.stdin.readline()
+if line:
+    sys.exit(bot.cli.main(json.loads(line)))
 """
 
 
@@ -87,24 +89,34 @@ class Service:
             self.env.update({"TELEGRAM_WEBHOOK_URL": f"http://127.0.0.1:{self.port}/telegram",
                              "TELEGRAM_WEBHOOK_SECRET": SECRET})
         self.proc: subprocess.Popen[bytes] | None = None
-        self.spare: subprocess.Popen[bytes] | None = None
+        self.spare: subprocess.Popen[bytes] | None = self._spawn()  # importing meanwhile
         self.starts = 0
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        """`storefront run`, its imports done in advance: the process waits for a line on
-        stdin, then runs `bot.cli.main(["run", ...])`. Importing is most of a start-up on a
-        loaded machine and has nothing to do with what a restart recovers."""
+        """`storefront`, its imports done in advance: the process waits for a line on
+        stdin, then runs `bot.cli.main(<that JSON argv>)`. Importing is most of a start-up
+        on a loaded machine and has nothing to do with what a restart recovers."""
         with open(self.log, "ab") as log:
-            return subprocess.Popen([sys.executable, "-c", PRELUDE, self.url], cwd=self.where,
+            return subprocess.Popen([sys.executable, "-c", PRELUDE], cwd=self.where,
                                     env=self.env, stdin=subprocess.PIPE, stdout=log,
                                     stderr=subprocess.STDOUT)
 
+    def _launch(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        proc, self.spare = self.spare or self._spawn(), None
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(argv).encode() + b"\n")
+        proc.stdin.close()
+        return proc
+
+    def cli(self, *args: str) -> int:
+        """`storefront <args> --db <url>` to its end (output in the log); the exit status."""
+        proc = self._launch([*args, "--db", self.url])
+        self.spare = self._spawn()
+        return proc.wait(120)
+
     def start(self) -> None:
         assert self.proc is None
-        self.proc, self.spare = self.spare or self._spawn(), None
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(b"go\n")
-        self.proc.stdin.close()
+        self.proc = self._launch(["run", "--db", self.url])
         self.starts += 1
         deadline = time.monotonic() + 60
         while True:
@@ -202,14 +214,14 @@ def test_kill_9_during_payment_bursts_loses_and_doubles_nothing(
         mode: str, shop_url: str, tmp_path: Path) -> None:
     webhook = mode == "webhook"
     rng = random.Random(f"13.1:{mode}:{shop_url.split(':')[0]}")
-    db = _prepare(shop_url)
     figures: list[tuple[int, int, int]] = []
     timings: list[tuple[float, ...]] = []
     with FakeBotAPI(token=TOKEN) as api, httpx.Client(timeout=10) as client, \
             ThreadPoolExecutor(8) as pool:
         svc = Service(shop_url, api, tmp_path, webhook=webhook)
-        svc.start()
         try:
+            db = _prepare(shop_url)
+            svc.start()
             next_update = 1
             for rnd in range(ROUNDS):
                 prefix = f"k{rnd}-"
@@ -285,16 +297,15 @@ def test_kill_9_during_payment_bursts_loses_and_doubles_nothing(
                                                                  for i in range(BURST))
                 assert verify(db).ok, list(verify(db).lines())
             svc.stop()
+            assert not svc.spool.exists() or svc.spool.read_text() == ""
+            assert db.read(lambda s: s.execute(select(func.count()).select_from(Order).where(
+                Order.status == "awaiting_payment")).scalar_one()) == 0
+            db.dispose()
+            mark = svc.log.stat().st_size
+            assert svc.cli("verify") == 0, svc.tail()  # `storefront verify --db <url>`
+            assert "journal OK" in svc.log.read_text(errors="replace")[mark:], svc.tail()
         finally:
             svc.close()
-        assert not svc.spool.exists() or svc.spool.read_text() == ""
-        assert db.read(lambda s: s.execute(select(func.count()).select_from(Order).where(
-            Order.status == "awaiting_payment")).scalar_one()) == 0
-        db.dispose()
-        out = subprocess.run([sys.executable, "-m", "bot.cli", "verify", "--db", shop_url],
-                             cwd=tmp_path, env=svc.env, capture_output=True, text=True,
-                             timeout=120)
-        assert out.returncode == 0, out.stdout + out.stderr
     killed_mid = sum(1 for _, at, _ in figures if 0 < at < BURST)
     print(f"\n{mode} {shop_url.split(':')[0]}: {ROUNDS} rounds x {BURST} payments, "
           f"{svc.starts} starts; (kill target, recorded at kill, acknowledged at kill) = "
@@ -307,12 +318,13 @@ def test_a_webhook_answered_200_is_in_the_inbox_even_if_killed_at_once(
     """The old failure mode: 27 of 30 updates answered 200 were lost. Now a 200 means the
     update is stored: kill -9 the moment the last of 30 answers arrives, then look."""
     url = f"sqlite:///{tmp_path}/shop.db"
-    db = _prepare(url)
     with FakeBotAPI(token=TOKEN) as api, httpx.Client(timeout=10) as client, \
             ThreadPoolExecutor(8) as pool:
         svc = Service(url, api, tmp_path, webhook=True)
-        svc.start()
+        db = None
         try:
+            db = _prepare(url)
+            svc.start()
             tokens = [checkout.open_checkout(db, user=f"tg:{b}", sku="TEA", channel="telegram",
                                              method="telegram", key=f"open:{b}")["token"]
                       for b in BUYERS[:30]]
@@ -327,4 +339,5 @@ def test_a_webhook_answered_200_is_in_the_inbox_even_if_killed_at_once(
             # (that the restarted service then records them is the test above)
         finally:
             svc.close()
-            db.dispose()
+            if db is not None:
+                db.dispose()
