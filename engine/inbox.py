@@ -55,11 +55,12 @@ def receive(db: Database, items: Sequence[Item], *, at: datetime | None = None) 
 
     def work(session: Session) -> int:
         dialect_insert = pg_insert if db.is_postgres else sqlite_insert
-        stmt = dialect_insert(InboxUpdate).on_conflict_do_nothing(index_elements=["update_id"])
-        new = 0
-        for row in rows:  # rowcount per row: 1 when new
-            new += session.execute(stmt.values(**row)).rowcount or 0  # type: ignore[attr-defined]
-        return new
+        # one statement for the batch; RETURNING names the rows that were new (a driver's
+        # rowcount for INSERT … ON CONFLICT DO NOTHING is not to be trusted)
+        stmt = (dialect_insert(InboxUpdate).values(rows)
+                .on_conflict_do_nothing(index_elements=["update_id"])
+                .returning(InboxUpdate.update_id))
+        return len(session.execute(stmt).all())
 
     return db.run(work, label="inbox.receive")
 

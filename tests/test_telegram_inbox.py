@@ -49,7 +49,9 @@ async def api() -> AsyncIterator[FakeBotAPI]:
 
 
 @pytest.fixture
-def db(sqlite_url: str) -> Any:
+def sdb(sqlite_url: str) -> Any:
+    """The adapter tests' database: a SQLite file (the engine tests below use conftest's
+    `db`, SQLite and PostgreSQL)."""
     database = Database(sqlite_url)
     migrate(database)
     yield database
@@ -78,7 +80,8 @@ async def drained(db: Database, rows: int = 1, timeout: float = 10.0) -> dict[in
 
 
 async def test_pending_rows_resume_on_start_each_user_in_order_others_overtake(
-        api: FakeBotAPI, db: Database) -> None:
+        api: FakeBotAPI, sdb: Database) -> None:
+    db = sdb
     script = Script()
     order: list[str] = []
     gate = threading.Event()
@@ -117,8 +120,9 @@ async def test_pending_rows_resume_on_start_each_user_in_order_others_overtake(
 
 
 async def test_an_unrecorded_payment_is_spooled_shown_to_operators_then_recorded(
-        api: FakeBotAPI, db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        api: FakeBotAPI, sdb: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
+    db = sdb
     service.upsert_product(db, sku="TEA", price="20.00", margin="0.30", lock_days=15,
                            scheme="both", name="Tea", actor="test")
     users.resolve(db, "tg:30", lang="en")
@@ -191,7 +195,8 @@ def test_finished_rows_are_pruned_after_the_retention_pending_and_spooled_stay(
         db: Database) -> None:
     stored(db, [make_text_update(50, f"/me {n}", update_id=n, message_id=n)
                 for n in range(1, 5)])
-    inbox.finish(db, 1)
+    assert inbox.finish(db, 1) and not inbox.finish(db, 1)  # finished once
+    assert not inbox.finish(db, 99)  # never stored
     inbox.finish(db, 2, inbox.EXPIRED)
     inbox.finish(db, 3, inbox.SPOOLED)
     later = datetime.now(UTC) + inbox.KEEP - timedelta(hours=1)
@@ -203,7 +208,8 @@ def test_finished_rows_are_pruned_after_the_retention_pending_and_spooled_stay(
 
 
 async def test_polling_confirms_nothing_the_inbox_could_not_store(
-        api: FakeBotAPI, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+        api: FakeBotAPI, sdb: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = sdb
     real_receive = inbox.receive
 
     def down(*args: Any, **kwargs: Any) -> int:
@@ -232,7 +238,8 @@ async def test_polling_confirms_nothing_the_inbox_could_not_store(
 
 
 async def test_the_webhook_answers_503_until_the_update_is_stored(
-        api: FakeBotAPI, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+        api: FakeBotAPI, sdb: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = sdb
     real_receive = inbox.receive
 
     def down(*args: Any, **kwargs: Any) -> int:
@@ -268,7 +275,8 @@ async def test_the_webhook_answers_503_until_the_update_is_stored(
 
 
 async def test_a_row_that_fails_holds_back_its_users_later_rows(
-        api: FakeBotAPI, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+        api: FakeBotAPI, sdb: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = sdb
     real_finish = inbox.finish
     failed: list[int] = []
 
