@@ -85,14 +85,26 @@ class InboxProcessor:
         self._queues: dict[tuple[str, int], deque[inbox.Row]] = {}
         self._workers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._failures = 0
         self.processed = 0
 
     def wake(self) -> None:
-        self._wake.set()
+        """Look at the inbox now; callable from any thread (an HTTP server may run the
+        webhook in a loop of its own)."""
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop:
+            self._wake.set()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
 
     def start(self) -> None:
         if self._task is None:
+            self._loop = asyncio.get_running_loop()
             self._task = asyncio.create_task(self._run(), name="telegram-inbox")
 
     async def stop(self, grace: float = 10.0) -> None:
