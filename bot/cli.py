@@ -75,7 +75,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
 
 # Each of these modules defines `register(subparsers)`, adding its commands with
 # `set_defaults(func=...)`; they live beside the code they drive.
-COMMAND_MODULES = ("bot.cli_run", "bot.cli_scheduler", "bot.cli_reports", "bot.cli_config")
+COMMAND_MODULES = ("bot.cli_run", "bot.cli_scheduler", "bot.cli_reports", "bot.cli_config",
+                   "bot.cli_inbox")
 
 
 def add_db_option(p: argparse.ArgumentParser) -> None:
