@@ -3,7 +3,7 @@
 A channel adapter stores every update here, in its own commit, before it acknowledges it to
 the channel (Telegram: before the getUpdates offset moves past it, or before the webhook's
 200), then processes the pending rows. A row is `done` in the same transaction as the
-update's money effects (`mark`, called inside `engine.checkout.paid`), so a crash either
+update's money effects (`mark`, called inside `engine.checkout.record_payment`), so a crash either
 leaves the row pending with nothing recorded, or done with everything recorded; and
 recording a payment is idempotent by its charge id besides, so a row processed twice never
 credits twice.
