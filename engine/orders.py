@@ -181,19 +181,8 @@ def record_paid_order(book: Book, *, user: str, sku: str, qty: object = 1, at: o
                    method=method)
     p = journal.Postings()
     order = _new_order(book, req, ref, method, p)
-    buyer, cash, when = req.buyer, req.cash, req.at
-    _mark_paid(book, order, buyer, when, payment_ref=None)
-    source = journal.wallet(buyer.id) if method == "wallet" else journal.PAYMENTS_IN
-    if method == "wallet":
-        buyer.wallet -= cash
-    p.fen(source, journal.REVENUE, cash, f"order:{order.ref}")
-    book.record(key=key or f"order:{order.ref}", kind="purchase", at=when, postings=p,
-                body={"order": order.ref, "user": buyer.handle, "sku": order.sku,
-                      "qty": order.qty, "total": order.total, "cash": cash,
-                      "points": order.points_used, "method": method},
-                actor=actor)
-    if not settle_due(book, when):  # each settlement ran the forced exit already
-        points.forced_exits(book, when, f"order:{order.ref}")
+    _pay(book, order, req.buyer, req.at, p, from_wallet=method == "wallet",
+         key=key or f"order:{order.ref}", actor=actor)
     return order_result(book, order)
 
 
@@ -217,15 +206,34 @@ def open_unpaid_order(book: Book, *, user: str, sku: str, qty: object = 1, at: o
     return order_result(book, order)
 
 
-def _mark_paid(book: Book, order: OrderRow, buyer: UserRow, at: datetime,
-               payment_ref: str | None) -> None:
+def _pay(book: Book, order: OrderRow, buyer: UserRow, at: datetime, p: journal.Postings, *,
+         from_wallet: bool, key: str, actor: str | None, payment: str | None = None,
+         paused: bool = False) -> None:
+    """Every way an order is paid ends here: its return window and lock start now (SPEC §8),
+    the cash moves to revenue (from the buyer's wallet, or from the world) in one `purchase`
+    transaction with the postings `p` already holds, then whatever is due settles, each
+    settlement followed by the forced exit — or, when none was due, the forced exit once."""
     tz = book.cfg.timezone
     terms = json.loads(order.terms)
     order.status = "pending"
     order.paid_at = at
-    order.payment_ref = payment_ref
+    order.payment_ref = payment
     order.settles_at = local_midnight_after(at, book.cfg.settle_days, tz)
     order.matures_at = local_midnight_after(at, int(terms["lock_days"]), tz)
+    if from_wallet:
+        buyer.wallet -= order.cash
+    source = journal.wallet(buyer.id) if from_wallet else journal.PAYMENTS_IN
+    p.fen(source, journal.REVENUE, order.cash, f"order:{order.ref}")
+    body = {"order": order.ref, "user": buyer.handle, "sku": order.sku, "qty": order.qty,
+            "total": order.total, "cash": order.cash, "points": order.points_used,
+            "method": order.method}
+    if payment is not None:
+        body["payment"] = payment
+    if paused:
+        body["paid_while_paused"] = True
+    book.record(key=key, kind="purchase", at=at, postings=p, actor=actor, body=body)
+    if not settle_due(book, at):
+        points.forced_exits(book, at, f"order:{order.ref}")
 
 
 def confirm_payment(book: Book, *, ref: str, amount: int, currency: str, payment_ref: str,
@@ -240,22 +248,12 @@ def confirm_payment(book: Book, *, ref: str, amount: int, currency: str, payment
         raise Refusal("not_payable", order.status)
     if amount != order.cash or currency != order.currency:
         raise Refusal("payment_mismatch", f"{amount} {currency} for {order.cash} {order.currency}")
-    buyer = book.user_by_id(order.user_id)
-    _mark_paid(book, order, buyer, when, payment_ref)
-    p = journal.Postings()
-    p.fen(journal.PAYMENTS_IN, journal.REVENUE, amount, f"order:{ref}")
-    body = {"order": ref, "user": buyer.handle, "sku": order.sku, "qty": order.qty,
-            "total": order.total, "cash": order.cash, "points": order.points_used,
-            "method": order.method, "payment": payment_ref}
     # Sales paused after this order was opened, and the buyer paid anyway (the channel asked
     # before the pause, or the payer's screen was already open): the money is real, so it is
     # recorded as usual, and the journal says it came in while paused (docs/engine.md).
     paused = book.cfg.paused
-    if paused:
-        body["paid_while_paused"] = True
-    book.record(key=key, kind="purchase", at=when, postings=p, actor=actor, body=body)
-    if not settle_due(book, when):
-        points.forced_exits(book, when, f"order:{ref}")
+    _pay(book, order, book.user_by_id(order.user_id), when, journal.Postings(),
+         from_wallet=False, key=key, actor=actor, payment=payment_ref, paused=paused)
     result = order_result(book, order)
     return {**result, "paid_while_paused": True} if paused else result
 
@@ -416,14 +414,5 @@ def pay_from_wallet(book: Book, *, ref: object, user: str, at: object, key: str,
     if order.cash > buyer.wallet:
         raise Refusal("insufficient_balance")
     order.method = "wallet"
-    _mark_paid(book, order, buyer, when, payment_ref=None)
-    buyer.wallet -= order.cash
-    p = journal.Postings()
-    p.fen(journal.wallet(buyer.id), journal.REVENUE, order.cash, f"order:{order.ref}")
-    book.record(key=key, kind="purchase", at=when, postings=p, actor=actor,
-                body={"order": order.ref, "user": buyer.handle, "sku": order.sku,
-                      "qty": order.qty, "total": order.total, "cash": order.cash,
-                      "points": order.points_used, "method": "wallet"})
-    if not settle_due(book, when):
-        points.forced_exits(book, when, f"order:{order.ref}")
+    _pay(book, order, buyer, when, journal.Postings(), from_wallet=True, key=key, actor=actor)
     return order_result(book, order)
