@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import tracemalloc
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,14 +24,6 @@ from storage.models import Entry, JournalTxn, Outbox, User
 from tests.release_helpers import MATURED, ROOT, bulk_entries, cli, make_shop, paid_entries
 
 AT = MATURED.isoformat()
-
-
-@pytest.fixture
-def pg_db(pg_url: str) -> Iterator[Database]:
-    db = Database(pg_url)
-    migrate(db)
-    yield db
-    db.dispose()
 
 
 def assert_paid_once(db: Database, entries: int) -> None:
@@ -96,22 +87,18 @@ def test_even_without_the_lock_postgres_pays_each_entry_once(pg_db: Database) ->
     assert_paid_once(pg_db, entries)
 
 
-def test_release_cli_settles_first_then_pays_and_records_the_run(sqlite_url: str) -> None:
-    db = Database(sqlite_url)
-    migrate(db)
-    try:
-        make_shop(db, entries=4, late=2, settle_days=3)
-        assert db.read(lambda s: s.execute(select(func.count(Entry.seq))).scalar_one()) == 0
-        run = cli("release", "--db", sqlite_url, "--at", AT)
-        assert run.returncode == 0, run.stderr
-        out = json.loads(run.stdout)
-        assert (out["settled"], out["paid"], out["amount"], out["blocked"]) == \
-            (6, 4, "400.00", False)
-        assert "settled 6 orders, paid 4 entries, 400.00" in run.stderr
-        assert [st for _s, _r, st in paid_entries(db)] == ["released"] * 4 + ["waiting"] * 2
-        assert last_run(db) == MATURED
-    finally:
-        db.dispose()
+def test_release_cli_settles_first_then_pays_and_records_the_run(sqlite_db: Database,
+                                                                 sqlite_url: str) -> None:
+    make_shop(sqlite_db, entries=4, late=2, settle_days=3)
+    assert sqlite_db.read(lambda s: s.execute(select(func.count(Entry.seq))).scalar_one()) == 0
+    run = cli("release", "--db", sqlite_url, "--at", AT)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert (out["settled"], out["paid"], out["amount"], out["blocked"]) == \
+        (6, 4, "400.00", False)
+    assert "settled 6 orders, paid 4 entries, 400.00" in run.stderr
+    assert [st for _s, _r, st in paid_entries(sqlite_db)] == ["released"] * 4 + ["waiting"] * 2
+    assert last_run(sqlite_db) == MATURED
 
 
 def test_release_cli_refuses_bad_input_politely(sqlite_url: str,
@@ -133,24 +120,21 @@ def test_release_stops_at_the_first_entry_the_pool_cannot_pay(memdb: Database) -
     assert [st for _s, _r, st in paid_entries(memdb)] == ["released"] * 2 + ["waiting"] * 3
 
 
-def test_release_reads_matured_entries_in_keyset_pages(sqlite_url: str) -> None:
+def test_release_reads_matured_entries_in_keyset_pages(sqlite_db: Database) -> None:
     """Never `SELECT` all matured entries: every read of `entries` is one bounded page that
     starts after the last `seq` paid, so memory stays flat however many are due."""
-    db = Database(sqlite_url)
-    migrate(db)
-    make_shop(db, entries=95, users=7)
+    make_shop(sqlite_db, entries=95, users=7)
     reads: list[tuple[str, Any]] = []
 
-    @event.listens_for(db.engine, "before_cursor_execute")
+    @event.listens_for(sqlite_db.engine, "before_cursor_execute")
     def spy(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
         if statement.lstrip().upper().startswith("SELECT") and "FROM entries" in statement:
             reads.append((statement, params))
 
     try:
-        result = run_release(db, at=MATURED, batch=20)
+        result = run_release(sqlite_db, at=MATURED, batch=20)
     finally:
-        event.remove(db.engine, "before_cursor_execute", spy)
-        db.dispose()
+        event.remove(sqlite_db.engine, "before_cursor_execute", spy)
     assert result["paid"] == 95
     pages = [(s, p) for s, p in reads if "seq > ?" in s]
     assert len(pages) == 5 and len(pages) == len(reads)
