@@ -202,18 +202,14 @@ SAME_AS_REPLAY = [
 
 
 @pytest.mark.parametrize("sections", SAME_AS_REPLAY)
-async def test_chat_judges_a_change_exactly_as_a_replayed_config_line(memdb, sections):
-    replayed = Database("sqlite://")
-    migrate(replayed)
-    try:
-        errors = Replayer(replayed).run([json.dumps({"op": "config", **sections})])["errors"]
-        pairs = " ".join(f"{s}.{k}={v}" for s, values in sections.items()
-                         for k, v in values.items())
-        reply = text(await Chat(memdb).send(OPERATOR, f"/settings {pairs}"))
-        assert reply.startswith("That change was refused") == bool(errors), reply
-        assert _settings(memdb) == _settings(replayed)
-    finally:
-        replayed.dispose()
+async def test_chat_judges_a_change_exactly_as_a_replayed_config_line(memdb, make_db, sections):
+    replayed = make_db("memory")
+    errors = Replayer(replayed).run([json.dumps({"op": "config", **sections})])["errors"]
+    pairs = " ".join(f"{s}.{k}={v}" for s, values in sections.items()
+                     for k, v in values.items())
+    reply = text(await Chat(memdb).send(OPERATOR, f"/settings {pairs}"))
+    assert reply.startswith("That change was refused") == bool(errors), reply
+    assert _settings(memdb) == _settings(replayed)
 
 
 async def test_return_window_buttons_apply_presets_and_nothing_else(memdb):

@@ -22,9 +22,9 @@ from engine import service
 from engine.book import Book
 from engine.errors import Refusal
 from storage.db import Database
-from storage.migrate import migrate
 from storage.models import Order, User
 from storage.rows import OrderRow, UserRow
+from tests.conftest import MakeDb
 
 T = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -117,10 +117,8 @@ def test_an_order_added_in_memory_is_found_before_it_is_written(db: Database) ->
             == "settled"
 
 
-def test_settings_changed_by_another_process_are_seen(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
-    first, second = Database(url), Database(url)
-    migrate(first)
+def test_settings_changed_by_another_process_are_seen(sqlite_url: str, make_db: MakeDb) -> None:
+    first, second = make_db(sqlite_url), make_db(sqlite_url)
     shop(first)
     service.buy(second, user="bob", sku="tea", at=T)  # caches settings and products
     service.configure(first, {"store": {"paused": "1"}}, at=T)
@@ -131,8 +129,6 @@ def test_settings_changed_by_another_process_are_seen(tmp_path) -> None:  # type
     service.upsert_product(first, sku="tea", price="1.00", margin="0.40", lock_days=0,
                            scheme="both", at=T)
     assert service.buy(second, user="bob", sku="tea", at=T)["total"] == 100
-    first.dispose()
-    second.dispose()
 
 
 def test_one_key_twice_in_one_transaction_is_one_purchase(db: Database) -> None:

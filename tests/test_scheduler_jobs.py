@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -68,12 +67,9 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 
 @pytest.fixture
-def shop(sqlite_url: str) -> Iterator[Database]:
-    db = Database(sqlite_url)
-    migrate(db)
-    make_shop(db, entries=ENTRIES, late=2, users=3)
-    yield db
-    db.dispose()
+def shop(sqlite_db: Database) -> Database:
+    make_shop(sqlite_db, entries=ENTRIES, late=2, users=3)
+    return sqlite_db
 
 
 def settings(times: str = "00:05") -> Settings:
