@@ -62,9 +62,9 @@ def test_report_shows_pool_money_no_points_stand_for(
     """Issue 13: with the supply at zero, money left in the points pool (here the fee the last
     holder left behind) belongs to nobody yet, and the report says so."""
     from engine import service
-    from tests.helpers import at, shop
+    from tests.helpers import at, seed_shop
 
-    shop(sqlite_db, users=("A",), products=[("tea", "100.00", "0.50", 0, "points")])
+    seed_shop(sqlite_db, users=("A",), products=[("tea", "100.00", "0.50", 0, "points")])
     service.buy(sqlite_db, user="A", sku="tea", at=at(1))
     assert "no points stand for" not in format_report(report.pool_report(sqlite_db, at(2)))
     service.withdraw_points(sqlite_db, user="A", points="21", at=at(2))

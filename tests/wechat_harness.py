@@ -17,11 +17,11 @@ from sqlalchemy import func, select
 
 from bot.http import HttpServer, start_http
 from bot.settings import Settings
-from engine import service
 from handlers.base import App
 from storage.db import Database
 from storage.migrate import migrate
 from storage.models import Identity, JournalTxn, Order, User
+from tests.helpers import seed_shop
 from tests.standins import wechat as sw
 
 TOKEN = "storefront-token"
@@ -146,10 +146,8 @@ def settings_for(db_url: str, api: sw.FakeWeChatAPI, pay_api: sw.FakeWeChatPayAP
 
 def stock(db: Database) -> None:
     """A small catalogue: TEA joins the queue and mints points; settled at once."""
-    service.upsert_product(db, sku="TEA", price="120.00", margin="0.50", lock_days=15,
-                           scheme="both", name="Oolong tea")
-    service.upsert_product(db, sku="CUP", price="30.00", margin="0.40", lock_days=15,
-                           scheme="points", name="Tea cup")
+    seed_shop(db, users=(), at=None, products=[("TEA", "120.00", "0.50", 15, "both", "Oolong tea"),
+                                               ("CUP", "30.00", "0.40", 15, "points", "Tea cup")])
 
 
 @asynccontextmanager
