@@ -19,6 +19,7 @@ from storage.migrate import migrate
 from storage.models import Head, JournalTxn
 from tests.conftest import drop_pg_schema, new_pg_schema
 
+pytestmark = pytest.mark.slow  # eight worker processes, 2,000 purchases: about a minute
 T0 = datetime(2026, 8, 1, 8, tzinfo=timezone(timedelta(hours=8)))
 USERS = [f"u{i}" for i in range(40)]
 WORKERS = 8

@@ -32,6 +32,7 @@ from storage.models import Outbox
 from tests.conftest import drop_pg_schema, new_pg_schema
 from tests.fault_driver import ACTIONS, ATOMIC, DELIVER_AT, Driver, fingerprint
 
+pytestmark = pytest.mark.slow  # a process killed at every point: minutes, not seconds
 KILLED = -signal.SIGKILL
 # Nightly (docs/reliability.md) the release is also killed at its own `release.*` points;
 # in `make test` tests/test_release_kill.py covers those, and this file its commits.

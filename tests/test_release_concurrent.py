@@ -38,6 +38,7 @@ def assert_paid_once(db: Database, entries: int) -> None:
     assert verify(db).ok
 
 
+@pytest.mark.slow  # two `storefront release` processes racing on PostgreSQL
 def test_two_processes_releasing_at_once_on_postgres_pay_each_entry_once(
         pg_db: Database, pg_url: str) -> None:
     entries = 120

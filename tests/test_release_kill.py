@@ -22,6 +22,7 @@ from storage.migrate import migrate
 from storage.models import Lease
 from tests.release_helpers import MATURED, cli, fingerprint, make_shop, paid_entries
 
+pytestmark = pytest.mark.slow  # a fresh process per kill, and its rerun
 ENTRIES, LATE, BATCH = 45, 3, 10  # five pages, the last one short; 3 entries not yet matured
 AT = MATURED.isoformat()
 
