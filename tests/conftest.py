@@ -64,13 +64,20 @@ def drop_pg_schema(admin_url: str, schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-@pytest.fixture
-def pg_url(pg_admin: str) -> Iterator[str]:
-    schema, url = new_pg_schema(pg_admin)
+@contextmanager
+def pg_schema(admin_url: str) -> Iterator[str]:
+    """A fresh schema for the time of the block: yields a URL whose search_path is it."""
+    schema, url = new_pg_schema(admin_url)
     try:
         yield url
     finally:
-        drop_pg_schema(pg_admin, schema)
+        drop_pg_schema(admin_url, schema)
+
+
+@pytest.fixture
+def pg_url(pg_admin: str) -> Iterator[str]:
+    with pg_schema(pg_admin) as url:
+        yield url
 
 
 @pytest.fixture
@@ -120,9 +127,7 @@ def make_db(request: pytest.FixtureRequest,
             elif where == "memory":
                 url = "sqlite://"
             elif where == "postgresql":
-                admin = request.getfixturevalue("pg_admin")
-                schema, url = new_pg_schema(admin)
-                made.callback(drop_pg_schema, admin, schema)
+                url = made.enter_context(pg_schema(request.getfixturevalue("pg_admin")))
             else:
                 raise ValueError(f"make_db: {where!r} is neither a URL nor a kind")
             return made.enter_context(migrated(url, **options))

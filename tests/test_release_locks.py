@@ -36,15 +36,21 @@ def test_holder_names_host_and_process() -> None:
     assert not holder_is_gone("some-other-host:1:abc")  # cannot tell: assume alive
 
 
-def test_sqlite_lease_admits_one_holder_at_a_time(sqlite_db: Database) -> None:
-    first, second = job_lock(sqlite_db, "release"), job_lock(sqlite_db, "release")
-    assert first.kinds == ["lease"]
+def admits_one_holder_at_a_time(first: LockSet, second: LockSet) -> None:
+    """While `first` holds the lock `second` is refused and told who holds it; released, the
+    lock is `second`'s."""
     assert first.acquire("hostA:1:aa")
     assert not second.acquire("hostB:2:bb")
     assert second.blocked_by == "hostA:1:aa"
     first.release()
     assert second.acquire("hostB:2:bb")
     second.release()
+
+
+def test_sqlite_lease_admits_one_holder_at_a_time(sqlite_db: Database) -> None:
+    first, second = job_lock(sqlite_db, "release"), job_lock(sqlite_db, "release")
+    assert first.kinds == ["lease"]
+    admits_one_holder_at_a_time(first, second)
     assert sqlite_db.read(lambda s: s.get(Lease, "release")) is None
 
 
@@ -147,12 +153,7 @@ def test_redis_lock_is_taken_in_front_of_the_database_lock(sqlite_db: Database,
                                                            redis_url: str) -> None:
     first, second = (job_lock(sqlite_db, "release", redis_url=redis_url) for _ in range(2))
     assert first.kinds == ["redis", "lease"]
-    assert first.acquire("hostA:1:aa")
-    assert not second.acquire("hostB:2:bb")
-    assert second.blocked_by == "hostA:1:aa"
-    first.release()
-    assert second.acquire("hostB:2:bb")
-    second.release()
+    admits_one_holder_at_a_time(first, second)
 
 
 def test_redis_lock_of_a_dead_process_is_taken_over(sqlite_db: Database,

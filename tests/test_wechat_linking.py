@@ -32,14 +32,14 @@ def numbers(text: str) -> list[Decimal]:
     return [Decimal(x) for x in re.findall(r"\d+\.\d{2,6}", text)]
 
 
-async def buy_in_wechat(shop, sku: str, txn: str) -> str:
+async def pay_in_wechat(shop, openid: str, sku: str, txn: str) -> str:
     """购买 in WeChat, open the pay link inside WeChat, pay: a signed notification."""
-    reply = await shop.say(ALICE, f"购买 {sku}")
+    reply = await shop.say(openid, f"购买 {sku}")
     await shop.http.get(checkout_path(reply["Content"]), headers={"User-Agent": WECHAT_UA})
-    order = shop.last_order_of(f"wx:{ALICE}")
+    order = shop.last_order_of(f"wx:{openid}")
     headers, body = sw.signed_pay_notification(shop.keys, out_trade_no=order.ref,
                                                transaction_id=txn, total_fen=order.cash,
-                                               payer_openid=ALICE)
+                                               payer_openid=openid)
     assert (await shop.notify(headers, body)).status_code == 204
     return order.ref
 
@@ -75,7 +75,7 @@ async def test_linked_account_sees_one_balance_after_a_purchase_on_each_channel(
     linked = await shop.say(ALICE, f"绑定 {code}")
     assert "tg:4242" in linked["Content"] and f"wx:{ALICE}" in linked["Content"]
 
-    wx_ref = await buy_in_wechat(shop, "TEA", "4200000009202601010000000001")
+    wx_ref = await pay_in_wechat(shop, ALICE, "TEA", "4200000009202601010000000001")
     tg_ref = await buy_in_telegram(shop, bot_api, "CUP", 3000, "tg-charge-1")
     assert wx_ref != tg_ref
     assert shop.order(wx_ref).status == shop.order(tg_ref).status == "settled"
@@ -96,7 +96,7 @@ async def test_linked_account_sees_one_balance_after_a_purchase_on_each_channel(
 async def test_linking_two_funded_accounts_is_refused_and_says_why(both):
     shop, bot_api = both
     await telegram(shop, bot_api, tg.make_text_update(TG_ID, "/start"))
-    await buy_in_wechat(shop, "CUP", "4200000009202601010000000002")
+    await pay_in_wechat(shop, ALICE, "CUP", "4200000009202601010000000002")
     await buy_in_telegram(shop, bot_api, "CUP", 3000, "tg-charge-2")
     code = await link_code_from_telegram(shop, bot_api)
     refused = await shop.say(ALICE, f"绑定 {code}")
@@ -120,17 +120,6 @@ async def test_link_codes_in_wechat_words(both):
 
 
 XAVIER = "oXavier_00000000000000000002"
-
-
-async def pay_in_wechat(shop, openid: str, sku: str, txn: str) -> str:
-    reply = await shop.say(openid, f"购买 {sku}")
-    await shop.http.get(checkout_path(reply["Content"]), headers={"User-Agent": WECHAT_UA})
-    order = shop.last_order_of(f"wx:{openid}")
-    headers, body = sw.signed_pay_notification(shop.keys, out_trade_no=order.ref,
-                                               transaction_id=txn, total_fen=order.cash,
-                                               payer_openid=openid)
-    assert (await shop.notify(headers, body)).status_code == 204
-    return order.ref
 
 
 async def test_a_referral_loop_through_linking_is_closed_on_the_running_shop(both):
