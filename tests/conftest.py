@@ -1,6 +1,20 @@
-"""Shared fixtures: a fresh database on SQLite (a real file) and on PostgreSQL (a schema of
-its own in database `test`), and the real Redis. In CI (`CI=true`) a missing service fails
-the run instead of skipping its tests."""
+"""Shared fixtures: fresh databases and the real Redis. In CI (`CI=true`) a missing service
+fails the run instead of skipping its tests.
+
+Databases come from one factory, `make_db(where)`: a migrated `Database` at a URL, or a fresh
+one of a kind ("sqlite": a real file, "memory", "postgresql": a schema of its own in database
+`test`), disposed (and its schema dropped) after the test. `sqlite_db`, `pg_db`, `memdb` and
+the parametrised `db` (the same test on SQLite and on PostgreSQL) are its databases at
+`sqlite_url`, `pg_url`, in memory and at `db_url`. Where a function-scoped fixture cannot
+serve (hypothesis examples, module-scoped fixtures, helpers given a URL), `migrated(url)` and
+`pg_schema(admin_url)` do the same as context managers.
+
+A shop in a known state: `tests.helpers.seed_shop` builds one through the engine's service
+API (config, products, users, a queue seed) and `tests.release_helpers.make_shop` adds
+matured orders on top of it; `Chat.setup_shop` (tests/handlers_kit.py) and
+tests/test_telegram_e2e.py's `setup_shop` build one through the operator's chat commands,
+where those commands are part of what is tested; the WeChat modules' `shop` fixture
+(tests/wechat_harness.py, `open_shop`) is the running server with `stock`'s catalogue."""
 
 from __future__ import annotations
 
@@ -107,8 +121,7 @@ def migrated(url: str, **options: Any) -> Iterator[Database]:
 
 
 @pytest.fixture
-def make_db(request: pytest.FixtureRequest,
-            tmp_path: Path) -> Iterator[MakeDb]:
+def make_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeDb]:
     """The one database factory. `make_db(where, **options)` is a migrated `Database`
     (`options` as `Database` takes them); `where` is a URL, or a kind for a fresh one:
     "sqlite" (a file of its own under the test's tmp_path), "memory" (SQLite in memory) or
