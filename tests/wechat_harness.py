@@ -183,27 +183,27 @@ async def open_both_channels(db_url: str, keys: sw.PayKeys, *,
     database: the real python-telegram-bot application on the server's /telegram webhook,
     talking to a Bot API stand-in, beside WeChat. Yields (shop, the Bot API stand-in)."""
     from bot.telegram import start_telegram, stop_telegram
+    from tests.conftest import migrated
     from tests.standins import telegram_api as tg
 
-    db = Database(db_url)
-    migrate(db)
-    stock(db)
-    app = App(db=db, operators=operators, currency="CNY")
-    async with tg.FakeBotAPI(token=TG_BOT_TOKEN) as bot_api:
-        telegram_settings = {
-            "TELEGRAM_BOT_TOKEN": TG_BOT_TOKEN, "TELEGRAM_API_BASE_URL": bot_api.base_url,
-            "TELEGRAM_PAYMENT_PROVIDER_TOKEN": "provider-token",
-            "TELEGRAM_WEBHOOK_URL": "https://shop.example/telegram",
-            "TELEGRAM_WEBHOOK_SECRET": TG_WEBHOOK_SECRET,
-        }
-        application = await start_telegram(
-            Settings(_env_file=None, **telegram_settings), app)  # type: ignore[call-arg]
-        try:
-            async with open_shop(db_url, keys, app=app, telegram_application=application,
-                                 **telegram_settings) as shop:
-                yield shop, bot_api
-        finally:
-            await stop_telegram(application)
+    with migrated(db_url) as db:
+        stock(db)
+        app = App(db=db, operators=operators, currency="CNY")
+        async with tg.FakeBotAPI(token=TG_BOT_TOKEN) as bot_api:
+            telegram_settings = {
+                "TELEGRAM_BOT_TOKEN": TG_BOT_TOKEN, "TELEGRAM_API_BASE_URL": bot_api.base_url,
+                "TELEGRAM_PAYMENT_PROVIDER_TOKEN": "provider-token",
+                "TELEGRAM_WEBHOOK_URL": "https://shop.example/telegram",
+                "TELEGRAM_WEBHOOK_SECRET": TG_WEBHOOK_SECRET,
+            }
+            application = await start_telegram(
+                Settings(_env_file=None, **telegram_settings), app)  # type: ignore[call-arg]
+            try:
+                async with open_shop(db_url, keys, app=app, telegram_application=application,
+                                     **telegram_settings) as shop:
+                    yield shop, bot_api
+            finally:
+                await stop_telegram(application)
 
 
 async def telegram(shop: Shop, bot_api: Any, update: dict[str, Any],
