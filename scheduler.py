@@ -31,7 +31,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.senders import Rejected, RetryLater, Sender, Unreachable
-from engine import outbox
+from engine import outbox, users
 from engine.jobs import RELEASE, last_run, run_release, store_timezone
 from engine.money import format_fen, format_micro
 from engine.queue import RELEASE_PAGE
@@ -201,6 +201,7 @@ class Deliverer:
         self.per_user = per_user
         self.renderer = renderer
         self.totals: Counter[str] = Counter()
+        self.currency: str | None = None  # the store's, read at each drain for the texts
         self._recent: dict[int, float] = {}
         self._task: asyncio.Task[Counter[str]] | None = None
         self._stopping = False
@@ -231,7 +232,7 @@ class Deliverer:
     async def drain(self) -> Counter[str]:
         """Deliver until nothing is due (or `stop()`); returns outcome counts."""
         stats: Counter[str] = Counter()
-        stale = await asyncio.to_thread(outbox.recover_stale, self.db, now=self.clock())
+        stale = await asyncio.to_thread(self._prepare, self.clock())
         if stale:
             log.warning("outbox: %d notifications were left mid-send by a stopped process; "
                         "marked interrupted, not resent (storefront outbox shows them)", stale)
@@ -250,6 +251,15 @@ class Deliverer:
         self.totals.update(stats)
         return stats
 
+    def _prepare(self, now: datetime) -> int:
+        """Before a drain, in one worker-thread hop: the store's currency for the texts, and
+        the rows a stopped process left mid-send."""
+        try:
+            self.currency = self.db.read(users.store_config).currency
+        except Exception:  # noqa: BLE001 - the texts fall back to the default currency
+            log.warning("outbox: cannot read the store currency", exc_info=True)
+        return outbox.recover_stale(self.db, now=now)
+
     def _busy(self) -> set[int]:
         cutoff = time.monotonic() - self.per_user
         self._recent = {u: t for u, t in self._recent.items() if t > cutoff}
@@ -262,7 +272,10 @@ class Deliverer:
 
     async def _deliver(self, c: outbox.Claim) -> str:
         try:
-            text = self.renderer(c.kind, c.params, c.lang)
+            params = c.params
+            if self.currency and "currency" not in params:  # every amount names its currency
+                params = {**params, "currency": self.currency}
+            text = self.renderer(c.kind, params, c.lang)
         except Exception as exc:  # noqa: BLE001 - a template bug must not stop delivery
             log.exception("outbox %d: cannot render %s", c.id, c.kind)
             return await self._record(outbox.mark_failed, c, error=f"render: {exc}")

@@ -99,7 +99,7 @@ def world(db: Database) -> tuple[Any, ...]:
 def test_console_shop_invite_purchase_payment_acceleration_and_reports(console):
     chat, db = console
     assert chat.send("/product TEA 100.00 0.30 15 queue Green tea") == (
-        "Product TEA saved: Green tea, 100.00 CNY, margin 0.30, lock 15 days, scheme queue.")
+        "Product TEA saved: Green tea, 100.00 CNY, margin 30%, lock 15 days, scheme queue.")
     assert chat.send("/deposit queue 1000.00") == (
         "Deposited 1000.00 CNY into the queue pool; balance now 1000.00 CNY.")
     chat.send(":as console:alice")
@@ -137,7 +137,7 @@ def test_console_shop_invite_purchase_payment_acceleration_and_reports(console):
         ("console:alice", "20.00"), ("console:bob", "0.00")]
     release = chat.send("/release")
     assert release.startswith("Release started…")
-    assert "Release done: 0 orders settled, 0 entries paid (0.00 CNY)." in release
+    assert "Release done: orders settled 0, entries paid 0 (0.00 CNY)." in release
 
 
 OPERATOR_COMMANDS = [

@@ -84,10 +84,10 @@ async def test_sqlite_locked_past_the_busy_timeout_says_try_again_and_changes_no
 
         # Telegram delivers the same message again, then the user sends another one.
         again = await dispatch(app, sell("1"))
-        assert "1.000000" in text_of(again) and BUSY not in text_of(again), text_of(again)
+        assert "Sold 1.00 points" in text_of(again) and BUSY not in text_of(again), text_of(again)
         assert text_of(await dispatch(app, sell("1"))) == text_of(again)  # keyed: once
         assert sells(db) == 1
-        assert "1.000000" in text_of(await dispatch(app, sell("2")))
+        assert "Sold 1.00 points" in text_of(await dispatch(app, sell("2")))
         assert sells(db) == 2
     finally:
         db.dispose()
@@ -143,7 +143,7 @@ async def test_postgres_backend_terminated_mid_request_is_retried_and_applied_on
     with terminator(pg_admin, name, idle_ms=200) as killed:
         reply = await dispatch(app, sell("1"))
     assert killed  # its connection was terminated before it could commit…
-    assert "1.000000" in text_of(reply), text_of(reply)  # …and the retry went through
+    assert "Sold 1.00 points" in text_of(reply), text_of(reply)  # …and the retry went through
     assert users.account(db, BUYER)["points"] == before - 1_000_000
     assert sells(db) == 1
 
@@ -161,7 +161,7 @@ async def test_postgres_backend_terminated_on_every_attempt_says_try_again(
     assert text_of(reply) == BUSY
     assert len(killed) >= 2  # every attempt lost its connection
     assert fingerprint(db) == before  # nothing half-written
-    assert "1.000000" in text_of(await dispatch(app, sell("1")))  # the same message, later
+    assert "Sold 1.00 points" in text_of(await dispatch(app, sell("1")))  # the same message, later
     assert sells(db) == 1
 
 
