@@ -19,12 +19,12 @@ def at(day: int, hour: int = 10, month: int = 8) -> datetime:
 
 OPENED = at(1, 0)  # when a seeded shop opens: 1 Aug 2026, 00:00 store-local
 Product = tuple[str, str, str, int, str] | tuple[str, str, str, int, str, str]
-TEA = ("tea", "100.00", "0.50", 15, "both")
+DEFAULT_PRODUCTS: tuple[Product, ...] = (("tea", "100.00", "0.50", 15, "both"),)
 
 
 def seed_shop(db: Database, *, users: Iterable[str] = ("A", "B"),
               referrals: Mapping[str, str] | None = None,
-              products: Iterable[Product] = (TEA,), config: dict[str, Any] | None = None,
+              products: Iterable[Product] = DEFAULT_PRODUCTS, config: dict[str, Any] | None = None,
               queue_seed: str | None = None, langs: Mapping[str, str] | None = None,
               at: datetime | None = OPENED) -> None:
     """The one shop builder: through the engine's service API, in this order, the `config`

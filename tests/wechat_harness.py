@@ -150,8 +150,9 @@ def settings_for(db_url: str, api: sw.FakeWeChatAPI, pay_api: sw.FakeWeChatPayAP
 
 def stock(db: Database) -> None:
     """A small catalogue: TEA joins the queue and mints points; settled at once."""
-    seed_shop(db, users=(), at=None, products=[("TEA", "120.00", "0.50", 15, "both", "Oolong tea"),
-                                               ("CUP", "30.00", "0.40", 15, "points", "Tea cup")])
+    seed_shop(db, users=(), at=None,
+              products=[("TEA", "120.00", "0.50", 15, "both", "Oolong tea"),
+                        ("CUP", "30.00", "0.40", 15, "points", "Tea cup")])
 
 
 @asynccontextmanager
