@@ -30,7 +30,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from bot.senders import Rejected, RetryLater, Sender, Unreachable
+from bot.senders import ANY_CHANNEL, Rejected, RetryLater, Sender, Unreachable
 from engine import outbox, users
 from engine.jobs import RELEASE, last_run, run_release, store_timezone
 from engine.money import format_fen, format_micro
@@ -187,7 +187,8 @@ def render(kind: str, params: Mapping[str, Any], lang: str) -> str:
 
 
 class Deliverer:
-    """Drains the outbox through the senders: claims a batch (one row per user, none for a
+    """Drains the outbox through the senders (keyed by the identity prefix they serve; one
+    under `ANY_CHANNEL` serves every other prefix): claims a batch (one row per user, none for a
     user who had a message in the last `per_user` seconds), sends them concurrently and
     records each outcome. `kick()` starts a drain unless one is running."""
 
@@ -288,7 +289,8 @@ class Deliverer:
         unreachable: list[str] = []
         unserved: list[str] = []
         for identity in c.identities:
-            sender = self.senders.get(identity.partition(":")[0])
+            sender = self.senders.get(identity.partition(":")[0]) or \
+                self.senders.get(ANY_CHANNEL)
             if sender is None:
                 unserved.append(identity.partition(":")[0])
                 continue

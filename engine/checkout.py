@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from storage.db import Database
 from storage.models import Checkout, Identity, Order, Outbox, Product, User
 
-from . import journal, orders
+from . import inbox, journal, orders
 from .book import Book
 from .config import Config
 from .errors import Refusal
@@ -171,12 +171,14 @@ def precheck(db: Database, *, token: object, amount: object, currency: object,
 
 def paid(db: Database, *, token: object, amount: int, currency: str, charge_id: str,
          channel: str, identity: str, operators: Iterable[str] = (),
-         at: datetime | None = None) -> dict[str, Any]:
+         at: datetime | None = None, inbox_update: int | None = None) -> dict[str, Any]:
     """Record a channel's charge exactly once (`confirm_payment` keyed by the charge id).
 
     Returns the order result with `ok` True, or `ok` False and the refusal `code`; a refused
     charge is flagged to every operator (once per charge), and so is a charge recorded while
-    sales are paused (`paid_while_paused`: the money is real, so it is recorded)."""
+    sales are paused (`paid_while_paused`: the money is real, so it is recorded).
+    `inbox_update`: the inbox row (engine/inbox.py) this charge came in, marked done in the
+    same transaction as the payment (or as the operators' flag)."""
     when = at or now()
     key = charge_key(channel, charge_id)
 
@@ -201,6 +203,8 @@ def paid(db: Database, *, token: object, amount: int, currency: str, charge_id: 
                        at=when, params={"order": result["order"], "amount": amount,
                                         "currency": currency, "charge": charge_id[:128],
                                         "channel": channel, "buyer": identity})
+        if inbox_update is not None:
+            inbox.mark(session, inbox_update, at=when)
         return {**result, "ok": True}
 
     try:
@@ -210,7 +214,8 @@ def paid(db: Database, *, token: object, amount: int, currency: str, charge_id: 
             Checkout.token == token)).scalar_one_or_none()) if isinstance(token, str) else None
         flag_operators(db, operators, key=key, at=when, params={
             "code": exc.code, "order": ref, "amount": amount, "currency": currency,
-            "charge": charge_id[:128], "channel": channel, "buyer": identity})
+            "charge": charge_id[:128], "channel": channel, "buyer": identity},
+            inbox_update=inbox_update)
         return {"ok": False, "code": exc.code, "order": ref}
 
 
@@ -237,15 +242,20 @@ def confirm_payment(db: Database, *, order: str, amount: int, currency: str, pay
 
 
 def flag_operators(db: Database, operators: Iterable[str], *, key: str, params: dict[str, Any],
-                   at: datetime | None = None) -> int:
+                   at: datetime | None = None, inbox_update: int | None = None) -> int:
     """A `payment_flag` outbox row for each operator identity (once per `key`); the identity
-    is in the params, since an operator need not have a shop account."""
+    is in the params, since an operator need not have a shop account. `inbox_update`: the
+    inbox row the charge came in, marked done in the same transaction."""
     when = at or now()
     targets = sorted(set(operators))
-    if not targets:
-        return 0
-    return db.run(lambda session: _flag_rows(session, targets, key=key, params=params,
-                                             at=when, kind="payment_flag"))
+
+    def work(session: Session) -> int:
+        if inbox_update is not None:
+            inbox.mark(session, inbox_update, at=when)
+        return _flag_rows(session, targets, key=key, params=params, at=when,
+                          kind="payment_flag")
+
+    return db.run(work) if targets or inbox_update is not None else 0
 
 
 def _flag_rows(session: Session, operators: Iterable[str], *, key: str, kind: str,

@@ -332,7 +332,7 @@ async def precheck(app: App, token: str, amount: int, currency: str,
 
 
 async def paid(app: App, token: str, amount: int, currency: str, charge_id: str, channel: str,
-               identity: str) -> Reply:
+               identity: str, inbox_update: int | None = None) -> Reply:
     """A channel says it charged the buyer: record it exactly once (per charge id) and answer
     with the receipt; a charge that cannot be recorded is flagged to every operator and the
     buyer is told the shop will sort it out. Raises only `DatabaseUnavailable`: the charge is
@@ -342,7 +342,7 @@ async def paid(app: App, token: str, amount: int, currency: str, charge_id: str,
         result = await asyncio.to_thread(
             checkout.paid, app.db, token=token, amount=amount, currency=currency,
             charge_id=str(charge_id), channel=channel, identity=identity,
-            operators=app.operators)
+            operators=app.operators, inbox_update=inbox_update)
         if not result["ok"]:
             log.warning("payment %s on %s refused: %s", charge_id, channel, result["code"])
             return Reply().text(i18n.t(lang, "paid.flagged", order=result["order"] or "-"))

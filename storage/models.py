@@ -336,6 +336,30 @@ class JobRun(Base):
     result: Mapped[str] = mapped_column(Text)
 
 
+class InboxUpdate(Base):
+    """A chat update stored before it is acknowledged (Telegram: before the getUpdates offset
+    moves past it or the webhook is answered 200), processed from here (docs/telegram.md).
+
+    `status`: pending → done (marked in the same transaction as a payment's effects), or
+    spooled (a payment that could not be recorded: in the charge spool, shown to operators),
+    or expired (a pre-checkout query older than Telegram waits for an answer)."""
+
+    __tablename__ = "inbox"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    update_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    kind: Mapped[str] = mapped_column(String(24))
+    chat_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    user_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(10))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+    __table_args__ = (Index("ix_inbox_status_update", "status", "update_id"),)
+
+
 __all__ = [
     "Base",
     "ChannelRefund",
@@ -343,6 +367,7 @@ __all__ = [
     "Entry",
     "Head",
     "Identity",
+    "InboxUpdate",
     "JobRun",
     "JournalTxn",
     "Lease",

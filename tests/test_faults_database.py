@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -122,6 +123,25 @@ def terminator(admin_url: str, app_name: str, *, idle_ms: int = 30) -> Iterator[
         thread.join(5)
 
 
+def held_until_killed(monkeypatch: pytest.MonkeyPatch, killed: list[int], *,
+                      attempts: int) -> None:
+    """The first `attempts` commits of a points sale wait at their commit point until the
+    terminator has killed their connection: the kill is certain, not a race against a sleep."""
+    real = faults.point
+    hits = [0]
+
+    def point(name: str) -> None:
+        if name != "commit.before:withdraw_points" or hits[0] >= attempts:
+            return real(name)
+        hits[0] += 1
+        deadline = time.monotonic() + 120  # ends a hung run only
+        while len(killed) < hits[0]:
+            assert time.monotonic() < deadline, "the terminator never killed the backend"
+            time.sleep(0.005)
+
+    monkeypatch.setattr(faults, "point", point)
+
+
 @pytest.fixture
 def pg_shop(pg_url: str) -> Iterator[tuple[Database, str]]:
     name = "victim_" + uuid.uuid4().hex[:8]
@@ -135,12 +155,12 @@ def pg_shop(pg_url: str) -> Iterator[tuple[Database, str]]:
 
 @pytest.mark.pg
 async def test_postgres_backend_terminated_mid_request_is_retried_and_applied_once(
-        pg_shop: tuple[Database, str], pg_admin: str) -> None:
+        pg_shop: tuple[Database, str], pg_admin: str, monkeypatch: pytest.MonkeyPatch) -> None:
     db, name = pg_shop
     app = app_for(db)
     before = users.account(db, BUYER)["points"]
-    faults.arm("commit.before:withdraw_points:1:sleep0.5")  # the first attempt waits there
     with terminator(pg_admin, name, idle_ms=200) as killed:
+        held_until_killed(monkeypatch, killed, attempts=1)  # the first attempt waits there
         reply = await dispatch(app, sell("1"))
     assert killed  # its connection was terminated before it could commit…
     assert "Sold 1.00 points" in text_of(reply), text_of(reply)  # …and the retry went through
@@ -150,14 +170,14 @@ async def test_postgres_backend_terminated_mid_request_is_retried_and_applied_on
 
 @pytest.mark.pg
 async def test_postgres_backend_terminated_on_every_attempt_says_try_again(
-        pg_shop: tuple[Database, str], pg_admin: str) -> None:
+        pg_shop: tuple[Database, str], pg_admin: str, monkeypatch: pytest.MonkeyPatch) -> None:
     db, name = pg_shop
     app = app_for(db)
     before = fingerprint(db)
-    faults.arm("commit.before:withdraw_points:*:sleep0.08")
     with terminator(pg_admin, name, idle_ms=20) as killed:
+        held_until_killed(monkeypatch, killed, attempts=10**6)  # every attempt
         reply = await dispatch(app, sell("1"))
-    faults.disarm()
+    monkeypatch.undo()
     assert text_of(reply) == BUSY
     assert len(killed) >= 2  # every attempt lost its connection
     assert fingerprint(db) == before  # nothing half-written

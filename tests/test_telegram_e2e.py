@@ -57,7 +57,7 @@ class Shop:
     def state(self) -> dict[str, Any]:
         return self.app.db.read(snapshot)
 
-    async def replies(self, chat: int, mark: int, expect: int, timeout: float = 8.0
+    async def replies(self, chat: int, mark: int, expect: int, timeout: float = 60.0
                       ) -> list[Call]:
         """The first `expect` answered send* calls to `chat` after call number `mark`."""
         deadline = time.monotonic() + timeout
@@ -355,7 +355,7 @@ def serving(app: Starlette) -> Iterator[str]:
                                            lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # ends a hung run only
     while not server.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.01)

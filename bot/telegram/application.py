@@ -119,12 +119,19 @@ class TelegramAdapter:
         self.conv = conversations
         self.output = output
         self.spool_path = spool_path
+        # True when updates come through the inbox (bot/telegram/inbox.py): a payment's
+        # inbox row is then marked done in the payment's own transaction.
+        self.inbox = False
+        self._spooled: set[int] = set()  # update ids whose charge this process spooled
 
     async def record_spooled(self, charge: dict[str, Any]) -> None:
         """Record a charge from the spool (raises while the database is still down)."""
+        update_id = charge.get("update_id")
         await invoke(self.conv.paid, self.app, token=charge["token"], amount=charge["amount"],
-                             currency=charge["currency"], charge_id=charge["charge_id"],
-                             channel="telegram", identity=charge["identity"])
+                     currency=charge["currency"], charge_id=charge["charge_id"],
+                     channel="telegram", identity=charge["identity"],
+                     **({"inbox_update": update_id}
+                        if self.inbox and isinstance(update_id, int) else {}))
 
     def register(self, application: Application) -> None:
         private = PRIVATE & ~filters.SUCCESSFUL_PAYMENT
@@ -239,7 +246,8 @@ class TelegramAdapter:
                 reply = await invoke(
                     self.conv.paid, self.app, token=sp.invoice_payload, amount=sp.total_amount,
                     currency=sp.currency, charge_id=sp.telegram_payment_charge_id,
-                    channel="telegram", identity=f"tg:{user.id}")
+                    channel="telegram", identity=f"tg:{user.id}",
+                    **({"inbox_update": update.update_id} if self.inbox else {}))
                 break
             except Exception:  # noqa: BLE001 - retried: recording is keyed by the charge id
                 log.exception("recording payment %s failed (attempt %d)",
@@ -247,18 +255,30 @@ class TelegramAdapter:
                 await asyncio.sleep(0.2 * 2**attempt)
         if reply is None:
             # Telegram will not send this update again: leave everything needed to credit it.
-            log.critical("UNRECORDED TELEGRAM PAYMENT charge=%s provider_charge=%s payload=%s "
-                         "amount=%s %s from tg:%s", sp.telegram_payment_charge_id,
-                         sp.provider_payment_charge_id, sp.invoice_payload, sp.total_amount,
-                         sp.currency, user.id)
-            charge_spool.spool(self.spool_path, {
-                "channel": "telegram", "token": sp.invoice_payload, "amount": sp.total_amount,
-                "currency": sp.currency, "charge_id": sp.telegram_payment_charge_id,
-                "identity": f"tg:{user.id}"})
+            self.spool_payment(update)
             reply = Reply().text(adapter_text("payment_pending", user.language_code,
                                               charge=sp.telegram_payment_charge_id))
         await self.output.deliver(message.chat.id, reply if isinstance(reply, Reply) else Reply(),
                                   lang=user.language_code)
+
+    def spool_payment(self, update: Update) -> None:
+        """Put an unrecorded charge in the durable spool (once per update in this process)
+        and say so loudly; the spool is replayed until the charge is recorded."""
+        if update.update_id in self._spooled:
+            return
+        message, user = update.effective_message, update.effective_user
+        assert message is not None and message.successful_payment is not None and user
+        sp = message.successful_payment
+        log.critical("UNRECORDED TELEGRAM PAYMENT charge=%s provider_charge=%s payload=%s "
+                     "amount=%s %s from tg:%s", sp.telegram_payment_charge_id,
+                     sp.provider_payment_charge_id, sp.invoice_payload, sp.total_amount,
+                     sp.currency, user.id)
+        charge_spool.spool(self.spool_path, {
+            "channel": "telegram", "token": sp.invoice_payload, "amount": sp.total_amount,
+            "currency": sp.currency, "charge_id": sp.telegram_payment_charge_id,
+            "identity": f"tg:{user.id}",
+            **({"update_id": update.update_id} if self.inbox else {})})
+        self._spooled.add(update.update_id)
 
     # ------------------------------------------------------------------ the rest
 

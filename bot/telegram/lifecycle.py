@@ -17,8 +17,15 @@ from bot import charge_spool
 from bot.settings import Settings
 from handlers.base import App
 
-from .application import ALLOWED_UPDATES, adapter_of, build_application
+from .application import (
+    ALLOWED_UPDATES,
+    MAX_CONCURRENT_UPDATES,
+    adapter_of,
+    build_application,
+)
 from .conversations import Conversations, MenuCommand
+from .inbox import InboxProcessor
+from .inbox import poll as inbox_poll
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +94,23 @@ async def start_telegram(settings: Settings, app: App, *, poll_timeout: float = 
         await publish_commands(application.bot, adapter_of(application).conv.menu,
                                app.operators)
         await application.start()
+        adapter = adapter_of(application)
+        processor = None
+        if app.db is not None:  # the inbox (bot/telegram/inbox.py): durable before acked
+            adapter.inbox = True
+            processor = InboxProcessor(application, app.db,
+                                       concurrency=MAX_CONCURRENT_UPDATES,
+                                       on_unrecorded=adapter.spool_payment)
+            application.bot_data["inbox"] = processor
+            processor.start()  # resumes the rows a previous run left pending
         if webhook_url:
             await application.bot.set_webhook(webhook_url, secret_token=secret,
                                               allowed_updates=ALLOWED_UPDATES)
-        else:
+        elif processor is not None:
+            application.bot_data["poll_task"] = asyncio.create_task(inbox_poll(
+                application.bot, app.db, processor, timeout=poll_timeout,
+                allowed_updates=ALLOWED_UPDATES), name="telegram-poll")
+        else:  # no database (the adapter's own tests): PTB's stock updater
             assert application.updater is not None
             await application.updater.start_polling(
                 poll_interval=0.0, timeout=timedelta(seconds=poll_timeout),
@@ -99,7 +119,6 @@ async def start_telegram(settings: Settings, app: App, *, poll_timeout: float = 
         await stop_telegram(application)
         raise
     # charges the database could not record while it was down: replayed until recorded
-    adapter = adapter_of(application)
     application.bot_data["spool_task"] = asyncio.create_task(charge_spool.keep_replaying(
         adapter.spool_path, adapter.record_spooled))
     log.info("Telegram bot @%s is up (%s)", app.bot_username,
@@ -112,6 +131,13 @@ async def stop_telegram(application: Application) -> None:
     task = application.bot_data.pop("spool_task", None)
     if task is not None:
         task.cancel()
+    poll_task = application.bot_data.pop("poll_task", None)
+    if poll_task is not None:
+        poll_task.cancel()
+        await asyncio.gather(poll_task, return_exceptions=True)
+    processor = application.bot_data.pop("inbox", None)
+    if processor is not None:
+        await processor.stop()
     if application.updater is not None and application.updater.running:
         await application.updater.stop()
     if application.running:

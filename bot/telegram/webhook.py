@@ -19,6 +19,8 @@ from starlette.responses import PlainTextResponse, Response
 from telegram import Update
 from telegram.ext import Application
 
+from .inbox import store
+
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20  # Telegram updates are a few KiB; anything near this is not one
@@ -30,7 +32,8 @@ def telegram_webhook_route(application: Application, secret: str | SecretStr | N
     """An async `(request) -> Response` handler feeding `application.update_queue`.
 
     403 without the right secret (always, if none is configured), 413 for an oversized
-    body, 400 for anything that is not a JSON update, 200 once the update is queued."""
+    body, 400 for anything that is not a JSON update, 200 once the update is stored in
+    the inbox (503 if it cannot be: Telegram sends it again)."""
     expected = (secret.get_secret_value() if isinstance(secret, SecretStr) else secret or "")
     expected_bytes = expected.encode("utf-8")
 
@@ -54,7 +57,17 @@ def telegram_webhook_route(application: Application, secret: str | SecretStr | N
         except Exception:  # noqa: BLE001 - any malformed body is the sender's problem
             log.warning("webhook: ignoring a body that is not a Telegram update")
             return PlainTextResponse("bad request", status_code=400)
-        await application.update_queue.put(update)
+        processor = application.bot_data.get("inbox")
+        if processor is None:  # no database behind the bot (the adapter's own tests)
+            await application.update_queue.put(update)
+            return Response(status_code=200)
+        # Durable before the 200: after it Telegram never sends this update again.
+        try:
+            await store(processor.db, [(update, data)])
+        except Exception:  # noqa: BLE001 - not stored: Telegram retries a non-2xx answer
+            log.exception("webhook: update %s could not be stored", data["update_id"])
+            return PlainTextResponse("unavailable", status_code=503)
+        processor.wake()
         return Response(status_code=200)
 
     return telegram_webhook

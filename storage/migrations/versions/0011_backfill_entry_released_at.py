@@ -6,12 +6,12 @@ Until issue 14 an acceleration that paid an entry in full marked it `released` w
 One pass over the queue pool's postings (a prefix of `ix_postings_account_txn`), grouped.
 
 Revision ID: 0011
-Revises: 0007
+Revises: 0008
 """
 from alembic import op
 
 revision = '0011'
-down_revision = '0007'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 

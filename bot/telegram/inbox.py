@@ -1,0 +1,280 @@
+"""Every update is durable before Telegram is told it arrived (docs/telegram.md, "The inbox").
+
+Telegram sends an update until it is acknowledged, and never again after: by `getUpdates`
+with a higher offset (polling), or by a 200 (webhook). python-telegram-bot's own updater moves
+the offset on before its handlers have run, so a crash then lost paid orders. Here:
+
+* polling (`poll`): fetch a batch, store it in the inbox in one commit, and only then ask for
+  the next batch with `offset = last + 1`, which is what confirms the batch to Telegram;
+* webhook (bot/telegram/webhook.py): store the update, then answer 200 (503 if it cannot be
+  stored: Telegram sends it again);
+* `InboxProcessor` reads pending rows in `update_id` order and runs each through the PTB
+  Application's handlers: one user's (or chat's) updates in order, different users at once.
+  A successful payment's row is marked done by the engine in the payment's own transaction;
+  other rows are marked done after their handler ran. Pending rows are resumed on start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from telegram import Bot, Update
+from telegram.error import TelegramError
+from telegram.ext import Application
+
+from engine import inbox
+from storage.db import Database
+
+log = logging.getLogger(__name__)
+
+BATCH = 100  # Telegram's own most per getUpdates
+IDLE = 1.0  # seconds between looks at the inbox when nobody wakes the processor
+MAX_ATTEMPTS = 5  # a non-payment update that keeps failing is set aside as `failed`
+PRECHECK_STALE = timedelta(seconds=10)  # Telegram no longer takes an answer after this
+PRUNE_EVERY = 6 * 3600.0
+
+
+def kind_of(update: Update) -> str:
+    message = update.message
+    if message is not None and message.successful_payment is not None:
+        return "payment"
+    if update.pre_checkout_query is not None:
+        return "pre_checkout"
+    if update.callback_query is not None:
+        return "callback"
+    if message is not None:
+        return "message"
+    return "other"
+
+
+def item_of(update: Update, raw: dict[str, Any] | None = None) -> inbox.Item:
+    """The inbox row of an update: its raw JSON (as received, or PTB's own rendering)."""
+    body = raw if raw is not None else update.to_dict()
+    chat, user = update.effective_chat, update.effective_user
+    return inbox.Item(update_id=update.update_id, kind=kind_of(update),
+                      body=json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+                      chat_id=chat.id if chat is not None else None,
+                      user_id=user.id if user is not None else None)
+
+
+def _backoff(failures: int) -> float:
+    return float(min(0.2 * 2 ** min(failures, 8), 30.0))
+
+
+class InboxProcessor:
+    """Runs pending inbox rows through the Application's handlers (see the module doc)."""
+
+    def __init__(self, application: Application, db: Database, *, concurrency: int = 16,
+                 on_unrecorded: Callable[[Update], None] | None = None) -> None:
+        self.application = application
+        self.db = db
+        self.on_unrecorded = on_unrecorded
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._in_flight: set[int] = set()
+        # a user (or chat) whose row failed: none of its rows is taken before this time, so
+        # its later updates never overtake the failed one
+        self._held: dict[tuple[str, int], float] = {}
+        self._queues: dict[tuple[str, int], deque[inbox.Row]] = {}
+        self._workers: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._failures = 0
+        self.processed = 0
+
+    def wake(self) -> None:
+        """Look at the inbox now; callable from any thread (an HTTP server may run the
+        webhook in a loop of its own)."""
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop:
+            self._wake.set()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.create_task(self._run(), name="telegram-inbox")
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking rows; let those being handled finish (within `grace`)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for queue in self._queues.values():  # rows not started stay pending for next time
+            while len(queue) > 1:
+                self._in_flight.discard(queue.pop().update_id)
+        workers = list(self._workers.values())
+        if workers:
+            _done, left = await asyncio.wait(workers, timeout=grace)
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _run(self) -> None:
+        last_prune = 0.0
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            if now - last_prune > PRUNE_EVERY:
+                last_prune = now
+                try:
+                    pruned = await asyncio.to_thread(inbox.prune, self.db)
+                    if pruned:
+                        log.info("pruned %d finished inbox rows", pruned)
+                except Exception:  # noqa: BLE001 - next time
+                    log.exception("pruning the inbox failed")
+            more = False
+            try:
+                for key, until in list(self._held.items()):
+                    if until <= now:
+                        del self._held[key]
+                rows = await asyncio.to_thread(inbox.pending, self.db, limit=BATCH,
+                                               skip=self._in_flight)
+                taken = sum(self._queue(row) for row in rows)
+                more = len(rows) == BATCH and taken > 0
+                self._failures = 0
+            except Exception:  # noqa: BLE001 - the database is down: try again later
+                self._failures += 1
+                log.exception("reading the inbox failed")
+                await asyncio.sleep(_backoff(self._failures))
+                continue
+            if more and len(self._in_flight) < 10 * BATCH:
+                await asyncio.sleep(0)
+                continue
+            timeout = IDLE
+            if self._held:
+                timeout = max(0.01, min(timeout, min(self._held.values()) - now))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def _queue(self, row: inbox.Row) -> bool:
+        """Hand a row to its user's worker; False if it is in hand already or held."""
+        key = (("u", row.user_id) if row.user_id is not None else
+               ("c", row.chat_id) if row.chat_id is not None else ("n", row.update_id))
+        if row.update_id in self._in_flight or key in self._held:
+            return False
+        self._in_flight.add(row.update_id)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+        queue.append(row)
+        if key not in self._workers:
+            self._workers[key] = asyncio.create_task(self._worker(key, queue))
+        return True
+
+    async def _worker(self, key: tuple[str, int], queue: deque[inbox.Row]) -> None:
+        """One user's rows, one after the other."""
+        try:
+            while queue:
+                row = queue[0]
+                async with self._slots:
+                    ok = await self._handle(row)
+                queue.popleft()
+                self._in_flight.discard(row.update_id)
+                if not ok:  # keep this user's order: the rest waits for the failed row
+                    self._held[key] = time.monotonic() + _backoff(
+                        self._failures + row.attempts + 1)
+                    while queue:
+                        self._in_flight.discard(queue.popleft().update_id)
+        finally:
+            del self._queues[key], self._workers[key]
+            self.wake()
+
+    async def _handle(self, row: inbox.Row) -> bool:
+        uid = row.update_id
+        try:
+            if row.kind == "pre_checkout" and datetime.now(UTC) - row.received_at \
+                    > PRECHECK_STALE:
+                # Telegram has already given up on the answer (and charged nobody)
+                await asyncio.to_thread(inbox.finish, self.db, uid, inbox.EXPIRED)
+                return True
+            update = Update.de_json(json.loads(row.body), self.application.bot)
+            await self.application.process_update(update)
+            if row.kind == "payment":
+                await self._settle_payment(uid, update)
+            else:
+                await asyncio.to_thread(inbox.finish, self.db, uid)
+            self.processed += 1
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the row stays pending and is tried again
+            log.exception("inbox update %s failed", uid)
+            try:
+                attempts = await asyncio.to_thread(inbox.failed_attempt, self.db, uid,
+                                                   f"{type(exc).__name__}: {exc}")
+                if attempts >= MAX_ATTEMPTS and row.kind != "payment":
+                    await asyncio.to_thread(inbox.finish, self.db, uid, "failed",
+                                            error=f"{type(exc).__name__}: {exc}")
+                    return True
+            except Exception:  # noqa: BLE001 - the database is down: later
+                pass
+            return False
+
+    async def _settle_payment(self, uid: int, update: Update) -> None:
+        """The engine marks a recorded (or flagged) payment's row done in its own
+        transaction. A row still pending here was not recorded: the charge goes to the
+        durable spool (replayed until recorded) and the row becomes `spooled`, which
+        `storefront inbox` shows to operators. Raises while the database is down: the row
+        then stays pending and is tried again."""
+        status = await asyncio.to_thread(inbox.status_of, self.db, uid)
+        if status != inbox.PENDING:
+            return
+        if self.on_unrecorded is not None:
+            self.on_unrecorded(update)  # durable before the row says so
+        await asyncio.to_thread(inbox.finish, self.db, uid, inbox.SPOOLED,
+                                error="payment not recorded: in the charge spool")
+
+
+async def store(db: Database, updates: Sequence[tuple[Update, dict[str, Any] | None]]) -> int:
+    """Store updates in the inbox in one commit (raises if the database cannot)."""
+    return await asyncio.to_thread(inbox.receive, db, [item_of(u, raw) for u, raw in updates])
+
+
+async def poll(bot: Bot, db: Database, processor: InboxProcessor, *, timeout: float,
+               allowed_updates: Sequence[str]) -> None:
+    """The polling loop: a batch is in the inbox before the next getUpdates confirms it."""
+    await bot.delete_webhook()
+    offset: int | None = None
+    failures = 0
+    while True:
+        try:
+            updates = await bot.get_updates(offset=offset, timeout=timedelta(seconds=timeout),
+                                            limit=BATCH, allowed_updates=list(allowed_updates))
+        except asyncio.CancelledError:
+            raise
+        except TelegramError as exc:
+            failures += 1
+            log.warning("getUpdates failed: %s", exc)
+            await asyncio.sleep(_backoff(failures))
+            continue
+        if updates:
+            try:
+                await store(db, [(u, None) for u in updates])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - not confirmed: Telegram keeps them for us
+                failures += 1
+                log.exception("storing %d updates failed; they stay unconfirmed", len(updates))
+                await asyncio.sleep(_backoff(failures))
+                continue
+            offset = max(u.update_id for u in updates) + 1
+            processor.wake()
+        failures = 0

@@ -1,0 +1,299 @@
+"""The Telegram inbox in process (bot/telegram/inbox.py, engine/inbox.py): pending rows are
+resumed on start, one user's in order while others overtake; a stale pre-checkout query is
+set aside; a payment the engine did not record is spooled and shown to operators by
+`storefront inbox` until the spool records it; old finished rows are pruned. The kill tests
+against the running service are in tests/test_telegram_inbox_kill.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from bot import charge_spool
+from bot.cli import main as cli
+from bot.telegram import Conversations, start_telegram, stop_telegram, telegram_webhook_route
+from bot.telegram.application import adapter_of
+from bot.telegram.inbox import item_of
+from engine import checkout, inbox, service, users
+from handlers.base import App, Reply, Request
+from storage.db import Database, DatabaseUnavailable
+from storage.models import InboxUpdate, JournalTxn
+from storage.ratelimit import RateLimiter
+from tests.standins.telegram_api import (
+    FakeBotAPI,
+    make_pre_checkout_update,
+    make_successful_payment_update,
+    make_text_update,
+)
+from tests.test_telegram_adapter import MENU, TOKEN, Script, settings_for
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:DeprecationWarning")
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeBotAPI]:
+    async with FakeBotAPI(token=TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+def sdb(sqlite_db: Database) -> Database:
+    """The adapter tests' database: a SQLite file (the engine tests below use conftest's
+    `db`, SQLite and PostgreSQL)."""
+    return sqlite_db
+
+
+def stored(db: Database, raw: list[dict[str, Any]], at: datetime | None = None) -> None:
+    from telegram import Update
+
+    inbox.receive(db, [item_of(Update.de_json(u, None), u) for u in raw], at=at)
+
+
+def statuses(db: Database) -> dict[int, str]:
+    return dict(db.read(lambda s: s.execute(select(InboxUpdate.update_id,
+                                                   InboxUpdate.status)).all()))
+
+
+async def drained(db: Database, rows: int = 1, timeout: float = 10.0) -> dict[int, str]:
+    """The inbox's statuses once it holds `rows` rows or more and none is pending."""
+    async def wait() -> dict[int, str]:
+        while "pending" in (now := statuses(db)).values() or len(now) < rows:
+            await asyncio.sleep(0.02)
+        return now
+
+    return await asyncio.wait_for(wait(), timeout)
+
+
+async def test_pending_rows_resume_on_start_each_user_in_order_others_overtake(
+        api: FakeBotAPI, sdb: Database) -> None:
+    db = sdb
+    script = Script()
+    order: list[str] = []
+    gate = threading.Event()
+
+    async def dispatch(app: App, request: Request) -> Reply:
+        if request.text == "/me slow":
+            await asyncio.to_thread(gate.wait, 5)
+        order.append(f"{request.identity} {request.text}")
+        return Reply().text("ok")
+
+    # A previous run stored these and died before handling them.
+    stored(db, [make_text_update(20, "/me slow", update_id=1, message_id=1),
+                make_text_update(20, "/me second", update_id=2, message_id=2),
+                make_text_update(21, "/me other", update_id=3, message_id=3)])
+    stored(db, [make_pre_checkout_update(22, "tok", 100, query_id="q1", update_id=4)],
+           at=datetime.now(UTC) - timedelta(minutes=1))
+    conversations = Conversations(dispatch=dispatch, precheck=script.precheck,
+                                  paid=script.paid, run_job=script.run_job, menu=MENU)
+    application = await start_telegram(settings_for(api), App(db=db, operators=frozenset()),
+                                       poll_timeout=1, conversations=conversations)
+    try:
+        await api.wait_for(lambda c: c.is_("sendMessage") and c.chat_id == 21)
+        assert order == ["tg:21 /me other"]  # user 20 is still on its first update
+        gate.set()
+        assert await drained(db, 4) == {1: "done", 2: "done", 3: "done", 4: "expired"}
+        assert order == ["tg:21 /me other", "tg:20 /me slow", "tg:20 /me second"]
+        # Telegram no longer waits for that pre-checkout answer: it was not asked again
+        assert script.prechecks == [] and api.calls_of("answerPreCheckoutQuery") == []
+        # ... and a new update comes in through getUpdates, stored before it is confirmed
+        mark = len(api.calls)
+        api.push_update(make_text_update(21, "/me again", update_id=5, message_id=5))
+        await api.wait_for(lambda c: c.is_("sendMessage") and c.chat_id == 21, since=mark)
+        assert (await drained(db, 5))[5] == "done" and order[-1] == "tg:21 /me again"
+    finally:
+        await stop_telegram(application)
+
+
+async def test_an_unrecorded_payment_is_spooled_shown_to_operators_then_recorded(
+        api: FakeBotAPI, sdb: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    db = sdb
+    service.upsert_product(db, sku="TEA", price="20.00", margin="0.30", lock_days=15,
+                           scheme="both", name="Tea", actor="test")
+    users.resolve(db, "tg:30", lang="en")
+    token = checkout.open_checkout(db, user="tg:30", sku="TEA", channel="telegram",
+                                   method="telegram", key="open:30")["token"]
+    real_paid = checkout.paid
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in recording")  # not the database being down
+
+    monkeypatch.setattr(checkout, "paid", broken)
+    settings = settings_for(api)
+    spool = Path(settings.charge_spool)
+    app = App(db=db, operators=frozenset({"tg:1"}), limiter=RateLimiter.disabled())
+    application = await start_telegram(settings, app, poll_timeout=1)
+    try:
+        api.push_successful_payment(30, token, 2000, "charge-30")
+        assert await drained(db) == {1: "spooled"}
+        # the charge is in the durable spool, with its inbox row
+        (line,) = charge_spool.pending(spool)
+        assert (line["charge_id"], line["amount"], line["update_id"]) == ("charge-30", 2000, 1)
+        # operators see it
+        assert cli(["inbox", "--db", str(db.engine.url), "--spool", str(spool)]) == 1
+        out = capsys.readouterr().out
+        assert "spooled 1" in out and "UNRECORDED PAYMENT: inbox update 1 from tg:30" in out
+        assert "UNRECORDED CHARGE: telegram charge charge-30 2000 CNY from tg:30" in out
+
+        # once recording works, the spool's replay records it and the row is done
+        monkeypatch.setattr(checkout, "paid", real_paid)
+        adapter = adapter_of(application)
+        assert await charge_spool.replay(spool, adapter.record_spooled) == 1
+        assert statuses(db) == {1: "done"}
+        assert cli(["inbox", "--db", str(db.engine.url), "--spool", str(spool)]) == 0
+        assert "spooled 0" in capsys.readouterr().out
+        keys = db.read(lambda s: s.execute(select(JournalTxn.key).where(
+            JournalTxn.key.like("telegram:charge:%"))).scalars().all())
+        assert keys == ["telegram:charge:charge-30"]
+    finally:
+        await stop_telegram(application)
+
+
+def test_a_payment_marks_its_row_done_in_its_own_transaction_and_only_once(
+        db: Database) -> None:
+    service.upsert_product(db, sku="TEA", price="20.00", margin="0.30", lock_days=15,
+                           scheme="both", name="Tea", actor="test")
+    users.resolve(db, "tg:40", lang="en")
+    token = checkout.open_checkout(db, user="tg:40", sku="TEA", channel="telegram",
+                                   method="telegram", key="open:40")["token"]
+    stored(db, [make_successful_payment_update(40, token, 2000, "c40", update_id=7)])
+    assert inbox.receive(db, [inbox.Item(7, "payment", "{}")]) == 0  # a duplicate: ignored
+    first = checkout.paid(db, token=token, amount=2000, currency="CNY", charge_id="c40",
+                          channel="telegram", identity="tg:40", inbox_update=7)
+    assert first["ok"] and statuses(db) == {7: "done"}
+    # processed again (a crash after the commit, before anyone knew): nothing moves twice
+    db.run(lambda s: s.execute(update(InboxUpdate).values(status="pending")))
+    again = checkout.paid(db, token=token, amount=2000, currency="CNY", charge_id="c40",
+                          channel="telegram", identity="tg:40", inbox_update=7)
+    assert again["ok"] and again.get("replayed") and statuses(db) == {7: "done"}
+    assert db.read(lambda s: s.execute(select(JournalTxn.key).where(
+        JournalTxn.key.like("telegram:charge:%"))).scalars().all()) == ["telegram:charge:c40"]
+    # a charge the shop refuses is flagged to operators, the row done with the flag
+    stored(db, [make_successful_payment_update(40, "no-such", 2000, "c41", update_id=8)])
+    refused = checkout.paid(db, token="no-such", amount=2000, currency="CNY", charge_id="c41",
+                            channel="telegram", identity="tg:40", operators=("tg:1",),
+                            inbox_update=8)
+    assert not refused["ok"] and statuses(db)[8] == "done"
+
+
+def test_finished_rows_are_pruned_after_the_retention_pending_and_spooled_stay(
+        db: Database) -> None:
+    stored(db, [make_text_update(50, f"/me {n}", update_id=n, message_id=n)
+                for n in range(1, 5)])
+    assert inbox.finish(db, 1) and not inbox.finish(db, 1)  # finished once
+    assert not inbox.finish(db, 99)  # never stored
+    inbox.finish(db, 2, inbox.EXPIRED)
+    inbox.finish(db, 3, inbox.SPOOLED)
+    later = datetime.now(UTC) + inbox.KEEP - timedelta(hours=1)
+    assert inbox.prune(db, at=later) == 0
+    assert inbox.prune(db, at=later + timedelta(hours=2)) == 2
+    assert statuses(db) == {3: "spooled", 4: "pending"}
+    body = json.loads(db.read(lambda s: s.get(InboxUpdate, 4)).body)  # the raw update
+    assert body["message"]["text"] == "/me 4"
+
+
+async def test_polling_confirms_nothing_the_inbox_could_not_store(
+        api: FakeBotAPI, sdb: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = sdb
+    real_receive = inbox.receive
+
+    def down(*args: Any, **kwargs: Any) -> int:
+        raise DatabaseUnavailable("the database is down")
+
+    monkeypatch.setattr(inbox, "receive", down)
+    script = Script()
+    application = await start_telegram(settings_for(api), App(db=db, operators=frozenset()),
+                                       poll_timeout=1, conversations=script.conversations())
+    try:
+        mark = len(api.calls)
+        api.push_update(make_text_update(60, "/me", update_id=70, message_id=70))
+        for _ in range(2):  # asked again and again, never with an offset past it
+            mark = api.calls.index(await api.wait_for("getUpdates", since=mark)) + 1
+        assert all(int(c.params.get("offset") or 0) <= 70 for c in api.calls_of("getUpdates"))
+        assert [u["update_id"] for u in api.pending_updates()] == [70]
+        assert script.requests == [] and statuses(db) == {}
+
+        monkeypatch.setattr(inbox, "receive", real_receive)
+        await api.wait_for(lambda c: c.is_("sendMessage") and c.chat_id == 60)
+        assert await drained(db) == {70: "done"}
+        await api.wait_for(lambda c: c.is_("getUpdates") and c.params.get("offset") == 71)
+        assert api.pending_updates() == [] and len(script.requests) == 1
+    finally:
+        await stop_telegram(application)
+
+
+async def test_the_webhook_answers_503_until_the_update_is_stored(
+        api: FakeBotAPI, sdb: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = sdb
+    real_receive = inbox.receive
+
+    def down(*args: Any, **kwargs: Any) -> int:
+        raise DatabaseUnavailable("the database is down")
+
+    script = Script()
+    settings = settings_for(api, TELEGRAM_WEBHOOK_URL="https://shop.example/telegram",
+                            TELEGRAM_WEBHOOK_SECRET="hook-secret")
+    application = await start_telegram(settings, App(db=db, operators=frozenset()),
+                                       poll_timeout=1, conversations=script.conversations())
+    route = Starlette(routes=[Route("/telegram", telegram_webhook_route(
+        application, "hook-secret"), methods=["POST"])])
+    update = make_text_update(61, "/me", update_id=80, message_id=80)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=route),
+                                     base_url="http://shop") as client:
+            async def post() -> int:
+                r = await client.post("/telegram", json=update, headers={
+                    "X-Telegram-Bot-Api-Secret-Token": "hook-secret"})
+                return r.status_code
+
+            monkeypatch.setattr(inbox, "receive", down)
+            assert await post() == 503  # not stored: Telegram sends it again
+            assert statuses(db) == {} and script.requests == []
+            monkeypatch.setattr(inbox, "receive", real_receive)
+            assert await post() == 200
+            assert 80 in statuses(db)  # stored before the 200
+            assert await drained(db) == {80: "done"}
+            assert await post() == 200  # sent again: stored once, handled once
+            assert await drained(db) == {80: "done"} and len(script.requests) == 1
+    finally:
+        await stop_telegram(application)
+
+
+async def test_a_row_that_fails_holds_back_its_users_later_rows(
+        api: FakeBotAPI, sdb: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = sdb
+    real_finish = inbox.finish
+    failed: list[int] = []
+
+    def finish_once(db: Database, update_id: int, *args: Any, **kwargs: Any) -> bool:
+        if update_id == 1 and not failed:  # the database blinks while row 1 is marked
+            failed.append(update_id)
+            raise DatabaseUnavailable("blink")
+        return real_finish(db, update_id, *args, **kwargs)
+
+    monkeypatch.setattr(inbox, "finish", finish_once)
+    stored(db, [make_text_update(90, "/me one", update_id=1, message_id=1),
+                make_text_update(90, "/me two", update_id=2, message_id=2),
+                make_text_update(91, "/me other", update_id=3, message_id=3)])
+    script = Script()
+    application = await start_telegram(settings_for(api), App(db=db, operators=frozenset()),
+                                       poll_timeout=1, conversations=script.conversations())
+    try:
+        assert await drained(db, 3) == {1: "done", 2: "done", 3: "done"}
+        seen = [(r.identity, r.text) for r in script.requests]
+        # row 1 ran again after the failure (at least once), and row 2 only after it
+        assert [t for i, t in seen if i == "tg:90"] == ["/me one", "/me one", "/me two"]
+        assert ("tg:91", "/me other") in seen and failed == [1]
+    finally:
+        await stop_telegram(application)
