@@ -20,8 +20,8 @@ from engine import service
 from engine.jobs import last_run, run_release
 from engine.verify import verify
 from storage.db import Database
-from storage.migrate import migrate
 from storage.models import Entry, JournalTxn, Outbox, User
+from tests.conftest import MakeDb
 from tests.release_helpers import MATURED, ROOT, bulk_entries, cli, make_shop, paid_entries
 
 AT = MATURED.isoformat()
@@ -162,14 +162,13 @@ def test_release_reads_matured_entries_in_keyset_pages(sqlite_db: Database) -> N
     assert all(p[-1] == 20 for _s, p in pages)  # the page size
 
 
-def test_release_holds_one_page_at_a_time_however_many_entries_are_due(tmp_path: Any) -> None:
+def test_release_holds_one_page_at_a_time_however_many_entries_are_due(make_db: MakeDb) -> None:
     """What a release holds does not grow with the entries due: 8× the entries is 8× the
     pages, each read one page (LIMIT 50) and committed before the next is read. (Its peak
     memory is measured, not asserted here: `make bench`, the release row, docs/perf.md.)"""
     shapes = []
     for n in (60, 480):
-        db = Database(f"sqlite:///{tmp_path}/m{n}.db")
-        migrate(db)
+        db = make_db("sqlite")
         bulk_entries(db, n)
         log: list[str] = []
 
@@ -179,10 +178,7 @@ def test_release_holds_one_page_at_a_time_however_many_entries_are_due(tmp_path:
 
         event.listen(db.engine, "before_cursor_execute", spy)
         event.listen(db.engine, "commit", lambda _conn: log.append("commit"))  # noqa: B023
-        try:
-            assert run_release(db, at=MATURED, batch=50)["paid"] == n
-        finally:
-            db.dispose()
+        assert run_release(db, at=MATURED, batch=50)["paid"] == n
         pages = [x for x in log if x.startswith("read")]
         assert pages == ["read 50"] * -(-n // 50), (n, log)  # ceil(n / 50) pages of 50
         # a commit between each read and the next: no page is held past the next read
