@@ -16,7 +16,6 @@ from .book import Book
 from .config import validate_update
 from .errors import Refusal
 from .money import AmountError, parse_fen, parse_micro, parse_rate
-from .times import parse_at
 
 SKU = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 HANDLE = re.compile(r"^[^\s]{1,96}$")
@@ -252,6 +251,3 @@ def decide_withdrawal(book: Book, *, withdrawal_id: object, approve: bool, at: d
     book.notify(owner, f"withdrawal_{w.status}", key, at, withdrawal=w.id, amount=w.amount)
     return result
 
-
-def ensure_time(value: object) -> datetime:
-    return parse_at(value)

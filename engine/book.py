@@ -34,7 +34,7 @@ from storage.rows import (
     UserRow,
 )
 
-from . import journal
+from . import config, journal
 from .config import Config
 from .errors import Refusal
 
@@ -104,8 +104,7 @@ class Book:
         rev = self.head.catalog_rev
         found = _cached(rev)
         if found is None:
-            stored = self.rows.db.rows("SELECT \"key\", value FROM settings")
-            found = _Catalog(Config.from_values(dict(stored)))
+            found = _Catalog(config.stored_via(self.rows.db))
             _keep(rev, found)
         return found
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -27,6 +27,7 @@ from .config import Config
 from .errors import Refusal
 from .money import into_pool, out_of_pool
 from .points import Price
+from .times import now
 from .users import current_price, store_config
 
 TOKEN_BYTES = 24  # 192 random bits, 32 URL-safe characters
@@ -34,10 +35,6 @@ TTL = timedelta(minutes=30)
 # A buyer who passed the pre-checkout question just before expiry may still be charged a
 # moment later; unpaid orders are only cancelled this long after their checkout expired.
 GRACE = timedelta(minutes=10)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def charge_key(channel: str, charge_id: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
+from typing import Protocol
 
 from storage.rows import UserRow
 
@@ -39,22 +40,38 @@ class Price:
         """How many micro-points `fen` buys, rounded down (points leaving the pool)."""
         return fen * self.den // self.num
 
-    def as_fraction(self) -> Fraction:
-        return Fraction(self.num, self.den)
-
     def display_micro(self) -> int:
         """The price in currency units with 6 places, rounded down, as an integer."""
         # fen/micro × 10^6 micro/point ÷ 100 fen/unit × 10^6 places
         return self.num * MICRO_PER_POINT * 10_000 // self.den
 
 
-def price(book: Book) -> Price:
-    pool = book.pool("points")
+class PointsPool(Protocol):
+    """What the price is made of: the `points` pool row (plain, ORM or a read's tuple)."""
+
+    @property
+    def balance(self) -> int: ...
+    @property
+    def supply(self) -> int: ...
+    @property
+    def zero_price_num(self) -> int | None: ...
+    @property
+    def zero_price_den(self) -> int | None: ...
+
+
+def price_of(pool: PointsPool, initial_price: int) -> Price:
+    """SPEC §4's price: pool ÷ supply; while the supply is zero, the price when it last
+    reached zero, else the configured initial price. The one rule every view uses."""
     if pool.supply > 0:
         return Price(pool.balance, pool.supply)
     if pool.zero_price_num is not None and pool.zero_price_den:
         return Price(pool.zero_price_num, pool.zero_price_den)
-    return Price(book.cfg.initial_price, MICRO_PER_POINT)
+    return Price(initial_price, MICRO_PER_POINT)
+
+
+def price(book: Book) -> Price:
+    """The price now, in this transaction."""
+    return price_of(book.pool("points"), book.cfg.initial_price)
 
 
 def exit_key(basis: int, holdings: int) -> bytes | None:
@@ -192,4 +209,4 @@ def forced_exits(book: Book, at: datetime, cause: str) -> list[tuple[UserRow, in
 
 
 __all__ = ["FEN", "MICRO", "Price", "burn", "exit_key", "forced_exits", "mint", "price",
-           "transfer", "withdraw"]
+           "price_of", "transfer", "withdraw"]

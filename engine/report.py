@@ -50,18 +50,14 @@ from .history import (
 )
 from .journal import canonical
 from .money import MICRO_PER_POINT, parse_rate
-from .points import Price
+from .points import Price, price_of
 
 NEAR_EXIT = 10
 
 
 def current_price(pool: Pool, cfg: Config) -> Price:
-    """SPEC §4's price: pool ÷ supply, else the price when supply last hit zero, else initial."""
-    if pool.supply > 0:
-        return Price(pool.balance, pool.supply)
-    if pool.zero_price_num is not None and pool.zero_price_den:
-        return Price(pool.zero_price_num, pool.zero_price_den)
-    return Price(cfg.initial_price, MICRO_PER_POINT)
+    """SPEC §4's price (`points.price_of`)."""
+    return price_of(pool, cfg.initial_price)
 
 
 # -- consumers: /queue and /me ----------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Any, cast
 
@@ -20,23 +20,19 @@ from sqlalchemy.orm import Session
 
 from storage.db import Database
 from storage.driver import Driver
-from storage.models import Identity, JournalTxn, Order, Outbox, Pool, Posting, Setting, User
+from storage.models import Identity, JournalTxn, Order, Outbox, Pool, Posting, User
 
-from . import accounts, journal
+from . import accounts, config, journal
 from .book import Book
 from .config import Config
 from .errors import Refusal
-from .money import MICRO_PER_POINT
-from .points import Price
+from .points import Price, price_of
+from .times import now
 
 INVITE_CODE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 IDENTITY = re.compile(r"^[A-Za-z]{1,16}:[^\s]{1,79}$")
 LANGS = ("zh", "en")
 SEEN_EVERY = timedelta(hours=1)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def normalise_lang(value: str | None, default: str = "en") -> str:
@@ -208,24 +204,14 @@ def _find(session: Session, query: str) -> User | None:
 
 # -- read side ------------------------------------------------------------------------------
 
-def store_config(session: Session) -> Config:
-    return Config.from_values({r.key: r.value for r in session.execute(select(Setting)).scalars()})
+store_config = config.stored  # handlers and bots read the rules through this name
 
 
 def current_price(session: Session, cfg: Config) -> Price:
-    """The points price (fen per micro-point), read-only: the same rule as `points.price`."""
+    """The points price (fen per micro-point), read-only: `points.price_of`."""
     pool = session.get(Pool, "points")
     assert pool is not None
-    return _price(pool, cfg)
-
-
-def _price(pool: Any, cfg: Config) -> Price:
-    """From the `points` pool's balance, supply and zero price (an ORM object or a row)."""
-    if pool.supply > 0:
-        return Price(pool.balance, pool.supply)
-    if pool.zero_price_num is not None and pool.zero_price_den:
-        return Price(pool.zero_price_num, pool.zero_price_den)
-    return Price(cfg.initial_price, MICRO_PER_POINT)
+    return price_of(pool, cfg.initial_price)
 
 
 def _ceil(f: Fraction) -> int:
@@ -258,7 +244,6 @@ _HOLDER_BY_IDENTITY = _HOLDER.format(more=", i.last_seen_at",
                                      join=" JOIN identities i ON i.user_id = u.id",
                                      where="i.identity = ?")
 _IDENTITIES = cast(Table, Identity.__table__)  # how `last_seen_at` is read back
-_SETTINGS = "SELECT key, value FROM settings"
 _POINTS_POOL = ("SELECT balance, supply, zero_price_num, zero_price_den FROM pools "
                 "WHERE name = 'points'")
 _WAITING = ("SELECT count(*), coalesce(sum(amount - released), 0) FROM entries "
@@ -285,7 +270,7 @@ class _Holder:
 
 @dataclass(frozen=True, slots=True)
 class _PointsPool:
-    """A row of `_POINTS_POOL`, shaped for `_price`."""
+    """A row of `_POINTS_POOL`, shaped for `price_of`."""
 
     balance: int
     supply: int
@@ -307,8 +292,8 @@ def account(db: Database, handle: str) -> dict[str, Any]:
 
 def _account_view(driver: Driver, holder: _Holder) -> dict[str, Any]:
     """`account`'s view of a `_HOLDER` row, in the snapshot that read it."""
-    cfg = Config.from_values(dict(driver.rows(_SETTINGS)))
-    price = _price(_PointsPool(*driver.rows(_POINTS_POOL)[0]), cfg)
+    cfg = config.stored_via(driver)
+    price = price_of(_PointsPool(*driver.rows(_POINTS_POOL)[0]), cfg.initial_price)
     waiting = driver.rows(_WAITING, (holder.id,))[0]
     referrer = (holder.referrer_name or holder.referrer_handle) if holder.referrer_id else None
     gross = price.value_of(holder.points)
