@@ -14,7 +14,7 @@ from typing import Any
 
 from storage.rows import OrderRow, UserRow
 
-from . import journal, points, queue
+from . import journal, ledger, points, queue
 from .accounts import micro_amount
 from .book import Book
 from .errors import Refusal
@@ -149,16 +149,14 @@ def place(book: Book, *, user: str, sku: str, qty: object = 1, at: object,
     if q:
         burned = points.burn(book, buyer, q, p, f"order:{ref}")
         assert burned == value
-        p.fen(journal.POINTS_POOL, journal.REVENUE, value, f"order:{ref}")
+        p.fen(ledger.points_pool(book), journal.REVENUE, value, f"order:{ref}")
     if awaiting_payment:
         book.record(key=key or f"checkout:{ref}", kind="checkout", at=when, postings=p,
                     body={"order": ref, "user": buyer.handle, "points": q, "value": value},
                     actor=actor)
     else:
         _mark_paid(book, order, buyer, when, payment_ref=None)
-        source = journal.wallet(buyer.id) if method == "wallet" else journal.PAYMENTS_IN
-        if method == "wallet":
-            buyer.wallet -= cash
+        source = ledger.wallet(buyer) if method == "wallet" else journal.PAYMENTS_IN
         p.fen(source, journal.REVENUE, cash, f"order:{ref}")
         book.record(key=key or f"order:{ref}", kind="purchase", at=when, postings=p,
                     body={"order": ref, "user": buyer.handle, "sku": product.sku, "qty": n,
@@ -222,8 +220,7 @@ def cancel_unpaid(book: Book, *, ref: str, at: object, actor: str | None = None)
     buyer = book.user_by_id(order.user_id)
     order.status = "cancelled"
     p = journal.Postings()
-    buyer.wallet += order.points_value
-    p.fen(journal.REVENUE, journal.wallet(buyer.id), order.points_value, f"order:{ref}")
+    p.fen(journal.REVENUE, ledger.wallet(buyer), order.points_value, f"order:{ref}")
     book.record(key=f"cancel:{ref}", kind="cancel", at=when, postings=p, actor=actor,
                 body={"order": ref, "returned": order.points_value})
     return order_result(book, order)
@@ -309,13 +306,9 @@ def refund(book: Book, *, ref: object, at: object, actor: str | None = None) -> 
     order.status = "refunded"
     p = journal.Postings()
     r = f"order:{order.ref}"
-    if order.method == "wallet":
-        buyer.wallet += order.cash
-        p.fen(journal.REVENUE, journal.wallet(buyer.id), order.cash, r)
-    else:
-        p.fen(journal.REVENUE, journal.REFUNDS_OUT, order.cash, r)
-    buyer.wallet += order.points_value
-    p.fen(journal.REVENUE, journal.wallet(buyer.id), order.points_value, r)
+    back = ledger.wallet(buyer) if order.method == "wallet" else journal.REFUNDS_OUT
+    p.fen(journal.REVENUE, back, order.cash, r)
+    p.fen(journal.REVENUE, ledger.wallet(buyer), order.points_value, r)
     key = f"refund:{order.ref}"
     book.record(key=key, kind="refund", at=when, postings=p, actor=actor,
                 body={"order": order.ref, "cash": order.cash, "points_value": order.points_value,

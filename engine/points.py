@@ -15,7 +15,7 @@ from typing import Protocol
 
 from storage.rows import UserRow
 
-from . import journal
+from . import journal, ledger
 from .book import Book
 from .journal import FEN, MICRO
 from .money import MICRO_PER_POINT, into_pool, out_of_pool
@@ -89,68 +89,57 @@ def mint(book: Book, user: UserRow, cash: int, pool_rate: Fraction, mint_rate: F
          p: journal.Postings, ref: str) -> int:
     """Mint for a recorded cash amount: `c` into the pool, `v` of it minted at the price
     *before* `c` is added; the buyer's basis grows by the cash amount. Returns micro-points."""
-    pool = book.pool("points")
     c = into_pool(cash * pool_rate)
     v = out_of_pool(c * mint_rate)
     minted = price(book).points_for(v)
-    pool.balance += c
-    pool.supply += minted
-    user.points += minted
+    p.fen(journal.REVENUE, ledger.points_pool(book), c, ref)
+    p.micro(ledger.issued(book), ledger.holding(user), minted, ref)
     user.basis += cash
     _touch(user)
-    p.fen(journal.REVENUE, journal.POINTS_POOL, c, ref)
-    p.micro(journal.POINTS_ISSUED, journal.holding(user.id), minted, ref)
     return minted
 
 
-def _take(user: UserRow, q: int) -> int:
-    """Points leave a holder: basis falls pro rata (all of it when all points go)."""
-    if q == user.points:
-        moved = user.basis
-    else:
-        moved = user.basis * q // user.points
-    user.points -= q
-    user.basis -= moved
-    _touch(user)
-    return moved
+def _basis_share(user: UserRow, q: int) -> int:
+    """The basis that leaves with `q` of a holder's points: pro rata, rounded down (all of
+    it when all points go)."""
+    return user.basis if q == user.points else out_of_pool(Fraction(user.basis * q, user.points))
 
 
 def burn(book: Book, user: UserRow, q: int, p: journal.Postings, ref: str) -> int:
     """`q` points leave circulation at the current price; returns their value in fen, which
-    the caller must take out of the points pool."""
+    the caller must move out of the points pool (in the same journal transaction)."""
     pool = book.pool("points")
     before = price(book)
     value = before.value_of(q)
-    _take(user, q)
-    pool.supply -= q
-    pool.balance -= value
+    moved = _basis_share(user, q)
+    p.micro(ledger.holding(user), ledger.issued(book), q, ref)
+    user.basis -= moved
+    _touch(user)
     if pool.supply == 0:
         pool.zero_price_num, pool.zero_price_den = before.num, before.den
-    p.micro(journal.holding(user.id), journal.POINTS_ISSUED, q, ref)
     return value
 
 
 def withdraw(book: Book, user: UserRow, q: int, p: journal.Postings, ref: str) -> tuple[int, int]:
     """Sell `q` points to the pool: gross rounds down, the fee rounds up and stays in the
     pool (lifting the price). Returns (paid to wallet, fee)."""
-    pool = book.pool("points")
     gross = price(book).value_of(q)
     fee = into_pool(gross * book.cfg.withdraw_fee)
     value = burn(book, user, q, p, ref)
     assert value == gross
-    pool.balance += fee  # the fee never left
-    net = gross - fee
-    user.wallet += net
-    p.fen(journal.POINTS_POOL, journal.wallet(user.id), net, ref)
+    net = gross - fee  # the fee never leaves the pool
+    p.fen(ledger.points_pool(book), ledger.wallet(user), net, ref)
     return net, fee
 
 
 def transfer(sender: UserRow, receiver: UserRow, q: int, p: journal.Postings, ref: str) -> None:
-    moved = _take(sender, q)
-    receiver.points += q
+    """`q` points change hands with their share of the sender's basis."""
+    moved = _basis_share(sender, q)
+    p.micro(ledger.holding(sender), ledger.holding(receiver), q, ref)
+    sender.basis -= moved
     receiver.basis += moved
+    _touch(sender)
     _touch(receiver)
-    p.micro(journal.holding(sender.id), journal.holding(receiver.id), q, ref)
 
 
 def _next_exit(book: Book) -> UserRow | None:

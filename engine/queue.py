@@ -9,7 +9,7 @@ from fractions import Fraction
 from storage import faults
 from storage.rows import OUTBOX, EntryRow, UserRow
 
-from . import journal
+from . import journal, ledger
 from .book import Book
 from .money import into_pool, out_of_pool
 
@@ -18,8 +18,7 @@ def contribute(book: Book, cash: int, margin: Fraction, pool_share: Fraction,
                p: journal.Postings, ref: str) -> int:
     """`ceil(A × margin × pool_share)` into the queue pool."""
     c = into_pool(cash * margin * pool_share)
-    book.pool("queue").balance += c
-    p.fen(journal.REVENUE, journal.QUEUE_POOL, c, ref)
+    p.fen(journal.REVENUE, ledger.queue_pool(book), c, ref)
     return c
 
 
@@ -67,9 +66,7 @@ def _pay(book: Book, entry: EntryRow, owner: UserRow, amount: int, p: journal.Po
     entry.released += amount
     if entry.released == entry.amount:
         entry.status = "released"
-    book.pool("queue").balance -= amount
-    owner.wallet += amount
-    p.fen(journal.QUEUE_POOL, journal.wallet(owner.id), amount, f"entry:{entry.seq}")
+    p.fen(ledger.queue_pool(book), ledger.wallet(owner), amount, f"entry:{entry.seq}")
 
 
 # Entries a release pays per transaction. Larger pages share more of their index leaves (a
