@@ -21,18 +21,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from storage.rows import (
-    JOURNAL,
-    OUTBOX,
-    POSTINGS,
-    EntryRow,
-    HeadRow,
-    OrderRow,
-    PoolRow,
-    Query,
-    Rows,
-    UserRow,
-)
+from storage import queries
+from storage.rows import JOURNAL, OUTBOX, POSTINGS, HeadRow, PoolRow, UserRow
+from storage.unit import Rows
 
 from . import config, journal
 from .config import Config
@@ -121,13 +112,10 @@ class Book:
         products = self._catalog.products
         if sku in products:
             return products[sku]
-        self.s.flush()
-        found = self.rows.db.rows(
-            "SELECT sku, name, price, margin, lock_days, scheme, active FROM products "
-            "WHERE sku = ?", (sku,))
+        found = queries.product(self.rows, sku)
         info = None
         if found:
-            s, name, price, margin, lock_days, scheme, active = found[0]
+            s, name, price, margin, lock_days, scheme, active = found
             info = ProductInfo(s, name, price, margin, lock_days, scheme, bool(active))
         products[sku] = info
         return info
@@ -135,7 +123,7 @@ class Book:
     # -- rows -------------------------------------------------------------------------------
     def pool(self, name: str) -> PoolRow:
         if not self._pools:  # both pools in one statement: most purchases touch both
-            self._pools = {p.name: p for p in self.rows.load(PoolRow, suffix=" ORDER BY name")}
+            self._pools = {p.name: p for p in queries.pools(self.rows)}
         return self._pools[name]
 
     def user(self, handle: str) -> UserRow:
@@ -144,10 +132,10 @@ class Book:
             raise Refusal("unknown_user")
         row = self._by_handle.get(handle)
         if row is None:
-            found = self.rows.load(UserRow, "handle = ?", (handle,))
-            if not found:
+            found = queries.user_by_handle(self.rows, handle)
+            if found is None:
                 raise Refusal("unknown_user", handle)
-            row = self._by_handle[handle] = found[0]
+            row = self._by_handle[handle] = found
         return row
 
     def user_by_id(self, user_id: int) -> UserRow:
@@ -160,7 +148,7 @@ class Book:
         row = self.rows.peek(UserRow, user_id)
         if row is not None:
             return row.handle
-        return str(self.rows.scalars("SELECT handle FROM users WHERE id = ?", (user_id,))[0])
+        return queries.handle_of(self.rows, user_id)
 
     def forget_user(self, user_id: int) -> None:
         """The ORM is about to change or delete this user: write and drop the plain row."""
@@ -179,35 +167,15 @@ class Book:
         the purchase would lock them one by one."""
         if not isinstance(handle, str) or not handle:
             return
-        queries: dict[Any, Query] = {
-            "buyer": Query(UserRow, "handle = ?", (handle,)),
-            "referrer": Query(UserRow, "id = (SELECT referrer_id FROM users WHERE handle = ?)",
-                              (handle,)),
-            "waiting": Query(EntryRow, "user_id = (SELECT referrer_id FROM users WHERE "
-                                       "handle = ?) AND status = 'waiting'", (handle,),
-                             suffix=" ORDER BY seq"),
-        }
-        if not self._pools:
-            queries["pools"] = Query(PoolRow, "", suffix=" ORDER BY name")
-        if key is not None and key not in self._stored:
-            queries["key"] = Query(None, 'SELECT body, result FROM journal WHERE "key" = ?',
-                                   (key,))
-        if at is not None:
-            queries["due"] = Query(OrderRow, "status = 'pending' AND settles_at <= ? AND no > ?",
-                                   (self.rows.param(OrderRow, "settles_at", at), 0),
-                                   suffix=" ORDER BY no LIMIT 200")
-        got = self.rows.prefetch(queries)
+        read_key = key if key is not None and key not in self._stored else None
+        got = queries.purchase_reads(self.rows, handle, read_key, at, with_pools=not self._pools)
         if got["buyer"]:
             self._by_handle[handle] = got["buyer"][0]
-        if got["referrer"]:
-            self.rows.keep(("waiting", got["referrer"][0].id), got["waiting"])
         if "pools" in got:
             self._pools = {p.name: p for p in got["pools"]}
-        if "key" in got:
+        if read_key is not None:
             found = got["key"]
-            self._stored[key] = (found[0][0], found[0][1]) if found else None  # type: ignore[index]
-        if "due" in got:
-            self.rows.keep(("due", at), got["due"])
+            self._stored[read_key] = (found[0][0], found[0][1]) if found else None
 
     # -- journal ----------------------------------------------------------------------------
     def stored(self, key: str) -> tuple[str, str | None] | None:
@@ -216,8 +184,7 @@ class Book:
             return self._recorded[key]
         if key in self._stored:
             return self._stored.pop(key)
-        found = self.rows.db.rows('SELECT body, result FROM journal WHERE "key" = ?', (key,))
-        return (found[0][0], found[0][1]) if found else None
+        return queries.stored_result(self.rows, key)
 
     def already(self, key: str | None) -> dict[str, Any] | None:
         """The stored result of an earlier call with this idempotency key, if any."""

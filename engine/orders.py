@@ -12,6 +12,7 @@ import re
 from datetime import datetime
 from typing import Any
 
+from storage import queries
 from storage.rows import OrderRow, UserRow
 
 from . import journal, ledger, points, queue
@@ -51,8 +52,7 @@ def _order(book: Book, ref: object, *, lock: bool = True) -> OrderRow | None:
     for order in book.rows.known(OrderRow):
         if order.ref == ref:
             return order
-    found = book.rows.load(OrderRow, "ref = ?", (ref,), lock=lock)
-    return found[0] if found else None
+    return queries.order_by_ref(book.rows, ref, lock=lock)
 
 
 def _locked_order(book: Book, ref: object) -> OrderRow:
@@ -230,12 +230,9 @@ def settle_due(book: Book, at: datetime) -> list[dict[str, Any]]:
     """Settle every pending order due by `at`, in the order they were recorded (SPEC §8)."""
     settled: list[dict[str, Any]] = []
     after = 0
-    due_by = book.rows.param(OrderRow, "settles_at", at)
     while True:
-        batch = book.rows.load(OrderRow, "status = 'pending' AND settles_at <= ? AND no > ?",
-                               (due_by, after), suffix=" ORDER BY no LIMIT 200",
-                               name=("due", at) if after == 0 else None)
-        more = len(batch) == 200
+        batch = queries.orders_due(book.rows, at, after)
+        more = len(batch) == queries.DUE_PAGE
         upto = batch[-1].no if more else None
         # Orders recorded (or changed) in this transaction are in memory, not yet stored.
         due = {o.no: o for o in batch}

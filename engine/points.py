@@ -13,6 +13,7 @@ from datetime import datetime
 from fractions import Fraction
 from typing import Protocol
 
+from storage import queries
 from storage.rows import UserRow
 
 from . import journal, ledger
@@ -157,21 +158,17 @@ def _next_exit(book: Book) -> UserRow | None:
     # Holders this transaction has read are as they are in memory (their rows may not be
     # written yet); everyone else is as the index says.
     held = list(book.rows.known(UserRow))
-    others = f" AND id NOT IN ({', '.join('?' * len(held))})" if held else ""
     ids = tuple(u.id for u in held)
-    stored = book.rows.scalars("SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND "
-                               f"exit_key <= ?{others} ORDER BY exit_key, id LIMIT 1",
-                               (limit, *ids))
-    keys = [bytes(k) for k in stored] + [u.exit_key for u in held
-                                         if u.exit_key is not None and u.exit_key <= limit]
+    stored = queries.first_exit_key(book.rows, limit, ids)
+    keys = [stored] if stored is not None else []
+    keys += [u.exit_key for u in held if u.exit_key is not None and u.exit_key <= limit]
     if not keys:
         return None
     first = min(keys)
     # Rows sharing the smallest key: order them exactly (ties to the earliest user).
     tied = [u for u in held if u.exit_key == first]
-    if stored and bytes(stored[0]) == first:
-        tied += book.rows.load(UserRow, f"exit_key = ?{others}", (first, *ids),
-                               suffix=" ORDER BY id")
+    if stored == first:
+        tied += queries.users_with_exit_key(book.rows, first, ids)
     best = min(tied, key=lambda u: (Fraction(u.basis, u.points), u.id))
     if best.points * cur.num * m.denominator >= m.numerator * best.basis * cur.den:
         return best
