@@ -13,6 +13,8 @@ from collections.abc import Hashable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from .driver import Driver
 from .rows import EntryRow, OrderRow, PoolRow, Query, UserRow
 from .unit import Rows
@@ -196,3 +198,50 @@ def waiting_summary(db: Driver, user_id: int) -> tuple[int, int]:
     row = db.rows("SELECT count(*), coalesce(sum(amount - released), 0) FROM entries "
                   "WHERE user_id = ? AND status = 'waiting'", (user_id,))[0]
     return int(row[0]), int(row[1])
+
+
+# -- `storefront verify`: the whole books, in pages, as the driver returns them -------------
+class BookReader:
+    """Plain DBAPI rows inside a read transaction, with no type processing (`verify` checks
+    what is stored, and a million rows have nothing to map): one cursor, reused."""
+
+    def __init__(self, session: Session) -> None:
+        raw = session.connection().connection.dbapi_connection
+        assert raw is not None
+        self.cursor = raw.cursor()
+        qmark = session.get_bind().dialect.paramstyle == "qmark"
+        self.mark = "?" if qmark else "%s"
+
+    def _all(self, sql: str, *params: object) -> list[Any]:
+        self.cursor.execute(sql.replace("?", self.mark), params)
+        return list(self.cursor.fetchall())
+
+    def journal_page(self, after: int, limit: int) -> list[Any]:
+        """(id, key, kind, at, actor, body, result, prev_hash, hash) after id `after`."""
+        return self._all("SELECT id, key, kind, at, actor, body, result, prev_hash, hash "
+                         "FROM journal WHERE id > ? ORDER BY id LIMIT ?", after, limit)
+
+    def postings_of(self, lo: int, hi: int) -> list[Any]:
+        """(txn_id, account, unit, amount, ref) of transactions `lo`…`hi`, in order."""
+        return self._all("SELECT txn_id, account, unit, amount, ref FROM postings "
+                         "WHERE txn_id >= ? AND txn_id <= ? ORDER BY txn_id, id", lo, hi)
+
+    def head(self) -> tuple[Any, Any]:
+        """(last_txn, last_hash), or (None, None) if the head row is gone."""
+        found = self._all("SELECT last_txn, last_hash FROM head WHERE id = 1")
+        return (found[0][0], found[0][1]) if found else (None, None)
+
+    def pools(self) -> dict[str, tuple[int, int]]:
+        """name → (balance, supply)."""
+        return {name: (balance, supply) for name, balance, supply in
+                self._all("SELECT name, balance, supply FROM pools")}
+
+    def users_page(self, after: int, limit: int) -> list[Any]:
+        """(id, handle, wallet, held, points, basis, exit_key) after id `after`."""
+        return self._all("SELECT id, handle, wallet, held, points, basis, exit_key FROM users "
+                         "WHERE id > ? ORDER BY id LIMIT ?", after, limit)
+
+    def entries_page(self, after: int, limit: int) -> list[Any]:
+        """(seq, amount, released, status) after seq `after`."""
+        return self._all("SELECT seq, amount, released, status FROM entries WHERE seq > ? "
+                         "ORDER BY seq LIMIT ?", after, limit)
