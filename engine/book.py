@@ -25,7 +25,7 @@ from storage import queries
 from storage.rows import JOURNAL, OUTBOX, POSTINGS, HeadRow, PoolRow, UserRow
 from storage.unit import Rows
 
-from . import config, journal
+from . import config, journal, outbox
 from .config import Config
 from .errors import Refusal
 
@@ -215,5 +215,9 @@ class Book:
     # -- notifications ----------------------------------------------------------------------
     def notify(self, user: UserRow, kind: str, key: str, at: datetime, **params: Any) -> None:
         """Owe `user` a message about a movement, in the same transaction as the movement."""
-        self.rows.append(OUTBOX, (key, user.id, kind, journal.canonical(params),
-                                  user.lang or "zh", "pending", 0, at, at))
+        self.owe(key, user.id, kind, params, user.lang, at)
+
+    def owe(self, key: str, user_id: int, kind: str, params: dict[str, Any], lang: str | None,
+            at: datetime) -> None:
+        """`notify` for a user this transaction holds no row of (releases, broadcasts)."""
+        self.rows.append(OUTBOX, outbox.message(key, user_id, kind, params, lang, at))

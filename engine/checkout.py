@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from storage.db import Database
 from storage.models import Checkout, Identity, Order, Outbox, Product, User
 
-from . import journal, orders
+from . import journal, orders, outbox
 from .book import Book
 from .config import Config
 from .errors import Refusal
@@ -202,10 +202,9 @@ def _flag_rows(session: Session, operators: Iterable[str], *, key: str, kind: st
             continue
         user = session.execute(select(User).join(Identity, Identity.user_id == User.id)
                                .where(Identity.identity == ident)).scalar_one_or_none()
-        session.add(Outbox(key=row_key, user_id=user.id if user else None, kind=kind,
-                           params=journal.canonical({**params, "identity": ident}),
-                           lang=(user.lang if user and user.lang else "zh"),
-                           status="pending", attempts=0, next_at=at, created_at=at))
+        session.add(Outbox(**outbox.message_fields(
+            row_key, user.id if user else None, kind, {**params, "identity": ident},
+            user.lang if user else None, at)))
         written += 1
     return written
 

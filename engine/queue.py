@@ -7,7 +7,7 @@ from datetime import datetime
 from fractions import Fraction
 
 from storage import faults, queries
-from storage.rows import OUTBOX, EntryRow, UserRow
+from storage.rows import EntryRow, UserRow
 
 from . import journal, ledger
 from .book import Book
@@ -123,8 +123,8 @@ def _pay_page(book: Book, payable: list[tuple[int, int, int, int]], at: datetime
         txns.append(journal.Txn(key=key, kind="release", at=at, postings=p,
                                 body={"entry": seq, "user": handle},
                                 result={"entry": seq, "paid": owed}))
-        book.rows.append(OUTBOX, (key, user_id, "release_paid", journal.canonical(
-            {"entry": seq, "amount": owed, "total": amount}), lang or "zh", "pending", 0, at, at))
+        book.owe(key, user_id, "release_paid", {"entry": seq, "amount": owed, "total": amount},
+                 lang, at)
         credit[user_id] = credit.get(user_id, 0) + owed
         faults.point("release.entry_paid")  # a crash mid-page rolls the whole page back
     paid_at = [(at, seq) for seq, *_rest in payable]

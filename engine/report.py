@@ -32,6 +32,7 @@ from storage.models import (
     Withdrawal,
 )
 
+from . import outbox
 from .config import Config
 from .errors import Refusal
 from .estimate import release_estimate
@@ -48,7 +49,6 @@ from .history import (
     pools,
     queue_flows,
 )
-from .journal import canonical
 from .money import MICRO_PER_POINT, parse_rate
 from .points import Price, price_of
 
@@ -250,10 +250,8 @@ def write_pool_warnings(db: Database, at: datetime, operators: Iterable[str],
         users = session.execute(
             select(User.id, User.lang).join(Identity, Identity.user_id == User.id)
             .where(Identity.identity.in_(identities))).all() if identities else []
-        rows = [{"key": f"pool_warning:{cond}:{day}:{uid}", "user_id": uid,
-                 "kind": "pool_warning", "params": canonical({"warning": cond, **params}),
-                 "lang": lang or "zh", "status": "pending", "attempts": 0, "next_at": at,
-                 "created_at": at}
+        rows = [outbox.message_fields(f"pool_warning:{cond}:{day}:{uid}", uid, "pool_warning",
+                                      {"warning": cond, **params}, lang, at)
                 for uid, lang in sorted(set(users)) for cond, params in found]
         if not rows:
             return 0

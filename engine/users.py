@@ -13,15 +13,15 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from storage import queries
 from storage.db import Database
 from storage.driver import Driver
-from storage.models import Identity, Outbox, User
+from storage.models import Identity, User
 
-from . import accounts, journal, views
+from . import accounts, views
 from .book import Book
 from .errors import Refusal
 from .times import now
@@ -212,13 +212,8 @@ def broadcast(db: Database, *, text: str, actor: str, key: str,
         users = session.execute(select(User.id, User.lang).where(User.blocked.is_(False))
                                 .order_by(User.id)).all()
         n = book.head.last_txn + 1
-        params = journal.canonical({"text": text})
-        if users:
-            # Core insert: one statement for every recipient, however many there are.
-            session.execute(insert(Outbox), [
-                {"key": f"broadcast:{n}:{uid}", "user_id": uid, "kind": "broadcast",
-                 "params": params, "lang": lang or "zh", "status": "pending", "attempts": 0,
-                 "next_at": when, "created_at": when} for uid, lang in users])
+        for uid, lang in users:  # written at commit in one statement, however many there are
+            book.owe(f"broadcast:{n}:{uid}", uid, "broadcast", {"text": text}, lang, when)
         result = {"broadcast": n, "recipients": len(users)}
         book.record(key=key, kind="broadcast", at=when, actor=actor,
                     body={"text": text, "recipients": len(users)}, result=result)

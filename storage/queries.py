@@ -218,8 +218,8 @@ class BookReader:
 
     def journal_page(self, after: int, limit: int) -> list[Any]:
         """(id, key, kind, at, actor, body, result, prev_hash, hash) after id `after`."""
-        return self._all("SELECT id, key, kind, at, actor, body, result, prev_hash, hash "
-                         "FROM journal WHERE id > ? ORDER BY id LIMIT ?", after, limit)
+        return self._page("id, key, kind, at, actor, body, result, prev_hash, hash", "journal",
+                          "id", after, limit)
 
     def postings_of(self, lo: int, hi: int) -> list[Any]:
         """(txn_id, account, unit, amount, ref) of transactions `lo`…`hi`, in order."""
@@ -236,12 +236,15 @@ class BookReader:
         return {name: (balance, supply) for name, balance, supply in
                 self._all("SELECT name, balance, supply FROM pools")}
 
+    def _page(self, columns: str, table: str, key: str, after: int, limit: int) -> list[Any]:
+        return self._all(f"SELECT {columns} FROM {table} WHERE {key} > ? ORDER BY {key} "
+                         "LIMIT ?", after, limit)
+
     def users_page(self, after: int, limit: int) -> list[Any]:
         """(id, handle, wallet, held, points, basis, exit_key) after id `after`."""
-        return self._all("SELECT id, handle, wallet, held, points, basis, exit_key FROM users "
-                         "WHERE id > ? ORDER BY id LIMIT ?", after, limit)
+        return self._page("id, handle, wallet, held, points, basis, exit_key", "users", "id",
+                          after, limit)
 
     def entries_page(self, after: int, limit: int) -> list[Any]:
         """(seq, amount, released, status) after seq `after`."""
-        return self._all("SELECT seq, amount, released, status FROM entries WHERE seq > ? "
-                         "ORDER BY seq LIMIT ?", after, limit)
+        return self._page("seq, amount, released, status", "entries", "seq", after, limit)
