@@ -283,8 +283,7 @@ def quote(db: Database, *, user: str, sku: str, qty: int,
         cfg = store_config(session)
         price = current_price(session, cfg)
         total = product.price * qty
-        cover = ((total + 1) * price.den - 1) // price.num  # most points worth ≤ total
-        usable = min(buyer.points, cover)
+        usable = min(buyer.points, price.most_points_within(total))
         return {"sku": product.sku, "name": product.name, "qty": qty, "total": total,
                 "currency": cfg.currency, "wallet": buyer.wallet, "points": buyer.points,
                 "usable_points": usable, "usable_value": price.value_of(usable),

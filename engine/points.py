@@ -41,6 +41,10 @@ class Price:
         """How many micro-points `fen` buys, rounded down (points leaving the pool)."""
         return fen * self.den // self.num
 
+    def most_points_within(self, fen: int) -> int:
+        """The most micro-points whose value (`value_of`) is at most `fen`."""
+        return ((fen + 1) * self.den - 1) // self.num
+
     def display_micro(self) -> int:
         """The price in currency units with 6 places, rounded down, as an integer."""
         # fen/micro × 10^6 micro/point ÷ 100 fen/unit × 10^6 places
