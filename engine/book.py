@@ -4,9 +4,12 @@ It takes the journal head lock first (every writer does, so writers are serialis
 commit order, as a hash chain requires), then locks the pool and user rows it changes
 (`SELECT … FOR UPDATE` on PostgreSQL; SQLite's `BEGIN IMMEDIATE` already holds the file).
 
-Rows are plain objects (storage/rows.py): read once, changed in memory, written in a few
-statements at commit. The store's settings and products are parsed once per process and
-kept while `head.catalog_rev` stays the same (every change to them writes a new one).
+Rows are plain objects held by the transaction's unit of work (`self.rows`, storage/unit.py):
+read once through the named queries of storage/queries.py, changed in memory — balances only
+by journal movements (`journal.Postings`, engine/ledger.py) — and written in a few
+statements at commit (docs/engine.md, "The fast row path"). The store's settings and
+products are parsed once per process and kept while `head.catalog_rev` stays the same (every
+change to them writes a new one).
 """
 
 from __future__ import annotations
@@ -158,6 +161,7 @@ class Book:
         self.rows.forget(UserRow, user_id)
 
     def flush(self) -> None:
+        """Write what the rows changed now, before a read that must see it in SQL."""
         self.rows.flush()
 
     def prefetch_purchase(self, handle: object, key: str | None, at: datetime | None) -> None:
