@@ -30,8 +30,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from bot.senders import Rejected, RetryLater, Sender, Unreachable
-from engine import outbox
+from bot.senders import ANY_CHANNEL, Rejected, RetryLater, Sender, Unreachable
+from engine import outbox, users
 from engine.jobs import RELEASE, last_run, run_release, store_timezone
 from engine.money import format_fen, format_micro
 from engine.queue import RELEASE_PAGE
@@ -187,7 +187,8 @@ def render(kind: str, params: Mapping[str, Any], lang: str) -> str:
 
 
 class Deliverer:
-    """Drains the outbox through the senders: claims a batch (one row per user, none for a
+    """Drains the outbox through the senders (keyed by the identity prefix they serve; one
+    under `ANY_CHANNEL` serves every other prefix): claims a batch (one row per user, none for a
     user who had a message in the last `per_user` seconds), sends them concurrently and
     records each outcome. `kick()` starts a drain unless one is running."""
 
@@ -201,6 +202,7 @@ class Deliverer:
         self.per_user = per_user
         self.renderer = renderer
         self.totals: Counter[str] = Counter()
+        self.currency: str | None = None  # the store's, read at each drain for the texts
         self._recent: dict[int, float] = {}
         self._task: asyncio.Task[Counter[str]] | None = None
         self._stopping = False
@@ -231,7 +233,7 @@ class Deliverer:
     async def drain(self) -> Counter[str]:
         """Deliver until nothing is due (or `stop()`); returns outcome counts."""
         stats: Counter[str] = Counter()
-        stale = await asyncio.to_thread(outbox.recover_stale, self.db, now=self.clock())
+        stale = await asyncio.to_thread(self._prepare, self.clock())
         if stale:
             log.warning("outbox: %d notifications were left mid-send by a stopped process; "
                         "marked interrupted, not resent (storefront outbox shows them)", stale)
@@ -250,6 +252,15 @@ class Deliverer:
         self.totals.update(stats)
         return stats
 
+    def _prepare(self, now: datetime) -> int:
+        """Before a drain, in one worker-thread hop: the store's currency for the texts, and
+        the rows a stopped process left mid-send."""
+        try:
+            self.currency = self.db.read(users.store_config).currency
+        except Exception:  # noqa: BLE001 - the texts fall back to the default currency
+            log.warning("outbox: cannot read the store currency", exc_info=True)
+        return outbox.recover_stale(self.db, now=now)
+
     def _busy(self) -> set[int]:
         cutoff = time.monotonic() - self.per_user
         self._recent = {u: t for u, t in self._recent.items() if t > cutoff}
@@ -262,7 +273,10 @@ class Deliverer:
 
     async def _deliver(self, c: outbox.Claim) -> str:
         try:
-            text = self.renderer(c.kind, c.params, c.lang)
+            params = c.params
+            if self.currency and "currency" not in params:  # every amount names its currency
+                params = {**params, "currency": self.currency}
+            text = self.renderer(c.kind, params, c.lang)
         except Exception as exc:  # noqa: BLE001 - a template bug must not stop delivery
             log.exception("outbox %d: cannot render %s", c.id, c.kind)
             return await self._record(outbox.mark_failed, c, error=f"render: {exc}")
@@ -275,7 +289,8 @@ class Deliverer:
         unreachable: list[str] = []
         unserved: list[str] = []
         for identity in c.identities:
-            sender = self.senders.get(identity.partition(":")[0])
+            sender = self.senders.get(identity.partition(":")[0]) or \
+                self.senders.get(ANY_CHANNEL)
             if sender is None:
                 unserved.append(identity.partition(":")[0])
                 continue

@@ -16,12 +16,14 @@ import contextlib
 import importlib
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
 
+from bot.logs import setup_logging
 from bot.settings import Settings
 from engine import checkout, service
 from handlers.base import App
@@ -142,14 +144,15 @@ async def start_scheduler(settings: Settings, app: App, telegram: Running | None
 
 
 def _console_scheduler(settings: Settings, db: Database) -> Any:
-    """The in-process scheduler for the console: releases at their times, and notifications
-    printed into the console (`ConsoleSender`)."""
+    """The in-process scheduler for the console: releases at their times, and every user's
+    notifications printed into the console chat, marked with whom they are for
+    (`bot.console.console_senders`)."""
     module = _optional("scheduler")
     if module is None or not hasattr(module, "build_scheduler"):
         return None
-    from bot.console import ConsoleSender
+    from bot.console import console_senders
 
-    sched = module.build_scheduler(settings, db, {"console": ConsoleSender()})
+    sched = module.build_scheduler(settings, db, console_senders())
     sched.start()
     return sched
 
@@ -219,13 +222,19 @@ async def serve(settings: Settings, db: Database) -> int:
         await _stop(running)
 
 
+def say_where_logs_go(where: str, settings: Settings) -> None:
+    """One line on the terminal, before anything else, so nobody has to guess."""
+    if where != "stderr":
+        print(f"storefront: logs ({settings.log_level}) go to {where}; "
+              f"STOREFRONT_LOG_FILE=- shows them here", file=sys.stderr)
+
+
 def main(db_url: str | None = None) -> int:
     from bot import settings as settings_module
     from bot.cli import open_db
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                                                   "%(message)s")
     settings = settings_module.load()
+    say_where_logs_go(setup_logging(settings), settings)
     db = open_db(db_url or settings.database_url)
     if settings.demo_catalogue:
         seed_demo_catalogue(db)

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -101,9 +102,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def redact_last_resort() -> None:
+    """Commands other than `run` and `chat` log through Python's last-resort handler
+    (warnings and errors to stderr); it gets the same secret filter as the log file."""
+    import logging
+
+    from bot.logs import Redactor, secrets_of
+
+    try:
+        from bot.settings import load
+
+        secrets = secrets_of(load())
+    except Exception:  # noqa: BLE001 - bad settings are reported by the commands that use them
+        secrets = set()
+    handler = logging.lastResort
+    if handler is not None and not any(isinstance(f, Redactor) for f in handler.filters):
+        handler.addFilter(Redactor(secrets))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    redact_last_resort()
+    try:
+        code = int(args.func(args))
+        sys.stdout.flush()  # what is still buffered goes (or fails) here, not at exit
+        return code
+    except BrokenPipeError:
+        return reader_went_away()
+
+
+def reader_went_away() -> int:
+    """Whoever reads our output stopped (`storefront export … | head`): end quietly, with
+    the status a Unix tool ended by SIGPIPE has (128 + 13), not with a traceback."""
+    # Python flushes stdout again at exit, which would fail the same way: point it at
+    # /dev/null first (the recipe of Python's `signal` documentation).
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"  oldest waiting 最早排队        {_days(r['oldest_waiting_days'])}",
         f"  inflow 流入  7d {format_fen(r['inflow_7d'])}  30d {format_fen(r['inflow_30d'])}"
         f"  (per day 日均 {format_fen(r['inflow_30d'] // 30)})",
+        f"  of which deposited 其中商家存入 30d {format_fen(r.get('deposits_30d', 0))}"
+        f"  (sales per day 销售日均 "
+        f"{format_fen((r['inflow_30d'] - r.get('deposits_30d', 0)) // 30)})",
         f"  paid out 释放  7d {format_fen(r['released_7d'])}  30d "
         f"{format_fen(r['released_30d'])}",
         "",
@@ -59,8 +62,12 @@ def format_report(r: dict[str, Any]) -> str:
     if len(history) > 1:
         first_at, first = history[0]
         lines.append(f"  price on {first_at.date().isoformat()} 起始价格  {format_micro(first)}")
+    within = r.get("near_exit_within", Fraction(1, 10))
+    lines.append(f"  near forced exit 接近出局       {r.get('near_exit_count', 0)} holders within "
+                 f"{_pct(within)} of their exit price (points × price ≥ "
+                 f"{_pct(1 - within)} of exit multiple × basis)")
     if r["holders_near_exit"]:
-        lines.append("  nearest forced exit 接近出局:")
+        lines.append("  closest to forced exit 最接近出局:")
         for h in r["holders_near_exit"]:
             lines.append(f"    {h['handle']}: {format_micro(h['points'])} pts worth "
                          f"{format_fen(h['value'])}, basis {format_fen(h['basis'])}, "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from typing import Any
 
 
@@ -16,17 +15,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from bot import settings as settings_module
-    from bot.app import make_app, seed_demo_catalogue
+    from bot.app import make_app, say_where_logs_go, seed_demo_catalogue
     from bot.cli import open_db
     from bot.console import run_console
+    from bot.logs import setup_logging
     from engine.users import IDENTITY
 
     if not IDENTITY.match(args.identity):
         print(f"storefront chat: --as wants an identity such as console:alice, not "
               f"{args.identity!r}")
         return 2
-    logging.basicConfig(level=logging.WARNING)
     settings = settings_module.load()
+    say_where_logs_go(setup_logging(settings), settings)
     db = open_db(args.db or settings.database_url)
     try:
         if settings.demo_catalogue:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 import handlers
+from bot.senders import ANY_CHANNEL, Sender
 from engine import users
 from engine.money import format_fen
 from handlers import shop
@@ -162,17 +163,24 @@ class Console:
 
 
 class ConsoleSender:
-    """The scheduler's `Sender` for `console:` identities: notifications (release paid,
-    acceleration, …) are printed into the console chat, as a chat app would show them."""
+    """The scheduler's `Sender` in the console: every notification (release paid,
+    acceleration, broadcast…) is printed into the console chat, whichever user and channel it
+    is for (`tg:2`, `wx:…`, `console:alice`), marked with its recipient. The console is one
+    person trying every role, so they see what each user would be told."""
 
-    channel = "console"
+    channel = ANY_CHANNEL
 
     def __init__(self, out: TextIO | None = None) -> None:
         self.out = out or sys.stdout
 
     async def send(self, identity: str, text: str) -> None:
-        self.out.write(f"\n🔔 [{identity}] {text}\n")
+        self.out.write(f"\n🔔 [to {identity}] {text}\n")
         self.out.flush()
+
+
+def console_senders(out: TextIO | None = None) -> dict[str, Sender]:
+    """The console process's senders: one `ConsoleSender` for every channel."""
+    return {ANY_CHANNEL: ConsoleSender(out)}
 
 
 async def run_console(app: App, identity: str = CONSOLE_ADMIN, *, lang: str | None = None,

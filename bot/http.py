@@ -10,7 +10,8 @@
 
 Every body is read with a cap (64 KiB; 413 beyond it) before anything looks at it, and no
 request, however malformed, gets a 500 or a traceback: the last line of defence below turns
-any unexpected error into a plain 400/503 and logs it.
+any unexpected error into a plain 400/503 and logs it. Slow headers and bodies, connection
+floods and the open-file limit are bot/http_guard.py's.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from typing import Any
 import uvicorn
 from sqlalchemy import text
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from bot.http_guard import LISTEN_QUEUE, ConnectionGuard, connection_cap, install_storm_filters
 from bot.settings import Settings
 from handlers.base import App
 from storage.db import Database
@@ -68,6 +70,10 @@ def _guarded(endpoint: Endpoint) -> Endpoint:
             return await endpoint(request)
         except BodyTooLarge:
             return PlainTextResponse("request body too large", status_code=413)
+        except ClientDisconnect:
+            # gone before its body was in (or closed by the guard: timed out, or the
+            # longest-waiting slow client at the connection cap); nobody to answer
+            return PlainTextResponse("client disconnected", status_code=400)
         except Exception:  # noqa: BLE001 - the last line of defence
             log.exception("%s %s failed", request.method, request.url.path)
             return PlainTextResponse("bad request", status_code=400)
@@ -208,6 +214,7 @@ class HttpServer:
     port: int
     wechat: Any = None
     pay: Any = None
+    guard: ConnectionGuard | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -218,6 +225,8 @@ class HttpServer:
         self.server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(self.task, 15)
+        if self.guard is not None:
+            self.guard.report.close()
 
 
 async def start_http(settings: Settings, app: App, telegram_application: Any = None, *,
@@ -256,8 +265,16 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
                          socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.http_host, settings.http_port))
-    server = _Server(uvicorn.Config(asgi, log_level="warning", access_log=False, lifespan="on",
-                                    timeout_graceful_shutdown=5, server_header=False))
+    cap, per_tick = connection_cap(settings.http_max_connections)
+    guard = ConnectionGuard(cap, settings.http_header_timeout, settings.http_body_timeout)
+    # asyncio's accept-out-of-descriptors and uvicorn's bad-request warnings come once per
+    # socket; a flood must not become a flood of log lines
+    install_storm_filters("asyncio", "uvicorn.error")
+    server = _Server(uvicorn.Config(
+        asgi, http=guard.protocol(), log_level="warning", access_log=False, lifespan="on",
+        timeout_graceful_shutdown=5, server_header=False, backlog=per_tick,
+        timeout_keep_alive=settings.http_keepalive_timeout,
+        h11_max_incomplete_event_size=16 * 1024))  # headers: h11's default, pinned
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
@@ -265,6 +282,12 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
             task.result()  # raises why it could not start
             raise RuntimeError("the HTTP server stopped before it started")
         await asyncio.sleep(0.01)
+    # asyncio listened with `per_tick`, which is also how many it accepts per loop tick; the
+    # kernel may queue more (bot/http_guard.py)
+    sock.listen(LISTEN_QUEUE)
     host, port = sock.getsockname()[:2]
-    log.info("HTTP server listening on %s:%s", host, port)
-    return HttpServer(server, task, host, port, wechat=wechat, pay=pay)
+    log.info("HTTP server listening on %s:%s (at most %d connections; headers within %gs, "
+             "bodies within %gs)", host, port, cap, settings.http_header_timeout,
+             settings.http_body_timeout)
+    return HttpServer(server, task, host, port, wechat=wechat, pay=pay,
+                      guard=guard)

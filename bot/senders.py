@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from bot.settings import Settings
 
 TELEGRAM_TEXT_LIMIT = 4096
+# The key of a sender that serves every identity no other sender serves (the console, which
+# prints every user's notifications into its chat).
+ANY_CHANNEL = "*"
 
 
 class DeliveryError(Exception):
@@ -49,7 +52,7 @@ class Rejected(DeliveryError):
 
 
 class Sender(Protocol):
-    channel: str  # the identity prefix it serves: "tg", "wx"
+    channel: str  # the identity prefix it serves: "tg", "wx" (or ANY_CHANNEL)
 
     async def send(self, identity: str, text: str) -> None: ...
 

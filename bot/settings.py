@@ -6,8 +6,10 @@ Secrets (tokens, keys) are only ever read here, from the environment; they are n
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class Settings(BaseSettings):
@@ -21,10 +23,18 @@ class Settings(BaseSettings):
     demo_catalogue: bool = Field(True, alias="STOREFRONT_DEMO_CATALOGUE")
     http_host: str = Field("127.0.0.1", alias="STOREFRONT_HTTP_HOST")
     http_port: int = Field(8080, alias="STOREFRONT_HTTP_PORT")
+    # slow clients and floods (bot/http_guard.py, docs/deploy.md)
+    http_header_timeout: float = Field(10.0, gt=0, alias="STOREFRONT_HTTP_HEADER_TIMEOUT")
+    http_body_timeout: float = Field(10.0, gt=0, alias="STOREFRONT_HTTP_BODY_TIMEOUT")
+    http_keepalive_timeout: int = Field(5, ge=1, alias="STOREFRONT_HTTP_KEEPALIVE_TIMEOUT")
+    http_max_connections: int = Field(0, ge=0, alias="STOREFRONT_HTTP_MAX_CONNECTIONS")
     release_times: str = Field("00:05", alias="STOREFRONT_RELEASE_TIMES")
     coverage_warning: str = Field("0.50", alias="STOREFRONT_COVERAGE_WARNING")
     charge_spool: str = Field("var/unrecorded_charges.jsonl", alias="STOREFRONT_CHARGE_SPOOL")
     matured_wait_warning_days: int = Field(7, alias="STOREFRONT_MATURED_WAIT_DAYS")
+    # bot/logs.py: how much is logged, and where ("-" = the terminal's stderr)
+    log_level: str = Field("INFO", alias="STOREFRONT_LOG_LEVEL")
+    log_file: str = Field("var/storefront.log", alias="STOREFRONT_LOG_FILE")
 
     telegram_bot_token: SecretStr | None = Field(None, alias="TELEGRAM_BOT_TOKEN")
     telegram_api_base_url: str = Field("https://api.telegram.org/bot",
@@ -48,6 +58,14 @@ class Settings(BaseSettings):
     wechat_pay_public_key_id: str | None = Field(None, alias="WECHAT_PAY_PUBLIC_KEY_ID")
     wechat_pay_notify_url: str | None = Field(None, alias="WECHAT_PAY_NOTIFY_URL")
     wechat_pay_api_base_url: str | None = Field(None, alias="WECHAT_PAY_API_BASE_URL")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"STOREFRONT_LOG_LEVEL is one of {', '.join(LOG_LEVELS)}")
+        return level
 
     def operator_ids(self) -> frozenset[str]:
         """`tg:<id>` / `wx:<openid>` identities allowed to run operator commands."""

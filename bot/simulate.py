@@ -360,11 +360,12 @@ def write_outputs(sim: Simulation, out: Path) -> dict[str, Path]:
         return [scale(r[name]) if r[name] != "" else None for r in sim.rows]
 
     title = sim.sc.name
+    currency = str((sim.sc.config.get("store") or {}).get("currency", "CNY"))
     charts = {
         "pool_vs_liability.png": line_chart_png(
             f"{title}: queue pool vs liability",
             [("pool balance", xs, col("queue_balance")), ("liability", xs, col("liability"))],
-            ylabel="currency units", fill_between=True),
+            ylabel=currency, fill_between=True, alone=0),
         "share_paid.png": line_chart_png(
             f"{title}: share of entries fully paid",
             [("entries", xs, col("share_paid")), ("amount", xs, col("amount_share_paid"))],
@@ -375,7 +376,7 @@ def write_outputs(sim: Simulation, out: Path) -> dict[str, Path]:
              ("paid entries only", xs, col("median_paid_wait_days"))], ylabel="days"),
         "points_price.png": line_chart_png(
             f"{title}: points price", [("price", xs, col("price"))],
-            ylabel="currency units per point"),
+            ylabel=f"{currency} per point"),
     }
     for name, png in charts.items():
         paths[name] = out / name

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.db import Database
@@ -47,14 +47,25 @@ def charge_key(channel: str, charge_id: str) -> str:
 
 def open_checkout(db: Database, *, user: str, sku: str, qty: object = 1,
                   pay_points: object = None, channel: str, method: str, key: str,
-                  at: datetime | None = None, ttl: timedelta = TTL) -> dict[str, Any]:
+                  at: datetime | None = None, ttl: timedelta = TTL,
+                  replaces: str | None = None) -> dict[str, Any]:
     """An order awaiting payment plus its checkout token (expires after `ttl`). When points
     pay the whole total there is nothing to collect: the order is recorded as paid at once
-    and `token` is None. The same `key` returns the same order and token."""
+    and `token` is None. The same `key` returns the same order and token.
+
+    `replaces`: the buyer's open order this one takes the place of (the points button under
+    its invoice), cancelled in the same transaction (`orders.cancel_open`), its checkout
+    closed, so the buyer never holds two invoices for one purchase."""
     when = at or now()
 
     def work(session: Session) -> dict[str, Any]:
         book = Book(session)
+        if replaces is not None and book.stored(key) is None:
+            old = session.execute(select(Checkout).where(Checkout.order_ref == replaces)
+                                  .with_for_update()).scalar_one_or_none()
+            orders.cancel_open(book, ref=replaces, user=user, at=when)
+            if old is not None and old.status == "open":
+                old.status = "cancelled"
         result = orders.place(book, user=user, sku=sku, qty=qty, at=when,
                               pay_points=pay_points, method=method, key=key,
                               awaiting_payment=True)
@@ -78,6 +89,47 @@ def open_checkout(db: Database, *, user: str, sku: str, qty: object = 1,
                 "currency": book.cfg.currency}
 
     return db.run(work)
+
+
+def pay_with_wallet(db: Database, *, user: str, order: object, key: str,
+                    at: datetime | None = None) -> dict[str, Any]:
+    """Pay this open order from the buyer's wallet (`orders.pay_from_wallet`) and close its
+    checkout, so the channel's invoice for it can no longer be paid (`precheck` says
+    `closed`). Never opens a second order: a button under an invoice acts on that order."""
+    when = at or now()
+
+    def work(session: Session) -> dict[str, Any]:
+        # the checkout row first, as `paid` locks it: one lock order for both ways to pay
+        row = session.execute(select(Checkout).where(Checkout.order_ref == order)
+                              .with_for_update()).scalar_one_or_none() \
+            if isinstance(order, str) else None
+        result = orders.pay_from_wallet(Book(session), ref=order, user=user, at=when, key=key)
+        if row is not None and row.status == "open":
+            row.status = "paid"
+        return result
+
+    return db.run(work)
+
+
+def open_order_line(db: Database, *, user: str, order: object,
+                    replaced_by: str | None = None) -> tuple[str, int, bool]:
+    """The product and quantity of `user`'s order `order` while it awaits payment; else
+    `unknown_order` (not theirs, or none) or `not_payable` — unless the checkout keyed
+    `replaced_by` already replaced it (a repeated tap answers the same invoice): then the
+    third item is True."""
+    def work(session: Session) -> tuple[str, int, bool]:
+        row = session.execute(select(Order).where(Order.ref == order)).scalar_one_or_none() \
+            if isinstance(order, str) else None
+        if row is None or row.user_id != session.execute(
+                select(User.id).where(User.handle == user)).scalar_one_or_none():
+            raise Refusal("unknown_order", str(order))
+        if replaced_by is not None and journal.find(session, replaced_by) is not None:
+            return row.sku, row.qty, True
+        if row.status != "awaiting_payment":
+            raise Refusal("not_payable", row.status)
+        return row.sku, row.qty, False
+
+    return db.read(work)
 
 
 def _buyer_id(session: Session, identity: str) -> int | None:
@@ -243,14 +295,24 @@ def _points_for_one(cash: int, cfg: Config, price: Price) -> int:
     return price.points_for(out_of_pool(c * cfg.mint_rate))
 
 
-def catalogue(db: Database, limit: int = 30) -> dict[str, Any]:
-    """Active products with their rebate in plain numbers: the queue entry one unit earns
-    (from `min_order` up) and about how many points it mints at today's price."""
+PAGE_SIZE = 8
+
+
+def catalogue(db: Database, page: int = 0, per_page: int = PAGE_SIZE) -> dict[str, Any]:
+    """One page of the active products, in SKU order (stable: every product is on exactly
+    one page), with their rebate in plain numbers: the queue entry one unit earns (from
+    `min_order` up) and about how many points it mints at today's price. `page` is 0-based
+    and clamped to the last page; `pages` and `count` say how many there are."""
     def work(session: Session) -> dict[str, Any]:
         cfg = store_config(session)
         price = current_price(session, cfg)
-        rows = session.execute(select(Product).where(Product.active.is_(True))
-                               .order_by(Product.sku).limit(limit)).scalars().all()
+        active = Product.active.is_(True)
+        count = session.execute(select(func.count()).select_from(Product).where(active)
+                                ).scalar_one()
+        pages = max(1, -(-count // per_page))
+        at = min(max(page, 0), pages - 1)
+        rows = session.execute(select(Product).where(active).order_by(Product.sku)
+                               .offset(at * per_page).limit(per_page)).scalars().all()
         items = [{"sku": p.sku, "name": p.name, "price": p.price, "scheme": p.scheme,
                   "lock_days": p.lock_days, "margin": p.margin,
                   "queue": p.scheme in ("queue", "both"),
@@ -258,7 +320,8 @@ def catalogue(db: Database, limit: int = 30) -> dict[str, Any]:
                   "points": _points_for_one(p.price, cfg, price)
                   if p.scheme in ("points", "both") else 0}
                  for p in rows]
-        return {"products": items, "currency": cfg.currency, "min_order": cfg.min_order,
+        return {"products": items, "page": at, "pages": pages, "count": count,
+                "currency": cfg.currency, "min_order": cfg.min_order,
                 "settle_days": cfg.settle_days, "paused": cfg.paused,
                 "price_micro": price.display_micro()}
 

@@ -24,6 +24,7 @@ from storage.models import Entry, JournalTxn, Pool, Posting
 from . import journal
 from .config import Config
 from .config import stored as config
+from .money import MICRO_PER_POINT
 from .points import Price
 
 DAY = timedelta(days=1)
@@ -66,15 +67,35 @@ def pool_flows(session: Session, since: datetime, until: datetime) -> tuple[int,
     return int(row[0]), int(row[1])
 
 
+def pool_inflows(session: Session, since: datetime, until: datetime) -> tuple[int, int]:
+    """(sales, deposits): the queue pool's inflow for journal times in (since, until], split
+    into what sales contributed and what operators deposited (journal kind `deposit`).
+    A deposit is a one-off, so the estimate's daily rate counts sales only."""
+    window = in_window(session, JournalTxn.at > since, JournalTxn.at <= until)
+    if window is None:
+        return 0, 0
+    deposit = JournalTxn.kind == "deposit"
+    row = session.execute(
+        select(func.coalesce(func.sum(case((and_(Posting.amount > 0, ~deposit), Posting.amount),
+                                           else_=0)), 0),
+               func.coalesce(func.sum(case((and_(Posting.amount > 0, deposit), Posting.amount),
+                                           else_=0)), 0))
+        .join(JournalTxn, JournalTxn.id == Posting.txn_id)
+        .where(Posting.account == journal.QUEUE_POOL, window)
+    ).one()
+    return int(row[0]), int(row[1])
+
+
 def queue_flows(db: Database, since: datetime, until: datetime) -> tuple[int, int]:
     """(inflow, outflow) of the queue pool in fen for journal times in (since, until]."""
     return db.read(lambda s: pool_flows(s, since, until))
 
 
 def daily_inflow(session: Session, at: datetime) -> Fraction:
-    """The 30-day average daily inflow into the queue pool, exact (fen per day)."""
-    inflow, _out = pool_flows(session, at - 30 * DAY, at)
-    return Fraction(inflow, 30)
+    """The 30-day average daily inflow from sales into the queue pool, exact (fen per day).
+    Deposits are left out: a one-off is not a rate (they are in the balance already)."""
+    sales, _deposits = pool_inflows(session, at - 30 * DAY, at)
+    return Fraction(sales, 30)
 
 
 # -- history: daily figures walked back from today ----------------------------------------
@@ -163,3 +184,71 @@ def _undo(state: dict[str, int], day: dict[str, int]) -> None:
     state["points"] -= day.get(journal.POINTS_POOL, 0)
     state["supply"] += day.get(journal.POINTS_ISSUED, 0)  # points:issued holds −supply
     state["liability"] += day.get("paid", 0) - day.get("created", 0)
+
+
+# -- the points price at each change ------------------------------------------------------
+def price_changes(db: Database, at: datetime, days: int = HISTORY_DAYS) -> list[tuple[datetime, int]]:
+    """[(time, price_micro)]: the points price (SPEC §4, displayed rounded down) after every
+    journal transaction that moved the points pool or the supply in the `days` store-local
+    days up to `at`, preceded by the price when the window opened and followed by `at`.
+
+    Not one sample a day: a shop's first purchases lift the price from `initial_price` within
+    hours, and a daily sample would hide that jump. Walked back from today's pool like
+    `history`, so it reads only the window's postings."""
+    return db.read(lambda s: _price_changes(s, at, days, config(s)))
+
+
+def _price_changes(session: Session, at: datetime, days: int,
+                   cfg: Config) -> list[tuple[datetime, int]]:
+    tz = cfg.timezone
+    since = datetime.combine(at.astimezone(tz).date() - timedelta(days=max(1, days) - 1),
+                             time(0), tzinfo=tz)
+    window = in_window(session, JournalTxn.at >= since, JournalTxn.at <= at)
+    moves: list[tuple[int, datetime, int, int]] = []  # (txn id, at, Δpool, Δsupply)
+    if window is not None:
+        by_txn: dict[int, list[Any]] = {}
+        for txn_id, when, account, total in session.execute(
+            select(Posting.txn_id, JournalTxn.at, Posting.account, func.sum(Posting.amount))
+            .join(JournalTxn, JournalTxn.id == Posting.txn_id)
+            .where(window, Posting.account.in_((journal.POINTS_POOL, journal.POINTS_ISSUED)))
+            .group_by(Posting.txn_id, JournalTxn.at, Posting.account)
+        ):
+            row = by_txn.setdefault(txn_id, [when, 0, 0])
+            if account == journal.POINTS_POOL:
+                row[1] += int(total)
+            else:
+                row[2] -= int(total)  # points:issued holds −supply
+        moves = [(txn, w, dp, ds) for txn, (w, dp, ds) in sorted(by_txn.items())]
+    now = pools(session)["points"]
+    pool, supply = now.balance, now.supply
+    for _txn, _w, dp, ds in moves:  # walk back to the window's start
+        pool, supply = pool - dp, supply - ds
+    start: int | None = None
+    if supply > 0:
+        start = Price(pool, supply).display_micro()
+    elif now.zero_price_num is None:
+        # The supply never returned to zero, so zero at the window's start means nothing had
+        # been minted yet: the price was the initial one.
+        start = Price(cfg.initial_price, MICRO_PER_POINT).display_micro()
+    elif not moves and now.zero_price_num is not None and now.zero_price_den:
+        start = Price(now.zero_price_num, now.zero_price_den).display_micro()
+    opened = since
+    if supply == 0 and pool == 0 and start is not None:
+        # Nothing minted before: the line starts on the day of the first change (or today),
+        # not months before the shop existed.
+        first = moves[0][1] if moves else at
+        opened = max(since, datetime.combine(first.astimezone(tz).date(), time(0), tzinfo=tz))
+    out: list[tuple[datetime, int]] = []
+    if start is not None:
+        out.append((opened.astimezone(tz), start))
+    last = start
+    for _txn, when, dp, ds in moves:
+        pool, supply = pool + dp, supply + ds
+        if supply > 0:
+            last = Price(pool, supply).display_micro()
+        if last is not None and (not out or out[-1][1] != last):
+            out.append((when.astimezone(tz), last))
+    if last is not None:
+        out.append((at.astimezone(tz), last))
+    return out
+

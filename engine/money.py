@@ -24,11 +24,15 @@ MICRO_PER_POINT = 1_000_000
 _PLAIN_DECIMAL = re.compile(r"^([0-9]+)(?:\.([0-9]+))?$")
 # A sanity ceiling: 10^15 units is beyond any real order and keeps every product in 64 bits
 # where the database needs it.
-_MAX_UNITS = 10**12
+MAX_UNITS = 10**12
 
 
 class AmountError(ValueError):
     """A string that is not a plain positive decimal with at most the unit's places."""
+
+
+class AmountTooLarge(AmountError):
+    """A well-formed amount of `MAX_UNITS` units or more: beyond any real order."""
 
 
 def _parse_scaled(text: object, places: int, *, allow_zero: bool = False) -> int:
@@ -40,8 +44,8 @@ def _parse_scaled(text: object, places: int, *, allow_zero: bool = False) -> int
     whole, frac = m.group(1), m.group(2) or ""
     if len(frac) > places:
         raise AmountError(f"more than {places} places: {text!r}")
-    if len(whole) > 13 or int(whole) >= _MAX_UNITS:
-        raise AmountError(f"too large: {text!r}")
+    if len(whole) > 13 or int(whole) >= MAX_UNITS:
+        raise AmountTooLarge(f"too large: {text!r}")
     value = int(whole) * 10**places + int(frac.ljust(places, "0") or "0")
     if value == 0 and not allow_zero:
         raise AmountError("zero")
@@ -92,6 +96,48 @@ def format_fen(value: int) -> str:
 def format_micro(value: int) -> str:
     """21_500_000 → `"21.500000"`."""
     return _format_scaled(value, MICRO_PLACES)
+
+
+def max_amount(places: int) -> str:
+    """The largest amount `_parse_scaled` accepts with `places` places: `"999999999999.99"`."""
+    return _format_scaled(MAX_UNITS * 10**places - 1, places)
+
+
+# -- what shoppers read -------------------------------------------------------------------
+# Shoppers see points like money, 2 places, and the points price with up to 4 places (at
+# least 2: `1.00`, `1.4285`), both rounded toward zero, so neither a holding nor a price is
+# shown above what it is (docs/conversations.md, "Amounts"). Operators' exact views (/user,
+# /pool), exports and replay keep all 6 places.
+POINTS_SHOWN_PLACES = 2
+PRICE_SHOWN_PLACES = 4
+
+
+def _shown(value: int, places: int, *, up: bool = False, trim_to: int | None = None) -> str:
+    step = 10 ** (MICRO_PLACES - places)
+    whole = -(-abs(value) // step) if up else abs(value) // step
+    text = _format_scaled(-whole if value < 0 else whole, places)
+    if trim_to is not None:
+        while len(text.rsplit(".", 1)[1]) > trim_to and text.endswith("0"):
+            text = text[:-1]
+    return text
+
+
+def format_points_shown(value: int) -> str:
+    """Micro-points for a shopper: 10_504_999 → `"10.50"` (rounded toward zero)."""
+    return _shown(value, POINTS_SHOWN_PLACES)
+
+
+def format_price_shown(price_micro: int, *, up: bool = False) -> str:
+    """A points price (currency units × 10^6) for a shopper: 1_428_571 → `"1.4285"`,
+    2_000_000 → `"2.00"`; `up` for a threshold the price must reach (a forced exit), which
+    is never shown below itself."""
+    return _shown(price_micro, PRICE_SHOWN_PLACES, up=up, trim_to=FEN_PLACES)
+
+
+def format_percent(rate: Rate) -> str:
+    """An exact rate as a percentage: 0.20 → `"20%"`, 0.125 → `"12.5%"` (rates are parsed
+    from decimals, so the digits end)."""
+    return format_rate(Fraction(rate) * 100) + "%"
 
 
 def floor_div(num: int, den: int) -> int:

@@ -226,6 +226,19 @@ def cancel_unpaid(book: Book, *, ref: str, at: object, actor: str | None = None)
     return order_result(book, order)
 
 
+def cancel_open(book: Book, *, ref: object, user: str, at: object) -> dict[str, Any]:
+    """The buyer gives up their own order awaiting payment (it is being replaced):
+    `cancel_unpaid`, after checking it is theirs (`unknown_order`) and still open
+    (`not_payable`)."""
+    buyer = book.user(user)
+    order = _order(book, ref)
+    if order is None or order.user_id != buyer.id:
+        raise Refusal("unknown_order", str(ref))
+    if order.status != "awaiting_payment":
+        raise Refusal("not_payable", order.status)
+    return cancel_unpaid(book, ref=order.ref, at=at)
+
+
 def settle_due(book: Book, at: datetime) -> list[dict[str, Any]]:
     """Settle every pending order due by `at`, in the order they were recorded (SPEC §8)."""
     settled: list[dict[str, Any]] = []
@@ -258,6 +271,7 @@ def _settle(book: Book, order: OrderRow, at: datetime) -> dict[str, Any]:
     p = journal.Postings()
     ref = f"order:{order.ref}"
     accelerated: list[tuple[int, int]] = []
+    accel: queue.Acceleration | None = None
     referrer: UserRow | None = None
     if scheme in ("queue", "both"):
         queue.contribute(book, cash, parse_rate(terms["margin"]), parse_rate(terms["pool_share"]),
@@ -269,8 +283,9 @@ def _settle(book: Book, order: OrderRow, at: datetime) -> dict[str, Any]:
             # never to the buyer's own account (linking drops such an edge; belt and braces)
             if buyer.referrer_id is not None and buyer.referrer_id != buyer.id:
                 referrer = book.user_by_id(buyer.referrer_id)
-                accelerated = queue.accelerate(book, referrer, cash,
-                                               parse_rate(terms["accel_rate"]), p)
+                accel = queue.accelerate(book, referrer, cash,
+                                         parse_rate(terms["accel_rate"]), p, at)
+                accelerated = accel.paid
     if scheme in ("points", "both"):
         order.minted = points.mint(book, buyer, cash, parse_rate(terms["pool_rate"]),
                                    parse_rate(terms["mint_rate"]), p, ref)
@@ -285,9 +300,12 @@ def _settle(book: Book, order: OrderRow, at: datetime) -> dict[str, Any]:
                 amount=cash if order.entry_seq else 0,
                 matures_at=order.matures_at.isoformat() if order.matures_at else None,
                 minted=order.minted)
-    if referrer is not None and order.accelerated:
+    if referrer is not None and accel is not None and (order.accelerated or accel.capped_by_pool):
+        # A payment the pool capped (down to nothing, even) is explained with its figures.
+        extra = ({"due": accel.due, "pool": accel.pool, "cash": cash,
+                  "rate": terms["accel_rate"]} if accel.capped_by_pool else {})
         book.notify(referrer, "acceleration", f"accel:{order.ref}", at, amount=order.accelerated,
-                    buyer=buyer.display_name or buyer.handle, order=order.ref)
+                    buyer=buyer.display_name or buyer.handle, order=order.ref, **extra)
     return order_result(book, order)
 
 
@@ -312,4 +330,43 @@ def refund(book: Book, *, ref: object, at: object, actor: str | None = None) -> 
                       "method": order.method})
     book.notify(buyer, "order_refunded", key, when, order=order.ref, cash=order.cash,
                 points_value=order.points_value, method=order.method)
+    return order_result(book, order)
+
+
+def pay_from_wallet(book: Book, *, ref: object, user: str, at: object, key: str,
+                    actor: str | None = None) -> dict[str, Any]:
+    """Pay an order awaiting payment (a checkout its buyer opened) from the buyer's wallet:
+    the same journal rules as a wallet purchase (`place` with `method="wallet"`) — the cash
+    moves wallet → revenue in one `purchase` transaction, the order becomes a wallet order
+    (so a refund returns its cash to the wallet) and settles as any paid order (SPEC §8).
+
+    Refused: `unknown_order` for an order that is not this user's (someone else's order is
+    not theirs to learn about), `not_payable` once it no longer awaits payment,
+    `sales_paused` (unlike a channel's charge, the wallet's money has not moved yet: the shop
+    can still say no), `insufficient_balance`. Exactly once per `key`: a repeat answers the
+    same result."""
+    buyer = book.user(user)
+    order = _order(book, ref)
+    if order is None or order.user_id != buyer.id:
+        raise Refusal("unknown_order", str(ref))
+    if (done := _replayed(book, key)) is not None:
+        return done
+    when = parse_at(at)
+    if order.status != "awaiting_payment":
+        raise Refusal("not_payable", order.status)
+    if book.cfg.paused:
+        raise Refusal("sales_paused")
+    if order.cash > buyer.wallet:
+        raise Refusal("insufficient_balance")
+    order.method = "wallet"
+    _mark_paid(book, order, buyer, when, payment_ref=None)
+    buyer.wallet -= order.cash
+    p = journal.Postings()
+    p.fen(journal.wallet(buyer.id), journal.REVENUE, order.cash, f"order:{order.ref}")
+    book.record(key=key, kind="purchase", at=when, postings=p, actor=actor,
+                body={"order": order.ref, "user": buyer.handle, "sku": order.sku,
+                      "qty": order.qty, "total": order.total, "cash": order.cash,
+                      "points": order.points_used, "method": "wallet"})
+    if not settle_due(book, when):
+        points.forced_exits(book, when, f"order:{order.ref}")
     return order_result(book, order)

@@ -39,31 +39,57 @@ def waiting_entries(book: Book, user: UserRow) -> list[EntryRow]:
     return [found[seq] for seq in sorted(found) if found[seq].status == "waiting"]
 
 
+@dataclass
+class Acceleration:
+    """What one acceleration did: `paid` [(seq, fen)] to the referrer's entries, `due` the
+    full `floor(A × accel_rate)` and `pool` what the queue pool held before it, so a payment
+    the pool capped can be explained to the referrer (docs/reports.md)."""
+    paid: list[tuple[int, int]]
+    due: int
+    pool: int
+    lacking: int  # what the referrer's waiting entries still lacked together
+
+    @property
+    def total(self) -> int:
+        return sum(fen for _seq, fen in self.paid)
+
+    @property
+    def capped_by_pool(self) -> bool:
+        """Less than due was paid because the pool held less (not because the entries
+        needed less)."""
+        return self.pool < self.due and self.pool < self.lacking
+
+
 def accelerate(book: Book, referrer: UserRow, cash: int, accel_rate: Fraction,
-               p: journal.Postings) -> list[tuple[int, int]]:
+               p: journal.Postings, at: datetime) -> Acceleration:
     """`floor(A × accel_rate)`, capped by the pool, paid to the referrer's waiting entries in
-    `seq` order, each up to what it lacks. Lock periods do not matter here.
-    Returns [(seq, paid)]."""
+    `seq` order, each up to what it lacks. Lock periods do not matter here. An entry this
+    completes is `released` at `at`, like one a static release pays."""
     pool = book.pool("queue")
-    budget = min(out_of_pool(cash * accel_rate), pool.balance)
-    paid: list[tuple[int, int]] = []
+    due = out_of_pool(cash * accel_rate)
+    entries = waiting_entries(book, referrer)
+    done = Acceleration(paid=[], due=due, pool=pool.balance,
+                        lacking=sum(e.amount - e.released for e in entries))
+    budget = min(due, pool.balance)
     if budget <= 0:
-        return paid
-    for entry in waiting_entries(book, referrer):
+        return done
+    for entry in entries:
         if budget == 0:
             break
         pay = min(budget, entry.amount - entry.released)
-        _pay(book, entry, referrer, pay, p)
+        _pay(book, entry, referrer, pay, p, at)
         budget -= pay
-        paid.append((entry.seq, pay))
-    return paid
+        done.paid.append((entry.seq, pay))
+    return done
 
 
-def _pay(book: Book, entry: EntryRow, owner: UserRow, amount: int, p: journal.Postings) -> None:
+def _pay(book: Book, entry: EntryRow, owner: UserRow, amount: int, p: journal.Postings,
+         at: datetime) -> None:
     assert 0 < amount <= entry.amount - entry.released
     entry.released += amount
     if entry.released == entry.amount:
         entry.status = "released"
+        entry.released_at = at
     p.fen(ledger.queue_pool(book), ledger.wallet(owner), amount, f"entry:{entry.seq}")
 
 

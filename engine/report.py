@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -35,7 +35,7 @@ from storage.models import (
 from . import outbox
 from .config import Config
 from .errors import Refusal
-from .estimate import release_estimate
+from .estimate import ahead_of, maturity_date
 from .history import (
     DAY,
     HISTORY_DAYS,
@@ -46,13 +46,17 @@ from .history import (
     history,
     history_in,
     pool_flows,
+    pool_inflows,
     pools,
     queue_flows,
 )
 from .money import MICRO_PER_POINT, parse_rate
-from .points import Price, price_of
+from .points import Price, exit_key, price_of
 
 NEAR_EXIT = 10
+# "Near forced exit": within 10% of the exit price, i.e. holdings × price ≥ 0.9 × exit_multiple
+# × basis (docs/reports.md). Stated in /pool and `storefront report`.
+NEAR_EXIT_WITHIN = Fraction(1, 10)
 
 
 def current_price(pool: Pool, cfg: Config) -> Price:
@@ -62,8 +66,9 @@ def current_price(pool: Pool, cfg: Config) -> Price:
 
 # -- consumers: /queue and /me ----------------------------------------------------------------
 def queue_view(db: Database, handle: str, at: datetime, *, limit: int = 50) -> list[dict[str, Any]]:
-    """The user's waiting entries in `seq` order (at most `limit`), each with its place in the
-    queue and the release estimate of engine/estimate.py. `unknown_user` if no such user."""
+    """The user's waiting entries in `seq` order (at most `limit`), each with where it stands
+    in the order the static release will pay (what is paid before it) and the release
+    estimate, both from engine/estimate.py's walk. `unknown_user` if no such user."""
     return db.read(lambda s: _queue_view(s, handle, at, limit))
 
 
@@ -74,33 +79,39 @@ def _queue_view(session: Session, handle: str, at: datetime, limit: int) -> list
     cfg = config(session)
     tz = cfg.timezone
     balance = pools(session)["queue"].balance
-    inflow = daily_inflow(session, at)
+    sales, deposits = pool_inflows(session, at - 30 * DAY, at)
+    inflow = Fraction(sales, 30)
     today = at.astimezone(tz).date()
     mine = session.execute(
         select(Entry.seq, Entry.amount, Entry.released, Entry.matures_at)
         .where(Entry.user_id == user_id, WAITING).order_by(Entry.seq).limit(limit)
     ).all()
+    if not mine:
+        return []
+    # Only these can be paid before one of the user's entries: any waiting entry up to their
+    # last seq, and later ones that mature before their last maturity (a later entry maturing
+    # no earlier than all of theirs is behind all of theirs). One indexed read of the waiting
+    # queue on (status, seq): the cost follows the waiting queue, as the sums it replaces did.
+    last_seq, last_maturity = mine[-1].seq, max(e.matures_at for e in mine)
+    waiting = [(seq, owed, maturity_date(_aware(matures_at) or at, tz))
+               for seq, owed, matures_at in session.execute(
+                   select(Entry.seq, OWED, Entry.matures_at)
+                   .where(WAITING, or_(Entry.seq <= last_seq, Entry.matures_at < last_maturity))
+               )]
+    order = ahead_of(waiting, balance=balance, daily_inflow=inflow, today=today,
+                     wanted={e.seq for e in mine})
     out: list[dict[str, Any]] = []
-    ahead_count, ahead_owed, last = 0, 0, 0
     for seq, amount, released, matures_at in mine:
-        # Waiting entries in [last, seq): an indexed range on (status, seq), walked once.
-        n, owed = session.execute(
-            select(func.count(), func.coalesce(func.sum(OWED), 0))
-            .where(WAITING, Entry.seq >= last, Entry.seq < seq)
-        ).one()
-        ahead_count += int(n)
-        ahead_owed += int(owed)
-        remaining = amount - released
+        stands = order[seq]
         out.append({
-            "seq": seq, "amount": amount, "released": released, "remaining": remaining,
-            "position": ahead_count + 1, "owed_ahead": ahead_owed,
+            "seq": seq, "amount": amount, "released": released, "remaining": amount - released,
+            "position": stands.position, "owed_ahead": stands.owed_ahead,
             "matures_at": matures_at.astimezone(tz),
-            "estimate": release_estimate(balance=balance, needed=ahead_owed + remaining,
-                                         daily_inflow=inflow, matures_at=matures_at,
-                                         today=today, tz=tz),
+            "estimate": (datetime.combine(stands.paid_on, time(0), tzinfo=tz)
+                         if stands.paid_on is not None else None),
             "daily_inflow": inflow.numerator // inflow.denominator,
+            "deposits_30d": deposits,
         })
-        last = seq
     return out
 
 
@@ -133,6 +144,7 @@ def _pool_report(session: Session, at: datetime, near_exit: int,
         select(func.min(Entry.matures_at)).where(WAITING, Entry.matures_at <= at)).scalar()
     inflow_7, released_7 = pool_flows(session, at - 7 * DAY, at)
     inflow_30, released_30 = pool_flows(session, at - 30 * DAY, at)
+    _sales_30, deposits_30 = pool_inflows(session, at - 30 * DAY, at)
     price = current_price(points_pool, cfg)
     pending_n, pending_amount = session.execute(
         select(func.count(), func.coalesce(func.sum(Withdrawal.amount), 0))
@@ -149,7 +161,7 @@ def _pool_report(session: Session, at: datetime, near_exit: int,
         "matured_entries": int(matured_count),
         "oldest_waiting_days": _days(at, oldest),
         "longest_matured_wait_days": _days(at, _aware(first_matured)),
-        "inflow_7d": inflow_7, "inflow_30d": inflow_30,
+        "inflow_7d": inflow_7, "inflow_30d": inflow_30, "deposits_30d": deposits_30,
         "released_7d": released_7, "released_30d": released_30,
         "points_balance": points_pool.balance,
         "supply": points_pool.supply,
@@ -160,6 +172,8 @@ def _pool_report(session: Session, at: datetime, near_exit: int,
         "price_history": [(h["at"], h["price_micro"]) for h in history
                           if h["price_micro"] is not None],
         "holders_near_exit": _near_exit(session, cfg, price, near_exit),
+        "near_exit_count": _near_exit_count(session, cfg, price),
+        "near_exit_within": NEAR_EXIT_WITHIN,
         "pending_withdrawals": {"count": int(pending_n), "amount": int(pending_amount)},
     }
 
@@ -185,12 +199,33 @@ def _near_exit(session: Session, cfg: Config, price: Price, limit: int) -> list[
     out = []
     for handle, held, basis in rows:
         value = price.value_of(held)
+        ratio = Fraction(held * price.num, price.den) / (m * basis)
         out.append({"handle": handle, "points": held, "basis": basis, "value": value,
                     # ≥ 1 means the next event forces the exit; exact, for display only.
-                    "exit_ratio": Fraction(held * price.num, price.den) / (m * basis),
+                    "exit_ratio": ratio, "near": ratio >= 1 - NEAR_EXIT_WITHIN,
                     # The lowest displayed price at which the exit happens: rounded up.
                     "exit_price_micro": math.ceil(m * basis * MICRO_PER_POINT * 10_000 / held)})
     return out
+
+
+def _near_exit_count(session: Session, cfg: Config, price: Price) -> int:
+    """How many holders are within `NEAR_EXIT_WITHIN` of their exit price: holdings × price ≥
+    (1 − within) × exit_multiple × basis, i.e. basis ÷ holdings ≤ price ÷ ((1 − within) × m).
+
+    An index range on `ix_users_exit`: keys below the threshold's key are near for sure (a key
+    is the floor of basis × 10²⁴ ÷ holdings); the few sharing the threshold's key are checked
+    exactly. The cost follows the number of near holders, never all holders."""
+    m = cfg.exit_multiple * (1 - NEAR_EXIT_WITHIN)
+    if m == 0:
+        return 0
+    bound = exit_key(price.num * m.denominator, price.den * m.numerator)
+    if bound is None:
+        return 0
+    below = session.execute(select(func.count()).select_from(User)
+                            .where(User.exit_key.is_not(None), User.exit_key < bound)).scalar_one()
+    tied = session.execute(select(User.points, User.basis).where(User.exit_key == bound)).all()
+    return int(below) + sum(1 for held, basis in tied
+                            if held * price.num * m.denominator >= m.numerator * basis * price.den)
 
 
 # -- warnings pushed to operators -----------------------------------------------------------

@@ -34,7 +34,7 @@ def help_text(c: Ctx) -> str:
     lines = [c.t("help.title")]
     for info in commands(operator=False):
         alias = next((a for a in info.aliases if not a.isascii()), "")
-        lines.append(c.t("help.line", name=info.name, alias=alias,
+        lines.append(c.t("help.line", name=info.name, alias=f" {alias}" if alias else "",
                          text=info.description[c.lang]))
     if c.operator:
         lines.append(c.t("help.operator"))
@@ -74,8 +74,8 @@ async def _set_lang(c: Ctx, word: str) -> Reply:
 def _exit_line(c: Ctx, a: dict[str, Any]) -> str:
     if a["exit_price_micro"] is None:
         return c.t("me.no_exit")
-    return c.t("me.exit", price=i18n.price(a["exit_price_micro"]),
-               distance=i18n.price(a["distance_micro"]),
+    return c.t("me.exit", price=i18n.price(a["exit_price_micro"], up=True),
+               distance=i18n.price(a["distance_micro"], up=True),
                rise=f"{a['rise_permille'] // 10}.{a['rise_permille'] % 10}")
 
 
@@ -128,6 +128,10 @@ async def queue(c: Ctx) -> Reply:
             estimate=i18n.day(est, cfg.timezone) if est else c.t("queue.no_estimate")))
     if len(entries) > 20:
         lines.append(c.t("more", count=len(entries) - 20))
+    deposits = int(entries[0].get("deposits_30d") or 0)
+    lines.append(c.t("queue.inflow", rate=c.money(int(entries[0].get("daily_inflow") or 0)),
+                     deposits=c.t("queue.deposits", amount=c.money(deposits)) if deposits else ""))
+    lines.append(c.t("queue.ahead_rule"))
     lines.append(c.t("queue.rule"))
     return Reply().text("\n".join(lines))
 
@@ -270,8 +274,9 @@ async def orders(c: Ctx) -> Reply:
                                  matures=i18n.when(o["matures_at"], cfg.timezone)))
             if o["minted"]:
                 parts.append(c.t("orders.minted", points=i18n.pts(o["minted"])))
-            detail = c.t("orders.settled") + ("" if not parts else ": " + ", ".join(parts))
+            detail = c.t("orders.settled_with", parts=c.t("list.sep").join(parts)) if parts \
+                else c.t("orders.settled")
         else:
             detail = c.t(f"orders.{status}") if i18n.has(f"orders.{status}") else status
-        lines.append(f"{head} — {detail}")
+        lines.append(c.t("orders.row", line=head, detail=detail))
     return Reply().text("\n".join(lines))

@@ -24,7 +24,7 @@ from engine.verify import verify as verify_books
 from . import charts, i18n, onsale
 from .base import App, Button, Document, Photo, Progress, Reply, Request
 from .parsing import BadInput, callback, echo, money, normalise, qty, sku, whole
-from .registry import Ctx, button, command, commands, first_lang
+from .registry import Ctx, button, command, commands, first_lang, lookup
 from .shop import render_receipt
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,15 @@ async def admin(c: Ctx) -> Reply:
     for i in range(0, len(names), 3):
         rows.append(tuple(Button("/" + n, f"cmd:v1:{n}") for n in names[i:i + 3]))
     lines = [c.t("admin.title")]
+    sep = c.t("list.sep")
     for info in commands(operator=True):
-        lines.append(c.t("help.line", name=info.name, alias="", text=info.description[c.lang]))
+        words = sep.join(info.aliases)
+        lines.append(c.t("admin.line", name=info.name, text=info.description[c.lang],
+                         aliases=c.t("admin.aliases", words=words) if words else ""))
+        spec = lookup(info.name)
+        usage = c.t(spec.usage_key) if spec and spec.usage_key else \
+            c.t("admin.usage", name=info.name)
+        lines.append("   " + usage)
     return Reply().text("\n".join(lines), tuple(rows))
 
 
@@ -73,8 +80,9 @@ async def product(c: Ctx) -> Reply:
     r = await c.call(service.upsert_product, c.app.db, sku=code, price=price, margin=margin,
                      lock_days=lock, scheme=scheme, name=name, actor=c.req.identity)
     return c.say("product.done", sku=r["sku"], name=echo(r["name"], 40),
-                 price=c.money(r["price"], (await c.cfg()).currency), margin=echo(r["margin"]),
-                 days=r["lock_days"], scheme=r["scheme"])
+                 price=c.money(r["price"], (await c.cfg()).currency),
+                 margin=i18n.percent(r["margin"]), days=i18n.days(c.lang, r["lock_days"]),
+                 scheme=r["scheme"])
 
 
 @command("deposit", aliases=("注资",), operator=True, usage_key="usage.deposit")
@@ -100,6 +108,15 @@ def _percent(value: Any) -> str:
     return f"{tenths // 10}.{tenths % 10}%"
 
 
+def _near_exit_line(c: Ctx, r: dict[str, Any]) -> str:
+    """How many holders are near forced exit, with what "near" means (docs/reports.md)."""
+    within = Fraction(r.get("near_exit_within") or Fraction(1, 10))
+    pct = within * 100
+    return c.t("pool.near_exit_within", count=int(r.get("near_exit_count") or 0),
+               within=f"{pct.numerator // pct.denominator}",
+               share=f"{(100 - pct).numerator // (100 - pct).denominator}")
+
+
 @command("pool", aliases=("奖金池", "资金池"), operator=True)
 async def pool(c: Ctx) -> Reply:
     r = await c.call(report.pool_report, c.app.db, datetime.now(UTC))
@@ -114,7 +131,6 @@ async def pool(c: Ctx) -> Reply:
                            amount=c.money(int(pending.get("amount", 0)), cur))
     else:
         pending_text = str(pending)
-    near = r.get("holders_near_exit")
     lines = [c.t("pool.title"),
              c.t("pool.queue", balance=m("queue_balance"), liability=m("liability"),
                  coverage=_percent(r.get("coverage"))),
@@ -123,17 +139,18 @@ async def pool(c: Ctx) -> Reply:
                  else "-"),
              c.t("pool.flows", in7=m("inflow_7d"), in30=m("inflow_30d"), out7=m("released_7d"),
                  out30=m("released_30d")),
-             c.t("pool.points", balance=m("points_balance"), supply=i18n.pts(int(r["supply"])),
-                 price=i18n.price(int(r["price_micro"])))]
+             c.t("pool.deposits", amount=m("deposits_30d")),
+             c.t("pool.points", balance=m("points_balance"),
+                 supply=i18n.pts_exact(int(r["supply"])),
+                 price=i18n.price_exact(int(r["price_micro"])))]
     if r.get("points_unbacked"):  # supply 0, pool > 0: whoever mints next would own it
         lines.append(c.t("pool.points_unbacked", amount=m("points_unbacked")))
-    lines += [c.t("pool.near_exit", count=len(near) if isinstance(near, list) else (near or 0)),
-              pending_text]
+    lines += [_near_exit_line(c, r), pending_text]
     reply = Reply().text("\n".join(lines))
     for draw, caption in ((charts.pool_chart_png, "pool.chart"),
                           (charts.price_chart_png, "pool.price_chart")):
         try:
-            reply.items.append(Photo(await c.call(draw, c.app.db), c.t(caption)))
+            reply.items.append(Photo(await c.call(draw, c.app.db, lang=c.lang), c.t(caption)))
         except Exception:  # noqa: BLE001 - the numbers matter, the picture is a bonus
             log.exception("%s failed", caption)
     return reply
@@ -313,9 +330,9 @@ async def user(c: Ctx) -> Reply:
     cfg = await c.cfg()
     return c.say("user.view", id=u["id"], handle=echo(u["handle"], 40),
                  name=echo(u["name"] or "-", 40),
-                 identities=", ".join(echo(i, 40) for i in u["identities"]) or "-",
+                 identities=c.t("list.sep").join(echo(i, 40) for i in u["identities"]) or "-",
                  wallet=c.money(u["wallet"], cfg.currency), held=c.money(u["held"], cfg.currency),
-                 points=i18n.pts(u["points"]), basis=c.money(u["basis"], cfg.currency),
+                 points=i18n.pts_exact(u["points"]), basis=c.money(u["basis"], cfg.currency),
                  orders=u["orders"], invited=u["invited"],
                  referrer=echo(u["referrer"] or "-", 40),
                  joined=i18n.when(u["created_at"], cfg.timezone), language=u["lang"] or "-",

@@ -15,7 +15,15 @@ from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from engine.money import format_fen, format_micro
+from engine.money import (
+    AmountError,
+    format_fen,
+    format_micro,
+    format_percent,
+    format_points_shown,
+    format_price_shown,
+    parse_rate,
+)
 
 log = logging.getLogger(__name__)
 LANGS = ("zh", "en")
@@ -53,12 +61,44 @@ def money(fen: int, currency: str = "CNY") -> str:
 
 
 def pts(micro: int) -> str:
+    """Points as shoppers read them: 2 places, rounded toward zero (`engine.money`)."""
+    return format_points_shown(micro)
+
+
+def price(price_micro: int, *, up: bool = False) -> str:
+    """A points price (currency units × 10^6) as shoppers read it: 2 places, rounded down
+    (`up` for a threshold such as the forced-exit price)."""
+    return format_price_shown(price_micro, up=up)
+
+
+def pts_exact(micro: int) -> str:
+    """Points with all 6 places, for operators' views."""
     return format_micro(micro)
 
 
-def price(price_micro: int) -> str:
-    """A points price given in currency units × 10^6 (6 places)."""
+def price_exact(price_micro: int) -> str:
+    """A points price with all 6 places, for operators' views."""
     return format_micro(price_micro)
+
+
+def percent(rate: object) -> str:
+    """A rate as a percentage (`"0.20"` → `20%`); `-` if it is not a rate."""
+    try:
+        return format_percent(parse_rate(str(rate)))
+    except AmountError:
+        return "-"
+
+
+def days(lang: str, n: int) -> str:
+    """`1 day`, `2 days`; Chinese has no plural (`2 天`)."""
+    return t(lang, "unit.day" if n == 1 else "unit.days", n=n)
+
+
+def lock_start(lang: str, lock_days: int) -> str:
+    """When a lock period ends, counted from payment: "from payment" for 0 days."""
+    if lock_days <= 0:
+        return t(lang, "lock.from_payment")
+    return t(lang, "lock.after", days=days(lang, lock_days))
 
 
 def when(at: datetime | None, tz: ZoneInfo | None = None) -> str:

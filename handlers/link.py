@@ -45,5 +45,5 @@ async def link(c: Ctx) -> Reply:
     result = await c.call(linking.link_accounts, c.app.db, code=typed,
                           identity=c.req.identity, at=now)
     cur = (await c.cfg()).currency
-    return c.say("link.done", identities=", ".join(result["identities"]),
+    return c.say("link.done", identities=c.t("list.sep").join(result["identities"]),
                  wallet=c.money(result["wallet"], cur))

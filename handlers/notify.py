@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from fractions import Fraction
 from typing import Any
+
+from engine.config import DEFAULTS
 
 from . import i18n
 from .parsing import echo
@@ -23,8 +26,8 @@ KINDS = ("order_settled", "acceleration", "release_paid", "forced_exit", "points
 
 
 def _fen(value: Any, currency: str | None) -> str:
-    fen = int(value or 0)
-    return i18n.money(fen, currency) if currency else i18n.money(fen, "").strip()
+    """An amount with its currency, always: a bare "60.00 paid" says too little."""
+    return i18n.money(int(value or 0), currency or DEFAULTS["store.currency"])
 
 
 def _moment(value: Any) -> str:
@@ -53,6 +56,10 @@ def _refunded(p: dict[str, Any], lang: str, cur: str | None) -> str:
     return "\n".join(lines)
 
 
+def _days(lang: str, value: Any) -> str:
+    return i18n.days(lang, value) if isinstance(value, int) else "-"
+
+
 def _pool_warning(p: dict[str, Any], lang: str, cur: str | None) -> str:
     warning = p.get("warning")
     if warning == "coverage_low":
@@ -60,16 +67,35 @@ def _pool_warning(p: dict[str, Any], lang: str, cur: str | None) -> str:
                       liability=_fen(p.get("liability"), cur),
                       coverage=p.get("coverage_pct", "-"), threshold=p.get("threshold_pct", "-"))
     if warning == "matured_waiting":
-        return i18n.t(lang, "note.matured_waiting", days=p.get("days", "-"),
-                      limit=p.get("limit_days", "-"), entries=p.get("entries", "-"),
+        return i18n.t(lang, "note.matured_waiting", days=_days(lang, p.get("days")),
+                      limit=_days(lang, p.get("limit_days")), entries=p.get("entries", "-"),
                       amount=_fen(p.get("amount"), cur), seq=p.get("first_seq", "-"))
     return i18n.t(lang, "note.pool_warning", warning=echo(warning or "-", 40))
 
 
+def _percent(rate: Any) -> str:
+    """`"0.20"` → `"20"`, `"0.125"` → `"12.5"`: a rate as a percentage, exactly."""
+    try:
+        hundred = Fraction(str(rate)) * 100
+    except (ValueError, ZeroDivisionError):
+        return "-"
+    if hundred.denominator == 1:
+        return str(hundred.numerator)
+    return f"{float(hundred):g}"  # display only: a rate has at most a few places
+
+
+def _acceleration(p: dict[str, Any], lang: str, cur: str | None) -> str:
+    text = i18n.t(lang, "note.acceleration", amount=_fen(p.get("amount"), cur),
+                  buyer=echo(p.get("buyer") or "-", 40), order=echo(p.get("order", "-"), 64))
+    if "due" in p and "pool" in p:
+        # The pool held less than the acceleration was worth: say so, with the figures.
+        text += "\n" + i18n.t(lang, "note.acceleration_capped", rate=_percent(p.get("rate")),
+                               cash=_fen(p.get("cash"), cur), due=_fen(p["due"], cur),
+                               pool=_fen(p["pool"], cur), amount=_fen(p.get("amount"), cur))
+    return text
+
+
 _SIMPLE: dict[str, Callable[[dict[str, Any], str | None], dict[str, Any]]] = {
-    "acceleration": lambda p, c: {"amount": _fen(p.get("amount"), c),
-                                  "buyer": echo(p.get("buyer") or "-", 40),
-                                  "order": echo(p.get("order", "-"), 64)},
     "release_paid": lambda p, c: {"entry": int(p.get("entry") or 0),
                                   "amount": _fen(p.get("amount"), c),
                                   "total": _fen(p.get("total"), c)},
@@ -92,14 +118,19 @@ _SIMPLE: dict[str, Callable[[dict[str, Any], str | None], dict[str, Any]]] = {
 _SIMPLE["paused_payment"] = _SIMPLE["payment_flag"]
 _COMPOSED: dict[str, Callable[[dict[str, Any], str, str | None], str]] = {
     "order_settled": _order_settled, "order_refunded": _refunded, "pool_warning": _pool_warning,
+    "acceleration": _acceleration,
 }
 
 
 def render(kind: str, params: dict[str, Any], lang: str, *, currency: str | None = None) -> str:
     """The message for one outbox row, in `lang` (zh or en; anything else is English).
-    Amounts are formatted by `engine.money`, with `currency` appended when given."""
+    Amounts are formatted by `engine.money`, each with its currency: `currency`, else the
+    row's own `currency` param (the deliverer adds the store's), else the default store
+    currency."""
     lang = lang if lang in i18n.LANGS else "en"
     p = params if isinstance(params, dict) else {}
+    if currency is None and isinstance(p.get("currency"), str):
+        currency = echo(p["currency"], 8)
     try:
         if kind == "broadcast":
             # the operator's own words, as they wrote them (plain text, never markup)
@@ -108,6 +139,6 @@ def render(kind: str, params: dict[str, Any], lang: str, *, currency: str | None
             return _COMPOSED[kind](p, lang, currency)
         if kind in _SIMPLE:
             return i18n.t(lang, f"note.{kind}", **_SIMPLE[kind](p, currency))
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, ZeroDivisionError):
         log.warning("outbox %s row with unexpected params; rendered generically", kind)
     return i18n.t(lang, "note.generic", kind=echo(kind, 32))

@@ -11,7 +11,15 @@ import re
 import unicodedata
 from typing import Any
 
-from engine.money import AmountError, parse_fen, parse_micro
+from engine.money import (
+    FEN_PLACES,
+    MICRO_PLACES,
+    AmountError,
+    AmountTooLarge,
+    max_amount,
+    parse_fen,
+    parse_micro,
+)
 
 MAX_TEXT = 4096
 MAX_ECHO = 48
@@ -64,6 +72,9 @@ def echo(text: object, limit: int = MAX_ECHO) -> str:
 def money(text: str) -> int:
     try:
         return parse_fen(normalise(text))
+    except AmountTooLarge:
+        raise BadInput("bad.amount_too_large", value=echo(text),
+                       max=max_amount(FEN_PLACES)) from None
     except AmountError:
         raise BadInput("bad.money", value=echo(text)) from None
 
@@ -71,6 +82,9 @@ def money(text: str) -> int:
 def points(text: str) -> int:
     try:
         return parse_micro(normalise(text))
+    except AmountTooLarge:
+        raise BadInput("bad.amount_too_large", value=echo(text),
+                       max=max_amount(MICRO_PLACES)) from None
     except AmountError:
         raise BadInput("bad.points", value=echo(text)) from None
 

@@ -42,7 +42,7 @@ async def invite(c: Ctx) -> Reply:
     lines.append(c.t("invite.code", code=code))
     if c.req.channel == "wechat":
         lines.append(c.t("invite.wechat"))
-    lines.append(c.t("invite.rule", rate=cfg.raw["queue.accel_rate"]))
+    lines.append(c.t("invite.rule", rate=i18n.percent(cfg.raw["queue.accel_rate"])))
     if who["count"]:
         lines.append(c.t("invite.joined", count=who["count"],
                          earned=c.money(who["earned"], cfg.currency)))

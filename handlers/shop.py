@@ -10,13 +10,14 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from engine import checkout, service, users
+from engine import checkout, outlook, service, users
 from engine.errors import Refusal
+from engine.orders import ORDER_REF
 from storage.db import DatabaseUnavailable
 
 from . import i18n
 from .base import App, Button, Invoice, Reply
-from .parsing import BadInput, callback, echo, points, qty, sku
+from .parsing import BadInput, callback, echo, points, qty, sku, whole
 from .registry import Ctx, button, command
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ def scheme_text(c: Ctx, p: dict[str, Any], cat: dict[str, Any]) -> str:
     lines = []
     if p["queue"]:
         key = "shop.queue" if p["enters_queue"] else "shop.queue_min"
-        lines.append(c.t(key, amount=c.money(p["price"], cat["currency"]), days=p["lock_days"],
+        lines.append(c.t(key, amount=c.money(p["price"], cat["currency"]),
+                         start=i18n.lock_start(c.lang, p["lock_days"]),
                          min=c.money(cat["min_order"], cat["currency"])))
     if p["scheme"] in ("points", "both"):
         lines.append(c.t("shop.points", points=i18n.pts(p["points"]),
@@ -42,12 +44,28 @@ def scheme_text(c: Ctx, p: dict[str, Any], cat: dict[str, Any]) -> str:
     return "\n".join("   " + line for line in lines)
 
 
-@command("shop", aliases=("商品", "products", "catalogue", "商店"))
+@command("shop", aliases=("商品", "products", "catalogue", "商店"), usage_key="usage.shop")
 async def shop(c: Ctx) -> Reply:
-    cat = await c.call(checkout.catalogue, c.app.db)
+    """`/shop [PAGE]`: one page of the catalogue (`checkout.PAGE_SIZE` products, SKU order),
+    with ‹ › buttons to the neighbouring pages."""
+    page = whole(c.args[0], "bad.page", low=1, high=100_000) - 1 if c.args else 0
+    return await _shop_page(c, page)
+
+
+@button("shop")
+async def shop_button(c: Ctx) -> Reply:
+    """`shop:v1:PAGE` (0-based, like `hist:v1:PAGE`)."""
+    if len(c.args) != 1 or not c.args[0].isdigit() or len(c.args[0]) > 6:
+        raise BadInput("bad.button")
+    return await _shop_page(c, int(c.args[0]))
+
+
+async def _shop_page(c: Ctx, page: int) -> Reply:
+    cat = await c.call(checkout.catalogue, c.app.db, page)
     if not cat["products"]:
         return c.say("shop.empty")
-    lines = [c.t("shop.title")]
+    lines = [c.t("shop.page", page=cat["page"] + 1, pages=cat["pages"]) if cat["pages"] > 1
+             else c.t("shop.title")]
     rows: list[tuple[Button, ...]] = []
     for p in cat["products"]:
         lines.append(c.t("shop.item", name=echo(p["name"], 40), sku=p["sku"],
@@ -62,6 +80,13 @@ async def shop(c: Ctx) -> Reply:
     if cat["paused"]:
         lines.append(c.t("refusal.sales_paused"))
     lines.append(c.t("shop.how_to_buy"))
+    nav: list[Button] = []
+    if cat["page"] > 0 and (data := callback("shop", cat["page"] - 1)):
+        nav.append(Button(c.t("shop.prev"), data))
+    if cat["page"] + 1 < cat["pages"] and (data := callback("shop", cat["page"] + 1)):
+        nav.append(Button(c.t("shop.next"), data))
+    if nav:
+        rows.append(tuple(nav))
     return Reply().text("\n".join(lines), tuple(rows))
 
 
@@ -109,7 +134,7 @@ async def buy_button(c: Ctx) -> Reply:
 
 
 async def _buy(c: Ctx, product: str, n: int, pay_points: str | None, wallet: bool,
-               key: str | None = None) -> Reply:
+               key: str | None = None, replaces: str | None = None) -> Reply:
     use = None if pay_points in (None, "all") else int(pay_points)
     q = await c.call(checkout.quote, c.app.db, user=c.handle, sku=product, qty=n,
                      pay_points=use)
@@ -125,11 +150,12 @@ async def _buy(c: Ctx, product: str, n: int, pay_points: str | None, wallet: boo
         return Reply().text(await receipt(c, result))
     value = q["usable_value"] if pay_points == "all" else q["points_value"]
     if not c.app.takes_payments(c.req.channel) and q["total"] - value > 0:
-        return _no_online_payment(c, q, n)
+        return await _no_online_payment(c, q, n)
     method = c.req.channel if c.req.channel in ("telegram", "wechat") else "cash"
     opened = await c.call(checkout.open_checkout, c.app.db, user=c.handle, sku=product, qty=n,
                           pay_points=use, channel=c.req.channel, method=method,
-                          key=f"{key}:checkout" if key else c.key("checkout"))
+                          key=f"{key}:checkout" if key else c.key("checkout"),
+                          replaces=replaces)
     if opened["token"] is None:  # points paid the whole total
         return Reply().text(await receipt(c, opened))
     cur = opened.get("currency") or q["currency"]
@@ -141,18 +167,65 @@ async def _buy(c: Ctx, product: str, n: int, pay_points: str | None, wallet: boo
                                       cash=c.money(opened["cash"], cur)),
                       amount=opened["cash"], currency=cur)
     cfg = await c.cfg()
-    rows = _alternatives(c, q, product, n, with_points=use is None)
+    rows: list[tuple[Button, ...]] = []
+    # Buttons under an invoice act on its order: pay that very order from the wallet
+    if q["wallet"] >= opened["cash"] and (data := callback("pay", opened["order"], "w")):
+        rows.append((Button(c.t("pay.wallet_button", order=opened["order"],
+                                balance=c.money(q["wallet"], cur)), data),))
+    points_rows = _alternatives(c, q, product, n, with_points=use is None, with_wallet=False,
+                                replaces=opened["order"])
+    rows.extend(points_rows)
     note = c.t("buy.invoice_note", order=opened["order"], cash=c.money(opened["cash"], cur),
                expires=i18n.when(opened["expires_at"], cfg.timezone))
+    look = await c.call(outlook.outlook, c.app.db, user=c.handle, order=opened["order"])
+    note += "\n" + outlook_text(c.lang, look, cur, points_offered=bool(points_rows))
     reply = Reply(items=[invoice])
-    return reply.text(note, rows)
+    return reply.text(note, tuple(rows))
+
+
+def outlook_text(lang: str, o: dict[str, Any], currency: str, *,
+                 points_offered: bool = False) -> str:
+    """What a purchase will and will not earn (`engine.outlook`), said before paying."""
+    def m(fen: int) -> str:
+        return i18n.money(fen, currency)
+
+    lines = [i18n.t(lang, "outlook.title")]
+    if o["queue"]:
+        if o["entry"]:
+            lines.append(i18n.t(lang, "outlook.entry", amount=m(o["entry"]),
+                                matures=i18n.day(o["matures_at"]),
+                                lock=i18n.days(lang, o["lock_days"])))
+        else:
+            lines.append(i18n.t(lang, "outlook.no_entry", cash=m(o["cash"]),
+                                min=m(o["min_order"])))
+    if o["points"]:
+        lines.append(i18n.t(lang, "outlook.points", points=i18n.pts(o["points"]),
+                            price=i18n.price(o["price_micro"])))
+    if o["scheme"] not in ("queue", "points", "both"):
+        lines.append(i18n.t(lang, "outlook.none"))
+    if o["accel"]:
+        lines.append(i18n.t(lang, "outlook.accel", name=echo(o["referrer"] or "-", 32),
+                            amount=m(o["accel"])))
+    if o["points_value"]:
+        lines.append(i18n.t(lang, "outlook.points_paid", value=m(o["points_value"]),
+                            cash=m(o["cash"])))
+    elif points_offered and o["scheme"] != "none":
+        lines.append(i18n.t(lang, "outlook.points_hint"))
+    if o["settles_at"] is not None and o["scheme"] != "none":
+        lines.append(i18n.t(lang, "outlook.window", days=o["settle_days"],
+                            settles=i18n.day(o["settles_at"])))
+    return "\n".join(lines)
 
 
 def _alternatives(c: Ctx, q: dict[str, Any], product: str, n: int,
-                  with_points: bool = True) -> tuple[tuple[Button, ...], ...]:
+                  with_points: bool = True, with_wallet: bool = True,
+                  replaces: str | None = None) -> tuple[tuple[Button, ...], ...]:
+    """Buttons to pay otherwise. Under an open order (`replaces`) the points button is
+    `pay:v1:ORDER:p`: it replaces that order by one paid partly with points."""
     rows: list[tuple[Button, ...]] = []
     nonce = secrets.token_urlsafe(6)
-    if q["wallet"] >= q["total"] and (data := callback("buy", product, n, "w", nonce)):
+    if with_wallet and q["wallet"] >= q["total"] and (
+            data := callback("buy", product, n, "w", nonce)):
         rows.append((Button(c.t("buy.wallet_button",
                                 balance=c.money(q["wallet"], q["currency"])), data),))
     if with_points and q["usable_points"] > 0:
@@ -160,18 +233,43 @@ def _alternatives(c: Ctx, q: dict[str, Any], product: str, n: int,
         covers = q["usable_value"] >= q["total"]
         rest = q["total"] - q["usable_value"]
         how = "pw" if not online and not covers else "p"
-        if (online or covers or q["wallet"] >= rest) and (
-                data := callback("buy", product, n, how, nonce)):
+        data = callback("pay", replaces, "p") if replaces and online else \
+            callback("buy", product, n, how, nonce)
+        if (online or covers or q["wallet"] >= rest) and data:
             rows.append((Button(c.t("buy.points_button", points=i18n.pts(q["usable_points"]),
                                     value=c.money(q["usable_value"], q["currency"])), data),))
     return tuple(rows)
 
 
-def _no_online_payment(c: Ctx, q: dict[str, Any], n: int) -> Reply:
+async def _no_online_payment(c: Ctx, q: dict[str, Any], n: int) -> Reply:
     rows = _alternatives(c, q, q["sku"], n)
-    return c.say("buy.no_online", rows, total=c.money(q["total"], q["currency"]),
-                 wallet=c.money(q["wallet"], q["currency"]), points=i18n.pts(q["points"]),
-                 sku=q["sku"], qty=n)
+    text = c.t("buy.no_online", total=c.money(q["total"], q["currency"]),
+               wallet=c.money(q["wallet"], q["currency"]), points=i18n.pts(q["points"]),
+               sku=q["sku"], qty=n)
+    look = await c.call(outlook.outlook, c.app.db, user=c.handle, sku=q["sku"], qty=n)
+    points_offered = any(b.data and ":p" in b.data for row in rows for b in row)
+    text += "\n" + outlook_text(c.lang, look, q["currency"], points_offered=points_offered)
+    return Reply().text(text, rows)
+
+
+@button("pay", purchase=True)
+async def pay_button(c: Ctx) -> Reply:
+    """Buttons under an invoice act on its order, never on a new one: `pay:v1:ORDER:w` pays
+    that order from the wallet (keyed by the order: a double tap pays once and answers the
+    same receipt); `pay:v1:ORDER:p` replaces it by an order paid with points, the rest
+    online. Someone else's order, or one no longer awaiting payment, is refused politely."""
+    if len(c.args) != 2 or c.args[1] not in ("w", "p") or not ORDER_REF.match(c.args[0]):
+        raise BadInput("bad.button")
+    ref, how = c.args
+    if how == "w":
+        result = await c.call(checkout.pay_with_wallet, c.app.db, user=c.handle, order=ref,
+                              key=f"btn:{c.user_id}:pay:{ref}:w")
+        return Reply().text(await receipt(c, result))
+    key = f"btn:{c.user_id}:pay:{ref}:p"
+    sku_, n, done = await c.call(checkout.open_order_line, c.app.db, user=c.handle,
+                                 order=ref, replaced_by=f"{key}:checkout")
+    # done: a repeated tap, answered with the same invoice (the points are already spent)
+    return await _buy(c, sku_, n, None if done else "all", False, key, replaces=ref)
 
 
 async def receipt(c: Ctx, result: dict[str, Any]) -> str:

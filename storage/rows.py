@@ -137,8 +137,10 @@ class OrderRow(Row):
                "cash", "method", "currency", "status", "created_at", "paid_at", "settles_at",
                "matures_at", "settled_at", "terms", "payment_ref", "entry_seq", "minted",
                "accelerated")
-    MUTABLE = ("status", "paid_at", "payment_ref", "settles_at", "matures_at", "settled_at",
-               "entry_seq", "minted", "accelerated")
+    # `method` changes once: an order opened for a channel and paid from the wallet instead
+    # (`orders.pay_from_wallet`), so a refund returns its cash to the wallet.
+    MUTABLE = ("status", "method", "paid_at", "payment_ref", "settles_at", "matures_at",
+               "settled_at", "entry_seq", "minted", "accelerated")
     __slots__ = COLUMNS
     no: int
     ref: str

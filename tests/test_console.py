@@ -27,13 +27,15 @@ NOT_OPERATOR = "Sorry, only the shop's operators can do that."
 
 
 class ConsoleChat:
-    def __init__(self, db_url: str, cwd: Path, identity: str = "console:admin") -> None:
+    def __init__(self, db_url: str, cwd: Path, identity: str = "console:admin", *,
+                 command: tuple[str, ...] = ("chat",), **extra_env: str) -> None:
         # lines go through a pipe: an oversized line is cut by nothing but the console
         env = {**os.environ, "STOREFRONT_DEMO_CATALOGUE": "false", "STOREFRONT_OPERATORS": "",
-               "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+               "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **extra_env}
         env.pop("TELEGRAM_BOT_TOKEN", None)
+        who = ("--as", identity) if command == ("chat",) else ()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "chat", "--db", db_url, "--as", identity],
+            [sys.executable, "-m", "bot.cli", *command, "--db", db_url, *who],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             encoding="utf-8", cwd=cwd, env=env)
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -49,7 +51,7 @@ class ConsoleChat:
     def _until(self, done: Any) -> list[str]:
         got = []
         while True:
-            line = self.lines.get(timeout=30)
+            line = self.lines.get(timeout=120)  # a loaded machine is slow
             if line is None:
                 raise AssertionError("console ended early:\n" + "\n".join(got) +
                                      (self.proc.stderr.read() if self.proc.stderr else ""))
@@ -99,7 +101,7 @@ def world(db: Database) -> tuple[Any, ...]:
 def test_console_shop_invite_purchase_payment_acceleration_and_reports(console):
     chat, db = console
     assert chat.send("/product TEA 100.00 0.30 15 queue Green tea") == (
-        "Product TEA saved: Green tea, 100.00 CNY, margin 0.30, lock 15 days, scheme queue.")
+        "Product TEA saved: Green tea, 100.00 CNY, margin 30%, lock 15 days, scheme queue.")
     assert chat.send("/deposit queue 1000.00") == (
         "Deposited 1000.00 CNY into the queue pool; balance now 1000.00 CNY.")
     chat.send(":as console:alice")
@@ -137,7 +139,7 @@ def test_console_shop_invite_purchase_payment_acceleration_and_reports(console):
         ("console:alice", "20.00"), ("console:bob", "0.00")]
     release = chat.send("/release")
     assert release.startswith("Release started…")
-    assert "Release done: 0 orders settled, 0 entries paid (0.00 CNY)." in release
+    assert "Release done: orders settled 0, entries paid 0 (0.00 CNY)." in release
 
 
 OPERATOR_COMMANDS = [
@@ -202,6 +204,27 @@ def test_run_without_a_channel_is_the_console_chat_with_a_demo_catalogue(tmp_pat
     assert again.stdout.count("• ") == 4 and "Traceback" not in again.stderr
 
 
+def test_run_without_a_channel_prints_every_users_notifications_and_no_log_lines(tmp_path):
+    """`make run` with no tokens: the console chat with the scheduler. A broadcast reaches
+    `tg:2` (a user made with `:as`) in the chat, marked with whom it is for; the scheduler's
+    log lines (DEBUG here, so there are plenty) go to var/storefront.log, never into the chat."""
+    env = {k: v for k, v in _run_env(tmp_path).items() if k != "DATABASE_URL"}
+    chat = ConsoleChat(f"sqlite:///{tmp_path}/run.db", tmp_path, command=("run",),
+                       **{**env, "STOREFRONT_LOG_LEVEL": "DEBUG"})
+    chat.send(":as tg:2")
+    chat.send("/me")  # tg:2 is a user now
+    chat.send(":as console:admin")
+    assert "[1]" in chat.send("/broadcast the shop opens at nine")
+    shown = "🔔 [to tg:2] the shop opens at nine"
+    if shown not in chat.send(":press 1").splitlines():  # else it comes at the next tick
+        chat._until(lambda line: line == shown)
+    stderr = chat.close()
+    log = (tmp_path / "var" / "storefront.log").read_text(encoding="utf-8")
+    assert "outbox delivery" in log and " DEBUG " in log  # the scheduler ran and logged there
+    assert stderr.splitlines() == ["storefront: logs (DEBUG) go to var/storefront.log; "
+                                   "STOREFRONT_LOG_FILE=- shows them here"], stderr
+
+
 def test_run_can_skip_the_demo_catalogue(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bot.cli", "run"], cwd=tmp_path,
                           input="/shop\n", capture_output=True, text=True, timeout=60,
@@ -217,6 +240,7 @@ def test_run_serves_telegram_through_the_real_adapter_and_stops_on_sigterm(tmp_p
             [sys.executable, "-m", "bot.cli", "run"], cwd=tmp_path, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=_run_env(tmp_path, TELEGRAM_BOT_TOKEN="4242:RUN-TOKEN",
+                         STOREFRONT_LOG_LEVEL="DEBUG",
                          TELEGRAM_API_BASE_URL=api.base_url, STOREFRONT_HTTP_PORT="0",
                          STOREFRONT_OPERATORS="tg:1"))
         try:
@@ -230,6 +254,9 @@ def test_run_serves_telegram_through_the_real_adapter_and_stops_on_sigterm(tmp_p
             _out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
         assert "Traceback" not in err and "RUN-TOKEN" not in err
+        log = (tmp_path / "var" / "storefront.log").read_text(encoding="utf-8")
+        assert "storefront running: telegram" in log and "setMyCommands" in log  # DEBUG
+        assert "RUN-TOKEN" not in log
 
 
 def test_channel_hooks_do_nothing_without_credentials_or_modules(tmp_path, monkeypatch):

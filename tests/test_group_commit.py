@@ -6,11 +6,17 @@ durable commit, on SQLite and PostgreSQL.
 - fewer commits than purchases (that is the point), and nobody is answered before the commit;
 - a refused purchase is refused alone; one key twice in a batch is one purchase;
 - a batch whose transaction fails is retried purchase by purchase.
+
+No test here depends on how threads happen to be scheduled: where a batch of several
+purchases is needed, the worker's first commit is held until they are all queued behind it
+(`hold_first_commit`), and where their order matters each is queued before the next starts.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,9 +49,46 @@ def shop(db: Database, users: int = 12) -> list[str]:
     return handles
 
 
-def together(threads: list[threading.Thread]) -> None:
-    """Start every thread, then wait for all of them."""
-    for t in threads:
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for a condition another thread brings about (the deadline only ends a hung run;
+    no assertion depends on how long anything took)."""
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.001)
+
+
+def hold_first_commit(db: Database, group: GroupCommit, queued: int) -> threading.Event:
+    """The group's first commit waits until `queued` purchases are queued behind it, so the
+    next batch certainly holds them all (whatever the machine's load). Returns an event set
+    once that commit is being held."""
+    holding = threading.Event()
+
+    def hold(_conn: Any) -> None:
+        if not holding.is_set() and threading.current_thread().name == "group-commit":
+            holding.set()
+            wait_until(lambda: group._jobs.qsize() >= queued, f"{queued} purchases queued")
+
+    event.listen(db.engine, "commit", hold)
+    return holding
+
+
+def queued_in_order(group: GroupCommit, threads: list[threading.Thread]) -> None:
+    """Start the threads one by one, each once the one before has queued its purchase."""
+    for n, t in enumerate(threads, 1):
+        t.start()
+        wait_until(lambda n=n: group._jobs.qsize() >= n, f"purchase {n} queued")  # type: ignore[misc]
+
+
+def together(threads: list[threading.Thread], holding: threading.Event | None = None) -> None:
+    """Start every thread, then wait for all of them. With `holding` (hold_first_commit's),
+    the first thread starts alone and the others once its commit is held, so the held batch
+    is the first thread's purchase alone and everyone else's queue behind it."""
+    first, *rest = threads
+    first.start()
+    if holding is not None:
+        wait_until(holding.is_set, "the first commit held")
+    for t in rest:
         t.start()
     for t in threads:
         t.join()
@@ -56,6 +99,7 @@ def test_concurrent_buyers_share_commits_and_the_books_are_exact(db: Database) -
     commits = [0]
     event.listen(db.engine, "commit", lambda _conn: commits.__setitem__(0, commits[0] + 1))
     group = GroupCommit(db, most=16)
+    holding = hold_first_commit(db, group, queued=7)  # the other 7 clients' first purchases
     answers: list[dict[str, Any]] = []
     asked: dict[str, dict[str, Any]] = {}
     errors: list[BaseException] = []
@@ -75,11 +119,11 @@ def test_concurrent_buyers_share_commits_and_the_books_are_exact(db: Database) -
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    together([threading.Thread(target=client, args=(n,)) for n in range(8)])
+    together([threading.Thread(target=client, args=(n,)) for n in range(8)], holding)
     group.close()
     assert errors == []
     assert len(answers) == 120 and len({a["order"] for a in answers}) == 120
-    assert group.purchases == 120 and group.batches < 120
+    assert group.purchases == 120 and group.batches <= 120 - 6  # those 7 shared a commit
     assert commits[0] == group.batches  # one commit per batch, not per purchase
     assert verify(db).ok
 
@@ -108,28 +152,26 @@ def test_a_refused_purchase_is_refused_alone(db: Database) -> None:
         except Refusal as refusal:
             results[name] = refusal
 
-    faults.arm("commit.before:buy:*:sleep0.2")  # hold each commit so the next calls queue up
+    first = threading.Thread(target=call, args=("warm",),
+                             kwargs={"user": handles[0], "sku": "tea", "at": T, "key": "w"})
+    calls = [("ok1", {"user": handles[1], "sku": "tea", "at": T, "key": "a"}),
+             ("bad", {"user": "nobody", "sku": "tea", "at": T, "key": "b"}),
+             ("dup", {"user": handles[1], "sku": "tea", "at": T, "key": "a"}),
+             ("ok2", {"user": handles[2], "sku": "rice", "at": T, "key": "c"})]
+    threads = [threading.Thread(target=call, args=(n,), kwargs=k) for n, k in calls]
+    holding = hold_first_commit(db, group, queued=len(calls))
     try:
-        first = threading.Thread(target=call, args=("warm",),
-                                 kwargs={"user": handles[0], "sku": "tea", "at": T, "key": "w"})
         first.start()
-        threading.Event().wait(0.05)
-        calls = [("ok1", {"user": handles[1], "sku": "tea", "at": T, "key": "a"}),
-                 ("bad", {"user": "nobody", "sku": "tea", "at": T, "key": "b"}),
-                 ("dup", {"user": handles[1], "sku": "tea", "at": T, "key": "a"}),
-                 ("ok2", {"user": handles[2], "sku": "rice", "at": T, "key": "c"})]
-        threads = [threading.Thread(target=call, args=(n,), kwargs=k) for n, k in calls]
-        for t in threads:
-            t.start()
+        wait_until(holding.is_set, "the warm-up's commit held")
+        queued_in_order(group, threads)  # ok1 before dup: dup is the replay
         for t in [first, *threads]:
             t.join()
     finally:
-        faults.disarm()
         group.close()
     assert isinstance(results["bad"], Refusal) and results["bad"].code == "unknown_user"
     assert results["dup"]["replayed"] is True and results["dup"]["order"] == results["ok1"]["order"]
     assert results["ok2"]["status"] == "settled"
-    assert group.batches < 5
+    assert group.batches == 2  # the warm-up, then the four together
     with db.reading() as s:
         assert s.execute(text("SELECT count(*) FROM orders")).scalar_one() == 3
     assert verify(db).ok
@@ -146,18 +188,25 @@ def test_a_failed_batch_is_retried_purchase_by_purchase(db: Database) -> None:
         except Exception as exc:  # noqa: BLE001 - compared below
             results[i] = exc
 
-    # The first commit raises; what it held is recorded again, one purchase at a time.
-    faults.arm("commit.before:buy:1:raise")
+    # A warm-up commit is held until all four are queued; their batch's commit (the second)
+    # raises, and each of them is then recorded alone.
+    warm = threading.Thread(target=group.buy, kwargs={"user": handles[0], "sku": "rice",
+                                                      "at": T, "key": "warm"})
+    holding = hold_first_commit(db, group, queued=4)
+    faults.arm("commit.before:buy:2:raise")
     try:
+        warm.start()
+        wait_until(holding.is_set, "the warm-up's commit held")
         together([threading.Thread(target=call, args=(i,)) for i in range(4)])
+        warm.join()
     finally:
         faults.disarm()
         group.close()
-    failed = [r for r in results.values() if isinstance(r, Exception)]
-    assert len(failed) <= 1  # only a purchase alone in the failed transaction is lost to it
+    assert [r for r in results.values() if isinstance(r, Exception)] == []
+    assert sorted(results) == [0, 1, 2, 3]
+    assert group.batches == 1 + 4  # the warm-up, then each of the failed batch alone
     with db.reading() as s:
-        n = s.execute(text("SELECT count(*) FROM orders")).scalar_one()
-    assert n == 4 - len(failed)
+        assert s.execute(text("SELECT count(*) FROM orders")).scalar_one() == 5
     assert verify(db).ok
 
 
@@ -183,15 +232,14 @@ def test_service_buy_shares_commits_once_the_storefront_turns_it_on(db: Database
     commits = [0]
     event.listen(db.engine, "commit", lambda _conn: commits.__setitem__(0, commits[0] + 1))
     service.start_group_commit(db)
+    holding = hold_first_commit(db, service._GROUPS[db], queued=23)  # the rest queue behind
     try:
-        faults.arm("commit.before:buy:*:sleep0.05")  # let callers queue behind each commit
         together([threading.Thread(target=service.buy, kwargs={
             "db": db, "user": handles[i % 6], "sku": "rice", "at": T, "key": f"s{i}"})
-            for i in range(24)])
+            for i in range(24)], holding)
     finally:
-        faults.disarm()
         service.stop_group_commit(db)
-    assert commits[0] < 24
+    assert commits[0] == 2  # the first purchase, then the other 23 together
     with db.reading() as s:
         assert s.execute(text("SELECT count(*) FROM orders")).scalar_one() == 24
     before = commits[0]

@@ -25,10 +25,13 @@ async def test_me_shows_wallet_points_price_value_and_distance_to_forced_exit(me
     await _buy(chat, "tg:10", "/buy RICE")  # 10.5 points, basis 50.00; pool 15.00
     body = text(await chat.send("tg:10", "/me"))
     assert "Wallet: 0.00 CNY (held for withdrawals: 0.00 CNY)" in body
-    assert "Points: 10.500000 at price 1.428571 = 15.00 CNY" in body
-    # exit at 2 × 50.00 ÷ 10.5 = 9.523810 per point (rounded up): 8.095239 more, +566.7%
-    assert "Forced exit when the price reaches 9.523810: it must rise 8.095239 more " \
+    # shoppers read points with 2 places and the price with up to 4, rounded down
+    assert "Points: 10.50 at price 1.4285 = 15.00 CNY" in body
+    # exit at 2 × 50.00 ÷ 10.5 = 9.523810 per point (rounded up): 8.095239 more, +566.7%;
+    # a threshold is shown rounded up, never below itself
+    assert "Forced exit when the price reaches 9.5239: it must rise 8.0953 more " \
            "(+566.7%)." in body
+    assert "000000" not in body
     assert "Cashback queue: 0 waiting, 0.00 CNY still to come." in body
     assert [b.data for b in buttons(await chat.send("tg:10", "/me"))] == [
         "cmd:v1:queue", "cmd:v1:history", "cmd:v1:orders", "cmd:v1:points"]
@@ -39,11 +42,11 @@ async def test_points_view_and_selling_points_pay_gross_less_the_fee(memdb):
     await chat.setup_shop()
     await _buy(chat, "tg:10", "/buy RICE")
     body = text(await chat.send("tg:10", "/points"))
-    assert "Points: 10.500000\nPrice: 1.428571 (only rises)\nValue: 15.00 CNY" in body
+    assert "Points: 10.50\nPrice: 1.4285 (only rises)\nValue: 15.00 CNY" in body
     assert "Selling all now would pay 13.50 CNY to your wallet (fee 1.50 CNY)." in body
     sold = text(await chat.send("tg:10", "/sellpoints 5"))
     # gross floor(5 × 1500/10.5) = 7.14, fee ceil(0.714) = 0.72, net 6.42 (SPEC §4)
-    assert sold == "Sold 5.000000 points: 6.42 CNY to your wallet (fee 0.72 CNY)."
+    assert sold == "Sold 5.00 points: 6.42 CNY to your wallet (fee 0.72 CNY)."
     assert chat.state()["users"]["tg:10"]["wallet"] == "6.42"
     # the fee stayed in the pool: (15.00 − 6.42) ÷ 5.5 points, the price rose
     assert chat.state()["points"]["price"] == "1.560000"
@@ -69,8 +72,8 @@ async def test_transfer_reaches_a_user_named_by_invite_code_or_identity(memdb):
     await _buy(chat, "tg:10", "/buy RICE")
     code = await _code(chat, "tg:20")
     assert text(await chat.send("tg:10", f"/transfer {code} 1.5")) == \
-        f"Sent 1.500000 points to {code}."
-    assert text(await chat.send("tg:10", "/transfer tg:20 1")) == "Sent 1.000000 points to tg:20."
+        f"Sent 1.50 points to {code}."
+    assert text(await chat.send("tg:10", "/transfer tg:20 1")) == "Sent 1.00 points to tg:20."
     assert chat.state()["users"]["tg:20"]["points"] == "2.500000"
     notes = chat.outbox("points_received")
     assert len(notes) == 2
@@ -124,13 +127,13 @@ async def test_history_pages_the_statement_newest_first_with_buttons(memdb):
     lines = body.splitlines()[1:]
     assert len(lines) == 8
     # 1 point at 1500/10.5: gross 1.42, fee ceil(0.142) = 0.15, net 1.27
-    assert "Points sold · wallet +1.27 CNY · points -1.000000" in lines[0]
-    assert "Points given · points -0.100000" in lines[1]
+    assert "Points sold · wallet +1.27 CNY · points -1.00" in lines[0]
+    assert "Points given · points -0.10" in lines[1]
     assert [b.data for b in buttons(first)] == ["hist:v1:1"]
     second = await chat.send("tg:10", "", callback="hist:v1:1")
     body2 = text(second)
     assert body2.startswith("Statement, page 2 of 2")
-    assert "Points minted · points +10.500000" in body2
+    assert "Points minted · points +10.50" in body2
     assert [b.data for b in buttons(second)] == ["hist:v1:0"]
     assert text(await chat.send("tg:10", "/history 2")) == body2
     assert text(await chat.send("tg:20", "", callback="hist:v1:x")) == \
@@ -146,7 +149,7 @@ async def test_orders_show_status_and_rebates(memdb):
     body = text(await chat.send("tg:10", "/orders"))
     day = (datetime.now(UTC).astimezone(SHANGHAI).date() + timedelta(days=15)).isoformat()
     assert "N3 · SOFA ×1 · 1000.00 CNY — awaiting payment" in body
-    assert "N2 · RICE ×2 · 100.00 CNY — settled: 21.000000 points" in body
+    assert "N2 · RICE ×2 · 100.00 CNY — settled: 21.00 points" in body
     assert f"N1 · TEA ×1 · 100.00 CNY — settled: queue entry #1 from {day} 00:00" in body
     assert body.index("N3") < body.index("N2") < body.index("N1")
 

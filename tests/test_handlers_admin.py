@@ -52,7 +52,7 @@ async def test_a_job_is_never_run_for_a_non_operator(memdb):
 async def test_product_and_deposit_are_journaled_with_the_operator(memdb):
     chat = Chat(memdb)
     reply = text(await chat.send(OPERATOR, "/product TEA 100.00 0.30 15 queue Green tea"))
-    assert reply == ("Product TEA saved: Green tea, 100.00 CNY, margin 0.30, lock 15 days, "
+    assert reply == ("Product TEA saved: Green tea, 100.00 CNY, margin 30%, lock 15 days, "
                      "scheme queue.")
     # (into the queue pool: a points deposit needs someone holding points, SPEC §4)
     assert text(await chat.send(OPERATOR, "/deposit queue 12.34")) == \
@@ -86,7 +86,7 @@ async def test_release_runs_as_a_progress_job_and_pays_matured_entries(memdb):
     pushed: list[str] = []
     req = Request(channel="telegram", identity=OPERATOR, request_id="job1")
     final = await handlers.run_job(chat.app, item.job, req, pushed.append)
-    assert final == "Release done: 0 orders settled, 2 entries paid (200.00 CNY)."
+    assert final == "Release done: orders settled 0, entries paid 2 (200.00 CNY)."
     assert pushed[-1] == final
     assert chat.state()["users"]["tg:5"]["wallet"] == "100.00"
     assert len(chat.outbox("release_paid")) == 2
@@ -95,7 +95,7 @@ async def test_release_runs_as_a_progress_job_and_pays_matured_entries(memdb):
         pushed.append("async:" + line)
 
     again = await handlers.run_job(chat.app, "release", req, async_update)
-    assert again == "Release done: 0 orders settled, 0 entries paid (0.00 CNY)."
+    assert again == "Release done: orders settled 0, entries paid 0 (0.00 CNY)."
 
 
 async def test_withdrawals_are_listed_with_buttons_and_decided_once(memdb):
@@ -171,7 +171,7 @@ async def test_broadcast_asks_for_confirmation_then_writes_one_outbox_row_per_us
     assert not chat.outbox("broadcast")
     assert "expired" in text(await chat.send("tg:2", "", callback=yes))  # not theirs
     # five users: the operator, the three above and tg:2, who joined by pressing the button
-    assert text(await chat.send(OPERATOR, "", callback=yes)) == "Broadcast queued for 5 users."
+    assert text(await chat.send(OPERATOR, "", callback=yes)) == "Broadcast queued; recipients: 5."
     rows = chat.outbox("broadcast")
     assert len(rows) == 5 and all(json.loads(r.params)["text"] == "Sale tomorrow!  明天促销"
                                   for r in rows)
@@ -214,7 +214,12 @@ async def test_verify_and_export_answer_operators(memdb):
 async def test_admin_menu_lists_operator_commands_with_buttons(memdb):
     chat = Chat(memdb)
     reply = await chat.send(OPERATOR, "/admin")
-    assert "/broadcast  — Message every user" in text(reply)
+    body = text(reply)
+    # each command with its words and a usage line
+    assert "/broadcast (群发, 广播) — Message every user\n   Usage: /broadcast TEXT" in body
+    assert "/pause (暂停) — Pause sales\n   Usage: /pause" in body
+    assert "/product (上架) — Add or change a product\n   Usage: /product SKU PRICE" in body
+    assert "  —" not in body
     assert "cmd:v1:pool" in [b.data for b in buttons(reply)]
     assert text(await chat.send(OPERATOR, "", callback="cmd:v1:withdrawals")) == \
         "No withdrawals are waiting."

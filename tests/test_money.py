@@ -68,3 +68,25 @@ def test_rounding_favours_the_pool():
 def test_a_trailing_newline_is_not_a_plain_decimal(text):
     with pytest.raises(AmountError):
         parse_fen(text)
+
+
+def test_shoppers_read_points_with_two_places_and_prices_with_up_to_four_rounded_down():
+    from engine.money import format_points_shown, format_price_shown
+
+    assert format_points_shown(10_504_999) == "10.50"
+    assert format_points_shown(-1_009_999) == "-1.00"  # toward zero: never overstated
+    assert format_price_shown(1_428_571) == "1.4285"
+    assert format_price_shown(2_000_000) == "2.00" and format_price_shown(2_500_000) == "2.50"
+    assert format_price_shown(9_523_810, up=True) == "9.5239"  # a threshold, never below
+
+
+def test_rates_read_as_percentages_and_oversized_amounts_are_told_apart():
+    from engine.money import AmountTooLarge, format_percent, max_amount
+
+    assert format_percent(parse_rate("0.20")) == "20%"
+    assert format_percent(parse_rate("0.125")) == "12.5%"
+    assert format_percent(parse_rate("1")) == "100%"
+    with pytest.raises(AmountTooLarge):
+        parse_fen("1000000000000")
+    assert max_amount(2) == "999999999999.99"
+    parse_fen(max_amount(2))

@@ -114,18 +114,17 @@ async def test_a_user_who_blocked_the_bot_is_marked_unreachable_not_retried(
 async def test_flood_control_retry_after_is_honoured(db: Database, api: FakeBotAPI) -> None:
     owe(db, user(db, "tg:5"), "patience")
     api.fail_next("sendMessage", 429, retry_after=1)
+    t0 = now()  # the deliverer's clock, stopped: "not due yet" cannot depend on load
 
-    first = await drain(db, api)
+    first = await drain(db, api, clock=lambda: t0)
     assert first["retry"] == 1 and statuses(db) == {"t:patience": "pending"}
     row = db.read(lambda s: s.execute(select(Outbox)).scalar_one())
     assert "flood control" in (row.last_error or "").lower()
-    assert await drain(db, api) == Counter()  # not due yet: nothing is sent early
+    assert await drain(db, api, clock=lambda: t0 + timedelta(seconds=0.99)) == Counter()
 
-    await asyncio.sleep(1.05)
-    second = await drain(db, api)
+    second = await drain(db, api, clock=lambda: t0 + timedelta(seconds=1))
     assert second["sent"] == 1 and delivered(api) == Counter({"patience": 1})
-    attempts = api.request_times[("sendMessage", 5)]
-    assert len(attempts) == 2 and attempts[1] - attempts[0] >= 1.0
+    assert len(api.request_times[("sendMessage", 5)]) == 2
 
 
 async def test_a_restart_mid_delivery_loses_nothing(db: Database, api: FakeBotAPI) -> None:
@@ -259,25 +258,33 @@ async def test_a_message_that_cannot_be_rendered_fails_alone(db: Database,
     assert statuses(db) == {"t:fine": "sent", "odd": "failed"}
 
 
-async def test_rate_limiter_counts_a_send_until_its_answer_is_back() -> None:
-    limiter = RateLimiter(overall=2, period=0.2, per_chat=0.3, margin=0.0)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
+async def test_rate_limiter_counts_a_send_until_its_answer_is_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a clock that moves only when the limiter (or the test) sleeps, so each wait is
+    exactly what the limits demand, however loaded the machine is."""
+    real_sleep = asyncio.sleep
+    clock = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += max(seconds, 0.0)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    limiter = RateLimiter(overall=2, period=0.2, per_chat=0.3, margin=0.0,
+                          clock=lambda: clock[0])
     async with limiter.slot(1):
         async with limiter.slot(2):
             await asyncio.sleep(0.1)  # two answers outstanding: a third must wait for them
     async with limiter.slot(3):
         pass
-    assert loop.time() - start >= 0.29  # 0.1 for the answers + a full period after them
-    before = loop.time()
+    assert clock[0] == pytest.approx(0.3)  # 0.1 for the answers + a full period after them
     async with limiter.slot(1):  # chat 1's last answer came 0.2 s ago: 0.1 s more
         pass
-    assert 0.09 <= loop.time() - before
+    assert clock[0] == pytest.approx(0.4)
     limiter.pause(0.2)
-    before = loop.time()
     async with limiter.slot(4):
         pass
-    assert loop.time() - before >= 0.19
+    assert clock[0] == pytest.approx(0.6)
 
 
 def test_outbox_command_shows_pending_sent_and_failed(

@@ -81,13 +81,26 @@ def test_sqlite_lease_of_another_host_waits_for_expiry(sqlite_db: Database) -> N
 
 
 def test_a_held_lease_is_renewed_and_a_stolen_one_is_noticed(sqlite_db: Database) -> None:
-    lock = LockSet([LeaseLock(sqlite_db, "release", ttl=timedelta(seconds=0.6))])
+    # The leases' clock moves only when the test moves it: whether the lease expired never
+    # depends on how promptly the keeper thread got the CPU.
+    now = [datetime(2026, 8, 1, tzinfo=UTC)]
+
+    def expires() -> datetime:
+        return sqlite_db.read(lambda s: s.get(Lease, "release").expires_at)
+
+    lock = LockSet([LeaseLock(sqlite_db, "release", ttl=timedelta(seconds=0.6),
+                              clock=lambda: now[0])])
     assert lock.acquire("mine:1:a")
-    time.sleep(1.0)  # longer than the ttl: only renewal keeps it
-    other = LockSet([LeaseLock(sqlite_db, "release")])
+    first = expires()
+    now[0] += timedelta(seconds=1)  # past the first expiry: only a renewal keeps it
+    deadline = time.monotonic() + 120  # ends a hung run only; the keeper renews every 0.2 s
+    while expires() <= first:
+        assert time.monotonic() < deadline, "the keeper never renewed the lease"
+        time.sleep(0.01)
+    other = LockSet([LeaseLock(sqlite_db, "release", clock=lambda: now[0])])
     assert not other.acquire("theirs:2:b") and other.blocked_by == "mine:1:a"
     sqlite_db.run(lambda s: s.execute(update(Lease).values(holder="thief:3:c")))
-    assert lock.lost.wait(2.0)
+    assert lock.lost.wait(120)  # set at the keeper's next renewal
     lock.release()
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from engine import report, service
 from engine.errors import Refusal
 from engine.estimate import HORIZON_DAYS, days_to_fund, release_estimate
+from engine.history import price_changes
 from engine.points import Price
 from storage.db import Database
 from storage.models import Entry, Identity, JournalTxn, Outbox, Pool, Posting, User
@@ -203,6 +204,17 @@ def _queue_without_inflow(db: Database, *, lock: int = 0) -> None:
         service.buy(db, user=handle, sku="FREE", qty=qty, at=local(0, 9), order=f"f{n}")
 
 
+def _daily_sales(db: Database, at: datetime, *, days: int = 30) -> None:
+    """One sale a day below `min_order` for the `days` days up to `at`: 1.00 into the queue
+    pool each (ceil(10.00 × 0.5 × 0.20)), no entry."""
+    service.upsert_product(db, sku="DRIP", price="10.00", margin="0.5", lock_days=0,
+                           scheme="queue", at=at - timedelta(days=days))
+    service.join(db, user="S", at=at - timedelta(days=days))
+    for back in range(days):
+        service.buy(db, user="S", sku="DRIP", at=at - timedelta(days=back, hours=1),
+                    order=f"drip{back}")
+
+
 def test_estimate_says_not_reached_when_nothing_flows_in(memdb: Database):
     _queue_without_inflow(memdb)
     service.deposit(memdb, pool="queue", amount="150.00", at=local(1))  # before the window
@@ -217,10 +229,9 @@ def test_estimate_says_not_reached_when_nothing_flows_in(memdb: Database):
 def test_estimate_gives_the_right_day_for_a_constant_inflow(memdb: Database):
     _queue_without_inflow(memdb)
     at = local(100, 13)
-    for back in range(30):  # 1.00 a day for the 30 days up to `at`
-        service.deposit(memdb, pool="queue", amount="1.00", at=at - timedelta(days=back, hours=1))
+    _daily_sales(memdb, at)  # 1.00 a day into the pool for the 30 days up to `at`
     r = report.pool_report(memdb, at)
-    assert (r["queue_balance"], r["inflow_30d"]) == (3000, 3000)
+    assert (r["queue_balance"], r["inflow_30d"], r["deposits_30d"]) == (3000, 3000, 0)
     views = report.queue_view(memdb, "A", at) + report.queue_view(memdb, "B", at)
     assert sorted(v["owed_ahead"] + v["remaining"] for v in views) == [10000, 30000, 40000]
     for v in views:
@@ -312,6 +323,7 @@ def test_report_reads_no_growing_table_by_a_full_scan(sqlite_url: str):
     report.pool_report(db, at)
     report.queue_view(db, "B", at)
     report.warnings(db, at, Fraction(1, 2), 3)
+    price_changes(db, at)
     event.remove(db.engine, "before_cursor_execute", seen)
     scans = []
     with db.engine.connect() as conn:

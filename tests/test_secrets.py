@@ -13,6 +13,7 @@ import logging
 import re
 import secrets
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,83 @@ def test_the_repository_scan_would_catch_a_committed_key() -> None:
         assert PATTERNS[what].search(sample), what
 
 
+
+
+def test_debug_logging_as_set_up_never_writes_a_secret(tmp_path: Path) -> None:
+    """`STOREFRONT_LOG_LEVEL=DEBUG` through the one set-up (bot/logs.py): the libraries log
+    URLs, parameters and tracebacks carrying secrets; the file written holds none of them,
+    whichever logger made the record and however the secret got into it."""
+    from bot.logs import setup_logging
+
+    tg_token = f"{secrets.randbelow(9 * 10**9) + 10**9}:{_made_up('TGSECRET')}"
+    other_token = f"{secrets.randbelow(9 * 10**9) + 10**9}:{_made_up('OTHERBOT')}"
+    provider, wx_secret, aes = _made_up("PROVIDER"), _made_up("WXSECRET"), _made_up("AES")
+    apiv3, db_password, access = _made_up("APIV3"), _made_up("DBPASS"), _made_up("ACCESS")
+    settings = Settings(_env_file=None,  # type: ignore[call-arg]
+                        STOREFRONT_LOG_LEVEL="debug",
+                        STOREFRONT_LOG_FILE=str(tmp_path / "logs" / "storefront.log"),
+                        TELEGRAM_BOT_TOKEN=tg_token, TELEGRAM_PAYMENT_PROVIDER_TOKEN=provider,
+                        WECHAT_TOKEN=_made_up("WXTOKEN"), WECHAT_APP_ID="wx0001",
+                        WECHAT_APP_SECRET=wx_secret, WECHAT_ENCODING_AES_KEY=aes,
+                        WECHAT_PAY_APIV3_KEY=apiv3,
+                        DATABASE_URL=f"postgresql://shop:{db_password}@127.0.0.1/shop")
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        where = setup_logging(settings)
+        assert where == str(tmp_path / "logs" / "storefront.log")
+        logging.getLogger("telegram.ext.ExtBot").debug(
+            "Calling Bot API endpoint `sendInvoice` with parameters `%s`",
+            {"provider_token": provider, "chat_id": 7})
+        logging.getLogger("httpx").info('HTTP Request: POST https://api.telegram.org/bot%s/getMe'
+                                        ' "HTTP/1.1 200 OK"', tg_token)
+        logging.getLogger("aiohttp.client").debug(
+            "GET https://api.telegram.org/bot%s/getUpdates", other_token)  # not in settings
+        logging.getLogger("urllib3.connectionpool").debug(
+            'https://api.weixin.qq.com:443 "GET /cgi-bin/token?grant_type=client_credential'
+            '&appid=wx0001&secret=%s HTTP/1.1" 200 None', wx_secret)
+        logging.getLogger("wechatpy.client.base").debug(
+            "POST /cgi-bin/message/custom/send?access_token=%s", access)
+        logging.getLogger("sqlalchemy.engine").info(
+            "connect postgresql://shop:%s@127.0.0.1/shop", db_password)
+        try:
+            raise RuntimeError(f"WeChat Pay said no to key {apiv3} and AES {aes}")
+        except RuntimeError:
+            logging.getLogger("wechatpayv3").exception("payment call failed")
+        logging.getLogger("bot.app").debug("stack here", stack_info=True)
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+    written = (tmp_path / "logs" / "storefront.log").read_text(encoding="utf-8")
+    assert "sendInvoice" in written and "getUpdates" in written and "cgi-bin/token" in written
+    assert "payment call failed" in written and "RuntimeError" in written  # the traceback
+    assert " DEBUG telegram.ext.ExtBot: " in written
+    for value in (tg_token.split(":")[1], other_token.split(":")[1], provider, wx_secret,
+                  aes, apiv3, db_password, access):
+        assert value not in written, value
+
+
+def test_the_log_level_is_checked() -> None:
+    assert Settings(_env_file=None).log_level == "INFO"  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="STOREFRONT_LOG_LEVEL"):
+        Settings(_env_file=None, STOREFRONT_LOG_LEVEL="loud")  # type: ignore[call-arg]
+
+
+def test_one_shot_commands_log_through_the_same_filter(tmp_path: Path) -> None:
+    """`storefront release`, `outbox --deliver`…: Python's last-resort handler (warnings to
+    stderr) blanks secrets too."""
+    token = f"{secrets.randbelow(9 * 10**9) + 10**9}:{_made_up('ONESHOT')}"
+    code = ("import logging, sys\n"
+            "from bot.cli import redact_last_resort\n"
+            "redact_last_resort()\n"
+            "logging.getLogger('httpx').warning('POST https://api.telegram.org/bot%s/x', "
+            "sys.argv[1])\n")
+    env = {"TELEGRAM_BOT_TOKEN": token, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code, token], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "api.telegram.org/bot<redacted>/x" in done.stderr, done.stderr
+    assert token.split(":")[1] not in done.stderr

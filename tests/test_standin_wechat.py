@@ -101,7 +101,7 @@ def test_sign_query_matches_wechat_rule_and_wechatpy():
 
     fresh = sw.sign_query(TOKEN, openid=OPENID)
     check_signature(TOKEN, fresh["signature"], fresh["timestamp"], fresh["nonce"])
-    assert fresh["openid"] == OPENID and abs(int(fresh["timestamp"]) - time.time()) < 5
+    assert fresh["openid"] == OPENID and abs(int(fresh["timestamp"]) - time.time()) < 300  # now, not a fixed one
 
     echo = sw.echostr_query(TOKEN, "987654321")
     check_signature(TOKEN, echo["signature"], echo["timestamp"], echo["nonce"])

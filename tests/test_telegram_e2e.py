@@ -58,7 +58,7 @@ class Shop:
     def state(self) -> dict[str, Any]:
         return self.app.db.read(snapshot)
 
-    async def replies(self, chat: int, mark: int, expect: int, timeout: float = 8.0
+    async def replies(self, chat: int, mark: int, expect: int, timeout: float = 60.0
                       ) -> list[Call]:
         """The first `expect` answered send* calls to `chat` after call number `mark`."""
         deadline = time.monotonic() + timeout
@@ -214,12 +214,12 @@ async def test_storefront_story_on_sqlite(shop: Shop) -> None:
 
     # The referrer's /me shows the acceleration: 20.00 of its 100.00 paid, 80.00 still owed.
     me2 = await s.say(2, "/me")
-    assert "80.00 CNY" in me2 and "21.000000" in me2 and "1.680672" in me2
+    assert "80.00 CNY" in me2 and "Points: 21.00 at price 1.6806" in me2
     assert "35.29 CNY" in me2  # 21 points × 60.00 / 35.7, rounded down
     assert "20.00 CNY" in me2  # the acceleration was paid into its wallet
     assert state["users"]["tg:2"]["wallet"] == "20.00"
     me3 = await s.say(3, "/me", lang="zh-hans")
-    assert "100.00 CNY" in me3 and "14.700000" in me3
+    assert "100.00 CNY" in me3 and "积分：14.70，" in me3
     report_calls = await s.send(OPERATOR, "/pool", expect=3)  # the numbers, and two charts
     assert [c.method for c in report_calls] == ["sendMessage", "sendPhoto", "sendPhoto"]
     assert all(c.files["photo"].startswith(b"\x89PNG") for c in report_calls[1:])
@@ -358,7 +358,7 @@ def serving(app: Starlette) -> Iterator[str]:
                                            lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # ends a hung run only
     while not server.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.01)

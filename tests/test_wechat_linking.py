@@ -122,7 +122,7 @@ async def test_linked_account_sees_one_balance_after_a_purchase_on_each_channel(
     on_telegram = (await telegram(shop, bot_api, tg.make_text_update(TG_ID, "/me"))).text
     on_wechat = (await shop.say(ALICE, "我的"))["Content"]
     assert numbers(on_telegram) == numbers(on_wechat)
-    assert f"{Decimal(user.points) / 1_000_000:.6f}" in on_wechat
+    assert f"{Decimal(user.points // 10_000) / 100:.2f}" in on_wechat  # shown: 2 places
     report = verify(shop.db)
     assert report.ok, report.problems
 

@@ -138,6 +138,11 @@ _module_query_ids = itertools.count(1)
 # --------------------------------------------------------------------------------------------
 
 
+# A wait's time-out only ends a run that has already failed; on a loaded machine (the suite
+# shares two cores) what takes 0.1 s alone may take seconds, so no wait gives up sooner.
+MIN_WAIT = 60.0
+
+
 @dataclass
 class Call:
     """One request received by the stand-in.
@@ -757,7 +762,7 @@ class FakeBotAPI:
 
         ``since`` skips the first N calls (use ``len(api.calls)`` as a mark).
         """
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + max(timeout, MIN_WAIT)
         while True:
             found = self._match(predicate, since)
             if found is not None:
@@ -773,7 +778,7 @@ class FakeBotAPI:
         *,
         since: int = 0,
     ) -> Call:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + max(timeout, MIN_WAIT)
         while True:
             found = self._match(predicate, since)
             if found is not None:
