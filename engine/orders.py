@@ -360,9 +360,8 @@ def pay_from_wallet(book: Book, *, ref: object, user: str, at: object, key: str,
         raise Refusal("insufficient_balance")
     order.method = "wallet"
     _mark_paid(book, order, buyer, when, payment_ref=None)
-    buyer.wallet -= order.cash
     p = journal.Postings()
-    p.fen(journal.wallet(buyer.id), journal.REVENUE, order.cash, f"order:{order.ref}")
+    p.fen(ledger.wallet(buyer), journal.REVENUE, order.cash, f"order:{order.ref}")
     book.record(key=key, kind="purchase", at=when, postings=p, actor=actor,
                 body={"order": order.ref, "user": buyer.handle, "sku": order.sku,
                       "qty": order.qty, "total": order.total, "cash": order.cash,
