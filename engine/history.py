@@ -19,10 +19,11 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from storage.db import Database
-from storage.models import Entry, JournalTxn, Pool, Posting, Setting
+from storage.models import Entry, JournalTxn, Pool, Posting
 
 from . import journal
 from .config import Config
+from .config import stored as config
 from .money import MICRO_PER_POINT
 from .points import Price
 
@@ -30,10 +31,6 @@ DAY = timedelta(days=1)
 HISTORY_DAYS = 90
 WAITING = Entry.status == "waiting"
 OWED = Entry.amount - Entry.released
-
-
-def config(session: Session) -> Config:
-    return Config.from_values({r.key: r.value for r in session.execute(select(Setting)).scalars()})
 
 
 def pools(session: Session) -> dict[str, Pool]:
