@@ -14,9 +14,10 @@ import re
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from storage import queries
 from storage.rows import OrderRow, UserRow
 
-from . import journal, points, queue
+from . import journal, ledger, points, queue
 from .accounts import micro_amount
 from .book import Book, ProductInfo
 from .errors import Refusal
@@ -53,8 +54,7 @@ def _order(book: Book, ref: object, *, lock: bool = True) -> OrderRow | None:
     for order in book.rows.known(OrderRow):
         if order.ref == ref:
             return order
-    found = book.rows.load(OrderRow, "ref = ?", (ref,), lock=lock)
-    return found[0] if found else None
+    return queries.order_by_ref(book.rows, ref, lock=lock)
 
 
 def _locked_order(book: Book, ref: object) -> OrderRow:
@@ -159,7 +159,7 @@ def _new_order(book: Book, req: _Request, ref: str | None, method: str,
     if req.points:
         burned = points.burn(book, req.buyer, req.points, p, f"order:{ref}")
         assert burned == req.value
-        p.fen(journal.POINTS_POOL, journal.REVENUE, req.value, f"order:{ref}")
+        p.fen(ledger.points_pool(book), journal.REVENUE, req.value, f"order:{ref}")
     return order
 
 
@@ -220,9 +220,7 @@ def _pay(book: Book, order: OrderRow, buyer: UserRow, at: datetime, p: journal.P
     order.payment_ref = payment
     order.settles_at = local_midnight_after(at, book.cfg.settle_days, tz)
     order.matures_at = local_midnight_after(at, int(terms["lock_days"]), tz)
-    if from_wallet:
-        buyer.wallet -= order.cash
-    source = journal.wallet(buyer.id) if from_wallet else journal.PAYMENTS_IN
+    source = ledger.wallet(buyer) if from_wallet else journal.PAYMENTS_IN
     p.fen(source, journal.REVENUE, order.cash, f"order:{order.ref}")
     body = {"order": order.ref, "user": buyer.handle, "sku": order.sku, "qty": order.qty,
             "total": order.total, "cash": order.cash, "points": order.points_used,
@@ -267,8 +265,7 @@ def cancel_unpaid(book: Book, *, ref: str, at: object, actor: str | None = None)
     buyer = book.user_by_id(order.user_id)
     order.status = "cancelled"
     p = journal.Postings()
-    buyer.wallet += order.points_value
-    p.fen(journal.REVENUE, journal.wallet(buyer.id), order.points_value, f"order:{ref}")
+    p.fen(journal.REVENUE, ledger.wallet(buyer), order.points_value, f"order:{ref}")
     book.record(key=f"cancel:{ref}", kind="cancel", at=when, postings=p, actor=actor,
                 body={"order": ref, "returned": order.points_value})
     return order_result(book, order)
@@ -291,12 +288,9 @@ def settle_due(book: Book, at: datetime) -> list[dict[str, Any]]:
     """Settle every pending order due by `at`, in the order they were recorded (SPEC §8)."""
     settled: list[dict[str, Any]] = []
     after = 0
-    due_by = book.rows.param(OrderRow, "settles_at", at)
     while True:
-        batch = book.rows.load(OrderRow, "status = 'pending' AND settles_at <= ? AND no > ?",
-                               (due_by, after), suffix=" ORDER BY no LIMIT 200",
-                               name=("due", at) if after == 0 else None)
-        more = len(batch) == 200
+        batch = queries.orders_due(book.rows, at, after)
+        more = len(batch) == queries.DUE_PAGE
         upto = batch[-1].no if more else None
         # Orders recorded (or changed) in this transaction are in memory, not yet stored.
         due = {o.no: o for o in batch}
@@ -372,13 +366,9 @@ def refund(book: Book, *, ref: object, at: object, actor: str | None = None) -> 
     order.status = "refunded"
     p = journal.Postings()
     r = f"order:{order.ref}"
-    if order.method == "wallet":
-        buyer.wallet += order.cash
-        p.fen(journal.REVENUE, journal.wallet(buyer.id), order.cash, r)
-    else:
-        p.fen(journal.REVENUE, journal.REFUNDS_OUT, order.cash, r)
-    buyer.wallet += order.points_value
-    p.fen(journal.REVENUE, journal.wallet(buyer.id), order.points_value, r)
+    back = ledger.wallet(buyer) if order.method == "wallet" else journal.REFUNDS_OUT
+    p.fen(journal.REVENUE, back, order.cash, r)
+    p.fen(journal.REVENUE, ledger.wallet(buyer), order.points_value, r)
     key = f"refund:{order.ref}"
     book.record(key=key, kind="refund", at=when, postings=p, actor=actor,
                 body={"order": order.ref, "cash": order.cash, "points_value": order.points_value,
