@@ -266,13 +266,12 @@ def shop_url(request: pytest.FixtureRequest) -> Iterator[str]:
             drop_pg_schema(admin, schema)
 
 
-def _prepare(url: str) -> Database:
+def _prepare(url: str, pool: ThreadPoolExecutor) -> Database:
     db = Database(url)
     migrate(db)
     service.upsert_product(db, sku="TEA", price="20.00", margin="0.30", lock_days=15,
                            scheme="both", name="Tea", actor="test")
-    for buyer in BUYERS:
-        users.resolve(db, f"tg:{buyer}", lang="en")
+    list(pool.map(lambda buyer: users.resolve(db, f"tg:{buyer}", lang="en"), BUYERS))
     return db
 
 
@@ -290,7 +289,7 @@ def test_kill_9_during_payment_bursts_loses_and_doubles_nothing(
         svc = Service(zygote, shop_url, api, tmp_path, webhook=webhook)
         try:
             t_setup = time.monotonic()
-            db = _prepare(shop_url)
+            db = _prepare(shop_url, pool)
             svc.start()
             setup = round(time.monotonic() - t_setup, 1)
             next_update = 1
@@ -399,7 +398,7 @@ def test_a_webhook_answered_200_is_in_the_inbox_even_if_killed_at_once(
         svc = Service(zygote, url, api, tmp_path, webhook=True)
         db = None
         try:
-            db = _prepare(url)
+            db = _prepare(url, pool)
             svc.start()
             tokens = [checkout.open_checkout(db, user=f"tg:{b}", sku="TEA", channel="telegram",
                                              method="telegram", key=f"open:{b}")["token"]
