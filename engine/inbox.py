@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from storage.db import Database
 from storage.models import Checkout, Identity, InboxUpdate, JournalTxn, Outbox, User
 
-from .journal import canonical
+from . import outbox
 
 PENDING, DONE, SPOOLED, EXPIRED, FAILED = "pending", "done", "spooled", "expired", "failed"
 # outbox kinds of the operators' notices (handlers/notify.py renders them)
@@ -194,10 +194,9 @@ def notify_operators(session: Session, operators: Iterable[str], *, key: str, ki
             continue
         user = session.execute(select(User).join(Identity, Identity.user_id == User.id)
                                .where(Identity.identity == ident)).scalar_one_or_none()
-        session.add(Outbox(key=row_key, user_id=user.id if user else None, kind=kind,
-                           params=canonical({**params, "identity": ident}),
-                           lang=(user.lang if user and user.lang else "zh"),
-                           status="pending", attempts=0, next_at=at, created_at=at))
+        session.add(Outbox(**outbox.message_fields(
+            row_key, user.id if user else None, kind, {**params, "identity": ident},
+            user.lang if user else None, at)))
         written += 1
     session.flush()
     return written
