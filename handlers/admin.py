@@ -146,6 +146,8 @@ async def pool(c: Ctx) -> Reply:
     if r.get("points_unbacked"):  # supply 0, pool > 0: whoever mints next would own it
         lines.append(c.t("pool.points_unbacked", amount=m("points_unbacked")))
     lines += [_near_exit_line(c, r), pending_text]
+    if r.get("payments_waiting"):  # taken by a channel, not recorded yet (engine/inbox.py)
+        lines.append(c.t("pool.payments_waiting", count=int(r["payments_waiting"])))
     reply = Reply().text("\n".join(lines))
     for draw, caption in ((charts.pool_chart_png, "pool.chart"),
                           (charts.price_chart_png, "pool.price_chart")):
