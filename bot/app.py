@@ -121,7 +121,7 @@ async def start_http(settings: Settings, app: App,
 
 async def start_scheduler(settings: Settings, app: App, telegram: Running | None = None,
                           http: Running | None = None) -> Running | None:
-    """The scheduler (`scheduler.py`): releases at STOREFRONT_RELEASE_TIMES and delivery of
+    """The scheduler (`scheduler/`): releases at STOREFRONT_RELEASE_TIMES and delivery of
     the outbox through the channels' senders (the running bot's and WeChat client's own)."""
     module = _optional("scheduler")
     if module is None:
@@ -129,17 +129,12 @@ async def start_scheduler(settings: Settings, app: App, telegram: Running | None
     bot = getattr(telegram.handle, "bot", None) if telegram is not None else None
     # the WeChat adapter's own sender knows each user's 48-hour customer-service window
     wechat = getattr(getattr(http.handle, "wechat", None), "sender", None) if http else None
-    if hasattr(module, "start_scheduler"):
-        sched = await module.start_scheduler(settings, app, telegram_bot=bot,
-                                             wechat_sender=wechat)
-    elif hasattr(module, "build_scheduler"):
-        from bot.senders import senders_from_settings
+    from bot.senders import senders_from_settings
+    from handlers.notify import render
 
-        senders = senders_from_settings(settings, telegram_bot=bot, wechat_sender=wechat)
-        sched = module.build_scheduler(settings, app.db, senders)
-        sched.start()
-    else:
-        return None
+    senders = senders_from_settings(settings, telegram_bot=bot, wechat_sender=wechat)
+    sched = module.build_scheduler(settings, app.db, senders, renderer=render)
+    sched.start()
     return Running("scheduler", sched, sched.stop)
 
 
@@ -151,8 +146,9 @@ def _console_scheduler(settings: Settings, db: Database) -> Any:
     if module is None or not hasattr(module, "build_scheduler"):
         return None
     from bot.console import console_senders
+    from handlers.notify import render
 
-    sched = module.build_scheduler(settings, db, console_senders())
+    sched = module.build_scheduler(settings, db, console_senders(), renderer=render)
     sched.start()
     return sched
 

@@ -16,11 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
-    from storage.db import Database
-    from storage.ratelimit import RateLimiter
+    from engine.database import Database
+    from engine.limits import Rule
+
+
+class RateLimiter(Protocol):
+    """What the dispatcher asks of a rate limiter (the bot gives `App` a concrete one,
+    storage/ratelimit.py's through engine/limits.py): take a token from `key`'s bucket for
+    `rule`, False when it is empty."""
+
+    def allow(self, rule: Rule, key: str) -> bool: ...
 
 
 @dataclass(frozen=True)

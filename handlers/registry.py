@@ -18,14 +18,14 @@ from typing import Any, NamedTuple, TypeVar
 
 from engine import users
 from engine.config import Config
+from engine.database import DatabaseUnavailable
 from engine.errors import Refusal
-from storage.db import DatabaseUnavailable
-from storage.ratelimit import COMMANDS as COMMAND_RATE
-from storage.ratelimit import PURCHASES as PURCHASE_RATE
-from storage.ratelimit import RateLimiter
+from engine.limits import COMMANDS as COMMAND_RATE
+from engine.limits import PURCHASES as PURCHASE_RATE
+from engine.limits import RateLimiter as InProcessLimiter
 
 from . import i18n
-from .base import App, Button, Reply, Request
+from .base import App, Button, RateLimiter, Reply, Request
 from .parsing import BadInput, echo, is_clean, normalise, parse_callback
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class Ctx:
 
 def limiter(app: App) -> RateLimiter:
     if app.limiter is None:
-        app.limiter = RateLimiter()
+        app.limiter = InProcessLimiter()
     return app.limiter
 
 

@@ -11,9 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from engine import checkout, outlook, service, users
+from engine.database import DatabaseUnavailable
 from engine.errors import Refusal
 from engine.orders import ORDER_REF
-from storage.db import DatabaseUnavailable
 
 from . import i18n
 from .base import App, Button, Invoice, Reply

@@ -9,7 +9,9 @@
   APScheduler runs these in every process that starts a scheduler; the release lock
   (storage/locks.py) lets one of them work and the others skip.
 - **Delivery**: every couple of seconds, make sure a delivery loop is draining the outbox
-  (engine/outbox.py) through the users' channels (bot/senders.py), at the channels' rates.
+  (engine/outbox.py) through the users' channels, at the channels' rates: the scheduler is
+  given its senders (scheduler/delivery.py says what a sender is; bot/senders.py has them)
+  and the message catalogue (`renderer`); it imports neither `bot` nor `handlers`.
 
 `clock` (aware datetimes) drives every time these jobs use, and the triggers' start times,
 so tests can run the real APScheduler on a controlled clock.
@@ -30,14 +32,15 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from bot.senders import ANY_CHANNEL, Rejected, RetryLater, Sender, Unreachable
 from engine import outbox, users
 from engine.jobs import RELEASE, last_run, run_release, store_timezone
-from engine.money import format_fen, format_micro
+from engine.money import format_fen, format_micro, parse_rate
 from engine.queue import RELEASE_PAGE
-from engine.report import scheduled_pool_warnings
+from engine.report import write_pool_warnings
 from storage import faults
 from storage.db import Database
+
+from .delivery import ANY_CHANNEL, Rejected, Renderer, RetryLater, Sender, Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +166,8 @@ _MICRO = {"points", "minted"}
 
 
 def plain_render(kind: str, params: Mapping[str, Any], lang: str) -> str:
-    """A plain rendering for when the message catalogue (handlers/notify.py) is absent."""
+    """A plain rendering, for a deliverer not given the message catalogue (`storefront run`
+    and `storefront outbox` give it handlers/notify.py's `render`)."""
     if kind == "broadcast" and isinstance(params.get("text"), str):
         return params["text"]
     zh, en = _TITLES.get(kind, ("通知", "Notice"))
@@ -178,14 +182,6 @@ def plain_render(kind: str, params: Mapping[str, Any], lang: str) -> str:
     return title + ("\n" + "\n".join(parts) if parts else "")
 
 
-def render(kind: str, params: Mapping[str, Any], lang: str) -> str:
-    try:
-        from handlers.notify import render as catalogue
-    except ImportError:
-        return plain_render(kind, params, lang)
-    return str(catalogue(kind, dict(params), lang))
-
-
 class Deliverer:
     """Drains the outbox through the senders (keyed by the identity prefix they serve; one
     under `ANY_CHANNEL` serves every other prefix): claims a batch (one row per user, none for a
@@ -194,7 +190,7 @@ class Deliverer:
 
     def __init__(self, db: Database, senders: Mapping[str, Sender], *, clock: Clock = utc_now,
                  batch: int = 30, per_user: float = 1.0,
-                 renderer: Callable[[str, Mapping[str, Any], str], str] = render) -> None:
+                 renderer: Renderer = plain_render) -> None:
         self.db = db
         self.senders = dict(senders)
         self.clock = clock
@@ -347,11 +343,27 @@ class StoreScheduler(AsyncIOScheduler):
             self.shutdown(wait=False)
 
 
+def pool_warnings(db: Database, clock: Clock, settings: Any) -> int:
+    """The hourly job: `engine.report.write_pool_warnings` with the operators and thresholds
+    of `settings` (`operator_ids()`, `coverage_warning` as a decimal string,
+    `matured_wait_warning_days`). Settings without operators warn nobody."""
+    operators = getattr(settings, "operator_ids", None)
+    identities = frozenset(operators()) if callable(operators) else frozenset()
+    if not identities:
+        return 0
+    threshold = parse_rate(str(getattr(settings, "coverage_warning", "0.50")))
+    days = int(getattr(settings, "matured_wait_warning_days", 7))
+    return write_pool_warnings(db, clock(), identities, threshold, days)
+
+
 def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
                     clock: Clock | None = None, *,
-                    delivery_interval: float = DELIVERY_INTERVAL) -> StoreScheduler:
+                    delivery_interval: float = DELIVERY_INTERVAL,
+                    renderer: Renderer = plain_render) -> StoreScheduler:
     """The release job(s), the start-up catch-up and the delivery job; call `.start()` in
-    the running event loop, and `await .stop()` before the loop ends."""
+    the running event loop, and `await .stop()` before the loop ends. The scheduler is given
+    what it must not import: the channels' `senders` and the message catalogue
+    (`renderer`, handlers/notify.py's `render` when the bot builds it)."""
     now = clock or utc_now
     tz = store_timezone(db)
     times = parse_release_times(settings.release_times)
@@ -361,7 +373,7 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
         "coalesce": True, "max_instances": 1, "misfire_grace_time": grace})
     scheduler.releaser = ReleaseJob(db, clock=now, triggers=triggers,
                                     redis_url=getattr(settings, "redis_url", None))
-    scheduler.deliverer = Deliverer(db, senders, clock=now)
+    scheduler.deliverer = Deliverer(db, senders, clock=now, renderer=renderer)
     for (h, m), trigger in zip(times, triggers, strict=True):
         scheduler.add_job(scheduler.releaser.scheduled, trigger, id=f"release@{h:02d}:{m:02d}",
                           name=f"release at {h:02d}:{m:02d} {tz.key}", coalesce=True,
@@ -381,7 +393,7 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
                       next_run_time=start, replace_existing=True)
     # Pool warnings to operators (engine/report.py, issue 6): hourly, in a worker thread; at
     # most one outbox row per condition, operator and store-local day.
-    scheduler.add_job(scheduled_pool_warnings,
+    scheduler.add_job(pool_warnings,
                       IntervalTrigger(hours=1, start_date=start, timezone=tz),
                       args=(db, now, settings), id="pool-warnings", name="pool warnings",
                       coalesce=True, misfire_grace_time=grace, max_instances=1,
