@@ -2,8 +2,8 @@
 
     GET  /healthz                    200 when the database answers ("degraded" if Redis does not)
     GET  /wechat                     WeChat's server check: echo `echostr` if signed and fresh, else 403
-    POST /wechat                     Official Account messages and events (bot/wechat.py)
-    POST /wechat/pay/notify          WeChat Pay payment notifications (bot/wechatpay.py)
+    POST /wechat                     Official Account messages and events (bot/wechat/)
+    POST /wechat/pay/notify          WeChat Pay payment notifications (bot/wechatpay/)
     POST /wechat/pay/refund-notify   WeChat Pay refund notifications
     GET  /wechat/pay/checkout/<t>    the page a WeChat Pay link opens (JSAPI or Native QR)
     POST /telegram                   Telegram's webhook, when a Telegram application is given
@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
-from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -33,8 +32,7 @@ from starlette.routing import Route
 
 from bot.http_guard import LISTEN_QUEUE, ConnectionGuard, connection_cap, install_storm_filters
 from bot.settings import Settings
-from handlers.base import App
-from storage.db import Database
+from handlers.base import App, Database, ping
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +87,7 @@ def build_app(*, db: Database, redis_url: str | None = None, wechat: Any = None,
     async def healthz(request: Request) -> Response:
         checks: dict[str, str] = {}
         try:
-            await asyncio.wait_for(asyncio.to_thread(
-                db.read, lambda s: s.execute(text("select 1")).scalar()), 5)
+            await asyncio.wait_for(asyncio.to_thread(ping, db), 5)
             checks["database"] = "ok"
         except Exception as exc:  # noqa: BLE001 - health is a yes/no with a reason
             checks["database"] = f"unavailable: {type(exc).__name__}"

@@ -5,6 +5,27 @@ Handlers and adapters never import `storage` (the import-linter contracts in pyp
 what they need of it comes through here.
 """
 
-from storage.db import Database, DatabaseUnavailable
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
-__all__ = ["Database", "DatabaseUnavailable"]
+from storage.db import Database, DatabaseUnavailable
+from storage.migrate import migrate
+from storage.models import Head, Product
+
+
+def ping(db: Database) -> None:
+    """One trivial read: returns when the database answers, raises what it raised if not."""
+    db.read(lambda s: s.execute(text("select 1")).scalar())
+
+
+def is_fresh(db: Database) -> bool:
+    """No products and an empty journal: a shop nobody has used yet."""
+    def work(s: Session) -> bool:
+        head = s.get(Head, 1)
+        return (s.execute(select(func.count()).select_from(Product)).scalar_one() == 0
+                and (head is None or head.last_txn == 0))
+
+    return db.read(work)
+
+
+__all__ = ["Database", "DatabaseUnavailable", "is_fresh", "migrate", "ping"]

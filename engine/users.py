@@ -429,6 +429,20 @@ def lang_of(db: Database, identity: str) -> str | None:
         .where(Identity.identity == identity)).scalar_one_or_none())
 
 
+def last_seen(db: Database, identity: str) -> datetime | None:
+    """When `identity` last wrote (moved at most hourly, `_touch`), or None."""
+    return db.read(lambda s: s.execute(select(Identity.last_seen_at).where(
+        Identity.identity == identity)).scalar_one_or_none())
+
+
+def identity_on(db: Database, handle: str, prefix: str) -> str | None:
+    """The user's first identity on one channel (`prefix` such as `wx`), or None."""
+    return db.read(lambda s: s.execute(
+        select(Identity.identity).join(User, User.id == Identity.user_id)
+        .where(User.handle == handle, Identity.identity.like(f"{prefix}:%"))
+        .order_by(Identity.identity).limit(1)).scalar_one_or_none())
+
+
 # -- broadcast ------------------------------------------------------------------------------
 
 def broadcast(db: Database, *, text: str, actor: str, key: str,

@@ -18,8 +18,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
+# What adapters need of the database comes through here (they import neither engine nor
+# storage): its type, its outage, and the health check's ping.
+from engine.database import Database, DatabaseUnavailable, ping  # noqa: F401 - re-exported
+
 if TYPE_CHECKING:
-    from engine.database import Database
     from engine.limits import Rule
 
 

@@ -13,12 +13,13 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from engine import users
 from engine.config import Config
-from engine.database import DatabaseUnavailable
+from engine.database import Database, DatabaseUnavailable
 from engine.errors import Refusal
 from engine.limits import COMMANDS as COMMAND_RATE
 from engine.limits import PURCHASES as PURCHASE_RATE
@@ -193,6 +194,16 @@ def limiter(app: App) -> RateLimiter:
     if app.limiter is None:
         app.limiter = InProcessLimiter()
     return app.limiter
+
+
+def last_seen(db: Database, identity: str) -> datetime | None:
+    """When `identity` last wrote to the shop (WeChat's 48-hour customer-service window)."""
+    return users.last_seen(db, identity)
+
+
+def is_identity(text: str) -> bool:
+    """`prefix:name` as identities are written (`tg:42`, `wx:<openid>`, `console:alice`)."""
+    return bool(users.IDENTITY.match(text))
 
 
 def first_lang(request: Request) -> str:

@@ -8,6 +8,8 @@
   or a run failed).
   APScheduler runs these in every process that starts a scheduler; the release lock
   (storage/locks.py) lets one of them work and the others skip.
+- **Expired checkouts** (`storefront run`): every minute, unpaid orders whose checkout
+  expired are cancelled (`engine.checkout.expire_due`).
 - **Delivery**: every couple of seconds, make sure a delivery loop is draining the outbox
   (engine/outbox.py) through the users' channels, at the channels' rates: the scheduler is
   given its senders (scheduler/delivery.py says what a sender is; bot/senders.py has them)
@@ -32,7 +34,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from engine import outbox, users
+from engine import checkout, outbox, users
 from engine.jobs import RELEASE, last_run, run_release, store_timezone
 from engine.money import format_fen, format_micro, parse_rate
 from engine.queue import RELEASE_PAGE
@@ -356,14 +358,31 @@ def pool_warnings(db: Database, clock: Clock, settings: Any) -> int:
     return write_pool_warnings(db, clock(), identities, threshold, days)
 
 
+async def sweep_checkouts(db: Database) -> int:
+    """Cancel unpaid orders whose checkout expired (`engine.checkout.expire_due`): the points
+    they spent go back to the buyer's wallet as their value. A failure is logged; the next
+    run tries again."""
+    try:
+        n = await asyncio.to_thread(checkout.expire_due, db)
+    except Exception:  # noqa: BLE001 - try again next time
+        log.exception("checkout sweep failed")
+        return 0
+    if n:
+        log.info("cancelled %d unpaid orders whose checkout expired", n)
+    return n
+
+
 def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
                     clock: Clock | None = None, *,
                     delivery_interval: float = DELIVERY_INTERVAL,
-                    renderer: Renderer = plain_render) -> StoreScheduler:
+                    renderer: Renderer = plain_render,
+                    checkout_sweep: float | None = None) -> StoreScheduler:
     """The release job(s), the start-up catch-up and the delivery job; call `.start()` in
     the running event loop, and `await .stop()` before the loop ends. The scheduler is given
     what it must not import: the channels' `senders` and the message catalogue
-    (`renderer`, handlers/notify.py's `render` when the bot builds it)."""
+    (`renderer`, handlers/notify.py's `render` when the bot builds it). With
+    `checkout_sweep` (seconds) expired checkouts are swept that often, the first time one
+    interval after the start."""
     now = clock or utc_now
     tz = store_timezone(db)
     times = parse_release_times(settings.release_times)
@@ -398,4 +417,10 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
                       args=(db, now, settings), id="pool-warnings", name="pool warnings",
                       coalesce=True, misfire_grace_time=grace, max_instances=1,
                       replace_existing=True)
+    if checkout_sweep:
+        scheduler.add_job(sweep_checkouts,
+                          IntervalTrigger(seconds=checkout_sweep, start_date=start, timezone=tz),
+                          args=(db,), id="checkout-sweep", name="expired checkouts",
+                          coalesce=True, misfire_grace_time=max(1, int(checkout_sweep)),
+                          max_instances=1, replace_existing=True)
     return scheduler

@@ -21,17 +21,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 from wechatpy import WeChatClient
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidSignatureException
 
 from bot.settings import Settings
-from engine.money import format_fen
-from handlers.base import App, Document, Invoice, Photo, Progress, Reply, Request, Text
-from storage.db import DatabaseUnavailable
-from storage.models import Identity, User
+from handlers.base import (
+    App,
+    DatabaseUnavailable,
+    Document,
+    Invoice,
+    Photo,
+    Progress,
+    Reply,
+    Request,
+    Text,
+)
+from handlers.i18n import money
+from handlers.shop import receipt_on
 
 from .messages import (
     DIGITS,
@@ -325,7 +332,7 @@ class WeChatAdapter:
         if self.pay is None:
             return NO_PAY
         url = self.pay.config.checkout_url(item.token)
-        amount = f"{format_fen(item.amount)} {item.currency}"
+        amount = money(item.amount, item.currency)
         return (f"{inert(item.title)}\n{inert(item.description)}\n"
                 f"{link(url, f'微信支付 Pay {amount}')}\n{url}")
 
@@ -371,21 +378,9 @@ class WeChatAdapter:
     # -- hooks for the rest of the shop ---------------------------------------------------
     async def after_payment(self, result: dict[str, Any]) -> None:
         """Tell a WeChat buyer their payment arrived (the receipt), as customer service."""
-        from engine import users
-        from handlers.shop import render_receipt
-
-        def find(s: Session) -> str | None:
-            return s.execute(select(Identity.identity).join(User, User.id == Identity.user_id)
-                             .where(User.handle == result["user"],
-                                    Identity.identity.like("wx:%"))
-                             .order_by(Identity.identity).limit(1)).scalar_one_or_none()
-
-        identity = await asyncio.to_thread(self.app.db.read, find)
-        if identity is None:
-            return
-        lang = await asyncio.to_thread(users.lang_of, self.app.db, identity) or "zh"
-        cfg = await asyncio.to_thread(self.app.db.read, users.store_config)
-        await self.sender.send(identity, render_receipt(lang, result, cfg.currency))
+        found = await receipt_on(self.app, "wx", result)
+        if found is not None:
+            await self.sender.send(*found)
 
     async def invite_qr(self, code: str) -> bytes | None:
         """`App.wechat_invite_qr`: the invite as a parametric QR code (scene = the invite
