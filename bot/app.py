@@ -129,8 +129,9 @@ async def start_scheduler(settings: Settings, app: App, telegram: Running | None
     from handlers.notify import render
 
     senders = senders_from_settings(settings, telegram_bot=bot, wechat_sender=wechat)
+    chores = getattr(http.handle, "chores", []) if http is not None else []
     sched = module.build_scheduler(settings, app.db, senders, renderer=render,
-                                   checkout_sweep=CHECKOUT_SWEEP_SECONDS)
+                                   checkout_sweep=CHECKOUT_SWEEP_SECONDS, chores=chores)
     sched.start()
     return Running("scheduler", sched, sched.stop)
 

@@ -33,6 +33,7 @@ from starlette.routing import Route
 from bot.http_guard import LISTEN_QUEUE, ConnectionGuard, connection_cap, install_storm_filters
 from bot.settings import Settings
 from handlers.base import App, Database, ping
+from scheduler import Chore
 
 log = logging.getLogger(__name__)
 
@@ -165,33 +166,15 @@ def build_app(*, db: Database, redis_url: str | None = None, wechat: Any = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        tasks = []
-        if pay is not None:
-            tasks.append(asyncio.create_task(_every(REFUND_SWEEP_SECONDS, pay.sweep_refunds)))
-        if wechat is not None:
-            tasks.append(asyncio.create_task(_every(SEEN_PRUNE_SECONDS, wechat.prune_seen)))
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             if pay is not None:
                 await pay.drain()
             if wechat is not None:
                 await wechat.aclose()
 
     return Starlette(routes=routes, lifespan=lifespan)
-
-
-async def _every(seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
-    """Run `job` now and then every `seconds`; a failure is logged and tried again later."""
-    while True:
-        try:
-            await job()
-        except Exception:  # noqa: BLE001 - a background chore must not die
-            log.exception("background job %s failed", getattr(job, "__name__", job))
-        await asyncio.sleep(seconds)
 
 
 class _Server(uvicorn.Server):
@@ -213,6 +196,17 @@ class HttpServer:
     pay: Any = None
     guard: ConnectionGuard | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chores(self) -> list[Chore]:
+        """The periodic jobs the scheduler runs for this server's channels."""
+        chores = []
+        if self.pay is not None:
+            chores.append(Chore("wechat-pay-refund-sweep", REFUND_SWEEP_SECONDS,
+                                self.pay.sweep_refunds))
+        if self.wechat is not None:
+            chores.append(Chore("wechat-seen-prune", SEEN_PRUNE_SECONDS, self.wechat.prune_seen))
+        return chores
 
     @property
     def url(self) -> str:

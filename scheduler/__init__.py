@@ -10,6 +10,9 @@
   (storage/locks.py) lets one of them work and the others skip.
 - **Expired checkouts** (`storefront run`): every minute, unpaid orders whose checkout
   expired are cancelled (`engine.checkout.expire_due`).
+- **The channels' chores** (`Chore`): WeChat Pay's refund sweep (every minute) and pruning
+  WeChat's seen messages and nonces (hourly), each first at the start; the bot hands them
+  over when it builds the scheduler.
 - **Delivery**: every couple of seconds, make sure a delivery loop is draining the outbox
   (engine/outbox.py) through the users' channels, at the channels' rates: the scheduler is
   given its senders (scheduler/delivery.py says what a sender is; bot/senders.py has them)
@@ -26,7 +29,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -358,6 +362,25 @@ def pool_warnings(db: Database, clock: Clock, settings: Any) -> int:
     return write_pool_warnings(db, clock(), identities, threshold, days)
 
 
+@dataclass(frozen=True)
+class Chore:
+    """A periodic job a channel hands the scheduler (bot/app.py collects them): `run()` every
+    `every` seconds, the first time at the start when `at_start`. A failure is logged and the
+    next run tries again."""
+
+    name: str
+    every: float
+    run: Callable[[], Awaitable[Any]]
+    at_start: bool = True
+
+
+async def run_chore(chore: Chore) -> None:
+    try:
+        await chore.run()
+    except Exception:  # noqa: BLE001 - a background chore must not die
+        log.exception("background job %s failed", chore.name)
+
+
 async def sweep_checkouts(db: Database) -> int:
     """Cancel unpaid orders whose checkout expired (`engine.checkout.expire_due`): the points
     they spent go back to the buyer's wallet as their value. A failure is logged; the next
@@ -376,13 +399,15 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
                     clock: Clock | None = None, *,
                     delivery_interval: float = DELIVERY_INTERVAL,
                     renderer: Renderer = plain_render,
-                    checkout_sweep: float | None = None) -> StoreScheduler:
+                    checkout_sweep: float | None = None,
+                    chores: Sequence[Chore] = ()) -> StoreScheduler:
     """The release job(s), the start-up catch-up and the delivery job; call `.start()` in
     the running event loop, and `await .stop()` before the loop ends. The scheduler is given
     what it must not import: the channels' `senders` and the message catalogue
     (`renderer`, handlers/notify.py's `render` when the bot builds it). With
     `checkout_sweep` (seconds) expired checkouts are swept that often, the first time one
-    interval after the start."""
+    interval after the start; `chores` are the channels' own periodic jobs (WeChat Pay's
+    refund sweep, WeChat's seen-message pruning)."""
     now = clock or utc_now
     tz = store_timezone(db)
     times = parse_release_times(settings.release_times)
@@ -423,4 +448,11 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
                           args=(db,), id="checkout-sweep", name="expired checkouts",
                           coalesce=True, misfire_grace_time=max(1, int(checkout_sweep)),
                           max_instances=1, replace_existing=True)
+    for chore in chores:
+        first = {"next_run_time": start} if chore.at_start else {}
+        scheduler.add_job(run_chore,
+                          IntervalTrigger(seconds=chore.every, start_date=start, timezone=tz),
+                          args=(chore,), id=chore.name, name=chore.name, coalesce=True,
+                          misfire_grace_time=max(1, int(chore.every)), max_instances=1,
+                          replace_existing=True, **first)
     return scheduler
