@@ -11,12 +11,11 @@ from sqlalchemy import select
 
 from storage.models import Product, Setting, User, Withdrawal
 
-from . import journal, points
+from . import journal, ledger, points
 from .book import Book
 from .config import validate_update
 from .errors import Refusal
 from .money import AmountError, parse_fen, parse_micro, parse_rate
-from .times import parse_at
 
 SKU = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 HANDLE = re.compile(r"^[^\s]{1,96}$")
@@ -151,10 +150,8 @@ def deposit(book: Book, *, pool: object, amount: object, at: datetime,
     row = book.pool(str(pool))
     if pool == "points" and row.supply <= 0:
         raise Refusal("no_points_holders")
-    row.balance += fen
     p = journal.Postings()
-    p.fen(journal.DEPOSITS_IN, journal.QUEUE_POOL if pool == "queue" else journal.POINTS_POOL,
-          fen)
+    p.fen(journal.DEPOSITS_IN, ledger.pool(book, str(pool)), fen)
     n = book.head.last_txn + 1
     result = {"pool": pool, "amount": fen, "balance": row.balance}
     book.record(key=key or f"deposit:{n}", kind="deposit", at=at, postings=p, actor=actor,
@@ -213,13 +210,11 @@ def request_withdrawal(book: Book, *, user: object, amount: object, at: datetime
     fen = fen_amount(amount)
     if fen > owner.wallet:
         raise Refusal("insufficient_balance")
-    owner.wallet -= fen
-    owner.held += fen
     w = Withdrawal(user_id=owner.id, amount=fen, status="pending", requested_at=at)
     book.s.add(w)
     book.s.flush()
     p = journal.Postings()
-    p.fen(journal.wallet(owner.id), journal.held(owner.id), fen, f"withdrawal:{w.id}")
+    p.fen(ledger.wallet(owner), ledger.held(owner), fen, f"withdrawal:{w.id}")
     result = {"withdrawal": w.id, "user": owner.handle, "amount": fen, "status": "pending"}
     book.record(key=key or f"withdrawal:{w.id}", kind="withdrawal_request", at=at, postings=p,
                 body={"withdrawal": w.id, "user": owner.handle, "amount": fen}, result=result)
@@ -236,13 +231,9 @@ def decide_withdrawal(book: Book, *, withdrawal_id: object, approve: bool, at: d
     if w.status != "pending":
         raise Refusal("already_decided", w.status)
     owner = book.user_by_id(w.user_id)
-    owner.held -= w.amount
     p = journal.Postings()
-    if approve:
-        p.fen(journal.held(owner.id), journal.PAYOUTS_OUT, w.amount, f"withdrawal:{w.id}")
-    else:
-        owner.wallet += w.amount
-        p.fen(journal.held(owner.id), journal.wallet(owner.id), w.amount, f"withdrawal:{w.id}")
+    p.fen(ledger.held(owner), journal.PAYOUTS_OUT if approve else ledger.wallet(owner), w.amount,
+          f"withdrawal:{w.id}")
     w.status = "approved" if approve else "rejected"
     w.decided_at, w.decided_by = at, actor
     key = f"withdrawal:{w.id}:{w.status}"
@@ -252,6 +243,3 @@ def decide_withdrawal(book: Book, *, withdrawal_id: object, approve: bool, at: d
     book.notify(owner, f"withdrawal_{w.status}", key, at, withdrawal=w.id, amount=w.amount)
     return result
 
-
-def ensure_time(value: object) -> datetime:
-    return parse_at(value)

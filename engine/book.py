@@ -4,9 +4,12 @@ It takes the journal head lock first (every writer does, so writers are serialis
 commit order, as a hash chain requires), then locks the pool and user rows it changes
 (`SELECT … FOR UPDATE` on PostgreSQL; SQLite's `BEGIN IMMEDIATE` already holds the file).
 
-Rows are plain objects (storage/rows.py): read once, changed in memory, written in a few
-statements at commit. The store's settings and products are parsed once per process and
-kept while `head.catalog_rev` stays the same (every change to them writes a new one).
+Rows are plain objects held by the transaction's unit of work (`self.rows`, storage/unit.py):
+read once through the named queries of storage/queries.py, changed in memory — balances only
+by journal movements (`journal.Postings`, engine/ledger.py) — and written in a few
+statements at commit (docs/engine.md, "The fast row path"). The store's settings and
+products are parsed once per process and kept while `head.catalog_rev` stays the same (every
+change to them writes a new one).
 """
 
 from __future__ import annotations
@@ -21,20 +24,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from storage.rows import (
-    JOURNAL,
-    OUTBOX,
-    POSTINGS,
-    EntryRow,
-    HeadRow,
-    OrderRow,
-    PoolRow,
-    Query,
-    Rows,
-    UserRow,
-)
+from storage import queries
+from storage.rows import JOURNAL, OUTBOX, POSTINGS, HeadRow, PoolRow, UserRow
+from storage.unit import Rows
 
-from . import journal
+from . import config, journal, outbox
 from .config import Config
 from .errors import Refusal
 
@@ -104,8 +98,7 @@ class Book:
         rev = self.head.catalog_rev
         found = _cached(rev)
         if found is None:
-            stored = self.rows.db.rows("SELECT \"key\", value FROM settings")
-            found = _Catalog(Config.from_values(dict(stored)))
+            found = _Catalog(config.stored_via(self.rows.db))
             _keep(rev, found)
         return found
 
@@ -122,13 +115,10 @@ class Book:
         products = self._catalog.products
         if sku in products:
             return products[sku]
-        self.s.flush()
-        found = self.rows.db.rows(
-            "SELECT sku, name, price, margin, lock_days, scheme, active FROM products "
-            "WHERE sku = ?", (sku,))
+        found = queries.product(self.rows, sku)
         info = None
         if found:
-            s, name, price, margin, lock_days, scheme, active = found[0]
+            s, name, price, margin, lock_days, scheme, active = found
             info = ProductInfo(s, name, price, margin, lock_days, scheme, bool(active))
         products[sku] = info
         return info
@@ -136,7 +126,7 @@ class Book:
     # -- rows -------------------------------------------------------------------------------
     def pool(self, name: str) -> PoolRow:
         if not self._pools:  # both pools in one statement: most purchases touch both
-            self._pools = {p.name: p for p in self.rows.load(PoolRow, suffix=" ORDER BY name")}
+            self._pools = {p.name: p for p in queries.pools(self.rows)}
         return self._pools[name]
 
     def user(self, handle: str) -> UserRow:
@@ -145,10 +135,10 @@ class Book:
             raise Refusal("unknown_user")
         row = self._by_handle.get(handle)
         if row is None:
-            found = self.rows.load(UserRow, "handle = ?", (handle,))
-            if not found:
+            found = queries.user_by_handle(self.rows, handle)
+            if found is None:
                 raise Refusal("unknown_user", handle)
-            row = self._by_handle[handle] = found[0]
+            row = self._by_handle[handle] = found
         return row
 
     def user_by_id(self, user_id: int) -> UserRow:
@@ -161,7 +151,7 @@ class Book:
         row = self.rows.peek(UserRow, user_id)
         if row is not None:
             return row.handle
-        return str(self.rows.scalars("SELECT handle FROM users WHERE id = ?", (user_id,))[0])
+        return queries.handle_of(self.rows, user_id)
 
     def forget_user(self, user_id: int) -> None:
         """The ORM is about to change or delete this user: write and drop the plain row."""
@@ -171,6 +161,7 @@ class Book:
         self.rows.forget(UserRow, user_id)
 
     def flush(self) -> None:
+        """Write what the rows changed now, before a read that must see it in SQL."""
         self.rows.flush()
 
     def prefetch_purchase(self, handle: object, key: str | None, at: datetime | None) -> None:
@@ -180,35 +171,15 @@ class Book:
         the purchase would lock them one by one."""
         if not isinstance(handle, str) or not handle:
             return
-        queries: dict[Any, Query] = {
-            "buyer": Query(UserRow, "handle = ?", (handle,)),
-            "referrer": Query(UserRow, "id = (SELECT referrer_id FROM users WHERE handle = ?)",
-                              (handle,)),
-            "waiting": Query(EntryRow, "user_id = (SELECT referrer_id FROM users WHERE "
-                                       "handle = ?) AND status = 'waiting'", (handle,),
-                             suffix=" ORDER BY seq"),
-        }
-        if not self._pools:
-            queries["pools"] = Query(PoolRow, "", suffix=" ORDER BY name")
-        if key is not None and key not in self._stored:
-            queries["key"] = Query(None, 'SELECT body, result FROM journal WHERE "key" = ?',
-                                   (key,))
-        if at is not None:
-            queries["due"] = Query(OrderRow, "status = 'pending' AND settles_at <= ? AND no > ?",
-                                   (self.rows.param(OrderRow, "settles_at", at), 0),
-                                   suffix=" ORDER BY no LIMIT 200")
-        got = self.rows.prefetch(queries)
+        read_key = key if key is not None and key not in self._stored else None
+        got = queries.purchase_reads(self.rows, handle, read_key, at, with_pools=not self._pools)
         if got["buyer"]:
             self._by_handle[handle] = got["buyer"][0]
-        if got["referrer"]:
-            self.rows.keep(("waiting", got["referrer"][0].id), got["waiting"])
         if "pools" in got:
             self._pools = {p.name: p for p in got["pools"]}
-        if "key" in got:
+        if read_key is not None:
             found = got["key"]
-            self._stored[key] = (found[0][0], found[0][1]) if found else None  # type: ignore[index]
-        if "due" in got:
-            self.rows.keep(("due", at), got["due"])
+            self._stored[read_key] = (found[0][0], found[0][1]) if found else None
 
     # -- journal ----------------------------------------------------------------------------
     def stored(self, key: str) -> tuple[str, str | None] | None:
@@ -217,8 +188,7 @@ class Book:
             return self._recorded[key]
         if key in self._stored:
             return self._stored.pop(key)
-        found = self.rows.db.rows('SELECT body, result FROM journal WHERE "key" = ?', (key,))
-        return (found[0][0], found[0][1]) if found else None
+        return queries.stored_result(self.rows, key)
 
     def already(self, key: str | None) -> dict[str, Any] | None:
         """The stored result of an earlier call with this idempotency key, if any."""
@@ -249,5 +219,9 @@ class Book:
     # -- notifications ----------------------------------------------------------------------
     def notify(self, user: UserRow, kind: str, key: str, at: datetime, **params: Any) -> None:
         """Owe `user` a message about a movement, in the same transaction as the movement."""
-        self.rows.append(OUTBOX, (key, user.id, kind, journal.canonical(params),
-                                  user.lang or "zh", "pending", 0, at, at))
+        self.owe(key, user.id, kind, params, user.lang, at)
+
+    def owe(self, key: str, user_id: int, kind: str, params: dict[str, Any], lang: str | None,
+            at: datetime) -> None:
+        """`notify` for a user this transaction holds no row of (releases, broadcasts)."""
+        self.rows.append(OUTBOX, outbox.message(key, user_id, kind, params, lang, at))

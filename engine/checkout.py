@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -21,12 +21,13 @@ from sqlalchemy.orm import Session
 from storage.db import Database
 from storage.models import Checkout, Identity, Order, Outbox, Product, User
 
-from . import inbox, journal, orders
+from . import inbox, journal, orders, outbox
 from .book import Book
 from .config import Config
 from .errors import Refusal
 from .money import into_pool, out_of_pool
 from .points import Price
+from .times import now
 from .users import current_price, store_config
 
 TOKEN_BYTES = 24  # 192 random bits, 32 URL-safe characters
@@ -34,10 +35,6 @@ TTL = timedelta(minutes=30)
 # A buyer who passed the pre-checkout question just before expiry may still be charged a
 # moment later; unpaid orders are only cancelled this long after their checkout expired.
 GRACE = timedelta(minutes=10)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def charge_key(channel: str, charge_id: str) -> str:
@@ -267,10 +264,9 @@ def _flag_rows(session: Session, operators: Iterable[str], *, key: str, kind: st
             continue
         user = session.execute(select(User).join(Identity, Identity.user_id == User.id)
                                .where(Identity.identity == ident)).scalar_one_or_none()
-        session.add(Outbox(key=row_key, user_id=user.id if user else None, kind=kind,
-                           params=journal.canonical({**params, "identity": ident}),
-                           lang=(user.lang if user and user.lang else "zh"),
-                           status="pending", attempts=0, next_at=at, created_at=at))
+        session.add(Outbox(**outbox.message_fields(
+            row_key, user.id if user else None, kind, {**params, "identity": ident},
+            user.lang if user else None, at)))
         written += 1
     return written
 
@@ -360,8 +356,7 @@ def quote(db: Database, *, user: str, sku: str, qty: int,
         cfg = store_config(session)
         price = current_price(session, cfg)
         total = product.price * qty
-        cover = ((total + 1) * price.den - 1) // price.num  # most points worth ≤ total
-        usable = min(buyer.points, cover)
+        usable = min(buyer.points, price.most_points_within(total))
         return {"sku": product.sku, "name": product.name, "qty": qty, "total": total,
                 "currency": cfg.currency, "wallet": buyer.wallet, "points": buyer.points,
                 "usable_points": usable, "usable_value": price.value_of(usable),

@@ -12,6 +12,11 @@ from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from sqlalchemy.orm import Session
+
+from storage import queries
+from storage.driver import Driver
+
 from .errors import Refusal
 from .money import AmountError, Fen, parse_fen, parse_rate
 
@@ -142,3 +147,14 @@ class Config:
             exit_multiple=parse_rate(v["points.exit_multiple"]),
             raw=v,
         )
+
+
+def stored(session: Session) -> Config:
+    """The store's configuration as saved, in `session`'s transaction: the one loader."""
+    session.flush()  # settings this transaction changed through the ORM (a no-op if none)
+    return stored_via(Driver(session))
+
+
+def stored_via(db: Driver) -> Config:
+    """`stored`, for a caller already speaking to the driver."""
+    return Config.from_values(queries.settings(db))

@@ -19,10 +19,11 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from storage.db import Database
-from storage.models import Entry, JournalTxn, Pool, Posting, Setting
+from storage.models import Entry, JournalTxn, Pool, Posting
 
 from . import journal
 from .config import Config
+from .config import stored as config
 from .money import MICRO_PER_POINT
 from .points import Price
 
@@ -30,10 +31,6 @@ DAY = timedelta(days=1)
 HISTORY_DAYS = 90
 WAITING = Entry.status == "waiting"
 OWED = Entry.amount - Entry.released
-
-
-def config(session: Session) -> Config:
-    return Config.from_values({r.key: r.value for r in session.execute(select(Setting)).scalars()})
 
 
 def pools(session: Session) -> dict[str, Pool]:
@@ -206,7 +203,9 @@ def _price_changes(session: Session, at: datetime, days: int,
     tz = cfg.timezone
     since = datetime.combine(at.astimezone(tz).date() - timedelta(days=max(1, days) - 1),
                              time(0), tzinfo=tz)
-    window = in_window(session, JournalTxn.at >= since, JournalTxn.at <= at)
+    # Everything since the window opened, later than `at` too: the walk back starts from
+    # today's pool, so a chart drawn for an earlier `at` must undo what came after it.
+    window = in_window(session, JournalTxn.at >= since)
     moves: list[tuple[int, datetime, int, int]] = []  # (txn id, at, Δpool, Δsupply)
     if window is not None:
         by_txn: dict[int, list[Any]] = {}
@@ -246,6 +245,8 @@ def _price_changes(session: Session, at: datetime, days: int,
         out.append((opened.astimezone(tz), start))
     last = start
     for _txn, when, dp, ds in moves:
+        if when > at:
+            break
         pool, supply = pool + dp, supply + ds
         if supply > 0:
             last = Price(pool, supply).display_micro()

@@ -23,11 +23,11 @@ from sqlalchemy.orm import Session
 from storage import faults
 from storage.db import Database
 from storage.locks import job_lock, make_holder
-from storage.models import JobRun, Setting
+from storage.models import JobRun
 
 from . import service
 from .book import Book
-from .config import Config
+from .config import stored
 from .queue import RELEASE_PAGE
 from .times import parse_at
 from .users import IDENTITY
@@ -120,5 +120,4 @@ def last_run(db: Database, name: str = RELEASE) -> datetime | None:
 
 def store_timezone(db: Database) -> ZoneInfo:
     """`store.timezone` (SPEC §3): the scheduler's release times are store-local."""
-    return db.read(lambda s: Config.from_values(
-        {r.key: r.value for r in s.execute(select(Setting)).scalars()})).timezone
+    return db.read(stored).timezone

@@ -48,24 +48,56 @@ def holding(user_id: int) -> str:
     return f"user:{user_id}:points"
 
 
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An account whose balance a row also keeps: `row.<column>` is `sign` × the account's
+    balance (a user's wallet, held money and points, a pool's money, and the points supply,
+    which is minus the balance of `points:issued`). engine/ledger.py names them."""
+
+    name: str
+    row: Any
+    column: str
+    sign: int = 1
+
+    def add(self, delta: int) -> None:
+        setattr(self.row, self.column, getattr(self.row, self.column) + self.sign * delta)
+
+
+# An account is its name (accounts no row keeps: revenue, the outside world) or `Stored`.
+Account = str | Stored
+
+
 @dataclass
 class Postings:
-    """A transaction under construction: a list of (account, unit, amount, ref)."""
+    """A transaction under construction: a list of (account, unit, amount, ref).
+
+    The one money primitive: a movement appends its two postings *and* moves the stored
+    balance of every `Stored` account it names, in the same call — nothing else in the
+    engine changes a balance (a release's page, which pays thousands of wallets at once,
+    does the same in bulk: engine/queue.py `_pay_page`). The transaction must balance per
+    unit when it is recorded (`chain`)."""
 
     lines: list[tuple[str, str, int, str | None]] = field(default_factory=list)
 
-    def move(self, unit: str, src: str, dst: str, amount: int, ref: str | None = None) -> None:
+    def move(self, unit: str, src: Account, dst: Account, amount: int,
+             ref: str | None = None) -> None:
         """`amount` leaves `src` and arrives at `dst` (two postings that sum to zero)."""
         assert amount >= 0, amount
         if amount == 0:
             return
+        if isinstance(src, Stored):
+            src.add(-amount)
+            src = src.name
+        if isinstance(dst, Stored):
+            dst.add(amount)
+            dst = dst.name
         self.lines.append((src, unit, -amount, ref))
         self.lines.append((dst, unit, amount, ref))
 
-    def fen(self, src: str, dst: str, amount: int, ref: str | None = None) -> None:
+    def fen(self, src: Account, dst: Account, amount: int, ref: str | None = None) -> None:
         self.move(FEN, src, dst, amount, ref)
 
-    def micro(self, src: str, dst: str, amount: int, ref: str | None = None) -> None:
+    def micro(self, src: Account, dst: Account, amount: int, ref: str | None = None) -> None:
         self.move(MICRO, src, dst, amount, ref)
 
 

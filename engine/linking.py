@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from storage.db import Database
 from storage.models import Entry, Identity, LinkCode, Order, Outbox, User, Withdrawal
 
-from . import journal, points
+from . import journal, ledger, points
 from .book import Book
 from .errors import Refusal
 
@@ -156,14 +156,11 @@ def _merge(book: Book, *, older: User, newer: User, identities: Iterable[str],
              "basis": older.basis}
     p = journal.Postings()
     ref = f"link:{n}"
-    p.fen(journal.wallet(older.id), journal.wallet(newer.id), older.wallet, ref)
-    p.fen(journal.held(older.id), journal.held(newer.id), older.held, ref)
-    p.micro(journal.holding(older.id), journal.holding(newer.id), older.points, ref)
-    newer.wallet += older.wallet
-    newer.held += older.held
-    newer.points += older.points
+    p.fen(ledger.wallet(older), ledger.wallet(newer), older.wallet, ref)
+    p.fen(ledger.held(older), ledger.held(newer), older.held, ref)
+    p.micro(ledger.holding(older), ledger.holding(newer), older.points, ref)
     newer.basis += older.basis
-    older.wallet = older.held = older.points = older.basis = 0
+    older.basis = 0
     older.exit_key = None
     newer.exit_key = points.exit_key(newer.basis, newer.points)
 

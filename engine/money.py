@@ -1,8 +1,9 @@
 """Units, parsing, formatting and rounding (SPEC §2).
 
 Money is integer fen, points are integer micro-points, rates are exact fractions.
-Every rounding in the engine goes through ``into_pool`` (up) or ``out_of_pool`` (down),
-so a reader can see which way a number leans: always in the pool's favour.
+Money into or out of a pool rounds through ``into_pool`` (up) or ``out_of_pool`` (down), and
+conversions at the points price (``points.Price``) round down, so a reader can see which way
+a number leans: always in the pool's favour.
 """
 
 from __future__ import annotations

@@ -12,9 +12,10 @@ import re
 from datetime import datetime
 from typing import Any
 
+from storage import queries
 from storage.rows import OrderRow, UserRow
 
-from . import journal, points, queue
+from . import journal, ledger, points, queue
 from .accounts import micro_amount
 from .book import Book
 from .errors import Refusal
@@ -51,8 +52,7 @@ def _order(book: Book, ref: object, *, lock: bool = True) -> OrderRow | None:
     for order in book.rows.known(OrderRow):
         if order.ref == ref:
             return order
-    found = book.rows.load(OrderRow, "ref = ?", (ref,), lock=lock)
-    return found[0] if found else None
+    return queries.order_by_ref(book.rows, ref, lock=lock)
 
 
 def _locked_order(book: Book, ref: object) -> OrderRow:
@@ -149,16 +149,14 @@ def place(book: Book, *, user: str, sku: str, qty: object = 1, at: object,
     if q:
         burned = points.burn(book, buyer, q, p, f"order:{ref}")
         assert burned == value
-        p.fen(journal.POINTS_POOL, journal.REVENUE, value, f"order:{ref}")
+        p.fen(ledger.points_pool(book), journal.REVENUE, value, f"order:{ref}")
     if awaiting_payment:
         book.record(key=key or f"checkout:{ref}", kind="checkout", at=when, postings=p,
                     body={"order": ref, "user": buyer.handle, "points": q, "value": value},
                     actor=actor)
     else:
         _mark_paid(book, order, buyer, when, payment_ref=None)
-        source = journal.wallet(buyer.id) if method == "wallet" else journal.PAYMENTS_IN
-        if method == "wallet":
-            buyer.wallet -= cash
+        source = ledger.wallet(buyer) if method == "wallet" else journal.PAYMENTS_IN
         p.fen(source, journal.REVENUE, cash, f"order:{ref}")
         book.record(key=key or f"order:{ref}", kind="purchase", at=when, postings=p,
                     body={"order": ref, "user": buyer.handle, "sku": product.sku, "qty": n,
@@ -222,8 +220,7 @@ def cancel_unpaid(book: Book, *, ref: str, at: object, actor: str | None = None)
     buyer = book.user_by_id(order.user_id)
     order.status = "cancelled"
     p = journal.Postings()
-    buyer.wallet += order.points_value
-    p.fen(journal.REVENUE, journal.wallet(buyer.id), order.points_value, f"order:{ref}")
+    p.fen(journal.REVENUE, ledger.wallet(buyer), order.points_value, f"order:{ref}")
     book.record(key=f"cancel:{ref}", kind="cancel", at=when, postings=p, actor=actor,
                 body={"order": ref, "returned": order.points_value})
     return order_result(book, order)
@@ -246,12 +243,9 @@ def settle_due(book: Book, at: datetime) -> list[dict[str, Any]]:
     """Settle every pending order due by `at`, in the order they were recorded (SPEC §8)."""
     settled: list[dict[str, Any]] = []
     after = 0
-    due_by = book.rows.param(OrderRow, "settles_at", at)
     while True:
-        batch = book.rows.load(OrderRow, "status = 'pending' AND settles_at <= ? AND no > ?",
-                               (due_by, after), suffix=" ORDER BY no LIMIT 200",
-                               name=("due", at) if after == 0 else None)
-        more = len(batch) == 200
+        batch = queries.orders_due(book.rows, at, after)
+        more = len(batch) == queries.DUE_PAGE
         upto = batch[-1].no if more else None
         # Orders recorded (or changed) in this transaction are in memory, not yet stored.
         due = {o.no: o for o in batch}
@@ -327,13 +321,9 @@ def refund(book: Book, *, ref: object, at: object, actor: str | None = None) -> 
     order.status = "refunded"
     p = journal.Postings()
     r = f"order:{order.ref}"
-    if order.method == "wallet":
-        buyer.wallet += order.cash
-        p.fen(journal.REVENUE, journal.wallet(buyer.id), order.cash, r)
-    else:
-        p.fen(journal.REVENUE, journal.REFUNDS_OUT, order.cash, r)
-    buyer.wallet += order.points_value
-    p.fen(journal.REVENUE, journal.wallet(buyer.id), order.points_value, r)
+    back = ledger.wallet(buyer) if order.method == "wallet" else journal.REFUNDS_OUT
+    p.fen(journal.REVENUE, back, order.cash, r)
+    p.fen(journal.REVENUE, ledger.wallet(buyer), order.points_value, r)
     key = f"refund:{order.ref}"
     book.record(key=key, kind="refund", at=when, postings=p, actor=actor,
                 body={"order": order.ref, "cash": order.cash, "points_value": order.points_value,
@@ -370,9 +360,8 @@ def pay_from_wallet(book: Book, *, ref: object, user: str, at: object, key: str,
         raise Refusal("insufficient_balance")
     order.method = "wallet"
     _mark_paid(book, order, buyer, when, payment_ref=None)
-    buyer.wallet -= order.cash
     p = journal.Postings()
-    p.fen(journal.wallet(buyer.id), journal.REVENUE, order.cash, f"order:{order.ref}")
+    p.fen(ledger.wallet(buyer), journal.REVENUE, order.cash, f"order:{order.ref}")
     book.record(key=key, kind="purchase", at=when, postings=p, actor=actor,
                 body={"order": order.ref, "user": buyer.handle, "sku": order.sku,
                       "qty": order.qty, "total": order.total, "cash": order.cash,

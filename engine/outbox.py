@@ -34,6 +34,9 @@ from sqlalchemy.orm import Session
 
 from storage.db import Database
 from storage.models import Identity, Outbox
+from storage.rows import OUTBOX
+
+from .journal import canonical
 
 PENDING = "pending"
 CLAIMED = "claimed"
@@ -52,6 +55,20 @@ MAX_ATTEMPTS = 10
 SENDING_TIMEOUT = timedelta(minutes=10)
 # How many due rows one claim looks at to find rows for chats that are free right now.
 CLAIM_WINDOW = 1000
+
+
+def message(key: str, user_id: int | None, kind: str, params: dict[str, Any],
+            lang: str | None, at: datetime) -> tuple[Any, ...]:
+    """A message owed from `at` on, as an outbox row in `storage.rows.OUTBOX`'s column order:
+    the one shape every writer of the outbox uses (`Book.notify`, a release's page,
+    broadcasts, operator flags and pool warnings). A user with no language gets Chinese."""
+    return (key, user_id, kind, canonical(params), lang or "zh", PENDING, 0, at, at)
+
+
+def message_fields(key: str, user_id: int | None, kind: str, params: dict[str, Any],
+                   lang: str | None, at: datetime) -> dict[str, Any]:
+    """`message` by column name, for an ORM or Core insert."""
+    return dict(zip(OUTBOX.columns, message(key, user_id, kind, params, lang, at), strict=True))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ at and the pool that caps acceleration are those of the settlement (SPEC §8).
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -22,7 +22,7 @@ from storage.models import Order, Product, User
 
 from .errors import Refusal
 from .money import into_pool, out_of_pool, parse_rate
-from .times import local_midnight_after
+from .times import local_midnight_after, now
 from .users import current_price, store_config
 
 
@@ -34,7 +34,7 @@ def outlook(db: Database, *, user: str, order: str | None = None, sku: str | Non
     (the entry's amount, 0 for none), `min_order`, `lock_days`, `matures_at`, `points` (micro,
     at today's price), `price_micro`, `accel` (fen, up to; 0 without a referrer or an entry),
     `referrer` (their name), `settle_days` and `settles_at` (None without a return window)."""
-    when = at or datetime.now(UTC)
+    when = at or now()
 
     def work(session: Session) -> dict[str, Any]:
         cfg = store_config(session)

@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
+from typing import Protocol
 
+from storage import queries
 from storage.rows import UserRow
 
-from . import journal
+from . import journal, ledger
 from .book import Book
 from .journal import FEN, MICRO
 from .money import MICRO_PER_POINT, into_pool, out_of_pool
@@ -39,8 +41,9 @@ class Price:
         """How many micro-points `fen` buys, rounded down (points leaving the pool)."""
         return fen * self.den // self.num
 
-    def as_fraction(self) -> Fraction:
-        return Fraction(self.num, self.den)
+    def most_points_within(self, fen: int) -> int:
+        """The most micro-points whose value (`value_of`) is at most `fen`."""
+        return ((fen + 1) * self.den - 1) // self.num
 
     def display_micro(self) -> int:
         """The price in currency units with 6 places, rounded down, as an integer."""
@@ -48,13 +51,32 @@ class Price:
         return self.num * MICRO_PER_POINT * 10_000 // self.den
 
 
-def price(book: Book) -> Price:
-    pool = book.pool("points")
+class PointsPool(Protocol):
+    """What the price is made of: the `points` pool row (plain, ORM or a read's tuple)."""
+
+    @property
+    def balance(self) -> int: ...
+    @property
+    def supply(self) -> int: ...
+    @property
+    def zero_price_num(self) -> int | None: ...
+    @property
+    def zero_price_den(self) -> int | None: ...
+
+
+def price_of(pool: PointsPool, initial_price: int) -> Price:
+    """SPEC §4's price: pool ÷ supply; while the supply is zero, the price when it last
+    reached zero, else the configured initial price. The one rule every view uses."""
     if pool.supply > 0:
         return Price(pool.balance, pool.supply)
     if pool.zero_price_num is not None and pool.zero_price_den:
         return Price(pool.zero_price_num, pool.zero_price_den)
-    return Price(book.cfg.initial_price, MICRO_PER_POINT)
+    return Price(initial_price, MICRO_PER_POINT)
+
+
+def price(book: Book) -> Price:
+    """The price now, in this transaction."""
+    return price_of(book.pool("points"), book.cfg.initial_price)
 
 
 def exit_key(basis: int, holdings: int) -> bytes | None:
@@ -72,68 +94,57 @@ def mint(book: Book, user: UserRow, cash: int, pool_rate: Fraction, mint_rate: F
          p: journal.Postings, ref: str) -> int:
     """Mint for a recorded cash amount: `c` into the pool, `v` of it minted at the price
     *before* `c` is added; the buyer's basis grows by the cash amount. Returns micro-points."""
-    pool = book.pool("points")
     c = into_pool(cash * pool_rate)
     v = out_of_pool(c * mint_rate)
     minted = price(book).points_for(v)
-    pool.balance += c
-    pool.supply += minted
-    user.points += minted
+    p.fen(journal.REVENUE, ledger.points_pool(book), c, ref)
+    p.micro(ledger.issued(book), ledger.holding(user), minted, ref)
     user.basis += cash
     _touch(user)
-    p.fen(journal.REVENUE, journal.POINTS_POOL, c, ref)
-    p.micro(journal.POINTS_ISSUED, journal.holding(user.id), minted, ref)
     return minted
 
 
-def _take(user: UserRow, q: int) -> int:
-    """Points leave a holder: basis falls pro rata (all of it when all points go)."""
-    if q == user.points:
-        moved = user.basis
-    else:
-        moved = user.basis * q // user.points
-    user.points -= q
-    user.basis -= moved
-    _touch(user)
-    return moved
+def _basis_share(user: UserRow, q: int) -> int:
+    """The basis that leaves with `q` of a holder's points: pro rata, rounded down (all of
+    it when all points go)."""
+    return user.basis if q == user.points else out_of_pool(Fraction(user.basis * q, user.points))
 
 
 def burn(book: Book, user: UserRow, q: int, p: journal.Postings, ref: str) -> int:
     """`q` points leave circulation at the current price; returns their value in fen, which
-    the caller must take out of the points pool."""
+    the caller must move out of the points pool (in the same journal transaction)."""
     pool = book.pool("points")
     before = price(book)
     value = before.value_of(q)
-    _take(user, q)
-    pool.supply -= q
-    pool.balance -= value
+    moved = _basis_share(user, q)
+    p.micro(ledger.holding(user), ledger.issued(book), q, ref)
+    user.basis -= moved
+    _touch(user)
     if pool.supply == 0:
         pool.zero_price_num, pool.zero_price_den = before.num, before.den
-    p.micro(journal.holding(user.id), journal.POINTS_ISSUED, q, ref)
     return value
 
 
 def withdraw(book: Book, user: UserRow, q: int, p: journal.Postings, ref: str) -> tuple[int, int]:
     """Sell `q` points to the pool: gross rounds down, the fee rounds up and stays in the
     pool (lifting the price). Returns (paid to wallet, fee)."""
-    pool = book.pool("points")
     gross = price(book).value_of(q)
     fee = into_pool(gross * book.cfg.withdraw_fee)
     value = burn(book, user, q, p, ref)
     assert value == gross
-    pool.balance += fee  # the fee never left
-    net = gross - fee
-    user.wallet += net
-    p.fen(journal.POINTS_POOL, journal.wallet(user.id), net, ref)
+    net = gross - fee  # the fee never leaves the pool
+    p.fen(ledger.points_pool(book), ledger.wallet(user), net, ref)
     return net, fee
 
 
 def transfer(sender: UserRow, receiver: UserRow, q: int, p: journal.Postings, ref: str) -> None:
-    moved = _take(sender, q)
-    receiver.points += q
+    """`q` points change hands with their share of the sender's basis."""
+    moved = _basis_share(sender, q)
+    p.micro(ledger.holding(sender), ledger.holding(receiver), q, ref)
+    sender.basis -= moved
     receiver.basis += moved
+    _touch(sender)
     _touch(receiver)
-    p.micro(journal.holding(sender.id), journal.holding(receiver.id), q, ref)
 
 
 def _next_exit(book: Book) -> UserRow | None:
@@ -151,21 +162,17 @@ def _next_exit(book: Book) -> UserRow | None:
     # Holders this transaction has read are as they are in memory (their rows may not be
     # written yet); everyone else is as the index says.
     held = list(book.rows.known(UserRow))
-    others = f" AND id NOT IN ({', '.join('?' * len(held))})" if held else ""
     ids = tuple(u.id for u in held)
-    stored = book.rows.scalars("SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND "
-                               f"exit_key <= ?{others} ORDER BY exit_key, id LIMIT 1",
-                               (limit, *ids))
-    keys = [bytes(k) for k in stored] + [u.exit_key for u in held
-                                         if u.exit_key is not None and u.exit_key <= limit]
+    stored = queries.first_exit_key(book.rows, limit, ids)
+    keys = [stored] if stored is not None else []
+    keys += [u.exit_key for u in held if u.exit_key is not None and u.exit_key <= limit]
     if not keys:
         return None
     first = min(keys)
     # Rows sharing the smallest key: order them exactly (ties to the earliest user).
     tied = [u for u in held if u.exit_key == first]
-    if stored and bytes(stored[0]) == first:
-        tied += book.rows.load(UserRow, f"exit_key = ?{others}", (first, *ids),
-                               suffix=" ORDER BY id")
+    if stored == first:
+        tied += queries.users_with_exit_key(book.rows, first, ids)
     best = min(tied, key=lambda u: (Fraction(u.basis, u.points), u.id))
     if best.points * cur.num * m.denominator >= m.numerator * best.basis * cur.den:
         return best
@@ -192,4 +199,4 @@ def forced_exits(book: Book, at: datetime, cause: str) -> list[tuple[UserRow, in
 
 
 __all__ = ["FEN", "MICRO", "Price", "burn", "exit_key", "forced_exits", "mint", "price",
-           "transfer", "withdraw"]
+           "price_of", "transfer", "withdraw"]

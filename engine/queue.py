@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
 
-from storage import faults
-from storage.rows import OUTBOX, EntryRow, UserRow
+from storage import faults, queries
+from storage.rows import EntryRow, UserRow
 
-from . import journal
+from . import journal, ledger
 from .book import Book
 from .money import into_pool, out_of_pool
 
@@ -18,8 +18,7 @@ def contribute(book: Book, cash: int, margin: Fraction, pool_share: Fraction,
                p: journal.Postings, ref: str) -> int:
     """`ceil(A × margin × pool_share)` into the queue pool."""
     c = into_pool(cash * margin * pool_share)
-    book.pool("queue").balance += c
-    p.fen(journal.REVENUE, journal.QUEUE_POOL, c, ref)
+    p.fen(journal.REVENUE, ledger.queue_pool(book), c, ref)
     return c
 
 
@@ -35,9 +34,7 @@ def add_entry(book: Book, user: UserRow, order_no: int, amount: int, matures_at:
 def waiting_entries(book: Book, user: UserRow) -> list[EntryRow]:
     """A user's waiting entries in `seq` order, locked — with those recorded or paid in this
     transaction as they are in memory."""
-    found = {e.seq: e for e in book.rows.load(EntryRow, "user_id = ? AND status = 'waiting'",
-                                               (user.id,), suffix=" ORDER BY seq",
-                                               name=("waiting", user.id))}
+    found = {e.seq: e for e in queries.waiting_entries(book.rows, user.id)}
     found.update((e.seq, e) for e in book.rows.known(EntryRow) if e.user_id == user.id)
     return [found[seq] for seq in sorted(found) if found[seq].status == "waiting"]
 
@@ -93,9 +90,7 @@ def _pay(book: Book, entry: EntryRow, owner: UserRow, amount: int, p: journal.Po
     if entry.released == entry.amount:
         entry.status = "released"
         entry.released_at = at
-    book.pool("queue").balance -= amount
-    owner.wallet += amount
-    p.fen(journal.QUEUE_POOL, journal.wallet(owner.id), amount, f"entry:{entry.seq}")
+    p.fen(ledger.queue_pool(book), ledger.wallet(owner), amount, f"entry:{entry.seq}")
 
 
 # Entries a release pays per transaction. Larger pages share more of their index leaves (a
@@ -123,10 +118,7 @@ def release_page(book: Book, at: datetime, after_seq: int, limit: int) -> Releas
     then a handful of multi-row writes, whatever the page size."""
     pool = book.pool("queue")
     book.flush()
-    db = book.rows.db
-    rows = db.rows("SELECT seq, user_id, amount, released FROM entries WHERE status = 'waiting' "
-                   "AND seq > ? AND matures_at <= ? ORDER BY seq LIMIT ?" + db.lock,
-                   (after_seq, book.rows.param(EntryRow, "matures_at", at), limit))
+    rows = queries.matured_entries(book.rows, after_seq, at, limit)
     payable = []
     balance = pool.balance
     blocked = False
@@ -146,14 +138,7 @@ def release_page(book: Book, at: datetime, after_seq: int, limit: int) -> Releas
 
 
 def _pay_page(book: Book, payable: list[tuple[int, int, int, int]], at: datetime) -> None:
-    db = book.rows.db
-    ids = sorted({p[1] for p in payable})
-    owners: dict[int, tuple[str, str | None]] = {}
-    for i in range(0, len(ids), 500):
-        chunk = ids[i:i + 500]
-        owners.update((uid, (handle, lang)) for uid, handle, lang in db.rows(
-            f"SELECT id, handle, lang FROM users WHERE id IN ({', '.join('?' * len(chunk))})",
-            chunk))
+    owners = queries.names_and_langs(book.rows, sorted({p[1] for p in payable}))
     txns = []
     credit: dict[int, int] = {}
     for seq, user_id, owed, amount in payable:
@@ -164,19 +149,17 @@ def _pay_page(book: Book, payable: list[tuple[int, int, int, int]], at: datetime
         txns.append(journal.Txn(key=key, kind="release", at=at, postings=p,
                                 body={"entry": seq, "user": handle},
                                 result={"entry": seq, "paid": owed}))
-        book.rows.append(OUTBOX, (key, user_id, "release_paid", journal.canonical(
-            {"entry": seq, "amount": owed, "total": amount}), lang or "zh", "pending", 0, at, at))
+        book.owe(key, user_id, "release_paid", {"entry": seq, "amount": owed, "total": amount},
+                 lang, at)
         credit[user_id] = credit.get(user_id, 0) + owed
         faults.point("release.entry_paid")  # a crash mid-page rolls the whole page back
     paid_at = [(at, seq) for seq, *_rest in payable]
-    db.write("UPDATE entries SET released = amount, status = 'released', released_at = ? "
-             "WHERE seq = ?", EntryRow.TABLE, ("released_at", "seq"), paid_at)
+    queries.mark_released(book.rows, paid_at)
     direct = []
     for uid, amount in credit.items():
         if (owner := book.rows.peek(UserRow, uid)) is not None:
             owner.wallet += amount
         else:
             direct.append((amount, uid))
-    db.write("UPDATE users SET wallet = wallet + ? WHERE id = ?", UserRow.TABLE,
-             ("wallet", "id"), direct)
+    queries.credit_wallets(book.rows, direct)
     book.record_many(txns)

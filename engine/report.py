@@ -32,6 +32,7 @@ from storage.models import (
     Withdrawal,
 )
 
+from . import outbox
 from .config import Config
 from .errors import Refusal
 from .estimate import ahead_of, maturity_date
@@ -49,9 +50,8 @@ from .history import (
     pools,
     queue_flows,
 )
-from .journal import canonical
 from .money import MICRO_PER_POINT
-from .points import Price, exit_key
+from .points import Price, exit_key, price_of
 
 NEAR_EXIT = 10
 # "Near forced exit": within 10% of the exit price, i.e. holdings × price ≥ 0.9 × exit_multiple
@@ -60,12 +60,8 @@ NEAR_EXIT_WITHIN = Fraction(1, 10)
 
 
 def current_price(pool: Pool, cfg: Config) -> Price:
-    """SPEC §4's price: pool ÷ supply, else the price when supply last hit zero, else initial."""
-    if pool.supply > 0:
-        return Price(pool.balance, pool.supply)
-    if pool.zero_price_num is not None and pool.zero_price_den:
-        return Price(pool.zero_price_num, pool.zero_price_den)
-    return Price(cfg.initial_price, MICRO_PER_POINT)
+    """SPEC §4's price (`points.price_of`)."""
+    return price_of(pool, cfg.initial_price)
 
 
 # -- consumers: /queue and /me ----------------------------------------------------------------
@@ -289,10 +285,8 @@ def write_pool_warnings(db: Database, at: datetime, operators: Iterable[str],
         users = session.execute(
             select(User.id, User.lang).join(Identity, Identity.user_id == User.id)
             .where(Identity.identity.in_(identities))).all() if identities else []
-        rows = [{"key": f"pool_warning:{cond}:{day}:{uid}", "user_id": uid,
-                 "kind": "pool_warning", "params": canonical({"warning": cond, **params}),
-                 "lang": lang or "zh", "status": "pending", "attempts": 0, "next_at": at,
-                 "created_at": at}
+        rows = [outbox.message_fields(f"pool_warning:{cond}:{day}:{uid}", uid, "pool_warning",
+                                      {"warning": cond, **params}, lang, at)
                 for uid, lang in sorted(set(users)) for cond, params in found]
         if not rows:
             return 0

@@ -12,7 +12,7 @@ import sys
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -24,13 +24,9 @@ from storage.models import Withdrawal
 from . import accounts, orders
 from .book import Book
 from .queue import RELEASE_PAGE, ReleasePage, release_page
-from .times import parse_at
+from .times import now, parse_at
 
 T = TypeVar("T")
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _in_book(db: Database, work: Callable[[Book], T]) -> T:

@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from storage.db import Database
+from storage.queries import BookReader
 
 from . import journal
 from .points import exit_key
@@ -105,21 +104,6 @@ class Report:
             f"  - {p}" for p in self.problems]
 
 
-class _Rows:
-    """Plain DBAPI rows inside the session's read transaction (`?` or `%s` placeholders)."""
-
-    def __init__(self, session: Session) -> None:
-        raw = session.connection().connection.dbapi_connection
-        assert raw is not None
-        self.cursor = raw.cursor()
-        qmark = session.get_bind().dialect.paramstyle == "qmark"
-        self.mark = "?" if qmark else "%s"
-
-    def all(self, sql: str, *params: object) -> list[Any]:
-        self.cursor.execute(sql.replace("?", self.mark), params)
-        return list(self.cursor.fetchall())
-
-
 @dataclass
 class _Books:
     """What the journal says so far: balances per unit and account, and paid per entry."""
@@ -142,16 +126,14 @@ def verify(db: Database) -> Report:
     prev_hash, expected_id = journal.GENESIS, 1
     last_pool, last_supply = 0, 0  # the last price seen, as pool / supply (supply 0: none yet)
     with db.reading() as s:
-        rows = _Rows(s)
+        rows = BookReader(s)
         after = 0
         while True:
-            txns = rows.all("SELECT id, key, kind, at, actor, body, result, prev_hash, hash "
-                            "FROM journal WHERE id > ? ORDER BY id LIMIT ?", after, PAGE)
+            txns = rows.journal_page(after, PAGE)
             if not txns:
                 break
             lo, hi = txns[0][0], txns[-1][0]
-            posts = rows.all("SELECT txn_id, account, unit, amount, ref FROM postings "
-                             "WHERE txn_id >= ? AND txn_id <= ? ORDER BY txn_id, id", lo, hi)
+            posts = rows.postings_of(lo, hi)
             k, n = 0, len(posts)
             for txn_id, key, kind, at, actor, body, result, stored_prev, digest in txns:
                 report.txns += 1
@@ -212,15 +194,13 @@ def verify(db: Database) -> Report:
     return report
 
 
-def _check_state(rows: _Rows, report: Report, books: _Books, last_hash: str,
+def _check_state(rows: BookReader, report: Report, books: _Books, last_hash: str,
                  last_id: int) -> None:
-    head = rows.all("SELECT last_txn, last_hash FROM head WHERE id = 1")
-    head_txn, head_hash = head[0] if head else (None, None)
+    head_txn, head_hash = rows.head()
     if head_txn != last_id or head_hash != last_hash:
         report.fail(f"the journal's head says {head_txn}, the chain ends at {last_id}: "
                     "the newest transactions were removed or the head altered")
-    pools = {name: (balance, supply) for name, balance, supply in
-             rows.all("SELECT name, balance, supply FROM pools")}
+    pools = rows.pools()
     for name, account in (("queue", journal.QUEUE_POOL), ("points", journal.POINTS_POOL)):
         posted = books.balance(account, journal.FEN)
         if pools[name][0] != posted:
@@ -236,8 +216,7 @@ def _check_state(rows: _Rows, report: Report, books: _Books, last_hash: str,
     total_points = 0
     after = 0
     while True:
-        users = rows.all("SELECT id, handle, wallet, held, points, basis, exit_key FROM users "
-                         "WHERE id > ? ORDER BY id LIMIT ?", after, PAGE)
+        users = rows.users_page(after, PAGE)
         if not users:
             break
         for uid, handle, wallet, held, points, basis, key in users:
@@ -261,8 +240,7 @@ def _check_state(rows: _Rows, report: Report, books: _Books, last_hash: str,
     paid = books.entry_paid
     after = 0
     while True:
-        entries = rows.all("SELECT seq, amount, released, status FROM entries WHERE seq > ? "
-                           "ORDER BY seq LIMIT ?", after, PAGE)
+        entries = rows.entries_page(after, PAGE)
         if not entries:
             break
         for seq, amount, released, status in entries:

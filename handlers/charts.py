@@ -11,10 +11,9 @@ What the charts promise (docs/reports.md, "History and charts"):
   liability hundreds of times larger its line would lie on the axis;
 - the points price is drawn at every change (a step line), not sampled once a day, so a new
   shop's first-day jump from the initial price shows;
-- labels are in the user's language. Chinese needs a CJK font: one installed on the server is
-  used (any font matplotlib finds that has the glyphs, e.g. Debian's `fonts-noto-cjk`);
-  without one, a zh chart keeps English labels and says why in its footnote, because
-  matplotlib would draw boxes. Nothing is ever downloaded or installed at runtime.
+- labels are in the user's language. Chinese is drawn in the bundled subset of Noto Sans CJK
+  SC (handlers/fonts/), so no font has to be installed on the server and nothing is ever
+  downloaded at runtime.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -44,27 +44,21 @@ from . import i18n  # noqa: E402
 
 Series = tuple[str, Sequence[Any], Sequence[float | None]]  # label, x values, y values
 
-# Font families that never carry Chinese glyphs: not worth opening to check.
-_LATIN_ONLY = ("DejaVu", "STIX", "cm", "Last Resort")
-_PROBE = "元价格"  # a few characters every zh chart label uses
+# Noto Sans CJK SC cut down to the catalogue's characters (handlers/fonts/README.md): Chinese
+# charts need no font installed on the server.
+BUNDLED_CJK = Path(__file__).parent / "fonts" / "NotoSansSC-subset.otf"
 
 
 @cache
 def cjk_font() -> str | None:
-    """The path of an installed font that can draw Chinese, or None. Checked once per process
-    by the glyphs themselves (a font's name says little)."""
-    from matplotlib.ft2font import FT2Font
+    """The font Chinese labels are drawn in: the bundled subset (None only if a packager
+    dropped it, and then the labels fall back to English with a footnote)."""
+    return str(BUNDLED_CJK) if BUNDLED_CJK.is_file() else None
 
-    for entry in sorted(font_manager.fontManager.ttflist, key=lambda f: (f.name, f.fname)):
-        if entry.name.startswith(_LATIN_ONLY):
-            continue
-        try:
-            charmap = FT2Font(entry.fname).get_charmap()
-        except (OSError, RuntimeError):
-            continue
-        if all(ord(ch) in charmap for ch in _PROBE):
-            return str(entry.fname)
-    return None
+
+@cache
+def _register(path: str) -> None:
+    font_manager.fontManager.addfont(path)
 
 
 @dataclass(frozen=True)
@@ -81,9 +75,10 @@ class Style:
         if lang == "zh":
             path = cjk_font()
             if path is not None:
+                _register(path)  # tick labels name their font by family
                 return Style("zh", font_manager.FontProperties(fname=path), "")
-            return Style("en", None, "Labels in English: no CJK font is installed on this "
-                                     "server (e.g. Debian fonts-noto-cjk).")
+            return Style("en", None, "Labels in English: the Chinese font "
+                                     "handlers/fonts/NotoSansSC-subset.otf is missing.")
         return Style("en", None, "")
 
     def t(self, key: str, **params: Any) -> str:
@@ -109,9 +104,18 @@ def fit_y(ax: Axes, values: Sequence[float | None]) -> None:
     ax.set_ylim(0, top * 1.1 if top > 0 else 1.0)
 
 
-def fit_x(ax: Axes, xs: Sequence[Any], tz: Any = None) -> None:
+# ConciseDateFormatter's formats in Chinese: 2026年 · 12月 · 6日 · 14:00
+_ZH_DATES = {
+    "formats": ["%Y年", "%-m月", "%-d日", "%H:%M", "%H:%M", "%S.%f"],
+    "zero_formats": ["", "%Y年", "%-m月", "%-m月%-d日", "%H:%M", "%H:%M"],
+    "offset_formats": ["", "%Y年", "%Y年%-m月", "%Y年%-m月%-d日", "%Y年%-m月%-d日",
+                       "%Y年%-m月%-d日 %H:%M"],
+}
+
+
+def fit_x(ax: Axes, xs: Sequence[Any], tz: Any = None, style: Style | None = None) -> None:
     """The time axis spans the data (at least a day around a single instant), with dates
-    that read at any span."""
+    that read at any span, in the chart's language."""
     if not xs:
         return
     first, last = xs[0], xs[-1]
@@ -120,7 +124,12 @@ def fit_x(ax: Axes, xs: Sequence[Any], tz: Any = None) -> None:
             first, last = last - timedelta(hours=12), last + timedelta(hours=12)
         locator = mdates.AutoDateLocator(tz=tz, minticks=3, maxticks=8)
         ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=tz))
+        zh = style is not None and style.lang == "zh" and style.font is not None
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(
+            locator, tz=tz, **(_ZH_DATES if zh else {})))
+        if zh and style is not None and style.font is not None:
+            ax.xaxis.set_tick_params(labelfontfamily=style.font.get_name())
+            ax.xaxis.get_offset_text().set_fontproperties(style.font)
         ax.set_xlim(first, last)  # type: ignore[arg-type]
     elif isinstance(first, date):
         if first == last:
@@ -234,7 +243,7 @@ def pool_chart(db: Database, at: datetime | None = None, days: int = HISTORY_DAY
     fit_y(bottom, pool)
     for ax in (top, bottom):
         ax.grid(True, alpha=0.3)
-    fit_x(bottom, xs, cfg.timezone)
+    fit_x(bottom, xs, cfg.timezone, style)
     _footnote(fig, style.note)
     return fig
 
@@ -259,7 +268,7 @@ def price_chart(db: Database, at: datetime | None = None, days: int = HISTORY_DA
     ax.set_xlabel(style.t("chart.date_axis", tz=str(cfg.timezone)), **kw)
     ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%.2f"))
     fit_y(ax, ys)
-    fit_x(ax, xs, cfg.timezone)
+    fit_x(ax, xs, cfg.timezone, style)
     ax.grid(True, alpha=0.3)
     _footnote(fig, style.note)
     return fig

@@ -23,8 +23,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-# A leaf module with no imports of its own: named crash points, inert unless a test arms them.
-from . import faults
+# faults: named crash points, inert unless a test arms them (a leaf module); unit: the fast
+# rows' unit of work (storage/unit.py), flushed just before each commit.
+from . import faults, unit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,9 +94,15 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A writing unit of work: commits when the block ends, rolls back on any exception."""
-        with self._sessions() as session, session.begin():
-            yield session
+        """A writing unit of work: commits when the block ends, rolls back on any exception.
+        What the fast rows changed (storage/unit.py) is written just before the commit."""
+        with self._sessions() as session:
+            try:
+                with session.begin():
+                    yield session
+                    unit.flush_pending(session)
+            finally:
+                unit.end(session)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

@@ -54,7 +54,8 @@ class Chat:
 
     async def setup_shop(self) -> None:
         """TEA (queue, 100.00, 15 days), RICE (points, 50.00), SOFA (both, 1000.00);
-        10000.00 in the queue pool."""
+        10000.00 in the queue pool: built through the operator's commands (the engine-level
+        builder is tests.helpers.seed_shop)."""
         for line, expect in (("/product TEA 100.00 0.30 15 queue Green tea", "Product TEA saved"),
                              ("/product RICE 50.00 0.40 0 points Rice", "Product RICE saved"),
                              ("/product SOFA 1000.00 0.35 30 both Sofa", "Product SOFA saved"),

@@ -16,6 +16,7 @@ from engine import service
 from engine.state import snapshot
 from storage.db import Database
 from storage.models import Entry, Head, JournalTxn, Outbox, User
+from tests.helpers import seed_shop
 
 ROOT = Path(__file__).resolve().parent.parent
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -27,15 +28,12 @@ def make_shop(db: Database, *, entries: int, users: int = 5, pool: str = "100000
               settle_days: int = 0, late: int = 0) -> None:
     """`entries` orders of 100.00 by `users` users, matured at MATURED; `late` more that
     mature a day later. With `settle_days` > 0 the orders are still pending at MATURED."""
-    service.configure(db, {"store": {"settle_days": str(settle_days)},
-                           "queue": {"pool_share": "0.20"}}, at=BOUGHT)
-    service.upsert_product(db, sku="tea", price="100.00", margin="0", lock_days=15,
-                           scheme="queue", at=BOUGHT)
-    service.upsert_product(db, sku="wine", price="100.00", margin="0", lock_days=16,
-                           scheme="queue", at=BOUGHT)
-    for u in range(users):
-        service.join(db, user=f"u{u}", at=BOUGHT, lang="en" if u % 2 else "zh")
-    service.deposit(db, pool="queue", amount=pool, at=BOUGHT)
+    handles = [f"u{u}" for u in range(users)]
+    seed_shop(db, config={"store": {"settle_days": str(settle_days)},
+                          "queue": {"pool_share": "0.20"}},
+              products=[("tea", "100.00", "0", 15, "queue"), ("wine", "100.00", "0", 16, "queue")],
+              users=handles, langs={h: "en" if u % 2 else "zh" for u, h in enumerate(handles)},
+              queue_seed=pool, at=BOUGHT)
     for n in range(entries + late):
         service.buy(db, user=f"u{n % users}", sku="tea" if n < entries else "wine",
                     at=BOUGHT + timedelta(seconds=n), order=f"o{n}")
@@ -44,10 +42,8 @@ def make_shop(db: Database, *, entries: int, users: int = 5, pool: str = "100000
 def bulk_entries(db: Database, n: int, *, users: int = 20) -> None:
     """`n` matured entries of 100.00 written straight into the tables (for volume tests
     of the release itself: no orders, no journal history before it)."""
-    service.configure(db, {"queue": {"pool_share": "0.20"}}, at=BOUGHT)
-    for u in range(users):
-        service.join(db, user=f"u{u}", at=BOUGHT)
-    service.deposit(db, pool="queue", amount=f"{n * 100}.00", at=BOUGHT)
+    seed_shop(db, config={"queue": {"pool_share": "0.20"}}, products=(),
+              users=[f"u{u}" for u in range(users)], queue_seed=f"{n * 100}.00", at=BOUGHT)
     matures = datetime(2026, 8, 16, tzinfo=SHANGHAI)
 
     def work(session: Any) -> None:

@@ -4,16 +4,18 @@ drawn at each change, labels follow the user's language (docs/reports.md)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from matplotlib import dates as mdates
 from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
+from matplotlib.text import Text
 
 from engine import service
 from engine.history import price_changes
+from engine.replay import Replayer
 from handlers import charts
 from storage.db import Database
 from tests.test_report import TZ, busy_shop, local
@@ -98,35 +100,34 @@ def test_a_busy_shop_keeps_the_pool_visible_next_to_a_much_larger_liability(memd
     assert len(price.get_lines()[0].get_xdata()) > 12  # more changes than days
 
 
-@pytest.mark.filterwarnings("ignore:Glyph")  # the stand-in font has no Chinese glyphs
-def test_labels_follow_the_language_and_fall_back_to_english_without_a_cjk_font(
-        memdb: Database, monkeypatch: pytest.MonkeyPatch):
+def test_chinese_labels_are_drawn_in_the_bundled_font(memdb: Database):
     at = new_shop(memdb)
-    monkeypatch.setattr(charts, "cjk_font", lambda: None)
-    fig = charts.pool_chart(memdb, at, lang="zh")
-    assert "Queue pool vs liability" in _texts(fig)
-    assert "no CJK font is installed" in _texts(fig)
-    # With a font that can draw them (here any font: the test checks the words, not glyphs).
-    monkeypatch.setattr(charts, "cjk_font", _any_font)
     fig = charts.pool_chart(memdb, at, lang="zh")
     text = _texts(fig)
     assert "排队资金池与负债" in text and "元 (CNY)" in text and "English" not in text
+    fonts = {t.get_fontproperties().get_file() for t in fig.findobj(Text) if t.get_text()}
+    assert str(charts.BUNDLED_CJK) in fonts
     price = charts.price_chart(memdb, at, lang="zh")
     assert price.axes[0].get_ylabel() == "元 (CNY)/积分"
 
 
-def _any_font() -> str:
-    from matplotlib import font_manager
+def test_without_the_bundled_font_labels_fall_back_to_english_and_say_why(
+        memdb: Database, monkeypatch: pytest.MonkeyPatch):
+    at = new_shop(memdb)
+    monkeypatch.setattr(charts, "cjk_font", lambda: None)
+    text = _texts(charts.pool_chart(memdb, at, lang="zh"))
+    assert "Queue pool vs liability" in text and "NotoSansSC-subset.otf is missing" in text
 
-    return str(font_manager.findfont(FontProperties(family="DejaVu Sans")))
 
+def test_the_bundled_font_has_every_character_a_chinese_chart_label_uses():
+    from matplotlib.ft2font import FT2Font
 
-def test_the_cjk_font_search_finds_only_fonts_with_chinese_glyphs():
-    found = charts.cjk_font()
-    if found is not None:  # a server with e.g. fonts-noto-cjk
-        from matplotlib.ft2font import FT2Font
-
-        assert all(ord(ch) in FT2Font(found).get_charmap() for ch in "元价格")
+    charmap = FT2Font(str(charts.BUNDLED_CJK)).get_charmap()
+    zh = json.loads((Path(charts.__file__).parent / "locales" / "zh.json").read_text("utf-8"))
+    labels = [v for k, v in zh.items() if k.startswith("chart.")]
+    labels.append(charts.money_label("CNY", "zh") + "0123456789-:./年月日")  # + dates
+    missing = sorted({ch for label in labels for ch in label if ord(ch) not in charmap})
+    assert labels[:-1] and not missing, f"rebuild the subset (handlers/fonts/README.md): {missing}"
 
 
 def test_charts_render_to_png_for_a_new_and_a_busy_shop(memdb: Database, tmp_path: Path):
@@ -135,3 +136,13 @@ def test_charts_render_to_png_for_a_new_and_a_busy_shop(memdb: Database, tmp_pat
                       ("price.png", charts.price_chart_png(memdb, at + timedelta(days=3)))):
         assert png.startswith(PNG)
         (tmp_path / name).write_bytes(png)
+
+
+def test_the_price_line_for_an_earlier_day_undoes_what_came_after_it(memdb: Database):
+    # seed-points-cycle: three purchases on 1-3 Aug, then withdrawals and a fourth purchase.
+    lines = (Path(__file__).parent / "vectors" / "seed-points-cycle.jsonl").read_text("utf-8")
+    Replayer(memdb).run(lines.splitlines())
+    early = price_changes(memdb, datetime.fromisoformat("2026-08-02T12:00:00+08:00"), 3)
+    assert [p for _w, p in early] == [1_000_000, 1_428_571, 1_680_672, 1_680_672]
+    full = [p for _w, p in price_changes(memdb, datetime.fromisoformat("2026-08-05T00:00:00+08:00"), 5)]
+    assert full == sorted(full) and full[0] == 1_000_000  # SPEC §4: the price never falls

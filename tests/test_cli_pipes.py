@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.db import Database
-from storage.migrate import migrate
+from tests.conftest import migrated
 from tests.release_helpers import ROOT, make_shop
 
 VECTOR = ROOT / "tests" / "vectors" / "seed-points-mint.jsonl"
@@ -20,10 +19,8 @@ VECTOR = ROOT / "tests" / "vectors" / "seed-points-mint.jsonl"
 @pytest.fixture(scope="module")
 def shop_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('pipes') / 'shop.db'}"
-    db = Database(url)
-    migrate(db)
-    make_shop(db, entries=3)
-    db.dispose()
+    with migrated(url) as db:
+        make_shop(db, entries=3)
     return url
 
 

@@ -15,10 +15,9 @@ from engine import service
 from engine.state import snapshot
 from engine.verify import verify
 from storage.db import Database
-from storage.migrate import migrate
 from storage.models import Head, JournalTxn
-from tests.conftest import drop_pg_schema, new_pg_schema
 
+pytestmark = pytest.mark.slow  # eight worker processes, 2,000 purchases: about a minute
 T0 = datetime(2026, 8, 1, 8, tzinfo=timezone(timedelta(hours=8)))
 USERS = [f"u{i}" for i in range(40)]
 WORKERS = 8
@@ -76,34 +75,23 @@ def worker(url: str, index: int) -> int:
 
 
 @pytest.mark.pg
-def test_eight_processes_end_in_the_serial_state_of_their_commit_order(pg_admin):
-    schema, url = new_pg_schema(pg_admin)
-    schema2, url2 = new_pg_schema(pg_admin)
-    try:
-        db = Database(url)
-        migrate(db)
-        setup(db)
-        with mp.get_context("spawn").Pool(WORKERS) as pool:
-            counts = pool.starmap(worker, [(url, i) for i in range(WORKERS)])
-        assert sum(counts) == EVENTS
+def test_eight_processes_end_in_the_serial_state_of_their_commit_order(pg_db, pg_url, make_db):
+    setup(pg_db)
+    with mp.get_context("spawn").Pool(WORKERS) as pool:
+        counts = pool.starmap(worker, [(pg_url, i) for i in range(WORKERS)])
+    assert sum(counts) == EVENTS
 
-        by_key = {ev["key"]: ev for ev in events()}
-        order = db.read(lambda s: [k for k in s.execute(
-            select(JournalTxn.key).order_by(JournalTxn.id)).scalars() if k in by_key])
-        assert len(order) == EVENTS
-        report = verify(db)
-        assert report.ok, report.lines()
+    by_key = {ev["key"]: ev for ev in events()}
+    order = pg_db.read(lambda s: [k for k in s.execute(
+        select(JournalTxn.key).order_by(JournalTxn.id)).scalars() if k in by_key])
+    assert len(order) == EVENTS
+    report = verify(pg_db)
+    assert report.ok, report.lines()
 
-        serial = Database(url2)
-        migrate(serial)
-        setup(serial)
-        for key in order:
-            apply(serial, by_key[key])
-        assert serial.read(snapshot) == db.read(snapshot)
-        head = lambda s: s.execute(select(Head.last_txn, Head.last_hash)).one()  # noqa: E731
-        assert serial.read(head) == db.read(head)
-        serial.dispose()
-        db.dispose()
-    finally:
-        drop_pg_schema(pg_admin, schema)
-        drop_pg_schema(pg_admin, schema2)
+    serial = make_db("postgresql")
+    setup(serial)
+    for key in order:
+        apply(serial, by_key[key])
+    assert serial.read(snapshot) == pg_db.read(snapshot)
+    head = lambda s: s.execute(select(Head.last_txn, Head.last_hash)).one()  # noqa: E731
+    assert serial.read(head) == pg_db.read(head)

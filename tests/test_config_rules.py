@@ -15,7 +15,7 @@ from engine.errors import Refusal
 from engine.replay import Replayer
 from storage.db import Database
 from storage.models import JournalTxn, Setting
-from tests.helpers import at, shop, state
+from tests.helpers import at, seed_shop, state
 
 
 def _settings(db: Database) -> dict[str, str]:
@@ -70,7 +70,7 @@ def test_change_settings_is_the_config_event_journaled_with_the_actor(memdb: Dat
 
 
 def test_a_product_off_sale_cannot_be_bought_and_comes_back(memdb: Database):
-    shop(memdb)
+    seed_shop(memdb)
     off = service.set_on_sale(memdb, sku="tea", active=False, at=at(1, 9), actor="tg:1")
     assert off == {"sku": "tea", "name": "tea", "active": False, "changed": True}
     with pytest.raises(Refusal) as refused:
@@ -85,7 +85,7 @@ def test_a_product_off_sale_cannot_be_bought_and_comes_back(memdb: Database):
 
 
 def test_switching_to_the_state_a_product_is_in_records_nothing(memdb: Database):
-    shop(memdb)
+    seed_shop(memdb)
     assert service.set_on_sale(memdb, sku="tea", active=True, actor="tg:1")["changed"] is False
     assert _journal(memdb, "product_sale") == []
     with pytest.raises(Refusal) as refused:
@@ -96,7 +96,7 @@ def test_switching_to_the_state_a_product_is_in_records_nothing(memdb: Database)
 def test_changing_a_product_keeps_it_off_sale(memdb: Database):
     # before: every product event put the product back on sale, so a price change by an
     # operator (or a replayed `product` line) silently relisted what was taken off sale
-    shop(memdb)
+    seed_shop(memdb)
     service.set_on_sale(memdb, sku="tea", active=False, actor="tg:1")
     service.upsert_product(memdb, sku="tea", price="120.00", margin="0.50", lock_days=15,
                            scheme="both", at=at(2), actor="tg:1")

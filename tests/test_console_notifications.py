@@ -11,16 +11,13 @@ from bot.console import ConsoleSender, console_senders
 from bot.senders import ANY_CHANNEL
 from scheduler import Deliverer, build_scheduler
 from storage.db import Database
-from storage.migrate import migrate
 from tests.test_outbox_delivery import owe, statuses, user
 
 
 @pytest.fixture
-def db(sqlite_url: str):
-    db = Database(sqlite_url)
-    migrate(db)
-    yield db
-    db.dispose()
+def db(sqlite_db: Database) -> Database:
+    """These tests run on SQLite only (the conftest `db` runs on both)."""
+    return sqlite_db
 
 
 async def test_console_users_get_their_notifications_printed(db: Database) -> None:

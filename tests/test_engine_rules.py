@@ -8,13 +8,13 @@ import pytest
 
 from engine import service
 from engine.errors import Refusal
-from tests.helpers import at, shop, state
+from tests.helpers import at, seed_shop, state
 
 
 def test_static_release_stops_at_first_unpayable_entry(memdb):
-    shop(memdb, users=("A", "B", "C"), products=[("tea", "100.00", "0", 0, "queue"),
-                                                   ("cup", "40.00", "0", 0, "queue")],
-         config={"queue": {"min_order": "10.00"}}, queue_seed="150.00")
+    seed_shop(memdb, users=("A", "B", "C"), products=[("tea", "100.00", "0", 0, "queue"),
+                                                        ("cup", "40.00", "0", 0, "queue")],
+              config={"queue": {"min_order": "10.00"}}, queue_seed="150.00")
     for user, sku in (("A", "tea"), ("B", "tea"), ("C", "cup")):
         service.buy(memdb, user=user, sku=sku, at=at(1))
     result = service.release(memdb, at=at(2, 0))
@@ -25,8 +25,8 @@ def test_static_release_stops_at_first_unpayable_entry(memdb):
 
 
 def test_unmatured_entries_neither_block_nor_get_paid(memdb):
-    shop(memdb, products=[("long", "100.00", "0", 30, "queue"), ("short", "100.00", "0", 1,
-                                                                   "queue")], queue_seed="100.00")
+    seed_shop(memdb, products=[("long", "100.00", "0", 30, "queue"),
+                               ("short", "100.00", "0", 1, "queue")], queue_seed="100.00")
     service.buy(memdb, user="A", sku="long", at=at(1))
     service.buy(memdb, user="B", sku="short", at=at(1))
     service.release(memdb, at=at(3, 0))
@@ -35,9 +35,9 @@ def test_unmatured_entries_neither_block_nor_get_paid(memdb):
 
 
 def test_acceleration_fills_referrer_entries_in_seq_order_capped_by_pool(memdb):
-    shop(memdb, users=("A", "B"), referrals={"B": "A"},
-         products=[("tea", "100.00", "0", 15, "queue")], queue_seed="30.00",
-         config={"queue": {"accel_rate": "0.50"}})
+    seed_shop(memdb, users=("A", "B"), referrals={"B": "A"},
+              products=[("tea", "100.00", "0", 15, "queue")], queue_seed="30.00",
+              config={"queue": {"accel_rate": "0.50"}})
     service.buy(memdb, user="A", sku="tea", at=at(1))
     service.buy(memdb, user="A", sku="tea", at=at(1, 11))
     service.buy(memdb, user="B", sku="tea", at=at(2))  # wants 50.00, the pool holds 30.00
@@ -47,17 +47,17 @@ def test_acceleration_fills_referrer_entries_in_seq_order_capped_by_pool(memdb):
 
 
 def test_acceleration_needs_the_buyer_to_get_an_entry(memdb):
-    shop(memdb, users=("A", "B"), referrals={"B": "A"},
-         products=[("tea", "100.00", "0", 15, "queue"), ("gum", "5.00", "0", 15, "queue")],
-         queue_seed="1000.00")
+    seed_shop(memdb, users=("A", "B"), referrals={"B": "A"},
+              products=[("tea", "100.00", "0", 15, "queue"), ("gum", "5.00", "0", 15, "queue")],
+              queue_seed="1000.00")
     service.buy(memdb, user="A", sku="tea", at=at(1))
     service.buy(memdb, user="B", sku="gum", at=at(2))  # below min_order: no entry
     assert state(memdb)["users"]["A"]["wallet"] == "0.00"
 
 
 def test_referral_pays_one_level_only(memdb):
-    shop(memdb, users=("A", "B", "C"), referrals={"B": "A", "C": "B"},
-         products=[("tea", "100.00", "0", 15, "queue")], queue_seed="1000.00")
+    seed_shop(memdb, users=("A", "B", "C"), referrals={"B": "A", "C": "B"},
+              products=[("tea", "100.00", "0", 15, "queue")], queue_seed="1000.00")
     for u in ("A", "B"):
         service.buy(memdb, user=u, sku="tea", at=at(1))
     service.buy(memdb, user="C", sku="tea", at=at(2))
@@ -66,9 +66,9 @@ def test_referral_pays_one_level_only(memdb):
 
 
 def test_pool_contribution_rounds_up_and_acceleration_rounds_down(memdb):
-    shop(memdb, users=("A", "B"), referrals={"B": "A"},
-         products=[("odd", "100.01", "0.333", 15, "queue")],
-         config={"queue": {"accel_rate": "0.333"}})
+    seed_shop(memdb, users=("A", "B"), referrals={"B": "A"},
+              products=[("odd", "100.01", "0.333", 15, "queue")],
+              config={"queue": {"accel_rate": "0.333"}})
     service.buy(memdb, user="A", sku="odd", at=at(1))
     # ceil(10001 × 0.333 × 0.20) = ceil(666.0666) = 667
     assert state(memdb)["pools"]["queue"] == "6.67"
@@ -79,7 +79,7 @@ def test_pool_contribution_rounds_up_and_acceleration_rounds_down(memdb):
 
 
 def test_only_the_cash_part_earns_rebates_when_paying_with_points(memdb):
-    shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 15, "both")])
+    seed_shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 15, "both")])
     service.buy(memdb, user="A", sku="tea", at=at(1))  # mints 21 points at 1.00
     before = state(memdb)
     service.buy(memdb, user="A", sku="tea", pay_points="10", at=at(2))
@@ -91,8 +91,8 @@ def test_only_the_cash_part_earns_rebates_when_paying_with_points(memdb):
 
 
 def test_points_may_not_pay_more_than_the_order_total(memdb):
-    shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 15, "both"),
-                                         ("gum", "1.00", "0.50", 15, "both")])
+    seed_shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 15, "both"),
+                                              ("gum", "1.00", "0.50", 15, "both")])
     service.buy(memdb, user="A", sku="tea", at=at(1))
     with pytest.raises(Refusal) as refused:
         service.buy(memdb, user="A", sku="gum", pay_points="5", at=at(2))
@@ -100,8 +100,8 @@ def test_points_may_not_pay_more_than_the_order_total(memdb):
 
 
 def test_price_while_supply_is_zero_is_the_price_when_it_last_reached_zero(memdb):
-    shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 0, "points")],
-         config={"points": {"exit_multiple": "0"}})
+    seed_shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 0, "points")],
+              config={"points": {"exit_multiple": "0"}})
     service.buy(memdb, user="A", sku="tea", at=at(1))
     price = state(memdb)["points"]["price"]
     service.withdraw_points(memdb, user="A", points="21")
@@ -112,14 +112,14 @@ def test_price_while_supply_is_zero_is_the_price_when_it_last_reached_zero(memdb
 
 
 def test_deposit_into_the_points_pool_lifts_the_price(memdb):
-    shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 0, "points")])
+    seed_shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 0, "points")])
     service.buy(memdb, user="A", sku="tea", at=at(1))
     service.deposit(memdb, pool="points", amount="9.00")
     assert state(memdb)["points"]["price"] == "1.857142"
 
 
 def test_transfer_moves_basis_pro_rata_and_leaves_the_pool_alone(memdb):
-    shop(memdb, users=("A", "B"), products=[("tea", "100.00", "0.50", 0, "points")])
+    seed_shop(memdb, users=("A", "B"), products=[("tea", "100.00", "0.50", 0, "points")])
     service.buy(memdb, user="A", sku="tea", at=at(1))
     before = state(memdb)
     service.transfer_points(memdb, sender="A", receiver="B", points="7")
@@ -131,9 +131,9 @@ def test_transfer_moves_basis_pro_rata_and_leaves_the_pool_alone(memdb):
 
 
 def test_wallet_pays_for_orders_and_refuses_more_than_it_holds(memdb):
-    shop(memdb, users=("A", "B"), referrals={"B": "A"},
-         products=[("tea", "100.00", "0", 15, "queue"), ("gum", "5.00", "0", 0, "none")],
-         queue_seed="1000.00")
+    seed_shop(memdb, users=("A", "B"), referrals={"B": "A"},
+              products=[("tea", "100.00", "0", 15, "queue"), ("gum", "5.00", "0", 0, "none")],
+              queue_seed="1000.00")
     service.buy(memdb, user="A", sku="tea", at=at(1))
     service.buy(memdb, user="B", sku="tea", at=at(2))  # A's wallet gets 20.00
     service.buy(memdb, user="A", sku="gum", qty=4, method="wallet", at=at(3))
@@ -144,8 +144,8 @@ def test_wallet_pays_for_orders_and_refuses_more_than_it_holds(memdb):
 
 
 def test_wallet_withdrawal_is_held_then_paid_out_or_returned(memdb):
-    shop(memdb, users=("A", "B"), referrals={"B": "A"},
-         products=[("tea", "100.00", "0", 15, "queue")], queue_seed="1000.00")
+    seed_shop(memdb, users=("A", "B"), referrals={"B": "A"},
+              products=[("tea", "100.00", "0", 15, "queue")], queue_seed="1000.00")
     service.buy(memdb, user="A", sku="tea", at=at(1))
     service.buy(memdb, user="B", sku="tea", at=at(2))
     w1 = service.request_withdrawal(memdb, user="A", amount="5.00")
@@ -161,8 +161,8 @@ def test_wallet_withdrawal_is_held_then_paid_out_or_returned(memdb):
 
 
 def test_terms_are_frozen_when_the_order_is_recorded(memdb):
-    shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 15, "both")],
-         config={"store": {"settle_days": "7"}})
+    seed_shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 15, "both")],
+              config={"store": {"settle_days": "7"}})
     service.buy(memdb, user="A", sku="tea", at=at(1))
     service.configure(memdb, {"queue": {"pool_share": "1"}, "points": {"pool_rate": "1"}})
     service.upsert_product(memdb, sku="tea", price="999.00", margin="1", lock_days=99,
@@ -174,14 +174,14 @@ def test_terms_are_frozen_when_the_order_is_recorded(memdb):
 
 
 def test_matures_at_is_store_local_midnight_of_the_local_payment_date(memdb):
-    shop(memdb, users=("A",), products=[("tea", "100.00", "0", 15, "queue")])
+    seed_shop(memdb, users=("A",), products=[("tea", "100.00", "0", 15, "queue")])
     # 20:00 UTC on 1 Aug is 04:00 on 2 Aug in Shanghai: matures 17 Aug 00:00 +08:00
     service.buy(memdb, user="A", sku="tea", at=datetime(2026, 8, 1, 20, tzinfo=UTC))
     assert state(memdb)["entries"][0]["matures_at"] == "2026-08-17T00:00:00+08:00"
 
 
 def test_refund_returns_the_points_value_and_grants_no_rebate(memdb):
-    shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 15, "both")])
+    seed_shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 15, "both")])
     service.buy(memdb, user="A", sku="tea", at=at(1))
     service.configure(memdb, {"store": {"settle_days": "3"}})
     service.buy(memdb, user="A", sku="tea", pay_points="10", order="o2", at=at(2))
@@ -195,8 +195,8 @@ def test_refund_returns_the_points_value_and_grants_no_rebate(memdb):
 
 
 def test_forced_exit_goes_cheapest_first_and_ties_to_the_earliest_user(memdb):
-    shop(memdb, users=("A", "B", "C"), products=[("box", "100.00", "0.5", 0, "points")],
-         config={"points": {"pool_rate": "0.50", "mint_rate": "0.20"}})
+    seed_shop(memdb, users=("A", "B", "C"), products=[("box", "100.00", "0.5", 0, "points")],
+              config={"points": {"pool_rate": "0.50", "mint_rate": "0.20"}})
     service.buy(memdb, user="A", sku="box", at=at(1))
     service.transfer_points(memdb, sender="A", receiver="B", points="5")  # same exit price
     service.deposit(memdb, pool="points", amount="149.99")  # price 19.999: nobody yet
@@ -209,7 +209,7 @@ def test_forced_exit_goes_cheapest_first_and_ties_to_the_earliest_user(memdb):
 
 
 def test_a_refused_event_changes_nothing(memdb):
-    shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 15, "both")])
+    seed_shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 15, "both")])
     service.buy(memdb, user="A", sku="tea", at=at(1))
     before = state(memdb)
     head = memdb.read(lambda s: s.execute(__import__("sqlalchemy").text(
@@ -232,7 +232,7 @@ def test_a_refused_event_changes_nothing(memdb):
 def test_points_deposit_is_refused_while_nobody_holds_points(db):
     """The attack: `/deposit points 500` on a new shop, then one 100.00 purchase minted 21
     points worth 5× their basis, and the buyer's forced exit took 477.00 of the deposit."""
-    shop(db, users=("A",), products=[("tea", "100.00", "0.50", 15, "points")])
+    seed_shop(db, users=("A",), products=[("tea", "100.00", "0.50", 15, "points")])
     before = state(db)
     with pytest.raises(Refusal) as refused:
         service.deposit(db, pool="points", amount="500.00", key="dep-500")
@@ -249,7 +249,7 @@ def test_points_deposit_is_refused_while_nobody_holds_points(db):
 
 
 def test_points_deposit_is_refused_again_once_the_last_points_left(memdb):
-    shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 0, "points")])
+    seed_shop(memdb, users=("A",), products=[("tea", "100.00", "0.50", 0, "points")])
     service.buy(memdb, user="A", sku="tea", at=at(1))
     service.withdraw_points(memdb, user="A", points="21")
     with pytest.raises(Refusal, match="no_points_holders"):
@@ -262,7 +262,7 @@ def test_points_deposit_is_refused_again_once_the_last_points_left(memdb):
     ("points", "1.001", "invalid_amount"), ("moon", "1.00", "unknown_pool"),
     ("points", "1.00", "no_points_holders")])
 def test_deposit_refusals_come_in_the_order_spec_7_lists_them(memdb, pool, amount, code):
-    shop(memdb, users=("A",))
+    seed_shop(memdb, users=("A",))
     with pytest.raises(Refusal) as refused:
         service.deposit(memdb, pool=pool, amount=amount)
     assert refused.value.code == code

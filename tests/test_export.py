@@ -136,24 +136,20 @@ def test_unknown_kind_or_format_is_refused_before_anything_is_written(memdb: Dat
     assert out.getvalue() == b""
 
 
-def test_export_command_writes_a_file_or_stdout(tmp_path: Path, sqlite_url: str,
+def test_export_command_writes_a_file_or_stdout(sqlite_db: Database, tmp_path: Path,
+                                                sqlite_url: str,
                                                 capsysbinary: pytest.CaptureFixture[bytes]):
-    db = Database(sqlite_url)
-    from storage.migrate import migrate
-
-    migrate(db)
-    busy_shop(db)
+    busy_shop(sqlite_db)
     target = tmp_path / "entries.csv"
     assert main(["export", "--db", sqlite_url, "--what", "entries", "--format", "csv",
                  "--out", str(target)]) == 0
-    assert read_back(target.read_bytes(), "csv") == exported(db, "entries", "csv")
+    assert read_back(target.read_bytes(), "csv") == exported(sqlite_db, "entries", "csv")
     capsysbinary.readouterr()
     assert main(["export", "--db", sqlite_url, "--what", "users", "--format", "jsonl"]) == 0
     out = capsysbinary.readouterr()
-    assert read_back(out.out, "jsonl") == exported(db, "users", "jsonl")
+    assert read_back(out.out, "jsonl") == exported(sqlite_db, "users", "jsonl")
     assert b"exported 4 users rows" in out.err
     with pytest.raises(SystemExit):
         main(["export", "--db", sqlite_url, "--what", "secrets", "--format", "csv"])
     assert main(["export", "--db", sqlite_url, "--what", "users", "--format", "csv",
                  "--out", str(tmp_path / "no" / "such" / "dir.csv")]) == 2
-    db.dispose()

@@ -29,9 +29,9 @@ from engine import outbox
 from engine.verify import verify
 from storage.db import Database
 from storage.models import Outbox
-from tests.conftest import drop_pg_schema, new_pg_schema
 from tests.fault_driver import ACTIONS, ATOMIC, DELIVER_AT, Driver, fingerprint
 
+pytestmark = pytest.mark.slow  # a process killed at every point: minutes, not seconds
 KILLED = -signal.SIGKILL
 # Nightly (docs/reliability.md) the release is also killed at its own `release.*` points;
 # in `make test` tests/test_release_kill.py covers those, and this file its commits.
@@ -253,19 +253,15 @@ PG_ACTIONS = ["buy_referred", "confirm_payment", "telegram_paid", "withdraw_poin
 @pytest.mark.pg
 @pytest.mark.parametrize("action", PG_ACTIONS)
 def test_killed_on_postgres_before_and_after_commit_then_retried_gives_the_same_bytes(
-        action: str, driver: Driver, pg_admin: str, references: dict[str, Reference]) -> None:
+        action: str, driver: Driver, pg_url: str, references: dict[str, Reference]) -> None:
     """On PostgreSQL the killed backend's transaction is rolled back by the server; the
     retry ends in the very state (journal hash included) SQLite's clean run gives."""
-    schema, url = new_pg_schema(pg_admin)
-    try:
-        assert driver(op="setup", url=url)["exit"] == 0
-        label = LABELS[action]
-        for point in (f"commit.before:{label}:1", f"commit.after:{label}:1"):
-            killed = driver(op="run", url=url, action=action, fault=point)
-            assert killed["exit"] == KILLED, (point, killed)
-        retry = driver(op="run", url=url, action=action)
-        assert retry["exit"] == 0, retry
-        assert look(url) == references[action].state
-        assert verified(url) == []
-    finally:
-        drop_pg_schema(pg_admin, schema)
+    assert driver(op="setup", url=pg_url)["exit"] == 0
+    label = LABELS[action]
+    for point in (f"commit.before:{label}:1", f"commit.after:{label}:1"):
+        killed = driver(op="run", url=pg_url, action=action, fault=point)
+        assert killed["exit"] == KILLED, (point, killed)
+    retry = driver(op="run", url=pg_url, action=action)
+    assert retry["exit"] == 0, retry
+    assert look(pg_url) == references[action].state
+    assert verified(pg_url) == []

@@ -60,20 +60,14 @@ def test_release_lock_falls_back_to_the_database_and_says_so(
 
 
 def test_release_lock_without_redis_still_admits_one_run_at_a_time(
-        sqlite_url: str, redis_down: str) -> None:
+        sqlite_db: Database, redis_down: str) -> None:
     from storage.locks import job_lock
-    from storage.migrate import migrate
 
-    db = Database(sqlite_url)
-    migrate(db)
-    try:
-        first = job_lock(db, "release", redis_url=redis_down)
-        second = job_lock(db, "release", redis_url=redis_down)
-        assert first.acquire("here:1:aa")
-        assert not second.acquire("there:2:bb") and second.blocked_by == "here:1:aa"
-        first.release()
-    finally:
-        db.dispose()
+    first = job_lock(sqlite_db, "release", redis_url=redis_down)
+    second = job_lock(sqlite_db, "release", redis_url=redis_down)
+    assert first.acquire("here:1:aa")
+    assert not second.acquire("there:2:bb") and second.blocked_by == "here:1:aa"
+    first.release()
 
 
 async def test_chat_answers_and_limits_floods_with_redis_down(
@@ -118,20 +112,14 @@ async def test_wechat_access_token_is_kept_in_memory_while_redis_is_down(
     assert warnings_about_redis(caplog)
 
 
-async def test_healthz_names_the_redis_outage(sqlite_url: str, redis_down: str) -> None:
+async def test_healthz_names_the_redis_outage(sqlite_db: Database, redis_down: str) -> None:
     import httpx
 
     from bot.http import build_app
-    from storage.migrate import migrate
 
-    db = Database(sqlite_url)
-    migrate(db)
-    try:
-        asgi = build_app(db=db, redis_url=redis_down)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi),
-                                     base_url="http://shop") as http:
-            health = (await http.get("/healthz")).json()
-    finally:
-        db.dispose()
+    asgi = build_app(db=sqlite_db, redis_url=redis_down)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi),
+                                 base_url="http://shop") as http:
+        health = (await http.get("/healthz")).json()
     assert health["database"] == "ok"
     assert health["redis"].startswith("unavailable"), health

@@ -17,8 +17,9 @@ from engine import export, report, service
 from engine.estimate import ahead_of, release_estimate
 from handlers import notify
 from storage.db import Database
-from storage.migrate import alembic_config, migrate
+from storage.migrate import alembic_config
 from storage.models import Entry, JournalTxn, Outbox, Pool, User
+from tests.helpers import seed_shop
 from tests.test_report import TZ, local
 
 SALE = 9900  # fen a day into the queue pool: one DRIP sale, margin 1, pool share 1
@@ -195,9 +196,7 @@ def test_an_entry_completed_by_acceleration_is_released_at_that_time(memdb: Data
     assert row["status"] == "released" and row["released_at"] == "2026-08-03T07:00:00+00:00"
 
 
-def test_migration_0011_backfills_released_at_from_the_journal(db_url: str):
-    db = Database(db_url)
-    migrate(db)
+def test_migration_0011_backfills_released_at_from_the_journal(db: Database):
     _accelerated(db)
     # A row written before the fix: released by acceleration, no time.
     db.run(lambda s: s.execute(text("UPDATE entries SET released_at = NULL")))
@@ -208,7 +207,6 @@ def test_migration_0011_backfills_released_at_from_the_journal(db_url: str):
         command.upgrade(cfg, "head")
     got = db.read(lambda s: s.execute(select(Entry.seq, Entry.status, Entry.released_at)
                                       .order_by(Entry.seq)).all())
-    db.dispose()
     # The completed entry gets its journal time; the buyer's waiting entry stays null.
     assert [tuple(r) for r in got] == [(1, "released", local(2, 15)), (2, "waiting", None)]
 
@@ -246,11 +244,8 @@ def test_near_exit_counts_holders_within_ten_percent_of_their_exit_price(memdb: 
 
 # -- acceleration capped by the pool ---------------------------------------------------------
 def test_an_acceleration_capped_by_the_pool_is_explained_to_the_referrer(memdb: Database):
-    t = local(0)
-    service.upsert_product(memdb, sku="SOFA", price="1000.00", margin="0.09", lock_days=30,
-                           scheme="queue", at=t)
-    service.join(memdb, user="R", at=t, lang="en")
-    service.join(memdb, user="E", referrer="R", at=t)
+    seed_shop(memdb, products=[("SOFA", "1000.00", "0.09", 30, "queue")], users=("R", "E"),
+              referrals={"E": "R"}, langs={"R": "en"}, at=local(0))
     service.buy(memdb, user="R", sku="SOFA", at=local(1), order="r1")  # pool 18.00
     service.buy(memdb, user="E", sku="SOFA", at=local(2), order="e1")  # + 18.00 → 36.00
     service.buy(memdb, user="E", sku="SOFA", at=local(3), order="e2")  # the pool holds 18.00
@@ -276,11 +271,8 @@ def test_an_acceleration_the_entries_needed_less_of_is_not_called_capped(memdb: 
 
 
 def test_an_empty_pool_still_tells_the_referrer_why_nothing_came(memdb: Database):
-    t = local(0)
-    service.upsert_product(memdb, sku="FREE", price="100.00", margin="0", lock_days=30,
-                           scheme="queue", at=t)
-    service.join(memdb, user="R", at=t, lang="zh")
-    service.join(memdb, user="E", referrer="R", at=t)
+    seed_shop(memdb, products=[("FREE", "100.00", "0", 30, "queue")], users=("R", "E"),
+              referrals={"E": "R"}, langs={"R": "zh"}, at=local(0))
     service.buy(memdb, user="R", sku="FREE", at=local(1), order="r1")
     service.buy(memdb, user="E", sku="FREE", at=local(2), order="e1")
     (o,) = memdb.read(lambda s: s.execute(select(Outbox).where(Outbox.kind == "acceleration"))

@@ -12,17 +12,14 @@ from sqlalchemy import event, insert, text, update
 from engine import service
 from engine.points import exit_key
 from storage.db import Database
-from storage.migrate import migrate
 from storage.models import Pool, User
-from tests.helpers import at
+from tests.conftest import MakeDb
+from tests.helpers import at, seed_shop
 
 
-def shop_with_holders(n: int) -> Database:
-    db = Database("sqlite://")
-    migrate(db)
-    service.upsert_product(db, sku="rice", price="100.00", margin="0.3", lock_days=0,
-                           scheme="points", at=at(1))
-    service.join(db, user="buyer", at=at(1))
+def shop_with_holders(db: Database, n: int) -> Database:
+    seed_shop(db, products=[("rice", "100.00", "0.3", 0, "points")], users=("buyer",),
+              at=at(1))
     rng = random.Random(n)
     rows, supply = [], 0
     for i in range(n):
@@ -58,8 +55,9 @@ def cost_of_one_purchase(db: Database) -> tuple[list[str], int]:
     return statements, steps[0] * 100
 
 
-def test_one_purchase_costs_the_same_with_100_and_100000_holders():
-    small, large = shop_with_holders(100), shop_with_holders(100_000)
+def test_one_purchase_costs_the_same_with_100_and_100000_holders(make_db: MakeDb):
+    small = shop_with_holders(make_db("memory"), 100)
+    large = shop_with_holders(make_db("memory"), 100_000)
     small_statements, small_steps = cost_of_one_purchase(small)
     large_statements, large_steps = cost_of_one_purchase(large)
     assert small_statements == large_statements
@@ -67,8 +65,8 @@ def test_one_purchase_costs_the_same_with_100_and_100000_holders():
     assert large_steps <= small_steps * 1.2 + 2000, (small_steps, large_steps)
 
 
-def test_the_exit_query_seeks_the_exit_price_index():
-    db = shop_with_holders(1000)
+def test_the_exit_query_seeks_the_exit_price_index(memdb: Database):
+    db = shop_with_holders(memdb, 1000)
     with db.engine.connect() as conn:
         plan = " ".join(str(r) for r in conn.execute(text(
             "EXPLAIN QUERY PLAN SELECT exit_key FROM users WHERE exit_key IS NOT NULL "

@@ -26,9 +26,9 @@ from handlers import dispatch, i18n, shop
 from handlers.base import App, Reply, Request, Text
 from handlers.registry import _BUTTONS, _WORDS
 from storage.db import Database
-from storage.migrate import migrate
 from storage.models import Head, JournalTxn
 from storage.ratelimit import RateLimiter
+from tests.conftest import migrated
 from tests.fault_driver import ACT
 
 EXAMPLES = int(os.environ.get("STOREFRONT_FUZZ_EXAMPLES", "150"))
@@ -84,22 +84,20 @@ class Errors(logging.Handler):
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[tuple[App, Errors]]:
-    db = Database("sqlite://")
-    migrate(db)
-    at = ACT - timedelta(days=1)
-    service.upsert_product(db, sku="TEA", price="100.00", margin="0.50", lock_days=15,
-                           scheme="both", name="Oolong <b>tea</b>", at=at)
-    for who in (POOR, RICH, PAYER):
-        users.resolve(db, who, lang="en", at=at)
-    service.buy(db, user=RICH, sku="TEA", qty=3, method="offline", at=at, order="R1")
-    service.deposit(db, pool="queue", amount="1000.00", at=at)
-    app = App(db=db, operators=frozenset({OPERATOR}), currency="CNY",
-              limiter=RateLimiter.disabled())
-    errors = Errors()
-    logging.getLogger().addHandler(errors)
-    yield app, errors
-    logging.getLogger().removeHandler(errors)
-    db.dispose()
+    with migrated("sqlite://") as db:
+        at = ACT - timedelta(days=1)
+        service.upsert_product(db, sku="TEA", price="100.00", margin="0.50", lock_days=15,
+                               scheme="both", name="Oolong <b>tea</b>", at=at)
+        for who in (POOR, RICH, PAYER):
+            users.resolve(db, who, lang="en", at=at)
+        service.buy(db, user=RICH, sku="TEA", qty=3, method="offline", at=at, order="R1")
+        service.deposit(db, pool="queue", amount="1000.00", at=at)
+        app = App(db=db, operators=frozenset({OPERATOR}), currency="CNY",
+                  limiter=RateLimiter.disabled())
+        errors = Errors()
+        logging.getLogger().addHandler(errors)
+        yield app, errors
+        logging.getLogger().removeHandler(errors)
 
 
 def texts_of(reply: Reply) -> str:

@@ -26,8 +26,8 @@ from engine.state import snapshot
 from engine.times import parse_at
 from handlers import parsing
 from storage.db import Database
-from storage.migrate import migrate
 from storage.models import Head
+from tests.conftest import migrated
 
 EXAMPLES = int(os.environ.get("STOREFRONT_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 500,
@@ -76,14 +76,12 @@ BASE = [
 
 @pytest.fixture(scope="module")
 def replayer() -> Any:
-    db = Database("sqlite://")
-    migrate(db)
-    rp = Replayer(db)
-    for n, ev in enumerate(BASE, start=1):
-        rp.line(n, json.dumps(ev))
-    assert rp.errors == []
-    yield rp
-    db.dispose()
+    with migrated("sqlite://") as db:
+        rp = Replayer(db)
+        for n, ev in enumerate(BASE, start=1):
+            rp.line(n, json.dumps(ev))
+        assert rp.errors == []
+        yield rp
 
 
 def look(db: Database) -> tuple[Any, ...]:

@@ -30,7 +30,7 @@ from engine.state import snapshot
 from engine.verify import verify
 from storage import faults
 from storage.db import Database
-from storage.migrate import migrate
+from tests.conftest import MakeDb
 
 T = datetime(2026, 5, 1, 10, tzinfo=UTC)
 
@@ -94,7 +94,8 @@ def together(threads: list[threading.Thread], holding: threading.Event | None = 
         t.join()
 
 
-def test_concurrent_buyers_share_commits_and_the_books_are_exact(db: Database) -> None:
+def test_concurrent_buyers_share_commits_and_the_books_are_exact(db: Database,
+                                                                 make_db: MakeDb) -> None:
     handles = shop(db)
     commits = [0]
     event.listen(db.engine, "commit", lambda _conn: commits.__setitem__(0, commits[0] + 1))
@@ -132,8 +133,7 @@ def test_concurrent_buyers_share_commits_and_the_books_are_exact(db: Database) -
         keys = [k for (k,) in s.execute(text(
             "SELECT \"key\" FROM journal WHERE kind = 'purchase' ORDER BY id"))]
     assert sorted(keys) == sorted(asked)
-    serial = Database("sqlite://")
-    migrate(serial)
+    serial = make_db("memory")
     shop(serial)
     for key in keys:
         service.buy(serial, **asked[key])

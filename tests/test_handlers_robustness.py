@@ -50,7 +50,8 @@ def _polite(reply: Reply) -> str:
 
 
 @pytest.fixture
-async def shop(memdb):
+async def stocked_chat(memdb):
+    """The chat over `Chat.setup_shop`'s catalogue, with tg:5 and tg:6 started."""
     chat = Chat(memdb)
     await chat.setup_shop()
     await chat.send("tg:5", "/start")
@@ -59,59 +60,60 @@ async def shop(memdb):
 
 
 @pytest.mark.parametrize("line", CONSUMER_GARBAGE)
-async def test_malformed_consumer_input_gets_a_polite_reply_and_changes_nothing(shop, line):
-    world = shop.world()
-    _polite(await shop.send("tg:5", line))
-    assert shop.world() == world
+async def test_malformed_consumer_input_gets_a_polite_reply_and_changes_nothing(stocked_chat, line):
+    world = stocked_chat.world()
+    _polite(await stocked_chat.send("tg:5", line))
+    assert stocked_chat.world() == world
 
 
 @pytest.mark.parametrize("line", OPERATOR_GARBAGE)
-async def test_malformed_operator_input_gets_a_polite_reply_and_changes_nothing(shop, line):
-    world = shop.world()
-    _polite(await shop.send(OPERATOR, line))
-    assert shop.world() == world
+async def test_malformed_operator_input_gets_a_polite_reply_and_changes_nothing(stocked_chat, line):
+    world = stocked_chat.world()
+    _polite(await stocked_chat.send(OPERATOR, line))
+    assert stocked_chat.world() == world
 
 
 @pytest.mark.parametrize("data", BAD_BUTTONS)
-async def test_malformed_button_data_gets_a_polite_reply_and_changes_nothing(shop, data):
-    world = shop.world()
-    body = _polite(await shop.send(OPERATOR, "", callback=data))
+async def test_malformed_button_data_gets_a_polite_reply_and_changes_nothing(stocked_chat, data):
+    world = stocked_chat.world()
+    body = _polite(await stocked_chat.send(OPERATOR, "", callback=data))
     assert "no longer valid" in body or "expired" in body or "not a language" in body
-    assert shop.world() == world
+    assert stocked_chat.world() == world
 
 
-async def test_usage_is_shown_with_the_problem(shop):
-    body = text(await shop.send("tg:5", "/withdraw 1.001"))
+async def test_usage_is_shown_with_the_problem(stocked_chat):
+    body = text(await stocked_chat.send("tg:5", "/withdraw 1.001"))
     assert body == ("“1.001” is not an amount: use a plain positive number with at most 2 "
                     "decimals, e.g. 50.00.\nUsage: /withdraw AMOUNT (e.g. /withdraw 50.00) or "
                     "/withdraw all")
-    assert text(await shop.send(OPERATOR, "/product TEA 1.00 2 1 queue")).startswith(
+    assert text(await stocked_chat.send(OPERATOR, "/product TEA 1.00 2 1 queue")).startswith(
         "“2” is not a margin")
 
 
-async def test_oversized_or_binary_text_is_refused_politely(shop):
-    world = shop.world()
+async def test_oversized_or_binary_text_is_refused_politely(stocked_chat):
+    world = stocked_chat.world()
     for bad in ("/buy TEA " + "1" * 5000, "/me\x00", "\x07\x08bell", "/buy\udcff"):
-        assert "too long or contains characters" in _polite(await shop.send("tg:5", bad))
-    assert "too long" in _polite(await shop.send("tg:5", "", callback="buy:v1:" + "x" * 5000))
-    assert shop.world() == world
+        assert "too long or contains characters" in _polite(await stocked_chat.send("tg:5", bad))
+    assert "too long" in _polite(await stocked_chat.send("tg:5", "",
+                                                         callback="buy:v1:" + "x" * 5000))
+    assert stocked_chat.world() == world
 
 
-async def test_an_identity_that_is_not_one_is_refused(shop):
+async def test_an_identity_that_is_not_one_is_refused(stocked_chat):
     for who in ("", "tg", "tg:", "tg:1 2", "x" * 200, ":5"):
-        assert text(await shop.send(who, "/me")) == \
+        assert text(await stocked_chat.send(who, "/me")) == \
             "Sorry, I cannot tell who you are in this chat."
 
 
 async def test_unexpected_errors_are_logged_with_a_reference_and_nothing_leaks(
-        shop, monkeypatch, caplog):
+        stocked_chat, monkeypatch, caplog):
     def broken(*_a, **_k):
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(users, "account", broken)
     monkeypatch.setattr(users, "resolve_and_account", broken)  # how `/me` reads it
     with caplog.at_level(logging.ERROR, logger="handlers.registry"):
-        reply = await shop.send("tg:5", "/me", request_id="req-42")
+        reply = await stocked_chat.send("tg:5", "/me", request_id="req-42")
     body = text(reply)
     assert body.startswith("Sorry, something went wrong. Nothing was changed; please try again.")
     ref = body.rsplit("(ref ", 1)[1].rstrip(")")
@@ -119,20 +121,20 @@ async def test_unexpected_errors_are_logged_with_a_reference_and_nothing_leaks(
     assert any("req-42" in r.getMessage() and ref in r.getMessage() for r in caplog.records)
 
 
-async def test_a_busy_database_says_try_again(shop, monkeypatch):
+async def test_a_busy_database_says_try_again(stocked_chat, monkeypatch):
     def busy(*_a, **_k):
         raise DatabaseUnavailable("locked")
 
     monkeypatch.setattr(users, "account", busy)
     monkeypatch.setattr(users, "resolve_and_account", busy)  # how `/me` reads it
-    assert text(await shop.send("tg:5", "/me")) == \
+    assert text(await stocked_chat.send("tg:5", "/me")) == \
         "The shop is busy, please try again in a moment. Nothing was changed."
     # in the user's language: a Chinese newcomer is answered in Chinese
-    assert "商店繁忙" in text(await shop.send("tg:7", "/me", lang="zh"))
+    assert "商店繁忙" in text(await stocked_chat.send("tg:7", "/me", lang="zh"))
     monkeypatch.undo()
     monkeypatch.setattr(users, "resolve", busy)  # a first contact of `/me` resolves as ever
-    assert text(await shop.send("tg:9", "/me")).startswith("The shop is busy")
-    assert text(await shop.send("tg:9", "/help")).startswith("The shop is busy")
+    assert text(await stocked_chat.send("tg:9", "/me")).startswith("The shop is busy")
+    assert text(await stocked_chat.send("tg:9", "/help")).startswith("The shop is busy")
 
 
 async def test_commands_are_rate_limited_per_user(memdb):

@@ -15,8 +15,8 @@ from engine.config import DEFAULTS
 from engine.replay import Replayer
 from handlers import settings as settings_module
 from storage.db import Database
-from storage.migrate import migrate
 from storage.models import JournalTxn, Setting
+from tests.conftest import migrated
 from tests.handlers_kit import OPERATOR, Chat, buttons, text
 
 NOT_OPERATOR = "Sorry, only the shop's operators can do that."
@@ -202,18 +202,14 @@ SAME_AS_REPLAY = [
 
 
 @pytest.mark.parametrize("sections", SAME_AS_REPLAY)
-async def test_chat_judges_a_change_exactly_as_a_replayed_config_line(memdb, sections):
-    replayed = Database("sqlite://")
-    migrate(replayed)
-    try:
-        errors = Replayer(replayed).run([json.dumps({"op": "config", **sections})])["errors"]
-        pairs = " ".join(f"{s}.{k}={v}" for s, values in sections.items()
-                         for k, v in values.items())
-        reply = text(await Chat(memdb).send(OPERATOR, f"/settings {pairs}"))
-        assert reply.startswith("That change was refused") == bool(errors), reply
-        assert _settings(memdb) == _settings(replayed)
-    finally:
-        replayed.dispose()
+async def test_chat_judges_a_change_exactly_as_a_replayed_config_line(memdb, make_db, sections):
+    replayed = make_db("memory")
+    errors = Replayer(replayed).run([json.dumps({"op": "config", **sections})])["errors"]
+    pairs = " ".join(f"{s}.{k}={v}" for s, values in sections.items()
+                     for k, v in values.items())
+    reply = text(await Chat(memdb).send(OPERATOR, f"/settings {pairs}"))
+    assert reply.startswith("That change was refused") == bool(errors), reply
+    assert _settings(memdb) == _settings(replayed)
 
 
 async def test_return_window_buttons_apply_presets_and_nothing_else(memdb):
@@ -309,9 +305,7 @@ _VALUES = st.one_of(st.sampled_from(["", "0", "1", "-1", "1e3", "NaN", "１０�
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pairs=st.lists(st.tuples(_RULE_WORDS, _VALUES, st.booleans()), min_size=1, max_size=4))
 def test_any_rule_change_is_answered_politely_and_changes_all_or_nothing(pairs):
-    db = Database("sqlite://")
-    migrate(db)
-    try:
+    with migrated("sqlite://") as db:
         words = [f"{k}={v}" if eq else f"{k} {v}" for k, v, eq in pairs]
         reply = text(asyncio.run(Chat(db).send(OPERATOR, "/settings " + " ".join(words))))
         assert "went wrong" not in reply, reply
@@ -321,5 +315,3 @@ def test_any_rule_change_is_answered_politely_and_changes_all_or_nothing(pairs):
             assert _settings(db) == body
         else:
             assert changed == [] and _settings(db) == {}, reply
-    finally:
-        db.dispose()

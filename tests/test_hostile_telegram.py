@@ -24,7 +24,6 @@ from bot.telegram.webhook import SECRET_HEADER
 from engine import service
 from handlers.base import App
 from storage.db import Database
-from storage.migrate import migrate
 from storage.models import JournalTxn, Order, Outbox
 from storage.ratelimit import RateLimiter
 from tests.standins import wechat as sw
@@ -62,12 +61,10 @@ class Webhook:
 
 
 @pytest.fixture
-async def hook(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Webhook]:
-    db = Database(sqlite_url)
-    migrate(db)
-    service.upsert_product(db, sku="TEA", price="100.00", margin="0.50", lock_days=15,
-                           scheme="both")
-    app = App(db=db, operators=frozenset({f"tg:{OPERATOR}"}), currency="CNY",
+async def hook(sqlite_db: Database, sqlite_url: str, tmp_path: Path) -> AsyncIterator[Webhook]:
+    service.upsert_product(sqlite_db, sku="TEA", price="100.00", margin="0.50", lock_days=15,
+                                  scheme="both")
+    app = App(db=sqlite_db, operators=frozenset({f"tg:{OPERATOR}"}), currency="CNY",
               limiter=RateLimiter.disabled())
     api = FakeBotAPI(token=TOKEN).start()
     settings = Settings(_env_file=None, TELEGRAM_BOT_TOKEN=TOKEN,  # type: ignore[call-arg]
@@ -79,11 +76,10 @@ async def hook(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Webhook]:
         async with open_shop(sqlite_url, sw.generate_pay_keys(tmp_path / "k"), app=app,
                              telegram_application=application,
                              TELEGRAM_WEBHOOK_SECRET=secret) as shop:
-            yield Webhook(shop, api, db, secret)
+            yield Webhook(shop, api, sqlite_db, secret)
     finally:
         await stop_telegram(application)
         await asyncio.to_thread(api.stop)
-        db.dispose()
 
 
 async def test_forged_and_replayed_payment_updates_credit_once_and_only_the_payer(

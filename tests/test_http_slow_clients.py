@@ -109,6 +109,7 @@ def _flood_says(flood: subprocess.Popen[str], command: str | None = None) -> dic
     return json.loads(flood.stdout.readline())
 
 
+@pytest.mark.slow  # 1,500 connections against `storefront run` in a process of its own
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc, runs sh")
 def test_1500_slow_bodies_under_a_1024_file_limit_leave_webhooks_and_health_answering(
         tmp_path: Path) -> None:

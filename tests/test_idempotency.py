@@ -9,7 +9,7 @@ from engine import service
 from engine.errors import Refusal
 from engine.verify import verify
 from storage.models import Head, Outbox
-from tests.helpers import at, shop, state
+from tests.helpers import at, seed_shop, state
 
 
 def fingerprint(db):
@@ -22,8 +22,8 @@ def fingerprint(db):
 
 @pytest.fixture
 def store(db):
-    shop(db, users=("A", "B"), referrals={"B": "A"},
-         products=[("tea", "100.00", "0.50", 0, "both")], queue_seed="500.00")
+    seed_shop(db, users=("A", "B"), referrals={"B": "A"},
+              products=[("tea", "100.00", "0.50", 0, "both")], queue_seed="500.00")
     service.buy(db, user="A", sku="tea", at=at(1))
     service.buy(db, user="B", sku="tea", at=at(2))
     return db

@@ -12,7 +12,7 @@ from engine.errors import Refusal
 from engine.linking import link_accounts, link_code, normalise_code
 from engine.verify import verify
 from storage.models import Entry, Identity, LinkCode, Order, User
-from tests.helpers import at, shop, state
+from tests.helpers import at, seed_shop, state
 
 
 def identify(db, handle: str, *identities: str) -> None:
@@ -34,8 +34,8 @@ def owner(db, identity: str) -> str:
 
 def test_join_moves_money_entries_points_and_referrals_into_one_account(db):
     # TG (older) has a wallet, points, a waiting entry and a referee; WX (newer) is empty.
-    shop(db, users=("X", "TG", "WX", "R"), referrals={"R": "TG", "TG": "X"},
-         products=[("tea", "100.00", "0.50", 15, "both")], queue_seed="10.00")
+    seed_shop(db, users=("X", "TG", "WX", "R"), referrals={"R": "TG", "TG": "X"},
+              products=[("tea", "100.00", "0.50", 15, "both")], queue_seed="10.00")
     identify(db, "TG", "tg:1")
     identify(db, "WX", "wx:o1")
     service.buy(db, user="TG", sku="tea", at=at(2))
@@ -68,8 +68,8 @@ def test_join_moves_money_entries_points_and_referrals_into_one_account(db):
 
 
 def test_newer_account_money_stays_and_older_referrer_wins(memdb):
-    shop(memdb, users=("X", "Y", "TG", "WX"), referrals={"TG": "X", "WX": "Y"},
-         products=[("tea", "100.00", "0.50", 15, "points")])
+    seed_shop(memdb, users=("X", "Y", "TG", "WX"), referrals={"TG": "X", "WX": "Y"},
+              products=[("tea", "100.00", "0.50", 15, "points")])
     identify(memdb, "TG", "tg:7")
     identify(memdb, "WX", "wx:o7")
     service.buy(memdb, user="WX", sku="tea", at=at(2))
@@ -86,7 +86,7 @@ def test_newer_account_money_stays_and_older_referrer_wins(memdb):
 
 
 def test_no_one_refers_themselves_after_a_join(memdb):
-    shop(memdb, users=("TG", "WX"), referrals={"WX": "TG"})
+    seed_shop(memdb, users=("TG", "WX"), referrals={"WX": "TG"})
     identify(memdb, "TG", "tg:1")
     identify(memdb, "WX", "wx:o1")
     link_code(memdb, identity="tg:1", code="SELF2345", at=at(2))
@@ -95,7 +95,7 @@ def test_no_one_refers_themselves_after_a_join(memdb):
 
 
 def test_refuses_to_join_two_accounts_that_both_hold_money(db):
-    shop(db, users=("TG", "WX"), products=[("tea", "100.00", "0.50", 15, "points")])
+    seed_shop(db, users=("TG", "WX"), products=[("tea", "100.00", "0.50", 15, "points")])
     identify(db, "TG", "tg:1")
     identify(db, "WX", "wx:o1")
     service.buy(db, user="TG", sku="tea", at=at(2))
@@ -111,8 +111,8 @@ def test_refuses_to_join_two_accounts_that_both_hold_money(db):
 
 
 def test_an_open_order_counts_as_money(memdb):
-    shop(memdb, users=("TG", "WX"), products=[("tea", "100.00", "0.50", 15, "queue")],
-         config={"store": {"settle_days": "7"}})
+    seed_shop(memdb, users=("TG", "WX"), products=[("tea", "100.00", "0.50", 15, "queue")],
+              config={"store": {"settle_days": "7"}})
     identify(memdb, "TG", "tg:1")
     identify(memdb, "WX", "wx:o1")
     service.buy(memdb, user="TG", sku="tea", at=at(2))  # pending for 7 days: no balance yet
@@ -124,7 +124,7 @@ def test_an_open_order_counts_as_money(memdb):
 
 @pytest.mark.parametrize("case", ["unknown", "expired", "malformed", "used"])
 def test_bad_codes_are_refused_and_change_nothing(memdb, case):
-    shop(memdb, users=("TG", "WX", "W2"))
+    seed_shop(memdb, users=("TG", "WX", "W2"))
     identify(memdb, "TG", "tg:1")
     identify(memdb, "WX", "wx:o1")
     identify(memdb, "W2", "wx:o2")
@@ -141,7 +141,7 @@ def test_bad_codes_are_refused_and_change_nothing(memdb, case):
 
 
 def test_same_account_and_same_channel_are_refused(memdb):
-    shop(memdb, users=("TG", "T2"))
+    seed_shop(memdb, users=("TG", "T2"))
     identify(memdb, "TG", "tg:1")
     identify(memdb, "T2", "tg:2")
     link_code(memdb, identity="tg:1", code="SAME2345", at=at(2))
@@ -153,7 +153,7 @@ def test_same_account_and_same_channel_are_refused(memdb):
 
 
 def test_a_new_code_replaces_the_old_one(memdb):
-    shop(memdb, users=("TG", "WX"))
+    seed_shop(memdb, users=("TG", "WX"))
     identify(memdb, "TG", "tg:1")
     identify(memdb, "WX", "wx:o1")
     link_code(memdb, identity="tg:1", code="FRST2345", at=at(2))
@@ -171,7 +171,7 @@ def test_code_normalisation():
 
 
 def test_entries_keep_their_queue_places(memdb):
-    shop(memdb, users=("TG", "O", "WX"), products=[("tea", "100.00", "0", 15, "queue")])
+    seed_shop(memdb, users=("TG", "O", "WX"), products=[("tea", "100.00", "0", 15, "queue")])
     identify(memdb, "TG", "tg:1")
     identify(memdb, "WX", "wx:o1")
     service.buy(memdb, user="TG", sku="tea", at=at(2))
@@ -196,7 +196,7 @@ def test_a_referral_loop_through_linking_is_closed(db, asks):
     """A (WeChat, no referrer) invites X; A's Telegram identity T joins with X's code; T and A
     link. The merged account keeps A's first contact and so no referrer: X→A stays (A did
     invite X), A→X is never made, and acceleration flows only from X to A."""
-    shop(db, users=(), products=[("tea", "100.00", "0.50", 15, "queue")])
+    seed_shop(db, users=(), products=[("tea", "100.00", "0.50", 15, "queue")])
     service.join(db, user="A", at=at(1, 9))
     service.join(db, user="X", referrer="A", at=at(1, 10))
     service.join(db, user="T", referrer="X", at=at(1, 11))
@@ -224,7 +224,7 @@ def test_a_referral_loop_through_linking_is_closed(db, asks):
 
 def test_linking_keeps_the_referrer_of_the_earliest_first_contact_not_the_lowest_id(db):
     # WX's row is older (lower id) but TG's first contact came first: TG's referrer stays.
-    shop(db, users=(), products=[("tea", "100.00", "0.50", 15, "queue")])
+    seed_shop(db, users=(), products=[("tea", "100.00", "0.50", 15, "queue")])
     service.join(db, user="Y", at=at(1, 8))
     service.join(db, user="Z", at=at(1, 8))
     service.join(db, user="WX", referrer="Y", at=at(1, 12))
@@ -248,7 +248,7 @@ def test_linking_drops_a_referrer_whose_chain_leads_back_to_the_account(db):
     """The earliest first contact's referrer is dropped when its own referrers lead back to
     either linked account: T (first contact 08:00, by X's code) links with A, who invited X.
     Keeping X would make A→X→A, acceleration paid both ways."""
-    shop(db, users=(), products=[("tea", "100.00", "0.50", 15, "queue")])
+    seed_shop(db, users=(), products=[("tea", "100.00", "0.50", 15, "queue")])
     service.join(db, user="A", at=at(1, 9))
     service.join(db, user="X", referrer="A", at=at(1, 10))
     service.join(db, user="T", referrer="X", at=at(1, 8))  # a clock that ran behind
@@ -271,7 +271,7 @@ def test_linking_drops_a_referrer_whose_chain_leads_back_to_the_account(db):
 
 def test_no_acceleration_between_two_identities_of_one_account(db):
     # T joined with A's own code (the same person's other identity): the edge goes on link.
-    shop(db, users=(), products=[("tea", "100.00", "0.50", 15, "queue")])
+    seed_shop(db, users=(), products=[("tea", "100.00", "0.50", 15, "queue")])
     service.join(db, user="A", at=at(1, 9))
     service.join(db, user="T", referrer="A", at=at(1, 10))
     identify(db, "A", "wx:oA")

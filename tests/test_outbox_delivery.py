@@ -8,7 +8,7 @@ import asyncio
 import json
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +22,6 @@ from bot.wechat import WeChatSender
 from engine import outbox, users
 from scheduler import Deliverer
 from storage.db import Database
-from storage.migrate import migrate
 from storage.models import Identity, Outbox
 from tests.release_helpers import cli
 from tests.standins.telegram_api import FakeBotAPI
@@ -32,11 +31,9 @@ TOKEN = "123:ABC"
 
 
 @pytest.fixture
-def db(sqlite_url: str) -> Iterator[Database]:
-    database = Database(sqlite_url)
-    migrate(database)
-    yield database
-    database.dispose()
+def db(sqlite_db: Database) -> Database:
+    """These tests run on SQLite only (the conftest `db` runs on both)."""
+    return sqlite_db
 
 
 @pytest.fixture

@@ -16,57 +16,29 @@ import json
 import pytest
 from sqlalchemy import select
 
-from bot.settings import Settings
-from bot.telegram import start_telegram, stop_telegram
 from engine.verify import verify
 from handlers import i18n
-from handlers.base import App
-from storage.db import Database
-from storage.migrate import migrate
 from storage.models import JournalTxn, Outbox
 from tests.standins import telegram_api as tg
 from tests.standins import wechat as sw
-from tests.wechat_harness import OPERATOR, checkout_path, keys, open_shop, stock  # noqa: F401
+from tests.wechat_harness import (
+    OPERATOR,
+    checkout_path,
+    keys,  # noqa: F401 - the module-scoped fixture, by name
+    open_both_channels,
+    telegram,
+)
+from tests.wechat_harness import TG_BUYER as BUYER
 
 ALICE = "oAlice_000000000000000000001"
-BUYER = 4242
-BOT_TOKEN = "123:SECRETTOKEN"
-WEBHOOK_SECRET = "hook-secret_1"
 WECHAT_UA = "Mozilla/5.0 MicroMessenger/8.0.47"
 OPERATORS = frozenset({f"wx:{OPERATOR}", "tg:1"})
 
 
 @pytest.fixture
 async def both(sqlite_url, keys):  # noqa: F811 - the module-scoped keys fixture
-    db = Database(sqlite_url)
-    migrate(db)
-    stock(db)
-    app = App(db=db, operators=OPERATORS, currency="CNY")
-    async with tg.FakeBotAPI(token=BOT_TOKEN) as bot_api:
-        telegram_settings = {
-            "TELEGRAM_BOT_TOKEN": BOT_TOKEN, "TELEGRAM_API_BASE_URL": bot_api.base_url,
-            "TELEGRAM_PAYMENT_PROVIDER_TOKEN": "provider-token",
-            "TELEGRAM_WEBHOOK_URL": "https://shop.example/telegram",
-            "TELEGRAM_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        }
-        application = await start_telegram(
-            Settings(_env_file=None, **telegram_settings), app)  # type: ignore[call-arg]
-        try:
-            async with open_shop(sqlite_url, keys, app=app, telegram_application=application,
-                                 **telegram_settings) as shop:
-                yield shop, bot_api
-        finally:
-            await stop_telegram(application)
-
-
-async def telegram(shop, bot_api, update: dict, method: str = "sendMessage") -> tg.Call:
-    """POST an update to our /telegram webhook; return the bot's next call of `method`."""
-    mark = len(bot_api.calls)
-    r = await shop.http.post("/telegram", json=update,
-                             headers={"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET})
-    assert r.status_code == 200
-    return await bot_api.wait_for(
-        lambda c: c.is_(method) and c.chat_id in (BUYER, None), 10, since=mark)
+    async with open_both_channels(sqlite_url, keys, operators=OPERATORS) as shop_and_bot_api:
+        yield shop_and_bot_api
 
 
 async def invoice(shop, bot_api, sku: str = "TEA") -> tuple[str, int]:

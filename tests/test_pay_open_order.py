@@ -10,13 +10,13 @@ from engine import checkout, service
 from engine.errors import Refusal
 from engine.verify import verify
 from storage.models import Checkout, JournalTxn, Order
-from tests.helpers import at, shop, state
+from tests.helpers import at, seed_shop, state
 
 
 def _setup(db) -> None:  # type: ignore[no-untyped-def]
     """B holds 100.00 in the wallet (a released entry); A invited B."""
-    shop(db, users=("A", "B"), referrals={"B": "A"},
-         products=[("tea", "100.00", "0.50", 15, "queue")], queue_seed="1000.00")
+    seed_shop(db, users=("A", "B"), referrals={"B": "A"},
+              products=[("tea", "100.00", "0.50", 15, "queue")], queue_seed="1000.00")
     service.buy(db, user="B", sku="tea", at=at(1))
     service.release(db, at=at(20))
     assert state(db)["users"]["B"]["wallet"] == "100.00"

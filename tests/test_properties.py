@@ -19,8 +19,8 @@ from engine.replay import Replayer
 from engine.state import snapshot
 from engine.verify import verify
 from storage.db import Database
-from storage.migrate import migrate
 from storage.models import Entry, Head, Pool, User
+from tests.conftest import migrated, pg_schema
 
 USERS = ["A", "B", "C", "D", "E"]
 SKUS = ["q", "p", "b", "n", "big"]
@@ -131,29 +131,17 @@ def run_scenario(db: Database, events: list[dict]) -> None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_random_sequences_keep_every_invariant_on_sqlite(events):
-    db = Database("sqlite://")
-    migrate(db)
-    try:
+    with migrated("sqlite://") as db:
         run_scenario(db, events)
-    finally:
-        db.dispose()
 
 
 @pytest.mark.pg
 def test_random_sequences_keep_every_invariant_on_postgres(pg_admin):
-    from tests.conftest import drop_pg_schema, new_pg_schema
-
     @settings(max_examples=8, deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(scenarios(max_events=15))
     def check(events):
-        schema, url = new_pg_schema(pg_admin)
-        db = Database(url)
-        try:
-            migrate(db)
+        with pg_schema(pg_admin) as url, migrated(url) as db:
             run_scenario(db, events)
-        finally:
-            db.dispose()
-            drop_pg_schema(pg_admin, schema)
 
     check()

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from itertools import pairwise
 from typing import Any
 
@@ -21,19 +20,11 @@ from engine import service
 from engine.jobs import last_run, run_release
 from engine.verify import verify
 from storage.db import Database
-from storage.migrate import migrate
 from storage.models import Entry, JournalTxn, Outbox, User
+from tests.conftest import MakeDb
 from tests.release_helpers import MATURED, ROOT, bulk_entries, cli, make_shop, paid_entries
 
 AT = MATURED.isoformat()
-
-
-@pytest.fixture
-def pg_db(pg_url: str) -> Iterator[Database]:
-    db = Database(pg_url)
-    migrate(db)
-    yield db
-    db.dispose()
 
 
 def assert_paid_once(db: Database, entries: int) -> None:
@@ -48,6 +39,7 @@ def assert_paid_once(db: Database, entries: int) -> None:
     assert verify(db).ok
 
 
+@pytest.mark.slow  # two `storefront release` processes racing on PostgreSQL
 def test_two_processes_releasing_at_once_on_postgres_pay_each_entry_once(
         pg_db: Database, pg_url: str) -> None:
     entries = 120
@@ -114,22 +106,18 @@ def test_even_without_the_lock_postgres_pays_each_entry_once(pg_db: Database) ->
     assert_paid_once(pg_db, entries)
 
 
-def test_release_cli_settles_first_then_pays_and_records_the_run(sqlite_url: str) -> None:
-    db = Database(sqlite_url)
-    migrate(db)
-    try:
-        make_shop(db, entries=4, late=2, settle_days=3)
-        assert db.read(lambda s: s.execute(select(func.count(Entry.seq))).scalar_one()) == 0
-        run = cli("release", "--db", sqlite_url, "--at", AT)
-        assert run.returncode == 0, run.stderr
-        out = json.loads(run.stdout)
-        assert (out["settled"], out["paid"], out["amount"], out["blocked"]) == \
-            (6, 4, "400.00", False)
-        assert "settled 6 orders, paid 4 entries, 400.00" in run.stderr
-        assert [st for _s, _r, st in paid_entries(db)] == ["released"] * 4 + ["waiting"] * 2
-        assert last_run(db) == MATURED
-    finally:
-        db.dispose()
+def test_release_cli_settles_first_then_pays_and_records_the_run(sqlite_db: Database,
+                                                                 sqlite_url: str) -> None:
+    make_shop(sqlite_db, entries=4, late=2, settle_days=3)
+    assert sqlite_db.read(lambda s: s.execute(select(func.count(Entry.seq))).scalar_one()) == 0
+    run = cli("release", "--db", sqlite_url, "--at", AT)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert (out["settled"], out["paid"], out["amount"], out["blocked"]) == \
+        (6, 4, "400.00", False)
+    assert "settled 6 orders, paid 4 entries, 400.00" in run.stderr
+    assert [st for _s, _r, st in paid_entries(sqlite_db)] == ["released"] * 4 + ["waiting"] * 2
+    assert last_run(sqlite_db) == MATURED
 
 
 def test_release_cli_refuses_bad_input_politely(sqlite_url: str,
@@ -151,24 +139,21 @@ def test_release_stops_at_the_first_entry_the_pool_cannot_pay(memdb: Database) -
     assert [st for _s, _r, st in paid_entries(memdb)] == ["released"] * 2 + ["waiting"] * 3
 
 
-def test_release_reads_matured_entries_in_keyset_pages(sqlite_url: str) -> None:
+def test_release_reads_matured_entries_in_keyset_pages(sqlite_db: Database) -> None:
     """Never `SELECT` all matured entries: every read of `entries` is one bounded page that
     starts after the last `seq` paid, so memory stays flat however many are due."""
-    db = Database(sqlite_url)
-    migrate(db)
-    make_shop(db, entries=95, users=7)
+    make_shop(sqlite_db, entries=95, users=7)
     reads: list[tuple[str, Any]] = []
 
-    @event.listens_for(db.engine, "before_cursor_execute")
+    @event.listens_for(sqlite_db.engine, "before_cursor_execute")
     def spy(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
         if statement.lstrip().upper().startswith("SELECT") and "FROM entries" in statement:
             reads.append((statement, params))
 
     try:
-        result = run_release(db, at=MATURED, batch=20)
+        result = run_release(sqlite_db, at=MATURED, batch=20)
     finally:
-        event.remove(db.engine, "before_cursor_execute", spy)
-        db.dispose()
+        event.remove(sqlite_db.engine, "before_cursor_execute", spy)
     assert result["paid"] == 95
     pages = [(s, p) for s, p in reads if "seq > ?" in s]
     assert len(pages) == 5 and len(pages) == len(reads)
@@ -177,14 +162,13 @@ def test_release_reads_matured_entries_in_keyset_pages(sqlite_url: str) -> None:
     assert all(p[-1] == 20 for _s, p in pages)  # the page size
 
 
-def test_release_holds_one_page_at_a_time_however_many_entries_are_due(tmp_path: Any) -> None:
+def test_release_holds_one_page_at_a_time_however_many_entries_are_due(make_db: MakeDb) -> None:
     """What a release holds does not grow with the entries due: 8× the entries is 8× the
     pages, each read one page (LIMIT 50) and committed before the next is read. (Its peak
     memory is measured, not asserted here: `make bench`, the release row, docs/perf.md.)"""
     shapes = []
     for n in (60, 480):
-        db = Database(f"sqlite:///{tmp_path}/m{n}.db")
-        migrate(db)
+        db = make_db("sqlite")
         bulk_entries(db, n)
         log: list[str] = []
 
@@ -194,10 +178,7 @@ def test_release_holds_one_page_at_a_time_however_many_entries_are_due(tmp_path:
 
         event.listen(db.engine, "before_cursor_execute", spy)
         event.listen(db.engine, "commit", lambda _conn: log.append("commit"))  # noqa: B023
-        try:
-            assert run_release(db, at=MATURED, batch=50)["paid"] == n
-        finally:
-            db.dispose()
+        assert run_release(db, at=MATURED, batch=50)["paid"] == n
         pages = [x for x in log if x.startswith("read")]
         assert pages == ["read 50"] * -(-n // 50), (n, log)  # ceil(n / 50) pages of 50
         # a commit between each read and the next: no page is held past the next read

@@ -18,20 +18,19 @@ import pytest
 from engine.verify import verify
 from storage import faults
 from storage.db import Database
-from storage.migrate import migrate
 from storage.models import Lease
+from tests.conftest import migrated
 from tests.release_helpers import MATURED, cli, fingerprint, make_shop, paid_entries
 
+pytestmark = pytest.mark.slow  # a fresh process per kill, and its rerun
 ENTRIES, LATE, BATCH = 45, 3, 10  # five pages, the last one short; 3 entries not yet matured
 AT = MATURED.isoformat()
 
 
 def build(url: str) -> None:
-    db = Database(url)
-    migrate(db)
-    # settle_days=1: the release settles all 48 orders first (SPEC §8), then pays.
-    make_shop(db, entries=ENTRIES, late=LATE, users=4, settle_days=1)
-    db.dispose()
+    with migrated(url) as db:
+        # settle_days=1: the release settles all 48 orders first (SPEC §8), then pays.
+        make_shop(db, entries=ENTRIES, late=LATE, users=4, settle_days=1)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,18 +18,9 @@ from sqlalchemy import update
 from engine.jobs import run_release
 from storage.db import Database
 from storage.locks import LeaseLock, LockSet, holder_is_gone, job_lock, make_holder
-from storage.migrate import migrate
 from storage.models import Lease
-from tests.conftest import drop_pg_schema, new_pg_schema
+from tests.conftest import MakeDb
 from tests.release_helpers import MATURED, make_shop, paid_entries
-
-
-@pytest.fixture
-def sqlite_db(sqlite_url: str) -> Iterator[Database]:
-    db = Database(sqlite_url)
-    migrate(db)
-    yield db
-    db.dispose()
 
 
 def dead_holder() -> str:
@@ -46,15 +36,21 @@ def test_holder_names_host_and_process() -> None:
     assert not holder_is_gone("some-other-host:1:abc")  # cannot tell: assume alive
 
 
-def test_sqlite_lease_admits_one_holder_at_a_time(sqlite_db: Database) -> None:
-    first, second = job_lock(sqlite_db, "release"), job_lock(sqlite_db, "release")
-    assert first.kinds == ["lease"]
+def admits_one_holder_at_a_time(first: LockSet, second: LockSet) -> None:
+    """While `first` holds the lock `second` is refused and told who holds it; released, the
+    lock is `second`'s."""
     assert first.acquire("hostA:1:aa")
     assert not second.acquire("hostB:2:bb")
     assert second.blocked_by == "hostA:1:aa"
     first.release()
     assert second.acquire("hostB:2:bb")
     second.release()
+
+
+def test_sqlite_lease_admits_one_holder_at_a_time(sqlite_db: Database) -> None:
+    first, second = job_lock(sqlite_db, "release"), job_lock(sqlite_db, "release")
+    assert first.kinds == ["lease"]
+    admits_one_holder_at_a_time(first, second)
     assert sqlite_db.read(lambda s: s.get(Lease, "release")) is None
 
 
@@ -120,42 +116,27 @@ def test_run_release_skips_when_the_lock_is_held_and_changes_nothing(
     assert (done["skipped"], done["paid"]) == (False, 3)
 
 
-def test_postgres_advisory_lock_names_its_holder(pg_url: str) -> None:
-    db = Database(pg_url)
-    migrate(db)
-    try:
-        first, second = job_lock(db, "release"), job_lock(db, "release")
-        assert first.kinds == ["postgresql"]
-        me = make_holder()
-        assert first.acquire(me)
-        assert not second.acquire(make_holder())
-        assert second.blocked_by == me
-        first.release()
-        assert second.acquire(make_holder())
-        second.release()
-    finally:
-        db.dispose()
+def test_postgres_advisory_lock_names_its_holder(pg_db: Database) -> None:
+    first, second = job_lock(pg_db, "release"), job_lock(pg_db, "release")
+    assert first.kinds == ["postgresql"]
+    me = make_holder()
+    assert first.acquire(me)
+    assert not second.acquire(make_holder())
+    assert second.blocked_by == me
+    first.release()
+    assert second.acquire(make_holder())
+    second.release()
 
 
-def test_postgres_locks_of_two_schemas_are_independent(pg_admin: str, pg_url: str) -> None:
-    schema, other_url = new_pg_schema(pg_admin)
-    one, two = Database(pg_url), Database(other_url)
-    try:
-        migrate(one)
-        migrate(two)
-        a, b = job_lock(one, "release"), job_lock(two, "release")
-        assert a.acquire(make_holder()) and b.acquire(make_holder())
-        a.release()
-        b.release()
-    finally:
-        one.dispose()
-        two.dispose()
-        drop_pg_schema(pg_admin, schema)
+def test_postgres_locks_of_two_schemas_are_independent(pg_db: Database,
+                                                       make_db: MakeDb) -> None:
+    a, b = job_lock(pg_db, "release"), job_lock(make_db("postgresql"), "release")
+    assert a.acquire(make_holder()) and b.acquire(make_holder())
+    a.release()
+    b.release()
 
 
-def test_postgres_lock_goes_with_a_killed_process(pg_url: str) -> None:
-    db = Database(pg_url)
-    migrate(db)
+def test_postgres_lock_goes_with_a_killed_process(pg_db: Database, pg_url: str) -> None:
     code = ("import sys, time\n"
             "from storage.db import Database\n"
             "from storage.locks import job_lock\n"
@@ -167,7 +148,7 @@ def test_postgres_lock_goes_with_a_killed_process(pg_url: str) -> None:
                              text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "held"
-        lock = job_lock(db, "release")
+        lock = job_lock(pg_db, "release")
         assert not lock.acquire(make_holder()) and lock.blocked_by == "child:1:x"
         child.kill()
         child.wait()
@@ -179,19 +160,13 @@ def test_postgres_lock_goes_with_a_killed_process(pg_url: str) -> None:
     finally:
         child.kill()
         child.wait()
-        db.dispose()
 
 
 def test_redis_lock_is_taken_in_front_of_the_database_lock(sqlite_db: Database,
                                                            redis_url: str) -> None:
     first, second = (job_lock(sqlite_db, "release", redis_url=redis_url) for _ in range(2))
     assert first.kinds == ["redis", "lease"]
-    assert first.acquire("hostA:1:aa")
-    assert not second.acquire("hostB:2:bb")
-    assert second.blocked_by == "hostA:1:aa"
-    first.release()
-    assert second.acquire("hostB:2:bb")
-    second.release()
+    admits_one_holder_at_a_time(first, second)
 
 
 def test_redis_lock_of_a_dead_process_is_taken_over(sqlite_db: Database,

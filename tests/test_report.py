@@ -304,29 +304,25 @@ def test_pool_warnings_reach_each_known_operator_once_a_day(memdb: Database):
     assert report.write_pool_warnings(memdb, local(12), ["tg:404"], Fraction(1, 2), 3) == 0
 
 
-def test_report_reads_no_growing_table_by_a_full_scan(sqlite_url: str):
+def test_report_reads_no_growing_table_by_a_full_scan(sqlite_db: Database):
     """Every statement behind /pool, /queue and the charts searches an index: the cost follows
     the window and the waiting queue, not the size of the journal (SQLite's query plans)."""
     from sqlalchemy import event
 
-    from storage.migrate import migrate
-
-    db = Database(sqlite_url)
-    migrate(db)
-    at = busy_shop(db)
+    at = busy_shop(sqlite_db)
     statements: list[tuple[str, tuple]] = []
 
     def seen(_conn, _cursor, statement, params, *_args):  # type: ignore[no-untyped-def]
         statements.append((statement, params))
 
-    event.listen(db.engine, "before_cursor_execute", seen)
-    report.pool_report(db, at)
-    report.queue_view(db, "B", at)
-    report.warnings(db, at, Fraction(1, 2), 3)
-    price_changes(db, at)
-    event.remove(db.engine, "before_cursor_execute", seen)
+    event.listen(sqlite_db.engine, "before_cursor_execute", seen)
+    report.pool_report(sqlite_db, at)
+    report.queue_view(sqlite_db, "B", at)
+    report.warnings(sqlite_db, at, Fraction(1, 2), 3)
+    price_changes(sqlite_db, at)
+    event.remove(sqlite_db.engine, "before_cursor_execute", seen)
     scans = []
-    with db.engine.connect() as conn:
+    with sqlite_db.engine.connect() as conn:
         for statement, params in statements:
             for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params):
                 detail = row[-1]
@@ -336,7 +332,6 @@ def test_report_reads_no_growing_table_by_a_full_scan(sqlite_url: str):
                 # One account's postings are read over a range of transactions only.
                 if detail.startswith("SEARCH postings") and "txn_id>" not in detail:
                     scans.append((detail, statement))
-    db.dispose()
     assert len(statements) > 15 and scans == []
 
 

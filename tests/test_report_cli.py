@@ -14,32 +14,27 @@ from bot.cli_reports import format_report
 from engine import report
 from handlers.charts import pool_chart_png, price_chart_png
 from storage.db import Database
-from storage.migrate import migrate
+from tests.conftest import MakeDb
 from tests.test_report import busy_shop, local
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_charts_render_off_screen_to_png(memdb: Database):
+def test_charts_render_off_screen_to_png(memdb: Database, make_db: MakeDb):
     at = busy_shop(memdb)
     assert matplotlib.get_backend().lower() == "agg"
     for png in (pool_chart_png(memdb, at), price_chart_png(memdb, at, days=5)):
         assert png.startswith(PNG) and len(png) > 10_000
     # An empty shop still gets a chart, not an error.
-    empty = Database("sqlite://")
-    migrate(empty)
+    empty = make_db("memory")
     assert pool_chart_png(empty, local(0)).startswith(PNG)
     assert price_chart_png(empty, local(0)).startswith(PNG)
-    empty.dispose()
 
 
 def test_report_command_prints_the_figures_and_writes_charts(
-        tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]):
-    db = Database(sqlite_url)
-    migrate(db)
-    at = busy_shop(db)
-    expected = report.pool_report(db, at)
-    db.dispose()
+        sqlite_db: Database, tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]):
+    at = busy_shop(sqlite_db)
+    expected = report.pool_report(sqlite_db, at)
     assert main(["report", "--db", sqlite_url, "--at", at.isoformat(), "--charts",
                  str(tmp_path / "charts")]) == 0
     out = capsys.readouterr().out
@@ -63,20 +58,17 @@ def test_report_text_says_n_a_without_liability(memdb: Database):
 
 
 def test_report_shows_pool_money_no_points_stand_for(
-        sqlite_url: str, capsys: pytest.CaptureFixture[str]):
+        sqlite_db: Database, sqlite_url: str, capsys: pytest.CaptureFixture[str]):
     """Issue 13: with the supply at zero, money left in the points pool (here the fee the last
     holder left behind) belongs to nobody yet, and the report says so."""
     from engine import service
-    from tests.helpers import at, shop
+    from tests.helpers import at, seed_shop
 
-    db = Database(sqlite_url)
-    migrate(db)
-    shop(db, users=("A",), products=[("tea", "100.00", "0.50", 0, "points")])
-    service.buy(db, user="A", sku="tea", at=at(1))
-    assert "no points stand for" not in format_report(report.pool_report(db, at(2)))
-    service.withdraw_points(db, user="A", points="21", at=at(2))
-    figures = report.pool_report(db, at(2))
-    db.dispose()
+    seed_shop(sqlite_db, users=("A",), products=[("tea", "100.00", "0.50", 0, "points")])
+    service.buy(sqlite_db, user="A", sku="tea", at=at(1))
+    assert "no points stand for" not in format_report(report.pool_report(sqlite_db, at(2)))
+    service.withdraw_points(sqlite_db, user="A", points="21", at=at(2))
+    figures = report.pool_report(sqlite_db, at(2))
     assert (figures["supply"], figures["points_balance"], figures["points_unbacked"]) == (
         0, 300, 300)
     assert main(["report", "--db", sqlite_url, "--at", at(2).isoformat()]) == 0

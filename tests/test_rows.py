@@ -22,22 +22,22 @@ from engine import service
 from engine.book import Book
 from engine.errors import Refusal
 from storage.db import Database
-from storage.migrate import migrate
 from storage.models import Order, User
 from storage.rows import OrderRow, UserRow
+from tests.conftest import MakeDb
+from tests.helpers import seed_shop
 
 T = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def shop(db: Database) -> None:
-    service.upsert_product(db, sku="tea", price="100.00", margin="0.40", lock_days=0,
-                           scheme="both", at=T)
-    service.join(db, user="ann", at=T)
-    service.join(db, user="bob", referrer="ann", at=T)
+def seed(db: Database) -> None:
+    """tea on sale; ann, and bob whom she referred."""
+    seed_shop(db, products=[("tea", "100.00", "0.40", 0, "both")], users=("ann", "bob"),
+              referrals={"bob": "ann"}, at=T)
 
 
 def test_one_object_per_row_and_changes_written_at_commit(db: Database) -> None:
-    shop(db)
+    seed(db)
     with db.transaction() as s:
         book = Book(s)
         a = book.user("ann")
@@ -51,7 +51,7 @@ def test_one_object_per_row_and_changes_written_at_commit(db: Database) -> None:
 
 
 def test_orm_copies_are_refreshed_after_rows_are_written(db: Database) -> None:
-    shop(db)
+    seed(db)
     with db.transaction() as s:
         orm_ann = s.execute(select(User).where(User.handle == "ann")).scalar_one()
         assert orm_ann.wallet == 0
@@ -62,7 +62,7 @@ def test_orm_copies_are_refreshed_after_rows_are_written(db: Database) -> None:
 
 
 def test_refused_action_leaves_nothing(db: Database) -> None:
-    shop(db)
+    seed(db)
     before = service.buy(db, user="bob", sku="tea", at=T, key="k1")
     with pytest.raises(Refusal):
         service.buy(db, user="bob", sku="tea", at=T, pay_points="1000000", key="k2")
@@ -74,7 +74,7 @@ def test_refused_action_leaves_nothing(db: Database) -> None:
 
 
 def test_times_are_stored_as_the_orm_stores_them(db: Database) -> None:
-    shop(db)
+    seed(db)
     service.buy(db, user="bob", sku="tea", at=T, order="R1")
     with db.transaction() as s:  # the same columns written by the ORM, for comparison
         s.add(Order(no=999, ref="ORM", user_id=1, sku="tea", qty=1, total=1, points_used=0,
@@ -89,7 +89,7 @@ def test_times_are_stored_as_the_orm_stores_them(db: Database) -> None:
 
 
 def test_a_driver_error_is_sqlalchemys_and_rolls_back(db: Database) -> None:
-    shop(db)
+    seed(db)
     with pytest.raises(IntegrityError):
         with db.transaction() as s:
             book = Book(s)
@@ -101,7 +101,7 @@ def test_a_driver_error_is_sqlalchemys_and_rolls_back(db: Database) -> None:
 
 
 def test_an_order_added_in_memory_is_found_before_it_is_written(db: Database) -> None:
-    shop(db)
+    seed(db)
     with db.transaction() as s:
         book = Book(s)
         from engine import orders
@@ -117,11 +117,9 @@ def test_an_order_added_in_memory_is_found_before_it_is_written(db: Database) ->
             == "settled"
 
 
-def test_settings_changed_by_another_process_are_seen(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
-    first, second = Database(url), Database(url)
-    migrate(first)
-    shop(first)
+def test_settings_changed_by_another_process_are_seen(sqlite_url: str, make_db: MakeDb) -> None:
+    first, second = make_db(sqlite_url), make_db(sqlite_url)
+    seed(first)
     service.buy(second, user="bob", sku="tea", at=T)  # caches settings and products
     service.configure(first, {"store": {"paused": "1"}}, at=T)
     with pytest.raises(Refusal) as refused:
@@ -131,14 +129,12 @@ def test_settings_changed_by_another_process_are_seen(tmp_path) -> None:  # type
     service.upsert_product(first, sku="tea", price="1.00", margin="0.40", lock_days=0,
                            scheme="both", at=T)
     assert service.buy(second, user="bob", sku="tea", at=T)["total"] == 100
-    first.dispose()
-    second.dispose()
 
 
 def test_one_key_twice_in_one_transaction_is_one_purchase(db: Database) -> None:
     """Two calls with one idempotency key inside one transaction (a batch): the second is
     the first's answer, though nothing is written until the commit."""
-    shop(db)
+    seed(db)
     from engine import orders
     with db.transaction() as s:
         book = Book(s)
@@ -152,7 +148,7 @@ def test_one_key_twice_in_one_transaction_is_one_purchase(db: Database) -> None:
 def test_a_failing_write_at_commit_is_sqlalchemys_error_and_nothing_stays(db: Database) -> None:
     """The rows are written at commit (in one pipeline on PostgreSQL): a constraint broken
     there is SQLAlchemy's IntegrityError and the whole transaction is rolled back."""
-    shop(db)
+    seed(db)
     with pytest.raises(IntegrityError):
         with db.transaction() as s:
             book = Book(s)

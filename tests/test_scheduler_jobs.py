@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,6 +28,7 @@ from handlers.notify import render
 from scheduler import (
     MISFIRE_GRACE,
     Deliverer,
+    StoreScheduler,
     build_scheduler,
     latest_slot,
     parse_release_times,
@@ -68,12 +70,9 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 
 @pytest.fixture
-def shop(sqlite_url: str) -> Iterator[Database]:
-    db = Database(sqlite_url)
-    migrate(db)
-    make_shop(db, entries=ENTRIES, late=2, users=3)
-    yield db
-    db.dispose()
+def shop(sqlite_db: Database) -> Database:
+    make_shop(sqlite_db, entries=ENTRIES, late=2, users=3)
+    return sqlite_db
 
 
 def settings(times: str = "00:05") -> Settings:
@@ -82,6 +81,16 @@ def settings(times: str = "00:05") -> Settings:
 
 def local(day: int, hh: int, mm: int, ss: float = 0) -> datetime:
     return datetime(2026, 8, day, hh, mm, tzinfo=SHANGHAI) + timedelta(seconds=ss)
+
+
+@asynccontextmanager
+async def running(scheduler: StoreScheduler) -> AsyncIterator[None]:
+    """The scheduler started in this event loop, and stopped however the block ends."""
+    scheduler.start()
+    try:
+        yield
+    finally:
+        await scheduler.stop()
 
 
 async def wait_until(predicate: Any, timeout: float = 60.0) -> None:
@@ -100,8 +109,7 @@ async def test_the_release_job_fires_at_the_configured_store_local_time(
     record_run(shop, RELEASE, local(15, 0, 5), "test", {})  # yesterday's run happened
     clock.base = local(16, 0, 4, 59.6)
     scheduler = build_scheduler(settings(), shop, {}, clock=clock.now)
-    scheduler.start()
-    try:
+    async with running(scheduler):
         await wait_until(lambda: scheduler.releaser.results)
         [run] = scheduler.releaser.results
         at = datetime.fromisoformat(run["at"])
@@ -112,8 +120,6 @@ async def test_the_release_job_fires_at_the_configured_store_local_time(
         job = scheduler.get_job("release@00:05")
         assert job.next_run_time == local(17, 0, 5)
         assert last_run(shop) == at
-    finally:
-        await scheduler.stop()
 
 
 async def test_a_late_wakeup_runs_once_coalesced_within_the_grace_time(
@@ -125,8 +131,7 @@ async def test_a_late_wakeup_runs_once_coalesced_within_the_grace_time(
     assert job.coalesce is True and job.misfire_grace_time == 12 * 3600 == \
         MISFIRE_GRACE.total_seconds() and job.max_instances == 1
     scheduler.remove_job("release-catch-up")  # this test is about the cron job alone
-    scheduler.start()
-    try:
+    async with running(scheduler):
         await asyncio.sleep(0.1)
         clock.jump(timedelta(days=1, hours=15))  # the event loop slept through two slots
         scheduler.wakeup()
@@ -135,8 +140,6 @@ async def test_a_late_wakeup_runs_once_coalesced_within_the_grace_time(
         [run] = scheduler.releaser.results  # once, not once per missed slot
         assert run["why"] == "scheduled" and run["paid"] == ENTRIES
         assert scheduler.get_job("release@00:05").next_run_time == local(17, 0, 5)
-    finally:
-        await scheduler.stop()
 
 
 async def test_a_slot_missed_beyond_the_grace_time_is_made_up_by_the_catch_up(
@@ -144,8 +147,7 @@ async def test_a_slot_missed_beyond_the_grace_time_is_made_up_by_the_catch_up(
     record_run(shop, RELEASE, local(15, 0, 5), "test", {})
     clock.base = local(15, 12, 0)
     scheduler = build_scheduler(settings(), shop, {}, clock=clock.now)
-    scheduler.start()
-    try:
+    async with running(scheduler):
         await wait_until(lambda: scheduler.releaser.checks >= 1)  # the start-up check is over
         assert scheduler.releaser.results == []  # nothing missed at start
         clock.jump(timedelta(hours=25))  # 16th, 13:00: the 00:05 run is 13 h late
@@ -154,22 +156,17 @@ async def test_a_slot_missed_beyond_the_grace_time_is_made_up_by_the_catch_up(
         await asyncio.sleep(0.3)
         [run] = scheduler.releaser.results
         assert run["why"] == "catch-up" and run["paid"] == ENTRIES
-    finally:
-        await scheduler.stop()
 
 
 async def test_catch_up_on_start_when_the_last_release_is_older_than_the_latest_slot(
         shop: Database, clock: FakeClock) -> None:
     clock.base = local(16, 10, 0)  # never released; today's 00:05 slot has passed
     scheduler = build_scheduler(settings(), shop, {}, clock=clock.now)
-    scheduler.start()
-    try:
+    async with running(scheduler):
         await wait_until(lambda: scheduler.releaser.results)
         [run] = scheduler.releaser.results
         assert run["why"] == "catch-up" and run["paid"] == ENTRIES
         assert local(16, 10, 0) <= datetime.fromisoformat(run["at"]) < local(16, 10, 1)
-    finally:
-        await scheduler.stop()
 
 
 async def test_no_catch_up_when_the_last_release_covers_the_latest_slot(
@@ -177,12 +174,9 @@ async def test_no_catch_up_when_the_last_release_covers_the_latest_slot(
     record_run(shop, RELEASE, local(16, 0, 5), "test", {})
     clock.base = local(16, 10, 0)
     scheduler = build_scheduler(settings(), shop, {}, clock=clock.now)
-    scheduler.start()
-    try:
+    async with running(scheduler):
         await wait_until(lambda: scheduler.releaser.checks >= 1)  # the start-up check is over
         assert scheduler.releaser.results == [] and released(shop) == 0
-    finally:
-        await scheduler.stop()
 
 
 class Recorder:
@@ -218,8 +212,7 @@ async def test_the_delivery_job_sends_what_the_release_wrote(
         sender.sent.append((identity, text, 0.0))
 
     sender.send = send_stamped  # type: ignore[method-assign]
-    scheduler.start()
-    try:
+    async with running(scheduler):
         await wait_until(lambda: len(sender.sent) == ENTRIES)
         rows = shop.read(lambda s: s.execute(select(Outbox.kind, Outbox.params, Outbox.lang)
                                              .where(Outbox.kind == "release_paid")).all())
@@ -231,8 +224,6 @@ async def test_the_delivery_job_sends_what_the_release_wrote(
         assert len(stamps) == 3
         for times in stamps.values():
             assert all(b - a >= 1.0 for a, b in zip(times, times[1:], strict=False)), times
-    finally:
-        await scheduler.stop()
     assert scheduler.deliverer.totals["sent"] == ENTRIES
 
 

@@ -30,10 +30,9 @@ from engine.state import snapshot
 from handlers import i18n
 from handlers.base import App
 from handlers.registry import commands
-from storage.db import Database
-from storage.migrate import migrate
 from storage.models import Order, Product, User
 from storage.ratelimit import RateLimiter
+from tests.conftest import migrated
 from tests.standins.telegram_api import (
     Call,
     FakeBotAPI,
@@ -121,19 +120,17 @@ def settings_for(api: FakeBotAPI) -> Settings:
 
 @asynccontextmanager
 async def running_shop(url: str, *, limiter: RateLimiter | None = None) -> AsyncIterator[Shop]:
-    db = Database(url)
-    migrate(db)
-    app = App(db=db, operators=frozenset({f"tg:{OPERATOR}"}), limiter=limiter)
-    api = FakeBotAPI(token=TOKEN).start()
-    application = None
-    try:
-        application = await start_telegram(settings_for(api), app, poll_timeout=1)
-        yield Shop(api, app, application)
-    finally:
-        if application is not None:
-            await stop_telegram(application)
-        await asyncio.to_thread(api.stop)
-        db.dispose()
+    with migrated(url) as db:
+        app = App(db=db, operators=frozenset({f"tg:{OPERATOR}"}), limiter=limiter)
+        api = FakeBotAPI(token=TOKEN).start()
+        application = None
+        try:
+            application = await start_telegram(settings_for(api), app, poll_timeout=1)
+            yield Shop(api, app, application)
+        finally:
+            if application is not None:
+                await stop_telegram(application)
+            await asyncio.to_thread(api.stop)
 
 
 @pytest.fixture
@@ -142,7 +139,7 @@ async def shop(sqlite_url: str) -> AsyncIterator[Shop]:
         yield s
 
 
-async def open_shop(s: Shop) -> None:
+async def setup_shop(s: Shop) -> None:
     """The operator lists TEA (100.00, margin 0.50, 15 days, queue+points) and seeds the
     queue pool with 1000.00."""
     text = await s.say(OPERATOR, "/product TEA 100.00 0.50 15 both Green tea")
@@ -187,7 +184,7 @@ async def test_storefront_story_on_sqlite(shop: Shop) -> None:
             c.name for c in commands()]
     assert not set(operator) & {c["command"] for c in s.api.commands["zh"]}
 
-    await open_shop(s)
+    await setup_shop(s)
 
     # User 2 asks for an invite: a deep link with the bot's username, and its QR code.
     calls = await s.send(2, "/invite", expect=2)
@@ -261,7 +258,7 @@ async def test_storefront_story_on_sqlite(shop: Shop) -> None:
 
 async def test_payment_flow_on_postgresql(pg_url: str) -> None:
     async with running_shop(pg_url) as s:
-        await open_shop(s)
+        await setup_shop(s)
         await s.say(2, "/start")
         code = LINK.search((await s.send(2, "/invite", expect=2))[0].params["text"]).group(1)
         await s.say(3, f"/start {code}")
@@ -291,7 +288,7 @@ async def test_non_operator_is_refused_every_operator_command(sqlite_url: str) -
     # This test sends ~20 commands in a second from one user, past the per-user chat rate
     # limit (which has tests of its own): the limiter is off here.
     async with running_shop(sqlite_url, limiter=RateLimiter.disabled()) as s:
-        await open_shop(s)
+        await setup_shop(s)
         await s.say(5, "/start")
         refusal = i18n.t("en", "operator_only")
         names = [c.name for c in commands(operator=True)]
@@ -320,7 +317,7 @@ MALFORMED_CALLBACKS = ["buy:v2:TEA:1", "garbage", "buy:v1:TEA:99999999", "buy:v1
 
 async def test_malformed_inputs_get_polite_answers_and_change_nothing(sqlite_url: str) -> None:
     async with running_shop(sqlite_url, limiter=RateLimiter.disabled()) as s:
-        await open_shop(s)
+        await setup_shop(s)
         await s.say(6, "/start")
         unexpected = i18n.t("en", "error.unexpected", ref="").split("{")[0].strip()
         before = s.state()

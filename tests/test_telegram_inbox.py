@@ -28,7 +28,6 @@ from bot.telegram.inbox import item_of
 from engine import checkout, inbox, service, users
 from handlers.base import App, Reply, Request
 from storage.db import Database, DatabaseUnavailable
-from storage.migrate import migrate
 from storage.models import InboxUpdate, JournalTxn
 from storage.ratelimit import RateLimiter
 from tests.standins.telegram_api import (
@@ -49,13 +48,10 @@ async def api() -> AsyncIterator[FakeBotAPI]:
 
 
 @pytest.fixture
-def sdb(sqlite_url: str) -> Any:
+def sdb(sqlite_db: Database) -> Database:
     """The adapter tests' database: a SQLite file (the engine tests below use conftest's
     `db`, SQLite and PostgreSQL)."""
-    database = Database(sqlite_url)
-    migrate(database)
-    yield database
-    database.dispose()
+    return sqlite_db
 
 
 def stored(db: Database, raw: list[dict[str, Any]], at: datetime | None = None) -> None:

@@ -41,9 +41,9 @@ from engine.verify import verify
 from storage.db import Database
 from storage.migrate import migrate
 from storage.models import Checkout, InboxUpdate, JournalTxn, Order
-from tests.conftest import drop_pg_schema, new_pg_schema
 from tests.standins.telegram_api import FakeBotAPI, make_successful_payment_update
 
+pytestmark = pytest.mark.slow  # `storefront run` killed mid-burst, round after round
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "777:INBOX-KILL"
 SECRET = "inbox-kill-secret"
@@ -191,12 +191,7 @@ def shop_url(request: pytest.FixtureRequest) -> Iterator[str]:
         finally:
             shutil.rmtree(where, ignore_errors=True)
     else:
-        admin = request.getfixturevalue("pg_admin")
-        schema, url = new_pg_schema(admin)
-        try:
-            yield url
-        finally:
-            drop_pg_schema(admin, schema)
+        yield request.getfixturevalue("pg_url")
 
 
 def _prepare(url: str) -> Database:

@@ -12,7 +12,6 @@ import pytest
 
 from engine.replay import Replayer
 from storage.db import Database
-from storage.migrate import migrate
 
 VECTORS = Path(__file__).parent / "vectors"
 NAMES = sorted(p.stem for p in VECTORS.glob("*.jsonl"))
@@ -37,11 +36,9 @@ def test_every_shared_vector_is_copied_here():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_vector_matches_in_memory(name: str):
-    db = Database("sqlite://")
-    migrate(db)
+def test_vector_matches_in_memory(memdb: Database, name: str):
     with open(VECTORS / f"{name}.jsonl", encoding="utf-8") as fh:
-        assert normalised(Replayer(db).run(fh)) == expected(name)
+        assert normalised(Replayer(memdb).run(fh)) == expected(name)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -10,70 +10,36 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
-from bot.settings import Settings
-from bot.telegram import start_telegram, stop_telegram
 from engine.verify import verify
-from handlers.base import App
-from storage.db import Database
-from storage.migrate import migrate
 from storage.models import Entry
 from tests.standins import telegram_api as tg
 from tests.standins import wechat as sw
-from tests.wechat_harness import checkout_path, open_shop, stock
+from tests.wechat_harness import TG_BUYER as TG_ID
+from tests.wechat_harness import checkout_path, open_both_channels, telegram
 
 ALICE = "oAlice_000000000000000000001"
-TG_ID = 4242
-BOT_TOKEN = "123:SECRETTOKEN"
-WEBHOOK_SECRET = "hook-secret_1"
 WECHAT_UA = "Mozilla/5.0 MicroMessenger/8.0.47"
 
 
 @pytest.fixture
 async def both(sqlite_url, keys):
     """The shop on both channels behind one HTTP server and one database."""
-    db = Database(sqlite_url)
-    migrate(db)
-    stock(db)
-    app = App(db=db, operators=frozenset(), currency="CNY")
-    async with tg.FakeBotAPI(token=BOT_TOKEN) as bot_api:
-        telegram_settings = {
-            "TELEGRAM_BOT_TOKEN": BOT_TOKEN, "TELEGRAM_API_BASE_URL": bot_api.base_url,
-            "TELEGRAM_PAYMENT_PROVIDER_TOKEN": "provider-token",
-            "TELEGRAM_WEBHOOK_URL": "https://shop.example/telegram",
-            "TELEGRAM_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        }
-        application = await start_telegram(
-            Settings(_env_file=None, **telegram_settings), app)  # type: ignore[call-arg]
-        try:
-            async with open_shop(sqlite_url, keys, app=app, telegram_application=application,
-                                 **telegram_settings) as shop:
-                yield shop, bot_api
-        finally:
-            await stop_telegram(application)
-
-
-async def telegram(shop, bot_api, update: dict, method: str = "sendMessage") -> tg.Call:
-    """POST an update to our /telegram webhook; return the bot's next call of `method`."""
-    mark = len(bot_api.calls)
-    r = await shop.http.post("/telegram", json=update,
-                             headers={"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET})
-    assert r.status_code == 200
-    return await bot_api.wait_for(
-        lambda c: c.is_(method) and c.chat_id in (TG_ID, None), 10, since=mark)
+    async with open_both_channels(sqlite_url, keys, operators=frozenset()) as shop_and_bot_api:
+        yield shop_and_bot_api
 
 
 def numbers(text: str) -> list[Decimal]:
     return [Decimal(x) for x in re.findall(r"\d+\.\d{2,6}", text)]
 
 
-async def buy_in_wechat(shop, sku: str, txn: str) -> str:
+async def pay_in_wechat(shop, openid: str, sku: str, txn: str) -> str:
     """购买 in WeChat, open the pay link inside WeChat, pay: a signed notification."""
-    reply = await shop.say(ALICE, f"购买 {sku}")
+    reply = await shop.say(openid, f"购买 {sku}")
     await shop.http.get(checkout_path(reply["Content"]), headers={"User-Agent": WECHAT_UA})
-    order = shop.last_order_of(f"wx:{ALICE}")
+    order = shop.last_order_of(f"wx:{openid}")
     headers, body = sw.signed_pay_notification(shop.keys, out_trade_no=order.ref,
                                                transaction_id=txn, total_fen=order.cash,
-                                               payer_openid=ALICE)
+                                               payer_openid=openid)
     assert (await shop.notify(headers, body)).status_code == 204
     return order.ref
 
@@ -109,7 +75,7 @@ async def test_linked_account_sees_one_balance_after_a_purchase_on_each_channel(
     linked = await shop.say(ALICE, f"绑定 {code}")
     assert "tg:4242" in linked["Content"] and f"wx:{ALICE}" in linked["Content"]
 
-    wx_ref = await buy_in_wechat(shop, "TEA", "4200000009202601010000000001")
+    wx_ref = await pay_in_wechat(shop, ALICE, "TEA", "4200000009202601010000000001")
     tg_ref = await buy_in_telegram(shop, bot_api, "CUP", 3000, "tg-charge-1")
     assert wx_ref != tg_ref
     assert shop.order(wx_ref).status == shop.order(tg_ref).status == "settled"
@@ -130,7 +96,7 @@ async def test_linked_account_sees_one_balance_after_a_purchase_on_each_channel(
 async def test_linking_two_funded_accounts_is_refused_and_says_why(both):
     shop, bot_api = both
     await telegram(shop, bot_api, tg.make_text_update(TG_ID, "/start"))
-    await buy_in_wechat(shop, "CUP", "4200000009202601010000000002")
+    await pay_in_wechat(shop, ALICE, "CUP", "4200000009202601010000000002")
     await buy_in_telegram(shop, bot_api, "CUP", 3000, "tg-charge-2")
     code = await link_code_from_telegram(shop, bot_api)
     refused = await shop.say(ALICE, f"绑定 {code}")
@@ -154,17 +120,6 @@ async def test_link_codes_in_wechat_words(both):
 
 
 XAVIER = "oXavier_00000000000000000002"
-
-
-async def pay_in_wechat(shop, openid: str, sku: str, txn: str) -> str:
-    reply = await shop.say(openid, f"购买 {sku}")
-    await shop.http.get(checkout_path(reply["Content"]), headers={"User-Agent": WECHAT_UA})
-    order = shop.last_order_of(f"wx:{openid}")
-    headers, body = sw.signed_pay_notification(shop.keys, out_trade_no=order.ref,
-                                               transaction_id=txn, total_fen=order.cash,
-                                               payer_openid=openid)
-    assert (await shop.notify(headers, body)).status_code == 204
-    return order.ref
 
 
 async def test_a_referral_loop_through_linking_is_closed_on_the_running_shop(both):

@@ -17,11 +17,11 @@ from sqlalchemy import func, select
 
 from bot.http import HttpServer, start_http
 from bot.settings import Settings
-from engine import service
 from handlers.base import App
 from storage.db import Database
 from storage.migrate import migrate
 from storage.models import Identity, JournalTxn, Order, User
+from tests.helpers import seed_shop
 from tests.standins import wechat as sw
 
 TOKEN = "storefront-token"
@@ -29,6 +29,10 @@ SECRET = "app-secret"
 GH_ID = "gh_0123456789ab"
 OPERATOR = "oOperator_0000000000000001"
 NOTIFY_URL = "https://shop.example/wechat/pay/notify"
+# Telegram beside WeChat (`open_both_channels`): the bot, its webhook and the buyer there
+TG_BOT_TOKEN = "123:SECRETTOKEN"
+TG_WEBHOOK_SECRET = "hook-secret_1"
+TG_BUYER = 4242
 _ids = itertools.count(7_000_000_000_000_000_001)
 
 
@@ -146,10 +150,9 @@ def settings_for(db_url: str, api: sw.FakeWeChatAPI, pay_api: sw.FakeWeChatPayAP
 
 def stock(db: Database) -> None:
     """A small catalogue: TEA joins the queue and mints points; settled at once."""
-    service.upsert_product(db, sku="TEA", price="120.00", margin="0.50", lock_days=15,
-                           scheme="both", name="Oolong tea")
-    service.upsert_product(db, sku="CUP", price="30.00", margin="0.40", lock_days=15,
-                           scheme="points", name="Tea cup")
+    seed_shop(db, users=(), at=None,
+              products=[("TEA", "120.00", "0.50", 15, "both", "Oolong tea"),
+                        ("CUP", "30.00", "0.40", 15, "points", "Tea cup")])
 
 
 @asynccontextmanager
@@ -172,6 +175,48 @@ async def open_shop(db_url: str, keys: sw.PayKeys, *, aes: bool = False,
             await http.aclose()
             await server.stop()
             db.dispose()
+
+
+@asynccontextmanager
+async def open_both_channels(db_url: str, keys: sw.PayKeys, *,
+                             operators: frozenset[str]) -> AsyncIterator[tuple[Shop, Any]]:
+    """The shop (with `stock`'s catalogue) on both channels behind one HTTP server and one
+    database: the real python-telegram-bot application on the server's /telegram webhook,
+    talking to a Bot API stand-in, beside WeChat. Yields (shop, the Bot API stand-in)."""
+    from bot.telegram import start_telegram, stop_telegram
+    from tests.conftest import migrated
+    from tests.standins import telegram_api as tg
+
+    with migrated(db_url) as db:
+        stock(db)
+        app = App(db=db, operators=operators, currency="CNY")
+        async with tg.FakeBotAPI(token=TG_BOT_TOKEN) as bot_api:
+            telegram_settings = {
+                "TELEGRAM_BOT_TOKEN": TG_BOT_TOKEN, "TELEGRAM_API_BASE_URL": bot_api.base_url,
+                "TELEGRAM_PAYMENT_PROVIDER_TOKEN": "provider-token",
+                "TELEGRAM_WEBHOOK_URL": "https://shop.example/telegram",
+                "TELEGRAM_WEBHOOK_SECRET": TG_WEBHOOK_SECRET,
+            }
+            application = await start_telegram(
+                Settings(_env_file=None, **telegram_settings), app)  # type: ignore[call-arg]
+            try:
+                async with open_shop(db_url, keys, app=app, telegram_application=application,
+                                     **telegram_settings) as shop:
+                    yield shop, bot_api
+            finally:
+                await stop_telegram(application)
+
+
+async def telegram(shop: Shop, bot_api: Any, update: dict[str, Any],
+                   method: str = "sendMessage") -> Any:
+    """POST an update to the shop's /telegram webhook; return the bot's next call of `method`
+    (to TG_BUYER's chat, or to none)."""
+    mark = len(bot_api.calls)
+    r = await shop.http.post("/telegram", json=update,
+                             headers={"X-Telegram-Bot-Api-Secret-Token": TG_WEBHOOK_SECRET})
+    assert r.status_code == 200
+    return await bot_api.wait_for(
+        lambda c: c.is_(method) and c.chat_id in (TG_BUYER, None), 10, since=mark)
 
 
 def checkout_path(reply_text: str) -> str:

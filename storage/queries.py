@@ -1,0 +1,250 @@
+"""The engine's reads and bulk writes, by name: every SQL string the engine needs lives here.
+
+Each function runs inside the caller's transaction, through the unit of work's plain rows
+(storage/unit.py: rows come back locked and identity-mapped) or straight through the driver
+(storage/driver.py). The engine calls them by what they return (`orders_due`,
+`waiting_entries`, …) and writes no SQL itself. Why plain SQL and not the ORM: docs/engine.md
+("The fast row path").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from .driver import Driver
+from .rows import EntryRow, OrderRow, PoolRow, Query, UserRow
+from .unit import Rows
+
+DUE_PAGE = 200  # orders settled per read (a purchase usually finds none or a few)
+
+
+# -- settings and products ------------------------------------------------------------------
+def settings(db: Driver) -> dict[str, str]:
+    """The stored settings, `section.key` → the operator's exact text."""
+    return dict(db.rows('SELECT "key", value FROM settings'))
+
+
+def product(rows: Rows, sku: str) -> tuple[Any, ...] | None:
+    """(sku, name, price, margin, lock_days, scheme, active) of a product, or None."""
+    rows.session.flush()  # a product the ORM changed in this transaction
+    found = rows.db.rows("SELECT sku, name, price, margin, lock_days, scheme, active "
+                         "FROM products WHERE sku = ?", (sku,))
+    return found[0] if found else None
+
+
+# -- rows a purchase locks -------------------------------------------------------------------
+def pools(rows: Rows) -> list[PoolRow]:
+    """Both pools, locked, in one statement (most purchases touch both)."""
+    return rows.load(PoolRow, suffix=" ORDER BY name")
+
+
+def user_by_handle(rows: Rows, handle: str) -> UserRow | None:
+    found = rows.load(UserRow, "handle = ?", (handle,))
+    return found[0] if found else None
+
+
+def handle_of(rows: Rows, user_id: int) -> str:
+    """A user's handle, read without a lock."""
+    return str(rows.scalars("SELECT handle FROM users WHERE id = ?", (user_id,))[0])
+
+
+def stored_result(rows: Rows, key: str) -> tuple[str, str | None] | None:
+    """The body and result stored under a journal idempotency key, if any."""
+    found = rows.db.rows('SELECT body, result FROM journal WHERE "key" = ?', (key,))
+    return (found[0][0], found[0][1]) if found else None
+
+
+def order_by_ref(rows: Rows, ref: str, *, lock: bool = True) -> OrderRow | None:
+    found = rows.load(OrderRow, "ref = ?", (ref,), lock=lock)
+    return found[0] if found else None
+
+
+def orders_due(rows: Rows, at: datetime, after: int) -> list[OrderRow]:
+    """Up to `DUE_PAGE` pending orders due by `at` after order `after`, in order, locked (the
+    first page may have come with `purchase_reads`)."""
+    return rows.load(OrderRow, "status = 'pending' AND settles_at <= ? AND no > ?",
+                     (rows.param(OrderRow, "settles_at", at), after),
+                     suffix=f" ORDER BY no LIMIT {DUE_PAGE}",
+                     name=("due", at) if after == 0 else None)
+
+
+def waiting_entries(rows: Rows, user_id: int) -> list[EntryRow]:
+    """A user's waiting entries in `seq` order, locked (perhaps read by `purchase_reads`)."""
+    return rows.load(EntryRow, "user_id = ? AND status = 'waiting'", (user_id,),
+                     suffix=" ORDER BY seq", name=("waiting", user_id))
+
+
+def purchase_reads(rows: Rows, handle: str, key: str | None, at: datetime | None,
+                   with_pools: bool) -> dict[Hashable, list[Any]]:
+    """Everything a purchase may read, in one round trip (PostgreSQL pays one per statement),
+    all locked as the purchase would lock them one by one: `buyer` and `referrer` (lists of
+    at most one row), `pools` (with `with_pools`), the stored result under `key` (`key`: a
+    list of at most one (body, result)), and — offered to `orders_due` and `waiting_entries`
+    until anything is written — the orders due by `at` and the referrer's waiting entries."""
+    queries: dict[Any, Query] = {
+        "buyer": Query(UserRow, "handle = ?", (handle,)),
+        "referrer": Query(UserRow, "id = (SELECT referrer_id FROM users WHERE handle = ?)",
+                          (handle,)),
+        "waiting": Query(EntryRow, "user_id = (SELECT referrer_id FROM users WHERE "
+                                   "handle = ?) AND status = 'waiting'", (handle,),
+                         suffix=" ORDER BY seq"),
+    }
+    if with_pools:
+        queries["pools"] = Query(PoolRow, "", suffix=" ORDER BY name")
+    if key is not None:
+        queries["key"] = Query(None, 'SELECT body, result FROM journal WHERE "key" = ?', (key,))
+    if at is not None:
+        queries["due"] = Query(OrderRow, "status = 'pending' AND settles_at <= ? AND no > ?",
+                               (rows.param(OrderRow, "settles_at", at), 0),
+                               suffix=f" ORDER BY no LIMIT {DUE_PAGE}")
+    got = rows.prefetch(queries)
+    if got["referrer"]:
+        rows.keep(("waiting", got["referrer"][0].id), got.pop("waiting"))
+    if "due" in got:
+        rows.keep(("due", at), got.pop("due"))
+    return got
+
+
+# -- the forced-exit index (docs/engine.md "Forced exit index") -----------------------------
+def _not_in(ids: Sequence[int]) -> str:
+    return f" AND id NOT IN ({', '.join('?' * len(ids))})" if ids else ""
+
+
+def first_exit_key(rows: Rows, limit: bytes, skip: Sequence[int]) -> bytes | None:
+    """The smallest stored `exit_key` at or below `limit`, among users not in `skip`."""
+    found = rows.scalars("SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND "
+                         f"exit_key <= ?{_not_in(skip)} ORDER BY exit_key, id LIMIT 1",
+                         (limit, *skip))
+    return bytes(found[0]) if found else None
+
+
+def users_with_exit_key(rows: Rows, key: bytes, skip: Sequence[int]) -> list[UserRow]:
+    """Users (not in `skip`) whose `exit_key` is `key`, by id, locked."""
+    return rows.load(UserRow, f"exit_key = ?{_not_in(skip)}", (key, *skip), suffix=" ORDER BY id")
+
+
+# -- a release page, in bulk ----------------------------------------------------------------
+def matured_entries(rows: Rows, after_seq: int, at: datetime,
+                    limit: int) -> list[tuple[int, int, int, int]]:
+    """(seq, user_id, amount, released) of up to `limit` waiting entries matured by `at`,
+    after `after_seq`, in `seq` order, locked."""
+    db = rows.db
+    return db.rows("SELECT seq, user_id, amount, released FROM entries WHERE status = 'waiting' "
+                   "AND seq > ? AND matures_at <= ? ORDER BY seq LIMIT ?" + db.lock,
+                   (after_seq, rows.param(EntryRow, "matures_at", at), limit))
+
+
+def names_and_langs(rows: Rows, user_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+    """user id → (handle, lang), read 500 ids per statement."""
+    out: dict[int, tuple[str, str | None]] = {}
+    for i in range(0, len(user_ids), 500):
+        chunk = user_ids[i:i + 500]
+        out.update((uid, (handle, lang)) for uid, handle, lang in rows.db.rows(
+            f"SELECT id, handle, lang FROM users WHERE id IN ({', '.join('?' * len(chunk))})",
+            chunk))
+    return out
+
+
+def mark_released(rows: Rows, paid: Iterable[tuple[datetime, int]]) -> None:
+    """Entries paid in full: (released_at, seq) each."""
+    rows.db.write("UPDATE entries SET released = amount, status = 'released', released_at = ? "
+                  "WHERE seq = ?", EntryRow.TABLE, ("released_at", "seq"), list(paid))
+
+
+def credit_wallets(rows: Rows, credits: Iterable[tuple[int, int]]) -> None:
+    """Add to wallets of users this transaction does not hold as rows: (amount, user_id)."""
+    rows.db.write("UPDATE users SET wallet = wallet + ? WHERE id = ?", UserRow.TABLE,
+                  ("wallet", "id"), list(credits))
+
+
+# -- `/me`: the hottest read, straight to the driver ----------------------------------------
+# The account's holder, with what the account view shows of their referrer. SQLAlchemy Core
+# cost ~50 µs a statement here, the driver a few.
+_HOLDER = ("SELECT u.id, u.handle, u.lang, u.referrer_id, u.blocked, u.display_name, u.wallet, "
+           "u.held, u.points, u.basis, r.display_name, r.handle{more} FROM users u "
+           "LEFT JOIN users r ON r.id = u.referrer_id{join} WHERE {where}")
+_HOLDER_BY_HANDLE = _HOLDER.format(more="", join="", where="u.handle = ?")
+_HOLDER_BY_IDENTITY = _HOLDER.format(more=", i.last_seen_at",
+                                     join=" JOIN identities i ON i.user_id = u.id",
+                                     where="i.identity = ?")
+
+
+def holder_by_handle(db: Driver, handle: str) -> tuple[Any, ...] | None:
+    """(id, handle, lang, referrer_id, blocked, display_name, wallet, held, points, basis,
+    referrer's display_name, referrer's handle) of a user, or None."""
+    found = db.rows(_HOLDER_BY_HANDLE, (handle,))
+    return found[0] if found else None
+
+
+def holder_by_identity(db: Driver, identity: str) -> tuple[Any, ...] | None:
+    """`holder_by_handle`'s columns and the identity's `last_seen_at` (as stored)."""
+    found = db.rows(_HOLDER_BY_IDENTITY, (identity,))
+    return found[0] if found else None
+
+
+def points_pool(db: Driver) -> tuple[int, int, int | None, int | None]:
+    """(balance, supply, zero_price_num, zero_price_den) of the points pool."""
+    row = db.rows("SELECT balance, supply, zero_price_num, zero_price_den FROM pools "
+                  "WHERE name = 'points'")[0]
+    return row[0], row[1], row[2], row[3]
+
+
+def waiting_summary(db: Driver, user_id: int) -> tuple[int, int]:
+    """(how many, what they still lack) of a user's waiting entries."""
+    row = db.rows("SELECT count(*), coalesce(sum(amount - released), 0) FROM entries "
+                  "WHERE user_id = ? AND status = 'waiting'", (user_id,))[0]
+    return int(row[0]), int(row[1])
+
+
+# -- `storefront verify`: the whole books, in pages, as the driver returns them -------------
+class BookReader:
+    """Plain DBAPI rows inside a read transaction, with no type processing (`verify` checks
+    what is stored, and a million rows have nothing to map): one cursor, reused."""
+
+    def __init__(self, session: Session) -> None:
+        raw = session.connection().connection.dbapi_connection
+        assert raw is not None
+        self.cursor = raw.cursor()
+        qmark = session.get_bind().dialect.paramstyle == "qmark"
+        self.mark = "?" if qmark else "%s"
+
+    def _all(self, sql: str, *params: object) -> list[Any]:
+        self.cursor.execute(sql.replace("?", self.mark), params)
+        return list(self.cursor.fetchall())
+
+    def journal_page(self, after: int, limit: int) -> list[Any]:
+        """(id, key, kind, at, actor, body, result, prev_hash, hash) after id `after`."""
+        return self._page("id, key, kind, at, actor, body, result, prev_hash, hash", "journal",
+                          "id", after, limit)
+
+    def postings_of(self, lo: int, hi: int) -> list[Any]:
+        """(txn_id, account, unit, amount, ref) of transactions `lo`…`hi`, in order."""
+        return self._all("SELECT txn_id, account, unit, amount, ref FROM postings "
+                         "WHERE txn_id >= ? AND txn_id <= ? ORDER BY txn_id, id", lo, hi)
+
+    def head(self) -> tuple[Any, Any]:
+        """(last_txn, last_hash), or (None, None) if the head row is gone."""
+        found = self._all("SELECT last_txn, last_hash FROM head WHERE id = 1")
+        return (found[0][0], found[0][1]) if found else (None, None)
+
+    def pools(self) -> dict[str, tuple[int, int]]:
+        """name → (balance, supply)."""
+        return {name: (balance, supply) for name, balance, supply in
+                self._all("SELECT name, balance, supply FROM pools")}
+
+    def _page(self, columns: str, table: str, key: str, after: int, limit: int) -> list[Any]:
+        return self._all(f"SELECT {columns} FROM {table} WHERE {key} > ? ORDER BY {key} "
+                         "LIMIT ?", after, limit)
+
+    def users_page(self, after: int, limit: int) -> list[Any]:
+        """(id, handle, wallet, held, points, basis, exit_key) after id `after`."""
+        return self._page("id, handle, wallet, held, points, basis, exit_key", "users", "id",
+                          after, limit)
+
+    def entries_page(self, after: int, limit: int) -> list[Any]:
+        """(seq, amount, released, status) after seq `after`."""
+        return self._page("seq, amount, released, status", "entries", "seq", after, limit)

@@ -1,0 +1,208 @@
+"""The unit of work of the fast row path: one per database transaction (docs/engine.md).
+
+The engine reads a purchase's rows once (locked), changes them in memory, and `Rows.flush`
+writes what changed in a few multi-row statements through the driver (storage/driver.py):
+explicitly when the transaction commits (`flush_pending`, called by `Database.transaction`
+just before its commit), and earlier whenever the ORM is about to touch the database in the
+same transaction — two SQLAlchemy listeners at the end of this module, the only hooks left.
+So ORM code sharing the transaction never sees stale rows, and rows loaded here are never
+stale either: `Rows.forget` drops any the ORM is about to change, and the ORM's copies of
+rows written here are expired.
+
+A row loaded twice in one transaction is the same object (an identity map), so a change
+made through one reference is seen through every other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import Table, event
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
+
+from .driver import Driver
+from .rows import APPENDED, ROW_TYPES, Appended, Query, Row, q
+
+R = TypeVar("R", bound=Row)
+
+class Rows:
+    """The unit of work of one database transaction (one per session)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.db = Driver(session)
+        self._known: dict[type[Row], dict[Any, Row]] = {cls: {} for cls in ROW_TYPES}
+        self._new: list[Row] = []
+        self._appended: dict[Appended, list[Sequence[Any]]] = {a: [] for a in APPENDED}
+        self._flushing = False
+        self._ready: dict[Hashable, list[Any]] = {}
+        previous = session.info.get("rows")
+        if previous is not None:
+            previous.flush()
+        session.info["rows"] = self
+
+    # -- reading -----------------------------------------------------------------------------
+    def load(self, cls: type[R], where: str = "", params: Sequence[Any] = (), *,
+             lock: bool = True, suffix: str = "", name: Hashable = None) -> list[R]:
+        """Rows of `cls` matching `where` (SQL after WHERE), in the database's order; a row
+        already loaded in this transaction is returned as it is now in memory. With `name`,
+        the result of a `prefetch` under that name, if nothing was written since."""
+        if name is not None and name in self._ready:
+            return cast(list[R], self._ready.pop(name))
+        self.session.flush()  # pending ORM changes first (a no-op when there are none)
+        q = Query(cls, where, tuple(params), lock, suffix)
+        return cast(list[R], self._rows_of(q, self.db.rows(q.sql(self.db.lock), q.params)))
+
+    def prefetch(self, queries: dict[Hashable, Query]) -> dict[Hashable, list[Any]]:
+        """Several reads in one round trip, by name (see `keep`). A query without a row
+        class gives plain tuples."""
+        self.session.flush()
+        names = list(queries)
+        results = self.db.batch([(queries[n].sql(self.db.lock), queries[n].params)
+                                 for n in names])
+        return {n: self._rows_of(queries[n], r) for n, r in zip(names, results, strict=True)}
+
+    def keep(self, name: Hashable, rows: list[Any]) -> None:
+        """Offer a prefetched result to the next `load(name=name)` (until anything is
+        written)."""
+        self._ready[name] = rows
+
+    def _rows_of(self, q: Query, raw: list[tuple[Any, ...]]) -> list[Any]:
+        cls = q.cls
+        if cls is None:
+            return raw
+        values = self.db.read(cls.TABLE, cls.COLUMNS, raw)
+        known = self._known[cls]
+        out = []
+        at = cls.COLUMNS.index(cls.KEY)
+        for v in values:
+            row = known.get(v[at])
+            if row is None:
+                row = known[v[at]] = cls._loaded(v)
+            out.append(row)
+        return out
+
+    def one(self, cls: type[R], key: Any, *, lock: bool = True) -> R | None:
+        """The row with this key, from memory if it was loaded already."""
+        row = self._known[cls].get(key)
+        if row is not None:
+            return cast(R, row)
+        found = self.load(cls, f"{q(cls.KEY)} = ?", (key,), lock=lock)
+        return found[0] if found else None
+
+    def peek(self, cls: type[R], key: Any) -> R | None:
+        """The row with this key if this transaction holds it already (no statement)."""
+        return cast("R | None", self._known[cls].get(key))
+
+    def known(self, cls: type[R]) -> Iterable[R]:
+        """Every row of `cls` loaded or added in this transaction."""
+        return cast(Iterable[R], self._known[cls].values())
+
+    def param(self, cls: type[Row], column: str, value: Any) -> Any:
+        """`value` bound as a parameter compared with `cls`'s `column` (times, mostly)."""
+        return self.db.bind(cls.TABLE, (column,), [(value,)])[0][0]
+
+    def scalars(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The first column of a read."""
+        self.session.flush()
+        return [r[0] for r in self.db.rows(sql, params)]
+
+    # -- writing -----------------------------------------------------------------------------
+    def add(self, row: R) -> R:
+        """A new row, inserted on flush."""
+        self._known[type(row)][row.key] = row
+        self._new.append(row)
+        return row
+
+    def append(self, table: Appended, values: Sequence[Any]) -> None:
+        self._appended[table].append(values)
+
+    def forget(self, cls: type[Row], key: Any) -> None:
+        """Stop tracking a row (the ORM is about to change or delete it); flush first."""
+        self.flush()
+        self._known[cls].pop(key, None)
+
+    def flush(self) -> None:
+        """Write every change so far, in a few statements (one round trip)."""
+        if self._flushing:
+            return
+        self._flushing = True
+        self._ready.clear()  # prefetched reads may be out of date once anything is written
+        try:
+            writes = self._changes()
+            if not writes:
+                return
+
+            def write_all() -> None:
+                for w in writes:
+                    self.db.write(*w)
+
+            self.db.batch([], write_all)
+        finally:
+            self._flushing = False
+
+    def _changes(self) -> list[tuple[str, Table, Sequence[str], list[Sequence[Any]]]]:
+        """The statements that write what changed since the last flush, in flush order."""
+        writes: list[tuple[str, Table, Sequence[str], list[Sequence[Any]]]] = []
+        new, self._new = self._new, []
+        for cls in ROW_TYPES:
+            if new:
+                inserts = [r for r in new if type(r) is cls]
+                if inserts:
+                    writes.append((cls.INSERT, cls.TABLE, cls.COLUMNS,
+                                   [[getattr(r, c) for c in cls.COLUMNS] for r in inserts]))
+                    for r in inserts:
+                        r._saved = r._mutable()
+            changed = []
+            for r in self._known[cls].values():
+                now = r._mutable()
+                if now != r._saved:
+                    changed.append(r)
+                    r._saved = now
+            if changed:
+                writes.append((cls.UPDATE, cls.TABLE, (*cls.MUTABLE, cls.KEY),
+                               [[*r._mutable(), r.key] for r in changed]))
+                self._expire_orm(cls, changed)
+        for table in APPENDED:
+            rows = self._appended[table]
+            if rows:
+                self._appended[table] = []
+                writes.append((table.sql, table.table, table.columns, rows))
+        return writes
+
+    def _expire_orm(self, cls: type[Row], rows: Iterable[Row]) -> None:
+        """ORM copies of rows written here are stale now: make the ORM read them again."""
+        imap = self.session.identity_map
+        if not len(imap):
+            return
+        for r in rows:
+            obj = imap.get(identity_key(cls.MODEL, r.key))
+            if obj is not None:
+                self.session.expire(obj)
+
+
+def flush_pending(session: Session) -> None:
+    """Write what the transaction's rows changed: the unit of work commits next."""
+    rows = session.info.get("rows")
+    if rows is not None:
+        rows.flush()
+
+
+def end(session: Session) -> None:
+    """The transaction is over (committed or rolled back): its rows are gone with it."""
+    session.info.pop("rows", None)
+
+
+# The ORM sharing the transaction (settings, products, identities, checkouts, withdrawals,
+# account linking) first sees what the rows changed: before any ORM statement, and before
+# the ORM flushes its own objects (whose statements may read or point at these rows).
+@event.listens_for(Session, "do_orm_execute")
+def _before_orm_statement(state: Any) -> None:
+    flush_pending(state.session)
+
+
+@event.listens_for(Session, "before_flush")
+def _before_orm_flush(session: Session, _context: Any, _instances: Any) -> None:
+    flush_pending(session)
