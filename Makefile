@@ -41,9 +41,11 @@ run: setup
 chat: setup
 	$(BIN)/storefront chat
 
+# lint-imports: the layers as drawn (pyproject.toml [tool.importlinter], docs/engine.md "Layers")
 lint: setup
-	$(BIN)/ruff check bot handlers engine storage scheduler.py tests benchmarks
+	$(BIN)/ruff check bot handlers engine storage scheduler tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: setup lint
 	./tests/services.sh

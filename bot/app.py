@@ -21,17 +21,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
-
 from bot.logs import setup_logging
 from bot.settings import Settings
-from engine import checkout, service
+from engine import service
+from engine.database import Database, is_fresh
+from engine.limits import RateLimiter
 from handlers.base import App
-from storage.db import Database
-from storage.models import Head, Product
-from storage.ratelimit import RateLimiter
 
 log = logging.getLogger("storefront")
+
+# Unpaid orders whose checkout expired are cancelled this often (the scheduler's job).
+CHECKOUT_SWEEP_SECONDS = 60.0
 
 # A small catalogue so a newcomer's shop has something to sell: one product per scheme.
 DEMO_CATALOGUE = (
@@ -48,12 +48,7 @@ DEMO_CATALOGUE = (
 
 def seed_demo_catalogue(db: Database) -> bool:
     """Add the demo products when the database is empty (no products, empty journal)."""
-    def empty(s: Any) -> bool:
-        head = s.get(Head, 1)
-        return (s.execute(select(func.count()).select_from(Product)).scalar_one() == 0
-                and (head is None or head.last_txn == 0))
-
-    if not db.read(empty):
+    if not is_fresh(db):
         return False
     for product in DEMO_CATALOGUE:
         service.upsert_product(db, actor="demo", **product)  # type: ignore[arg-type]
@@ -121,25 +116,23 @@ async def start_http(settings: Settings, app: App,
 
 async def start_scheduler(settings: Settings, app: App, telegram: Running | None = None,
                           http: Running | None = None) -> Running | None:
-    """The scheduler (`scheduler.py`): releases at STOREFRONT_RELEASE_TIMES and delivery of
-    the outbox through the channels' senders (the running bot's and WeChat client's own)."""
+    """The scheduler (`scheduler/`): releases at STOREFRONT_RELEASE_TIMES, delivery of the
+    outbox through the channels' senders (the running bot's and WeChat client's own), and the
+    sweep of expired checkouts."""
     module = _optional("scheduler")
     if module is None:
         return None
     bot = getattr(telegram.handle, "bot", None) if telegram is not None else None
     # the WeChat adapter's own sender knows each user's 48-hour customer-service window
     wechat = getattr(getattr(http.handle, "wechat", None), "sender", None) if http else None
-    if hasattr(module, "start_scheduler"):
-        sched = await module.start_scheduler(settings, app, telegram_bot=bot,
-                                             wechat_sender=wechat)
-    elif hasattr(module, "build_scheduler"):
-        from bot.senders import senders_from_settings
+    from bot.senders import senders_from_settings
+    from handlers.notify import render
 
-        senders = senders_from_settings(settings, telegram_bot=bot, wechat_sender=wechat)
-        sched = module.build_scheduler(settings, app.db, senders)
-        sched.start()
-    else:
-        return None
+    senders = senders_from_settings(settings, telegram_bot=bot, wechat_sender=wechat)
+    chores = getattr(http.handle, "chores", []) if http is not None else []
+    sched = module.build_scheduler(settings, app.db, senders, renderer=render,
+                                   checkout_sweep=CHECKOUT_SWEEP_SECONDS, chores=chores)
+    sched.start()
     return Running("scheduler", sched, sched.stop)
 
 
@@ -151,27 +144,11 @@ def _console_scheduler(settings: Settings, db: Database) -> Any:
     if module is None or not hasattr(module, "build_scheduler"):
         return None
     from bot.console import console_senders
+    from handlers.notify import render
 
-    sched = module.build_scheduler(settings, db, console_senders())
+    sched = module.build_scheduler(settings, db, console_senders(), renderer=render)
     sched.start()
     return sched
-
-
-async def start_checkout_sweeper(app: App, every: float = 60.0) -> Running:
-    """Cancel unpaid orders whose checkout expired (engine.checkout.expire_due): the points
-    they spent go back to the buyer's wallet as their value."""
-    async def sweep() -> None:
-        while True:
-            await asyncio.sleep(every)
-            try:
-                n = await asyncio.to_thread(checkout.expire_due, app.db)
-                if n:
-                    log.info("cancelled %d unpaid orders whose checkout expired", n)
-            except Exception:  # noqa: BLE001 - try again next time
-                log.exception("checkout sweep failed")
-
-    task = asyncio.create_task(sweep())
-    return Running("checkout-sweeper", task, task.cancel)
 
 
 async def _stop(running: list[Running]) -> None:
@@ -214,7 +191,6 @@ async def serve(settings: Settings, db: Database) -> int:
         if not running:
             log.error("channels are configured but none of their modules could start")
             return 1
-        running.append(await start_checkout_sweeper(app))
         log.info("storefront running: %s", ", ".join(r.name for r in running))
         await stop.wait()
         return 0

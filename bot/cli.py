@@ -10,8 +10,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from storage.db import Database
-from storage.migrate import migrate
+from engine.database import Database, migrate
 
 
 def open_db(url: str | None, *, memory_default: bool = False) -> Database:

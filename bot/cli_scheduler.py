@@ -126,6 +126,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 async def _deliver(db: Any, settings: Any) -> Counter[str] | None:
     from bot.senders import TelegramSender, senders_from_settings
+    from handlers.notify import render
     from scheduler import Deliverer
 
     senders = senders_from_settings(settings)
@@ -137,7 +138,7 @@ async def _deliver(db: Any, settings: Any) -> Counter[str] | None:
     if bot is not None:
         await bot.initialize()
     try:
-        return await Deliverer(db, senders).drain()
+        return await Deliverer(db, senders, renderer=render).drain()
     finally:
         if bot is not None:
             await bot.shutdown()

@@ -26,10 +26,10 @@ from typing import TextIO
 
 import handlers
 from bot.senders import ANY_CHANNEL, Sender
-from engine import users
-from engine.money import format_fen
 from handlers import shop
 from handlers.base import App, Button, Document, Invoice, Photo, Progress, Reply, Request, Text
+from handlers.i18n import money
+from handlers.registry import is_identity
 
 CONSOLE_ADMIN = "console:admin"
 CONSOLE_HELP = """Console lines (everything else goes to the shop as a chat message):
@@ -85,7 +85,7 @@ class Console:
         return True
 
     def _switch(self, identity: str) -> None:
-        if not users.IDENTITY.match(identity):
+        if not is_identity(identity):
             self.say("usage: :as IDENTITY, e.g. :as console:alice (prefix:name, no spaces)")
             return
         self.identity = identity
@@ -113,8 +113,8 @@ class Console:
         if invoice is None:
             self.say("no invoice to pay: /buy something first")
             return
-        self.say(f"[console simulation] paying {format_fen(invoice.amount)} "
-                 f"{invoice.currency} for order {invoice.order} — no real money moves")
+        self.say(f"[console simulation] paying {money(invoice.amount, invoice.currency)} "
+                 f"for order {invoice.order} — no real money moves")
         ok, error = await shop.precheck(self.app, invoice.token, invoice.amount,
                                         invoice.currency, self.identity)
         if not ok:
@@ -141,8 +141,9 @@ class Console:
             elif isinstance(item, Invoice):
                 self.invoices[self.identity] = item
                 self.say(f"[invoice] {item.title}: {item.description}\n"
-                         f"[console simulation] type `pay` to pay {format_fen(item.amount)} "
-                         f"{item.currency} as the channel would (no real money moves)")
+                         f"[console simulation] type `pay` to pay "
+                         f"{money(item.amount, item.currency)} as the channel would "
+                         f"(no real money moves)")
             elif isinstance(item, Progress):
                 self.say(item.initial)
                 await handlers.run_job(self.app, item.job, self._request(), self._progress)

@@ -2,8 +2,8 @@
 
     GET  /healthz                    200 when the database answers ("degraded" if Redis does not)
     GET  /wechat                     WeChat's server check: echo `echostr` if signed and fresh, else 403
-    POST /wechat                     Official Account messages and events (bot/wechat.py)
-    POST /wechat/pay/notify          WeChat Pay payment notifications (bot/wechatpay.py)
+    POST /wechat                     Official Account messages and events (bot/wechat/)
+    POST /wechat/pay/notify          WeChat Pay payment notifications (bot/wechatpay/)
     POST /wechat/pay/refund-notify   WeChat Pay refund notifications
     GET  /wechat/pay/checkout/<t>    the page a WeChat Pay link opens (JSAPI or Native QR)
     POST /telegram                   Telegram's webhook, when a Telegram application is given
@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
-from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -33,8 +32,8 @@ from starlette.routing import Route
 
 from bot.http_guard import LISTEN_QUEUE, ConnectionGuard, connection_cap, install_storm_filters
 from bot.settings import Settings
-from handlers.base import App
-from storage.db import Database
+from handlers.base import App, Database, ping
+from scheduler import Chore
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +88,7 @@ def build_app(*, db: Database, redis_url: str | None = None, wechat: Any = None,
     async def healthz(request: Request) -> Response:
         checks: dict[str, str] = {}
         try:
-            await asyncio.wait_for(asyncio.to_thread(
-                db.read, lambda s: s.execute(text("select 1")).scalar()), 5)
+            await asyncio.wait_for(asyncio.to_thread(ping, db), 5)
             checks["database"] = "ok"
         except Exception as exc:  # noqa: BLE001 - health is a yes/no with a reason
             checks["database"] = f"unavailable: {type(exc).__name__}"
@@ -168,33 +166,15 @@ def build_app(*, db: Database, redis_url: str | None = None, wechat: Any = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        tasks = []
-        if pay is not None:
-            tasks.append(asyncio.create_task(_every(REFUND_SWEEP_SECONDS, pay.sweep_refunds)))
-        if wechat is not None:
-            tasks.append(asyncio.create_task(_every(SEEN_PRUNE_SECONDS, wechat.prune_seen)))
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             if pay is not None:
                 await pay.drain()
             if wechat is not None:
                 await wechat.aclose()
 
     return Starlette(routes=routes, lifespan=lifespan)
-
-
-async def _every(seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
-    """Run `job` now and then every `seconds`; a failure is logged and tried again later."""
-    while True:
-        try:
-            await job()
-        except Exception:  # noqa: BLE001 - a background chore must not die
-            log.exception("background job %s failed", getattr(job, "__name__", job))
-        await asyncio.sleep(seconds)
 
 
 class _Server(uvicorn.Server):
@@ -216,6 +196,17 @@ class HttpServer:
     pay: Any = None
     guard: ConnectionGuard | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chores(self) -> list[Chore]:
+        """The periodic jobs the scheduler runs for this server's channels."""
+        chores = []
+        if self.pay is not None:
+            chores.append(Chore("wechat-pay-refund-sweep", REFUND_SWEEP_SECONDS,
+                                self.pay.sweep_refunds))
+        if self.wechat is not None:
+            chores.append(Chore("wechat-seen-prune", SEEN_PRUNE_SECONDS, self.wechat.prune_seen))
+        return chores
 
     @property
     def url(self) -> str:

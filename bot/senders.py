@@ -1,14 +1,7 @@
 """Senders: how a notification reaches a user's chat (Telegram message, WeChat customer
-service or template message), and what each channel's errors mean for the outbox.
-
-A `Sender` sends one plain text to one identity (`tg:<id>`, `wx:<openid>`) and either
-returns (delivered) or raises one of:
-
-- `Unreachable`: this identity cannot be reached (blocked the bot, unsubscribed, unknown
-  chat); the deliverer tries the user's next identity, then marks the row `unreachable`;
-- `RetryLater(seconds)`: the channel asked us to slow down (Telegram `RetryAfter`);
-- `Rejected`: this message can never be sent as it is (a permanent error);
-- anything else: a transient failure, retried with backoff.
+service or template message). They implement the scheduler's contract
+(scheduler/delivery.py: `Sender`, and `Unreachable` / `RetryLater` / `Rejected` for what a
+channel's error means for the outbox).
 
 Telegram's limits (30 messages a second overall, one a second per chat) are kept by the
 `RateLimiter` each `TelegramSender` owns.
@@ -22,39 +15,23 @@ import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Hashable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bot.settings import Settings
 
+# The sender contract and its errors are the scheduler's (scheduler/delivery.py): the
+# scheduler is given senders; these are the channels' implementations of it.
+from scheduler.delivery import (  # noqa: F401 - re-exported for the channels
+    ANY_CHANNEL,
+    DeliveryError,
+    Rejected,
+    RetryLater,
+    Sender,
+    Unreachable,
+)
+
 TELEGRAM_TEXT_LIMIT = 4096
-# The key of a sender that serves every identity no other sender serves (the console, which
-# prints every user's notifications into its chat).
-ANY_CHANNEL = "*"
-
-
-class DeliveryError(Exception):
-    """A send did not go through; the subclass says what to do about it."""
-
-
-class Unreachable(DeliveryError):
-    """This identity cannot be reached; try another, never this one again for this row."""
-
-
-class RetryLater(DeliveryError):
-    def __init__(self, seconds: float, detail: str = "") -> None:
-        super().__init__(detail or f"retry after {seconds:g} s")
-        self.seconds = seconds
-
-
-class Rejected(DeliveryError):
-    """Permanent: the channel will never accept this message."""
-
-
-class Sender(Protocol):
-    channel: str  # the identity prefix it serves: "tg", "wx" (or ANY_CHANNEL)
-
-    async def send(self, identity: str, text: str) -> None: ...
 
 
 def _clip(text: str, limit: int) -> str:

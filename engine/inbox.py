@@ -7,24 +7,34 @@ update's money effects (`mark`, called inside `engine.checkout.record_payment`),
 leaves the row pending with nothing recorded, or done with everything recorded; and
 recording a payment is idempotent by its charge id besides, so a row processed twice never
 credits twice.
+
+Operators are told, through the outbox, about every payment that is not recorded in the
+normal way (`tell_waiting`, `tell_recorded_late`, `set_aside`): one message per charge (per
+operator) while it waits, one when it is recorded late, one per update set aside as
+`failed`; `unrecorded` counts the payments still waiting, for /pool.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.models import InboxUpdate
+from storage.models import Checkout, Identity, InboxUpdate, JournalTxn, Outbox, User
 
-PENDING, DONE, SPOOLED, EXPIRED = "pending", "done", "spooled", "expired"
+from . import outbox
+
+PENDING, DONE, SPOOLED, EXPIRED, FAILED = "pending", "done", "spooled", "expired", "failed"
+# outbox kinds of the operators' notices (handlers/notify.py renders them)
+WAITING_NOTICE, LATE_NOTICE, FAILED_NOTICE = "payment_waiting", "payment_late", "update_failed"
 KEEP = timedelta(days=7)  # finished rows are pruned after this long
 
 
@@ -157,3 +167,132 @@ def prune(db: Database, *, at: datetime | None = None, keep: timedelta = KEEP) -
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     return db.run(work, label="inbox.prune")
+
+
+def unrecorded(session: Session) -> int:
+    """Payments waiting to be recorded: `spooled` rows, and payment rows still pending after
+    a failed attempt (the database blinked, or a handler failed; they are tried again)."""
+    return int(session.execute(select(func.count()).select_from(InboxUpdate).where(or_(
+        InboxUpdate.status == SPOOLED,
+        and_(InboxUpdate.status == PENDING, InboxUpdate.kind == "payment",
+             InboxUpdate.attempts > 0)))).scalar_one())
+
+
+# -- telling operators ---------------------------------------------------------------------
+
+def notify_operators(session: Session, operators: Iterable[str], *, key: str, kind: str,
+                     params: Mapping[str, Any], at: datetime) -> int:
+    """Inside the caller's transaction: one `kind` outbox row per operator identity, once per
+    `key` (written again, it is skipped). An operator with a shop account gets it in their
+    language; the identity is in the params either way. Returns how many were new."""
+    written = 0
+    for ident in sorted(set(operators)):
+        row_key = f"{kind}:{key}:{ident}"
+        if len(row_key) > 200:
+            row_key = f"{kind}:sha256:{hashlib.sha256(row_key.encode()).hexdigest()}"
+        if session.execute(select(Outbox.id).where(Outbox.key == row_key)).first():
+            continue
+        user = session.execute(select(User).join(Identity, Identity.user_id == User.id)
+                               .where(Identity.identity == ident)).scalar_one_or_none()
+        session.add(Outbox(**outbox.message_fields(
+            row_key, user.id if user else None, kind, {**params, "identity": ident},
+            user.lang if user else None, at)))
+        written += 1
+    session.flush()
+    return written
+
+
+def _charge_key(charge: Mapping[str, Any]) -> str:
+    from .checkout import payment_key  # (engine.checkout imports this module)
+
+    return payment_key(str(charge.get("channel") or "telegram"), str(charge.get("charge_id")))
+
+
+def _charge_params(session: Session, charge: Mapping[str, Any]) -> dict[str, Any]:
+    """A spooled charge (bot/charge_spool.py) as a notice's params, with its order's ref."""
+    token = charge.get("token")
+    order = session.execute(select(Checkout.order_ref).where(
+        Checkout.token == token)).scalar_one_or_none() if isinstance(token, str) else None
+    amount = charge.get("amount")
+    return {"channel": str(charge.get("channel") or "-")[:16],
+            "charge": str(charge.get("charge_id") or "-")[:128],
+            "amount": amount if isinstance(amount, int) else 0,
+            "currency": str(charge.get("currency") or "")[:8],
+            "buyer": str(charge.get("identity") or "-")[:64], "order": order or "-",
+            "update": charge.get("update_id")}
+
+
+class NotRecorded(RuntimeError):
+    """A spooled charge is still unrecorded (its inbox row is not done)."""
+
+
+def _recorded(session: Session, charge: Mapping[str, Any]) -> bool:
+    return session.execute(select(JournalTxn.id).where(
+        JournalTxn.key == _charge_key(charge))).first() is not None
+
+
+def tell_waiting(db: Database, operators: Iterable[str], charge: Mapping[str, Any], *,
+                 at: datetime | None = None) -> int:
+    """Every operator is owed one `payment_waiting` message for a charge in the spool that is
+    not recorded yet (nothing when it is recorded, or was told already). Raises while the
+    database takes no writes: the spool's replay calls this after each failed attempt, so
+    the message is written as soon as the database accepts writes again."""
+    targets = sorted(set(operators))
+    if not targets:
+        return 0
+
+    def work(session: Session) -> int:
+        if _recorded(session, charge):
+            return 0
+        return notify_operators(session, targets, key=_charge_key(charge), kind=WAITING_NOTICE,
+                                params=_charge_params(session, charge), at=at or now())
+
+    return db.run(work, label="inbox.tell_waiting")
+
+
+def tell_recorded_late(db: Database, operators: Iterable[str], charge: Mapping[str, Any], *,
+                       at: datetime | None = None) -> int:
+    """Every operator is owed one `payment_late` message for a spooled charge now recorded
+    (nothing if it is not in the journal: a charge the shop refused was flagged to them as
+    `payment_flag` by `engine.checkout.record_payment` instead, its inbox row marked done). Raises
+    `NotRecorded` while the charge's inbox row is still pending or spooled: neither recorded
+    nor refused, it must stay in the spool."""
+    targets = sorted(set(operators))
+    update_id = charge.get("update_id")
+
+    def work(session: Session) -> int:
+        if isinstance(update_id, int) and session.execute(select(InboxUpdate.status).where(
+                InboxUpdate.update_id == update_id)).scalar_one_or_none() in (PENDING, SPOOLED):
+            raise NotRecorded(f"charge {charge.get('charge_id')} is not recorded yet")
+        if not targets or not _recorded(session, charge):
+            return 0
+        return notify_operators(session, targets, key=_charge_key(charge), kind=LATE_NOTICE,
+                                params=_charge_params(session, charge), at=at or now())
+
+    return db.run(work, label="inbox.tell_recorded_late")
+
+
+def set_aside(db: Database, update_id: int, status: str, *, error: str,
+              operators: Iterable[str] = (), charge: Mapping[str, Any] | None = None) -> bool:
+    """Mark a row `spooled` (its charge is in the spool: `charge`) or `failed`, and in the
+    same transaction owe every operator a message about it (`payment_waiting` for a spooled
+    payment, `update_failed` otherwise). False, and no message, when the row was not pending."""
+    when = now()
+    targets = sorted(set(operators))
+
+    def work(session: Session) -> bool:
+        if not mark(session, update_id, status, at=when, error=error):
+            return False
+        if targets and charge is not None:
+            notify_operators(session, targets, key=_charge_key(charge), kind=WAITING_NOTICE,
+                             params=_charge_params(session, charge), at=when)
+        elif targets:
+            row = session.execute(select(InboxUpdate).where(
+                InboxUpdate.update_id == update_id)).scalar_one_or_none()
+            notify_operators(session, targets, key=f"inbox:{update_id}", kind=FAILED_NOTICE,
+                             params={"update": update_id, "kind": row.kind if row else "-",
+                                     "buyer": f"tg:{row.user_id}" if row and row.user_id
+                                     is not None else "-", "error": error[:200]}, at=when)
+        return True
+
+    return db.run(work, label="inbox.set_aside")

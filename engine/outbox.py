@@ -1,7 +1,7 @@
 """The outbox: notifications owed to users, delivered once (SPEC §1, §6).
 
 The engine writes a row in the same transaction as the movement it reports (`Book.notify`),
-so a notification exists if and only if its movement does. Delivery (scheduler.py) claims
+so a notification exists if and only if its movement does. Delivery (scheduler/) claims
 rows here, sends them through the user's channel and records the outcome:
 
     pending ──claim──▶ claimed ──▶ sending ──▶ sent

@@ -12,7 +12,7 @@ windows and daily history read only the journal inside their window (engine/hist
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, time
 from fractions import Fraction
 from typing import Any
@@ -32,7 +32,7 @@ from storage.models import (
     Withdrawal,
 )
 
-from . import outbox
+from . import inbox, outbox
 from .config import Config
 from .errors import Refusal
 from .estimate import ahead_of, maturity_date
@@ -50,7 +50,7 @@ from .history import (
     pools,
     queue_flows,
 )
-from .money import MICRO_PER_POINT, parse_rate
+from .money import MICRO_PER_POINT
 from .points import Price, exit_key, price_of
 
 NEAR_EXIT = 10
@@ -175,6 +175,8 @@ def _pool_report(session: Session, at: datetime, near_exit: int,
         "near_exit_count": _near_exit_count(session, cfg, price),
         "near_exit_within": NEAR_EXIT_WITHIN,
         "pending_withdrawals": {"count": int(pending_n), "amount": int(pending_amount)},
+        # chat payments taken but not recorded yet (engine/inbox.py: spooled, or retrying)
+        "payments_waiting": inbox.unrecorded(session),
     }
 
 
@@ -301,19 +303,6 @@ def write_pool_warnings(db: Database, at: datetime, operators: Iterable[str],
     return db.run(work)
 
 
-def scheduled_pool_warnings(db: Database, clock: Callable[[], datetime], settings: Any) -> int:
-    """The scheduler's hourly job: `write_pool_warnings` with the operators and thresholds of
-    `settings` (`operator_ids()`, `coverage_warning` as a decimal string,
-    `matured_wait_warning_days`). Settings without operators warn nobody."""
-    operators = getattr(settings, "operator_ids", None)
-    identities = frozenset(operators()) if callable(operators) else frozenset()
-    if not identities:
-        return 0
-    threshold = parse_rate(str(getattr(settings, "coverage_warning", "0.50")))
-    days = int(getattr(settings, "matured_wait_warning_days", 7))
-    return write_pool_warnings(db, clock(), identities, threshold, days)
-
-
 __all__ = ["HISTORY_DAYS", "config", "current_price", "daily_inflow", "history", "pool_report",
-           "queue_flows", "queue_view", "scheduled_pool_warnings", "warnings",
+           "queue_flows", "queue_view", "warnings",
            "write_pool_warnings"]

@@ -29,8 +29,10 @@ from .views import (
     account,
     current_price,
     exit_view,
+    identity_on,
     invitees,
     lang_of,
+    last_seen,
     lookup,
     order_method,
     orders,
@@ -223,6 +225,7 @@ def broadcast(db: Database, *, text: str, actor: str, key: str,
 
 
 __all__ = ["IDENTITY", "INVITE_CODE", "LANGS", "account", "broadcast", "current_price",
-           "exit_view", "find_handle", "invite_code", "invitees", "lang_of", "lookup",
+           "exit_view", "find_handle", "identity_on", "invite_code", "invitees", "lang_of",
+           "last_seen", "lookup",
            "normalise_lang", "order_method", "orders", "resolve", "resolve_and_account",
            "set_lang", "statement", "store_config", "withdrawals"]

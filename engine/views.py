@@ -8,6 +8,7 @@ write side — who is talking, invite codes, languages, broadcasts — is engine
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from fractions import Fraction
 from typing import Any, cast
 
@@ -236,5 +237,19 @@ def lang_of(db: Database, identity: str) -> str | None:
     return db.read(lambda s: s.execute(
         select(User.lang).join(Identity, Identity.user_id == User.id)
         .where(Identity.identity == identity)).scalar_one_or_none())
+
+
+def last_seen(db: Database, identity: str) -> datetime | None:
+    """When `identity` last wrote (moved at most hourly), or None."""
+    return db.read(lambda s: s.execute(select(Identity.last_seen_at).where(
+        Identity.identity == identity)).scalar_one_or_none())
+
+
+def identity_on(db: Database, handle: str, prefix: str) -> str | None:
+    """The user's first identity on one channel (`prefix` such as `wx`), or None."""
+    return db.read(lambda s: s.execute(
+        select(Identity.identity).join(User, User.id == Identity.user_id)
+        .where(User.handle == handle, Identity.identity.like(f"{prefix}:%"))
+        .order_by(Identity.identity).limit(1)).scalar_one_or_none())
 
 

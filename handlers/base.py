@@ -16,11 +16,22 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
+
+# What adapters need of the database comes through here (they import neither engine nor
+# storage): its type, its outage, and the health check's ping.
+from engine.database import Database, DatabaseUnavailable, ping  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
-    from storage.db import Database
-    from storage.ratelimit import RateLimiter
+    from engine.limits import Rule
+
+
+class RateLimiter(Protocol):
+    """What the dispatcher asks of a rate limiter (the bot gives `App` a concrete one,
+    storage/ratelimit.py's through engine/limits.py): take a token from `key`'s bucket for
+    `rule`, False when it is empty."""
+
+    def allow(self, rule: Rule, key: str) -> bool: ...
 
 
 @dataclass(frozen=True)

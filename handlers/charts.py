@@ -36,9 +36,9 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from engine.database import Database  # noqa: E402
 from engine.history import config, price_changes  # noqa: E402
 from engine.report import HISTORY_DAYS, history  # noqa: E402
-from storage.db import Database  # noqa: E402
 
 from . import i18n  # noqa: E402
 

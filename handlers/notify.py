@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 KINDS = ("order_settled", "acceleration", "release_paid", "forced_exit", "points_received",
          "withdrawal_approved", "withdrawal_rejected", "order_refunded", "broadcast",
-         "payment_flag", "paused_payment", "pool_warning")
+         "payment_flag", "paused_payment", "pool_warning", "payment_waiting", "payment_late",
+         "update_failed")
 
 
 def _fen(value: Any, currency: str | None) -> str:
@@ -116,6 +117,16 @@ _SIMPLE: dict[str, Callable[[dict[str, Any], str | None], dict[str, Any]]] = {
 }
 # Paid while sales were paused (engine/checkout.py): the same facts as a payment flag.
 _SIMPLE["paused_payment"] = _SIMPLE["payment_flag"]
+# A charge taken but not recorded yet, or recorded late from the charge spool (engine/inbox.py)
+_SIMPLE["payment_waiting"] = _SIMPLE["payment_late"] = lambda p, c: {
+    "order": echo(p.get("order") or "-", 64),
+    "amount": _fen(p.get("amount"), p.get("currency") or c),
+    "channel": echo(p.get("channel") or "-", 16), "charge": echo(p.get("charge") or "-", 64),
+    "buyer": echo(p.get("buyer") or "-", 64)}
+_SIMPLE["update_failed"] = lambda p, c: {"update": echo(str(p.get("update") or "-"), 24),
+                                         "kind": echo(p.get("kind") or "-", 24),
+                                         "buyer": echo(p.get("buyer") or "-", 64),
+                                         "error": echo(p.get("error") or "-", 200)}
 _COMPOSED: dict[str, Callable[[dict[str, Any], str, str | None], str]] = {
     "order_settled": _order_settled, "order_refunded": _refunded, "pool_warning": _pool_warning,
     "acceleration": _acceleration,

@@ -13,19 +13,20 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from engine import users
 from engine.config import Config
+from engine.database import Database, DatabaseUnavailable
 from engine.errors import Refusal
-from storage.db import DatabaseUnavailable
-from storage.ratelimit import COMMANDS as COMMAND_RATE
-from storage.ratelimit import PURCHASES as PURCHASE_RATE
-from storage.ratelimit import RateLimiter
+from engine.limits import COMMANDS as COMMAND_RATE
+from engine.limits import PURCHASES as PURCHASE_RATE
+from engine.limits import RateLimiter as InProcessLimiter
 
 from . import i18n
-from .base import App, Button, Reply, Request
+from .base import App, Button, RateLimiter, Reply, Request
 from .parsing import BadInput, echo, is_clean, normalise, parse_callback
 
 log = logging.getLogger(__name__)
@@ -191,8 +192,18 @@ class Ctx:
 
 def limiter(app: App) -> RateLimiter:
     if app.limiter is None:
-        app.limiter = RateLimiter()
+        app.limiter = InProcessLimiter()
     return app.limiter
+
+
+def last_seen(db: Database, identity: str) -> datetime | None:
+    """When `identity` last wrote to the shop (WeChat's 48-hour customer-service window)."""
+    return users.last_seen(db, identity)
+
+
+def is_identity(text: str) -> bool:
+    """`prefix:name` as identities are written (`tg:42`, `wx:<openid>`, `console:alice`)."""
+    return bool(users.IDENTITY.match(text))
 
 
 def first_lang(request: Request) -> str:

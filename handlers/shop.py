@@ -11,9 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from engine import checkout, outlook, service, users
+from engine.database import DatabaseUnavailable
 from engine.errors import Refusal
 from engine.orders import ORDER_REF
-from storage.db import DatabaseUnavailable
 
 from . import i18n
 from .base import App, Button, Invoice, Reply
@@ -275,6 +275,18 @@ async def pay_button(c: Ctx) -> Reply:
 async def receipt(c: Ctx, result: dict[str, Any]) -> str:
     cfg = await c.cfg()
     return render_receipt(c.lang, result, cfg.currency)
+
+
+async def receipt_on(app: App, channel: str, result: dict[str, Any]) -> tuple[str, str] | None:
+    """The receipt of a payment a channel collected outside a conversation (WeChat Pay's
+    notification), for the buyer's first identity on `channel` (`wx`): (identity, text) in
+    their language, or None when they have none there."""
+    identity = await asyncio.to_thread(users.identity_on, app.db, result["user"], channel)
+    if identity is None:
+        return None
+    lang = await asyncio.to_thread(users.lang_of, app.db, identity) or "zh"
+    cfg = await asyncio.to_thread(app.db.read, users.store_config)
+    return identity, render_receipt(lang, result, cfg.currency)
 
 
 def render_receipt(lang: str, r: dict[str, Any], currency: str) -> str:

@@ -284,6 +284,7 @@ async def test_shoppers_never_read_six_decimal_points_or_prices(memdb):
 
 
 async def test_delivered_notifications_name_the_stores_currency(memdb):
+    from handlers.notify import render
     from scheduler import Deliverer
 
     class Recorder:
@@ -299,7 +300,8 @@ async def test_delivered_notifications_name_the_stores_currency(memdb):
     await _with_wallet(chat, "tg:5")  # a release pays 100.00 to tg:5's wallet
     sender = Recorder()
     later = datetime.now(UTC) + timedelta(days=17)  # the release's row is due then
-    await Deliverer(memdb, {"tg": sender}, per_user=0, clock=lambda: later).drain()
+    await Deliverer(memdb, {"tg": sender}, per_user=0, clock=lambda: later,
+                    renderer=render).drain()
     assert "Queue entry #1 released: 100.00 USD paid to your wallet (entry total " \
         "100.00 USD)." in sender.texts
     assert all("CNY" not in t for t in sender.texts) and len(sender.texts) == 2

@@ -336,12 +336,13 @@ def test_report_reads_no_growing_table_by_a_full_scan(sqlite_db: Database):
 
 
 def test_the_scheduler_job_warns_the_configured_operators(memdb: Database):
-    """`scheduled_pool_warnings` reads the real Settings, and what it writes renders in both
+    """The scheduler's `pool_warnings` reads the real Settings, and what it writes renders in both
     languages through the notification catalogue."""
     import json
 
     from bot.settings import Settings
     from handlers.notify import render
+    from scheduler import pool_warnings
 
     _queue_without_inflow(memdb)
     service.join(memdb, user="OPS", at=local(0), lang="zh")
@@ -349,9 +350,9 @@ def test_the_scheduler_job_warns_the_configured_operators(memdb: Database):
         select(User.id).where(User.handle == "OPS")).scalar_one(), created_at=local(0))))
     settings = Settings(STOREFRONT_OPERATORS="tg:7, tg:8", STOREFRONT_COVERAGE_WARNING="0.30",
                         STOREFRONT_MATURED_WAIT_DAYS=5)
-    assert report.scheduled_pool_warnings(memdb, lambda: local(9), settings) == 2
-    assert report.scheduled_pool_warnings(memdb, lambda: local(9, 23), settings) == 0
-    assert report.scheduled_pool_warnings(memdb, lambda: local(9), object()) == 0
+    assert pool_warnings(memdb, lambda: local(9), settings) == 2
+    assert pool_warnings(memdb, lambda: local(9, 23), settings) == 0
+    assert pool_warnings(memdb, lambda: local(9), object()) == 0
     rows = [o for o in all_rows(memdb, Outbox) if o.kind == "pool_warning"]
     assert {o.lang for o in rows} == {"zh"}
     texts = {(lang, json.loads(o.params)["warning"]): render("pool_warning",
@@ -364,10 +365,10 @@ def test_the_scheduler_job_warns_the_configured_operators(memdb: Database):
 
 def test_the_scheduler_runs_the_pool_warnings_hourly(memdb: Database):
     from bot.settings import Settings
-    from scheduler import build_scheduler
+    from scheduler import build_scheduler, pool_warnings
 
     settings = Settings(STOREFRONT_OPERATORS="tg:7")
     sched = build_scheduler(settings, memdb, {}, clock=lambda: local(3))
     job = sched.get_job("pool-warnings")
-    assert job.func is report.scheduled_pool_warnings and job.args[0] is memdb
+    assert job.func is pool_warnings and job.args[0] is memdb
     assert job.args[2] is settings and job.trigger.interval == timedelta(hours=1)

@@ -24,6 +24,7 @@ from sqlalchemy import select, update
 from bot.settings import Settings
 from engine import service
 from engine.jobs import RELEASE, last_run, record_run, run_release
+from handlers.notify import render
 from scheduler import (
     MISFIRE_GRACE,
     Deliverer,
@@ -31,7 +32,6 @@ from scheduler import (
     build_scheduler,
     latest_slot,
     parse_release_times,
-    render,
 )
 from storage import faults
 from storage.db import Database
@@ -203,7 +203,7 @@ async def test_the_delivery_job_sends_what_the_release_wrote(
     clock.base = local(16, 0, 4, 59.5)
     sender = Recorder()
     scheduler = build_scheduler(settings(), shop, {"tg": sender}, clock=clock.now,
-                                delivery_interval=0.5)
+                                delivery_interval=0.5, renderer=render)
     stamps: dict[str, list[float]] = {}  # when the deliverer let each user's message go
 
     async def send_stamped(identity: str, text: str) -> None:

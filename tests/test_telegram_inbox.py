@@ -1,7 +1,8 @@
 """The Telegram inbox in process (bot/telegram/inbox.py, engine/inbox.py): pending rows are
 resumed on start, one user's in order while others overtake; a stale pre-checkout query is
-set aside; a payment the engine did not record is spooled and shown to operators by
-`storefront inbox` until the spool records it; old finished rows are pruned. The kill tests
+set aside; a payment the engine did not record is spooled and shown to operators (an outbox
+message each, /pool, `storefront inbox`) until the spool records it, and they are told when
+it is recorded late; old finished rows are pruned. The kill tests
 against the running service are in tests/test_telegram_inbox_kill.py."""
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from bot import charge_spool
 from bot.cli import main as cli
 from bot.telegram import Conversations, start_telegram, stop_telegram, telegram_webhook_route
 from bot.telegram.application import adapter_of
-from bot.telegram.inbox import item_of
-from engine import checkout, inbox, service, users
+from bot.telegram.inbox import item_of, spool_notices
+from engine import checkout, inbox, report, service, users
 from handlers.base import App, Reply, Request
+from handlers.notify import render
 from storage.db import Database, DatabaseUnavailable
-from storage.models import InboxUpdate, JournalTxn
+from storage.models import InboxUpdate, JournalTxn, Outbox
 from storage.ratelimit import RateLimiter
+from tests.handlers_kit import Chat, text
 from tests.standins.telegram_api import (
     FakeBotAPI,
     make_pre_checkout_update,
@@ -63,6 +66,18 @@ def stored(db: Database, raw: list[dict[str, Any]], at: datetime | None = None) 
 def statuses(db: Database) -> dict[int, str]:
     return dict(db.read(lambda s: s.execute(select(InboxUpdate.update_id,
                                                    InboxUpdate.status)).all()))
+
+
+def notices(db: Database, kind: str) -> list[tuple[str, dict[str, Any]]]:
+    """The outbox rows of `kind`: (lang, params), in the order written."""
+    rows = db.read(lambda s: s.execute(select(Outbox.lang, Outbox.params).where(
+        Outbox.kind == kind).order_by(Outbox.id)).all())
+    return [(lang, json.loads(params)) for lang, params in rows]
+
+
+async def pool_text(db: Database, operator: str = "tg:1") -> str:
+    """What an operator's /pool says."""
+    return text(await Chat(db, operators=(operator,)).send(operator, "/pool"))
 
 
 async def drained(db: Database, rows: int = 1, timeout: float = 10.0) -> dict[int, str]:
@@ -132,30 +147,59 @@ async def test_an_unrecorded_payment_is_spooled_shown_to_operators_then_recorded
     monkeypatch.setattr(checkout, "record_payment", broken)
     settings = settings_for(api)
     spool = Path(settings.charge_spool)
-    app = App(db=db, operators=frozenset({"tg:1"}), limiter=RateLimiter.disabled())
+    users.resolve(db, "tg:1", lang="en")  # an operator with a shop account (English)
+    app = App(db=db, operators=frozenset({"tg:1", "tg:2"}), limiter=RateLimiter.disabled())
     application = await start_telegram(settings, app, poll_timeout=1)
     try:
+        assert "waiting to be recorded" not in await pool_text(db)
         api.push_successful_payment(30, token, 2000, "charge-30")
         assert await drained(db) == {1: "spooled"}
         # the charge is in the durable spool, with its inbox row
         (line,) = charge_spool.pending(spool)
         assert (line["charge_id"], line["amount"], line["update_id"]) == ("charge-30", 2000, 1)
-        # operators see it
+        # every operator is owed a message, written with the row's `spooled`
+        waiting = notices(db, "payment_waiting")
+        assert [(lang, p["identity"]) for lang, p in waiting] == [("en", "tg:1"), ("zh", "tg:2")]
+        order = waiting[0][1]["order"]
+        assert render("payment_waiting", waiting[0][1], "en") == (
+            f"PAYMENT NOT RECORDED YET: telegram charge charge-30 of 20.00 CNY by tg:30 for "
+            f"order {order} was taken but could not be recorded. It waits in the charge spool "
+            f"and is retried; you will be told when it is recorded. storefront inbox lists it.")
+        assert render("payment_waiting", waiting[1][1], "zh").startswith(
+            f"付款尚未入账：telegram 渠道 tg:30 为订单 {order} 支付的 20.00 CNY（交易 charge-30）")
+        # /pool says so, and so does `storefront inbox`
+        assert report.pool_report(db, datetime.now(UTC))["payments_waiting"] == 1
+        assert "Payments waiting to be recorded: 1" in await pool_text(db)
         assert cli(["inbox", "--db", str(db.engine.url), "--spool", str(spool)]) == 1
         out = capsys.readouterr().out
         assert "spooled 1" in out and "UNRECORDED PAYMENT: inbox update 1 from tg:30" in out
         assert "UNRECORDED CHARGE: telegram charge charge-30 2000 CNY from tg:30" in out
+        # a replay round that still cannot record it tells nobody twice
+        told = spool_notices(db, app.operators)
+        assert await charge_spool.replay(spool, adapter_of(application).record_spooled,
+                                         told) == 0
+        assert len(notices(db, "payment_waiting")) == 2 and notices(db, "payment_late") == []
 
         # once recording works, the spool's replay records it and the row is done
         monkeypatch.setattr(checkout, "record_payment", real_paid)
         adapter = adapter_of(application)
-        assert await charge_spool.replay(spool, adapter.record_spooled) == 1
-        assert statuses(db) == {1: "done"}
+        assert await charge_spool.replay(spool, adapter.record_spooled, told) == 1
+        assert statuses(db) == {1: "done"} and charge_spool.pending(spool) == []
+        late = notices(db, "payment_late")
+        assert [p["identity"] for _, p in late] == ["tg:1", "tg:2"]
+        assert render("payment_late", late[0][1], "en") == (
+            f"Payment recorded late: telegram charge charge-30 of 20.00 CNY by tg:30 for order "
+            f"{order} was recorded late from the charge spool. Nothing is lost; the buyer's "
+            f"order is paid.")
+        assert render("payment_late", late[1][1], "zh").startswith("付款已补记入账：")
+        assert "waiting to be recorded" not in await pool_text(db)
         assert cli(["inbox", "--db", str(db.engine.url), "--spool", str(spool)]) == 0
         assert "spooled 0" in capsys.readouterr().out
         keys = db.read(lambda s: s.execute(select(JournalTxn.key).where(
             JournalTxn.key.like("telegram:charge:%"))).scalars().all())
         assert keys == ["telegram:charge:charge-30"]
+        assert await charge_spool.replay(spool, adapter.record_spooled, told) == 0
+        assert len(notices(db, "payment_late")) == 2  # once per operator, whatever the rounds
     finally:
         await stop_telegram(application)
 
@@ -185,6 +229,73 @@ def test_a_payment_marks_its_row_done_in_its_own_transaction_and_only_once(
                                       amount=2000, currency="CNY", buyer="tg:40",
                                       operators=("tg:1",), inbox_update=8)
     assert not refused["ok"] and statuses(db)[8] == "done"
+
+
+async def test_the_spool_tells_operators_once_the_database_takes_writes_again(
+        db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A charge in the spool (the database was down when it came): no message can be
+    written while the database is down; the first round after it takes writes again owes
+    each operator one `payment_waiting` message (if the charge still cannot be recorded),
+    and one `payment_late` once it is recorded."""
+    service.upsert_product(db, sku="TEA", price="20.00", margin="0.30", lock_days=15,
+                           scheme="both", name="Tea", actor="test")
+    users.resolve(db, "tg:45", lang="en")
+    token = checkout.open_checkout(db, user="tg:45", sku="TEA", channel="telegram",
+                                   method="telegram", key="open:45")["token"]
+    spool = tmp_path / "spool.jsonl"
+    charge_spool.spool(spool, {"channel": "telegram", "token": token, "amount": 2000,
+                               "currency": "CNY", "charge_id": "c45", "identity": "tg:45",
+                               "update_id": 45})
+    operators = frozenset({"tg:1", "wx:op"})
+    told = spool_notices(db, operators)
+    recording = {"works": False}
+
+    async def record(item: dict[str, Any]) -> None:
+        if not recording["works"]:
+            raise RuntimeError("cannot record it yet")
+        await asyncio.to_thread(
+            checkout.record_payment, db, channel="telegram", token=item["token"],
+            charge_id=item["charge_id"], amount=item["amount"], currency=item["currency"],
+            buyer=item["identity"])
+
+    real_run = db.run
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise DatabaseUnavailable("the database is down")
+
+    monkeypatch.setattr(db, "run", down)
+    assert await charge_spool.replay(spool, record, told) == 0
+    monkeypatch.setattr(db, "run", real_run)
+    assert notices(db, "payment_waiting") == [] and len(charge_spool.pending(spool)) == 1
+    for _ in range(2):  # the database is back; the charge still cannot be recorded
+        assert await charge_spool.replay(spool, record, told) == 0
+    waiting = notices(db, "payment_waiting")
+    assert sorted(p["identity"] for _, p in waiting) == ["tg:1", "wx:op"]
+    assert {(p["charge"], p["amount"], p["buyer"], p["update"]) for _, p in waiting} == {
+        ("c45", 2000, "tg:45", 45)}
+    recording["works"] = True
+    assert await charge_spool.replay(spool, record, told) == 1
+    assert charge_spool.pending(spool) == []
+    assert sorted(p["identity"] for _, p in notices(db, "payment_late")) == ["tg:1", "wx:op"]
+    assert len(notices(db, "payment_waiting")) == 2
+    # a charge the shop refuses is flagged (payment_flag), never called "recorded late"
+    charge_spool.spool(spool, {"channel": "telegram", "token": "no-such", "amount": 2000,
+                               "currency": "CNY", "charge_id": "c46", "identity": "tg:45"})
+    assert await charge_spool.replay(spool, record, told) == 1
+    assert len(notices(db, "payment_late")) == 2
+
+
+def test_an_update_set_aside_as_failed_is_told_to_operators_once(db: Database) -> None:
+    stored(db, [make_text_update(55, "/me", update_id=5, message_id=5)])
+    assert inbox.set_aside(db, 5, inbox.FAILED, error="RuntimeError: boom",
+                           operators=("tg:1", "tg:2"))
+    assert not inbox.set_aside(db, 5, inbox.FAILED, error="again", operators=("tg:1",))
+    assert statuses(db) == {5: "failed"}
+    (lang, params), _ = notices(db, "update_failed")
+    assert render("update_failed", params, "en") == (
+        "A chat update could not be handled and was set aside: update 5 (message) from "
+        "tg:55, last error: RuntimeError: boom. storefront inbox lists it.")
+    assert render("update_failed", params, "zh").startswith("一条聊天消息无法处理，已搁置")
 
 
 def test_finished_rows_are_pruned_after_the_retention_pending_and_spooled_stay(

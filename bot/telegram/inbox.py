@@ -12,6 +12,8 @@ the offset on before its handlers have run, so a crash then lost paid orders. He
   Application's handlers: one user's (or chat's) updates in order, different users at once.
   A successful payment's row is marked done by the engine in the payment's own transaction;
   other rows are marked done after their handler ran. Pending rows are resumed on start.
+  A payment the engine did not record is spooled and its row `spooled`, and a row that keeps
+  failing `failed`: each in the same transaction as an outbox message to every operator.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -64,6 +66,30 @@ def item_of(update: Update, raw: dict[str, Any] | None = None) -> inbox.Item:
                       user_id=user.id if user is not None else None)
 
 
+def charge_of(update: Update) -> dict[str, Any]:
+    """A successful payment as the charge spool holds it (bot/charge_spool.py)."""
+    message, user = update.effective_message, update.effective_user
+    assert message is not None and message.successful_payment is not None
+    sp = message.successful_payment
+    return {"channel": "telegram", "token": sp.invoice_payload, "amount": sp.total_amount,
+            "currency": sp.currency, "charge_id": sp.telegram_payment_charge_id,
+            "identity": f"tg:{user.id}" if user is not None else None,
+            "update_id": update.update_id}
+
+
+def spool_notices(db: Database, operators: Iterable[str]
+                  ) -> Callable[[dict[str, Any], bool], Awaitable[object]]:
+    """The charge spool's `told`: each operator is owed a message once a spooled charge is
+    recorded late, or while it still waits (engine/inbox.py; keyed by the charge)."""
+    targets = frozenset(operators)
+
+    async def told(charge: dict[str, Any], recorded: bool) -> object:
+        tell = inbox.tell_recorded_late if recorded else inbox.tell_waiting
+        return await asyncio.to_thread(tell, db, targets, charge)
+
+    return told
+
+
 def _backoff(failures: int) -> float:
     return float(min(0.2 * 2 ** min(failures, 8), 30.0))
 
@@ -72,10 +98,12 @@ class InboxProcessor:
     """Runs pending inbox rows through the Application's handlers (see the module doc)."""
 
     def __init__(self, application: Application, db: Database, *, concurrency: int = 16,
-                 on_unrecorded: Callable[[Update], None] | None = None) -> None:
+                 on_unrecorded: Callable[[Update], None] | None = None,
+                 operators: Iterable[str] = ()) -> None:
         self.application = application
         self.db = db
         self.on_unrecorded = on_unrecorded
+        self.operators = frozenset(operators)  # told about spooled and failed rows
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
         self._in_flight: set[int] = set()
@@ -221,8 +249,9 @@ class InboxProcessor:
                 attempts = await asyncio.to_thread(inbox.failed_attempt, self.db, uid,
                                                    f"{type(exc).__name__}: {exc}")
                 if attempts >= MAX_ATTEMPTS and row.kind != "payment":
-                    await asyncio.to_thread(inbox.finish, self.db, uid, "failed",
-                                            error=f"{type(exc).__name__}: {exc}")
+                    await asyncio.to_thread(inbox.set_aside, self.db, uid, inbox.FAILED,
+                                            error=f"{type(exc).__name__}: {exc}",
+                                            operators=self.operators)
                     return True
             except Exception:  # noqa: BLE001 - the database is down: later
                 pass
@@ -231,16 +260,18 @@ class InboxProcessor:
     async def _settle_payment(self, uid: int, update: Update) -> None:
         """The engine marks a recorded (or flagged) payment's row done in its own
         transaction. A row still pending here was not recorded: the charge goes to the
-        durable spool (replayed until recorded) and the row becomes `spooled`, which
-        `storefront inbox` shows to operators. Raises while the database is down: the row
-        then stays pending and is tried again."""
+        durable spool (replayed until recorded) and the row becomes `spooled`, in the same
+        transaction as a `payment_waiting` message to every operator (`storefront inbox`
+        and /pool show it too). Raises while the database is down: the row then stays
+        pending and is tried again."""
         status = await asyncio.to_thread(inbox.status_of, self.db, uid)
         if status != inbox.PENDING:
             return
         if self.on_unrecorded is not None:
             self.on_unrecorded(update)  # durable before the row says so
-        await asyncio.to_thread(inbox.finish, self.db, uid, inbox.SPOOLED,
-                                error="payment not recorded: in the charge spool")
+        await asyncio.to_thread(inbox.set_aside, self.db, uid, inbox.SPOOLED,
+                                error="payment not recorded: in the charge spool",
+                                operators=self.operators, charge=charge_of(update))
 
 
 async def store(db: Database, updates: Sequence[tuple[Update, dict[str, Any] | None]]) -> int:

@@ -24,7 +24,7 @@ from .application import (
     build_application,
 )
 from .conversations import Conversations, MenuCommand
-from .inbox import InboxProcessor
+from .inbox import InboxProcessor, spool_notices
 from .inbox import poll as inbox_poll
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,8 @@ async def start_telegram(settings: Settings, app: App, *, poll_timeout: float = 
             adapter.inbox = True
             processor = InboxProcessor(application, app.db,
                                        concurrency=MAX_CONCURRENT_UPDATES,
-                                       on_unrecorded=adapter.spool_payment)
+                                       on_unrecorded=adapter.spool_payment,
+                                       operators=app.operators)
             application.bot_data["inbox"] = processor
             processor.start()  # resumes the rows a previous run left pending
         if webhook_url:
@@ -119,8 +120,10 @@ async def start_telegram(settings: Settings, app: App, *, poll_timeout: float = 
         await stop_telegram(application)
         raise
     # charges the database could not record while it was down: replayed until recorded
+    # (and every operator told once it is recorded late, or while it waits)
     application.bot_data["spool_task"] = asyncio.create_task(charge_spool.keep_replaying(
-        adapter.spool_path, adapter.record_spooled))
+        adapter.spool_path, adapter.record_spooled,
+        spool_notices(app.db, app.operators) if app.db is not None else None))
     log.info("Telegram bot @%s is up (%s)", app.bot_username,
              "webhook" if webhook_url else "polling")
     return application

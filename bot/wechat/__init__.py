@@ -4,6 +4,8 @@
   check, then messages and events — signature first, safe mode, defusedxml, dedupe by
   `MsgId`, `handlers.dispatch`, a passive reply within five seconds and customer-service
   follow-ups for the rest.
+- gate.py: who is speaking (signature, freshness, one body per nonce, safe mode) and the
+  passive reply's encryption; inbound.py: what a push asks for, as a `Request`.
 - replay.py: a signed query is fresh for five minutes and good for one body (nonces in
   Redis or the database); seen.py: what was already answered (the dedupe).
 - `WeChatSender` (sender.py) delivers notifications: customer-service messages inside the

@@ -17,24 +17,29 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 from wechatpy import WeChatClient
-from wechatpy.crypto import WeChatCrypto
-from wechatpy.exceptions import InvalidSignatureException
 
 from bot.settings import Settings
-from engine.money import format_fen
-from handlers.base import App, Document, Invoice, Photo, Progress, Reply, Request, Text
-from storage.db import DatabaseUnavailable
-from storage.models import Identity, User
+from handlers.base import (
+    App,
+    DatabaseUnavailable,
+    Document,
+    Invoice,
+    Photo,
+    Progress,
+    Reply,
+    Request,
+    Text,
+)
+from handlers.i18n import money
+from handlers.shop import receipt_on
 
+from .gate import NO_REPLY, Gate
+from .inbound import Inbound, inbound_of
 from .messages import (
-    DIGITS,
     OPENID,
     BadXml,
     Part,
@@ -42,12 +47,10 @@ from .messages import (
     link,
     menu_link,
     merge_texts,
-    parse_xml,
     render_reply,
-    scene_of,
     split_text,
 )
-from .replay import Nonces, log_refusal, query_refusal
+from .replay import Nonces
 from .seen import Seen
 from .sender import WeChatSender, client_from_settings
 
@@ -63,21 +66,11 @@ def inert(text: str) -> str:
 
 PASSIVE_BUDGET = 4.0  # seconds; WeChat waits 5 for a passive reply and the network takes some
 INVITE_QR_SECONDS = 30 * 24 * 3600  # the longest a temporary parametric QR code lives
-NO_REPLY = (200, b"success", "text/plain")
-FORBIDDEN = (403, b"forbidden", "text/plain")
 BAD_REQUEST = (400, b"bad request", "text/plain")
-UNREADABLE_KINDS = ("image", "voice", "video", "shortvideo", "location", "link")
 APOLOGY = "抱歉，出了点问题，请稍后再试。\nSorry, something went wrong; please try again later."
 NO_PAY = "微信支付暂不可用。\nWeChat Pay is not available right now."
 BUSY = ("商店繁忙，请稍后再试。未做任何更改。\n"
         "The shop is busy, please try again in a moment. Nothing was changed.")
-
-
-@dataclass(frozen=True)
-class Inbound:
-    key: str  # the dedupe key, also the request id
-    request: Request
-    menu_id: str | None = None  # the id of a tapped `weixin://bizmsgmenu` link
 
 
 class WeChatAdapter:
@@ -88,10 +81,10 @@ class WeChatAdapter:
         self.app = app
         self.client = client
         self.token = token
-        self.crypto = WeChatCrypto(token, aes_key, appid) if aes_key else None
         self.sender = WeChatSender(client, app.db, template_id)
         self.seen = Seen(app.db)
         self.nonces = Nonces(app.db, redis_url, namespace=appid)
+        self.gate = Gate(token, self.nonces, lambda: self.clock(), aes_key=aes_key, appid=appid)
         self.pay = pay  # a bot.wechatpay.WeChatPayGateway, set by bot.http when configured
         self.passive_budget = passive_budget
         self.clock = clock
@@ -108,132 +101,53 @@ class WeChatAdapter:
                    redis_url=settings.redis_url)
 
     def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock(), UTC)
-
-    # -- who is speaking: signed, fresh, once ------------------------------------------------
-    def _query_refusal(self, query: dict[str, str]) -> str | None:
-        return query_refusal(self.token, query, self.clock())
-
-    def _claim_nonce(self, query: dict[str, str], body: bytes) -> bool:
-        """False when this signed query was already used for a different body. Raises
-        `DatabaseUnavailable` when that cannot be known."""
-        return self.nonces.claim(query["timestamp"], query["nonce"], body, self._now())
-
-    @staticmethod
-    def _refuse(reason: str, query: dict[str, str]) -> tuple[int, bytes, str]:
-        log_refusal(reason, query)
-        return FORBIDDEN
+        return self.gate.now()
 
     # -- GET /wechat ------------------------------------------------------------------------
     def verify_get(self, query: dict[str, str]) -> tuple[int, str]:
         """Echo `echostr` only to a correctly signed, fresh, unused check (and a sane one)."""
         echostr = query.get("echostr", "")
-        reason = self._query_refusal(query)
+        reason = self.gate.refusal(query)
         if reason is None and not (0 < len(echostr) <= 128 and echostr.isprintable()):
             reason = "malformed echostr"
         if reason is None:
             try:
-                if not self._claim_nonce(query, b"GET " + echostr.encode()):
+                if not self.gate.claim_nonce(query, b"GET " + echostr.encode()):
                     reason = "nonce already used"
             except DatabaseUnavailable:
                 log.warning("wechat: database unavailable for a server check")
                 return 503, "unavailable"
         if reason is not None:
-            return self._refuse(reason, query)[0], "forbidden"
+            return self.gate.refuse(reason, query)[0], "forbidden"
         return 200, echostr
 
     # -- POST /wechat -----------------------------------------------------------------------
     async def handle_post(self, query: dict[str, str], body: bytes) -> tuple[int, bytes, str]:
-        reason = self._query_refusal(query)
+        reason = self.gate.refusal(query)
         if reason is not None:
-            return self._refuse(reason, query)
+            return self.gate.refuse(reason, query)
         try:
-            outer = parse_xml(body)
-            if self.crypto is not None:
-                # Safe mode: only what `msg_signature` covers is believed. A plaintext body
-                # is signed by nothing (the query signature leaves the body out).
-                if not outer.get("Encrypt"):
-                    return self._refuse("a plaintext body in safe mode", query)
-                plain = self._decrypt(outer, query)
-                if plain is None:
-                    return self._refuse("wrong msg_signature", query)
-                msg = parse_xml(plain)
-            elif query.get("encrypt_type") == "aes" or "Encrypt" in outer:
-                raise BadXml("a safe-mode message needs WECHAT_ENCODING_AES_KEY")
-            else:
-                msg = outer
+            msg = self.gate.open(body, query)
         except BadXml as exc:
             log.info("wechat: refusing a body: %s", exc)
             return BAD_REQUEST
+        if isinstance(msg, str):
+            return self.gate.refuse(msg, query)
         openid, ours = msg.get("FromUserName", ""), msg.get("ToUserName", "")
         if not OPENID.match(openid) or not ours or not msg.get("MsgType"):
             return BAD_REQUEST
         try:
-            unused = await asyncio.to_thread(self._claim_nonce, query, body)
+            unused = await asyncio.to_thread(self.gate.claim_nonce, query, body)
         except DatabaseUnavailable:
             # Unchecked, nothing may act: "busy, try again", as when the dedupe claim fails.
             log.warning("wechat: database unavailable checking a nonce")
-            return self._reply(self._busy(openid, ours), query)
+            return self.gate.reply(self._busy(openid, ours), query)
         if not unused:
-            return self._refuse("nonce already used for another body", query)
-        inbound = self._inbound(msg, openid)
+            return self.gate.refuse("nonce already used for another body", query)
+        inbound = inbound_of(msg, openid)
         if inbound is None:
             return NO_REPLY
-        return self._reply(await self._answer(inbound, openid, ours), query)
-
-    def _reply(self, xml: str, query: dict[str, str]) -> tuple[int, bytes, str]:
-        """The passive reply (encrypted in safe mode), or `success` for none."""
-        if not xml:
-            return NO_REPLY
-        if self.crypto is not None:
-            xml = self.crypto.encrypt_message(xml, query.get("nonce", ""),
-                                              query.get("timestamp", ""))
-        return 200, xml.encode("utf-8"), "application/xml"
-
-    def _decrypt(self, outer: dict[str, str], query: dict[str, str]) -> str | None:
-        """The plaintext of a safe-mode message; None when its signature is wrong."""
-        assert self.crypto is not None
-        try:
-            return str(self.crypto.decrypt_message(
-                {"Encrypt": outer["Encrypt"]}, query.get("msg_signature", ""),
-                query.get("timestamp", ""), query.get("nonce", "")))
-        except InvalidSignatureException:
-            return None
-        except Exception as exc:  # noqa: BLE001 - bad base64, padding, app id: a bad body
-            raise BadXml(f"cannot decrypt: {type(exc).__name__}") from None
-
-    @staticmethod
-    def _inbound(msg: dict[str, str], openid: str) -> Inbound | None:
-        """What the push asks for, as a Request; None for what needs no answer."""
-        def req(key: str, **kw: Any) -> Request:
-            return Request(channel="wechat", identity=f"wx:{openid}", request_id=key, **kw)
-
-        kind = msg["MsgType"].lower()
-        if kind == "event":
-            event, created = msg.get("Event", ""), msg.get("CreateTime", "")
-            if not DIGITS.match(created):
-                return None
-            key = f"wx:evt:{openid}:{created}:{event[:32]}"  # WeChat's advice: sender + time
-            if event.lower() in ("subscribe", "scan"):
-                scene = scene_of(event, msg.get("EventKey", ""))
-                return Inbound(key, req(key, command="start", start_payload=scene))
-            if event.lower() == "click" and msg.get("EventKey"):
-                return Inbound(key, req(key, text=msg["EventKey"][:64]))
-            return None  # unsubscribe, VIEW, LOCATION, TEMPLATESENDJOBFINISH, …
-        msg_id = msg.get("MsgId", "")
-        if not DIGITS.match(msg_id):
-            return None
-        key = f"wx:{msg_id}"
-        if kind == "text":
-            menu = msg.get("bizmsgmenuid", "")
-            return Inbound(key, req(key, text=msg.get("Content", "")),
-                           menu_id=menu if DIGITS.match(menu) else None)
-        if kind == "voice" and msg.get("Recognition"):
-            return Inbound(key, req(key, text=msg["Recognition"]))
-        if kind in UNREADABLE_KINDS:
-            # Known kinds we cannot read: the conversation answers with how to talk to us.
-            return Inbound(key, req(key, text=""))
-        return None  # a type neither WeChat's documentation nor we know: "success"
+        return self.gate.reply(await self._answer(inbound, openid, ours), query)
 
     # -- answering ------------------------------------------------------------------------
     async def _answer(self, inbound: Inbound, openid: str, ours: str) -> str:
@@ -325,7 +239,7 @@ class WeChatAdapter:
         if self.pay is None:
             return NO_PAY
         url = self.pay.config.checkout_url(item.token)
-        amount = f"{format_fen(item.amount)} {item.currency}"
+        amount = money(item.amount, item.currency)
         return (f"{inert(item.title)}\n{inert(item.description)}\n"
                 f"{link(url, f'微信支付 Pay {amount}')}\n{url}")
 
@@ -371,21 +285,9 @@ class WeChatAdapter:
     # -- hooks for the rest of the shop ---------------------------------------------------
     async def after_payment(self, result: dict[str, Any]) -> None:
         """Tell a WeChat buyer their payment arrived (the receipt), as customer service."""
-        from engine import users
-        from handlers.shop import render_receipt
-
-        def find(s: Session) -> str | None:
-            return s.execute(select(Identity.identity).join(User, User.id == Identity.user_id)
-                             .where(User.handle == result["user"],
-                                    Identity.identity.like("wx:%"))
-                             .order_by(Identity.identity).limit(1)).scalar_one_or_none()
-
-        identity = await asyncio.to_thread(self.app.db.read, find)
-        if identity is None:
-            return
-        lang = await asyncio.to_thread(users.lang_of, self.app.db, identity) or "zh"
-        cfg = await asyncio.to_thread(self.app.db.read, users.store_config)
-        await self.sender.send(identity, render_receipt(lang, result, cfg.currency))
+        found = await receipt_on(self.app, "wx", result)
+        if found is not None:
+            await self.sender.send(*found)
 
     async def invite_qr(self, code: str) -> bytes | None:
         """`App.wechat_invite_qr`: the invite as a parametric QR code (scene = the invite

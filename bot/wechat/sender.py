@@ -10,8 +10,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 from wechatpy import WeChatClient
 from wechatpy.exceptions import WeChatClientException
 from wechatpy.session import SessionStorage
@@ -19,7 +17,7 @@ from wechatpy.session.memorystorage import MemoryStorage
 
 from bot.senders import Rejected, RetryLater, Unreachable
 from bot.settings import Settings
-from storage.models import Identity
+from handlers.registry import last_seen
 
 from .messages import OPENID, Part, split_text
 
@@ -186,12 +184,7 @@ class WeChatSender:
         adapter moves on every message); without a database, let WeChat decide."""
         if self.db is None:
             return True
-
-        def last_seen(s: Session) -> datetime | None:
-            return s.execute(select(Identity.last_seen_at).where(
-                Identity.identity == identity)).scalar_one_or_none()
-
-        seen = await asyncio.to_thread(self.db.read, last_seen)
+        seen = await asyncio.to_thread(last_seen, self.db, identity)
         return seen is not None and datetime.now(UTC) - seen < CS_WINDOW
 
     async def send(self, identity: str, text: str) -> None:

@@ -8,8 +8,15 @@
   or a run failed).
   APScheduler runs these in every process that starts a scheduler; the release lock
   (storage/locks.py) lets one of them work and the others skip.
+- **Expired checkouts** (`storefront run`): every minute, unpaid orders whose checkout
+  expired are cancelled (`engine.checkout.expire_due`).
+- **The channels' chores** (`Chore`): WeChat Pay's refund sweep (every minute) and pruning
+  WeChat's seen messages and nonces (hourly), each first at the start; the bot hands them
+  over when it builds the scheduler.
 - **Delivery**: every couple of seconds, make sure a delivery loop is draining the outbox
-  (engine/outbox.py) through the users' channels (bot/senders.py), at the channels' rates.
+  (engine/outbox.py) through the users' channels, at the channels' rates: the scheduler is
+  given its senders (scheduler/delivery.py says what a sender is; bot/senders.py has them)
+  and the message catalogue (`renderer`); it imports neither `bot` nor `handlers`.
 
 `clock` (aware datetimes) drives every time these jobs use, and the triggers' start times,
 so tests can run the real APScheduler on a controlled clock.
@@ -22,7 +29,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,14 +38,15 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from bot.senders import ANY_CHANNEL, Rejected, RetryLater, Sender, Unreachable
-from engine import outbox, users
+from engine import checkout, outbox, users
 from engine.jobs import RELEASE, last_run, run_release, store_timezone
-from engine.money import format_fen, format_micro
+from engine.money import format_fen, format_micro, parse_rate
 from engine.queue import RELEASE_PAGE
-from engine.report import scheduled_pool_warnings
+from engine.report import write_pool_warnings
 from storage import faults
 from storage.db import Database
+
+from .delivery import ANY_CHANNEL, Rejected, Renderer, RetryLater, Sender, Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +172,8 @@ _MICRO = {"points", "minted"}
 
 
 def plain_render(kind: str, params: Mapping[str, Any], lang: str) -> str:
-    """A plain rendering for when the message catalogue (handlers/notify.py) is absent."""
+    """A plain rendering, for a deliverer not given the message catalogue (`storefront run`
+    and `storefront outbox` give it handlers/notify.py's `render`)."""
     if kind == "broadcast" and isinstance(params.get("text"), str):
         return params["text"]
     zh, en = _TITLES.get(kind, ("通知", "Notice"))
@@ -178,14 +188,6 @@ def plain_render(kind: str, params: Mapping[str, Any], lang: str) -> str:
     return title + ("\n" + "\n".join(parts) if parts else "")
 
 
-def render(kind: str, params: Mapping[str, Any], lang: str) -> str:
-    try:
-        from handlers.notify import render as catalogue
-    except ImportError:
-        return plain_render(kind, params, lang)
-    return str(catalogue(kind, dict(params), lang))
-
-
 class Deliverer:
     """Drains the outbox through the senders (keyed by the identity prefix they serve; one
     under `ANY_CHANNEL` serves every other prefix): claims a batch (one row per user, none for a
@@ -194,7 +196,7 @@ class Deliverer:
 
     def __init__(self, db: Database, senders: Mapping[str, Sender], *, clock: Clock = utc_now,
                  batch: int = 30, per_user: float = 1.0,
-                 renderer: Callable[[str, Mapping[str, Any], str], str] = render) -> None:
+                 renderer: Renderer = plain_render) -> None:
         self.db = db
         self.senders = dict(senders)
         self.clock = clock
@@ -347,11 +349,65 @@ class StoreScheduler(AsyncIOScheduler):
             self.shutdown(wait=False)
 
 
+def pool_warnings(db: Database, clock: Clock, settings: Any) -> int:
+    """The hourly job: `engine.report.write_pool_warnings` with the operators and thresholds
+    of `settings` (`operator_ids()`, `coverage_warning` as a decimal string,
+    `matured_wait_warning_days`). Settings without operators warn nobody."""
+    operators = getattr(settings, "operator_ids", None)
+    identities = frozenset(operators()) if callable(operators) else frozenset()
+    if not identities:
+        return 0
+    threshold = parse_rate(str(getattr(settings, "coverage_warning", "0.50")))
+    days = int(getattr(settings, "matured_wait_warning_days", 7))
+    return write_pool_warnings(db, clock(), identities, threshold, days)
+
+
+@dataclass(frozen=True)
+class Chore:
+    """A periodic job a channel hands the scheduler (bot/app.py collects them): `run()` every
+    `every` seconds, the first time at the start when `at_start`. A failure is logged and the
+    next run tries again."""
+
+    name: str
+    every: float
+    run: Callable[[], Awaitable[Any]]
+    at_start: bool = True
+
+
+async def run_chore(chore: Chore) -> None:
+    try:
+        await chore.run()
+    except Exception:  # noqa: BLE001 - a background chore must not die
+        log.exception("background job %s failed", chore.name)
+
+
+async def sweep_checkouts(db: Database) -> int:
+    """Cancel unpaid orders whose checkout expired (`engine.checkout.expire_due`): the points
+    they spent go back to the buyer's wallet as their value. A failure is logged; the next
+    run tries again."""
+    try:
+        n = await asyncio.to_thread(checkout.expire_due, db)
+    except Exception:  # noqa: BLE001 - try again next time
+        log.exception("checkout sweep failed")
+        return 0
+    if n:
+        log.info("cancelled %d unpaid orders whose checkout expired", n)
+    return n
+
+
 def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
                     clock: Clock | None = None, *,
-                    delivery_interval: float = DELIVERY_INTERVAL) -> StoreScheduler:
+                    delivery_interval: float = DELIVERY_INTERVAL,
+                    renderer: Renderer = plain_render,
+                    checkout_sweep: float | None = None,
+                    chores: Sequence[Chore] = ()) -> StoreScheduler:
     """The release job(s), the start-up catch-up and the delivery job; call `.start()` in
-    the running event loop, and `await .stop()` before the loop ends."""
+    the running event loop, and `await .stop()` before the loop ends. The scheduler is given
+    what it must not import: the channels' `senders` and the message catalogue
+    (`renderer`, handlers/notify.py's `render` when the bot builds it). With
+    `checkout_sweep` (seconds) expired checkouts are swept that often, the first time one
+    interval after the start; `chores` are the channels' own periodic jobs (WeChat Pay's
+    refund sweep, WeChat's seen-message pruning)."""
     now = clock or utc_now
     tz = store_timezone(db)
     times = parse_release_times(settings.release_times)
@@ -361,7 +417,7 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
         "coalesce": True, "max_instances": 1, "misfire_grace_time": grace})
     scheduler.releaser = ReleaseJob(db, clock=now, triggers=triggers,
                                     redis_url=getattr(settings, "redis_url", None))
-    scheduler.deliverer = Deliverer(db, senders, clock=now)
+    scheduler.deliverer = Deliverer(db, senders, clock=now, renderer=renderer)
     for (h, m), trigger in zip(times, triggers, strict=True):
         scheduler.add_job(scheduler.releaser.scheduled, trigger, id=f"release@{h:02d}:{m:02d}",
                           name=f"release at {h:02d}:{m:02d} {tz.key}", coalesce=True,
@@ -381,9 +437,22 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
                       next_run_time=start, replace_existing=True)
     # Pool warnings to operators (engine/report.py, issue 6): hourly, in a worker thread; at
     # most one outbox row per condition, operator and store-local day.
-    scheduler.add_job(scheduled_pool_warnings,
+    scheduler.add_job(pool_warnings,
                       IntervalTrigger(hours=1, start_date=start, timezone=tz),
                       args=(db, now, settings), id="pool-warnings", name="pool warnings",
                       coalesce=True, misfire_grace_time=grace, max_instances=1,
                       replace_existing=True)
+    if checkout_sweep:
+        scheduler.add_job(sweep_checkouts,
+                          IntervalTrigger(seconds=checkout_sweep, start_date=start, timezone=tz),
+                          args=(db,), id="checkout-sweep", name="expired checkouts",
+                          coalesce=True, misfire_grace_time=max(1, int(checkout_sweep)),
+                          max_instances=1, replace_existing=True)
+    for chore in chores:
+        first = {"next_run_time": start} if chore.at_start else {}
+        scheduler.add_job(run_chore,
+                          IntervalTrigger(seconds=chore.every, start_date=start, timezone=tz),
+                          args=(chore,), id=chore.name, name=chore.name, coalesce=True,
+                          misfire_grace_time=max(1, int(chore.every)), max_instances=1,
+                          replace_existing=True, **first)
     return scheduler
