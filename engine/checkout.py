@@ -2,9 +2,9 @@
 
 `open_checkout` records the order (any points it uses are spent now, at checkout) and its
 `Checkout` row in one transaction. `precheck` is the channel's last question before it
-charges the buyer. `paid` records a charge exactly once per charge id. A charge the shop
-cannot match is refused — the books stay as they were — and, since real money moved outside
-them, every operator is owed a `payment_flag` message through the outbox.
+charges the buyer. `record_payment` records every channel's charge, exactly once per charge.
+A charge the shop cannot match is refused — the books stay as they were — and, since real
+money moved outside them, every operator is owed a `payment_flag` message through the outbox.
 """
 
 from __future__ import annotations
@@ -37,8 +37,16 @@ TTL = timedelta(minutes=30)
 GRACE = timedelta(minutes=10)
 
 
+def payment_key(channel: str, charge_id: str) -> str:
+    """The payment's idempotency key: one charge is recorded once, whatever the retries.
+    WeChat Pay's transaction id is `wx:txn:<id>` (it is at most 64 printable characters)."""
+    if channel == "wechat":
+        return f"wx:txn:{charge_id}"
+    return charge_key(channel, charge_id)
+
+
 def charge_key(channel: str, charge_id: str) -> str:
-    """The payment's idempotency key: one charge id is recorded once, whatever the retries."""
+    """`<channel>:charge:<id>`, or the id's SHA-256 when it is long or not printable."""
     key = f"{channel}:charge:{charge_id}"
     if len(key) > 150 or not charge_id.isprintable():
         key = f"{channel}:charge:sha256:{hashlib.sha256(charge_id.encode()).hexdigest()}"
@@ -66,9 +74,8 @@ def open_checkout(db: Database, *, user: str, sku: str, qty: object = 1,
             orders.cancel_open(book, ref=replaces, user=user, at=when)
             if old is not None and old.status == "open":
                 old.status = "cancelled"
-        result = orders.place(book, user=user, sku=sku, qty=qty, at=when,
-                              pay_points=pay_points, method=method, key=key,
-                              awaiting_payment=True)
+        result = orders.open_unpaid_order(book, user=user, sku=sku, qty=qty, at=when,
+                                          pay_points=pay_points, method=method, key=key)
         ref = result["order"]
         row = session.execute(select(Checkout).where(Checkout.order_ref == ref)
                               ).scalar_one_or_none()
@@ -99,7 +106,7 @@ def pay_with_wallet(db: Database, *, user: str, order: object, key: str,
     when = at or now()
 
     def work(session: Session) -> dict[str, Any]:
-        # the checkout row first, as `paid` locks it: one lock order for both ways to pay
+        # the checkout row first, as `record_payment` locks it: one lock order for all payments
         row = session.execute(select(Checkout).where(Checkout.order_ref == order)
                               .with_for_update()).scalar_one_or_none() \
             if isinstance(order, str) else None
@@ -166,76 +173,75 @@ def precheck(db: Database, *, token: object, amount: object, currency: object,
     return db.read(work)
 
 
-def paid(db: Database, *, token: object, amount: int, currency: str, charge_id: str,
-         channel: str, identity: str, operators: Iterable[str] = (),
-         at: datetime | None = None, inbox_update: int | None = None) -> dict[str, Any]:
-    """Record a channel's charge exactly once (`confirm_payment` keyed by the charge id).
+def record_payment(db: Database, *, channel: str, charge_id: str, amount: int, currency: str,
+                   buyer: str, token: object = None, order: str | None = None,
+                   operators: Iterable[str] = (), at: datetime | None = None,
+                   inbox_update: int | None = None) -> dict[str, Any]:
+    """A channel took the buyer's money: record it, exactly once per charge (`payment_key`).
 
-    Returns the order result with `ok` True, or `ok` False and the refusal `code`; a refused
-    charge is flagged to every operator (once per charge), and so is a charge recorded while
-    sales are paused (`paid_while_paused`: the money is real, so it is recorded).
-    `inbox_update`: the inbox row (engine/inbox.py) this charge came in, marked done in the
-    same transaction as the payment (or as the operators' flag)."""
+    Every channel's payment comes here — Telegram's `successful_payment` and the charge spool
+    (naming the checkout by its `token`), WeChat Pay's notification (naming the `order`). In
+    one transaction: the checkout is locked and closed, the order confirmed and settled when
+    due (`orders.confirm_payment`), a payment taken while sales are paused flagged to every
+    operator (`paused_payment`: the money is real, so it is recorded), and `inbox_update`,
+    the inbox row the charge came in (engine/inbox.py), marked done.
+
+    An invoice (a `token`) was sent to one buyer: a charge by anyone else is refused. WeChat
+    Pay's payer may be anyone who scanned the code. Returns the order result with `ok`
+    True, or `ok` False and the refusal `code`: nothing was recorded, and every operator is
+    owed a `payment_flag` (once per charge; the inbox row is marked with it)."""
     when = at or now()
-    key = charge_key(channel, charge_id)
+    key = payment_key(channel, charge_id)
+    charge = charge_id[:128]
 
     def work(session: Session) -> dict[str, Any]:
-        book = Book(session)
-        row = session.execute(select(Checkout).where(Checkout.token == token)
-                              .with_for_update()).scalar_one_or_none() \
-            if isinstance(token, str) else None
-        if row is None:
-            raise Refusal("unknown_order", "no such checkout")
-        if journal.find(session, key) is None:
-            order = session.execute(select(Order).where(Order.ref == row.order_ref)
-                                    ).scalar_one()
-            if _buyer_id(session, identity) != order.user_id:
+        # the checkout row first, as `pay_with_wallet` and `expire_due` lock it
+        if token is not None:
+            row = session.execute(select(Checkout).where(Checkout.token == token)
+                                  .with_for_update()).scalar_one_or_none() \
+                if isinstance(token, str) else None
+            if row is None:
+                raise Refusal("unknown_order", "no such checkout")
+            if journal.find(session, key) is None and _buyer_id(session, buyer) != \
+                    session.execute(select(Order.user_id).where(Order.ref == row.order_ref)
+                                    ).scalar_one():
                 raise Refusal("payment_mismatch", "paid by another user")
-        result = orders.confirm_payment(book, ref=row.order_ref, amount=amount,
-                                        currency=currency, payment_ref=charge_id[:128],
-                                        at=when, key=key)
-        row.status = "paid"
+            ref = row.order_ref
+        else:
+            assert order is not None, "a payment names its checkout or its order"
+            row = session.execute(select(Checkout).where(Checkout.order_ref == order)
+                                  .with_for_update()).scalar_one_or_none()
+            ref = order
+        result = orders.confirm_payment(Book(session), ref=ref, amount=amount,
+                                        currency=currency, payment_ref=charge, at=when,
+                                        key=key)
+        if row is not None and row.status == "open":
+            row.status = "paid"
         if result.get("paid_while_paused"):
             _flag_rows(session, operators, key=f"paused:{key}", kind="paused_payment",
                        at=when, params={"order": result["order"], "amount": amount,
-                                        "currency": currency, "charge": charge_id[:128],
-                                        "channel": channel, "buyer": identity})
+                                        "currency": currency, "charge": charge,
+                                        "channel": channel, "buyer": buyer})
         if inbox_update is not None:
             inbox.mark(session, inbox_update, at=when)
         return {**result, "ok": True}
 
     try:
-        return db.run(work)
+        return db.run(work, label="record_payment")
     except Refusal as exc:
-        ref = db.read(lambda s: s.execute(select(Checkout.order_ref).where(
-            Checkout.token == token)).scalar_one_or_none()) if isinstance(token, str) else None
+        ref = order if token is None else _order_of(db, token)
         flag_operators(db, operators, key=key, at=when, params={
             "code": exc.code, "order": ref, "amount": amount, "currency": currency,
-            "charge": charge_id[:128], "channel": channel, "buyer": identity},
+            "charge": charge, "channel": channel, "buyer": buyer},
             inbox_update=inbox_update)
         return {"ok": False, "code": exc.code, "order": ref}
 
 
-def confirm_payment(db: Database, *, order: str, amount: int, currency: str, payment_ref: str,
-                    key: str, channel: str, buyer: str, operators: Iterable[str] = (),
-                    at: datetime | None = None) -> dict[str, Any]:
-    """`service.confirm_payment` for a channel that names the order itself (WeChat Pay's
-    notification): a payment recorded while sales are paused also owes every operator a
-    `paused_payment` message, written in the same transaction (once per payment `key`)."""
-    when = at or now()
-
-    def work(session: Session) -> dict[str, Any]:
-        result = orders.confirm_payment(Book(session), ref=order, amount=amount,
-                                        currency=currency, payment_ref=payment_ref, at=when,
-                                        key=key)
-        if result.get("paid_while_paused"):
-            _flag_rows(session, operators, key=f"paused:{key}", kind="paused_payment",
-                       at=when, params={"order": result["order"], "amount": amount,
-                                        "currency": currency, "charge": payment_ref,
-                                        "channel": channel, "buyer": buyer})
-        return result
-
-    return db.run(work)
+def _order_of(db: Database, token: object) -> str | None:
+    if not isinstance(token, str):
+        return None
+    return db.read(lambda s: s.execute(select(Checkout.order_ref).where(
+        Checkout.token == token)).scalar_one_or_none())
 
 
 def flag_operators(db: Database, operators: Iterable[str], *, key: str, params: dict[str, Any],

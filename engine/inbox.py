@@ -3,7 +3,7 @@
 A channel adapter stores every update here, in its own commit, before it acknowledges it to
 the channel (Telegram: before the getUpdates offset moves past it, or before the webhook's
 200), then processes the pending rows. A row is `done` in the same transaction as the
-update's money effects (`mark`, called inside `engine.checkout.paid`), so a crash either
+update's money effects (`mark`, called inside `engine.checkout.record_payment`), so a crash either
 leaves the row pending with nothing recorded, or done with everything recorded; and
 recording a payment is idempotent by its charge id besides, so a row processed twice never
 credits twice.
@@ -203,9 +203,9 @@ def notify_operators(session: Session, operators: Iterable[str], *, key: str, ki
 
 
 def _charge_key(charge: Mapping[str, Any]) -> str:
-    from .checkout import charge_key  # (engine.checkout imports this module)
+    from .checkout import payment_key  # (engine.checkout imports this module)
 
-    return charge_key(str(charge.get("channel") or "telegram"), str(charge.get("charge_id")))
+    return payment_key(str(charge.get("channel") or "telegram"), str(charge.get("charge_id")))
 
 
 def _charge_params(session: Session, charge: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,7 +254,7 @@ def tell_recorded_late(db: Database, operators: Iterable[str], charge: Mapping[s
                        at: datetime | None = None) -> int:
     """Every operator is owed one `payment_late` message for a spooled charge now recorded
     (nothing if it is not in the journal: a charge the shop refused was flagged to them as
-    `payment_flag` by `engine.checkout.paid` instead, and its inbox row marked done). Raises
+    `payment_flag` by `engine.checkout.record_payment` instead, its inbox row marked done). Raises
     `NotRecorded` while the charge's inbox row is still pending or spooled: neither recorded
     nor refused, it must stay in the spool."""
     targets = sorted(set(operators))

@@ -1,8 +1,10 @@
 """Orders (SPEC §3, §4, §8): record a purchase, settle it, refund it while pending.
 
-What happens when someone buys, top to bottom: `_record` checks the request in SPEC §7's
-order, spends any points at checkout, books the payment, and — when the return window is
-zero — `settle_due` grants the rebates in the same transaction.
+What happens when someone buys, top to bottom: `record_paid_order` (paid as it is recorded)
+or `open_unpaid_order` then `confirm_payment` (a channel's payment, engine/checkout.py). Both
+check the request in SPEC §7's order (`_checked`), record the order and spend any points at
+checkout (`_new_order`); the payment is booked, and — when the return window is zero —
+`settle_due` grants the rebates in the same transaction (docs/engine.md).
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from storage import queries
 from storage.rows import OrderRow, UserRow
 
 from . import journal, ledger, points, queue
 from .accounts import micro_amount
-from .book import Book
+from .book import Book, ProductInfo
 from .errors import Refusal
 from .money import parse_rate
 from .times import local_midnight_after, parse_at
@@ -93,20 +95,23 @@ def _replayed(book: Book, key: str | None) -> dict[str, Any] | None:
     return result
 
 
-def place(book: Book, *, user: str, sku: str, qty: object = 1, at: object,
-          pay_points: object = None, ref: object = None, method: str = "cash",
-          key: str | None = None, actor: str | None = None,
-          awaiting_payment: bool = False) -> dict[str, Any]:
-    """Record a purchase. With `awaiting_payment` the order waits for `confirm_payment`
-    (points are still spent now, at checkout, SPEC §8); otherwise it is paid now."""
-    ref = check_ref(ref)
-    try:
-        due_by = None if awaiting_payment else parse_at(at)
-    except Refusal:
-        due_by = None  # refused below, in SPEC §7's order
-    book.prefetch_purchase(user, key, due_by)
-    if (done := _replayed(book, key)) is not None:
-        return done
+class _Request(NamedTuple):
+    """A purchase request that passed SPEC §7's checks, priced: what both kinds of order
+    are recorded from."""
+
+    buyer: UserRow
+    product: ProductInfo
+    qty: int
+    points: int  # micro-points spent at checkout
+    value: int  # their value in fen at today's price
+    total: int
+    cash: int  # what is left to pay: total - value
+    at: datetime
+
+
+def _checked(book: Book, *, user: str, sku: str, qty: object, at: object, pay_points: object,
+             ref: str | None, method: str) -> _Request:
+    """Refuse a request in SPEC §7's order; else price it."""
     if ref is not None and _order(book, ref, lock=False) is not None:
         raise Refusal("duplicate_order", ref)
     buyer = book.user(user)
@@ -131,52 +136,102 @@ def place(book: Book, *, user: str, sku: str, qty: object = 1, at: object,
     cash = total - value
     if method == "wallet" and cash > buyer.wallet:
         raise Refusal("insufficient_balance")
+    return _Request(buyer, product, n, q, value, total, cash, when)
 
+
+def _new_order(book: Book, req: _Request, ref: str | None, method: str,
+               p: journal.Postings) -> OrderRow:
+    """The order row, awaiting payment, on the terms of today (frozen for its settlement);
+    any points it uses are spent now, at checkout (SPEC §8), their value to revenue."""
     book.head.last_order_no += 1
     no = book.head.last_order_no
     ref = ref or f"N{no}"
-    cfg = book.cfg
+    cfg, product = book.cfg, req.product
     terms = {"margin": product.margin, "scheme": product.scheme, "lock_days": product.lock_days,
              "pool_share": cfg.raw["queue.pool_share"], "accel_rate": cfg.raw["queue.accel_rate"],
              "pool_rate": cfg.raw["points.pool_rate"], "mint_rate": cfg.raw["points.mint_rate"],
              "min_order": cfg.min_order, "unit_price": product.price}
     order = book.rows.add(OrderRow(
-        no=no, ref=ref, user_id=buyer.id, sku=product.sku, qty=n, total=total, points_used=q,
-        points_value=value, cash=cash, method=method, currency=cfg.currency,
-        status="awaiting_payment", created_at=when, terms=journal.canonical(terms), minted=0,
-        accelerated=0))
+        no=no, ref=ref, user_id=req.buyer.id, sku=product.sku, qty=req.qty, total=req.total,
+        points_used=req.points, points_value=req.value, cash=req.cash, method=method,
+        currency=cfg.currency, status="awaiting_payment", created_at=req.at,
+        terms=journal.canonical(terms), minted=0, accelerated=0))
+    if req.points:
+        burned = points.burn(book, req.buyer, req.points, p, f"order:{ref}")
+        assert burned == req.value
+        p.fen(ledger.points_pool(book), journal.REVENUE, req.value, f"order:{ref}")
+    return order
+
+
+def record_paid_order(book: Book, *, user: str, sku: str, qty: object = 1, at: object,
+                      pay_points: object = None, ref: object = None, method: str = "cash",
+                      key: str | None = None, actor: str | None = None) -> dict[str, Any]:
+    """A purchase paid as it is recorded: cash the caller took, the buyer's wallet, or
+    offline by staff. One `purchase` transaction; rebates are granted at settlement —
+    in this very transaction when the return window is zero (`settle_due`)."""
+    ref = check_ref(ref)
+    try:
+        due_by = parse_at(at)
+    except Refusal:
+        due_by = None  # refused below, in SPEC §7's order
+    book.prefetch_purchase(user, key, due_by)
+    if (done := _replayed(book, key)) is not None:
+        return done
+    req = _checked(book, user=user, sku=sku, qty=qty, at=at, pay_points=pay_points, ref=ref,
+                   method=method)
     p = journal.Postings()
-    if q:
-        burned = points.burn(book, buyer, q, p, f"order:{ref}")
-        assert burned == value
-        p.fen(ledger.points_pool(book), journal.REVENUE, value, f"order:{ref}")
-    if awaiting_payment:
-        book.record(key=key or f"checkout:{ref}", kind="checkout", at=when, postings=p,
-                    body={"order": ref, "user": buyer.handle, "points": q, "value": value},
-                    actor=actor)
-    else:
-        _mark_paid(book, order, buyer, when, payment_ref=None)
-        source = ledger.wallet(buyer) if method == "wallet" else journal.PAYMENTS_IN
-        p.fen(source, journal.REVENUE, cash, f"order:{ref}")
-        book.record(key=key or f"order:{ref}", kind="purchase", at=when, postings=p,
-                    body={"order": ref, "user": buyer.handle, "sku": product.sku, "qty": n,
-                          "total": total, "cash": cash, "points": q, "method": method},
-                    actor=actor)
-        if settle_due(book, when):
-            return order_result(book, order)  # forced exit already ran after each settlement
-    points.forced_exits(book, when, f"order:{ref}")
+    order = _new_order(book, req, ref, method, p)
+    _pay(book, order, req.buyer, req.at, p, from_wallet=method == "wallet",
+         key=key or f"order:{order.ref}", actor=actor)
     return order_result(book, order)
 
 
-def _mark_paid(book: Book, order: OrderRow, buyer: UserRow, at: datetime,
-               payment_ref: str | None) -> None:
+def open_unpaid_order(book: Book, *, user: str, sku: str, qty: object = 1, at: object,
+                      pay_points: object = None, ref: object = None, method: str,
+                      key: str | None = None) -> dict[str, Any]:
+    """An order that waits for a channel's payment (`confirm_payment`): any points it uses
+    are spent now, in a `checkout` transaction (SPEC §8)."""
+    ref = check_ref(ref)
+    book.prefetch_purchase(user, key, None)
+    if (done := _replayed(book, key)) is not None:
+        return done
+    req = _checked(book, user=user, sku=sku, qty=qty, at=at, pay_points=pay_points, ref=ref,
+                   method=method)
+    p = journal.Postings()
+    order = _new_order(book, req, ref, method, p)
+    book.record(key=key or f"checkout:{order.ref}", kind="checkout", at=req.at, postings=p,
+                body={"order": order.ref, "user": req.buyer.handle, "points": req.points,
+                      "value": req.value})
+    points.forced_exits(book, req.at, f"order:{order.ref}")
+    return order_result(book, order)
+
+
+def _pay(book: Book, order: OrderRow, buyer: UserRow, at: datetime, p: journal.Postings, *,
+         from_wallet: bool, key: str, actor: str | None, payment: str | None = None,
+         paused: bool = False) -> None:
+    """Every way an order is paid ends here: its return window and lock start now (SPEC §8),
+    the cash moves to revenue (from the buyer's wallet, or from the world) in one `purchase`
+    transaction with the postings `p` already holds, then whatever is due settles, each
+    settlement followed by the forced exit — or, when none was due, the forced exit once."""
     tz = book.cfg.timezone
     terms = json.loads(order.terms)
     order.status = "pending"
     order.paid_at = at
-    order.payment_ref = payment_ref
+    order.payment_ref = payment
     order.settles_at = local_midnight_after(at, book.cfg.settle_days, tz)
     order.matures_at = local_midnight_after(at, int(terms["lock_days"]), tz)
+    source = ledger.wallet(buyer) if from_wallet else journal.PAYMENTS_IN
+    p.fen(source, journal.REVENUE, order.cash, f"order:{order.ref}")
+    body = {"order": order.ref, "user": buyer.handle, "sku": order.sku, "qty": order.qty,
+            "total": order.total, "cash": order.cash, "points": order.points_used,
+            "method": order.method}
+    if payment is not None:
+        body["payment"] = payment
+    if paused:
+        body["paid_while_paused"] = True
+    book.record(key=key, kind="purchase", at=at, postings=p, actor=actor, body=body)
+    if not settle_due(book, at):
+        points.forced_exits(book, at, f"order:{order.ref}")
 
 
 def confirm_payment(book: Book, *, ref: str, amount: int, currency: str, payment_ref: str,
@@ -191,22 +246,12 @@ def confirm_payment(book: Book, *, ref: str, amount: int, currency: str, payment
         raise Refusal("not_payable", order.status)
     if amount != order.cash or currency != order.currency:
         raise Refusal("payment_mismatch", f"{amount} {currency} for {order.cash} {order.currency}")
-    buyer = book.user_by_id(order.user_id)
-    _mark_paid(book, order, buyer, when, payment_ref)
-    p = journal.Postings()
-    p.fen(journal.PAYMENTS_IN, journal.REVENUE, amount, f"order:{ref}")
-    body = {"order": ref, "user": buyer.handle, "sku": order.sku, "qty": order.qty,
-            "total": order.total, "cash": order.cash, "points": order.points_used,
-            "method": order.method, "payment": payment_ref}
     # Sales paused after this order was opened, and the buyer paid anyway (the channel asked
     # before the pause, or the payer's screen was already open): the money is real, so it is
     # recorded as usual, and the journal says it came in while paused (docs/engine.md).
     paused = book.cfg.paused
-    if paused:
-        body["paid_while_paused"] = True
-    book.record(key=key, kind="purchase", at=when, postings=p, actor=actor, body=body)
-    if not settle_due(book, when):
-        points.forced_exits(book, when, f"order:{ref}")
+    _pay(book, order, book.user_by_id(order.user_id), when, journal.Postings(),
+         from_wallet=False, key=key, actor=actor, payment=payment_ref, paused=paused)
     result = order_result(book, order)
     return {**result, "paid_while_paused": True} if paused else result
 
@@ -336,7 +381,7 @@ def refund(book: Book, *, ref: object, at: object, actor: str | None = None) -> 
 def pay_from_wallet(book: Book, *, ref: object, user: str, at: object, key: str,
                     actor: str | None = None) -> dict[str, Any]:
     """Pay an order awaiting payment (a checkout its buyer opened) from the buyer's wallet:
-    the same journal rules as a wallet purchase (`place` with `method="wallet"`) — the cash
+    the same journal rules as a wallet purchase (`record_paid_order`, `method="wallet"`) — the cash
     moves wallet → revenue in one `purchase` transaction, the order becomes a wallet order
     (so a refund returns its cash to the wallet) and settles as any paid order (SPEC §8).
 
@@ -359,13 +404,5 @@ def pay_from_wallet(book: Book, *, ref: object, user: str, at: object, key: str,
     if order.cash > buyer.wallet:
         raise Refusal("insufficient_balance")
     order.method = "wallet"
-    _mark_paid(book, order, buyer, when, payment_ref=None)
-    p = journal.Postings()
-    p.fen(ledger.wallet(buyer), journal.REVENUE, order.cash, f"order:{order.ref}")
-    book.record(key=key, kind="purchase", at=when, postings=p, actor=actor,
-                body={"order": order.ref, "user": buyer.handle, "sku": order.sku,
-                      "qty": order.qty, "total": order.total, "cash": order.cash,
-                      "points": order.points_used, "method": "wallet"})
-    if not settle_due(book, when):
-        points.forced_exits(book, when, f"order:{order.ref}")
+    _pay(book, order, buyer, when, journal.Postings(), from_wallet=True, key=key, actor=actor)
     return order_result(book, order)

@@ -130,29 +130,9 @@ def place(b: Book, *, user: str, sku: str, qty: object = 1, at: object = None,
           pay_points: object = None, order: object = None, method: str = "cash",
           key: str | None = None, actor: str | None = None) -> dict[str, Any]:
     """`buy` inside a transaction the caller holds (engine/batch.py puts several in one)."""
-    return orders.place(b, user=user, sku=sku, qty=qty, at=now() if at is None else at,
-                        pay_points=pay_points, ref=order, method=method, key=key, actor=actor)
-
-
-def open_order(db: Database, *, user: str, sku: str, qty: object = 1, at: object = None,
-               pay_points: object = None, order: object = None, method: str,
-               key: str | None = None) -> dict[str, Any]:
-    """An order waiting for a channel payment; points it uses are spent now (SPEC §8)."""
-    return _in_book(db, lambda b: orders.place(
-        b, user=user, sku=sku, qty=qty, at=now() if at is None else at, pay_points=pay_points,
-        ref=order, method=method, key=key, awaiting_payment=True))
-
-
-def confirm_payment(db: Database, *, order: str, amount: int, currency: str, payment_ref: str,
-                    key: str, at: object = None) -> dict[str, Any]:
-    return _in_book(db, lambda b: orders.confirm_payment(
-        b, ref=order, amount=amount, currency=currency, payment_ref=payment_ref,
-        at=now() if at is None else at, key=key))
-
-
-def cancel_unpaid(db: Database, *, order: str, at: object = None) -> dict[str, Any]:
-    return _in_book(db, lambda b: orders.cancel_unpaid(b, ref=order,
-                                                       at=now() if at is None else at))
+    return orders.record_paid_order(b, user=user, sku=sku, qty=qty,
+                                    at=now() if at is None else at, pay_points=pay_points,
+                                    ref=order, method=method, key=key, actor=actor)
 
 
 def settle(db: Database, *, at: object = None) -> list[dict[str, Any]]:

@@ -352,8 +352,8 @@ async def paid(app: App, token: str, amount: int, currency: str, charge_id: str,
     lang = await _lang(app, identity)
     try:
         result = await asyncio.to_thread(
-            checkout.paid, app.db, token=token, amount=amount, currency=currency,
-            charge_id=str(charge_id), channel=channel, identity=identity,
+            checkout.record_payment, app.db, channel=channel, token=token,
+            charge_id=str(charge_id), amount=amount, currency=currency, buyer=identity,
             operators=app.operators, inbox_update=inbox_update)
         if not result["ok"]:
             log.warning("payment %s on %s refused: %s", charge_id, channel, result["code"])

@@ -16,9 +16,9 @@ transaction, before it commits), `release.after_page` (after a page committed),
 `release.before_record`, `outbox.claimed`, `outbox.after_send` (sent, not yet marked sent),
 and around every unit of work (storage/db.py `Database.run`): `commit.before:<label>` (all
 its work done, not yet committed) and `commit.after:<label>` (committed, the caller not yet
-told). The label is the engine action (`buy`, `confirm_payment`, `release`, `settle`,
+told). The label is the engine action (`buy`, `record_payment`, `release`, `settle`,
 `withdraw_points`, `transfer_points`, `request_withdrawal`, `decide_withdrawal`, …) or the
-unit of work's own name (`paid.work`, `claim.work`, `_changed.<lambda>`, …); names may
+unit of work's own name (`claim.work`, `_changed.<lambda>`, …); names may
 contain colons: `STOREFRONT_FAULT=commit.after:buy:1`. tests/fault_driver.py lists every
 point an action reaches (docs/reliability.md).
 """

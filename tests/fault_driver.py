@@ -90,8 +90,8 @@ def setup(db: Database) -> dict[str, Any]:
     db.run(lambda s: s.execute(update(Outbox).values(status="sent", sent_at=SETUP_RELEASE)))
     service.request_withdrawal(db, user=A, amount="50.00", at=ACT - timedelta(hours=2),
                                key="setup:withdrawal")
-    service.open_order(db, user=C, sku="TEA", order="WX1", method="wechat",
-                       at=ACT - timedelta(hours=1), key="setup:wx1")
+    checkout.open_checkout(db, user=C, sku="TEA", channel="wechat", method="wechat",
+                           key="setup:wx1", at=ACT - timedelta(hours=1))
     checkout.open_checkout(db, user=D, sku="TEA", channel="telegram", method="telegram",
                            key="setup:tg1", at=ACT - timedelta(hours=1))
     for n, (src, dst) in enumerate([(C, A), (C, D), (D, C)], start=1):
@@ -128,6 +128,11 @@ def _telegram_token(db: Database) -> str:
         Checkout.channel == "telegram")).scalar_one())
 
 
+def _wechat_order(db: Database) -> str:
+    return db.read(lambda s: s.execute(select(Checkout.order_ref).where(
+        Checkout.channel == "wechat")).scalar_one())
+
+
 def act(db: Database, action: str, log_path: str = os.devnull,
         late: int = 0) -> dict[str, Any]:
     """Apply one request, keyed as the chat or the channel would key it."""
@@ -137,14 +142,14 @@ def act(db: Database, action: str, log_path: str = os.devnull,
     if action == "buy_referred":  # B's purchase accelerates A's waiting entries (SPEC §3)
         return service.buy(db, user=B, sku="TEA", qty=2, at=ACT, method="offline",
                            order="K2", actor=OPERATOR, key="req:telegram:5002:offline")
-    if action == "confirm_payment":  # WeChat Pay's notification for order WX1
-        return service.confirm_payment(db, order="WX1", amount=10000, currency="CNY",
-                                       payment_ref="4200000001", key="wx:txn:4200000001",
-                                       at=ACT)
+    if action == "confirm_payment":  # WeChat Pay's notification for C's order
+        return checkout.record_payment(db, channel="wechat", order=_wechat_order(db),
+                                       charge_id="4200000001", amount=10000, currency="CNY",
+                                       buyer=C, operators=(OPERATOR,), at=ACT)
     if action == "telegram_paid":  # Telegram's successful_payment for D's checkout
-        return checkout.paid(db, token=_telegram_token(db), amount=10000, currency="CNY",
-                             charge_id="tg_charge_0001", channel="telegram", identity=D,
-                             operators=(OPERATOR,), at=ACT)
+        return checkout.record_payment(db, channel="telegram", token=_telegram_token(db),
+                                       charge_id="tg_charge_0001", amount=10000,
+                                       currency="CNY", buyer=D, operators=(OPERATOR,), at=ACT)
     if action == "release":  # entries 5-8 matured: three pages of two
         result = jobs.run_release(db, at=RELEASE_AT, batch=2)
         return {k: result[k] for k in ("skipped", "settled", "paid", "amount", "blocked")}

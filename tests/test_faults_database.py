@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from sqlalchemy import func, select
 
-from engine import service, users
+from engine import checkout, service, users
 from handlers import dispatch, i18n
 from handlers.base import App, Reply, Request, Text
 from storage import faults
@@ -222,10 +222,10 @@ async def test_wechat_message_and_payment_while_sqlite_is_locked(tmp_path: Any,
     async with open_shop(f"sqlite:///{path}", keys, app=app) as shop:
         wx_stock(db)
         users.resolve(db, f"wx:{WX_BUYER}", lang="zh")
-        service.open_order(db, user=f"wx:{WX_BUYER}", sku="TEA", order="WXL1",
-                           method="wechat", key="checkout:WXL1")
+        ref = checkout.open_checkout(db, user=f"wx:{WX_BUYER}", sku="TEA", channel="wechat",
+                                     method="wechat", key="checkout:WXL1")["order"]
         headers, body = sw.signed_pay_notification(
-            keys, out_trade_no="WXL1", transaction_id="4200000000000000000000000001",
+            keys, out_trade_no=ref, transaction_id="4200000000000000000000000001",
             total_fen=12000, payer_openid=WX_BUYER)
         before = fingerprint(db)
         other = sqlite3.connect(path, isolation_level=None)
@@ -243,7 +243,7 @@ async def test_wechat_message_and_payment_while_sqlite_is_locked(tmp_path: Any,
 
         for _ in range(2):  # WeChat Pay retries; the second delivery is a duplicate
             assert (await shop.notify(headers, body)).status_code == 204
-        assert shop.order("WXL1").status == "settled"
+        assert shop.order(ref).status == "settled"
         assert db.read(lambda s: s.execute(select(func.count()).where(
             JournalTxn.key == "wx:txn:4200000000000000000000000001")).scalar_one()) == 1
         after = await shop.say(WX_BUYER, "我的")

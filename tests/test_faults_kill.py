@@ -38,8 +38,8 @@ KILLED = -signal.SIGKILL
 NIGHTLY = int(os.environ.get("STOREFRONT_FUZZ_EXAMPLES", "150")) > 500
 MONEY = [a for a in ACTIONS if a != "deliver"]
 # The commit label each action's own transaction carries (docs/reliability.md).
-LABELS = {"buy": "buy", "buy_referred": "buy", "confirm_payment": "confirm_payment",
-          "telegram_paid": "paid.work", "release": "release",
+LABELS = {"buy": "buy", "buy_referred": "buy", "confirm_payment": "record_payment",
+          "telegram_paid": "record_payment", "release": "release",
           "withdraw_points": "withdraw_points", "transfer_points": "transfer_points",
           "request_withdrawal": "request_withdrawal",
           "approve_withdrawal": "decide_withdrawal", "deliver": "claim.work"}

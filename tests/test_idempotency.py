@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from engine import service
+from engine import checkout, service
 from engine.errors import Refusal
 from engine.verify import verify
 from storage.models import Head, Outbox
@@ -52,29 +52,31 @@ def test_a_retried_action_returns_the_first_result_and_changes_nothing(store, ac
     assert verify(store).ok
 
 
+def _pay(store, order, amount, charge, currency="CNY"):
+    return checkout.record_payment(store, channel="telegram", order=order, charge_id=charge,
+                                   amount=amount, currency=currency, buyer="A")
+
+
 def test_a_channel_payment_is_recorded_once_per_charge(store):
-    order = service.open_order(store, user="A", sku="tea", qty=2, method="telegram", order="t1")
-    first = service.confirm_payment(store, order="t1", amount=order["cash"], currency="CNY",
-                                    payment_ref="ch-1", key="telegram:charge:ch-1")
+    order = checkout.open_checkout(store, user="A", sku="tea", qty=2, channel="telegram",
+                                   method="telegram", key="open:t1")
+    first = _pay(store, order["order"], order["cash"], "ch-1")
     snapshot = fingerprint(store)
-    again = service.confirm_payment(store, order="t1", amount=order["cash"], currency="CNY",
-                                    payment_ref="ch-1", key="telegram:charge:ch-1")
+    again = _pay(store, order["order"], order["cash"], "ch-1")
     assert fingerprint(store) == snapshot and again["replayed"] and again["entry"] == first["entry"]
-    with pytest.raises(Refusal) as other_charge:  # a second, different charge for the same order
-        service.confirm_payment(store, order="t1", amount=order["cash"], currency="CNY",
-                                payment_ref="ch-2", key="telegram:charge:ch-2")
-    assert other_charge.value.code == "not_payable"
+    # a second, different charge for the same order
+    other_charge = _pay(store, order["order"], order["cash"], "ch-2")
+    assert (other_charge["ok"], other_charge["code"]) == (False, "not_payable")
     assert fingerprint(store) == snapshot
 
 
 def test_a_payment_of_the_wrong_amount_or_currency_records_nothing(store):
-    order = service.open_order(store, user="A", sku="tea", method="telegram", order="t2")
+    order = checkout.open_checkout(store, user="A", sku="tea", channel="telegram",
+                                   method="telegram", key="open:t2")
     snapshot = fingerprint(store)
     for amount, currency in ((order["cash"] - 1, "CNY"), (order["cash"], "USD")):
-        with pytest.raises(Refusal) as refused:
-            service.confirm_payment(store, order="t2", amount=amount, currency=currency,
-                                    payment_ref="x", key=f"telegram:charge:{amount}{currency}")
-        assert refused.value.code == "payment_mismatch"
+        refused = _pay(store, order["order"], amount, f"{amount}{currency}", currency)
+        assert (refused["ok"], refused["code"]) == (False, "payment_mismatch")
     assert fingerprint(store) == snapshot
 
 

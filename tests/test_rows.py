@@ -105,8 +105,8 @@ def test_an_order_added_in_memory_is_found_before_it_is_written(db: Database) ->
     with db.transaction() as s:
         book = Book(s)
         from engine import orders
-        placed = orders.place(book, user="bob", sku="tea", at=T, ref="MEM", method="wechat",
-                              awaiting_payment=True)
+        placed = orders.open_unpaid_order(book, user="bob", sku="tea", at=T, ref="MEM",
+                                          method="wechat")
         assert placed["status"] == "awaiting_payment"
         assert any(o.ref == "MEM" for o in book.rows.known(OrderRow))
         paid = orders.confirm_payment(book, ref="MEM", amount=placed["cash"], currency="CNY",
@@ -138,8 +138,8 @@ def test_one_key_twice_in_one_transaction_is_one_purchase(db: Database) -> None:
     from engine import orders
     with db.transaction() as s:
         book = Book(s)
-        first = orders.place(book, user="bob", sku="tea", at=T, key="same")
-        again = orders.place(book, user="bob", sku="tea", at=T, key="same")
+        first = orders.record_paid_order(book, user="bob", sku="tea", at=T, key="same")
+        again = orders.record_paid_order(book, user="bob", sku="tea", at=T, key="same")
     assert again["replayed"] is True and again["order"] == first["order"]
     with db.reading() as s:
         assert s.execute(text("SELECT count(*) FROM orders")).scalar_one() == 1

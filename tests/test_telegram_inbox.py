@@ -139,12 +139,12 @@ async def test_an_unrecorded_payment_is_spooled_shown_to_operators_then_recorded
     users.resolve(db, "tg:30", lang="en")
     token = checkout.open_checkout(db, user="tg:30", sku="TEA", channel="telegram",
                                    method="telegram", key="open:30")["token"]
-    real_paid = checkout.paid
+    real_paid = checkout.record_payment
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug in recording")  # not the database being down
 
-    monkeypatch.setattr(checkout, "paid", broken)
+    monkeypatch.setattr(checkout, "record_payment", broken)
     settings = settings_for(api)
     spool = Path(settings.charge_spool)
     users.resolve(db, "tg:1", lang="en")  # an operator with a shop account (English)
@@ -181,7 +181,7 @@ async def test_an_unrecorded_payment_is_spooled_shown_to_operators_then_recorded
         assert len(notices(db, "payment_waiting")) == 2 and notices(db, "payment_late") == []
 
         # once recording works, the spool's replay records it and the row is done
-        monkeypatch.setattr(checkout, "paid", real_paid)
+        monkeypatch.setattr(checkout, "record_payment", real_paid)
         adapter = adapter_of(application)
         assert await charge_spool.replay(spool, adapter.record_spooled, told) == 1
         assert statuses(db) == {1: "done"} and charge_spool.pending(spool) == []
@@ -213,21 +213,21 @@ def test_a_payment_marks_its_row_done_in_its_own_transaction_and_only_once(
                                    method="telegram", key="open:40")["token"]
     stored(db, [make_successful_payment_update(40, token, 2000, "c40", update_id=7)])
     assert inbox.receive(db, [inbox.Item(7, "payment", "{}")]) == 0  # a duplicate: ignored
-    first = checkout.paid(db, token=token, amount=2000, currency="CNY", charge_id="c40",
-                          channel="telegram", identity="tg:40", inbox_update=7)
+    first = checkout.record_payment(db, channel="telegram", token=token, charge_id="c40",
+                                    amount=2000, currency="CNY", buyer="tg:40", inbox_update=7)
     assert first["ok"] and statuses(db) == {7: "done"}
     # processed again (a crash after the commit, before anyone knew): nothing moves twice
     db.run(lambda s: s.execute(update(InboxUpdate).values(status="pending")))
-    again = checkout.paid(db, token=token, amount=2000, currency="CNY", charge_id="c40",
-                          channel="telegram", identity="tg:40", inbox_update=7)
+    again = checkout.record_payment(db, channel="telegram", token=token, charge_id="c40",
+                                    amount=2000, currency="CNY", buyer="tg:40", inbox_update=7)
     assert again["ok"] and again.get("replayed") and statuses(db) == {7: "done"}
     assert db.read(lambda s: s.execute(select(JournalTxn.key).where(
         JournalTxn.key.like("telegram:charge:%"))).scalars().all()) == ["telegram:charge:c40"]
     # a charge the shop refuses is flagged to operators, the row done with the flag
     stored(db, [make_successful_payment_update(40, "no-such", 2000, "c41", update_id=8)])
-    refused = checkout.paid(db, token="no-such", amount=2000, currency="CNY", charge_id="c41",
-                            channel="telegram", identity="tg:40", operators=("tg:1",),
-                            inbox_update=8)
+    refused = checkout.record_payment(db, channel="telegram", token="no-such", charge_id="c41",
+                                      amount=2000, currency="CNY", buyer="tg:40",
+                                      operators=("tg:1",), inbox_update=8)
     assert not refused["ok"] and statuses(db)[8] == "done"
 
 
@@ -254,9 +254,9 @@ async def test_the_spool_tells_operators_once_the_database_takes_writes_again(
         if not recording["works"]:
             raise RuntimeError("cannot record it yet")
         await asyncio.to_thread(
-            checkout.paid, db, token=item["token"], amount=item["amount"],
-            currency=item["currency"], charge_id=item["charge_id"], channel="telegram",
-            identity=item["identity"])
+            checkout.record_payment, db, channel="telegram", token=item["token"],
+            charge_id=item["charge_id"], amount=item["amount"], currency=item["currency"],
+            buyer=item["identity"])
 
     real_run = db.run
 

@@ -4,9 +4,10 @@
   payer is the buyer's openid) and a Native order (a QR code) anywhere else, with
   `out_trade_no` = the order ref and the order's cash in fen, expiring with the checkout.
 - Payment notifications: verified (notifications.py), then recorded once per
-  `transaction_id` through `checkout.confirm_payment` (key `wx:txn:<id>`), which checks the
-  order, amount and currency; what it refuses is flagged to the operators, and so is a
-  payment that arrives while sales are paused (recorded: the money is real).
+  `transaction_id` through `checkout.record_payment` (key `wx:txn:<id>`), which checks the
+  order, amount and currency and closes the checkout in the same transaction; what it
+  refuses is flagged to the operators, and so is a payment that arrives while sales are
+  paused (recorded: the money is real).
 - Refunds of pending orders (SPEC §8): the engine books them; `sweep_refunds` asks WeChat
   Pay to return the cash (`out_refund_no` = the order ref, retried until it is accepted) and
   the refund notification records the outcome.
@@ -29,7 +30,6 @@ from wechatpayv3 import WeChatPay, WeChatPayType
 from wechatpayv3.utils import load_public_key
 
 from engine import checkout
-from engine.errors import Refusal
 from engine.money import format_fen
 from storage.db import Database, DatabaseUnavailable
 
@@ -181,28 +181,22 @@ class WeChatPayGateway:
                 and 0 < len(txn) <= 64 and isinstance(total, int)
                 and not isinstance(total, bool) and isinstance(currency, str)):
             raise Refused(400, "transaction lacks order, id or amount")
-        key = f"wx:txn:{txn}"
         buyer = f"wx:{(tx.get('payer') or {}).get('openid', '?')}"
         try:
-            # paid while sales are paused (opened before): recorded, and the operators told
+            # recorded, the checkout closed and (paid while paused) the operators told, at once
             result = await asyncio.to_thread(
-                checkout.confirm_payment, self.db, order=ref, amount=total, currency=currency,
-                payment_ref=txn, key=key, channel="wechat", buyer=buyer,
-                operators=self.operators, at=paid_at(tx.get("success_time"), self.clock()))
-        except Refusal as exc:
-            log.error("WeChat Pay %s for order %s refused: %s", txn, ref, exc)
-            await asyncio.to_thread(
-                checkout.flag_operators, self.db, self.operators, key=key,
-                params={"code": exc.code, "order": ref, "amount": total, "currency": currency,
-                        "charge": txn, "channel": "wechat", "buyer": buyer})
-            status = 404 if exc.code == "unknown_order" else 400
-            return Answer.fail(status, f"refused: {exc.code}")
+                checkout.record_payment, self.db, channel="wechat", order=ref, charge_id=txn,
+                amount=total, currency=currency, buyer=buyer, operators=self.operators,
+                at=paid_at(tx.get("success_time"), self.clock()))
         except DatabaseUnavailable:
             return Answer.fail(503, "busy, retry later")
-        if not result.get("replayed"):
-            await asyncio.to_thread(self.db.run, lambda s: records.close_checkout(s, ref))
-            if self.after_payment is not None:  # WeChat Pay is answered without waiting
-                self._background(self._tell_buyer(result))
+        if not result["ok"]:  # flagged to the operators
+            log.error("WeChat Pay %s for order %s refused: %s", txn, ref, result["code"])
+            status = 404 if result["code"] == "unknown_order" else 400
+            return Answer.fail(status, f"refused: {result['code']}")
+        if not result.get("replayed") and self.after_payment is not None:
+            # WeChat Pay is answered without waiting
+            self._background(self._tell_buyer(result))
         return Answer.ok()
 
     async def _tell_buyer(self, result: dict[str, Any]) -> None:

@@ -35,13 +35,6 @@ def checkout_facts(s: Session, token: str) -> dict[str, Any] | None:
             "openid": openid[3:] if openid else None, "paused": store_config(s).paused}
 
 
-def close_checkout(s: Session, ref: str) -> None:
-    row = s.execute(select(Checkout).where(Checkout.order_ref == ref)
-                    .with_for_update()).scalar_one_or_none()
-    if row is not None and row.status == "open":
-        row.status = "paid"
-
-
 def due_refunds(s: Session, now: datetime) -> list[tuple[str, int, str]]:
     new = s.execute(select(Order.ref, Order.cash, Order.currency).where(
         Order.status == "refunded", Order.method == "wechat", Order.cash > 0,
