@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.models import Checkout, Identity, Order, Outbox, Product, User
+from storage.models import Checkout, Identity, Order, Product, User
 
 from . import inbox, journal, orders, outbox
 from .book import Book
@@ -263,18 +263,8 @@ def flag_operators(db: Database, operators: Iterable[str], *, key: str, params: 
 
 def _flag_rows(session: Session, operators: Iterable[str], *, key: str, kind: str,
                params: dict[str, Any], at: datetime) -> int:
-    written = 0
-    for ident in sorted(set(operators)):
-        row_key = f"flag:{key}:{ident}"[:200]
-        if session.execute(select(Outbox.id).where(Outbox.key == row_key)).first():
-            continue
-        user = session.execute(select(User).join(Identity, Identity.user_id == User.id)
-                               .where(Identity.identity == ident)).scalar_one_or_none()
-        session.add(Outbox(**outbox.message_fields(
-            row_key, user.id if user else None, kind, {**params, "identity": ident},
-            user.lang if user else None, at)))
-        written += 1
-    return written
+    return outbox.to_operators(session, operators, kind=kind, params=params, at=at,
+                               row_key=lambda ident: f"flag:{key}:{ident}"[:200])
 
 
 def expire_due(db: Database, *, at: datetime | None = None, batch: int = 200) -> int:

@@ -28,7 +28,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.models import Checkout, Identity, InboxUpdate, JournalTxn, Outbox, User
+from storage.models import Checkout, InboxUpdate, JournalTxn
 
 from . import outbox
 
@@ -185,19 +185,13 @@ def notify_operators(session: Session, operators: Iterable[str], *, key: str, ki
     """Inside the caller's transaction: one `kind` outbox row per operator identity, once per
     `key` (written again, it is skipped). An operator with a shop account gets it in their
     language; the identity is in the params either way. Returns how many were new."""
-    written = 0
-    for ident in sorted(set(operators)):
-        row_key = f"{kind}:{key}:{ident}"
-        if len(row_key) > 200:
-            row_key = f"{kind}:sha256:{hashlib.sha256(row_key.encode()).hexdigest()}"
-        if session.execute(select(Outbox.id).where(Outbox.key == row_key)).first():
-            continue
-        user = session.execute(select(User).join(Identity, Identity.user_id == User.id)
-                               .where(Identity.identity == ident)).scalar_one_or_none()
-        session.add(Outbox(**outbox.message_fields(
-            row_key, user.id if user else None, kind, {**params, "identity": ident},
-            user.lang if user else None, at)))
-        written += 1
+    def row_key(ident: str) -> str:
+        found = f"{kind}:{key}:{ident}"
+        return found if len(found) <= 200 else \
+            f"{kind}:sha256:{hashlib.sha256(found.encode()).hexdigest()}"
+
+    written = outbox.to_operators(session, operators, row_key=row_key, kind=kind,
+                                  params=params, at=at)
     session.flush()
     return written
 

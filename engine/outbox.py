@@ -24,7 +24,7 @@ Notifications are at most once; the unknown window is one HTTP request per row
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -33,7 +33,7 @@ from sqlalchemy import CursorResult, Executable, func, select, update
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.models import Identity, Outbox
+from storage.models import Identity, Outbox, User
 from storage.rows import OUTBOX
 
 from .journal import canonical
@@ -69,6 +69,26 @@ def message_fields(key: str, user_id: int | None, kind: str, params: dict[str, A
                    lang: str | None, at: datetime) -> dict[str, Any]:
     """`message` by column name, for an ORM or Core insert."""
     return dict(zip(OUTBOX.columns, message(key, user_id, kind, params, lang, at), strict=True))
+
+
+def to_operators(session: Session, operators: Iterable[str], *, row_key: Callable[[str], str],
+                 kind: str, params: Mapping[str, Any], at: datetime) -> int:
+    """Inside the caller's transaction: one `kind` row per operator identity, once per
+    `row_key(identity)` (a key already written is skipped). An operator with a shop account
+    gets it in their language; the identity is in the params either way (an operator need
+    not have an account). Returns how many rows are new."""
+    written = 0
+    for ident in sorted(set(operators)):
+        key = row_key(ident)
+        if session.execute(select(Outbox.id).where(Outbox.key == key)).first():
+            continue
+        user = session.execute(select(User).join(Identity, Identity.user_id == User.id)
+                               .where(Identity.identity == ident)).scalar_one_or_none()
+        session.add(Outbox(**message_fields(
+            key, user.id if user else None, kind, {**params, "identity": ident},
+            user.lang if user else None, at)))
+        written += 1
+    return written
 
 
 @dataclass(frozen=True)
