@@ -113,7 +113,7 @@ def _change(db: Database, user: str, sku: object, delta: int, at: datetime | Non
         item = next((i for i in items if i.sku == product.sku), None)
         if item is None and not adding:
             raise Refusal("not_in_cart", product.sku)
-        if adding and not product.active:
+        if delta > 0 and not product.active:
             raise Refusal("product_inactive", product.sku)
         qty = (item.qty if item else 0) + delta
         if qty > MAX_QTY:

@@ -264,6 +264,7 @@ async def pay_button(c: Ctx) -> Reply:
     if how == "w":
         result = await c.call(checkout.pay_with_wallet, c.app.db, user=c.handle, order=ref,
                               key=f"btn:{c.user_id}:pay:{ref}:w")
+        await tidy_cart(c.app, result)  # the order may be a cart's (docs/cart.md)
         return Reply().text(await receipt(c, result))
     key = f"btn:{c.user_id}:pay:{ref}:p"
     sku_, n, done = await c.call(checkout.open_order_line, c.app.db, user=c.handle,
