@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import signal
@@ -26,7 +27,7 @@ from bot.settings import Settings
 from engine import service
 from engine.database import Database, is_fresh
 from engine.limits import RateLimiter
-from handlers.base import App
+from handlers.base import App, Channels
 
 log = logging.getLogger("storefront")
 
@@ -56,16 +57,49 @@ def seed_demo_catalogue(db: Database) -> bool:
     return True
 
 
-def make_app(settings: Settings, db: Database, *, console: bool = False) -> App:
+def make_app(settings: Settings, db: Database, *, console: bool = False,
+             channels: Channels | None = None) -> App:
+    """The shop's `App`, built once at start and never changed afterwards."""
     operators = settings.operator_ids()
     if console:
         from bot.console import CONSOLE_ADMIN
 
         operators = operators | {CONSOLE_ADMIN}
     return App(db=db, operators=frozenset(operators), currency=settings.store_currency,
-               console_payments=console,
                # the console is one local person: no rate limit; chats share Redis buckets
-               limiter=RateLimiter.disabled() if console else RateLimiter(settings.redis_url))
+               limiter=RateLimiter.disabled() if console else RateLimiter(settings.redis_url),
+               channels=channels or Channels(payments=payments_of(settings, console=console)))
+
+
+def payments_of(settings: Settings, *, console: bool = False) -> frozenset[str]:
+    """The channels that collect money for an invoice: Telegram with a payment provider
+    token, WeChat with every WeChat Pay setting (and the store in CNY, WeChat Pay's only
+    currency), the console's simulated payments."""
+    wechat_pay = (settings.wechat_enabled and settings.wechat_pay_configured
+                  and settings.store_currency == "CNY")
+    telegram = settings.telegram_enabled and settings.telegram_payment_provider_token is not None
+    return frozenset(name for name, on in (("telegram", telegram), ("wechat", wechat_pay),
+                                           ("console", console)) if on)
+
+
+async def open_channels(settings: Settings) -> tuple[Channels, Any]:
+    """What the configured channels can do, asked once before anything starts: payments,
+    the Telegram bot's username (getMe) and WeChat's invite QR maker on the shop's one
+    WeChat client (returned too, for the HTTP server: two clients would invalidate each
+    other's access token)."""
+    username = wechat_client = invite_qr = None
+    if settings.telegram_enabled:
+        from bot.telegram import bot_username
+
+        username = await bot_username(settings)
+    if settings.wechat_enabled:
+        from bot.wechat import client_from_settings
+        from bot.wechat.invite import invite_qr as make_invite_qr
+
+        wechat_client = client_from_settings(settings)
+        invite_qr = functools.partial(make_invite_qr, wechat_client)
+    return Channels(payments=payments_of(settings), bot_username=username,
+                    invite_qr=invite_qr), wechat_client
 
 
 # -- channel hooks ----------------------------------------------------------------------------
@@ -100,8 +134,8 @@ async def start_telegram(settings: Settings, app: App) -> Running | None:
     return Running("telegram", application, lambda: module.stop_telegram(application))
 
 
-async def start_http(settings: Settings, app: App,
-                     telegram: Running | None = None) -> Running | None:
+async def start_http(settings: Settings, app: App, telegram: Running | None = None,
+                     wechat_client: Any = None) -> Running | None:
     """The HTTP server (`bot.http.start_http`): WeChat, WeChat Pay, Telegram's webhook and
     /healthz; started whenever a chat channel is configured."""
     if not (settings.wechat_enabled or settings.telegram_enabled):
@@ -110,7 +144,7 @@ async def start_http(settings: Settings, app: App,
     if module is None:
         return None
     webhook = telegram.handle if telegram is not None and settings.telegram_webhook_url else None
-    server = await module.start_http(settings, app, webhook)
+    server = await module.start_http(settings, app, webhook, wechat_client=wechat_client)
     return Running("http", server, server.stop)
 
 
@@ -174,7 +208,8 @@ async def serve(settings: Settings, db: Database) -> int:
             if sched is not None:
                 await sched.stop()
         return 0
-    app = make_app(settings, db)
+    channels, wechat_client = await open_channels(settings)
+    app = make_app(settings, db, channels=channels)
     running: list[Running] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -184,7 +219,7 @@ async def serve(settings: Settings, db: Database) -> int:
     try:
         telegram = await start_telegram(settings, app)
         running += [telegram] if telegram else []
-        http = await start_http(settings, app, telegram)
+        http = await start_http(settings, app, telegram, wechat_client)
         running += [http] if http else []
         sched = await start_scheduler(settings, app, telegram, http)
         running += [sched] if sched else []
