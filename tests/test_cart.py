@@ -95,7 +95,7 @@ async def test_typed_cart_commands_work_in_both_languages(memdb):
     await chat.send(BUYER, "/cart del RICE")
     assert items(chat) == [("TEA", 1)]
     reply = await chat.send(BUYER, "/cart add TEA 0")
-    assert "Usage: /cart" in text(reply) and items(chat) == [("TEA", 1)]
+    assert "用法：/cart" in text(reply) and items(chat) == [("TEA", 1)]  # their language: zh
 
 
 async def test_malformed_cart_buttons_are_refused_politely(memdb):
@@ -122,8 +122,10 @@ async def test_a_cart_holds_at_most_50_lines(memdb):
     assert refused.value.code == "cart_full"
     cart.add(memdb, user=user, sku="P00")  # an existing line still grows
     assert len(items(chat)) == 50 and items(chat)[0] == ("P00", 2)
-    reply = await chat.send(BUYER, callback="cart:v1:add:P50", lang="zh")
-    assert "购物车已满（最多 50 项）" in text(reply)
+    assert "Your cart is full (50 lines at most)" in text(
+        await chat.send(BUYER, callback="cart:v1:add:P50"))
+    await chat.send(BUYER, "/lang zh")
+    assert "购物车已满（最多 50 项）" in text(await chat.send(BUYER, callback="cart:v1:add:P50"))
 
 
 def _handle(chat: Chat) -> str:
@@ -145,23 +147,26 @@ async def test_a_line_is_bounded_as_buy_quantities_are(memdb):
 async def test_refusals_are_polite_in_both_languages(memdb):
     chat = Chat(memdb)
     await chat.setup_shop()
+    zh = "tg:6"
     await chat.send(BUYER, "/start")
+    await chat.send(zh, "/start", lang="zh")
     assert "Your cart is empty: nothing to check out" in text(
         await chat.send(BUYER, "/cart pay"))
-    assert "购物车是空的，没有可结算的商品" in text(await chat.send(BUYER, "/cart pay", lang="zh"))
+    assert "购物车是空的，没有可结算的商品" in text(await chat.send(zh, "/cart pay"))
     await chat.send(OPERATOR, "/product KETTLE 80.00 0.30 0 points Kettle")
     service.set_on_sale(memdb, sku="KETTLE", active=False)
     assert "not on sale" in text(await chat.send(BUYER, callback="cart:v1:add:KETTLE"))
-    assert "该商品暂未销售" in text(await chat.send(BUYER, callback="cart:v1:add:KETTLE",
-                                               lang="zh"))
+    assert "该商品暂未销售" in text(await chat.send(zh, callback="cart:v1:add:KETTLE"))
     service.upsert_product(memdb, sku="LAMP", price="20.00", margin="0.10", lock_days=0,
                            scheme="none", stock=2)
     await chat.send(BUYER, "/cart add LAMP 2")
+    await chat.send(zh, "/cart add LAMP 2")
     assert "not enough of that product left" in text(
         await chat.send(BUYER, callback="cart:v1:inc:LAMP"))
-    assert "库存不足" in text(await chat.send(BUYER, callback="cart:v1:inc:LAMP", lang="zh"))
-    assert items(chat) == [("LAMP", 2)]
+    assert "库存不足" in text(await chat.send(zh, callback="cart:v1:inc:LAMP"))
+    assert items(chat) == [("LAMP", 2), ("LAMP", 2)]  # both carts, unchanged
     assert "no such product" in text(await chat.send(BUYER, "/cart add NOPE"))
+    assert "购物车里没有这个商品" in text(await chat.send(zh, callback="cart:v1:dec:TEA"))
 
 
 async def test_a_line_gone_off_sale_or_short_of_stock_is_marked_and_blocks_checkout(memdb):
