@@ -295,3 +295,23 @@ async def test_sales_paused_shows_no_pay_buttons(memdb):
     assert not [b for b in buttons(reply) if b.data and b.data.startswith("cartpay")]
     assert "Sales are paused" in text(await chat.send(BUYER, "/cart pay"))
     assert orders_of(chat) == []
+
+
+async def test_points_pay_part_of_the_cart_and_the_rest_is_one_invoice(memdb):
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    await chat.send(BUYER, "/start")
+    await chat.send(OPERATOR, f"/offline {_handle(chat)} RICE 2")  # mints points
+    held = chat.state()["users"][_handle(chat)]["points"]
+    assert held != "0.000000"
+    await chat.send(BUYER, "/cart add TEA")
+    await chat.send(BUYER, "/cart add RICE")
+    reply = await chat.send(BUYER, callback=data_of(await chat.send(BUYER, "/cart"),
+                                                      "cartpay:v1:p:"))
+    inv = invoice(reply)
+    (order,) = [o for o in orders_of(chat) if o.status == "awaiting_payment"]
+    assert order.points_used > 0 and inv.amount == order.cash == 15000 - order.points_value
+    assert chat.state()["users"][_handle(chat)]["points"] == "0.000000"  # spent at checkout
+    assert items(chat) == [("TEA", 1), ("RICE", 1)]
+    await chat.pay(BUYER, reply)
+    assert items(chat) == []

@@ -95,6 +95,7 @@ async def test_a_cart_is_one_wechat_pay_order_paid_by_a_signed_notification(shop
     order = shop.last_order_of(f"wx:{ALICE}")
     placed = shop.pay_api.orders[order.ref]
     assert placed["total"] == order.cash == 27000  # 2 × 120.00 + 30.00: one order
+    assert placed["description"] == f"TEA x2 等2项 (2 lines) ({order.ref})"
     assert cart_rows(shop.db) == [("TEA", 2), ("CUP", 1)]
 
     headers, body = sw.signed_pay_notification(
