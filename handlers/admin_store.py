@@ -14,7 +14,7 @@ from engine import export as exporting
 from engine.verify import verify as verify_books
 
 from . import i18n
-from .base import Button, Document, Reply, Upload
+from .base import Button, Document, Reply, Text, Upload
 from .parsing import BadInput, echo, sku
 from .registry import Ctx, button, command
 
@@ -187,12 +187,17 @@ async def after_product(c: Ctx, code: str, reply: Reply) -> Reply:
     """After `/product …`: a photo sent with it goes to the product; on WeChat, where a
     photo is a message of its own, the operator's next image does."""
     if c.req.upload is not None:
-        added = await attach_photo(c, code, c.req.upload)
-        reply.items.extend(added.items)
+        added = _said(await attach_photo(c, code, c.req.upload))
     elif c.req.channel == "wechat":
         r = await c.call(catalogue.wait_for_photo, c.app.db, identity=c.req.identity, sku=code)
-        reply.text(c.t("catalogue.send_photo", sku=r["sku"], minutes=r["minutes"]))
-    return reply
+        added = c.t("catalogue.send_photo", sku=r["sku"], minutes=r["minutes"])
+    else:
+        return reply
+    return Reply().text(_said(reply) + "\n" + added)  # one message
+
+
+def _said(reply: Reply) -> str:
+    return "\n".join(i.text for i in reply.items if isinstance(i, Text))
 
 
 @command("photo", aliases=("图片",), operator=True, usage_key="usage.photo")
