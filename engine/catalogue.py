@@ -302,9 +302,15 @@ def _photos(session: Session, skus: list[str]) -> dict[str, list[dict[str, Any]]
     return out
 
 
+def stock_of(p: Product) -> int | None:
+    """SPEC §9's `products.stock` (migration 0012); None (unlimited) until it exists."""
+    value = getattr(p, "stock", None)
+    return int(value) if value is not None else None
+
+
 def _card(p: Product, t: ProductText | None, photos: list[dict[str, Any]], cfg: Any,
           price: Any) -> dict[str, Any]:
-    stock = getattr(p, "stock", None)  # SPEC §9's column (migration 0012)
+    stock = stock_of(p)
     points = 0
     if p.scheme in ("points", "both"):
         points = price.points_for(out_of_pool(into_pool(p.price * cfg.pool_rate)

@@ -173,18 +173,18 @@ def card_text(c: Ctx, p: dict[str, Any], view: dict[str, Any]) -> str:
 
 
 def product_card(c: Ctx, p: dict[str, Any], view: dict[str, Any]) -> Card:
-    """One product as a `Card`: photo, text, and Add to cart / Buy (none when sold out)."""
+    """One product as a `Card`: photo, text, and Buy / Add to cart (none when sold out)."""
     rows: list[tuple[Button, ...]] = []
     if p["stock_state"] != "sold_out":
         name = echo(product_name(c.lang, p), 20)
         buy = callback("buy", p["sku"], 1)
         cart = callback("cart", "add", p["sku"])
         row = []
-        if cart:
-            row.append(Button(c.t("catalogue.cart_button"), cart))
         if buy:
             row.append(Button(c.t("shop.buy_button", name=name,
                                   price=c.money(p["price"], view["currency"])), buy))
+        if cart:
+            row.append(Button(c.t("catalogue.cart_button"), cart))
         if row:
             rows.append(tuple(row))
     first = p["photos"][0] if p["photos"] else None

@@ -93,7 +93,7 @@ async def test_operator_lists_products_with_photos_and_shoppers_browse_categorie
     assert "1 more photos: /item TEA" in card.text
     keys = [b["callback_data"] for row in card.params["reply_markup"]["inline_keyboard"]
             for b in row]
-    assert keys == ["cart:v1:add:TEA", "buy:v1:TEA:1"]
+    assert keys == ["buy:v1:TEA:1", "cart:v1:add:TEA"]
     assert "shop:v1:c" in str(foot.params["reply_markup"])
 
     # Search, in English and in Chinese
