@@ -1,13 +1,13 @@
 """cart: cart_items (a buyer's lines) and cart_orders (orders opened from a cart)
 
 Revision ID: 0014
-Revises: 0012 (main's head once sec9 merged; the lead re-chains)
+Revises: 0013 (main's head when cart was merged with it)
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0014'
-down_revision = '0012'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 
