@@ -22,7 +22,16 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.models import CartItem, CartOrder, Checkout, Order, OrderLine, Product, User
+from storage.models import (
+    CartItem,
+    CartOrder,
+    Checkout,
+    Order,
+    OrderLine,
+    Product,
+    ProductText,
+    User,
+)
 
 from . import checkout, orders
 from .book import Book
@@ -182,7 +191,7 @@ def empty(db: Database, *, user: str) -> dict[str, Any]:
 def view(db: Database, *, user: str) -> dict[str, Any]:
     """The cart as the buyer sees it (after `_tidy`):
 
-    `lines`: [{sku, name, qty, price, total, scheme, kind, stock, active, problem}] where
+    `lines`: [{sku, name, name_en, qty, price, total, scheme, kind, stock, active, problem}] where
     `problem` is None, `product_inactive` or `out_of_stock` (more than is left); `total`,
     `count` (lines), `currency`, `goods` (some line ships: ask for an address), `ready` (not
     empty and no problem), `paused`, the buyer's `wallet`, `points`, `usable_points` and
@@ -206,12 +215,14 @@ def _view(session: Session, buyer: User) -> dict[str, Any]:
         p = session.get(Product, item.sku)
         if p is None:  # products are never deleted; a line for none is dropped
             continue
+        texts = session.get(ProductText, item.sku)
         problem = None
         if not p.active:
             problem = "product_inactive"
         elif p.stock is not None and item.qty > p.stock:
             problem = "out_of_stock"
-        lines.append({"sku": p.sku, "name": p.name or p.sku, "qty": item.qty,
+        lines.append({"sku": p.sku, "name": p.name or p.sku,
+                      "name_en": texts.name_en if texts else None, "qty": item.qty,
                       "price": p.price, "total": p.price * item.qty, "scheme": p.scheme,
                       "kind": p.kind, "stock": p.stock, "active": p.active,
                       "problem": problem})

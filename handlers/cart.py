@@ -21,6 +21,7 @@ from engine.orders import ORDER_REF
 
 from . import i18n
 from .base import Button, Invoice, Reply
+from .catalogue import product_name
 from .parsing import BadInput, callback, echo, qty, sku
 from .registry import Ctx, button, command
 from .shop import NONCE, POINTS_WORDS, WALLET_WORDS, receipt
@@ -89,7 +90,8 @@ async def cart_pay_button(c: Ctx) -> Reply:
 async def _added(c: Ctx, product: str, n: int) -> Reply:
     seen = await c.call(cart.add, c.app.db, user=c.handle, sku=product, qty=n)
     line = next((x for x in seen["lines"] if x["sku"].lower() == product.lower()), None)
-    head = c.t("cart.added", name=echo(line["name"] if line else product, 40), qty=n)
+    head = c.t("cart.added", name=echo(product_name(c.lang, line) if line else product, 40),
+               qty=n)
     return await _show(c, seen, head)
 
 
@@ -104,7 +106,8 @@ async def _show(c: Ctx, seen: dict[str, Any], head: str | None = None) -> Reply:
     text.append(c.t("cart.title", count=seen["count"]))
     rows: list[tuple[Button, ...]] = []
     for n, line in enumerate(seen["lines"], 1):
-        text.append(c.t("cart.line", n=n, name=echo(line["name"], 40), sku=line["sku"],
+        text.append(c.t("cart.line", n=n, name=echo(product_name(c.lang, line), 40),
+                        sku=line["sku"],
                         qty=line["qty"], total=c.money(line["total"], cur)))
         if line["problem"] == "product_inactive":
             text.append(c.t("cart.line_inactive"))
@@ -131,7 +134,8 @@ async def _show(c: Ctx, seen: dict[str, Any], head: str | None = None) -> Reply:
 
 def _line_buttons(c: Ctx, line: dict[str, Any]) -> tuple[Button, ...]:
     out = []
-    for what, label in (("dec", c.t("cart.minus", name=echo(line["name"], 16), qty=line["qty"])),
+    name = echo(product_name(c.lang, line), 16)
+    for what, label in (("dec", c.t("cart.minus", name=name, qty=line["qty"])),
                         ("inc", "➕"), ("del", "✖")):
         if data := callback("cart", what, line["sku"]):
             out.append(Button(label, data))
@@ -210,7 +214,7 @@ async def _invoice(c: Ctx, seen: dict[str, Any], opened: dict[str, Any], *,
                    offer_points: bool) -> Reply:
     cur = opened.get("currency") or seen["currency"]
     lines = opened.get("lines") or seen["lines"]
-    names = {x["sku"]: x["name"] for x in seen["lines"]}
+    names = {x["sku"]: product_name(c.lang, x) for x in seen["lines"]}
     items = "; ".join(c.t("cart.invoice_line", name=echo(names.get(x["sku"], x["sku"]), 24),
                           qty=x["qty"], total=c.money(x["total"], cur)) for x in lines)
     goods = bool(opened.get("goods"))

@@ -315,3 +315,18 @@ async def test_points_pay_part_of_the_cart_and_the_rest_is_one_invoice(memdb):
     assert items(chat) == [("TEA", 1), ("RICE", 1)]
     await chat.pay(BUYER, reply)
     assert items(chat) == []
+
+
+async def test_lines_are_named_in_the_buyers_language(memdb):
+    from engine import catalogue
+
+    chat = Chat(memdb)
+    await chat.send(BUYER, "/start")
+    await chat.send("tg:6", "/start", lang="zh")
+    service.upsert_product(memdb, sku="TEA", price="100.00", margin="0.30", lock_days=15,
+                           scheme="queue", name="龙井茶")
+    catalogue.describe(memdb, sku="TEA", field="name_en", text="Longjing tea")
+    assert "Added Longjing tea ×1" in text(await chat.send(BUYER, callback="cart:v1:add:TEA"))
+    assert "已将 龙井茶 ×1 加入购物车" in text(await chat.send("tg:6", callback="cart:v1:add:TEA"))
+    assert "1. Longjing tea (TEA) ×1 — 100.00 CNY" in text(await chat.send(BUYER, "/cart"))
+    assert "Longjing tea ×1 100.00 CNY" in invoice(await chat.send(BUYER, "/cart pay")).description
