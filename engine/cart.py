@@ -93,6 +93,25 @@ def _tidy(session: Session, buyer: User) -> int:
     return paid
 
 
+def _held(session: Session, buyer: User) -> dict[str, int]:
+    """Units the buyer's own cart order awaiting payment holds (its stock is taken): they
+    come back when that order is replaced, so they count as left for this cart."""
+    rows = session.execute(
+        select(OrderLine.sku, func.sum(OrderLine.qty))
+        .join(Order, Order.no == OrderLine.order_no)
+        .join(CartOrder, CartOrder.order_ref == Order.ref)
+        .where(CartOrder.user_id == buyer.id, Order.status == UNPAID)
+        .group_by(OrderLine.sku)).all()
+    return {sku: int(n) for sku, n in rows}
+
+
+def _left(session: Session, buyer: User, product: Product) -> int | None:
+    """How many units of `product` this buyer's cart may hold: None for unlimited."""
+    if product.stock is None:
+        return None
+    return int(product.stock) + _held(session, buyer).get(product.sku, 0)
+
+
 def tidy(db: Database, *, user: str) -> int:
     """After a payment: the lines of the buyer's paid cart orders leave the cart (see above)."""
     return db.run(lambda s: _tidy(s, _buyer(s, user, lock=True)))
@@ -127,7 +146,8 @@ def _change(db: Database, user: str, sku: object, delta: int, at: datetime | Non
         qty = (item.qty if item else 0) + delta
         if qty > MAX_QTY:
             raise Refusal("invalid_amount", "quantity is a whole number 1-10000")
-        if delta > 0 and product.stock is not None and qty > product.stock:
+        left = _left(session, buyer, product)
+        if delta > 0 and left is not None and qty > left:
             raise Refusal("out_of_stock", product.sku)
         if item is None:
             if len(items) >= MAX_LINES:
@@ -192,7 +212,9 @@ def view(db: Database, *, user: str) -> dict[str, Any]:
     """The cart as the buyer sees it (after `_tidy`):
 
     `lines`: [{sku, name, name_en, qty, price, total, scheme, kind, stock, active, problem}] where
-    `problem` is None, `product_inactive` or `out_of_stock` (more than is left); `total`,
+    `problem` is None, `product_inactive` or `out_of_stock` (more than is left); `stock` is
+    what is left for this cart (None: unlimited; counting the units the cart's own unpaid
+    order holds, which come back when it is replaced); `total`,
     `count` (lines), `currency`, `goods` (some line ships: ask for an address), `ready` (not
     empty and no problem), `paused`, the buyer's `wallet`, `points`, `usable_points` and
     `usable_value` (the most points that can pay, and their value), and `earns`: what paying
@@ -211,6 +233,7 @@ def _view(session: Session, buyer: User) -> dict[str, Any]:
     cfg = store_config(session)
     price = current_price(session, cfg)
     lines: list[dict[str, Any]] = []
+    held = _held(session, buyer)
     for item in _items(session, buyer.id):
         p = session.get(Product, item.sku)
         if p is None:  # products are never deleted; a line for none is dropped
@@ -219,12 +242,13 @@ def _view(session: Session, buyer: User) -> dict[str, Any]:
         problem = None
         if not p.active:
             problem = "product_inactive"
-        elif p.stock is not None and item.qty > p.stock:
+        left = None if p.stock is None else p.stock + held.get(p.sku, 0)
+        if problem is None and left is not None and item.qty > left:
             problem = "out_of_stock"
         lines.append({"sku": p.sku, "name": p.name or p.sku,
                       "name_en": texts.name_en if texts else None, "qty": item.qty,
                       "price": p.price, "total": p.price * item.qty, "scheme": p.scheme,
-                      "kind": p.kind, "stock": p.stock, "active": p.active,
+                      "kind": p.kind, "stock": left, "active": p.active,
                       "problem": problem})
     total = sum(line["total"] for line in lines)
     queue_cash = sum(line["total"] for line in lines if line["scheme"] in ("queue", "both"))

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from engine import cart, checkout, service
 from engine.errors import Refusal
-from storage.models import CartItem, CartOrder, Checkout, Order, OrderLine
+from storage.models import CartItem, CartOrder, Checkout, Order, OrderLine, Product
 from tests.handlers_kit import OPERATOR, Chat, buttons, invoice, text
 
 BUYER = "tg:5"
@@ -330,3 +330,21 @@ async def test_lines_are_named_in_the_buyers_language(memdb):
     assert "已将 龙井茶 ×1 加入购物车" in text(await chat.send("tg:6", callback="cart:v1:add:TEA"))
     assert "1. Longjing tea (TEA) ×1 — 100.00 CNY" in text(await chat.send(BUYER, "/cart"))
     assert "Longjing tea ×1 100.00 CNY" in invoice(await chat.send(BUYER, "/cart pay")).description
+
+
+async def test_the_units_a_carts_open_order_holds_still_count_for_that_cart(memdb):
+    chat = Chat(memdb)
+    await chat.send(BUYER, "/start")
+    await chat.send("tg:6", "/start")
+    service.upsert_product(memdb, sku="LAST", price="40.00", margin="0.10", lock_days=0,
+                           scheme="none", stock=1)
+    await chat.send(BUYER, "/cart add LAST")
+    first = await chat.send(BUYER, "/cart pay")  # the order takes the last unit
+    assert memdb.read(lambda s: s.execute(select(Product.stock).where(
+        Product.sku == "LAST")).scalar_one()) == 0
+    again = await chat.send(BUYER, "/cart")
+    assert "⚠" not in text(again) and data_of(again, "cartpay:v1:c:")
+    second = await chat.send(BUYER, "/cart pay")  # replaces the first: its unit comes back
+    assert invoice(second).token != invoice(first).token
+    assert [o.status for o in orders_of(chat)] == ["cancelled", "awaiting_payment"]
+    assert "not enough of that product left" in text(await chat.send("tg:6", "/cart add LAST"))
