@@ -348,3 +348,15 @@ async def test_the_units_a_carts_open_order_holds_still_count_for_that_cart(memd
     assert invoice(second).token != invoice(first).token
     assert [o.status for o in orders_of(chat)] == ["cancelled", "awaiting_payment"]
     assert "not enough of that product left" in text(await chat.send("tg:6", "/cart add LAST"))
+
+
+async def test_the_catalogues_add_to_cart_button_fills_the_cart(memdb):
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    shown = await chat.send(BUYER, "/shop")
+    adds = [b for b in buttons(shown) if b.data and b.data.startswith("cart:v1:add:")]
+    assert adds, text(shown)
+    for b in adds:
+        await chat.send(BUYER, callback=b.data)
+    assert sorted(sku for sku, _ in items(chat)) == sorted(
+        b.data.rsplit(":", 1)[1] for b in adds)
