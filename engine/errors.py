@@ -40,6 +40,10 @@ CODES = frozenset(
         "already_linked",
         "link_same_channel",
         "link_both_funded",
+        # the cart (engine/cart.py, docs/cart.md)
+        "cart_empty",
+        "cart_full",
+        "not_in_cart",
     }
 )
 

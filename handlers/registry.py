@@ -87,7 +87,7 @@ def button(kind: str, *, operator: bool = False,
 
 
 # The order menus list consumer commands in; the rest follow in registration order.
-MENU_ORDER = ("shop", "buy", "me", "queue", "points", "orders", "history", "withdraw",
+MENU_ORDER = ("shop", "buy", "me", "cart", "queue", "points", "orders", "history", "withdraw",
               "sellpoints", "transfer", "invite", "lang", "help")
 
 

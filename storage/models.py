@@ -461,3 +461,28 @@ __all__ = [
     "User",
     "Withdrawal",
 ]
+
+
+class CartItem(Base):
+    """One line of a buyer's cart (docs/cart.md): a product and how many, in the order the
+    lines were first added (`position`). One line per product: adding it again adds to it."""
+
+    __tablename__ = "cart_items"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    sku: Mapped[str] = mapped_column(String(64))
+    qty: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_cart_items_user_sku", "user_id", "sku", unique=True),)
+
+
+class CartOrder(Base):
+    """An order opened from a buyer's cart: once it is recorded as paid its lines leave the
+    cart; once it is cancelled unpaid it is forgotten and the cart stays (engine/cart.py)."""
+
+    __tablename__ = "cart_orders"
+    order_ref: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
