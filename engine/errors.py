@@ -37,6 +37,12 @@ CODES = frozenset(
         "already_linked",
         "link_same_channel",
         "link_both_funded",
+        # delivery (engine/delivery.py)
+        "invalid_address",
+        "not_shippable",
+        "already_shipped",
+        "not_shipped",
+        "not_receivable",
     }
 )
 

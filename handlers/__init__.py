@@ -10,6 +10,7 @@ from __future__ import annotations
 
 # Importing the conversation modules registers their commands and buttons.
 from . import account, admin, admin_store, link, onsale, referral, settings, shop  # noqa: F401
+from . import delivery, orders  # noqa: F401  (after account: the command order of the menus)
 from .admin import run_job
 from .registry import CommandInfo, commands, dispatch, parse_text
 
