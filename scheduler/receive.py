@@ -49,7 +49,8 @@ def add_job(scheduler: BaseScheduler, db: Database, clock: Callable[[], datetime
             settings: Any, *, start: datetime, grace: int, every: timedelta = EVERY) -> None:
     """Register the hourly auto-receive on `scheduler` (build_scheduler calls this)."""
     scheduler.add_job(auto_receive, IntervalTrigger(seconds=every.total_seconds(),
-                                                    start_date=start),
+                                                    start_date=start,
+                                                    timezone=scheduler.timezone),
                       args=(db, clock, days_of(settings)), id="auto-receive",
                       name="auto-receive shipped orders", coalesce=True,
                       misfire_grace_time=grace, max_instances=1, replace_existing=True)
