@@ -266,13 +266,15 @@ def hold(db: Database, *, order: str, on: bool = True, at: datetime | None = Non
 
 # -- receipt --------------------------------------------------------------------------------
 
-def _receive(book: Book, o: OrderRow, row: Shipment, at: datetime, by: str) -> dict[str, Any]:
-    """The shipment received `by` someone; a pending order is also SPEC §9's `receive` (its
-    receipt date; then every order due by `at` settles). Anyone but the buyer themselves
-    gets told (`order_received`, key `received:<ref>`)."""
+def _receive(book: Book, o: OrderRow, row: Shipment | None, at: datetime,
+             by: str) -> dict[str, Any]:
+    """The shipment (if any) received `by` someone; a pending order is also SPEC §9's
+    `receive` (its receipt date; then every order due by `at` settles). Anyone but the
+    buyer themselves gets told (`order_received`, key `received:<ref>`)."""
     if o.status == "pending" and o.received_at is None:
         orders.receive(book, ref=o.ref, at=at, actor=None if by == BY_BUYER else by)
-    row.received_at, row.received_by, row.updated_at = at, by, at
+    if row is not None:
+        row.received_at, row.received_by, row.updated_at = at, by, at
     if by != BY_BUYER:
         book.notify(book.user_by_id(o.user_id), "order_received", f"received:{o.ref}", at,
                     order=o.ref, by=by,
@@ -284,9 +286,11 @@ def _receive(book: Book, o: OrderRow, row: Shipment, at: datetime, by: str) -> d
 
 def confirm_receipt(db: Database, *, order: str, user: str,
                     at: datetime | None = None) -> dict[str, Any]:
-    """The buyer says their shipped order arrived (the `recv:v1:ORDER` button, 确认收货).
-    Refused: `unknown_order` (none, or not theirs), `not_receivable` (not paid, refunded),
-    `not_shipped`. Said twice, the second answers the first (`already`)."""
+    """The buyer says their order arrived (the `recv:v1:ORDER` button, 确认收货): goods once
+    shipped; an order with nothing to ship (a service) once paid, while pending. Refused:
+    `unknown_order` (none, or not theirs), `not_receivable` (not paid, refunded; or nothing
+    to ship and settled already), `not_shipped`. Said twice, the second answers the first
+    (`already`)."""
     when = parse_at(at or now())
 
     def work(session: Session) -> dict[str, Any]:
@@ -296,12 +300,17 @@ def confirm_receipt(db: Database, *, order: str, user: str,
         if o is None or o.user_id != buyer.id:
             raise Refusal("unknown_order", str(order))
         row = session.get(Shipment, o.ref)
-        if row is not None and row.received_at is not None:
-            return {"order": o.ref, "status": o.status, "received_at": row.received_at,
-                    "received_by": row.received_by, "settles_at": o.settles_at,
-                    "already": True}
+        received = row.received_at if row is not None else o.received_at
+        if received is not None:
+            return {"order": o.ref, "status": o.status, "received_at": received,
+                    "received_by": row.received_by if row is not None else None,
+                    "settles_at": o.settles_at, "already": True}
         if o.status not in PAID:
             raise Refusal("not_receivable", o.status)
+        if not is_goods(session, o.no):
+            if o.status != "pending":
+                raise Refusal("not_receivable", o.status)
+            return _receive(book, o, None, when, BY_BUYER)
         if row is None or row.shipped_at is None:
             raise Refusal("not_shipped", o.ref)
         return _receive(book, o, row, when, BY_BUYER)

@@ -42,7 +42,6 @@ CODES = frozenset(
         "not_shippable",
         "already_shipped",
         "not_shipped",
-        "not_receivable",
     }
 )
 

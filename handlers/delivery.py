@@ -105,11 +105,15 @@ async def receive(c: Ctx) -> Reply:
 
 
 def receive_buttons(c: Ctx, orders: list[dict[str, Any]]) -> tuple[tuple[Button, ...], ...]:
-    """A `recv:v1:ORDER` button for each shipped order not received yet."""
+    """A `recv:v1:ORDER` button for each order the buyer can confirm: goods shipped and not
+    received; a pending order with nothing to ship whose window waits for its receipt."""
     rows = []
     for o in orders:
-        if o["shipped_at"] is not None and o["received_at"] is None and \
-                o["status"] in delivery.PAID and (data := callback("recv", o["order"])):
+        if o["received_at"] is not None or o["status"] not in delivery.PAID:
+            continue
+        waiting = o["shipped_at"] is not None if o["goods"] else \
+            o["status"] == "pending" and o["settles_at"] is None
+        if waiting and (data := callback("recv", o["order"])):
             rows.append((Button(c.t("receive.button", order=o["order"]), data),))
     return tuple(rows)
 

@@ -41,9 +41,8 @@ async def orders(c: Ctx) -> Reply:
         head = c.t("orders.head", order=o["order"], lines=_lines(o["lines"]),
                    total=c.money(o["total"], o["currency"]))
         out.append(c.t("orders.row", line=head, detail=_detail(c, o, tz)))
-        if o["goods"] and o["status"] in PAID and o["shipped_at"] is None \
-                and o["received_at"] is None and not o["address"]:
-            out.append("   " + c.t("orders.no_address"))
+        if (stage := _delivery(c, o, tz)) is not None:
+            out.append("   " + stage)
     rows = receive_buttons(c, view["orders"])
     if rows:
         out.append(c.t("orders.confirm_hint"))
@@ -51,12 +50,9 @@ async def orders(c: Ctx) -> Reply:
 
 
 def _detail(c: Ctx, o: dict[str, Any], tz: ZoneInfo) -> str:
-    """Where the order stands — payment, then (goods) shipping and receipt — and when its
-    rebates come: what it earned once settled, the day, or so long after receipt."""
+    """Where the order's money stands and when its rebates come: what it earned once
+    settled, the day they start, or so long after receipt (`settle_from = receipt`)."""
     status = o["status"]
-    if status not in PAID:
-        return c.t(f"orders.{status}") if i18n.has(f"orders.{status}") else status
-    stage = _delivery(c, o, tz)
     if status == "settled":
         earned = []
         if o["entry"]:
@@ -64,23 +60,25 @@ def _detail(c: Ctx, o: dict[str, Any], tz: ZoneInfo) -> str:
                               matures=i18n.when(o["matures_at"], tz)))
         if o["minted"]:
             earned.append(c.t("orders.minted", points=i18n.pts(o["minted"])))
-        rebates = c.t("orders.settled_with", parts=c.t("list.sep").join(earned)) if earned \
+        return c.t("orders.settled_with", parts=c.t("list.sep").join(earned)) if earned \
             else c.t("orders.settled")
-    elif o["settles_at"] is None:
-        rebates = c.t("orders.rebates_after_receipt", days=i18n.days(c.lang, o["settle_days"]))
-    else:
-        rebates = c.t("orders.rebates_on" if stage else "orders.pending",
-                      settles=i18n.when(o["settles_at"], tz))
-    return c.t("orders.then").join([stage, rebates]) if stage else rebates
+    if status == "pending" and o["settles_at"] is None:
+        return c.t("orders.pending_receipt", days=i18n.days(c.lang, o["settle_days"]))
+    if status == "pending":
+        return c.t("orders.pending", settles=i18n.when(o["settles_at"], tz))
+    return c.t(f"orders.{status}") if i18n.has(f"orders.{status}") else status
 
 
 def _delivery(c: Ctx, o: dict[str, Any], tz: ZoneInfo) -> str | None:
+    """Where the parcel is (goods, paid): to be shipped, shipped how, or received."""
     if o["received_at"] is not None:
         return c.t("orders.received", at=i18n.when(o["received_at"], tz))
+    if o["status"] not in PAID or not o["goods"]:
+        return None
     if o["shipped_at"] is not None:
         return c.t("orders.shipped", carrier=echo(o["carrier"] or "-", 40),
                    tracking=echo(o["tracking"] or "-", 64), at=i18n.when(o["shipped_at"], tz))
-    return c.t("orders.to_ship") if o["goods"] else None
+    return c.t("orders.to_ship") if o["address"] else c.t("orders.no_address")
 
 
 async def _to_ship(c: Ctx) -> Reply:

@@ -86,7 +86,7 @@ def test_shipping_again_with_the_same_number_changes_nothing_and_another_is_refu
     delivery.ship(db, order="S1", carrier="SF", tracking="SF1", at=at(2))
     again = delivery.ship(db, order="S1", carrier="SF", tracking="SF1", at=at(3))
     assert again["replayed"] is True and again["shipped_at"] == at(2)
-    refused("already_shipped", delivery.ship, db, order="S1", carrier="EMS", tracking="E9")
+    refused("already_shipped", delivery.ship, db, order="S1", carrier="EMS", tracking="E999")
     assert len(outbox(db, "order_shipped")) == 1 and journal(db, "ship") == 1
 
 
@@ -211,3 +211,13 @@ def test_the_buyers_orders_say_where_each_stands(db):
     assert view["S1"]["settles_at"] is None and view["S1"]["settle_days"] == 7
     assert (view["S2"]["carrier"], view["S2"]["tracking"]) == ("SF", "SF2")
     assert view["C1"]["goods"] is False
+
+
+def test_an_order_with_nothing_to_ship_is_received_when_its_buyer_says_so(db):
+    shop(db, settle_from="receipt")
+    service.buy(db, user="B", sku="CLASS", order="C1", at=at(1))
+    refused("unknown_order", delivery.confirm_receipt, db, order="C1", user="C", at=at(2))
+    got = delivery.confirm_receipt(db, order="C1", user="B", at=at(2))
+    assert got["already"] is False and got["settles_at"] == at(9, 0)
+    assert db.read(lambda s: s.get(Shipment, "C1")) is None
+    assert delivery.confirm_receipt(db, order="C1", user="B", at=at(3))["already"] is True

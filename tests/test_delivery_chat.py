@@ -35,9 +35,9 @@ async def test_a_telegram_buyer_pays_gives_an_address_is_shipped_and_confirms_re
     await chat.send("tg:5", "/start")
     await chat.pay("tg:5", await chat.send("tg:5", "/buy SOFA"))
     mine = text(await chat.send("tg:5", "/orders"))
-    assert "N1 · SOFA ×1 · 1000.00 CNY — paid, to be shipped; rebates start 7 days after " \
-        "you confirm receipt" in mine
-    assert "no delivery address yet: send /address" in mine
+    assert "N1 · SOFA ×1 · 1000.00 CNY — paid; the return window starts when you confirm " \
+        "receipt, and rebates 7 days after\n   📦 to be shipped — no delivery address yet: " \
+        "send /address" in mine
 
     saved = text(await chat.send("tg:5", "/address Zhang_San 13800000000 1 Example Road"))
     assert "Delivery address saved: Zhang_San, 13800000000, 1 Example Road" in saved
@@ -55,7 +55,7 @@ async def test_a_telegram_buyer_pays_gives_an_address_is_shipped_and_confirms_re
         render(note.kind, __import__("json").loads(note.params), "en")
 
     reply = await chat.send("tg:5", "/orders")
-    assert "shipped " in text(reply) and ": SF SF1234567890" in text(reply)
+    assert "\n   📦 shipped " in text(reply) and ": SF SF1234567890" in text(reply)
     assert [b.data for b in buttons(reply)] == ["recv:v1:N1"]
     got = text(await chat.send("tg:5", callback="recv:v1:N1"))
     assert "Thank you! Order N1 is marked received." in got
@@ -64,7 +64,8 @@ async def test_a_telegram_buyer_pays_gives_an_address_is_shipped_and_confirms_re
     again = text(await chat.send("tg:5", callback="recv:v1:N1"))
     assert "Order N1 was already marked received on" in again
     mine = text(await chat.send("tg:5", "/orders"))
-    assert "— received " in mine and "; rebates start " in mine
+    assert "— paid; the return window closes and rebates start " in mine
+    assert "\n   📦 received " in mine
     assert buttons(await chat.send("tg:5", "/orders")) == []
 
 
@@ -87,7 +88,7 @@ async def test_a_wechat_buyer_confirms_an_address_and_receipt_in_chinese(memdb):
     assert [b.data for b in buttons(choose)] == ["recv:v1:N1"]
     assert "谢谢！订单 N1 已确认收货。" in text(await chat.send("wx:o5", "确认收货 N1", lang=None))
     mine = text(await chat.send("wx:o5", "订单", lang=None))
-    assert "收货；" in mine and "返利于" in mine
+    assert "📦 已于 " in mine and " 收货" in mine
     assert "您没有待确认收货" in text(await chat.send("wx:o5", "确认收货", lang=None))
 
 
@@ -151,3 +152,27 @@ def test_the_outbox_texts_for_shipping_and_receipt_in_both_languages():
         "Order N1 now counts as received (shipped some days ago and no problem reported).\n"
         "Its rebates come on 2026-08-20 00:00.")
     assert render("order_received", received, "zh").startswith("订单 N1 已确认收货（发货多日")
+
+
+async def test_telegrams_shipping_details_reach_the_order_of_the_invoices_buyer(memdb):
+    from handlers.delivery import shipping_details
+    from tests.handlers_kit import invoice
+
+    chat = Chat(memdb)
+    _products(chat)
+    await chat.send("tg:5", "/start")
+    opened = await chat.send("tg:5", "/buy SOFA")
+    inv = invoice(opened)
+    where = {"street_line1": "1 Example Road", "city": "Beijing", "country_code": "CN"}
+    assert not await shipping_details(chat.app, token=inv.token, identity="tg:6",
+                                      name="Li Si", phone="13900000000", address=where)
+    assert not await shipping_details(chat.app, token=inv.token, identity="tg:5",
+                                      name="Zhang San", phone=None, address=where)
+    assert await shipping_details(chat.app, token=inv.token, identity="tg:5",
+                                  name="Zhang San", phone="13800000000", address=where)
+    await chat.pay("tg:5", opened)
+    row = memdb.read(lambda s: s.get(Shipment, inv.order))
+    assert (row.name, row.phone, row.address) == \
+        ("Zhang San", "13800000000", "1 Example Road, Beijing, CN")
+    assert "Zhang San, 13800000000, 1 Example Road, Beijing, CN" in \
+        text(await chat.send(OPERATOR, "/orders ship"))

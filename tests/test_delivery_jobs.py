@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.settings import Settings
-from bot.telegram.application import start_telegram, stop_telegram
+from bot.telegram import start_telegram, stop_telegram
 from engine import delivery, service
 from handlers.base import App
 from scheduler import build_scheduler, receive
