@@ -93,15 +93,15 @@ def _paid_goods(book: Book, ref: object) -> OrderRow:
 
 
 def _shipment(session: Session, order: OrderRow, at: datetime) -> Shipment:
-    """The order's shipment row, made (with the buyer's saved address) when it has none."""
+    """The order's shipment row, made when it has none; without an address of its own it
+    takes the buyer's saved one (the next goods order goes where the last one went)."""
     row = session.get(Shipment, order.ref)
     if row is None:
         row = Shipment(order_ref=order.ref, user_id=order.user_id, held=False,
                        created_at=at, updated_at=at)
-        saved = session.get(SavedAddress, order.user_id)
-        if saved is not None:
-            row.name, row.phone, row.address = saved.name, saved.phone, saved.address
         session.add(row)
+    if row.address is None and (saved := session.get(SavedAddress, order.user_id)):
+        row.name, row.phone, row.address = saved.name, saved.phone, saved.address
     return row
 
 
@@ -183,8 +183,10 @@ def save_address(db: Database, *, user: str, name: str, phone: str, address: str
             raise Refusal("unknown_user", user)
         _keep(session, uid, n, p, a, when)
         attached = []
+        # locked as `ship` locks them: a parcel leaving meanwhile keeps its address
         for o in session.execute(select(Order).where(
-                Order.user_id == uid, Order.status.in_(PAID)).order_by(Order.no)).scalars():
+                Order.user_id == uid, Order.status.in_(PAID)).order_by(Order.no)
+                .with_for_update()).scalars():
             ship = session.get(Shipment, o.ref)
             if (ship is not None and (ship.address or ship.shipped_at)) or \
                     not is_goods(session, o.no):

@@ -221,3 +221,25 @@ def test_an_order_with_nothing_to_ship_is_received_when_its_buyer_says_so(db):
     assert got["already"] is False and got["settles_at"] == at(9, 0)
     assert db.read(lambda s: s.get(Shipment, "C1")) is None
     assert delivery.confirm_receipt(db, order="C1", user="B", at=at(3))["already"] is True
+
+
+def test_the_buyer_and_the_job_receiving_at_once_receive_the_order_once(pg_db):
+    from concurrent.futures import ThreadPoolExecutor
+
+    shop(pg_db, settle_from="receipt")
+    for ref in ("S1", "S2", "S3", "S4"):
+        service.buy(pg_db, user="B", sku="SOFA", order=ref, at=at(1))
+        delivery.ship(pg_db, order=ref, carrier="SF", tracking=f"SF{ref}", at=at(2))
+    with ThreadPoolExecutor(5) as pool:
+        mine = [pool.submit(delivery.confirm_receipt, pg_db, order=ref, user="B", at=at(12))
+                for ref in ("S1", "S2", "S3", "S4")]
+        job = pool.submit(delivery.auto_receive_due, pg_db, at=at(12), days=10)
+        confirmed = [f.result() for f in mine]
+        auto = job.result()
+    rows = {r.order_ref: r for r in pg_db.read(lambda s: s.execute(select(Shipment))
+                                                .scalars().all())}
+    assert journal(pg_db, "receive") == 4
+    assert sorted(auto) == sorted(ref for ref, r in rows.items() if r.received_by == "auto")
+    assert sorted(c["order"] for c in confirmed if not c["already"]) == \
+        sorted(ref for ref, r in rows.items() if r.received_by == "buyer")
+    assert len(outbox(pg_db, "order_received")) == len(auto)
