@@ -118,26 +118,36 @@ class Request:
     start_payload: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
+class Channels:
+    """What the running channels can do, fixed at start (bot/app.py builds it once from the
+    settings): which channels collect money for an `Invoice`, the Telegram bot's username
+    (invite links) and WeChat's maker of an official-account parametric QR code (scene =
+    invite code) as PNG, which `/invite` on WeChat attaches when set."""
+
+    payments: frozenset[str] = frozenset()
+    bot_username: str | None = None
+    invite_qr: Callable[[str], Awaitable[bytes | None]] | None = None
+
+
+def _in_process_limiter() -> RateLimiter:
+    from engine.limits import RateLimiter as InProcessLimiter
+
+    return InProcessLimiter()
+
+
+@dataclass(frozen=True)
 class App:
-    """What conversations need: the database, who operates the shop, and the channel facts
-    (bot username for invite links, payment availability)."""
+    """What conversations need, built once at start and never changed: the shop (its
+    database, who operates it, its currency, the per-user rate limiter — in-process unless
+    one is given) and what its channels can do (`Channels`)."""
 
     db: Database
     operators: frozenset[str]
     currency: str = "CNY"
-    bot_username: str | None = None
-    telegram_payments: bool = False
-    wechat_pay: bool = False
-    # Added for the conversations (additive): the console's simulated payments, and the
-    # per-user rate limiter (None: an in-process limiter is made on first use).
-    console_payments: bool = False
-    limiter: RateLimiter | None = None
-    # The WeChat adapter's maker of an official-account parametric QR code (scene = invite
-    # code) as PNG; `/invite` on WeChat attaches it when set.
-    wechat_invite_qr: Callable[[str], Awaitable[bytes | None]] | None = None
+    limiter: RateLimiter = field(default_factory=_in_process_limiter)
+    channels: Channels = Channels()
 
     def takes_payments(self, channel: str) -> bool:
-        """Whether `channel` can collect money for an `Invoice` right now."""
-        return {"telegram": self.telegram_payments, "wechat": self.wechat_pay,
-                "console": self.console_payments}.get(channel, False)
+        """Whether `channel` can collect money for an `Invoice`."""
+        return channel in self.channels.payments

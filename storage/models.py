@@ -139,6 +139,11 @@ class Product(Base):
     scheme: Mapped[str] = mapped_column(String(8))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # SPEC §9: units left to sell (NULL: unlimited), taken when an order is recorded and put
+    # back when it is refunded or cancelled unpaid; what delivering one means (`goods` ship,
+    # `digital` codes, `service` nothing to deliver).
+    stock: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    kind: Mapped[str] = mapped_column(String(10), default="goods", server_default="goods")
 
 
 class Order(Base):
@@ -169,6 +174,9 @@ class Order(Base):
     entry_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     minted: Mapped[int] = mapped_column(BigInteger, default=0)
     accelerated: Mapped[int] = mapped_column(BigInteger, default=0)
+    # SPEC §9: when the buyer had the goods (with `store.settle_from` = receipt the return
+    # window starts then).
+    received_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (Index("ix_orders_due", "status", "settles_at", "no"),)
 
@@ -360,6 +368,26 @@ class InboxUpdate(Base):
     __table_args__ = (Index("ix_inbox_status_update", "status", "update_id"),)
 
 
+class OrderLine(Base):
+    """One line of an order (SPEC §9): a sku and quantity, its share of the order's cash, its
+    maturity (set when the order is paid) and what its settlement granted. An order's `sku`,
+    `qty` (and, for one line, `entry_seq`, `minted`, `accelerated`) are its first line's."""
+
+    __tablename__ = "order_lines"
+    order_no: Mapped[int] = mapped_column(BigInteger, ForeignKey("orders.no"), primary_key=True,
+                                          autoincrement=False)
+    line_no: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    sku: Mapped[str] = mapped_column(String(64))
+    qty: Mapped[int] = mapped_column(Integer)
+    unit_price: Mapped[int] = mapped_column(BigInteger)
+    total: Mapped[int] = mapped_column(BigInteger)
+    cash: Mapped[int] = mapped_column(BigInteger)
+    matures_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    entry_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    minted: Mapped[int] = mapped_column(BigInteger, default=0)
+    accelerated: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 __all__ = [
     "Base",
     "ChannelRefund",
@@ -373,6 +401,7 @@ __all__ = [
     "Lease",
     "LinkCode",
     "Order",
+    "OrderLine",
     "Outbox",
     "Pool",
     "Posting",

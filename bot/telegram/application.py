@@ -330,7 +330,6 @@ def build_application(settings: Settings, app: App, *,
     token = settings.telegram_bot_token.get_secret_value()
     provider = settings.telegram_payment_provider_token
     provider_token = provider.get_secret_value() if provider is not None else None
-    app.telegram_payments = provider_token is not None
     base_url = settings.telegram_api_base_url
     redact_in_logs(token, provider_token)
     application = (
