@@ -1,5 +1,6 @@
 """Delivery (SPEC §9, docs/delivery.md): address, shipping, receipt and auto-receive, on the
-engine, on SQLite and PostgreSQL."""
+engine; the lifecycle, the refusals and the auto-receive on SQLite and PostgreSQL, the rest
+in memory."""
 
 from __future__ import annotations
 
@@ -80,14 +81,14 @@ def test_a_goods_order_ships_is_received_by_its_buyer_and_settles_from_receipt(d
     assert journal(db, "receive") == 1
 
 
-def test_shipping_again_with_the_same_number_changes_nothing_and_another_is_refused(db):
-    shop(db)
-    service.buy(db, user="B", sku="SOFA", order="S1", at=at(1))
-    delivery.ship(db, order="S1", carrier="SF", tracking="SF1", at=at(2))
-    again = delivery.ship(db, order="S1", carrier="SF", tracking="SF1", at=at(3))
+def test_shipping_again_with_the_same_number_changes_nothing_and_another_is_refused(memdb):
+    shop(memdb)
+    service.buy(memdb, user="B", sku="SOFA", order="S1", at=at(1))
+    delivery.ship(memdb, order="S1", carrier="SF", tracking="SF1", at=at(2))
+    again = delivery.ship(memdb, order="S1", carrier="SF", tracking="SF1", at=at(3))
     assert again["replayed"] is True and again["shipped_at"] == at(2)
-    refused("already_shipped", delivery.ship, db, order="S1", carrier="EMS", tracking="E999")
-    assert len(outbox(db, "order_shipped")) == 1 and journal(db, "ship") == 1
+    refused("already_shipped", delivery.ship, memdb, order="S1", carrier="EMS", tracking="E999")
+    assert len(outbox(memdb, "order_shipped")) == 1 and journal(memdb, "ship") == 1
 
 
 def test_only_paid_goods_orders_ship(db):
@@ -106,26 +107,26 @@ def test_only_paid_goods_orders_ship(db):
     assert journal(db, "ship") == 0 and delivery_views.to_ship(db)["count"] == 0
 
 
-def test_a_buyer_confirms_only_their_own_shipped_paid_order(db):
-    shop(db)
-    service.buy(db, user="B", sku="SOFA", order="S1", at=at(1))
-    refused("not_shipped", delivery.confirm_receipt, db, order="S1", user="B", at=at(2))
-    delivery.ship(db, order="S1", carrier="SF", tracking="SF1", at=at(2))
-    refused("unknown_order", delivery.confirm_receipt, db, order="S1", user="C", at=at(3))
-    refused("unknown_order", delivery.confirm_receipt, db, order="S9", user="B", at=at(3))
-    service.refund(db, order="S1", at=at(3))
-    refused("not_receivable", delivery.confirm_receipt, db, order="S1", user="B", at=at(4))
-    assert order(db, "S1").received_at is None
+def test_a_buyer_confirms_only_their_own_shipped_paid_order(memdb):
+    shop(memdb)
+    service.buy(memdb, user="B", sku="SOFA", order="S1", at=at(1))
+    refused("not_shipped", delivery.confirm_receipt, memdb, order="S1", user="B", at=at(2))
+    delivery.ship(memdb, order="S1", carrier="SF", tracking="SF1", at=at(2))
+    refused("unknown_order", delivery.confirm_receipt, memdb, order="S1", user="C", at=at(3))
+    refused("unknown_order", delivery.confirm_receipt, memdb, order="S9", user="B", at=at(3))
+    service.refund(memdb, order="S1", at=at(3))
+    refused("not_receivable", delivery.confirm_receipt, memdb, order="S1", user="B", at=at(4))
+    assert order(memdb, "S1").received_at is None
 
 
-def test_receipt_of_an_order_settled_from_payment_marks_the_parcel_only(db):
-    shop(db, settle_days="0")
-    service.buy(db, user="B", sku="SOFA", order="S1", at=at(1))
-    assert order(db, "S1").status == "settled"
-    delivery.ship(db, order="S1", carrier="SF", tracking="SF1", at=at(2))
-    got = delivery.confirm_receipt(db, order="S1", user="B", at=at(3))
+def test_receipt_of_an_order_settled_from_payment_marks_the_parcel_only(memdb):
+    shop(memdb, settle_days="0")
+    service.buy(memdb, user="B", sku="SOFA", order="S1", at=at(1))
+    assert order(memdb, "S1").status == "settled"
+    delivery.ship(memdb, order="S1", carrier="SF", tracking="SF1", at=at(2))
+    got = delivery.confirm_receipt(memdb, order="S1", user="B", at=at(3))
     assert got["status"] == "settled" and got["received_at"] == at(3)
-    assert journal(db, "receive") == 0  # SPEC §9's receive is for pending orders
+    assert journal(memdb, "receive") == 0  # SPEC §9's receive is for pending orders
 
 
 def test_shipped_orders_are_received_after_the_days_unless_an_operator_holds_them(db):
@@ -150,38 +151,38 @@ def test_shipped_orders_are_received_after_the_days_unless_an_operator_holds_the
     assert journal(db, "hold") == 2
 
 
-def test_auto_receive_skips_refunded_orders(db):
-    shop(db, settle_from="receipt")
-    service.buy(db, user="B", sku="SOFA", order="S1", at=at(1))
-    delivery.ship(db, order="S1", carrier="SF", tracking="SF1", at=at(2))
-    service.refund(db, order="S1", at=at(3))
-    assert delivery.auto_receive_due(db, at=at(20), days=10) == []
+def test_auto_receive_skips_refunded_orders(memdb):
+    shop(memdb, settle_from="receipt")
+    service.buy(memdb, user="B", sku="SOFA", order="S1", at=at(1))
+    delivery.ship(memdb, order="S1", carrier="SF", tracking="SF1", at=at(2))
+    service.refund(memdb, order="S1", at=at(3))
+    assert delivery.auto_receive_due(memdb, at=at(20), days=10) == []
 
 
-def test_a_confirmed_address_is_kept_and_attached_to_paid_goods_orders_without_one(db):
-    shop(db)
-    service.buy(db, user="B", sku="SOFA", order="S1", at=at(1))
-    service.buy(db, user="B", sku="CLASS", order="C1", at=at(1))
-    assert delivery_views.to_ship(db)["orders"][0]["address"] is None
-    saved = delivery.save_address(db, user="B", name=" Zhang  San ", phone="138 0000 0000",
+def test_a_confirmed_address_is_kept_and_attached_to_paid_goods_orders_without_one(memdb):
+    shop(memdb)
+    service.buy(memdb, user="B", sku="SOFA", order="S1", at=at(1))
+    service.buy(memdb, user="B", sku="CLASS", order="C1", at=at(1))
+    assert delivery_views.to_ship(memdb)["orders"][0]["address"] is None
+    saved = delivery.save_address(memdb, user="B", name=" Zhang  San ", phone="138 0000 0000",
                                   address=ADDRESS[2], at=at(2))
     assert saved["attached"] == ["S1"] and saved["name"] == "Zhang San"
-    assert delivery.saved_address(db, user="B") == {
+    assert delivery.saved_address(memdb, user="B") == {
         "name": "Zhang San", "phone": "138 0000 0000", "address": ADDRESS[2]}
     # the next goods order takes it when it ships
-    service.buy(db, user="B", sku="SOFA", order="S2", at=at(3))
-    delivery.ship(db, order="S2", carrier="SF", tracking="SF2", at=at(4))
-    row = db.read(lambda s: s.get(Shipment, "S2"))
+    service.buy(memdb, user="B", sku="SOFA", order="S2", at=at(3))
+    delivery.ship(memdb, order="S2", carrier="SF", tracking="SF2", at=at(4))
+    row = memdb.read(lambda s: s.get(Shipment, "S2"))
     assert (row.name, row.address) == ("Zhang San", ADDRESS[2])
-    refused("invalid_address", delivery.save_address, db, user="B", name="X", phone="abc",
+    refused("invalid_address", delivery.save_address, memdb, user="B", name="X", phone="abc",
             address=ADDRESS[2])
-    refused("invalid_address", delivery.save_address, db, user="B", name="X",
+    refused("invalid_address", delivery.save_address, memdb, user="B", name="X",
             phone="13800000000", address="a")
 
 
-def test_telegrams_order_info_is_recorded_for_the_checkouts_buyer_only(db):
-    shop(db)
-    opened = checkout.open_checkout(db, user="B", sku="SOFA", channel="telegram",
+def test_telegrams_order_info_is_recorded_for_the_checkouts_buyer_only(memdb):
+    shop(memdb)
+    opened = checkout.open_checkout(memdb, user="B", sku="SOFA", channel="telegram",
                                     method="telegram", key="k1", at=at(1))
 
     def link(session):  # B speaks as tg:42, C as tg:77
@@ -189,38 +190,38 @@ def test_telegrams_order_info_is_recorded_for_the_checkouts_buyer_only(db):
             uid = session.execute(select(User.id).where(User.handle == handle)).scalar_one()
             session.add(Identity(identity=identity, user_id=uid, created_at=at(1)))
 
-    db.run(link)
-    refused("unknown_order", delivery.record_checkout_address, db, token=opened["token"],
+    memdb.run(link)
+    refused("unknown_order", delivery.record_checkout_address, memdb, token=opened["token"],
             identity="tg:77", name=ADDRESS[0], phone=ADDRESS[1], address=ADDRESS[2])
-    delivery.record_checkout_address(db, token=opened["token"], identity="tg:42",
+    delivery.record_checkout_address(memdb, token=opened["token"], identity="tg:42",
                                      name=ADDRESS[0], phone=ADDRESS[1], address=ADDRESS[2])
-    row = db.read(lambda s: s.get(Shipment, opened["order"]))
+    row = memdb.read(lambda s: s.get(Shipment, opened["order"]))
     assert (row.name, row.phone, row.address) == ADDRESS
-    assert db.read(lambda s: s.execute(select(func.count()).select_from(SavedAddress))
+    assert memdb.read(lambda s: s.execute(select(func.count()).select_from(SavedAddress))
                    .scalar_one()) == 1
 
 
-def test_the_buyers_orders_say_where_each_stands(db):
-    shop(db, settle_from="receipt")
-    service.buy(db, user="B", sku="SOFA", order="S1", at=at(1))
-    service.buy(db, user="B", sku="SOFA", order="S2", at=at(1))
-    service.buy(db, user="B", sku="CLASS", order="C1", at=at(1))
-    delivery.ship(db, order="S2", carrier="SF", tracking="SF2", at=at(2))
-    view = {o["order"]: o for o in delivery_views.buyer_orders(db, user="B")["orders"]}
+def test_the_buyers_orders_say_where_each_stands(memdb):
+    shop(memdb, settle_from="receipt")
+    service.buy(memdb, user="B", sku="SOFA", order="S1", at=at(1))
+    service.buy(memdb, user="B", sku="SOFA", order="S2", at=at(1))
+    service.buy(memdb, user="B", sku="CLASS", order="C1", at=at(1))
+    delivery.ship(memdb, order="S2", carrier="SF", tracking="SF2", at=at(2))
+    view = {o["order"]: o for o in delivery_views.buyer_orders(memdb, user="B")["orders"]}
     assert view["S1"]["goods"] and view["S1"]["shipped_at"] is None
     assert view["S1"]["settles_at"] is None and view["S1"]["settle_days"] == 7
     assert (view["S2"]["carrier"], view["S2"]["tracking"]) == ("SF", "SF2")
     assert view["C1"]["goods"] is False
 
 
-def test_an_order_with_nothing_to_ship_is_received_when_its_buyer_says_so(db):
-    shop(db, settle_from="receipt")
-    service.buy(db, user="B", sku="CLASS", order="C1", at=at(1))
-    refused("unknown_order", delivery.confirm_receipt, db, order="C1", user="C", at=at(2))
-    got = delivery.confirm_receipt(db, order="C1", user="B", at=at(2))
+def test_an_order_with_nothing_to_ship_is_received_when_its_buyer_says_so(memdb):
+    shop(memdb, settle_from="receipt")
+    service.buy(memdb, user="B", sku="CLASS", order="C1", at=at(1))
+    refused("unknown_order", delivery.confirm_receipt, memdb, order="C1", user="C", at=at(2))
+    got = delivery.confirm_receipt(memdb, order="C1", user="B", at=at(2))
     assert got["already"] is False and got["settles_at"] == at(9, 0)
-    assert db.read(lambda s: s.get(Shipment, "C1")) is None
-    assert delivery.confirm_receipt(db, order="C1", user="B", at=at(3))["already"] is True
+    assert memdb.read(lambda s: s.get(Shipment, "C1")) is None
+    assert delivery.confirm_receipt(memdb, order="C1", user="B", at=at(3))["already"] is True
 
 
 def test_the_buyer_and_the_job_receiving_at_once_receive_the_order_once(pg_db):
