@@ -13,6 +13,7 @@ from . import (  # noqa: F401
     account,
     admin,
     admin_store,
+    catalogue,
     delivery,
     link,
     onsale,
