@@ -56,6 +56,7 @@ def buyer_orders(db: Database, *, user: str, limit: int = 10) -> dict[str, Any]:
             .outerjoin(Shipment, Shipment.order_ref == Order.ref)
             .where(Order.user_id == uid).order_by(Order.no.desc()).limit(limit)).all()
         lines = _lines(session, [o.no for o, _s, _g in rows])
+        saved = session.get(SavedAddress, uid)
         items = []
         for o, ship, goods in rows:
             item = {
@@ -66,6 +67,8 @@ def buyer_orders(db: Database, *, user: str, limit: int = 10) -> dict[str, Any]:
                 "settle_days": _settle_days(o.terms, cfg.settle_days), **shipment_facts(ship)}
             if item["received_at"] is None:  # received without a shipment (SPEC §9 receive)
                 item["received_at"] = o.received_at
+            if item["address"] is None and saved is not None:  # it ships there (docs)
+                item.update(name=saved.name, phone=saved.phone, address=saved.address)
             items.append(item)
         return {"orders": items, "timezone": cfg.timezone, "settle_from": cfg.settle_from}
 

@@ -244,3 +244,13 @@ def test_the_buyer_and_the_job_receiving_at_once_receive_the_order_once(pg_db):
     assert sorted(c["order"] for c in confirmed if not c["already"]) == \
         sorted(ref for ref, r in rows.items() if r.received_by == "buyer")
     assert len(outbox(pg_db, "order_received")) == len(auto)
+
+
+def test_a_goods_order_without_an_address_of_its_own_shows_the_saved_one(memdb):
+    shop(memdb)
+    delivery.save_address(memdb, user="B", name=ADDRESS[0], phone=ADDRESS[1],
+                          address=ADDRESS[2], at=at(1))
+    service.buy(memdb, user="B", sku="SOFA", order="S1", at=at(2))
+    (view,) = delivery_views.buyer_orders(memdb, user="B")["orders"]
+    assert view["address"] == ADDRESS[2]
+    assert delivery_views.to_ship(memdb)["orders"][0]["address"] == ADDRESS[2]
