@@ -80,8 +80,8 @@ def to_ship(db: Database, *, limit: int = 20) -> dict[str, Any]:
     with the buyer, the lines and the address (the order's own, else the buyer's saved one;
     None when neither is known) — and `count`, how many there are in all."""
     def work(session: Session) -> dict[str, Any]:
-        waiting = (Order.status.in_(PAID), GOODS, Shipment.shipped_at.is_(None),
-                   Shipment.received_at.is_(None))
+        waiting = (Order.status.in_(PAID), Order.received_at.is_(None), GOODS,
+                   Shipment.shipped_at.is_(None), Shipment.received_at.is_(None))
         count = session.execute(select(func.count()).select_from(Order).outerjoin(
             Shipment, Shipment.order_ref == Order.ref).where(*waiting)).scalar_one()
         rows = session.execute(
