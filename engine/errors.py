@@ -44,6 +44,11 @@ CODES = frozenset(
         "cart_empty",
         "cart_full",
         "not_in_cart",
+        # delivery (engine/delivery.py)
+        "invalid_address",
+        "not_shippable",
+        "already_shipped",
+        "not_shipped",
     }
 )
 

@@ -486,3 +486,40 @@ class CartOrder(Base):
     order_ref: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SavedAddress(Base):
+    """Where a buyer wants goods sent, kept for next time (docs/delivery.md): one per user,
+    the last one they confirmed in chat or gave Telegram at a payment."""
+
+    __tablename__ = "saved_addresses"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    phone: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str] = mapped_column(String(400))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Shipment(Base):
+    """The delivery of one paid goods order (SPEC §9, docs/delivery.md): where it goes, when
+    and how it was shipped, whether an operator holds its automatic receipt, and when and by
+    whom it was received (`buyer`, `auto`, or an operator's identity)."""
+
+    __tablename__ = "shipments"
+    order_ref: Mapped[str] = mapped_column(ForeignKey("orders.ref"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    phone: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    carrier: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    tracking: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    shipped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    shipped_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    held: Mapped[bool] = mapped_column(Boolean, default=False)
+    received_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    received_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    # the auto-receive job's scan: shipped, not received yet, oldest first
+    __table_args__ = (Index("ix_shipments_due", "received_at", "shipped_at"),)
