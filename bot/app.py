@@ -126,11 +126,11 @@ async def start_scheduler(settings: Settings, app: App, telegram: Running | None
     # the WeChat adapter's own sender knows each user's 48-hour customer-service window
     wechat = getattr(getattr(http.handle, "wechat", None), "sender", None) if http else None
     from bot.senders import senders_from_settings
-    from handlers.notify import render
+    from handlers.notify import buttons, render
 
     senders = senders_from_settings(settings, telegram_bot=bot, wechat_sender=wechat)
     chores = getattr(http.handle, "chores", []) if http is not None else []
-    sched = module.build_scheduler(settings, app.db, senders, renderer=render,
+    sched = module.build_scheduler(settings, app.db, senders, renderer=render, buttons=buttons,
                                    checkout_sweep=CHECKOUT_SWEEP_SECONDS, chores=chores)
     sched.start()
     return Running("scheduler", sched, sched.stop)

@@ -37,6 +37,10 @@ CODES = frozenset(
         "already_linked",
         "link_same_channel",
         "link_both_funded",
+        # digital goods and support (engine/codes.py, engine/support.py)
+        "not_digital",
+        "invalid_code",
+        "unknown_thread",
     }
 )
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 # Importing the conversation modules registers their commands and buttons.
 from . import account, admin, admin_store, link, onsale, referral, settings, shop  # noqa: F401
+
+# digital goods' codes and support threads (docs/digital.md, docs/support.md)
+from . import support as _support  # noqa: F401
 from .admin import run_job
 from .registry import CommandInfo, commands, dispatch, parse_text
 
