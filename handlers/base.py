@@ -116,6 +116,9 @@ class Request:
     lang: str | None = None
     display_name: str | None = None
     start_payload: str | None = None
+    # a small file sent with the message (Telegram: a document the adapter downloaded, its
+    # caption in `text`), e.g. an operator's codes for `/codes SKU`
+    document: bytes | None = None
 
 
 @dataclass

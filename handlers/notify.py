@@ -134,9 +134,21 @@ _SIMPLE["support_message"] = lambda p, c: {"thread": int(p.get("thread") or 0),
 _SIMPLE["support_answer"] = lambda p, c: {"thread": int(p.get("thread") or 0),
                                           "text": str(p.get("text") or "")[:3000]}
 _SIMPLE["support_closed"] = lambda p, c: {"thread": int(p.get("thread") or 0)}
+def _digital_codes(p: dict[str, Any], lang: str, cur: str | None) -> str:
+    """The receipt of a digital order (engine/codes.py): every code on its own line, as
+    given (a code is the buyer's to copy, never shortened)."""
+    lines = [i18n.t(lang, "note.digital_codes", order=echo(p.get("order", "-"), 64))]
+    for sku, code in p.get("codes") or []:
+        lines.append(i18n.t(lang, "note.digital_code_line", sku=echo(sku, 64), code=str(code)))
+    if p.get("owed"):
+        lines.append(i18n.t(lang, "note.digital_owed", count=int(p["owed"])))
+    lines.append(i18n.t(lang, "note.digital_keep"))
+    return "\n".join(lines)
+
+
 _COMPOSED: dict[str, Callable[[dict[str, Any], str, str | None], str]] = {
     "order_settled": _order_settled, "order_refunded": _refunded, "pool_warning": _pool_warning,
-    "acceleration": _acceleration,
+    "acceleration": _acceleration, "digital_codes": _digital_codes,
 }
 
 

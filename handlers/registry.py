@@ -28,7 +28,7 @@ from engine.limits import RateLimiter as InProcessLimiter
 
 from . import i18n
 from .base import App, Button, RateLimiter, Reply, Request
-from .parsing import BadInput, echo, is_clean, normalise, parse_callback
+from .parsing import MAX_TEXT, BadInput, echo, is_clean, normalise, parse_callback
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -238,8 +238,10 @@ def first_lang(request: Request) -> str:
 def _clean_request(request: Request) -> bool:
     parts = [request.text, *request.args, request.callback or "", request.display_name or "",
              request.start_payload or ""]
+    # as many words as a message of MAX_TEXT characters can hold (`/codes SKU` then a code a
+    # line: Telegram gives every line as an argument)
     return all(isinstance(p, str) and is_clean(p) for p in parts) and \
-        len(request.args) <= 64 and len(request.request_id or "") <= 200
+        len(request.args) <= MAX_TEXT // 2 and len(request.request_id or "") <= 200
 
 
 async def dispatch(app: App, request: Request) -> Reply:

@@ -388,12 +388,14 @@ __all__ = [
 class Code(Base):
     """A digital product's code (docs/digital.md): unused while `order_no` is NULL; given to
     one unit of one order line, in the transaction that records the payment, and never
-    again. A code is unique within its sku (an upload repeating one skips it)."""
+    again. A code is unique within its sku (an upload repeating one skips it). A unit paid
+    when no code was left is owed: a row with its order and no `code` yet, which the next
+    upload fills first."""
 
     __tablename__ = "codes"
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     sku: Mapped[str] = mapped_column(String(64))
-    code: Mapped[str] = mapped_column(String(255))
+    code: Mapped[str | None] = mapped_column(String(255), nullable=True)
     added_at: Mapped[datetime] = mapped_column(UTCDateTime())
     added_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     order_no: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)

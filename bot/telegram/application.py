@@ -35,6 +35,7 @@ from bot.settings import Settings
 from handlers.base import App, Progress, Reply, Request
 
 from .conversations import Conversations, invoke
+from .files import message_fields
 from .output import ChatGone, ChatOutput, JobRunner, call_bot
 from .request import AiohttpRequest
 from .texts import text as adapter_text
@@ -178,9 +179,9 @@ class TelegramAdapter:
         return on_command
 
     async def on_other(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """Free text, unknown commands, stickers, files…: the conversations answer with help."""
-        await self._converse(update, self._request(update,
-                                                   text=_text_of(update.effective_message)))
+        """Free text, unknown commands, stickers, files (a small one with its caption)…"""
+        fields = await message_fields(update.effective_message)
+        await self._converse(update, self._request(update, **fields))
 
     async def on_callback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.callback_query

@@ -18,7 +18,7 @@ def upgrade() -> None:
     op.create_table('codes',
     sa.Column('id', ID, nullable=False),
     sa.Column('sku', sa.String(length=64), nullable=False),
-    sa.Column('code', sa.String(length=255), nullable=False),
+    sa.Column('code', sa.String(length=255), nullable=True),
     sa.Column('added_at', sa.DateTime(), nullable=False),
     sa.Column('added_by', sa.String(length=128), nullable=True),
     sa.Column('order_no', sa.BigInteger(), nullable=True),
