@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 import handlers
-from engine import checkout, service
+from engine import checkout, service, users
 from engine.errors import Refusal
 from handlers import notify
 from handlers.base import Request
@@ -126,6 +126,7 @@ def test_a_refund_keeps_the_codes_given_and_does_not_put_them_back_in_stock(
 def test_an_order_awaiting_payment_holds_its_unit_and_gets_its_code_when_paid(
         sqlite_db: Database):
     digital(sqlite_db)
+    users.resolve(sqlite_db, BUYER)  # a channel's payer is a chat identity
     upload(sqlite_db, "P1", "P2")
     opened = checkout.open_checkout(sqlite_db, user=BUYER, sku="GAME", qty=1,
                                     channel="telegram", method="telegram", key="open:1",
@@ -133,8 +134,8 @@ def test_an_order_awaiting_payment_holds_its_unit_and_gets_its_code_when_paid(
     assert stock(sqlite_db) == 1
     assert upload(sqlite_db, "P3", key="up2")["stock"] == 2  # recounted: the open order holds one
     paid = checkout.record_payment(sqlite_db, channel="telegram", token=opened["token"],
-                                   charge_id="ch1", amount=opened["cash"], currency="CNY",
-                                   buyer=BUYER, at=at(2, 11))
+                                   charge_id="ch1", amount=opened["cash"],
+                                   currency=opened["currency"], buyer=BUYER, at=at(2, 11))
     assert paid["ok"], paid
     assert codes_of(sqlite_db, opened["order"]) == ["P1"] and stock(sqlite_db) == 2
 
@@ -154,8 +155,10 @@ async def test_operator_uploads_codes_in_the_message_the_next_one_or_a_file(db: 
         channel="telegram", identity=OPERATOR, request_id="doc1", text="/codes GAME",
         command="codes", args=("GAME",), document="\ufeffD-4\r\nE-5\r\n".encode()))
     assert "2 new codes added" in text(reply) and stock(db) == 5
-    summary = text(await chat.send(OPERATOR, "卡密", lang="zh"))
-    assert "GAME Game key：5 / 0 / 0，库存 5" in summary
+    assert "GAME Game key: 5 / 0 / 0, stock 5" in text(await chat.send(OPERATOR, "/codes"))
+    await chat.send("tg:2", "/start", lang="zh")
+    zh = Chat(db, operators=("tg:2",))
+    assert "GAME Game key：5 / 0 / 0，库存 5" in text(await zh.send("tg:2", "卡密"))
     actors = db.read(lambda s: s.execute(select(JournalTxn.actor).where(
         JournalTxn.kind == "codes")).scalars().all())
     assert actors == [OPERATOR] * 3
@@ -163,13 +166,14 @@ async def test_operator_uploads_codes_in_the_message_the_next_one_or_a_file(db: 
 
 async def test_uploads_that_cannot_be_taken_are_refused_politely(sqlite_db: Database):
     digital(sqlite_db)
-    chat = Chat(sqlite_db)
-    await chat.send(BUYER, "/start")
+    chat = Chat(sqlite_db, operators=(OPERATOR, "tg:2"))
+    for who, lang in ((BUYER, "en"), (OPERATOR, "en"), ("tg:2", "zh")):
+        await chat.send(who, "/start", lang=lang)
     world = chat.world()
     assert text(await chat.send(OPERATOR, "/codes TEA\nX")) == (
         "That product is not a digital one; codes can only be added to a product of kind "
         "digital.")
-    assert text(await chat.send(OPERATOR, "/codes TEA", lang="zh")).startswith("该商品不是数字商品")
+    assert text(await chat.send("tg:2", "/codes TEA")).startswith("该商品不是数字商品")
     assert text(await chat.send(OPERATOR, "/codes NOPE\nX")).startswith("There is no such product")
     assert "at most 255 characters" in text(await chat.send(OPERATOR, "/codes GAME\n" + "x" * 300))
     assert text(await chat.send(BUYER, "/codes GAME\nX")) == \
@@ -186,6 +190,6 @@ async def test_a_buyer_pays_on_telegram_and_finds_the_code_again_with_mycodes(db
     await chat.pay(BUYER, reply)
     (receipt,) = receipts(chat)
     assert receipt["codes"] == [["GAME", "ZZ-9"]]
-    mine = text(await chat.send(BUYER, "我的卡密", lang="zh"))
-    assert "GAME：ZZ-9" in mine
+    mine = text(await chat.send(BUYER, "我的卡密"))
+    assert mine.startswith("Your codes (latest first):\nOrder N1, GAME: ZZ-9 (")
     assert text(await chat.send("tg:6", "/mycodes")) == "You have no codes yet."

@@ -4,27 +4,34 @@ SIGKILLs of real processes (storage/faults.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from telegram import Bot
 
-from engine import outbox
+from bot.senders import TelegramSender
+from engine import outbox, users
+from handlers.notify import render
+from scheduler import Deliverer
 from storage.db import Database
 from storage.models import Code, Outbox
 from tests.release_helpers import cli
 from tests.standins.telegram_api import FakeBotAPI
-from tests.test_codes import codes_of, digital, upload
+from tests.test_codes import BUYER, codes_of, digital, upload
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "123:ABC"
 KILLED = -signal.SIGKILL
+pytestmark = pytest.mark.slow  # real processes started and killed: seconds each
 # One purchase of one code, keyed as a channel's payment would be: a retry is the same
 # purchase (`pay:1`), whatever happened to the first attempt.
 BUY = """
@@ -47,12 +54,17 @@ def buy(url: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
+async def drain(db: Database, api: FakeBotAPI) -> None:
+    async with Bot(TOKEN, base_url=api.base_url) as bot:
+        await Deliverer(db, {"tg": TelegramSender(bot)}, renderer=render).drain()
+
+
 def receipts(db: Database) -> list[Outbox]:
     return list(db.read(lambda s: s.execute(select(Outbox).where(
         Outbox.kind == "digital_codes")).scalars().all()))
 
 
-@pytest.mark.parametrize("fault", ["commit.before:buy", "commit.after:buy"])
+@pytest.mark.parametrize("fault", ["commit.before:buy:1", "commit.after:buy:1"])
 def test_killed_at_the_payments_commit_then_retried_gives_one_code_once(
         sqlite_url: str, sqlite_db: Database, fault: str):
     digital(sqlite_db)
@@ -74,23 +86,24 @@ def test_delivery_killed_after_its_claim_sends_the_code_once_after_the_restart(
     """The payment is committed with its receipt in the outbox; the deliverer is killed
     after claiming it and before sending: after the restart the code arrives once."""
     digital(sqlite_db)
+    users.resolve(sqlite_db, BUYER)  # the buyer's Telegram chat, where the receipt goes
     upload(sqlite_db, "D-1")
     assert buy(sqlite_url).returncode == 0
     with FakeBotAPI() as api:
-        env = {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_BASE_URL": api.base_url}
-        killed = cli("outbox", "--db", sqlite_url, "--deliver",
-                     env={**env, "STOREFRONT_FAULT": "outbox.claimed:1"})
+        killed = cli("outbox", "--db", sqlite_url, "--deliver", env={
+            "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_BASE_URL": api.base_url,
+            "STOREFRONT_FAULT": "outbox.claimed:1"})
         assert killed.returncode == KILLED, killed.stderr
         assert [r.status for r in receipts(sqlite_db)] == [outbox.CLAIMED]
         assert api.calls_of("sendMessage") == []
-        # the next run finds the claim abandoned once its time is up, and sends it
-        sqlite_db.run(lambda s: s.execute(Outbox.__table__.update().values(
-            next_at=Outbox.next_at - outbox.SENDING_TIMEOUT)))
-        for _ in range(2):
-            rerun = cli("outbox", "--db", sqlite_url, "--deliver", env=env)
-            assert rerun.returncode == 0, rerun.stderr
+        # once the claim's time is up, the row is found abandoned and goes out again
+        later = datetime.now(UTC) + outbox.SENDING_TIMEOUT
+        assert outbox.recover_stale(sqlite_db, now=later) == 0  # claimed, not sent: requeued
+        assert [r.status for r in receipts(sqlite_db)] == [outbox.PENDING]
+        for _ in range(2):  # the restarted deliverer, then once more: nothing new
+            asyncio.run(drain(sqlite_db, api))
         sent = Counter(c.params["text"] for c in api.calls_of("sendMessage") if c.ok)
     assert [r.status for r in receipts(sqlite_db)] == [outbox.SENT]
-    (message,) = sent
-    assert sent[message] == 1 and "D-1" in message
+    (message,) = [text for text in sent if "D-1" in text]
+    assert sent[message] == 1 and message.startswith("订单 G1 的卡密：\nGAME：D-1")  # no language: Chinese
     assert sqlite_db.read(lambda s: s.execute(select(Code.order_no)).scalars().all()) == [1]

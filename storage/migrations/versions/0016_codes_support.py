@@ -1,13 +1,13 @@
 """codes of digital products; support threads and their messages
 
 Revision ID: 0016
-Revises: 0011
+Revises: 0013
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0016'
-down_revision = '0011'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 
