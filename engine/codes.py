@@ -31,6 +31,8 @@ from storage.db import Database
 from storage.models import Code, Order, OrderLine, Product
 from storage.rows import OrderLineRow, OrderRow, UserRow
 
+from . import accounts
+from .accounts import KINDS
 from .book import Book
 from .errors import Refusal
 from .lines import line_terms, lines_of
@@ -206,7 +208,32 @@ def refunded(book: Book, order: OrderRow) -> None:
         queries.move_stock(book.rows, moves)
 
 
-# -- reading ---------------------------------------------------------------------------------
+def set_kind(book: Book, *, sku: object, kind: object, at: datetime,
+             actor: str | None) -> dict[str, Any]:
+    """What delivering a product means (SPEC §9 `kind`: goods, digital, service), changed
+    from chat (`/kind SKU digital`): a `product` journal entry like any product change,
+    everything else about the product kept. Asking for the kind it has records nothing."""
+    info = book.product(sku)
+    if info is None:
+        raise Refusal("unknown_product", str(sku))
+    if kind not in KINDS:
+        raise Refusal("invalid_event", "kind is goods, digital or service")
+    if info.kind == kind:
+        return {"sku": info.sku, "kind": kind, "changed": False}
+    row = accounts.upsert_product(book, sku=info.sku, price=info.price, margin=info.margin,
+                                  lock_days=info.lock_days, scheme=info.scheme, kind=kind,
+                                  at=at, actor=actor)
+    return {"sku": row.sku, "kind": row.kind, "changed": True}
+
+
+# -- in their own transaction ----------------------------------------------------------------
+def change_kind(db: Database, *, sku: object, kind: object, actor: str | None,
+                at: datetime | None = None) -> dict[str, Any]:
+    """`set_kind` in its own transaction."""
+    return db.run(lambda s: set_kind(Book(s), sku=sku, kind=kind, at=at or now(),
+                                     actor=actor), label="kind")
+
+
 def upload(db: Database, *, sku: object, codes: list[str], actor: str | None, key: str,
            at: datetime | None = None) -> dict[str, Any]:
     """`add` in its own transaction."""

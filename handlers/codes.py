@@ -3,6 +3,7 @@
 - Operators: `/codes` (卡密) lists the digital products with their codes; `/codes SKU` then
   one code a line — in the same message, or the next one, or a text file sent as a document
   (with the caption `/codes SKU`, or after `/codes SKU`) — adds codes.
+- Operators: `/kind SKU digital` (商品类型) makes a product digital (or `goods`, `service`).
 - Buyers: `/mycodes` (我的卡密) shows the codes they were given (their receipt's copy).
 """
 
@@ -109,3 +110,21 @@ async def mycodes(c: Ctx) -> Reply:
     if r["owed"]:
         lines.append(c.t("codes.owed", count=r["owed"]))
     return Reply().text("\n".join(lines))
+
+
+KIND_WORDS = {"goods": "goods", "实物": "goods", "digital": "digital", "数字": "digital",
+              "service": "service", "服务": "service"}
+
+
+@command("kind", aliases=("商品类型",), operator=True, usage_key="usage.kind")
+async def kind_cmd(c: Ctx) -> Reply:
+    if len(c.args) != 2:
+        raise BadInput("bad.missing")
+    product = sku(c.args[0])
+    kind = KIND_WORDS.get(c.args[1].lower())
+    if kind is None:
+        raise BadInput("bad.kind", value=echo(c.args[1], 16))
+    r = await c.call(engine_codes.change_kind, c.app.db, sku=product, kind=kind,
+                     actor=c.req.identity)
+    return c.say("kind.done" if r["changed"] else "kind.same", sku=r["sku"],
+                 kind=c.t(f"kind.{r['kind']}"))

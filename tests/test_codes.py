@@ -171,8 +171,8 @@ async def test_uploads_that_cannot_be_taken_are_refused_politely(sqlite_db: Data
         await chat.send(who, "/start", lang=lang)
     world = chat.world()
     assert text(await chat.send(OPERATOR, "/codes TEA\nX")) == (
-        "That product is not a digital one; codes can only be added to a product of kind "
-        "digital.")
+        "That product is not a digital one: make it one with /kind SKU digital, then add its "
+        "codes.")
     assert text(await chat.send("tg:2", "/codes TEA")).startswith("该商品不是数字商品")
     assert text(await chat.send(OPERATOR, "/codes NOPE\nX")).startswith("There is no such product")
     assert "at most 255 characters" in text(await chat.send(OPERATOR, "/codes GAME\n" + "x" * 300))
@@ -193,3 +193,22 @@ async def test_a_buyer_pays_on_telegram_and_finds_the_code_again_with_mycodes(db
     mine = text(await chat.send(BUYER, "我的卡密"))
     assert mine.startswith("Your codes (latest first):\nOrder N1, GAME: ZZ-9 (")
     assert text(await chat.send("tg:6", "/mycodes")) == "You have no codes yet."
+
+
+async def test_an_operator_makes_a_product_digital_from_chat(sqlite_db: Database):
+    seed_shop(sqlite_db, users=(BUYER,), products=(("KEY", "10.00", "0.20", 0, "none"),))
+    chat = Chat(sqlite_db)
+    assert text(await chat.send(OPERATOR, "/kind KEY digital")) == \
+        "KEY is now digital (codes: /codes)."
+    assert text(await chat.send(OPERATOR, "/kind KEY digital")) == \
+        "KEY is already digital (codes: /codes); nothing changed."
+    assert text(await chat.send(OPERATOR, "/kind KEY parcel")).startswith("Unknown kind parcel")
+    body = sqlite_db.read(lambda s: s.execute(select(JournalTxn.body, JournalTxn.actor).where(
+        JournalTxn.kind == "product").order_by(JournalTxn.id.desc()).limit(1)).one())
+    assert json.loads(body[0])["kind"] == "digital" and body[1] == OPERATOR
+    product = sqlite_db.read(lambda s: s.get(Product, "KEY"))
+    assert (product.price, product.scheme, product.kind, product.stock) == (
+        1000, "none", "digital", None)
+    assert "1 new codes added" in text(await chat.send(OPERATOR, "/codes KEY\nK-1"))
+    assert text(await chat.send(BUYER, "/kind KEY goods")) == \
+        "Sorry, only the shop's operators can do that."
