@@ -49,6 +49,10 @@ CODES = frozenset(
         "not_shippable",
         "already_shipped",
         "not_shipped",
+        # digital goods and support (engine/codes.py, engine/support.py)
+        "not_digital",
+        "invalid_code",
+        "unknown_thread",
     }
 )
 

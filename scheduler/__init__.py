@@ -47,7 +47,16 @@ from storage import faults
 from storage.db import Database
 
 from . import receive
-from .delivery import ANY_CHANNEL, Rejected, Renderer, RetryLater, Sender, Unreachable
+from .delivery import (
+    ANY_CHANNEL,
+    ButtonMaker,
+    ButtonRows,
+    Rejected,
+    Renderer,
+    RetryLater,
+    Sender,
+    Unreachable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +206,9 @@ class Deliverer:
 
     def __init__(self, db: Database, senders: Mapping[str, Sender], *, clock: Clock = utc_now,
                  batch: int = 30, per_user: float = 1.0,
-                 renderer: Renderer = plain_render) -> None:
+                 renderer: Renderer = plain_render, buttons: ButtonMaker | None = None) -> None:
         self.db = db
+        self.buttons = buttons
         self.senders = dict(senders)
         self.clock = clock
         self.batch = batch
@@ -280,6 +290,7 @@ class Deliverer:
             if self.currency and "currency" not in params:  # every amount names its currency
                 params = {**params, "currency": self.currency}
             text = self.renderer(c.kind, params, c.lang)
+            rows: ButtonRows = self.buttons(c.kind, params, c.lang) if self.buttons else ()
         except Exception as exc:  # noqa: BLE001 - a template bug must not stop delivery
             log.exception("outbox %d: cannot render %s", c.id, c.kind)
             return await self._record(outbox.mark_failed, c, error=f"render: {exc}")
@@ -298,7 +309,10 @@ class Deliverer:
                 unserved.append(identity.partition(":")[0])
                 continue
             try:
-                await sender.send(identity, text)
+                if rows and hasattr(sender, "send_buttons"):
+                    await sender.send_buttons(identity, text, rows)
+                else:
+                    await sender.send(identity, text)
             except Unreachable as exc:
                 unreachable.append(str(exc))
                 continue
@@ -400,12 +414,14 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
                     clock: Clock | None = None, *,
                     delivery_interval: float = DELIVERY_INTERVAL,
                     renderer: Renderer = plain_render,
+                    buttons: ButtonMaker | None = None,
                     checkout_sweep: float | None = None,
                     chores: Sequence[Chore] = ()) -> StoreScheduler:
     """The release job(s), the start-up catch-up and the delivery job; call `.start()` in
     the running event loop, and `await .stop()` before the loop ends. The scheduler is given
     what it must not import: the channels' `senders` and the message catalogue
-    (`renderer`, handlers/notify.py's `render` when the bot builds it). With
+    (`renderer`, handlers/notify.py's `render` when the bot builds it; `buttons`, its
+    `buttons`). With
     `checkout_sweep` (seconds) expired checkouts are swept that often, the first time one
     interval after the start; `chores` are the channels' own periodic jobs (WeChat Pay's
     refund sweep, WeChat's seen-message pruning)."""
@@ -418,7 +434,8 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
         "coalesce": True, "max_instances": 1, "misfire_grace_time": grace})
     scheduler.releaser = ReleaseJob(db, clock=now, triggers=triggers,
                                     redis_url=getattr(settings, "redis_url", None))
-    scheduler.deliverer = Deliverer(db, senders, clock=now, renderer=renderer)
+    scheduler.deliverer = Deliverer(db, senders, clock=now, renderer=renderer,
+                                    buttons=buttons)
     for (h, m), trigger in zip(times, triggers, strict=True):
         scheduler.add_job(scheduler.releaser.scheduled, trigger, id=f"release@{h:02d}:{m:02d}",
                           name=f"release at {h:02d}:{m:02d} {tz.key}", coalesce=True,
