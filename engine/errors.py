@@ -44,6 +44,15 @@ CODES = frozenset(
         "cart_empty",
         "cart_full",
         "not_in_cart",
+        # delivery (engine/delivery.py)
+        "invalid_address",
+        "not_shippable",
+        "already_shipped",
+        "not_shipped",
+        # digital goods and support (engine/codes.py, engine/support.py)
+        "not_digital",
+        "invalid_code",
+        "unknown_thread",
     }
 )
 

@@ -155,6 +155,9 @@ class Request:
     # A photo an operator sent (adapters attach it for operators only): `/product` as its
     # caption, `/photo SKU` in reply to it, or WeChat's image after `图片 SKU`.
     upload: Upload | None = None
+    # A small file an operator sent (Telegram: a document the adapter downloaded, its
+    # caption in `text`): the codes for `/codes SKU`.
+    document: bytes | None = None
 
 
 @dataclass(frozen=True)
