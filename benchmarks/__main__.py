@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import baselines, latency, purchases, release, scale, telegram_me, verify
+from . import baselines, latency, purchases, release, scale, telegram_me, two_process, verify
 from .bare import PG_URL, pg_available
 from .common import Context, Row
 from .report import machine, table, write_json
@@ -25,7 +25,7 @@ from .report import machine, table, write_json
 ROWS: dict[str, Callable[[Context], Row]] = {
     **purchases.ROWS, **telegram_me.ROWS, "latency-holders": latency.holders,
     "latency-queue": latency.queue_size, **verify.ROWS, **release.ROWS,
-    **baselines.ROWS, **scale.ROWS,  # issue 19: same-run baselines (same places), new rows
+    **baselines.ROWS, **scale.ROWS, **two_process.ROWS,  # issue 19 (baselines in place)
 }
 FAMILIES = {"purchases": [*purchases.ROWS, *scale.ROWS], "latency": list(latency.ROWS)}
 

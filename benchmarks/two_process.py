@@ -31,13 +31,13 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import ROOT
+from .common import ROOT, Context, Row, Stats
 
 TOKEN = "919:TWO-PROCESS"
 SECRET = "two-process-secret"
@@ -138,6 +138,7 @@ class Service:
             "STOREFRONT_OPERATORS": f"tg:{operator}", "STOREFRONT_LOG_FILE": "-",
             "STOREFRONT_LOG_LEVEL": "WARNING", "DATABASE_URL": url, "PYTHONPATH": str(ROOT)})
         self.proc: subprocess.Popen[bytes] | None = None
+        self.terminated = False  # a second SIGTERM would cut the graceful stop short
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
@@ -164,7 +165,9 @@ class Service:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        self.proc.terminate()
+        if self.proc.poll() is None and not self.terminated:
+            self.proc.terminate()
+            self.terminated = True
         try:
             return self.proc.wait(20)
         except subprocess.TimeoutExpired:
@@ -177,10 +180,11 @@ class Service:
 
 # -- the shop -------------------------------------------------------------------------------
 
-def prepare(url: str, chats: list[int], operator: int) -> None:
-    """Migrate; TEA (queue and points, 15 days) and RICE (points, no lock); every user known
-    (English) with points from one RICE bought 40 days ago and a TEA entry that has matured,
-    for the release in the middle to pay."""
+def prepare(url: str, chats: list[int], operator: int, *, migrated: bool = False) -> None:
+    """Migrate (unless `migrated`); TEA (queue and points, 15 days) and RICE (points, no
+    lock); every user known (English) with points from one RICE bought 40 days ago and a
+    queue entry (5 TEA: 100.00, the least that makes one) that has matured since, for the
+    operator's release in the middle to pay (after their `/deposit` of what they owe)."""
     from datetime import UTC, datetime, timedelta
 
     from engine import service, users
@@ -189,7 +193,8 @@ def prepare(url: str, chats: list[int], operator: int) -> None:
 
     db = Database(url)
     try:
-        migrate(db)
+        if not migrated:
+            migrate(db)
         service.upsert_product(db, sku="TEA", price="20.00", margin="0.30", lock_days=15,
                                scheme="both", name="Tea", actor="bench")
         service.upsert_product(db, sku="RICE", price="5.00", margin="0.30", lock_days=0,
@@ -200,7 +205,7 @@ def prepare(url: str, chats: list[int], operator: int) -> None:
             users.resolve(db, f"tg:{chat}", lang="en")
             handle = f"tg:{chat}"
             service.buy(db, user=handle, sku="RICE", qty=1, at=then, key=f"setup:rice:{chat}")
-            service.buy(db, user=handle, sku="TEA", qty=1, at=then, key=f"setup:tea:{chat}")
+            service.buy(db, user=handle, sku="TEA", qty=5, at=then, key=f"setup:tea:{chat}")
     finally:
         db.dispose()
 
@@ -219,7 +224,8 @@ class Cluster:
     services: list[Service] = field(default_factory=list)
 
     @contextmanager
-    def running(self) -> Iterator[Cluster]:
+    def running(self, meanwhile: Callable[[], object] = lambda: None) -> Iterator[Cluster]:
+        """The stand-in, proxy and processes up; `meanwhile` runs while the processes start."""
         from tests.standins.telegram_api import FakeBotAPI
 
         with ExitStack() as stack:
@@ -232,13 +238,23 @@ class Cluster:
                 svc = Service(self.url, self.redis_url, self.api.base_url, self.proxy.port,
                               self.where / f"p{i}", self.operator, port)
                 self.services.append(svc)
-                stack.callback(svc.stop)
+            stack.callback(self.stop)
             for svc in self.services:
                 svc.start()
+            meanwhile()
             deadline = time.monotonic() + 120
             for svc in self.services:
                 svc.wait_up(deadline)
             yield self
+
+    def stop(self) -> None:
+        """SIGTERM to every process at once, then wait for each (a graceful stop each)."""
+        for svc in self.services:
+            if svc.proc is not None and svc.proc.poll() is None and not svc.terminated:
+                svc.proc.terminate()
+                svc.terminated = True
+        for svc in self.services:
+            svc.stop()
 
     def tails(self) -> str:
         return "\n".join(f"--- process {i}\n{s.tail()}" for i, s in enumerate(self.services))
@@ -379,7 +395,7 @@ async def drive(cluster: Cluster, plan: Plan) -> dict[str, Any]:
         async def operator() -> None:
             await half.wait()
             chat = plan.operator
-            await post(text(chat, "/deposit queue 500"))
+            await post(text(chat, f"/deposit queue {plan.users * 100}"))
             _, at = await watch.wait(chat, 0, lambda c: c.method == "sendMessage")
             await post(text(chat, "/release"))
             await watch.wait(chat, at, lambda c: c.method == "sendMessage")
@@ -399,7 +415,7 @@ def check(cluster: Cluster, plan: Plan, *, settle: float = 30.0) -> dict[str, An
 
     from engine.verify import verify
     from storage.db import Database
-    from storage.models import Checkout, InboxUpdate, JournalTxn
+    from storage.models import Checkout, Entry, InboxUpdate, JournalTxn
 
     db = Database(cluster.url)
     try:
@@ -423,6 +439,8 @@ def check(cluster: Cluster, plan: Plan, *, settle: float = 30.0) -> dict[str, An
         releases = len(runs)
         checkouts = dict(db.read(lambda s: s.execute(
             select(Checkout.status, func.count()).group_by(Checkout.status)).all()))
+        entries = dict(db.read(lambda s: s.execute(
+            select(Entry.status, func.count()).group_by(Entry.status)).all()))
         report = verify(db)
     finally:
         db.dispose()
@@ -442,7 +460,8 @@ def check(cluster: Cluster, plan: Plan, *, settle: float = 30.0) -> dict[str, An
     n = plan.users * plan.rounds
     facts = {"inbox": statuses, "journal_kinds": kinds, "charges": len(charges),
              "distinct_charges": len(set(charges)), "checkouts": checkouts,
-             "operator_releases": releases, "release_run": runs[:1], "verify_ok": report.ok,
+             "operator_releases": releases, "release_run": runs[:1], "entries": entries,
+             "verify_ok": report.ok,
              "precheckout_answers": len(watch.by_query), "wrong_replies": wrong[:20],
              "wrong_reply_count": len(wrong), "doubled_precheckout_answers": len(doubled_answers)}
     problems = []
@@ -478,14 +497,67 @@ def pg_and_redis() -> Iterator[tuple[str, str]]:
 
 
 def run_once(processes: int, plan: Plan, where: Path) -> dict[str, Any]:
-    """A fresh shop, `processes` services, the plan played and checked."""
+    """A fresh schema of this machine's PostgreSQL, then `run_on` it."""
     with pg_and_redis() as (url, redis_url):
-        prepare(url, plan.chats, plan.operator)
-        cluster = Cluster(url, redis_url, processes, where, plan.operator)
-        with cluster.running():
-            try:
-                figures = asyncio.run(drive(cluster, plan))
-            except BaseException as exc:
-                raise RuntimeError(f"{type(exc).__name__}: {exc}\n{cluster.tails()}") from exc
-            figures.update(check(cluster, plan))
-        return figures
+        return run_on(url, redis_url, processes, plan, where)
+
+
+def run_on(url: str, redis_url: str, processes: int, plan: Plan, where: Path
+           ) -> dict[str, Any]:
+    """The shop made on `url` (an empty database), `processes` services started, the plan
+    played and checked (`problems` lists what was not exactly once); the figures."""
+    from storage.db import Database
+    from storage.migrate import migrate
+
+    db = Database(url)
+    migrate(db)
+    db.dispose()
+    started = time.monotonic()
+    cluster = Cluster(url, redis_url, processes, where, plan.operator)
+    with cluster.running(lambda: prepare(url, plan.chats, plan.operator, migrated=True)):
+        up = time.monotonic() - started
+        try:
+            figures = asyncio.run(drive(cluster, plan))
+        except BaseException as exc:
+            raise RuntimeError(f"{type(exc).__name__}: {exc}\n{cluster.tails()}") from exc
+        figures.update(check(cluster, plan))
+        figures["processes"] = processes
+        figures["start_seconds"] = round(up, 1)
+        figures["planned_updates"] = plan.updates
+    figures["exit_status"] = [s.proc.returncode if s.proc else None for s in cluster.services]
+    return figures
+
+
+# -- the bench row --------------------------------------------------------------------------
+
+def two_processes(ctx: Context) -> Row:
+    """5,000 mixed updates on two processes, then the same workload on one (fresh shops)."""
+    from .bare import pg_available
+
+    row = Row("two-process", "updates/s, two `storefront run` (webhook, one PostgreSQL + "
+              "Redis, round-robin proxy), 5,000 mixed updates", "updates/s", (">=", 1),
+              baseline_what="the same workload on one process behind the same proxy")
+    why = pg_available()
+    if why:
+        row.status = "skipped"
+        row.notes.append(f"PostgreSQL unavailable: {why}")
+        return row
+    users, rounds = (20, 1) if ctx.quick else (250, 4)
+    two = run_once(2, Plan(users, rounds), ctx.scratch("two-process") / "two")
+    one = run_once(1, Plan(users, rounds, seed=20), ctx.scratch("two-process") / "one")
+    row.measured = Stats([two["updates_per_s"]])
+    row.baseline = Stats([one["updates_per_s"]])
+    row.ratios = Stats([two["updates_per_s"] / one["updates_per_s"]])
+    row.extra_checks += [("effects not exactly once, 2 processes", len(two["problems"]), "<=", 0),
+                         ("effects not exactly once, 1 process", len(one["problems"]), "<=", 0)]
+    keep = ("updates", "seconds", "per_process", "inbox", "charges", "checkouts",
+            "journal_kinds", "operator_releases", "release_run", "entries", "verify_ok",
+            "problems", "start_seconds", "exit_status")
+    row.facts = {"two": {k: two.get(k) for k in keep}, "one": {k: one.get(k) for k in keep},
+                 "users": users, "rounds": rounds,
+                 "per_round": "/me, /buy TEA, pre-checkout, successful_payment, /transfer; "
+                              "the operator's /deposit and /release halfway"}
+    return row
+
+
+ROWS = {"two-process": two_processes}
