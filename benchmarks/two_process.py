@@ -294,7 +294,7 @@ class Watch:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"chat {chat}: no reply after call {since}; seen "
                                    f"{[(c.method, c.text) for c in calls[-5:]]}")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.025)
 
     async def answered(self, query: str, timeout: float = 60.0) -> Any:
         deadline = time.monotonic() + timeout
@@ -304,7 +304,7 @@ class Watch:
                 return self.by_query[query][0]
             if time.monotonic() > deadline:
                 raise TimeoutError(f"pre-checkout query {query} not answered")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.025)
 
 
 def _text(prefix: str) -> Any:
@@ -535,14 +535,14 @@ def two_processes(ctx: Context) -> Row:
     from .bare import pg_available
 
     row = Row("two-process", "updates/s, two `storefront run` (webhook, one PostgreSQL + "
-              "Redis, round-robin proxy), 5,000 mixed updates", "updates/s", (">=", 1),
+              "Redis, round-robin proxy), 5,000 mixed updates (100 users × 10 rounds)", "updates/s", (">=", 1),
               baseline_what="the same workload on one process behind the same proxy")
     why = pg_available()
     if why:
         row.status = "skipped"
         row.notes.append(f"PostgreSQL unavailable: {why}")
         return row
-    users, rounds = (20, 1) if ctx.quick else (250, 4)
+    users, rounds = (20, 1) if ctx.quick else (100, 10)
     two = run_once(2, Plan(users, rounds), ctx.scratch("two-process") / "two")
     one = run_once(1, Plan(users, rounds, seed=20), ctx.scratch("two-process") / "one")
     row.measured = Stats([two["updates_per_s"]])
