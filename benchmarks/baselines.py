@@ -31,7 +31,7 @@ import shutil
 import sqlite3
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,8 @@ def _release_at(path: Path) -> datetime:
         last = conn.execute("SELECT max(at) FROM journal").fetchone()[0]
     finally:
         conn.close()
-    return datetime.fromisoformat(str(last)) + timedelta(days=31)
+    at = datetime.fromisoformat(str(last))
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)) + timedelta(days=31)
 
 
 def release_child(path: str, at_text: str, cap: float) -> dict[str, Any]:
