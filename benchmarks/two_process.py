@@ -95,7 +95,7 @@ class Proxy:
 
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
                                 log_config=None, access_log=False, lifespan="off", http="h11",
-                                ws="none", loop="asyncio")
+                                ws="none", loop="asyncio", timeout_keep_alive=60)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="proxy", daemon=True)
         self._thread.start()
@@ -348,15 +348,19 @@ async def drive(cluster: Cluster, plan: Plan) -> dict[str, Any]:
     half = asyncio.Event()
     total_user_steps = plan.users * plan.rounds
 
+    resent = [0]
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as http:
         async def post(update: dict[str, Any]) -> None:
             nonlocal posted
             for _ in range(20):  # Telegram sends again until it is answered 200
-                r = await http.post(url, json=update,
-                                    headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
-                if r.status_code == 200:
-                    posted += 1
-                    return
+                try:
+                    r = await http.post(url, json=update,
+                                        headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
+                    if r.status_code == 200:
+                        posted += 1
+                        return
+                except httpx.TransportError:  # (a kept-alive connection closed under us)
+                    resent[0] += 1
                 await asyncio.sleep(0.2)
             raise RuntimeError(f"update {update['update_id']} never answered 200")
 
@@ -404,7 +408,8 @@ async def drive(cluster: Cluster, plan: Plan) -> dict[str, Any]:
         await asyncio.gather(operator(), *(user(k) for k in range(plan.users)))
         seconds = time.monotonic() - started
     return {"updates": posted, "seconds": seconds, "updates_per_s": posted / seconds,
-            "per_process": dict(cluster.proxy.sent)}
+            "per_process": dict(cluster.proxy.sent), "resent_after_transport_error":
+            resent[0]}
 
 
 # -- the checks -----------------------------------------------------------------------------
