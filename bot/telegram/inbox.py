@@ -128,6 +128,7 @@ class InboxProcessor:
         self.claims = claims
         self._claimed: set[Key] = set()
         self._renewed = 0.0
+        self._claims_down = False
 
     def wake(self) -> None:
         """Look at the inbox now; callable from any thread (an HTTP server may run the
@@ -234,9 +235,14 @@ class InboxProcessor:
                     log.warning("inbox claims lost while handling: %s", sorted(lost))
             got = await asyncio.to_thread(claims.take, new) if new else set()
         except Exception as exc:  # noqa: BLE001 - Redis down: one process's behaviour
-            log.warning("inbox claims unavailable (%s): handling rows unclaimed",
-                        type(exc).__name__)
+            if not self._claims_down:  # once an outage, not once a look at the inbox
+                log.warning("inbox claims unavailable (%s): handling rows unclaimed",
+                            type(exc).__name__)
+            self._claims_down = True
             return rows
+        if self._claims_down:
+            log.warning("inbox claims available again")
+            self._claims_down = False
         self._claimed |= got
         if got:
             again = await asyncio.to_thread(inbox.pending, self.db, limit=BATCH,
