@@ -217,32 +217,36 @@ def me_row(ctx: Context) -> Row:
             raise RuntimeError(f"the bare client's answers did not all arrive: {r}")
     return _judge(row, [r["answered"] / r["seconds"] for r in results],
                   "the same stand-in process answering the same calls with no bot (a bare "
-                  "HTTP client: getUpdates, one sendMessage per update, 16 at once)",
+                  "aiohttp client: getUpdates, one sendMessage per update, 16 at once)",
                   (">=", 300))
 
 
 async def _bare_bot(port: int, conn: Any, batches: list[list[int]]) -> list[dict[str, Any]]:
-    import httpx
+    """getUpdates, then one sendMessage per update (16 at once), through aiohttp — the HTTP
+    client the bot itself uses (docs/telegram.md) — and nothing else."""
+    import aiohttp
 
     base = f"http://127.0.0.1:{port}/bot{telegram_me.TOKEN}"
     text = telegram_me.ANSWER_PREFIX + "x" * 200  # about the length of a /me answer
     results = []
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as http:
         offset = 0
         slots = asyncio.Semaphore(16)
 
         async def answer(chat: int) -> None:
-            async with slots:
-                await client.post(f"{base}/sendMessage", json={"chat_id": chat, "text": text})
+            async with slots, http.post(f"{base}/sendMessage",
+                                        json={"chat_id": chat, "text": text}) as r:
+                await r.read()
 
         for chats in batches:
             conn.send(chats)
             done = asyncio.create_task(asyncio.to_thread(conn.recv))
             sent: set[asyncio.Task[None]] = set()
             while not done.done():
-                r = await client.post(f"{base}/getUpdates", json={"offset": offset,
-                                                                  "timeout": 1})
-                for u in r.json().get("result", []):
+                async with http.post(f"{base}/getUpdates",
+                                     json={"offset": offset, "timeout": 1}) as r:
+                    got = (await r.json()).get("result", [])
+                for u in got:
                     offset = max(offset, u["update_id"] + 1)
                     sent.add(asyncio.create_task(answer(u["message"]["chat"]["id"])))
                 sent = {t for t in sent if not t.done()}
