@@ -17,8 +17,9 @@ with the same fixtures, what its work costs with no engine, and is judged on the
   same stand-in process for the same updates and sends each chat one answer of the same
   length (16 at once, as the bot's inbox does), timed the same way.
 
-The measured rows run first (their own code, unchanged); the baseline runs follow them, as
-many, and the ratio is taken run by run.
+`verify`'s runs alternate with its baseline's (benchmarks/common.py `paired`); the release and
+`/me` rows run first (their own code, unchanged) and their baseline runs follow, as many; the
+ratio is taken run by run.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from . import release, telegram_me, verify
-from .common import Context, Row, Stats, run_child
+from .common import Context, Row, Stats, paired, run_child
+from .fixtures import Plan, build_history
 
 TARGET = 0.7
 
@@ -143,16 +145,43 @@ def _release(db: Any, at: datetime, cap: float) -> dict[str, Any]:
 # -- verify ---------------------------------------------------------------------------------
 
 def verify_row(ctx: Context) -> Row:
-    row = verify.verify_rate(ctx)
-    path = ctx.scratch("verify") / "shop.db"
-    base = []
-    for _ in range(len(row.measured.runs) if row.measured else 0):
+    """benchmarks/verify.py's row, its runs interleaved with the baseline's (`paired`)."""
+    row = Row("verify", "`storefront verify` over 1M journal transactions", "transactions/s",
+              (">=", 50_000))
+    size = 30_000 if ctx.quick else 1_000_000
+    built = build_history(ctx.scratch("verify") / "shop.db",
+                          Plan(users=size // 20, txns=size, split_settle=True, seed=4))
+    if ctx.quick:
+        row.title = f"`storefront verify` over {built.txns:,} journal transactions (--quick)"
+    url, path = f"sqlite:///{built.path}", str(built.path)
+    rss: list[float] = []
+    txns = [0]
+
+    def measure() -> float:
         start = time.perf_counter()
-        out = run_child("benchmarks.baselines", "verify", str(path), timeout=900)
-        base.append(out["txns"] / (time.perf_counter() - start))
-    return _judge(row, base, "a fresh process hashing each transaction's stored bytes and its "
-                  "postings' with hashlib and summing the amounts, no checks, same pages",
-                  (">=", 50_000))
+        out = run_child("benchmarks.verify", "--child", url, timeout=900)
+        elapsed = time.perf_counter() - start
+        found = verify.OK_LINE.search(out["stdout"])
+        if out["status"] != 0 or found is None:
+            raise RuntimeError(f"verify did not pass on the prepared shop: {out['stdout'][:500]}")
+        txns[0] = int(found.group(1))
+        rss.append(out["peak_rss_mb"])
+        return txns[0] / elapsed
+
+    def baseline() -> float:
+        start = time.perf_counter()
+        out = run_child("benchmarks.baselines", "verify", path, timeout=900)
+        return out["txns"] / (time.perf_counter() - start)
+
+    row.measured, bases, _ratios = paired(ctx.runs(3), measure, baseline)
+    row.facts = {"journal_txns": txns[0], "entries": built.entries, "users": built.users,
+                 "orders": built.orders, "prepared_in_s": round(built.seconds, 1),
+                 "postings_per_txn": verify._postings_per_txn(built.path),
+                 "peak_rss_mb": round(max(rss), 1), "timed": "process start to exit",
+                 "interleaved": True}
+    return _judge(row, bases.runs, "a fresh process hashing each transaction's stored bytes "
+                  "and its postings' with hashlib and summing the amounts, no checks, same "
+                  "pages; runs interleaved with verify's", (">=", 50_000))
 
 
 def verify_child(path: str, page: int = 10_000) -> dict[str, Any]:
