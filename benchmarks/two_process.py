@@ -323,6 +323,9 @@ def two_processes(ctx: Context) -> Row:
         row.notes.append(f"PostgreSQL unavailable: {why}")
         return row
     users, rounds = (20, 1) if ctx.quick else (100, 10)
+    if ctx.quick:
+        row.title = row.title.replace("5,000 mixed updates (100 users × 10 rounds)",
+                                      f"{users * rounds * 5 + 2} mixed updates (--quick)")
     two = run_once(2, Plan(users, rounds), ctx.scratch("two-process") / "two")
     one = run_once(1, Plan(users, rounds, seed=20), ctx.scratch("two-process") / "one")
     row.measured = Stats([two["updates_per_s"]])
