@@ -175,3 +175,54 @@ async def test_a_parcel_from_listing_to_settled_rebates_over_telegram(sqlite_url
         for chat, who in ((BUYER, "buyer"), (OPERATOR, "operator")):
             save_transcript(s.api.calls, f"shop_{who}", chat=chat, files=s.api.files_by_id,
                             title=f"Rebate shop — the {who}'s chat")
+
+
+async def test_a_digital_code_is_delivered_once_over_telegram(sqlite_url: str) -> None:
+    async with running_shop(sqlite_url, limiter=RateLimiter.disabled()) as s:
+        assert "GAME" in await s.say(OPERATOR, "/product GAME 30.00 0.20 0 none Game key")
+        assert "digital" in await s.say(OPERATOR, "/kind GAME digital")
+        assert "GAME: 2 new codes added" in await s.say(OPERATOR, "/codes GAME\nKEY-AAAA-1\nKEY-BBBB-2")
+        token, amount = await s.buy(BUYER, "GAME")
+        assert amount == 3000 and await s.precheck(BUYER, token, amount) == (True, None)
+        assert "N1" in await s.pay(BUYER, token, amount, "charge-game-1")
+        await s.pay(BUYER, token, amount, "charge-game-1")  # Telegram delivering it again
+        codes, settled = [c.text for c in await deliver(s) if c.chat_id == BUYER]
+        assert codes == ("Your codes for order N1:\nGAME: KEY-AAAA-1\n"
+                         "Keep them safe; /mycodes shows them again.")
+        assert settled == "Order N1 settled: its rebates are granted."
+        assert [c for c in await deliver(s) if c.chat_id == BUYER] == []  # once
+        assert "Order N1, GAME: KEY-AAAA-1" in await s.say(BUYER, "/mycodes")
+        assert "GAME Game key: 1 / 1 / 0, stock 1" in await s.say(OPERATOR, "/codes")
+        report = verify(s.app.db)
+        assert report.ok, report.problems
+
+
+ZH_BUYER, EN_BUYER = 8, 9
+
+
+async def test_refusals_along_the_way_are_polite_in_both_languages(sqlite_url: str) -> None:
+    async with running_shop(sqlite_url, limiter=RateLimiter.disabled()) as s:
+        await list_the_shop(s)
+        service.upsert_product(s.app.db, sku="CUP", price="30.00", margin="0.40", lock_days=0,
+                               scheme="points", stock=1)
+        for user, lang in ((EN_BUYER, "en"), (ZH_BUYER, "zh")):
+            await s.say(user, "/start", lang=lang)
+        before = s.state()
+        # More cups in a cart than the shop has
+        assert "Added Tea cup ×1" in await s.say(EN_BUYER, "/cart add CUP")
+        more = await s.say(EN_BUYER, "/cart add CUP")
+        assert "Sorry, there are not enough of that product left for this order." in more, more
+        zh = await s.say(ZH_BUYER, "/cart add CUP 2", lang="zh")
+        assert "抱歉，该商品库存不足，无法下单。" in zh, zh
+        # A product taken off sale
+        assert "TEA" in await s.say(OPERATOR, "/offsale TEA")
+        assert "That product is not on sale at the moment." in \
+            await s.press(EN_BUYER, "cart:v1:add:TEA")
+        assert "该商品暂未销售。" in await s.say(ZH_BUYER, "/cart add TEA", lang="zh")
+        # Shipping is for operators
+        assert await s.say(EN_BUYER, "/ship N1 SF 123") == \
+            "Sorry, only the shop's operators can do that."
+        assert await s.say(ZH_BUYER, "/ship N1 SF 123", lang="zh") == \
+            "抱歉，只有商店运营人员可以执行此操作。"
+        after = s.state()
+        assert after == before  # nothing refused moved anything
