@@ -17,7 +17,8 @@ from typing import Any
 from tests.standins.telegram_api import Call
 
 STYLE = """
-body{margin:0;font:14px/1.35 -apple-system,'Noto Sans CJK SC','Noto Sans',sans-serif;
+body{margin:0;font:14px/1.35 -apple-system,'Noto Sans','WenQuanYi Micro Hei','Noto Color Emoji',
+ sans-serif;
  background:#9bb7cf;}
 .top{background:#517da2;color:#fff;padding:10px 14px;font-weight:600}
 .chat{padding:8px 10px}
@@ -76,11 +77,13 @@ def _image(content: bytes | None) -> str:
     return f"<img src='data:image/png;base64,{base64.b64encode(content).decode()}'>"
 
 
-def _user_side(update: Mapping[str, Any], files: Mapping[str, bytes]) -> tuple[Any, str] | None:
+def _user_side(update: Mapping[str, Any], files: Mapping[str, bytes],
+               labels: Mapping[str, str]) -> tuple[Any, str] | None:
     """(chat id, html) for one update a user sent, or None for what a chat does not show."""
     if "callback_query" in update:
         q = update["callback_query"]
-        return q["from"]["id"], f"<div class=sys>tapped a button ({_esc(q.get('data'))})</div>"
+        label = labels.get(q.get("data"), q.get("data"))
+        return q["from"]["id"], f"<div class=sys>tapped “{_esc(label)}”</div>"
     m = update.get("message")
     if not isinstance(m, Mapping):
         return None
@@ -96,8 +99,13 @@ def _user_side(update: Mapping[str, Any], files: Mapping[str, bytes]) -> tuple[A
     return chat, f"<div class='row me-row'><div class='msg me'>{body}</div></div>"
 
 
-def _bot_side(call: Call, files: dict[str, bytes]) -> str:
+def _bot_side(call: Call, files: dict[str, bytes], labels: dict[str, str]) -> str:
     p = call.params
+    markup = p.get("reply_markup")
+    if isinstance(markup, Mapping):
+        for row in markup.get("inline_keyboard", []):
+            for b in row:
+                labels[b.get("callback_data", "")] = b.get("text", "")
     if call.is_("sendInvoice"):
         total = sum(int(x["amount"]) for x in p.get("prices", [])) / 100
         asks = [k[5:].replace("_", " ") for k in ("need_name", "need_phone_number",
@@ -118,25 +126,43 @@ def _bot_side(call: Call, files: dict[str, bytes]) -> str:
             + _keyboard(p.get("reply_markup")))
 
 
-def transcript_html(calls: Iterable[Call], chat: int, *, title: str,
+class Tape:
+    """The updates pushed to the stand-in, each with how many calls it had seen then: the
+    place it takes in the chat (a poll for the next update is often made before the answer
+    to the last one is sent, so the `getUpdates` calls alone would misplace them)."""
+
+    def __init__(self, api: Any) -> None:
+        self.api, self.pushed = api, []
+        push = api.push_update
+
+        def recorded(update: dict[str, Any]) -> dict[str, Any]:
+            self.pushed.append((len(api.calls), update))
+            return push(update)
+
+        api.push_update = recorded  # push_text / push_callback go through it too
+        self.pushed: list[tuple[int, dict[str, Any]]]
+
+
+def transcript_html(calls: Iterable[Call], tape: Tape, chat: int, *, title: str,
                     files: Mapping[str, bytes] | None = None, part: slice = slice(None)) -> str:
-    """One chat (`chat`) from the stand-in's recorded calls, oldest first; `part` picks a
-    stretch of its messages (a screenshot shows a few)."""
-    known = dict(files or {})
+    """One chat (`chat`) from the stand-in's recorded calls and the tape of what users sent,
+    oldest first; `part` picks a stretch of its messages (a screenshot shows a few)."""
+    known, labels = dict(files or {}), dict[str, str]()
+    events: list[tuple[int, int, Any]] = [(at, 0, u) for at, u in tape.pushed]
+    events += [(i, 1, c) for i, c in enumerate(calls)]
     parts = []
-    for call in calls:
-        if call.is_("getUpdates") and isinstance(call.result, list):
-            for update in call.result:
-                side = _user_side(update, known)
-                if side is not None and side[0] == chat:
-                    parts.append(side[1])
-        elif call.method.startswith("send") and call.chat_id == chat and call.ok:
-            parts.append(_bot_side(call, known))
+    for _, bot, item in sorted(events, key=lambda e: (e[0], e[1])):
+        if not bot:
+            side = _user_side(item, known, labels)
+            if side is not None and side[0] == chat:
+                parts.append(side[1])
+        elif item.method.startswith("send") and item.chat_id == chat and item.ok:
+            parts.append(_bot_side(item, known, labels))
     return (f"<!doctype html><meta charset=utf-8><style>{STYLE}</style>"
             f"<div class=top>{_esc(title)}</div><div class=chat>{''.join(parts[part])}</div>")
 
 
-def save_transcript(calls: Iterable[Call], name: str, *, chat: int, title: str,
+def save_transcript(calls: Iterable[Call], tape: Tape, name: str, *, chat: int, title: str,
                     files: Mapping[str, bytes] | None = None,
                     parts: Mapping[str, slice] | None = None) -> list[Path]:
     """Write `<SHOP_TRANSCRIPT_DIR>/<name>.html` (the whole chat) and one page per named
@@ -149,7 +175,7 @@ def save_transcript(calls: Iterable[Call], name: str, *, chat: int, title: str,
     for suffix, part in {"": slice(None), **(parts or {})}.items():
         path = Path(folder) / f"{name}{'_' + suffix if suffix else ''}.html"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(transcript_html(recorded, chat, title=title, files=files, part=part),
-                        encoding="utf-8")
+        path.write_text(transcript_html(recorded, tape, chat, title=title, files=files,
+                                        part=part), encoding="utf-8")
         written.append(path)
     return written

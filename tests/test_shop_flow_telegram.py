@@ -23,7 +23,7 @@ from handlers.notify import buttons, render
 from scheduler import Deliverer
 from storage.models import Order, OrderLine, Shipment
 from storage.ratelimit import RateLimiter
-from tests.chat_transcript import picture, save_transcript
+from tests.chat_transcript import Tape, picture, save_transcript
 from tests.standins.telegram_api import Call, make_successful_payment_update
 from tests.test_cart_channels import callback_data, press_many
 from tests.test_catalogue_telegram import photo_message, push_message
@@ -93,6 +93,7 @@ async def list_the_shop(s: Shop) -> None:
 
 async def test_a_parcel_from_listing_to_settled_rebates_over_telegram(sqlite_url: str) -> None:
     async with running_shop(sqlite_url, limiter=RateLimiter.disabled()) as s:
+        tape = Tape(s.api)  # what the users sent, for the chat transcripts (docs/shop.md)
         await list_the_shop(s)
         # The referrer bought TEA before the window was set: settled at once, entry #1.
         invite = await s.send(REFERRER, "/invite", expect=2)
@@ -126,6 +127,8 @@ async def test_a_parcel_from_listing_to_settled_rebates_over_telegram(sqlite_url
         assert await s.precheck(BUYER, p["payload"], 23000) == (True, None)
         receipt = await pay_with_order_info(s, BUYER, p["payload"], 23000, "charge-cart-1")
         assert "order N2 — 2 lines, total 230.00 CNY" in receipt, receipt
+        assert receipt.endswith("Your rebates start when the return window after delivery "
+                                "closes: confirm receipt in /orders when the order arrives.")
         order = order_row(s, "N2")
         assert order.status == "pending" and order.settles_at is None  # waits for receipt
         ship = s.app.db.read(lambda x: x.get(Shipment, "N2"))
@@ -166,19 +169,27 @@ async def test_a_parcel_from_listing_to_settled_rebates_over_telegram(sqlite_url
         assert [(e["seq"], e["user"], e["amount"], e["released"]) for e in state["entries"]] == [
             (1, "tg:3", "100.00", "40.00"), (2, "tg:2", "200.00", "0.00")]
         told = {c.chat_id: c.text for c in await deliver(s, at=due)}
-        assert told[BUYER].startswith("Order N2 settled: its rebates are granted.\n"
-                                      "Queue entry #2 for 200.00 CNY")
+        matures = order_row(s, "N2").matures_at.astimezone(SHANGHAI)  # payment date + 15 days
+        assert matures.time() == time(0)
+        assert told[BUYER].startswith(  # the release date as the buyer reads it (store-local)
+            "Order N2 settled: its rebates are granted.\nQueue entry #2 for 200.00 CNY: released "
+            f"in queue order from {matures:%Y-%m-%d} 00:00.")
         assert "Green points received: 32.92" in told[BUYER]
         assert "40.00" in told[REFERRER]
         report = verify(s.app.db)
         assert report.ok, report.problems
-        for chat, who in ((BUYER, "buyer"), (OPERATOR, "operator")):
-            save_transcript(s.api.calls, f"shop_{who}", chat=chat, files=s.api.files_by_id,
-                            title=f"Rebate shop — the {who}'s chat")
+        # docs/img: the screenshots of docs/shop.md are these parts (messages by number)
+        for chat, who, parts in (
+                (BUYER, "buyer", {"browse": slice(2, 10), "checkout": slice(15, 23),
+                                  "receipt": slice(22, 26)}),
+                (OPERATOR, "operator", {"listing": slice(0, 10), "shipping": slice(18, 22)})):
+            save_transcript(s.api.calls, tape, f"shop_{who}", chat=chat, files=s.api.files_by_id,
+                            title=f"Rebate shop — the {who}'s chat", parts=parts)
 
 
 async def test_a_digital_code_is_delivered_once_over_telegram(sqlite_url: str) -> None:
     async with running_shop(sqlite_url, limiter=RateLimiter.disabled()) as s:
+        tape = Tape(s.api)
         assert "GAME" in await s.say(OPERATOR, "/product GAME 30.00 0.20 0 none Game key")
         assert "digital" in await s.say(OPERATOR, "/kind GAME digital")
         assert "GAME: 2 new codes added" in await s.say(OPERATOR, "/codes GAME\nKEY-AAAA-1\nKEY-BBBB-2")
@@ -193,6 +204,8 @@ async def test_a_digital_code_is_delivered_once_over_telegram(sqlite_url: str) -
         assert [c for c in await deliver(s) if c.chat_id == BUYER] == []  # once
         assert "Order N1, GAME: KEY-AAAA-1" in await s.say(BUYER, "/mycodes")
         assert "GAME Game key: 1 / 1 / 0, stock 1" in await s.say(OPERATOR, "/codes")
+        save_transcript(s.api.calls, tape, "shop_digital", chat=BUYER, files=s.api.files_by_id,
+                        title="Rebate shop — a digital code")
         report = verify(s.app.db)
         assert report.ok, report.problems
 

@@ -92,6 +92,8 @@ async def test_a_parcel_from_listing_to_settled_rebates_over_wechat(sqlite_url, 
             total_fen=23000, payer_openid=BUYER)
         assert (await s.notify(headers, body)).status_code == 204
         assert s.order("N2").status == "pending" and s.order("N2").settles_at is None
+        assert any(t.endswith("确认收货后开始退货期，退货期结束后开始返利；到货后请在“订单”中确认收货。")
+                   for t in s.sent_texts(BUYER)), s.sent_texts(BUYER)
 
         # The address, the operator's list and 发货; the notice carries the receipt link.
         saved = await s.say(BUYER, "收货地址 张三 13800000000 北京市朝阳区示例路1号")
