@@ -53,6 +53,8 @@ CODES = frozenset(
         "not_digital",
         "invalid_code",
         "unknown_thread",
+        # an operator's /stock (engine/accounts.py set_stock, docs/shop.md)
+        "stock_is_codes",
     }
 )
 

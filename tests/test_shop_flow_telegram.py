@@ -216,10 +216,18 @@ ZH_BUYER, EN_BUYER = 8, 9
 async def test_refusals_along_the_way_are_polite_in_both_languages(sqlite_url: str) -> None:
     async with running_shop(sqlite_url, limiter=RateLimiter.disabled()) as s:
         await list_the_shop(s)
-        service.upsert_product(s.app.db, sku="CUP", price="30.00", margin="0.40", lock_days=0,
-                               scheme="points", stock=1)
+        assert await s.say(OPERATOR, "/stock CUP 1") == (
+            "CUP (茶杯): 1 left to sell. A cart or order asking for more is told it is out of "
+            "stock.")
         for user, lang in ((EN_BUYER, "en"), (ZH_BUYER, "zh")):
             await s.say(user, "/start", lang=lang)
+        # Setting stock is for operators, with a number; a digital product's stock is its codes
+        assert await s.say(EN_BUYER, "/stock CUP 100") == \
+            "Sorry, only the shop's operators can do that."
+        assert "is not a stock count" in await s.say(OPERATOR, "/stock CUP lots")
+        await s.say(OPERATOR, "/product GAME 30.00 0.20 0 none Game key")
+        await s.say(OPERATOR, "/kind GAME digital")
+        assert "its stock is its unused codes" in await s.say(OPERATOR, "/stock GAME 5")
         before = s.state()
         # More cups in a cart than the shop has
         assert "Added Tea cup ×1" in await s.say(EN_BUYER, "/cart add CUP")
