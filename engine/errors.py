@@ -37,6 +37,14 @@ CODES = frozenset(
         "already_linked",
         "link_same_channel",
         "link_both_funded",
+        # payouts (engine/payouts.py, engine/transfers.py)
+        "invalid_payout",
+        "no_wechat_identity",
+        "no_payout_method",
+        "below_minimum",
+        "daily_limit",
+        "shop_daily_limit",
+        "real_name_required",
     }
 )
 
