@@ -148,9 +148,9 @@ def _apply(book: Book, no: str, answer: dict[str, Any], at: datetime,
         t.package_info = str(answer["package_info"])
     t.next_at = at + POLL  # followed by queries until it ends (or a notification ends it)
     t.last_error = None
-    if state == "WAIT_USER_CONFIRM" and t.package_info:
+    if changed and state == "WAIT_USER_CONFIRM" and t.package_info:
         owner = book.user_by_id(t.user_id)
-        # once per transfer: the outbox key is the transfer's
+        # once per transfer (the outbox key is the transfer's): when WeChat Pay first waits
         book.notify(owner, "transfer_confirm", f"transfer:{no}:confirm", at,
                     withdrawal=t.withdrawal_id, amount=t.amount,
                     url=confirm_url(t.confirm_token) if confirm_url else "")
