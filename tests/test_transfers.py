@@ -14,8 +14,8 @@ from sqlalchemy import select
 from bot.wechatpay.config import PayConfig
 from bot.wechatpay.transfers import WeChatTransfers
 from engine import service, transfers, users
-from engine.money import format_fen
 from engine.errors import Refusal
+from engine.money import format_fen
 from engine.verify import verify
 from scheduler.transfers import follow
 from storage import faults
