@@ -24,8 +24,18 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.models import Identity, PayoutMethod, Setting, Transfer, User, Withdrawal
+from storage.models import (
+    Identity,
+    JournalTxn,
+    PayoutMethod,
+    Posting,
+    Setting,
+    Transfer,
+    User,
+    Withdrawal,
+)
 
+from . import journal
 from .book import Book
 from .errors import Refusal
 
@@ -188,18 +198,21 @@ def payee_of(s: Session, user_id: int) -> tuple[str, str | None] | None:
     return row.account, row.name
 
 
-def manual_details(s: Session, withdrawal_id: int) -> dict[str, Any] | None:
+def manual_details(db: Database, withdrawal_id: int) -> dict[str, Any] | None:
     """An operator's look at where to pay a manual withdrawal by hand (`/payoutinfo`): the
     full account, shown in that one reply and nowhere else (never logged)."""
-    w = s.get(Withdrawal, withdrawal_id)
-    if w is None:
-        return None
-    row = s.get(PayoutMethod, w.user_id)
-    if row is None or row.kind == "wechat":
-        return {"withdrawal": w.id, "kind": row.kind if row else None, "account": None,
-                "name": None, "amount": w.amount, "status": w.status}
-    return {"withdrawal": w.id, "kind": row.kind, "account": row.account, "name": row.name,
-            "amount": w.amount, "status": w.status}
+    def read(s: Session) -> dict[str, Any] | None:
+        w = s.get(Withdrawal, withdrawal_id)
+        if w is None:
+            return None
+        row = s.get(PayoutMethod, w.user_id)
+        manual = row is not None and row.kind != "wechat"
+        return {"withdrawal": w.id, "kind": row.kind if row else None,
+                "account": row.account if manual and row else None,
+                "name": row.name if manual and row else None,
+                "amount": w.amount, "status": w.status}
+
+    return db.read(read)
 
 
 def method_of(db: Database, handle: str) -> dict[str, Any] | None:
@@ -257,6 +270,35 @@ def board(db: Database, *, per_status: int = 10) -> dict[str, Any]:
     return db.read(read)
 
 
+def report_figures(s: Session, at: datetime, tz: Any, days: int = 7) -> dict[str, Any]:
+    """For `storefront report`: money held for withdrawals now (of which being paid by
+    WeChat Pay), and what left for payouts (`world:payouts`) per store-local day over the
+    last `days` days, newest first, days with none included."""
+    # Every held fen belongs to a pending or transferring withdrawal (searched by status).
+    held, in_transfer = 0, 0
+    for status, total in s.execute(select(Withdrawal.status, func.sum(Withdrawal.amount))
+                                   .where(Withdrawal.status.in_(("pending", "transfer")))
+                                   .group_by(Withdrawal.status)).all():
+        held += int(total)
+        in_transfer += int(total) if status == "transfer" else 0
+    today = at.astimezone(tz).date()
+    start = datetime.combine(today - timedelta(days=days - 1), time(0), tzinfo=tz)
+    per_day = {today - timedelta(days=n): 0 for n in range(days)}
+    # the window's transactions by time, then one account's postings over that range
+    first = s.execute(select(func.min(JournalTxn.id)).where(JournalTxn.at >= start)).scalar()
+    rows = [] if first is None else s.execute(
+        select(JournalTxn.at, Posting.amount).join(JournalTxn, JournalTxn.id == Posting.txn_id)
+        .where(Posting.account == journal.PAYOUTS_OUT, Posting.txn_id >= first,
+               Posting.unit == journal.FEN)).all()
+    for when, amount in rows:
+        day = when.astimezone(tz).date()
+        if day in per_day:
+            per_day[day] += int(amount)
+    return {"held": held, "in_transfer": in_transfer,
+            "paid_out": [(day.isoformat(), fen) for day, fen in
+                         sorted(per_day.items(), reverse=True)]}
+
+
 __all__ = ["KINDS", "LIMIT_KEYS", "REAL_NAME_FROM", "Limits", "check_shop_total",
            "board", "checked_request", "current_limits", "has_wechat", "limits", "manual_details", "mask_account", "mask_name",
-           "method_of", "method_view", "payee_of", "set_limits", "set_method"]
+           "method_of", "method_view", "payee_of", "report_figures", "set_limits", "set_method"]

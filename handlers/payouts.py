@@ -120,7 +120,7 @@ async def withdrawals(c: Ctx) -> Reply:
                              amount=c.money(w["amount"], cfg.currency),
                              to=method_text(c, {"kind": w["method"], "masked": w["payee"] or ""})
                              if w["method"] else c.t("payout.none"),
-                             age=_age(c, since, now), state=w["state"] or ""))
+                             age=_age(c, since, now), state=w["state"] or "").rstrip())
             ok, no = callback("wd", "a", w["id"]), callback("wd", "r", w["id"])
             if status == "pending" and ok and no and len(buttons) < 10:
                 buttons.append((Button(c.t("withdrawals.approve", id=w["id"]), ok),

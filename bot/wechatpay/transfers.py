@@ -33,7 +33,12 @@ from wechatpayv3.utils import load_public_key
 
 from handlers import payouts as payout_handlers
 from handlers.base import Database, DatabaseUnavailable
-from scheduler.transfers import DuplicateBill, TransferRefused, TransferUnavailable
+from scheduler.transfers import (
+    DuplicateBill,
+    TransferRefused,
+    TransferUnavailable,
+    run_follow,
+)
 
 from .config import PayConfig
 from .notifications import Answer, Refused, verify
@@ -171,4 +176,21 @@ class WeChatTransfers:
                          "<p id=s></p>" + script)
 
 
-__all__ = ["DEFAULT_REMARK", "DEFAULT_SCENE", "TRANSFER_EVENT", "WeChatTransfers"]
+def attach_transfers(pay: Any, settings: Any, app: Any) -> WeChatTransfers:
+    """Give WeChat Pay's gateway its transfers (`pay.transfers`) and the follower the
+    scheduler runs as a chore (`pay.follow_transfers`, bot/http.py)."""
+    wt = WeChatTransfers(pay.db, pay.client, pay.config,
+                         scene_id=settings.wechat_pay_transfer_scene_id,
+                         remark=settings.wechat_pay_transfer_remark)
+    hours = float(settings.transfer_confirm_hours)
+    operators = frozenset(app.operators)
+
+    async def follow_transfers() -> None:
+        await run_follow(pay.db, wt, lambda: datetime.now(UTC), hours, operators)
+
+    pay.transfers, pay.follow_transfers = wt, follow_transfers
+    return wt
+
+
+__all__ = ["DEFAULT_REMARK", "DEFAULT_SCENE", "TRANSFER_EVENT", "WeChatTransfers",
+           "attach_transfers"]
