@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from storage.db import Database
@@ -215,6 +215,20 @@ def manual_details(db: Database, withdrawal_id: int) -> dict[str, Any] | None:
     return db.read(read)
 
 
+def merge_methods(s: Session, older_id: int, newer_id: int) -> None:
+    """Linking two accounts (engine/linking.py): the kept account keeps its own payout
+    method, else takes the merged one's; the merged account's transfers follow it."""
+    s.execute(update(Transfer).where(Transfer.user_id == older_id).values(user_id=newer_id))
+    old = s.get(PayoutMethod, older_id)
+    if old is None:
+        return
+    if s.get(PayoutMethod, newer_id) is None:
+        s.add(PayoutMethod(user_id=newer_id, kind=old.kind, name=old.name, account=old.account,
+                           masked=old.masked, updated_at=old.updated_at))
+    s.delete(old)
+    s.flush()
+
+
 def method_of(db: Database, handle: str) -> dict[str, Any] | None:
     """`method_view` of the user with this handle (None: none set, or no such user)."""
     def read(s: Session) -> dict[str, Any] | None:
@@ -299,6 +313,7 @@ def report_figures(s: Session, at: datetime, tz: Any, days: int = 7) -> dict[str
                          sorted(per_day.items(), reverse=True)]}
 
 
-__all__ = ["KINDS", "LIMIT_KEYS", "REAL_NAME_FROM", "Limits", "check_shop_total",
-           "board", "checked_request", "current_limits", "has_wechat", "limits", "manual_details", "mask_account", "mask_name",
-           "method_of", "method_view", "payee_of", "report_figures", "set_limits", "set_method"]
+__all__ = ["BOARD", "KINDS", "LIMIT_KEYS", "REAL_NAME_FROM", "Limits", "board",
+           "check_shop_total", "checked_request", "current_limits", "has_wechat", "limits",
+           "manual_details", "mask_account", "mask_name", "merge_methods", "method_of",
+           "method_view", "payee_of", "report_figures", "set_limits", "set_method"]

@@ -147,3 +147,20 @@ async def test_the_report_shows_money_held_and_paid_out_per_day(memdb):
     text_report = format_report(report.pool_report(memdb, now))
     assert "Held for withdrawals 提现冻结: 3.00 CNY" in text_report
     assert f"Paid out 已打款: {today} 5.00" in text_report
+
+
+async def test_linking_accounts_keeps_a_payout_method_and_the_hold(memdb):
+    from engine.linking import link_accounts, link_code
+
+    chat = await funded_chat(memdb)
+    await chat.send("tg:5", "/payout alipay Wang 13800138000")
+    await chat.send("tg:5", "/withdraw 5.00")
+    users.resolve(memdb, WX)  # the same person on WeChat, a newer account
+    now = datetime.now(UTC)
+    link_code(memdb, identity="tg:5", code="ABCD2345", at=now)
+    link_accounts(memdb, code="ABCD2345", identity=WX, at=now)
+    wechat = Chat(memdb, channel="wechat")
+    assert text(await wechat.send(WX, "/payout")).startswith(
+        "Your withdrawals are paid to: Alipay W*** ****8000")
+    assert "approved" in text(await chat.send(OPERATOR, "/approve 1"))
+    assert verify(memdb).ok
