@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     def wechat_enabled(self) -> bool:
         return self.wechat_token is not None and self.wechat_app_id is not None
 
+    @property
+    def wechat_pay_configured(self) -> bool:
+        """Every setting WeChat Pay needs is set (bot/wechatpay/config.py)."""
+        return all((self.wechat_app_id, self.wechat_pay_mch_id, self.wechat_pay_private_key_file,
+                    self.wechat_pay_cert_serial, self.wechat_pay_apiv3_key,
+                    self.wechat_pay_public_key_file, self.wechat_pay_public_key_id,
+                    self.wechat_pay_notify_url))
+
 
 def load() -> Settings:
     return Settings()  # type: ignore[call-arg]

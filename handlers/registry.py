@@ -23,10 +23,9 @@ from engine.database import Database, DatabaseUnavailable
 from engine.errors import Refusal
 from engine.limits import COMMANDS as COMMAND_RATE
 from engine.limits import PURCHASES as PURCHASE_RATE
-from engine.limits import RateLimiter as InProcessLimiter
 
 from . import i18n
-from .base import App, Button, RateLimiter, Reply, Request
+from .base import App, Button, Reply, Request
 from .parsing import BadInput, echo, is_clean, normalise, parse_callback
 
 log = logging.getLogger(__name__)
@@ -190,12 +189,6 @@ class Ctx:
                                             self.app.currency))
 
 
-def limiter(app: App) -> RateLimiter:
-    if app.limiter is None:
-        app.limiter = InProcessLimiter()
-    return app.limiter
-
-
 def last_seen(db: Database, identity: str) -> datetime | None:
     """When `identity` last wrote to the shop (WeChat's 48-hour customer-service window)."""
     return users.last_seen(db, identity)
@@ -263,7 +256,7 @@ async def _dispatch(app: App, request: Request, state: dict[str, str]) -> Reply:
         payload = args[0]  # `/start CODE` typed or passed as an argument
     asked = _COMMANDS.get(name or "")
     with_account = asked is not None and asked.account
-    lim = limiter(app)
+    lim = app.limiter
 
     def admit() -> tuple[dict[str, Any], dict[str, Any] | None] | None:
         # One hop to a worker thread for the rate limit (a Redis round trip when shared) and
@@ -313,7 +306,7 @@ async def _run(ctx: Ctx, fn: Handler, operator_only: bool, purchase: bool,
         return ctx.say("operator_only")
     if operator_only:  # the audit trail of reads (what changes money is also journaled)
         log.info("operator %s: %s %s", ctx.req.identity, ctx.command, " ".join(ctx.args)[:80])
-    if purchase and not await asyncio.to_thread(limiter(ctx.app).allow, PURCHASE_RATE,
+    if purchase and not await asyncio.to_thread(ctx.app.limiter.allow, PURCHASE_RATE,
                                                 ctx.req.identity):
         return ctx.say("slow_down_buy")
     try:
