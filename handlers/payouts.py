@@ -38,13 +38,15 @@ def method_text(c: Ctx, method: dict[str, Any] | None) -> str:
 async def method_menu(c: Ctx, intro: str) -> Reply:
     """The current method and how to set one: a button for the WeChat balance (when the
     user has a WeChat identity), the commands for Alipay and bank cards."""
-    has_wx = await c.call(payouts.has_wechat, c.app.db, c.handle)
+    # the WeChat balance only where WeChat Pay is configured to pay it
+    has_wx = c.app.takes_payments("wechat") and \
+        await c.call(payouts.has_wechat, c.app.db, c.handle)
     rows: tuple[tuple[Button, ...], ...] = ()
     data = callback("po", "wx")
     if has_wx and data:
         rows = ((Button(c.t("payout.button.wechat"), data),),)
     lines = [intro, c.t("payout.how_alipay"), c.t("payout.how_bank")]
-    if not has_wx:
+    if not has_wx and c.app.takes_payments("wechat"):
         lines.append(c.t("payout.how_wechat_missing"))
     return Reply().text("\n".join(lines), rows)
 
@@ -70,6 +72,8 @@ async def payout(c: Ctx) -> Reply:
 
 
 async def _set(c: Ctx, kind: str, name: str | None, account: str | None) -> Reply:
+    if kind == "wechat" and not c.app.takes_payments("wechat"):
+        return c.say("payout.wechat_off")  # nothing would ever pay it
     r = await c.call(service.set_payout_method, c.app.db, user=c.handle, kind=kind, name=name,
                      account=account)
     text = c.t("payout.set", method=method_text(c, r))

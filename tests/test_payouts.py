@@ -93,7 +93,7 @@ async def test_bad_payout_details_get_a_polite_refusal_and_change_nothing(memdb,
     reply = text(await chat.send("tg:5", line))
     assert "Traceback" not in reply and reply
     assert any(w in reply for w in ("Usage", "not a payout method", "do not look right",
-                                    "talked to us on WeChat"))
+                                    "not available in this shop"))
     assert chat.world() == world
     assert users.resolve(memdb, "tg:5") and text(await chat.send("tg:5", "/payout")) \
         .startswith("Your withdrawals are paid to: not set")
@@ -164,3 +164,21 @@ async def test_linking_accounts_keeps_a_payout_method_and_the_hold(memdb):
         "Your withdrawals are paid to: Alipay W*** ****8000")
     assert "approved" in text(await chat.send(OPERATOR, "/approve 1"))
     assert verify(memdb).ok
+
+
+async def test_the_wechat_balance_is_offered_only_where_wechat_pay_pays_it(memdb):
+    chat = await funded_chat(memdb, WX, channel="wechat")
+    no_pay = Chat(memdb, channel="wechat", payments=False)
+    reply = await no_pay.send(WX, "/withdraw 5.00")
+    assert buttons(reply) == [] and "WeChat balance" not in text(reply)
+    assert text(await no_pay.send(WX, "/payout wechat")).startswith(
+        "WeChat balance payouts are not available in this shop")
+    assert text(await no_pay.send(WX, "/payout")).startswith(
+        "Your withdrawals are paid to: not set")
+
+
+def test_the_wechat_balance_needs_a_wechat_identity(memdb):
+    users.resolve(memdb, "tg:9")
+    with pytest.raises(Refusal) as refused:
+        service.set_payout_method(memdb, user="tg:9", kind="wechat")
+    assert refused.value.code == "no_wechat_identity"
