@@ -167,7 +167,7 @@ async def test_linking_accounts_keeps_a_payout_method_and_the_hold(memdb):
 
 
 async def test_the_wechat_balance_is_offered_only_where_wechat_pay_pays_it(memdb):
-    chat = await funded_chat(memdb, WX, channel="wechat")
+    await funded_chat(memdb, WX, channel="wechat")
     no_pay = Chat(memdb, channel="wechat", payments=False)
     reply = await no_pay.send(WX, "/withdraw 5.00")
     assert buttons(reply) == [] and "WeChat balance" not in text(reply)

@@ -6,13 +6,13 @@ withdrawal paid by a WeChat Pay merchant transfer, keyed by its `out_bill_no`), 
 reference (issue 17, docs/wechat.md).
 
 Revision ID: 0017
-Revises: 0013
+Revises: 0016
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0017'
-down_revision = '0013'
+down_revision = '0016'
 branch_labels = None
 depends_on = None
 
