@@ -130,8 +130,9 @@ def _apply(book: Book, no: str, answer: dict[str, Any], at: datetime,
            confirm_url: Callable[[str], str] | None) -> dict[str, Any]:
     t = _locked(book, no)
     state = answer.get("state")
-    if t.state in FINAL:
-        return {"out_bill_no": no, "state": t.state, "changed": False}
+    if t.state in FINAL:  # ended already; a different ending is reported, never applied
+        return {"out_bill_no": no, "state": t.state, "changed": False,
+                "conflict": state in FINAL and state != t.state}
     amount = answer.get("transfer_amount")
     if amount is not None and amount != t.amount:
         raise Refusal("payment_mismatch", f"{no}: {amount} != {t.amount}")

@@ -7,6 +7,7 @@ an operator's `/payoutinfo` reply, for a manual payout, and is never logged."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,8 @@ from . import i18n
 from .base import Button, Reply
 from .parsing import BadInput, callback, echo, money, whole
 from .registry import Ctx, button, command
+
+log = logging.getLogger(__name__)
 
 KIND_WORDS = {"wechat": "wechat", "wx": "wechat", "微信": "wechat", "零钱": "wechat",
               "alipay": "alipay", "支付宝": "alipay", "bank": "bank", "银行卡": "bank",
@@ -183,9 +186,12 @@ def transfer_notified(db: Database, no: str, bill: dict[str, Any], at: datetime)
     """A verified transfer notification's bill recorded: `ok`, `unknown` (no such transfer)
     or `mismatch` (not our amount)."""
     try:
-        transfers.record_answer(db, no, bill, at)
+        result = transfers.record_answer(db, no, bill, at)
     except Refusal as refusal:
         return "unknown" if refusal.code == "unknown_withdrawal" else "mismatch"
+    if result.get("conflict"):
+        log.error("transfer %s ended %s here but WeChat Pay says %s: check it by hand",
+                  no, result["state"], bill.get("state"))
     return "ok"
 
 

@@ -88,6 +88,9 @@ def step(db: Database, api: TransferAPI, t: dict[str, Any], now: datetime, *,
             return "unchanged"
         result = transfers.record_answer(db, no, answer, now,
                                          confirm_url=getattr(api, "confirm_url", None))
+        if result.get("conflict"):
+            log.error("transfer %s ended %s here but WeChat Pay says %s: check it by hand",
+                      no, result["state"], answer.get("state"))
         return str(result["state"]).lower()
     except TransferRefused as refused:
         if t["state"] != "NEW":
