@@ -274,8 +274,11 @@ def decide_withdrawal(book: Book, *, withdrawal_id: object, approve: bool, at: d
     w.decided_at, w.decided_by = at, actor
     key = f"withdrawal:{w.id}:{w.status}"
     result = {"withdrawal": w.id, "user": owner.handle, "amount": w.amount, "status": w.status}
+    body: dict[str, Any] = {"withdrawal": w.id, "amount": w.amount}
+    if w.reference:  # how the operator paid it by hand (issue 17)
+        body["reference"] = w.reference
     book.record(key=key, kind=f"withdrawal_{w.status}", at=at, postings=p, actor=actor,
-                body={"withdrawal": w.id, "amount": w.amount}, result=result)
+                body=body, result=result)
     book.notify(owner, f"withdrawal_{w.status}", key, at, withdrawal=w.id, amount=w.amount)
     return result
 

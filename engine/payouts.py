@@ -42,6 +42,7 @@ from .errors import Refusal
 KINDS = ("wechat", "alipay", "bank")
 LIMIT_KEYS = ("payout.min", "payout.user_daily_max", "payout.shop_daily_max")
 REAL_NAME_FROM = 200_000  # fen: WeChat Pay wants the payee's name from 2,000.00 yuan
+WECHAT_MIN = 10  # fen: the smallest merchant transfer WeChat Pay makes (0.10 yuan)
 NAME = re.compile(r"^[^\x00-\x1f\x7f<>]{1,32}$")
 ALIPAY = re.compile(r"^(1\d{10}|[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,64}\.[A-Za-z]{2,12})$")
 BANK_CARD = re.compile(r"^\d{12,19}$")
@@ -171,6 +172,8 @@ def checked_request(book: Book, owner_id: int, fen: int, at: datetime) -> tuple[
     method = book.s.get(PayoutMethod, owner_id)
     if method is None:
         return None, None
+    if method.kind == "wechat" and fen < WECHAT_MIN:
+        raise Refusal("below_minimum", str(WECHAT_MIN))
     if method.kind == "wechat" and fen >= REAL_NAME_FROM and not method.name:
         raise Refusal("real_name_required")
     return method.kind, method.masked

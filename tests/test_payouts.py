@@ -6,16 +6,19 @@ is held, being paid and paid out."""
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import select
 
 from bot.cli_reports import format_report
 from engine import report, service, users
 from engine.errors import Refusal
 from engine.verify import verify
 from storage.db import Database
+from storage.models import JournalTxn
 from tests.handlers_kit import OPERATOR, Chat, buttons, text
 
 CARD = "6222020200112233445"
@@ -80,6 +83,9 @@ async def test_payout_details_are_shown_masked_and_never_logged(memdb, caplog):
         "Sorry, only the shop's operators can do that."
     assert text(await chat.send(OPERATOR, "/approve 1 SLIP-778")).startswith(
         "Withdrawal #1 approved: pay 5.00 CNY")
+    body = memdb.read(lambda s: s.execute(select(JournalTxn.body).where(
+        JournalTxn.key == "withdrawal:1:approved")).scalar_one())
+    assert json.loads(body)["reference"] == "SLIP-778"
     assert all(CARD not in r.getMessage() and "王小明" not in r.getMessage()
                for r in caplog.records)
 
