@@ -69,9 +69,9 @@ async def payout(c: Ctx) -> Reply:
         name = c.args[1] if len(c.args) == 2 else None
         account = None
     else:
-        if len(c.args) != 3:
+        if len(c.args) < 3:
             raise BadInput("bad.missing")
-        name, account = c.args[1], c.args[2]
+        name, account = c.args[1], "".join(c.args[2:])  # a card number typed in groups
     return await _set(c, kind, name, account)
 
 

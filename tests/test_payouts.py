@@ -68,7 +68,8 @@ async def test_a_wechat_user_picks_their_balance_with_one_button(memdb):
 async def test_payout_details_are_shown_masked_and_never_logged(memdb, caplog):
     caplog.set_level(logging.DEBUG)
     chat = await funded_chat(memdb)
-    reply = text(await chat.send("tg:5", f"/payout bank 王小明 {CARD}"))
+    grouped = " ".join(CARD[i:i + 4] for i in range(0, len(CARD), 4))
+    reply = text(await chat.send("tg:5", f"/payout bank 王小明 {grouped}"))
     assert reply == "Saved. Your withdrawals will be paid to: Bank card 王** ****3445"
     assert text(await chat.send("tg:5", "/payout")).startswith(
         "Your withdrawals are paid to: Bank card 王** ****3445")
