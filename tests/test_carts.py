@@ -198,3 +198,17 @@ def test_a_cart_paid_by_a_channel_later_settles_each_line_in_a_later_transaction
     done = lines_stored(db, opened["order"])
     assert [(x[5], x[7]) for x in done] == [(3, 1200), (4, 1200)] and done[1][6] > 0
     assert verify(db).ok
+
+
+def test_an_open_cart_order_names_all_its_lines_for_its_replacement(memdb):
+    shop(memdb)
+    opened = checkout.open_checkout(memdb, user="b", lines=[{"sku": "A"}, {"sku": "C", "qty": 2}],
+                                    channel="wechat", method="wechat", key="k", at=at(1))
+    assert checkout.open_order_lines(memdb, user="b", order=opened["order"]) == (
+        [{"sku": "A", "qty": 1}, {"sku": "C", "qty": 2}], False)
+    assert checkout.open_order_line(memdb, user="b", order=opened["order"]) == ("A", 1, False)
+    with pytest.raises(Refusal, match="unknown_order"):
+        checkout.open_order_lines(memdb, user="r", order=opened["order"])
+    q = checkout.quote(memdb, user="b", lines=[{"sku": "A"}, {"sku": "C", "qty": 2}])
+    assert q["total"] == 12000 and [x["total"] for x in q["lines"]] == [6000, 6000]
+    assert q["lines"][0]["kind"] == "goods" and q["lines"][0]["stock"] is None

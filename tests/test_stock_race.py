@@ -5,6 +5,7 @@ the books verify clean and the stock ends at zero, never below."""
 from __future__ import annotations
 
 import threading
+from functools import partial
 from typing import Any
 
 import pytest
@@ -49,10 +50,9 @@ def test_two_buyers_race_for_the_last_unit_and_exactly_one_gets_it(pg_db: Databa
         when = at(1 + n)
         # one buys it paid at once, the other opens a channel's checkout for it (and a cart)
         results = race(pg_db, [
-            lambda: service.buy(pg_db, user="x", sku="last", at=when, key=f"x{n}"),
-            lambda: checkout.open_checkout(pg_db, user="y", lines=[{"sku": "last"}],
-                                           channel="wechat", method="wechat", key=f"y{n}",
-                                           at=when)])
+            partial(service.buy, pg_db, user="x", sku="last", at=when, key=f"x{n}"),
+            partial(checkout.open_checkout, pg_db, user="y", lines=[{"sku": "last"}],
+                    channel="wechat", method="wechat", key=f"y{n}", at=when)])
         refused = [r for r in results if isinstance(r, Refusal)]
         got = [r for r in results if isinstance(r, dict)]
         assert len(got) == 1 and len(refused) == 1, results
