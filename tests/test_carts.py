@@ -212,3 +212,33 @@ def test_an_open_cart_order_names_all_its_lines_for_its_replacement(memdb):
     q = checkout.quote(memdb, user="b", lines=[{"sku": "A"}, {"sku": "C", "qty": 2}])
     assert q["total"] == 12000 and [x["total"] for x in q["lines"]] == [6000, 6000]
     assert q["lines"][0]["kind"] == "goods" and q["lines"][0]["stock"] is None
+
+
+def test_a_one_line_orders_line_is_written_when_it_settles_later_without_being_read(db):
+    shop(db, settle_days="1")
+    service.buy(db, user="r", sku="C", qty=4, at=at(1), order="one")
+    assert lines_stored(db, "one") == [(1, "C", 4, 12000, 12000, None, 0, 0)]
+    settled = service.settle(db, at=at(2))
+    assert len(settled) == 1
+    order = settled[0]
+    assert lines_stored(db, "one") == [(1, "C", 4, 12000, 12000, order["entry"],
+                                        order["minted"], order["accelerated"])]
+    assert order["lines"][0]["entry"] == order["entry"] == 1
+    matures = db.read(lambda s: s.execute(select(OrderLine.matures_at)).scalar_one())
+    assert matures.isoformat() == "2026-08-05T16:00:00+00:00"  # 6 Aug 00:00 store-local
+
+
+def test_the_operators_view_of_a_product_shows_its_stock_and_kind(memdb):
+    from engine import views
+
+    shop(memdb)
+    service.upsert_product(memdb, sku="D", price="5.00", margin="0.1", lock_days=0,
+                           scheme="none", stock=7, kind="digital", at=at(1))
+    got = views.product(memdb, "D")
+    assert got is not None and (got["stock"], got["kind"]) == (7, "digital")
+    assert views.product(memdb, "A")["stock"] is None and views.product(memdb, "Z") is None
+    items = checkout.catalogue(memdb)["products"]
+    assert {p["sku"]: (p["stock"], p["kind"]) for p in items}["D"] == (7, "digital")
+    with pytest.raises(Refusal, match="invalid_event"):
+        service.upsert_product(memdb, sku="D", price="5.00", margin="0.1", lock_days=0,
+                               scheme="none", kind="gift", at=at(1))
