@@ -242,3 +242,19 @@ def test_the_operators_view_of_a_product_shows_its_stock_and_kind(memdb):
     with pytest.raises(Refusal, match="invalid_event"):
         service.upsert_product(memdb, sku="D", price="5.00", margin="0.1", lock_days=0,
                                scheme="none", kind="gift", at=at(1))
+
+
+def test_group_commit_records_carts_and_refuses_the_one_out_of_stock_alone(memdb):
+    shop(memdb)
+    service.upsert_product(memdb, sku="A", price="60.00", margin="0.50", lock_days=10,
+                           scheme="queue", stock=2, at=at(1))
+    service.start_group_commit(memdb)
+    try:
+        first = service.buy(memdb, user="r", lines=[{"sku": "A"}, {"sku": "B"}], at=at(2))
+        with pytest.raises(Refusal, match="out_of_stock"):
+            service.buy(memdb, user="b", lines=[{"sku": "A", "qty": 2}], at=at(2))
+        second = service.buy(memdb, user="b", lines=[{"sku": "A"}, {"sku": "C"}], at=at(2))
+    finally:
+        service.stop_group_commit(memdb)
+    assert [len(first["lines"]), len(second["lines"])] == [2, 2]
+    assert stock(memdb, "A") == 0 and verify(memdb).ok
