@@ -12,6 +12,7 @@ from sqlalchemy import select
 import handlers
 from engine import checkout, service, users
 from engine.errors import Refusal
+from engine.verify import verify
 from handlers import notify
 from handlers.base import Request
 from storage.db import Database
@@ -75,6 +76,7 @@ def test_each_unit_paid_gets_one_code_in_its_receipt_and_the_order_is_received(d
     with pytest.raises(Refusal) as refused:
         service.buy(db, user="tg:6", sku="GAME", at=at(2, 12), order="G3", method="cash")
     assert refused.value.code == "out_of_stock"
+    assert verify(db).ok  # the books agree: codes move no money, received is journaled
 
 
 def test_a_cart_with_goods_is_not_received_at_delivery_and_a_retry_gives_nothing_twice(
