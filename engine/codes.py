@@ -84,7 +84,7 @@ def deliver(book: Book, order: OrderRow, buyer: UserRow, at: datetime) -> bool:
     its digital lines (owed when none is left), and the buyer's message with them. Returns
     whether the order is thereby received (every unit delivered, no goods to ship). An
     order without digital lines reads nothing."""
-    lines = lines_of(book, order, json.loads(order.terms))
+    lines = lines_of(book, order)
     kinds = _kinds(book, lines)
     if DIGITAL not in kinds:
         return False
@@ -167,7 +167,7 @@ def _late(book: Book, order_no: int, rows: list[Code], at: datetime, actor: str 
         Code.order_no == order_no, Code.code.is_(None))).scalar_one()
     book.notify(buyer, NOTICE, f"codes:{order.ref}:{rows[0].id}", at, order=order.ref,
                 codes=[[r.sku, r.code] for r in rows], owed=int(still))
-    lines = lines_of(book, order, json.loads(order.terms))
+    lines = lines_of(book, order)
     if not still and GOODS not in _kinds(book, lines) and order.status == "pending" \
             and order.received_at is None:
         receive(book, ref=order.ref, at=at, actor=actor)
@@ -193,7 +193,7 @@ def refunded(book: Book, order: OrderRow) -> None:
     """A refunded order keeps the codes it was given (they may be used already): the stock
     the refund put back for them is taken out again; units still owed are owed no more."""
     terms = json.loads(order.terms)
-    lines = lines_of(book, order, terms)
+    lines = lines_of(book, order)
     if DIGITAL not in _kinds(book, lines):
         return
     s = book.s

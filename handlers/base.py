@@ -67,7 +67,9 @@ class Invoice:
     """Ask the channel to collect `amount` fen for order `order`.
 
     Telegram sends a native invoice whose payload is `token`; WeChat creates a Pay order
-    (JSAPI or Native QR) with `out_trade_no` = `order`."""
+    (JSAPI or Native QR) with `out_trade_no` = `order`. The `need_*` flags (an order with
+    goods to ship, docs/cart.md) ask Telegram to collect the buyer's name, phone number and
+    shipping address with the payment."""
 
     order: str
     token: str
@@ -75,6 +77,9 @@ class Invoice:
     description: str
     amount: int
     currency: str
+    need_name: bool = False
+    need_phone_number: bool = False
+    need_shipping_address: bool = False
 
 
 @dataclass(frozen=True)

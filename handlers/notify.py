@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 KINDS = ("order_settled", "acceleration", "release_paid", "forced_exit", "points_received",
          "withdrawal_approved", "withdrawal_rejected", "order_refunded", "broadcast",
          "payment_flag", "paused_payment", "pool_warning", "payment_waiting", "payment_late",
-         "update_failed", "support_message", "support_answer", "support_closed", "digital_codes")
+         "update_failed", "order_shipped", "order_received", "support_message",
+         "support_answer", "support_closed", "digital_codes")
 
 
 def _fen(value: Any, currency: str | None) -> str:
@@ -127,6 +128,21 @@ _SIMPLE["update_failed"] = lambda p, c: {"update": echo(str(p.get("update") or "
                                          "kind": echo(p.get("kind") or "-", 24),
                                          "buyer": echo(p.get("buyer") or "-", 64),
                                          "error": echo(p.get("error") or "-", 200)}
+# Delivery (engine/delivery.py, docs/delivery.md)
+_SIMPLE["order_shipped"] = lambda p, c: {"order": echo(p.get("order") or "-", 64),
+                                         "carrier": echo(p.get("carrier") or "-", 40),
+                                         "tracking": echo(p.get("tracking") or "-", 64)}
+
+
+def _received(p: dict[str, Any], lang: str, cur: str | None) -> str:
+    how = "note.received_auto" if p.get("by") == "auto" else "note.received_by_shop"
+    text = i18n.t(lang, "note.order_received", order=echo(p.get("order") or "-", 64),
+                  how=i18n.t(lang, how))
+    if p.get("settles_at"):
+        text += "\n" + i18n.t(lang, "note.received_settles", settles=_moment(p["settles_at"]))
+    return text
+
+
 # Support threads (engine/support.py): the words of the buyer or the operator, lines kept.
 _SIMPLE["support_message"] = lambda p, c: {"thread": int(p.get("thread") or 0),
                                            "buyer": echo(p.get("buyer") or "-", 40),
@@ -134,6 +150,8 @@ _SIMPLE["support_message"] = lambda p, c: {"thread": int(p.get("thread") or 0),
 _SIMPLE["support_answer"] = lambda p, c: {"thread": int(p.get("thread") or 0),
                                           "text": str(p.get("text") or "")[:3000]}
 _SIMPLE["support_closed"] = lambda p, c: {"thread": int(p.get("thread") or 0)}
+
+
 def _digital_codes(p: dict[str, Any], lang: str, cur: str | None) -> str:
     """The receipt of a digital order (engine/codes.py): every code on its own line, as
     given (a code is the buyer's to copy, never shortened)."""
@@ -148,7 +166,8 @@ def _digital_codes(p: dict[str, Any], lang: str, cur: str | None) -> str:
 
 _COMPOSED: dict[str, Callable[[dict[str, Any], str, str | None], str]] = {
     "order_settled": _order_settled, "order_refunded": _refunded, "pool_warning": _pool_warning,
-    "acceleration": _acceleration, "digital_codes": _digital_codes,
+    "acceleration": _acceleration, "order_received": _received,
+    "digital_codes": _digital_codes,
 }
 
 

@@ -110,7 +110,7 @@ def _next_for(request: Request) -> tuple[str, tuple[str, ...]] | None:
 
 
 # The order menus list consumer commands in; the rest follow in registration order.
-MENU_ORDER = ("shop", "buy", "me", "queue", "points", "orders", "history", "withdraw",
+MENU_ORDER = ("shop", "buy", "me", "cart", "queue", "points", "orders", "history", "withdraw",
               "sellpoints", "transfer", "invite", "lang", "help")
 
 

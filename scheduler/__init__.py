@@ -46,6 +46,7 @@ from engine.report import write_pool_warnings
 from storage import faults
 from storage.db import Database
 
+from . import receive
 from .delivery import (
     ANY_CHANNEL,
     ButtonMaker,
@@ -459,6 +460,7 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
                       args=(db, now, settings), id="pool-warnings", name="pool warnings",
                       coalesce=True, misfire_grace_time=grace, max_instances=1,
                       replace_existing=True)
+    receive.add_job(scheduler, db, now, settings, start=start, grace=grace)  # docs/delivery.md
     if checkout_sweep:
         scheduler.add_job(sweep_checkouts,
                           IntervalTrigger(seconds=checkout_sweep, start_date=start, timezone=tz),

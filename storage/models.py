@@ -464,6 +464,67 @@ __all__ = [
 ]
 
 
+class CartItem(Base):
+    """One line of a buyer's cart (docs/cart.md): a product and how many, in the order the
+    lines were first added (`position`). One line per product: adding it again adds to it."""
+
+    __tablename__ = "cart_items"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    sku: Mapped[str] = mapped_column(String(64))
+    qty: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_cart_items_user_sku", "user_id", "sku", unique=True),)
+
+
+class CartOrder(Base):
+    """An order opened from a buyer's cart: once it is recorded as paid its lines leave the
+    cart; once it is cancelled unpaid it is forgotten and the cart stays (engine/cart.py)."""
+
+    __tablename__ = "cart_orders"
+    order_ref: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SavedAddress(Base):
+    """Where a buyer wants goods sent, kept for next time (docs/delivery.md): one per user,
+    the last one they confirmed in chat or gave Telegram at a payment."""
+
+    __tablename__ = "saved_addresses"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    phone: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str] = mapped_column(String(400))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Shipment(Base):
+    """The delivery of one paid goods order (SPEC §9, docs/delivery.md): where it goes, when
+    and how it was shipped, whether an operator holds its automatic receipt, and when and by
+    whom it was received (`buyer`, `auto`, or an operator's identity)."""
+
+    __tablename__ = "shipments"
+    order_ref: Mapped[str] = mapped_column(ForeignKey("orders.ref"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    phone: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    carrier: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    tracking: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    shipped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    shipped_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    held: Mapped[bool] = mapped_column(Boolean, default=False)
+    received_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    received_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    # the auto-receive job's scan: shipped, not received yet, oldest first
+    __table_args__ = (Index("ix_shipments_due", "received_at", "shipped_at"),)
+
 class Code(Base):
     """A digital product's code (docs/digital.md): unused while `order_no` is NULL; given to
     one unit of one order line, in the transaction that records the payment, and never

@@ -257,6 +257,12 @@ class TelegramAdapter:
         user = update.effective_user
         assert message is not None and message.successful_payment is not None and user
         sp = message.successful_payment
+        info = sp.order_info
+        if info is not None and self.conv.shipping is not None:  # before the payment's record
+            where = info.shipping_address
+            await invoke(self.conv.shipping, self.app, token=sp.invoice_payload,
+                         identity=f"tg:{user.id}", name=info.name, phone=info.phone_number,
+                         address=where.to_dict() if where is not None else None)
         reply: Reply | None = None
         for attempt in range(PAYMENT_ATTEMPTS):
             try:
