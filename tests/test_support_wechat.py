@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from handlers.notify import buttons, render
 from scheduler import Deliverer
-from tests.wechat_harness import OPERATOR, Shop, keys, shop  # noqa: F401 - fixtures
+from tests.wechat_harness import OPERATOR, Shop  # its `shop` fixture is conftest's plugin
 
 BUYER = "oBuyer_00000000000000000001"
 
@@ -18,7 +18,7 @@ async def deliver(shop: Shop) -> None:
     assert stats["sent"] >= 1, stats
 
 
-async def test_support_over_wechat_both_ways(shop: Shop) -> None:  # noqa: F811
+async def test_support_over_wechat_both_ways(shop: Shop) -> None:
     await shop.say(OPERATOR, "帮助")  # the operator has an account (where notices go)
     reply = await shop.say(BUYER, "客服 卡密显示已被使用\n订单 N1")
     assert reply["Content"] == "已转给客服（会话 #1），回复会发到这里。"
