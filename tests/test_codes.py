@@ -214,3 +214,12 @@ async def test_an_operator_makes_a_product_digital_from_chat(sqlite_db: Database
     assert "1 new codes added" in text(await chat.send(OPERATOR, "/codes KEY\nK-1"))
     assert text(await chat.send(BUYER, "/kind KEY goods")) == \
         "Sorry, only the shop's operators can do that."
+
+
+def test_with_settle_from_receipt_the_return_window_starts_at_delivery(sqlite_db: Database):
+    digital(sqlite_db, config={"store": {"settle_from": "receipt", "settle_days": "7"}})
+    upload(sqlite_db, "W-1")
+    r = service.buy(sqlite_db, user=BUYER, sku="GAME", at=at(2), order="G1", method="cash")
+    assert r["status"] == "pending"
+    assert r["received_at"] == "2026-08-02T10:00:00+08:00"
+    assert r["settles_at"] == "2026-08-09T00:00:00+08:00"  # receipt date + 7 days
