@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from storage.rows import OrderLineRow, OrderRow, UserRow
 
-from . import journal, ledger, points
+from . import codes, journal, ledger, points
 from .accounts import micro_amount
 from .book import Book, ProductInfo
 from .errors import Refusal
@@ -250,6 +250,8 @@ def _pay(book: Book, order: OrderRow, buyer: UserRow, at: datetime, p: journal.P
     if paused:
         body["paid_while_paused"] = True
     book.record(key=key, kind="purchase", at=at, postings=p, actor=actor, body=body)
+    if codes.deliver(book, order, buyer, at):  # digital goods: received as delivered
+        receive(book, ref=order.ref, at=at, actor=actor)
     if not settle_due(book, at):
         points.forced_exits(book, at, f"order:{order.ref}")
 
@@ -319,6 +321,7 @@ def refund(book: Book, *, ref: object, at: object, actor: str | None = None) -> 
     buyer = book.user_by_id(order.user_id)
     order.status = "refunded"
     give_back(book, order, json.loads(order.terms))
+    codes.refunded(book, order)  # codes given stay given (docs/digital.md)
     p = journal.Postings()
     r = f"order:{order.ref}"
     back = ledger.wallet(buyer) if order.method == "wallet" else journal.REFUNDS_OUT

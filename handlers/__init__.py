@@ -9,7 +9,24 @@ command), `run_job(app, job, request, update)` (a `Progress` item's job), and in
 from __future__ import annotations
 
 # Importing the conversation modules registers their commands and buttons.
-from . import account, admin, admin_store, link, onsale, referral, settings, shop  # noqa: F401
+from . import (  # noqa: F401
+    account,
+    admin,
+    admin_store,
+    cart,
+    catalogue,
+    delivery,
+    link,
+    onsale,
+    orders,
+    referral,
+    settings,
+    shop,
+)
+
+# digital goods' codes and support threads (docs/digital.md, docs/support.md)
+from . import codes as _codes  # noqa: F401
+from . import support as _support  # noqa: F401
 from .admin import run_job
 from .registry import CommandInfo, commands, dispatch, parse_text
 

@@ -10,14 +10,14 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from engine import checkout, outlook, service, users
+from engine import cart, checkout, outlook, service, users
 from engine.database import DatabaseUnavailable
 from engine.errors import Refusal
 from engine.orders import ORDER_REF
 
 from . import i18n
 from .base import App, Button, Invoice, Reply
-from .parsing import BadInput, callback, echo, points, qty, sku, whole
+from .parsing import BadInput, callback, echo, points, qty, sku
 from .registry import Ctx, button, command
 
 log = logging.getLogger(__name__)
@@ -42,52 +42,6 @@ def scheme_text(c: Ctx, p: dict[str, Any], cat: dict[str, Any]) -> str:
     if not lines:
         lines.append(c.t("shop.no_rebate"))
     return "\n".join("   " + line for line in lines)
-
-
-@command("shop", aliases=("商品", "products", "catalogue", "商店"), usage_key="usage.shop")
-async def shop(c: Ctx) -> Reply:
-    """`/shop [PAGE]`: one page of the catalogue (`checkout.PAGE_SIZE` products, SKU order),
-    with ‹ › buttons to the neighbouring pages."""
-    page = whole(c.args[0], "bad.page", low=1, high=100_000) - 1 if c.args else 0
-    return await _shop_page(c, page)
-
-
-@button("shop")
-async def shop_button(c: Ctx) -> Reply:
-    """`shop:v1:PAGE` (0-based, like `hist:v1:PAGE`)."""
-    if len(c.args) != 1 or not c.args[0].isdigit() or len(c.args[0]) > 6:
-        raise BadInput("bad.button")
-    return await _shop_page(c, int(c.args[0]))
-
-
-async def _shop_page(c: Ctx, page: int) -> Reply:
-    cat = await c.call(checkout.catalogue, c.app.db, page)
-    if not cat["products"]:
-        return c.say("shop.empty")
-    lines = [c.t("shop.page", page=cat["page"] + 1, pages=cat["pages"]) if cat["pages"] > 1
-             else c.t("shop.title")]
-    rows: list[tuple[Button, ...]] = []
-    for p in cat["products"]:
-        lines.append(c.t("shop.item", name=echo(p["name"], 40), sku=p["sku"],
-                         price=c.money(p["price"], cat["currency"])))
-        lines.append(scheme_text(c, p, cat))
-        data = callback("buy", p["sku"], 1)
-        if data:
-            rows.append((Button(c.t("shop.buy_button", name=echo(p["name"], 24),
-                                    price=c.money(p["price"], cat["currency"])), data),))
-    if cat["settle_days"]:
-        lines.append(c.t("shop.return_window", days=cat["settle_days"]))
-    if cat["paused"]:
-        lines.append(c.t("refusal.sales_paused"))
-    lines.append(c.t("shop.how_to_buy"))
-    nav: list[Button] = []
-    if cat["page"] > 0 and (data := callback("shop", cat["page"] - 1)):
-        nav.append(Button(c.t("shop.prev"), data))
-    if cat["page"] + 1 < cat["pages"] and (data := callback("shop", cat["page"] + 1)):
-        nav.append(Button(c.t("shop.next"), data))
-    if nav:
-        rows.append(tuple(nav))
-    return Reply().text("\n".join(lines), tuple(rows))
 
 
 def parse_buy(args: tuple[str, ...]) -> tuple[str, int, str | None, bool]:
@@ -264,6 +218,7 @@ async def pay_button(c: Ctx) -> Reply:
     if how == "w":
         result = await c.call(checkout.pay_with_wallet, c.app.db, user=c.handle, order=ref,
                               key=f"btn:{c.user_id}:pay:{ref}:w")
+        await tidy_cart(c.app, result)  # the order may be a cart's (docs/cart.md)
         return Reply().text(await receipt(c, result))
     key = f"btn:{c.user_id}:pay:{ref}:p"
     sku_, n, done = await c.call(checkout.open_order_line, c.app.db, user=c.handle,
@@ -281,6 +236,7 @@ async def receipt_on(app: App, channel: str, result: dict[str, Any]) -> tuple[st
     """The receipt of a payment a channel collected outside a conversation (WeChat Pay's
     notification), for the buyer's first identity on `channel` (`wx`): (identity, text) in
     their language, or None when they have none there."""
+    await tidy_cart(app, result)
     identity = await asyncio.to_thread(users.identity_on, app.db, result["user"], channel)
     if identity is None:
         return None
@@ -289,14 +245,31 @@ async def receipt_on(app: App, channel: str, result: dict[str, Any]) -> tuple[st
     return identity, render_receipt(lang, result, cfg.currency)
 
 
+async def tidy_cart(app: App, result: dict[str, Any]) -> None:
+    """A paid order opened from the buyer's cart takes its lines out of the cart now
+    (docs/cart.md). Never fails the payment's answer: the next look at the cart does it."""
+    try:
+        await asyncio.to_thread(cart.tidy, app.db, user=result["user"])
+    except Exception:  # noqa: BLE001 - the payment is recorded; the cart can wait
+        log.warning("emptying the cart after order %s failed", result.get("order"),
+                    exc_info=True)
+
+
 def render_receipt(lang: str, r: dict[str, Any], currency: str) -> str:
     """What the purchase earned: the queue entry and its maturity, points minted; or, inside
     a return window, when its rebates start (SPEC §8)."""
     def m(fen: int) -> str:
         return i18n.money(fen, currency)
 
-    lines = [i18n.t(lang, "receipt.head", order=r["order"], sku=r["sku"], qty=r["qty"],
-                    total=m(r["total"]))]
+    several = r.get("lines") or []
+    if len(several) > 1:  # a cart's order (docs/cart.md): one line each
+        lines = [i18n.t(lang, "receipt.lines_head", order=r["order"], count=len(several),
+                        total=m(r["total"]))]
+        lines += [i18n.t(lang, "receipt.line", sku=x["sku"], qty=x["qty"], total=m(x["total"]))
+                  for x in several]
+    else:
+        lines = [i18n.t(lang, "receipt.head", order=r["order"], sku=r["sku"], qty=r["qty"],
+                        total=m(r["total"]))]
     if r.get("points_used"):
         lines.append(i18n.t(lang, "receipt.points_used", points=i18n.pts(r["points_used"]),
                             value=m(r["points_value"]), cash=m(r["cash"])))
@@ -358,6 +331,7 @@ async def paid(app: App, token: str, amount: int, currency: str, charge_id: str,
         if not result["ok"]:
             log.warning("payment %s on %s refused: %s", charge_id, channel, result["code"])
             return Reply().text(i18n.t(lang, "paid.flagged", order=result["order"] or "-"))
+        await tidy_cart(app, result)
         cfg = await asyncio.to_thread(app.db.read, users.store_config)
         return Reply().text(render_receipt(lang, result, cfg.currency))
     except Refusal as exc:
