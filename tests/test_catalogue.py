@@ -34,7 +34,8 @@ def cards(reply) -> list[Card]:
 
 # -- the engine ------------------------------------------------------------------------------
 
-def test_a_photo_is_stored_once_by_its_bytes_however_often_it_is_added(memdb):
+def test_a_photo_is_stored_once_by_its_bytes_however_often_it_is_added(db):
+    memdb = db  # SQLite file and PostgreSQL
     seed_shop(memdb, users=(), products=PRODUCTS)
     first = catalogue.add_photo(memdb, sku="TEA", content=png(1), channel="telegram",
                                 channel_id="AgAC-1", actor="tg:1")
@@ -68,7 +69,8 @@ def test_what_is_not_a_showable_photo_is_refused_and_changes_nothing(memdb, cont
                       .scalar_one()) == 0
 
 
-def test_categories_search_and_pages_see_only_what_is_on_sale(memdb):
+def test_categories_search_and_pages_see_only_what_is_on_sale(db):
+    memdb = db  # SQLite file and PostgreSQL (ILIKE, its escapes)
     seed_shop(memdb, users=(), products=PRODUCTS + tuple(
         (f"T{i}", "9.00", "0.10", 0, "none", f"Tea no. {i}") for i in range(6)))
     for sku in ("TEA", *(f"T{i}" for i in range(6))):
