@@ -5,15 +5,15 @@ database (unless STOREFRONT_DEMO_CATALOGUE=false), then start each channel whose
 are set — Telegram, the HTTP server (WeChat, WeChat Pay, Telegram's webhook, /healthz) and
 the scheduler (releases, notifications). With no channel configured it runs the console chat.
 
-Each channel starts through a hook below that imports its module lazily and does nothing
-when the module is missing, so the shop runs with whichever adapters are installed.
+Each channel starts through a hook below that imports its module only when the channel is
+configured (a console run never pays for python-telegram-bot, uvicorn or APScheduler).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
+import functools
 import logging
 import signal
 import sys
@@ -26,7 +26,7 @@ from bot.settings import Settings
 from engine import service
 from engine.database import Database, is_fresh
 from engine.limits import RateLimiter
-from handlers.base import App
+from handlers.base import App, Channels
 
 log = logging.getLogger("storefront")
 
@@ -56,16 +56,49 @@ def seed_demo_catalogue(db: Database) -> bool:
     return True
 
 
-def make_app(settings: Settings, db: Database, *, console: bool = False) -> App:
+def make_app(settings: Settings, db: Database, *, console: bool = False,
+             channels: Channels | None = None) -> App:
+    """The shop's `App`, built once at start and never changed afterwards."""
     operators = settings.operator_ids()
     if console:
         from bot.console import CONSOLE_ADMIN
 
         operators = operators | {CONSOLE_ADMIN}
     return App(db=db, operators=frozenset(operators), currency=settings.store_currency,
-               console_payments=console,
                # the console is one local person: no rate limit; chats share Redis buckets
-               limiter=RateLimiter.disabled() if console else RateLimiter(settings.redis_url))
+               limiter=RateLimiter.disabled() if console else RateLimiter(settings.redis_url),
+               channels=channels or Channels(payments=payments_of(settings, console=console)))
+
+
+def payments_of(settings: Settings, *, console: bool = False) -> frozenset[str]:
+    """The channels that collect money for an invoice: Telegram with a payment provider
+    token, WeChat with every WeChat Pay setting (and the store in CNY, WeChat Pay's only
+    currency), the console's simulated payments."""
+    wechat_pay = (settings.wechat_enabled and settings.wechat_pay_configured
+                  and settings.store_currency == "CNY")
+    telegram = settings.telegram_enabled and settings.telegram_payment_provider_token is not None
+    return frozenset(name for name, on in (("telegram", telegram), ("wechat", wechat_pay),
+                                           ("console", console)) if on)
+
+
+async def open_channels(settings: Settings) -> tuple[Channels, Any]:
+    """What the configured channels can do, asked once before anything starts: payments,
+    the Telegram bot's username (getMe) and WeChat's invite QR maker on the shop's one
+    WeChat client (returned too, for the HTTP server: two clients would invalidate each
+    other's access token)."""
+    username = wechat_client = invite_qr = None
+    if settings.telegram_enabled:
+        from bot.telegram import bot_username
+
+        username = await bot_username(settings)
+    if settings.wechat_enabled:
+        from bot.wechat import client_from_settings
+        from bot.wechat.invite import invite_qr as make_invite_qr
+
+        wechat_client = client_from_settings(settings)
+        invite_qr = functools.partial(make_invite_qr, wechat_client)
+    return Channels(payments=payments_of(settings), bot_username=username,
+                    invite_qr=invite_qr), wechat_client
 
 
 # -- channel hooks ----------------------------------------------------------------------------
@@ -79,59 +112,45 @@ class Running:
     stop: Callable[[], Awaitable[Any] | Any]
 
 
-def _optional(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        log.info("%s is not installed; skipping it", module)
-        return None
-
-
 async def start_telegram(settings: Settings, app: App) -> Running | None:
     """The Telegram bot (`bot.telegram.start_telegram`), when TELEGRAM_BOT_TOKEN is set."""
     if not settings.telegram_enabled:
         return None
-    module = _optional("bot.telegram")
-    if module is None:
-        return None
-    application = await module.start_telegram(settings, app)
-    return Running("telegram", application, lambda: module.stop_telegram(application))
+    from bot import telegram
+
+    application = await telegram.start_telegram(settings, app)
+    return Running("telegram", application, lambda: telegram.stop_telegram(application))
 
 
-async def start_http(settings: Settings, app: App,
-                     telegram: Running | None = None) -> Running | None:
+async def start_http(settings: Settings, app: App, telegram: Running | None = None,
+                     wechat_client: Any = None) -> Running | None:
     """The HTTP server (`bot.http.start_http`): WeChat, WeChat Pay, Telegram's webhook and
     /healthz; started whenever a chat channel is configured."""
     if not (settings.wechat_enabled or settings.telegram_enabled):
         return None
-    module = _optional("bot.http")
-    if module is None:
-        return None
+    from bot import http
+
     webhook = telegram.handle if telegram is not None and settings.telegram_webhook_url else None
-    server = await module.start_http(settings, app, webhook)
+    server = await http.start_http(settings, app, webhook, wechat_client=wechat_client)
     return Running("http", server, server.stop)
 
 
 async def start_scheduler(settings: Settings, app: App, telegram: Running | None = None,
-                          http: Running | None = None) -> Running | None:
+                          http: Running | None = None) -> Running:
     """The scheduler (`scheduler/`): releases at STOREFRONT_RELEASE_TIMES, delivery of the
     outbox through the channels' senders (the running bot's and WeChat client's own), and the
     sweep of expired checkouts."""
-    module = _optional("scheduler")
-    if module is None:
-        return None
+    from bot.senders import senders_from_settings
+    from handlers.notify import buttons, render
+    from scheduler import build_scheduler
+
     bot = getattr(telegram.handle, "bot", None) if telegram is not None else None
     # the WeChat adapter's own sender knows each user's 48-hour customer-service window
     wechat = getattr(getattr(http.handle, "wechat", None), "sender", None) if http else None
-    from bot.senders import senders_from_settings
-    from handlers.notify import render
-
     senders = senders_from_settings(settings, telegram_bot=bot, wechat_sender=wechat)
     chores = getattr(http.handle, "chores", []) if http is not None else []
-    sched = module.build_scheduler(settings, app.db, senders, renderer=render,
-                                   checkout_sweep=CHECKOUT_SWEEP_SECONDS, chores=chores)
+    sched = build_scheduler(settings, app.db, senders, renderer=render, buttons=buttons,
+                            checkout_sweep=CHECKOUT_SWEEP_SECONDS, chores=chores)
     sched.start()
     return Running("scheduler", sched, sched.stop)
 
@@ -140,13 +159,11 @@ def _console_scheduler(settings: Settings, db: Database) -> Any:
     """The in-process scheduler for the console: releases at their times, and every user's
     notifications printed into the console chat, marked with whom they are for
     (`bot.console.console_senders`)."""
-    module = _optional("scheduler")
-    if module is None or not hasattr(module, "build_scheduler"):
-        return None
     from bot.console import console_senders
     from handlers.notify import render
+    from scheduler import build_scheduler
 
-    sched = module.build_scheduler(settings, db, console_senders(), renderer=render)
+    sched = build_scheduler(settings, db, console_senders(), renderer=render)
     sched.start()
     return sched
 
@@ -162,8 +179,7 @@ async def _stop(running: list[Running]) -> None:
 
 
 async def serve(settings: Settings, db: Database) -> int:
-    channels = settings.telegram_enabled or settings.wechat_enabled
-    if not channels:
+    if not (settings.telegram_enabled or settings.wechat_enabled):
         from bot.console import run_console
 
         log.info("no chat channel is configured: running the console chat")
@@ -171,10 +187,10 @@ async def serve(settings: Settings, db: Database) -> int:
         try:
             await run_console(make_app(settings, db, console=True))
         finally:
-            if sched is not None:
-                await sched.stop()
+            await sched.stop()
         return 0
-    app = make_app(settings, db)
+    channels, wechat_client = await open_channels(settings)
+    app = make_app(settings, db, channels=channels)
     running: list[Running] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -184,13 +200,9 @@ async def serve(settings: Settings, db: Database) -> int:
     try:
         telegram = await start_telegram(settings, app)
         running += [telegram] if telegram else []
-        http = await start_http(settings, app, telegram)
+        http = await start_http(settings, app, telegram, wechat_client)
         running += [http] if http else []
-        sched = await start_scheduler(settings, app, telegram, http)
-        running += [sched] if sched else []
-        if not running:
-            log.error("channels are configured but none of their modules could start")
-            return 1
+        running.append(await start_scheduler(settings, app, telegram, http))
         log.info("storefront running: %s", ", ".join(r.name for r in running))
         await stop.wait()
         return 0

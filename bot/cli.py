@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 
+from bot import cli_config, cli_inbox, cli_reports, cli_run, cli_scheduler
 from engine.database import Database, migrate
 
 
@@ -74,10 +74,6 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
 
 # Each of these modules defines `register(subparsers)`, adding its commands with
 # `set_defaults(func=...)`; they live beside the code they drive.
-COMMAND_MODULES = ("bot.cli_run", "bot.cli_scheduler", "bot.cli_reports", "bot.cli_config",
-                   "bot.cli_inbox")
-
-
 def add_db_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="database URL (default: DATABASE_URL or var/storefront.db)")
 
@@ -91,13 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=fn)
         if name == "replay":
             p.add_argument("file")
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
+    for module in (cli_run, cli_scheduler, cli_reports, cli_config, cli_inbox):
         module.register(sub)
     return parser
 

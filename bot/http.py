@@ -226,7 +226,7 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
     (port 0: any free port) and serve in this event loop until `stop()`.
 
     WeChat is served when WECHAT_TOKEN and WECHAT_APP_ID are set; WeChat Pay when all its
-    settings are (then `app.wechat_pay` is switched on); POST /telegram when a Telegram
+    settings are (whether the chat offers it is `app.channels`, fixed at start by bot/app.py); POST /telegram when a Telegram
     application is given. `wechat_client` replaces the wechatpy client (tests)."""
     from bot.wechat import WeChatAdapter
     from bot.wechatpay import WeChatPayGateway, client_from_settings
@@ -234,13 +234,11 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
     wechat = pay = None
     if settings.wechat_enabled:
         wechat = WeChatAdapter.from_settings(settings, app, client=wechat_client)
-        app.wechat_invite_qr = wechat.invite_qr
     made = client_from_settings(settings)
     if made is not None and settings.wechat_enabled:
         pay_client, pay_config = made
         pay = WeChatPayGateway(app.db, pay_client, pay_config, operators=app.operators,
                                after_payment=wechat.after_payment if wechat else None)
-        app.wechat_pay = app.currency == "CNY"
         if wechat is not None:
             wechat.pay = pay
     telegram = None

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     coverage_warning: str = Field("0.50", alias="STOREFRONT_COVERAGE_WARNING")
     charge_spool: str = Field("var/unrecorded_charges.jsonl", alias="STOREFRONT_CHARGE_SPOOL")
     matured_wait_warning_days: int = Field(7, alias="STOREFRONT_MATURED_WAIT_DAYS")
+    # shipped orders count as received after this many days without a hold (docs/delivery.md)
+    auto_receive_days: int = Field(10, ge=0, le=365, alias="STOREFRONT_AUTO_RECEIVE_DAYS")
     # bot/logs.py: how much is logged, and where ("-" = the terminal's stderr)
     log_level: str = Field("INFO", alias="STOREFRONT_LOG_LEVEL")
     log_file: str = Field("var/storefront.log", alias="STOREFRONT_LOG_FILE")
@@ -78,6 +80,14 @@ class Settings(BaseSettings):
     @property
     def wechat_enabled(self) -> bool:
         return self.wechat_token is not None and self.wechat_app_id is not None
+
+    @property
+    def wechat_pay_configured(self) -> bool:
+        """Every setting WeChat Pay needs is set (bot/wechatpay/config.py)."""
+        return all((self.wechat_app_id, self.wechat_pay_mch_id, self.wechat_pay_private_key_file,
+                    self.wechat_pay_cert_serial, self.wechat_pay_apiv3_key,
+                    self.wechat_pay_public_key_file, self.wechat_pay_public_key_id,
+                    self.wechat_pay_notify_url))
 
 
 def load() -> Settings:

@@ -19,8 +19,8 @@ from engine.accounts import SCHEMES
 from engine.money import AmountError, parse_rate
 from engine.orders import ORDER_REF
 
-from . import charts, i18n, onsale
-from .base import App, Button, Photo, Progress, Reply, Request
+from . import i18n, onsale
+from .base import App, Button, Database, Photo, Progress, Reply, Request
 from .parsing import BadInput, callback, echo, money, normalise, qty, sku, whole
 from .registry import Ctx, button, command, commands, first_lang, lookup
 from .shop import render_receipt
@@ -144,13 +144,26 @@ async def pool(c: Ctx) -> Reply:
     if r.get("payments_waiting"):  # taken by a channel, not recorded yet (engine/inbox.py)
         lines.append(c.t("pool.payments_waiting", count=int(r["payments_waiting"])))
     reply = Reply().text("\n".join(lines))
-    for draw, caption in ((charts.pool_chart_png, "pool.chart"),
-                          (charts.price_chart_png, "pool.price_chart")):
+    for draw, caption in ((_pool_chart, "pool.chart"), (_price_chart, "pool.price_chart")):
         try:
             reply.items.append(Photo(await c.call(draw, c.app.db, lang=c.lang), c.t(caption)))
         except Exception:  # noqa: BLE001 - the numbers matter, the picture is a bonus
             log.exception("%s failed", caption)
     return reply
+
+
+# matplotlib (~1-4 s to import) is loaded by the first chart drawn, in the worker thread that
+# draws it, not by every process that starts the shop
+def _pool_chart(db: Database, *, lang: str) -> bytes:
+    from .charts import pool_chart_png
+
+    return pool_chart_png(db, lang=lang)
+
+
+def _price_chart(db: Database, *, lang: str) -> bytes:
+    from .charts import price_chart_png
+
+    return price_chart_png(db, lang=lang)
 
 
 @command("release", aliases=("释放",), operator=True)

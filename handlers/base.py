@@ -67,7 +67,9 @@ class Invoice:
     """Ask the channel to collect `amount` fen for order `order`.
 
     Telegram sends a native invoice whose payload is `token`; WeChat creates a Pay order
-    (JSAPI or Native QR) with `out_trade_no` = `order`."""
+    (JSAPI or Native QR) with `out_trade_no` = `order`. The `need_*` flags (an order with
+    goods to ship, docs/cart.md) ask Telegram to collect the buyer's name, phone number and
+    shipping address with the payment."""
 
     order: str
     token: str
@@ -75,6 +77,9 @@ class Invoice:
     description: str
     amount: int
     currency: str
+    need_name: bool = False
+    need_phone_number: bool = False
+    need_shipping_address: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,28 +155,41 @@ class Request:
     # A photo an operator sent (adapters attach it for operators only): `/product` as its
     # caption, `/photo SKU` in reply to it, or WeChat's image after `图片 SKU`.
     upload: Upload | None = None
+    # A small file an operator sent (Telegram: a document the adapter downloaded, its
+    # caption in `text`): the codes for `/codes SKU`.
+    document: bytes | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
+class Channels:
+    """What the running channels can do, fixed at start (bot/app.py builds it once from the
+    settings): which channels collect money for an `Invoice`, the Telegram bot's username
+    (invite links) and WeChat's maker of an official-account parametric QR code (scene =
+    invite code) as PNG, which `/invite` on WeChat attaches when set."""
+
+    payments: frozenset[str] = frozenset()
+    bot_username: str | None = None
+    invite_qr: Callable[[str], Awaitable[bytes | None]] | None = None
+
+
+def _in_process_limiter() -> RateLimiter:
+    from engine.limits import RateLimiter as InProcessLimiter
+
+    return InProcessLimiter()
+
+
+@dataclass(frozen=True)
 class App:
-    """What conversations need: the database, who operates the shop, and the channel facts
-    (bot username for invite links, payment availability)."""
+    """What conversations need, built once at start and never changed: the shop (its
+    database, who operates it, its currency, the per-user rate limiter — in-process unless
+    one is given) and what its channels can do (`Channels`)."""
 
     db: Database
     operators: frozenset[str]
     currency: str = "CNY"
-    bot_username: str | None = None
-    telegram_payments: bool = False
-    wechat_pay: bool = False
-    # Added for the conversations (additive): the console's simulated payments, and the
-    # per-user rate limiter (None: an in-process limiter is made on first use).
-    console_payments: bool = False
-    limiter: RateLimiter | None = None
-    # The WeChat adapter's maker of an official-account parametric QR code (scene = invite
-    # code) as PNG; `/invite` on WeChat attaches it when set.
-    wechat_invite_qr: Callable[[str], Awaitable[bytes | None]] | None = None
+    limiter: RateLimiter = field(default_factory=_in_process_limiter)
+    channels: Channels = Channels()
 
     def takes_payments(self, channel: str) -> bool:
-        """Whether `channel` can collect money for an `Invoice` right now."""
-        return {"telegram": self.telegram_payments, "wechat": self.wechat_pay,
-                "console": self.console_payments}.get(channel, False)
+        """Whether `channel` can collect money for an `Invoice`."""
+        return channel in self.channels.payments

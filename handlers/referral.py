@@ -35,7 +35,7 @@ async def invite(c: Ctx) -> Reply:
     code = await c.call(users.invite_code, c.app.db, c.user_id)
     who = await c.call(users.invitees, c.app.db, c.user_id)
     cfg = await c.cfg()
-    link = invite_link(c.app.bot_username, code)
+    link = invite_link(c.app.channels.bot_username, code)
     lines = [c.t("invite.title")]
     if link and c.req.channel != "wechat":
         lines.append(c.t("invite.link", link=link))
@@ -58,7 +58,8 @@ async def invite(c: Ctx) -> Reply:
     if c.req.channel == "wechat":
         # WeChat joins through the official account's parametric QR code (scene = code),
         # which only the adapter can ask WeChat for.
-        png = await c.app.wechat_invite_qr(code) if c.app.wechat_invite_qr else None
+        make_qr = c.app.channels.invite_qr
+        png = await make_qr(code) if make_qr else None
     else:
         png = await c.call(qr_png, link or code)
     if png:

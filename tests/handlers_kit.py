@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 import handlers
 from engine.state import snapshot
 from handlers import shop
-from handlers.base import App, Button, Invoice, Photo, Reply, Request, Text
+from handlers.base import App, Button, Channels, Invoice, Photo, Reply, Request, Text
 from storage.db import Database
 from storage.models import JournalTxn, Outbox
 from storage.ratelimit import RateLimiter
@@ -23,10 +23,9 @@ class Chat:
                  channel: str = "telegram", payments: bool = True, **app: Any) -> None:
         self.db = db
         self.channel = channel
-        self.app = App(db=db, operators=frozenset(operators), bot_username="shop_bot",
-                       telegram_payments=payments and channel == "telegram",
-                       wechat_pay=payments and channel == "wechat",
-                       console_payments=payments and channel == "console",
+        self.app = App(db=db, operators=frozenset(operators),
+                       channels=Channels(payments=frozenset({channel} if payments else ()),
+                                         bot_username="shop_bot"),
                        limiter=app.pop("limiter", RateLimiter.disabled()), **app)
         self._ids = itertools.count(1)
         self._charges = itertools.count(1)

@@ -260,7 +260,7 @@ def test_run_serves_telegram_through_the_real_adapter_and_stops_on_sigterm(tmp_p
         assert "RUN-TOKEN" not in log
 
 
-def test_channel_hooks_do_nothing_without_credentials_or_modules(tmp_path, monkeypatch):
+def test_channel_hooks_do_nothing_without_credentials(tmp_path):
     import asyncio
 
     from bot import app as app_module
@@ -272,10 +272,38 @@ def test_channel_hooks_do_nothing_without_credentials_or_modules(tmp_path, monke
         shop = app_module.make_app(settings, db)
         assert asyncio.run(app_module.start_telegram(settings, shop)) is None
         assert asyncio.run(app_module.start_http(settings, shop)) is None
-        monkeypatch.setitem(sys.modules, "scheduler", None)  # as if not installed
-        assert asyncio.run(app_module.start_scheduler(settings, shop)) is None
-        with_token = Settings(TELEGRAM_BOT_TOKEN="1:x")  # type: ignore[call-arg]
-        monkeypatch.setitem(sys.modules, "bot.telegram", None)
-        assert asyncio.run(app_module.start_telegram(with_token, shop)) is None
+    finally:
+        db.dispose()
+
+
+def test_the_app_is_built_once_with_what_each_channel_can_do(tmp_path):
+    import dataclasses
+
+    from bot import app as app_module
+    from bot.settings import Settings
+
+    def settings(**env: str) -> Settings:
+        return Settings(_env_file=None, **env)  # type: ignore[call-arg]
+
+    pay = {"WECHAT_TOKEN": "t", "WECHAT_APP_ID": "wxapp", "WECHAT_PAY_MCH_ID": "1",
+           "WECHAT_PAY_PRIVATE_KEY_FILE": "k", "WECHAT_PAY_CERT_SERIAL": "s",
+           "WECHAT_PAY_APIV3_KEY": "a", "WECHAT_PAY_PUBLIC_KEY_FILE": "p",
+           "WECHAT_PAY_PUBLIC_KEY_ID": "i", "WECHAT_PAY_NOTIFY_URL": "https://x/n"}
+    assert app_module.payments_of(settings()) == frozenset()
+    assert app_module.payments_of(settings(), console=True) == {"console"}
+    assert app_module.payments_of(settings(TELEGRAM_BOT_TOKEN="1:x")) == frozenset()
+    assert app_module.payments_of(settings(
+        TELEGRAM_BOT_TOKEN="1:x", TELEGRAM_PAYMENT_PROVIDER_TOKEN="p")) == {"telegram"}
+    assert app_module.payments_of(settings(**pay)) == {"wechat"}
+    # WeChat Pay collects CNY only; a missing WeChat Pay setting means no WeChat payments
+    assert app_module.payments_of(settings(**pay, STORE_CURRENCY="USD")) == frozenset()
+    assert app_module.payments_of(settings(**{**pay, "WECHAT_PAY_NOTIFY_URL": ""})) == frozenset()
+    db = Database(f"sqlite:///{tmp_path}/a.db")
+    try:
+        shop = app_module.make_app(settings(STOREFRONT_OPERATORS="tg:1"), db, console=True)
+        assert shop.takes_payments("console") and not shop.takes_payments("telegram")
+        assert "tg:1" in shop.operators and shop.channels.bot_username is None
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            shop.channels = shop.channels  # type: ignore[misc]
     finally:
         db.dispose()

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from engine import checkout, service, users
 from handlers import dispatch, i18n
-from handlers.base import App, Reply, Request, Text
+from handlers.base import App, Channels, Reply, Request, Text
 from storage import faults
 from storage.db import Database
 from storage.migrate import migrate
@@ -218,7 +218,8 @@ async def test_wechat_message_and_payment_while_sqlite_is_locked(tmp_path: Any,
     path = tmp_path / "shop.db"
     db = Database(f"sqlite:///{path}", busy_timeout=0.05)
     migrate(db)
-    app = App(db=db, operators=frozenset(), currency="CNY", limiter=RateLimiter.disabled())
+    app = App(db=db, operators=frozenset(), currency="CNY", limiter=RateLimiter.disabled(),
+              channels=Channels(payments=frozenset({"wechat"})))
     async with open_shop(f"sqlite:///{path}", keys, app=app) as shop:
         wx_stock(db)
         users.resolve(db, f"wx:{WX_BUYER}", lang="zh")

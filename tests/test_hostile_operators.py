@@ -60,7 +60,7 @@ async def test_every_operator_word_and_button_is_refused_to_anyone_else(
 
 async def test_every_operator_word_is_refused_through_the_wechat_server(
         sqlite_url: str, tmp_path: Any) -> None:
-    from handlers.base import App
+    from handlers.base import App, Channels
     from storage.ratelimit import RateLimiter
     from tests.standins import wechat as sw
     from tests.wechat_harness import OPERATOR as WX_OPERATOR
@@ -68,7 +68,8 @@ async def test_every_operator_word_is_refused_through_the_wechat_server(
 
     keys = sw.generate_pay_keys(tmp_path / "keys")
     app = App(db=Database(sqlite_url), operators=frozenset({f"wx:{WX_OPERATOR}"}),
-              currency="CNY", limiter=RateLimiter.disabled())  # many words, one stranger
+              currency="CNY", limiter=RateLimiter.disabled(),  # many words, one stranger
+              channels=Channels(payments=frozenset({"wechat"})))
     async with open_shop(sqlite_url, keys, app=app) as shop:
         stock(shop.db)
         before = shop.journal_size()

@@ -22,7 +22,7 @@ from bot.settings import Settings
 from bot.telegram import start_telegram, stop_telegram
 from bot.telegram.webhook import SECRET_HEADER
 from engine import service
-from handlers.base import App
+from handlers.base import App, Channels
 from storage.db import Database
 from storage.models import JournalTxn, Order, Outbox
 from storage.ratelimit import RateLimiter
@@ -65,7 +65,7 @@ async def hook(sqlite_db: Database, sqlite_url: str, tmp_path: Path) -> AsyncIte
     service.upsert_product(sqlite_db, sku="TEA", price="100.00", margin="0.50", lock_days=15,
                                   scheme="both")
     app = App(db=sqlite_db, operators=frozenset({f"tg:{OPERATOR}"}), currency="CNY",
-              limiter=RateLimiter.disabled())
+              limiter=RateLimiter.disabled(), channels=Channels(payments=frozenset({"telegram"})))
     api = FakeBotAPI(token=TOKEN).start()
     settings = Settings(_env_file=None, TELEGRAM_BOT_TOKEN=TOKEN,  # type: ignore[call-arg]
                         TELEGRAM_API_BASE_URL=api.base_url,

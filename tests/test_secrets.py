@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from bot.settings import Settings
 from bot.telegram import start_telegram, stop_telegram
 from bot.telegram.webhook import SECRET_HEADER
-from handlers.base import App
+from handlers.base import App, Channels
 from storage.db import Database
 from storage.migrate import migrate
 from storage.ratelimit import RateLimiter
@@ -71,7 +71,8 @@ async def test_an_end_to_end_run_never_logs_or_tells_a_secret(
     db = Database(sqlite_url)
     migrate(db)
     app = App(db=db, operators=frozenset({"tg:1", f"wx:{WX_OPERATOR}"}), currency="CNY",
-              limiter=RateLimiter.disabled())
+              limiter=RateLimiter.disabled(),
+              channels=Channels(payments=frozenset({"telegram", "wechat"})))
     api = FakeBotAPI(token=tg_token).start()
     tg_settings = Settings(_env_file=None, TELEGRAM_BOT_TOKEN=tg_token,  # type: ignore[call-arg]
                            TELEGRAM_API_BASE_URL=api.base_url,

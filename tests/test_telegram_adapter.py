@@ -18,7 +18,13 @@ from telegram.ext import Application
 
 from bot import charge_spool
 from bot.settings import Settings
-from bot.telegram import Conversations, MenuCommand, start_telegram, stop_telegram
+from bot.telegram import (
+    Conversations,
+    MenuCommand,
+    bot_username,
+    start_telegram,
+    stop_telegram,
+)
 from bot.telegram.application import adapter_of
 from bot.telegram.output import split_text, utf16_len
 from handlers.base import App, Button, Document, Invoice, Photo, Progress, Reply, Request, Text
@@ -128,8 +134,7 @@ async def said(api: FakeBotAPI, chat_id: int, since: int, timeout: float = 5.0) 
 
 async def test_start_learns_username_and_publishes_menus_per_language_and_operator(bot) -> None:
     api, _, app, _ = bot
-    assert app.bot_username == "rebate_shop_bot"
-    assert app.telegram_payments is True
+    assert await bot_username(settings_for(api)) == "rebate_shop_bot"  # bot/app.py asks first
     assert api.commands[""] == [{"command": "start", "description": "Start"},
                                 {"command": "me", "description": "My account"}]
     assert api.commands["zh"] == [{"command": "start", "description": "开始"},
@@ -149,7 +154,6 @@ async def test_without_provider_token_payments_are_off_and_invoices_never_sent(a
         settings_for(api, TELEGRAM_PAYMENT_PROVIDER_TOKEN=None), app, poll_timeout=1,
         conversations=script.conversations())
     try:
-        assert app.telegram_payments is False
         api.push_text(5, "/me")
         call = await said(api, 5, 0)
         assert "Online payment is not available" in call.params["text"]

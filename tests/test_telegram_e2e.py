@@ -24,6 +24,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from telegram.ext import Application
 
+from bot.app import open_channels
 from bot.settings import Settings
 from bot.telegram import start_telegram, stop_telegram, telegram_webhook_route
 from engine.state import snapshot
@@ -121,10 +122,12 @@ def settings_for(api: FakeBotAPI) -> Settings:
 @asynccontextmanager
 async def running_shop(url: str, *, limiter: RateLimiter | None = None) -> AsyncIterator[Shop]:
     with migrated(url) as db:
-        app = App(db=db, operators=frozenset({f"tg:{OPERATOR}"}), limiter=limiter)
         api = FakeBotAPI(token=TOKEN).start()
         application = None
         try:
+            channels, _ = await open_channels(settings_for(api))  # as `storefront run` does
+            app = App(db=db, operators=frozenset({f"tg:{OPERATOR}"}),
+                      limiter=limiter or RateLimiter(), channels=channels)
             application = await start_telegram(settings_for(api), app, poll_timeout=1)
             yield Shop(api, app, application)
         finally:

@@ -27,7 +27,7 @@ from bot.telegram import Conversations, start_telegram, stop_telegram, telegram_
 from bot.telegram.application import adapter_of
 from bot.telegram.inbox import item_of, spool_notices
 from engine import checkout, inbox, report, service, users
-from handlers.base import App, Reply, Request
+from handlers.base import App, Channels, Reply, Request
 from handlers.notify import render
 from storage.db import Database, DatabaseUnavailable
 from storage.models import InboxUpdate, JournalTxn, Outbox
@@ -148,7 +148,8 @@ async def test_an_unrecorded_payment_is_spooled_shown_to_operators_then_recorded
     settings = settings_for(api)
     spool = Path(settings.charge_spool)
     users.resolve(db, "tg:1", lang="en")  # an operator with a shop account (English)
-    app = App(db=db, operators=frozenset({"tg:1", "tg:2"}), limiter=RateLimiter.disabled())
+    app = App(db=db, operators=frozenset({"tg:1", "tg:2"}), limiter=RateLimiter.disabled(),
+              channels=Channels(payments=frozenset({"telegram"})))
     application = await start_telegram(settings, app, poll_timeout=1)
     try:
         assert "waiting to be recorded" not in await pool_text(db)

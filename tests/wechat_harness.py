@@ -15,9 +15,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from bot.app import open_channels
 from bot.http import HttpServer, start_http
 from bot.settings import Settings
-from handlers.base import App
+from handlers.base import App, Channels
 from storage.db import Database
 from storage.migrate import migrate
 from storage.models import Identity, JournalTxn, Order, User
@@ -166,8 +167,11 @@ async def open_shop(db_url: str, keys: sw.PayKeys, *, aes: bool = False,
     with sw.FakeWeChatAPI(appid=keys.appid, secret=SECRET) as api, \
             sw.FakeWeChatPayAPI(keys) as pay_api:
         settings = settings_for(db_url, api, pay_api, keys, aes_key, **extra)
-        app = app or App(db=db, operators=frozenset(operators), currency="CNY")
-        server = await start_http(settings, app, telegram_application)
+        client = None
+        if app is None:  # as `storefront run` builds it (bot/app.py)
+            channels, client = await open_channels(settings)
+            app = App(db=db, operators=frozenset(operators), currency="CNY", channels=channels)
+        server = await start_http(settings, app, telegram_application, wechat_client=client)
         http = httpx.AsyncClient(base_url=server.url, timeout=15, trust_env=False)
         try:
             yield Shop(server, app, db, api, pay_api, keys, http, aes_key)
@@ -183,13 +187,12 @@ async def open_both_channels(db_url: str, keys: sw.PayKeys, *,
     """The shop (with `stock`'s catalogue) on both channels behind one HTTP server and one
     database: the real python-telegram-bot application on the server's /telegram webhook,
     talking to a Bot API stand-in, beside WeChat. Yields (shop, the Bot API stand-in)."""
-    from bot.telegram import start_telegram, stop_telegram
+    from bot.telegram import bot_username, start_telegram, stop_telegram
     from tests.conftest import migrated
     from tests.standins import telegram_api as tg
 
     with migrated(db_url) as db:
         stock(db)
-        app = App(db=db, operators=operators, currency="CNY")
         async with tg.FakeBotAPI(token=TG_BOT_TOKEN) as bot_api:
             telegram_settings = {
                 "TELEGRAM_BOT_TOKEN": TG_BOT_TOKEN, "TELEGRAM_API_BASE_URL": bot_api.base_url,
@@ -197,8 +200,11 @@ async def open_both_channels(db_url: str, keys: sw.PayKeys, *,
                 "TELEGRAM_WEBHOOK_URL": "https://shop.example/telegram",
                 "TELEGRAM_WEBHOOK_SECRET": TG_WEBHOOK_SECRET,
             }
-            application = await start_telegram(
-                Settings(_env_file=None, **telegram_settings), app)  # type: ignore[call-arg]
+            tg_settings = Settings(_env_file=None, **telegram_settings)  # type: ignore[call-arg]
+            app = App(db=db, operators=operators, currency="CNY", channels=Channels(
+                payments=frozenset({"telegram", "wechat"}),
+                bot_username=await bot_username(tg_settings)))
+            application = await start_telegram(tg_settings, app)
             try:
                 async with open_shop(db_url, keys, app=app, telegram_application=application,
                                      **telegram_settings) as shop:

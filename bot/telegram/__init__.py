@@ -13,13 +13,14 @@ python-telegram-bot. Do not put `bot/` itself on `sys.path`.)
 
 from .application import TelegramAdapter, build_application
 from .conversations import Conversations, MenuCommand
-from .lifecycle import publish_commands, start_telegram, stop_telegram
+from .lifecycle import bot_username, publish_commands, start_telegram, stop_telegram
 from .webhook import telegram_webhook_route
 
 __all__ = [
     "Conversations",
     "MenuCommand",
     "TelegramAdapter",
+    "bot_username",
     "build_application",
     "publish_commands",
     "start_telegram",

@@ -22,6 +22,7 @@ from .application import (
     MAX_CONCURRENT_UPDATES,
     adapter_of,
     build_application,
+    file_url_for,
 )
 from .conversations import Conversations, MenuCommand
 from .inbox import InboxProcessor, spool_notices
@@ -79,6 +80,18 @@ def _webhook_secret(settings: Settings) -> str:
     return value
 
 
+async def bot_username(settings: Settings) -> str:
+    """The bot's @username (getMe), which invite links need: asked once at start, before
+    the shop's `App` is built (bot/app.py)."""
+    if settings.telegram_bot_token is None:
+        raise ValueError("TELEGRAM_BOT_TOKEN is not set")
+    base_url = settings.telegram_api_base_url
+    bot = Bot(settings.telegram_bot_token.get_secret_value(), base_url=base_url,
+              base_file_url=file_url_for(base_url))
+    async with bot:
+        return bot.username
+
+
 async def start_telegram(settings: Settings, app: App, *, poll_timeout: float = 10.0,
                          conversations: Conversations | None = None) -> Application:
     """Build, initialise (getMe), publish menus and start taking updates.
@@ -90,7 +103,6 @@ async def start_telegram(settings: Settings, app: App, *, poll_timeout: float = 
     application = build_application(settings, app, conversations=conversations)
     await application.initialize()
     try:
-        app.bot_username = application.bot.username
         await publish_commands(application.bot, adapter_of(application).conv.menu,
                                app.operators)
         await application.start()
@@ -124,7 +136,7 @@ async def start_telegram(settings: Settings, app: App, *, poll_timeout: float = 
     application.bot_data["spool_task"] = asyncio.create_task(charge_spool.keep_replaying(
         adapter.spool_path, adapter.record_spooled,
         spool_notices(app.db, app.operators) if app.db is not None else None))
-    log.info("Telegram bot @%s is up (%s)", app.bot_username,
+    log.info("Telegram bot @%s is up (%s)", application.bot.username,
              "webhook" if webhook_url else "polling")
     return application
 

@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 
 PASSIVE_BUDGET = 4.0  # seconds; WeChat waits 5 for a passive reply and the network takes some
-INVITE_QR_SECONDS = 30 * 24 * 3600  # the longest a temporary parametric QR code lives
 BAD_REQUEST = (400, b"bad request", "text/plain")
 APOLOGY = "抱歉，出了点问题，请稍后再试。\nSorry, something went wrong; please try again later."
 BUSY = ("商店繁忙，请稍后再试。未做任何更改。\n"
@@ -230,22 +229,6 @@ class WeChatAdapter:
         found = await receipt_on(self.app, "wx", result)
         if found is not None:
             await self.sender.send(*found)
-
-    async def invite_qr(self, code: str) -> bytes | None:
-        """`App.wechat_invite_qr`: the invite as a parametric QR code (scene = the invite
-        code) made through wechatpy's QR API, temporary (30 days: no quota) and drawn here
-        from the URL WeChat returns."""
-        from handlers.referral import qr_png
-
-        try:
-            qr = await asyncio.to_thread(self.client.qrcode.create, {
-                "expire_seconds": INVITE_QR_SECONDS, "action_name": "QR_STR_SCENE",
-                "action_info": {"scene": {"scene_str": code}}})
-        except Exception as exc:  # noqa: BLE001 - the invite still has its code in words
-            log.warning("wechat: parametric QR code for an invite failed: %s", exc)
-            return None
-        url = qr.get("url") if isinstance(qr, dict) else None
-        return await asyncio.to_thread(qr_png, url) if url else None
 
     async def prune_seen(self) -> int:
         now = self._now()

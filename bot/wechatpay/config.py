@@ -41,10 +41,7 @@ def client_from_settings(settings: Settings) -> tuple[WeChatPay, PayConfig] | No
     platform certificates; WECHAT_PAY_API_BASE_URL replaces the gateway, which wechatpayv3
     only has as an attribute."""
     s = settings
-    needed = (s.wechat_app_id, s.wechat_pay_mch_id, s.wechat_pay_private_key_file,
-              s.wechat_pay_cert_serial, s.wechat_pay_apiv3_key, s.wechat_pay_public_key_file,
-              s.wechat_pay_public_key_id, s.wechat_pay_notify_url)
-    if not all(needed):
+    if not s.wechat_pay_configured:
         return None
     assert s.wechat_pay_apiv3_key is not None and s.wechat_pay_public_key_file is not None
     private_key = Path(s.wechat_pay_private_key_file or "").read_text()
