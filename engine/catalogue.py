@@ -308,15 +308,9 @@ def _photos(session: Session, skus: list[str]) -> dict[str, list[dict[str, Any]]
     return out
 
 
-def stock_of(p: Product) -> int | None:
-    """SPEC §9's `products.stock` (migration 0012); None (unlimited) until it exists."""
-    value = getattr(p, "stock", None)
-    return int(value) if value is not None else None
-
-
 def _card(p: Product, t: ProductText | None, photos: list[dict[str, Any]], cfg: Any,
           price: Any) -> dict[str, Any]:
-    stock = stock_of(p)
+    stock = p.stock  # SPEC §9: None is unlimited
     points = 0
     if p.scheme in ("points", "both"):
         points = price.points_for(out_of_pool(into_pool(p.price * cfg.pool_rate)
@@ -326,6 +320,6 @@ def _card(p: Product, t: ProductText | None, photos: list[dict[str, Any]], cfg: 
             "description_en": t.description_en if t else None,
             "category": t.category if t else None, "price": p.price, "scheme": p.scheme,
             "lock_days": p.lock_days, "margin": p.margin, "active": bool(p.active),
-            "kind": getattr(p, "kind", None) or "goods", "stock": stock,
+            "kind": p.kind or "goods", "stock": stock,
             "stock_state": stock_state(stock), "queue": p.scheme in ("queue", "both"),
             "enters_queue": p.price >= cfg.min_order, "points": points, "photos": photos}

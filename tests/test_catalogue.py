@@ -139,14 +139,18 @@ async def test_categories_open_as_buttons_and_page_with_their_own_buttons(memdb)
     assert text(gone) == "That category is no longer in the shop; send /shop to see what is."
 
 
-async def test_stock_shows_only_n_left_and_sold_out_has_no_buttons(memdb, monkeypatch):
+async def test_stock_shows_only_n_left_and_sold_out_has_no_buttons(memdb):
     chat = Chat(memdb)
     seed_shop(memdb, users=(), products=PRODUCTS)
-    left = {"TEA": 3, "RICE": 0, "PEN": None}
-    monkeypatch.setattr(catalogue, "stock_of", lambda p: left[p.sku])
+    for sku, left in (("TEA", 3), ("RICE", 0), ("SOFA", 6)):
+        service.upsert_product(memdb, sku=sku, price="100.00", margin="0.50", lock_days=15,
+                               scheme="both", stock=left)
     en = await chat.send("tg:5", "/shop")
     assert "Only 3 left." in text(en) and "Sold out." in text(en)
+    assert "6 left" not in text(en)  # plenty: nothing said
     assert not [b for c in cards(en) if "RICE" in c.text for row in c.buttons for b in row]
+    assert [b.data for c in cards(en) if "(TEA)" in c.text for row in c.buttons for b in row] \
+        == ["buy:v1:TEA:1", "cart:v1:add:TEA"]
     zh = text(await chat.send("tg:6", "/shop", lang="zh"))
     assert "仅剩 3 件。" in zh and "已售罄。" in zh
 
