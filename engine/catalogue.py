@@ -35,6 +35,7 @@ MAX_PHOTOS = 10  # per product: one Telegram media group
 PAGE_SIZE = 5  # product cards per page: each is a message of its own
 LOW_STOCK = 5  # "only 3 left" from here down
 PHOTO_WAIT = timedelta(minutes=10)
+MAX_WORDS = 8  # of a search
 CHANNELS = ("telegram", "wechat")
 # The formats both channels show as photos, by their first bytes.
 _MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -243,7 +244,7 @@ def page(db: Database, *, category: str | None = None, uncategorised: bool = Fal
          query: str | None = None, page: int = 0, per_page: int = PAGE_SIZE) -> dict[str, Any]:
     """One page of the products on sale, in SKU order: all of them, one category's (or those
     without one: `uncategorised`), or those whose SKU, names, descriptions or category
-    contain `query` (case-insensitive). Each product as `card` gives it; `page` is 0-based
+    contain every word of `query` (case-insensitive). Each product as `card` gives it; `page` is 0-based
     and clamped to the last page; `categorised`: some product on sale has a category."""
     def work(session: Session) -> dict[str, Any]:
         where = [_active()]
@@ -251,8 +252,8 @@ def page(db: Database, *, category: str | None = None, uncategorised: bool = Fal
             where.append(ProductText.category.is_(None))
         elif category is not None:
             where.append(ProductText.category == category)
-        if query:
-            like = f"%{_escape(query.strip())}%"
+        for word in (query or "").split()[:MAX_WORDS]:  # every word, anywhere in its texts
+            like = f"%{_escape(word)}%"
             where.append(or_(*(col.ilike(like, escape="\\") for col in (
                 Product.sku, Product.name, ProductText.name_en, ProductText.description,
                 ProductText.description_en, ProductText.category))))

@@ -87,6 +87,8 @@ def test_categories_search_and_pages_see_only_what_is_on_sale(db):
     assert catalogue.page(memdb, query="0% ")["count"] == 1  # % and _ are literal
     assert catalogue.page(memdb, query="HAND_")["count"] == 1  # any case
     assert catalogue.page(memdb, query="绿")["products"][0]["sku"] == "TEA"
+    assert [p["sku"] for p in catalogue.page(memdb, query="leaves no. 3")["products"]] == \
+        ["T3"]  # every word, each anywhere in the product's texts
     assert catalogue.page(memdb, query="T5")["count"] == 0  # off sale
     catalogue.describe(memdb, sku="RICE", field="description_en", text="")
     assert catalogue.card(memdb, "RICE")["description_en"] is None
