@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from sqlalchemy import func, select
 
@@ -21,9 +23,12 @@ PRODUCTS = (("TEA", "100.00", "0.50", 15, "both", "绿茶"), ("RICE", "50.00", "
             ("PEN", "5.00", "0.10", 0, "none", "Pen"))
 
 
+_requests = itertools.count(1)
+
+
 async def send_photo(chat: Chat, identity: str, upload: Upload, caption: str = "") -> Reply:
     """A photo as the adapters pass it on: `/photo` with the upload, or the caption."""
-    request = Request(channel="telegram", identity=identity, request_id=f"p{id(upload)}",
+    request = Request(channel="telegram", identity=identity, request_id=f"photo{next(_requests)}",
                       command=None if caption else "photo", text=caption, upload=upload)
     return await handlers.dispatch(chat.app, request)
 
@@ -187,3 +192,15 @@ async def test_item_shows_every_photo_of_a_product(memdb):
     shown = cards(reply)
     assert len(shown) == 3 and "2 more photos: /item TEA" in shown[0].text
     assert len({c.photo.sha256 for c in shown if c.photo}) == 3
+
+
+async def test_photos_without_a_caption_follow_the_last_one_captioned(memdb):
+    """A Telegram album: only its first photo carries the caption."""
+    chat = Chat(memdb)
+    seed_shop(memdb, users=(), products=PRODUCTS)
+    first = await send_photo(chat, OPERATOR, Upload(png(1), "AgAC-1"), caption="/photo RICE")
+    assert text(first) == "Photo 1 added to RICE (大米)."
+    for n in (2, 3):
+        rest = await send_photo(chat, OPERATOR, Upload(png(n), f"AgAC-{n}"))
+        assert text(rest) == f"Photo {n} added to RICE (大米)."
+    assert len(catalogue.card(memdb, "RICE")["photos"]) == 3
