@@ -247,3 +247,10 @@ async def test_refusals_along_the_way_are_polite_in_both_languages(sqlite_url: s
             "抱歉，只有商店运营人员可以执行此操作。"
         after = s.state()
         assert after == before  # nothing refused moved anything
+
+
+def test_the_shipping_notice_carries_the_receipt_button_in_the_buyers_language() -> None:
+    assert buttons("order_shipped", {"order": "N7"}, "en") == ((("✅ N7 received", "recv:v1:N7"),),)
+    assert buttons("order_shipped", {"order": "N7"}, "zh") == ((("✅ N7 已收货", "recv:v1:N7"),),)
+    for junk in (None, 7, "N 7", "x" * 70):  # never a button from a malformed row
+        assert buttons("order_shipped", {"order": junk}, "en") == ()
