@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 import re
+import secrets
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,7 +20,8 @@ from bot.senders import Rejected, RetryLater, Unreachable
 from bot.settings import Settings
 from handlers.registry import last_seen
 
-from .messages import OPENID, Part, split_text
+from .messages import OPENID, Part, menu_link, split_text
+from .seen import Seen
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +207,24 @@ class WeChatSender:
                                     self.template_id, {"content": {"value": text[:1000]}})
         except WeChatClientException as exc:
             raise _delivery_error(identity, exc) from exc
+
+    async def send_buttons(self, identity: str, text: str,
+                           rows: tuple[tuple[tuple[str, str], ...], ...]) -> None:
+        """`send` with the buttons as `weixin://bizmsgmenu` links under the text, as the
+        adapter shows a reply's buttons: a tap comes back as a text message carrying the
+        link's id, which `Seen` maps to the button's data (for `seen.KEEP`). Without a
+        database there is nowhere to keep that: the text alone, which says what to type."""
+        if rows and self.db is not None:
+            openid, seen, now = self.openid(identity), Seen(self.db), datetime.now(UTC)
+            links = []
+            for row in rows:
+                for label, data in row:
+                    menu_id = str(secrets.randbelow(9 * 10**11) + 10**11)
+                    await asyncio.to_thread(seen.remember, f"wx:btn:{openid}:{menu_id}", data,
+                                            now)
+                    links.append(menu_link(label, menu_id))
+            text = text + "\n" + "\n".join(links)
+        await self.send(identity, text)
 
     async def upload_png(self, png: bytes) -> str:
         """A temporary image media (3 days) for image messages and passive replies."""
