@@ -573,3 +573,15 @@ class SupportMessage(Base):
     identity: Mapped[str] = mapped_column(String(128))
     text: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class PendingInput(Base):
+    """What a person's next plain message is for (`handlers.registry.expect_next`): the
+    button `kind` and its `fields` (a JSON list) it goes to, until `until`. Kept in the
+    database so a restart remembers it and every `storefront run` process sees it."""
+
+    __tablename__ = "pending_inputs"
+    identity: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    fields: Mapped[str] = mapped_column(Text)
+    until: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

@@ -1,0 +1,78 @@
+"""Pending inputs: what a person's next plain message is for (`/support` then the text, an
+operator's Reply button then the answer, `/codes SKU` then the codes).
+
+Kept in the database (`pending_inputs`, one row per identity), so a restart remembers it and
+every `storefront run` process behind one webhook sees the same. A wait lasts `TTL` and is
+taken once: by the next plain message (which it then answers), or forgotten by any other
+request (a command, a button). Taking is a conditional delete, so of two processes reading
+the same wait only one gets it. No money moves here: no journal.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from storage.db import Database
+from storage.models import PendingInput
+
+from .times import now
+
+TTL = timedelta(seconds=600)
+
+Waiting = tuple[str, tuple[str, ...]]  # (button kind, its fields)
+
+
+def expect(db: Database, identity: str, kind: str, fields: tuple[str, ...] = (),
+           at: datetime | None = None) -> None:
+    """The next plain message of `identity` goes to `kind` with `fields`, until `at` + TTL
+    (a wait already there is replaced). Waits that ran out are cleared on the way."""
+    when = at or now()
+    row = {"identity": identity, "kind": kind, "fields": json.dumps(list(fields)),
+           "until": when + TTL}
+
+    def work(session: Session) -> None:
+        session.execute(delete(PendingInput).where(PendingInput.until < when))
+        insert = pg_insert if db.is_postgres else sqlite_insert
+        stmt = insert(PendingInput).values(**row)
+        session.execute(stmt.on_conflict_do_update(
+            index_elements=["identity"],
+            set_={"kind": stmt.excluded.kind, "fields": stmt.excluded.fields,
+                  "until": stmt.excluded.until}))
+
+    db.run(work, label="pending.expect")
+
+
+def take(db: Database, identity: str, *, plain: bool, at: datetime | None = None
+         ) -> Waiting | None:
+    """The wait of `identity`, removed: returned when this request is plain text and the
+    wait has not run out, else None (a command or a button forgets it). One read by primary
+    key when nobody waits — every request asks."""
+    when = at or now()
+
+    def look(session: Session) -> tuple[str, str, datetime] | None:
+        found = session.execute(select(PendingInput.kind, PendingInput.fields,
+                                        PendingInput.until)
+                                .where(PendingInput.identity == identity)).first()
+        return None if found is None else (found[0], found[1], found[2])
+
+    seen = db.read(look)
+    if seen is None:
+        return None
+    kind, fields, until = seen
+
+    def remove(session: Session) -> bool:
+        # only the wait read above: another process may have taken or replaced it since
+        gone = session.execute(delete(PendingInput).where(
+            PendingInput.identity == identity, PendingInput.kind == kind,
+            PendingInput.fields == fields, PendingInput.until == until))
+        return bool(getattr(gone, "rowcount", 0))
+
+    if not db.run(remove, label="pending.take") or not plain or until <= when:
+        return None
+    return kind, tuple(json.loads(fields))
