@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from storage.db import Database
+from storage.driver import Driver
 from storage.models import PendingInput
 
 from .times import now
@@ -26,6 +28,8 @@ from .times import now
 TTL = timedelta(seconds=600)
 
 Waiting = tuple[str, tuple[str, ...]]  # (button kind, its fields)
+_TABLE = cast(Table, PendingInput.__table__)  # how `until` is read back
+_WAITING = "SELECT kind, fields, until FROM pending_inputs WHERE identity = ?"
 
 
 def expect(db: Database, identity: str, kind: str, fields: tuple[str, ...] = (),
@@ -56,10 +60,14 @@ def take(db: Database, identity: str, *, plain: bool, at: datetime | None = None
     when = at or now()
 
     def look(session: Session) -> tuple[str, str, datetime] | None:
-        found = session.execute(select(PendingInput.kind, PendingInput.fields,
-                                        PendingInput.until)
-                                .where(PendingInput.identity == identity)).first()
-        return None if found is None else (found[0], found[1], found[2])
+        # the driver's statement, not the ORM's: every request asks (storage/driver.py)
+        driver = Driver(session)
+        found = driver.rows(_WAITING, (identity,))
+        if not found:
+            return None
+        kind, fields, stored = found[0]
+        until = driver.read(_TABLE, ("until",), [(stored,)])[0][0]
+        return kind, fields, until
 
     seen = db.read(look)
     if seen is None:

@@ -93,3 +93,22 @@ def test_expect_and_take_at_the_engine(db: Database):
     pending.expect(db, "tg:1", "sup", ("write",), at=T0)
     pending.expect(db, "tg:2", "sup", ("write",), at=T0 + pending.TTL + timedelta(seconds=1))
     assert _waits(db) == 1
+
+
+def test_two_processes_reading_one_wait_at_once_only_one_takes_it(
+        db_url: str, db: Database, make_db: MakeDb):
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    other = make_db(db_url)
+    for round_ in range(10):
+        pending.expect(db, "tg:9", "sup", ("write", str(round_)), at=T0)
+        start = Barrier(2)
+
+        def take(handle: Database, start: Barrier = start) -> pending.Waiting | None:
+            start.wait()
+            return pending.take(handle, "tg:9", plain=True, at=T0)
+
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(take, (db, other)))
+        assert sorted(got, key=lambda g: g is None) == [("sup", ("write", str(round_))), None]
