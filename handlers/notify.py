@@ -173,8 +173,9 @@ _COMPOSED: dict[str, Callable[[dict[str, Any], str, str | None], str]] = {
 
 def buttons(kind: str, params: Mapping[str, Any], lang: str) -> tuple[tuple[tuple[str, str], ...], ...]:
     """The inline buttons under an outbox message, as rows of (label, callback data): an
-    operator's reply and close buttons under a support message; none for the rest. Channels
-    without buttons (WeChat) send the text alone, which says what to type instead."""
+    operator's reply and close buttons under a support message; none for the rest. WeChat
+    shows them as menu links; a sender without `send_buttons` (or a WeChat template message)
+    sends the text alone, which says what to type instead."""
     lang = lang if lang in i18n.LANGS else "en"
     if kind == "support_message":
         thread = params.get("thread")
