@@ -15,7 +15,7 @@ from engine.verify import verify
 from storage.models import CartItem, JournalTxn, Order, Outbox, PayoutMethod, SupportMessage
 from tests.standins import wechat as sw
 from tests.test_cart_channels import WECHAT_UA, cart_rows
-from tests.wechat_harness import Shop, checkout_path, keys, shop  # noqa: F401 (fixtures)
+from tests.wechat_harness import Shop, checkout_path
 
 ALICE = "oAlice_000000000000000000001"
 BOB = "oBob_0000000000000000000000002"
