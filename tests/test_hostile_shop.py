@@ -22,6 +22,7 @@ from storage.models import (
     JournalTxn,
     Order,
     Outbox,
+    Shipment,
     ProductPhoto,
     SupportMessage,
 )
@@ -261,3 +262,27 @@ async def test_a_support_flood_is_rate_limited_politely(sqlite_url: str) -> None
         assert count(s, Outbox, Outbox.kind == "support_message") == len(sent)
         zh = [await s.say(ZH, f"/support 帮助 {n}", lang="zh") for n in range(8)]
         assert "请" in zh[-1] and "Sent" not in zh[-1], zh[-1]
+
+
+async def test_a_payment_with_a_hostile_shipping_address_is_recorded_address_refused(
+        sqlite_url: str) -> None:
+    async with running_shop(sqlite_url, limiter=RateLimiter.disabled()) as s:
+        await listed(s)
+        await s.press(BUYER, "cart:v1:add:TEA")
+        token, amount = await invoice_of(s, BUYER)
+        update = make_successful_payment_update(BUYER, token, amount, "charge-addr")
+        update["message"]["successful_payment"]["order_info"] = {
+            "name": "Zhang\u202e San\x00", "phone_number": "+86 138\x07 0000",
+            "shipping_address": {"country_code": "CN", "state": "长" * 10_000, "city": "\x1b[2J",
+                                 "street_line1": "<script>x</script>", "street_line2": "",
+                                 "post_code": "1" * 5000}}
+        del update["update_id"]
+        mark = len(s.api.calls)
+        s.api.push_update(update)
+        (receipt,) = await s.replies(BUYER, mark, 1)
+        assert "N1" in polite(receipt.text)
+        assert count(s, JournalTxn, JournalTxn.kind == "purchase") == 1  # paid is paid
+        ship = s.app.db.read(lambda x: x.get(Shipment, "N1"))
+        for value in (ship.name, ship.phone, ship.address) if ship is not None else ():
+            assert value is None or (value.isprintable() and len(value) <= 400), value
+        books_ok(s)
