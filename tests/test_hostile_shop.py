@@ -22,8 +22,8 @@ from storage.models import (
     JournalTxn,
     Order,
     Outbox,
-    Shipment,
     ProductPhoto,
+    Shipment,
     SupportMessage,
 )
 from storage.ratelimit import RateLimiter
