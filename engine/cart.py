@@ -16,6 +16,7 @@ the `CartOrder` row is deleted in the transaction that takes the lines out.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -309,6 +310,36 @@ def _remember(db: Database, user: str, order: str, at: datetime) -> None:
     db.run(work)
 
 
+def _one_open(db: Database, user: str, at: datetime) -> list[str]:
+    """Two checkouts of one cart at once each saw no open order to replace: of the cart's
+    orders awaiting payment only the newest stays payable; the others are cancelled as
+    `replaces` would (checkout row locked first, as every payment does). Returns the
+    cancelled refs."""
+    def unpaid(session: Session) -> list[str]:
+        buyer = _buyer(session, user)
+        return list(session.execute(
+            select(Order.ref).join(CartOrder, CartOrder.order_ref == Order.ref)
+            .where(CartOrder.user_id == buyer.id, Order.status == UNPAID)
+            .order_by(Order.no.desc())).scalars())
+
+    def cancel(session: Session, *, ref: str) -> bool:
+        row = session.execute(select(Checkout).where(Checkout.order_ref == ref)
+                              .with_for_update()).scalar_one_or_none()
+        try:
+            orders.cancel_open(Book(session), ref=ref, user=user, at=at)
+        except Refusal:
+            return False  # paid or cancelled meanwhile: nothing to do
+        if row is not None and row.status == "open":
+            row.status = "cancelled"
+        return True
+
+    cancelled = []
+    for ref in db.read(unpaid)[1:]:
+        if db.run(partial(cancel, ref=ref)):
+            cancelled.append(ref)
+    return cancelled
+
+
 def open_checkout(db: Database, *, user: str, pay_points: object = None, channel: str,
                   method: str, key: str, at: datetime | None = None) -> dict[str, Any]:
     """One order awaiting a channel's payment for the whole cart (`checkout.open_checkout`
@@ -325,6 +356,8 @@ def open_checkout(db: Database, *, user: str, pay_points: object = None, channel
                                     channel=channel, method=method, key=key, at=when,
                                     replaces=open_ref if open_ref else None)
     _remember(db, user, opened["order"], when)
+    if opened["order"] in _one_open(db, user, when):  # a newer checkout of the cart won
+        raise Refusal("not_payable", "cancelled")
     return {**opened, "goods": _ships(db, opened["order"])}
 
 

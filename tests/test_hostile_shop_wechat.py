@@ -12,7 +12,15 @@ from typing import Any
 from sqlalchemy import func, select
 
 from engine.verify import verify
-from storage.models import CartItem, JournalTxn, Order, Outbox, PayoutMethod, SupportMessage
+from storage.models import (
+    CartItem,
+    JournalTxn,
+    Order,
+    Outbox,
+    PayoutMethod,
+    ProductPhoto,
+    SupportMessage,
+)
 from tests.standins import wechat as sw
 from tests.test_cart_channels import WECHAT_UA, cart_rows
 from tests.wechat_harness import Shop, checkout_path
@@ -136,4 +144,28 @@ async def test_payout_details_with_injection_and_someone_elses_openid(shop: Shop
     assert method is not None and method.kind == "wechat" and method.account == BOB
     assert ALICE not in polite(await shop.say(BOB, "收款方式"))
     assert count(shop, Outbox, Outbox.kind.like("withdraw%")) == 0
+    books_ok(shop)
+
+
+async def test_images_from_strangers_are_never_fetched_and_huge_ones_are_refused(
+        shop: Shop) -> None:
+    from tests.test_catalogue_telegram import png
+    from tests.wechat_harness import GH_ID, OPERATOR, next_msg_id
+
+    async def image(openid: str, content: bytes) -> str:
+        media_id = shop.api.store_media(content, "image/png")
+        xml = sw.message_xml(GH_ID, openid, "image", {"PicUrl": "http://x/y.jpg",
+                                                      "MediaId": media_id}, msg_id=next_msg_id())
+        reply = shop.reply_of(await shop.post(xml))
+        await shop.server.wechat.drain()
+        return polite(reply)
+
+    polite(await shop.say(BOB, "图片 TEA"))
+    await image(BOB, png(1))
+    assert shop.api.calls_of("/cgi-bin/media/get") == []  # a stranger's image: never fetched
+    polite(await shop.say(OPERATOR, "图片 TEA"))
+    huge = png(2) + b"\x00" * (20 * 1024 * 1024)  # a 20 MB "photo"
+    assert "图片" in await image(OPERATOR, huge)  # refused in the operator's language
+    assert len(shop.api.calls_of("/cgi-bin/media/get")) == 1  # only the operator's
+    assert count(shop, ProductPhoto) == 0
     books_ok(shop)
