@@ -9,6 +9,7 @@ is polite in the user's language (never a stack trace), and the books verify.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from storage.models import (
     SupportMessage,
 )
 from storage.ratelimit import RateLimiter
+from tests.helpers import seed_shop
 from tests.standins.telegram_api import make_message, make_successful_payment_update, make_user
 from tests.test_cart_channels import callback_data, press_many
 from tests.test_catalogue_telegram import photo_message, png, push_message
@@ -286,3 +288,27 @@ async def test_a_payment_with_a_hostile_shipping_address_is_recorded_address_ref
         for value in (ship.name, ship.phone, ship.address) if ship is not None else ():
             assert value is None or (value.isprintable() and len(value) <= 400), value
         books_ok(s)
+
+
+def test_a_wallet_payment_racing_a_checkout_of_the_cart(db: Any) -> None:
+    """The wallet pays the cart while a checkout of it opens: never two paid orders."""
+    seed_shop(db, users=("A",), at=None, products=[("LAMP", "50.00", "0.50", 0, "both",
+                                                    "Lamp")])
+    service.upsert_product(db, sku="CREDIT", price="100.00", margin="0.50", lock_days=0,
+                           scheme="queue")
+    service.deposit(db, pool="queue", amount="1000.00")
+    service.buy(db, user="A", sku="CREDIT", method="offline", key="credit:A")
+    service.release(db)
+    cart.add(db, user="A", sku="LAMP")
+    with ThreadPoolExecutor(2) as pool:
+        jobs = [pool.submit(cart.pay_from_wallet, db, user="A", key="w"),
+                pool.submit(cart.open_checkout, db, user="A", channel="telegram",
+                            method="telegram", key="c")]
+        done = [j.exception() or j.result() for j in jobs]
+    assert all(isinstance(r, dict) or isinstance(r, Refusal) for r in done), done
+    statuses = db.read(lambda x: x.execute(select(Order.status).where(
+        Order.method != "offline")).scalars().all())
+    assert statuses.count("settled") + statuses.count("pending") <= 1
+    assert "awaiting_payment" not in statuses or "settled" not in statuses, statuses
+    report = verify(db)
+    assert report.ok, report.problems
