@@ -20,6 +20,18 @@ from .money import AmountError, parse_fen, parse_micro, parse_rate
 SKU = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 HANDLE = re.compile(r"^[^\s]{1,96}$")
 SCHEMES = ("queue", "points", "both", "none")
+KINDS = ("goods", "digital", "service")  # SPEC §9: what delivering one means
+MAX_STOCK = 1_000_000_000
+KEEP: Any = type("Keep", (), {"__repr__": lambda _self: "KEEP"})()  # stock left as it is
+
+
+def parse_stock(stock: object) -> int | None:
+    """SPEC §9: a whole number 0-1,000,000,000, or None for unlimited; else `invalid_event`."""
+    if stock is None:
+        return None
+    if isinstance(stock, bool) or not isinstance(stock, int) or not 0 <= stock <= MAX_STOCK:
+        raise Refusal("invalid_event", "stock is a whole number 0-1000000000")
+    return stock
 
 
 def _amount(value: object, parse: Callable[[object], int]) -> int:
@@ -58,9 +70,12 @@ def configure(book: Book, sections: Any, at: datetime, actor: str | None = None)
 
 def upsert_product(book: Book, *, sku: object, price: object, margin: object, lock_days: object,
                    scheme: object, name: str | None = None, active: bool | None = None,
-                   at: datetime, actor: str | None = None) -> Product:
-    """Add a product or change one (SPEC §7 `product`). `active` None: a new product is on
-    sale, a changed one stays on or off sale as it was (`set_on_sale` switches it)."""
+                   stock: object = KEEP, kind: object = None, at: datetime,
+                   actor: str | None = None) -> Product:
+    """Add a product or change one (SPEC §7 `product`, §9 `stock`). `active` None: a new
+    product is on sale, a changed one stays on or off sale as it was (`set_on_sale` switches
+    it). `stock` KEEP: a new product is unlimited, a changed one keeps its count; None makes
+    it unlimited. `kind` None: `goods` for a new product, else kept."""
     if not isinstance(sku, str) or not SKU.fullmatch(sku):
         raise Refusal("invalid_event", "sku is 1-64 of A-Za-z0-9_-")
     if scheme not in SCHEMES:
@@ -73,12 +88,15 @@ def upsert_product(book: Book, *, sku: object, price: object, margin: object, lo
         raise Refusal("invalid_event", "margin is a decimal 0-1")
     if isinstance(lock_days, bool) or not isinstance(lock_days, int) or not 0 <= lock_days <= 3650:
         raise Refusal("invalid_event", "lock_days is a whole number 0-3650")
+    units = None if stock is KEEP else parse_stock(stock)
+    if kind is not None and kind not in KINDS:
+        raise Refusal("invalid_event", "kind is goods, digital or service")
     fen = fen_amount(price)
     row = book.s.get(Product, sku)
     if row is None:
         row = Product(sku=sku, name=name or sku, price=fen, margin=str(margin),
                       lock_days=lock_days, scheme=str(scheme), active=active is not False,
-                      updated_at=at)
+                      updated_at=at, stock=units, kind=str(kind or "goods"))
         book.s.add(row)
     else:
         row.price, row.margin, row.lock_days, row.scheme = fen, str(margin), lock_days, str(scheme)
@@ -87,11 +105,19 @@ def upsert_product(book: Book, *, sku: object, price: object, margin: object, lo
             row.active = active
         if name:
             row.name = name
+        if stock is not KEEP:
+            row.stock = units
+        if kind is not None:
+            row.kind = str(kind)
     book.catalog_changed()
     n = book.head.last_txn + 1
-    book.record(key=f"product:{n}", kind="product", at=at, actor=actor,
-                body={"sku": sku, "price": fen, "margin": str(margin), "lock_days": lock_days,
-                      "scheme": scheme, "name": row.name, "active": bool(row.active)})
+    body = {"sku": sku, "price": fen, "margin": str(margin), "lock_days": lock_days,
+            "scheme": scheme, "name": row.name, "active": bool(row.active)}
+    if stock is not KEEP:
+        body["stock"] = units
+    if kind is not None:
+        body["kind"] = kind
+    book.record(key=f"product:{n}", kind="product", at=at, actor=actor, body=body)
     return row
 
 

@@ -42,6 +42,11 @@ class ProductInfo:
     lock_days: int
     scheme: str
     active: bool
+    kind: str = "goods"
+    # Whether the product counts its stock (SPEC §9). Only a product event changes it (and
+    # with it `catalog_rev`); the count itself changes with every sale, so it is read under
+    # the head lock by the purchase that needs it (engine/lines.py), never cached.
+    limited: bool = False
 
 
 class _Catalog:
@@ -118,8 +123,9 @@ class Book:
         found = queries.product(self.rows, sku)
         info = None
         if found:
-            s, name, price, margin, lock_days, scheme, active = found
-            info = ProductInfo(s, name, price, margin, lock_days, scheme, bool(active))
+            s, name, price, margin, lock_days, scheme, active, stock, kind = found
+            info = ProductInfo(s, name, price, margin, lock_days, scheme, bool(active), kind,
+                               stock is not None)
         products[sku] = info
         return info
 

@@ -25,6 +25,7 @@ from . import inbox, journal, orders, outbox
 from .book import Book
 from .config import Config
 from .errors import Refusal
+from .lines import requested
 from .money import into_pool, out_of_pool
 from .points import Price
 from .times import now
@@ -53,13 +54,15 @@ def charge_key(channel: str, charge_id: str) -> str:
     return key
 
 
-def open_checkout(db: Database, *, user: str, sku: str, qty: object = 1,
-                  pay_points: object = None, channel: str, method: str, key: str,
-                  at: datetime | None = None, ttl: timedelta = TTL,
+def open_checkout(db: Database, *, user: str, sku: object = None, qty: object = 1,
+                  lines: object = None, pay_points: object = None, channel: str, method: str,
+                  key: str, at: datetime | None = None, ttl: timedelta = TTL,
                   replaces: str | None = None) -> dict[str, Any]:
     """An order awaiting payment plus its checkout token (expires after `ttl`). When points
     pay the whole total there is nothing to collect: the order is recorded as paid at once
-    and `token` is None. The same `key` returns the same order and token.
+    and `token` is None. The same `key` returns the same order and token. `sku`/`qty`, or
+    `lines=[{"sku", "qty"}, ...]` (SPEC §9): exactly one of the two. Its units are taken
+    from stock now (`out_of_stock`) and come back if it expires unpaid.
 
     `replaces`: the buyer's open order this one takes the place of (the points button under
     its invoice), cancelled in the same transaction (`orders.cancel_open`), its checkout
@@ -74,8 +77,9 @@ def open_checkout(db: Database, *, user: str, sku: str, qty: object = 1,
             orders.cancel_open(book, ref=replaces, user=user, at=when)
             if old is not None and old.status == "open":
                 old.status = "cancelled"
-        result = orders.open_unpaid_order(book, user=user, sku=sku, qty=qty, at=when,
-                                          pay_points=pay_points, method=method, key=key)
+        result = orders.open_unpaid_order(book, user=user, sku=sku, qty=qty, lines=lines,
+                                          at=when, pay_points=pay_points, method=method,
+                                          key=key)
         ref = result["order"]
         row = session.execute(select(Checkout).where(Checkout.order_ref == ref)
                               ).scalar_one_or_none()
@@ -320,7 +324,8 @@ def catalogue(db: Database, page: int = 0, per_page: int = PAGE_SIZE) -> dict[st
         rows = session.execute(select(Product).where(active).order_by(Product.sku)
                                .offset(at * per_page).limit(per_page)).scalars().all()
         items = [{"sku": p.sku, "name": p.name, "price": p.price, "scheme": p.scheme,
-                  "lock_days": p.lock_days, "margin": p.margin,
+                  "lock_days": p.lock_days, "margin": p.margin, "stock": p.stock,
+                  "kind": p.kind,
                   "queue": p.scheme in ("queue", "both"),
                   "enters_queue": p.price >= cfg.min_order,
                   "points": _points_for_one(p.price, cfg, price)
@@ -334,28 +339,46 @@ def catalogue(db: Database, page: int = 0, per_page: int = PAGE_SIZE) -> dict[st
     return db.read(work)
 
 
-def quote(db: Database, *, user: str, sku: str, qty: int,
+def _product_named(session: Session, sku: object) -> Product:
+    if not isinstance(sku, str):
+        raise Refusal("unknown_product", str(sku))
+    product = session.get(Product, sku)
+    if product is None:
+        # SKUs are typed by people: accept a unique case-insensitive match
+        found = session.execute(select(Product).where(
+            Product.sku.ilike(sku.replace("_", r"\_").replace("%", r"\%"),
+                              escape="\\"))).scalars().all()
+        product = found[0] if len(found) == 1 else None
+    if product is None:
+        raise Refusal("unknown_product", sku)
+    return product
+
+
+def quote(db: Database, *, user: str, sku: object = None, qty: int = 1, lines: object = None,
           pay_points: int | None = None) -> dict[str, Any]:
     """What buying would cost this user now: the value of `pay_points` at today's price, and
-    the most points that can pay (all they hold, but no more than the total is worth)."""
+    the most points that can pay (all they hold, but no more than the total is worth).
+    `sku`/`qty` or `lines` (SPEC §9); `sku`, `name` and `qty` are the first line's, `lines`
+    each line's (`sku`, `name`, `qty`, `total`, `stock`, `kind`, `active`); `active` is
+    whether every line is on sale."""
+    asked = requested(sku, qty, lines)
+
     def work(session: Session) -> dict[str, Any]:
-        product = session.get(Product, sku)
-        if product is None:
-            # SKUs are typed by people: accept a unique case-insensitive match
-            found = session.execute(select(Product).where(
-                Product.sku.ilike(sku.replace("_", r"\_").replace("%", r"\%"),
-                                  escape="\\"))).scalars().all()
-            product = found[0] if len(found) == 1 else None
-        if product is None:
-            raise Refusal("unknown_product", sku)
+        products = [_product_named(session, s) for s, _q in asked]
+        counts = [q if isinstance(q, int) and not isinstance(q, bool) else 1 for _s, q in asked]
         buyer = session.execute(select(User).where(User.handle == user)).scalar_one()
         cfg = store_config(session)
         price = current_price(session, cfg)
-        total = product.price * qty
+        each: list[dict[str, Any]] = [
+            {"sku": p.sku, "name": p.name, "qty": n, "total": p.price * n, "stock": p.stock,
+             "kind": p.kind, "active": p.active} for p, n in zip(products, counts, strict=True)]
+        total = sum(p.price * n for p, n in zip(products, counts, strict=True))
         usable = min(buyer.points, price.most_points_within(total))
-        return {"sku": product.sku, "name": product.name, "qty": qty, "total": total,
+        first = products[0]
+        return {"sku": first.sku, "name": first.name, "qty": counts[0], "total": total,
                 "currency": cfg.currency, "wallet": buyer.wallet, "points": buyer.points,
                 "usable_points": usable, "usable_value": price.value_of(usable),
-                "points_value": price.value_of(pay_points or 0), "active": product.active}
+                "points_value": price.value_of(pay_points or 0),
+                "active": all(bool(p.active) for p in products), "lines": each}
 
     return db.read(work)

@@ -24,6 +24,7 @@ DEFAULTS: dict[str, str] = {
     "store.currency": "CNY",
     "store.timezone": "Asia/Shanghai",
     "store.settle_days": "0",
+    "store.settle_from": "payment",
     "store.paused": "0",
     "queue.min_order": "100.00",
     "queue.pool_share": "0.20",
@@ -47,6 +48,7 @@ KINDS: dict[str, str] = {
 
 _UNIT_RATES = {"queue.pool_share", "queue.accel_rate", "points.pool_rate", "points.mint_rate",
                "points.withdraw_fee"}
+SETTLE_FROM = ("payment", "receipt")  # SPEC §9: when an order's return window starts
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -79,6 +81,9 @@ def _check(key: str, value: Any) -> str:
         elif key == "store.settle_days":
             if not re.fullmatch(r"[0-9]{1,3}", value) or int(value) > 365:
                 raise Refusal("invalid_config", "settle_days is a whole number 0-365")
+        elif key == "store.settle_from":
+            if value not in SETTLE_FROM:
+                raise Refusal("invalid_config", "settle_from is payment or receipt")
         elif key == "store.paused":
             if value not in ("0", "1"):
                 raise Refusal("invalid_config", "paused is 0 or 1")
@@ -118,6 +123,7 @@ class Config:
     currency: str
     timezone: ZoneInfo
     settle_days: int
+    settle_from: str
     paused: bool
     min_order: Fen
     pool_share: Fraction
@@ -136,6 +142,7 @@ class Config:
             currency=v["store.currency"],
             timezone=ZoneInfo(v["store.timezone"]),
             settle_days=int(v["store.settle_days"]),
+            settle_from=v["store.settle_from"],
             paused=v["store.paused"] == "1",
             min_order=Fen(int(parse_rate(v["queue.min_order"]) * 100)),
             pool_share=parse_rate(v["queue.pool_share"]),

@@ -24,6 +24,9 @@ CODES = frozenset(
         "not_refundable",
         "self_transfer",
         "insufficient_balance",
+        # SPEC §9
+        "out_of_stock",
+        "not_receivable",
         # beyond the replay contract
         "sales_paused",
         "product_inactive",

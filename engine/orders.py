@@ -1,10 +1,11 @@
-"""Orders (SPEC §3, §4, §8): record a purchase, settle it, refund it while pending.
+"""Orders (SPEC §3, §4, §8, §9): record a purchase, pay it, receive it, refund it while pending.
 
 What happens when someone buys, top to bottom: `record_paid_order` (paid as it is recorded)
 or `open_unpaid_order` then `confirm_payment` (a channel's payment, engine/checkout.py). Both
-check the request in SPEC §7's order (`_checked`), record the order and spend any points at
-checkout (`_new_order`); the payment is booked, and — when the return window is zero —
-`settle_due` grants the rebates in the same transaction (docs/engine.md).
+check the request in SPEC §7's order (`_checked`), record the order with its lines, take
+its stock and spend any points at checkout (`_new_order`); the payment is booked, and —
+when the return window is zero — `settlement.settle_due` grants the rebates in the same
+transaction (docs/engine.md).
 """
 
 from __future__ import annotations
@@ -14,15 +15,27 @@ import re
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from storage import queries
-from storage.rows import OrderRow, UserRow
+from storage.rows import OrderLineRow, OrderRow, UserRow
 
-from . import journal, ledger, points, queue
+from . import journal, ledger, points
 from .accounts import micro_amount
 from .book import Book, ProductInfo
 from .errors import Refusal
-from .money import parse_rate
+from .lines import (
+    check_stock,
+    give_back,
+    line_terms,
+    lines_of,
+    requested,
+    split_cash,
+    take_stock,
+    wanted,
+)
+from .receipt import find, locked, order_result, replayed
+from .settlement import settle_due
 from .times import local_midnight_after, parse_at
+
+__all__ = ["order_result", "settle_due"]  # with the actions below, the orders' API
 
 ORDER_REF = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_QTY = 10_000
@@ -47,61 +60,12 @@ def parse_points_arg(value: object) -> int:
     return 0 if value is None else micro_amount(value)
 
 
-def _order(book: Book, ref: object, *, lock: bool = True) -> OrderRow | None:
-    """The order with this ref: one recorded in this transaction, or from the database."""
-    if not isinstance(ref, str):
-        return None
-    for order in book.rows.known(OrderRow):
-        if order.ref == ref:
-            return order
-    return queries.order_by_ref(book.rows, ref, lock=lock)
-
-
-def _locked_order(book: Book, ref: object) -> OrderRow:
-    order = _order(book, ref)
-    if order is None:
-        raise Refusal("unknown_order", str(ref))
-    return order
-
-
-def order_result(book: Book, order: OrderRow) -> dict[str, Any]:
-    """What the buyer is told about an order; rebuilt from the row for idempotent retries."""
-    user = book.user_by_id(order.user_id)
-    referrer = book.handle_of(user.referrer_id) if user.referrer_id else None
-    tz = book.cfg.timezone
-    return {
-        "order": order.ref, "status": order.status, "user": user.handle, "sku": order.sku,
-        "qty": order.qty, "total": order.total, "cash": order.cash,
-        "points_used": order.points_used, "points_value": order.points_value,
-        "settles_at": order.settles_at.astimezone(tz).isoformat() if order.settles_at else None,
-        "matures_at": order.matures_at.astimezone(tz).isoformat() if order.matures_at else None,
-        "entry": order.entry_seq, "minted": order.minted, "accelerated": order.accelerated,
-        "referrer": referrer,
-    }
-
-
-def _replayed(book: Book, key: str | None) -> dict[str, Any] | None:
-    if key is None:
-        return None
-    found = book.stored(key)
-    if found is None:
-        return None
-    body = json.loads(found[0])
-    order = _order(book, body.get("order"), lock=False)
-    assert order is not None, key
-    result = {**order_result(book, order), "replayed": True}
-    if body.get("paid_while_paused"):
-        result["paid_while_paused"] = True
-    return result
-
-
 class _Request(NamedTuple):
     """A purchase request that passed SPEC §7's checks, priced: what both kinds of order
     are recorded from."""
 
     buyer: UserRow
-    product: ProductInfo
-    qty: int
+    items: list[tuple[ProductInfo, int]]  # the lines: product and quantity
     points: int  # micro-points spent at checkout
     value: int  # their value in fen at today's price
     total: int
@@ -109,26 +73,33 @@ class _Request(NamedTuple):
     at: datetime
 
 
-def _checked(book: Book, *, user: str, sku: str, qty: object, at: object, pay_points: object,
-             ref: str | None, method: str) -> _Request:
-    """Refuse a request in SPEC §7's order; else price it."""
-    if ref is not None and _order(book, ref, lock=False) is not None:
+def _checked(book: Book, *, user: str, asked: list[tuple[object, object]], at: object,
+             pay_points: object, ref: str | None, method: str) -> _Request:
+    """Refuse a request in SPEC §7's order — by kind: every line's product is known before
+    any line's quantity is checked (SPEC §9) — else price it."""
+    if ref is not None and find(book, ref, lock=False) is not None:
         raise Refusal("duplicate_order", ref)
     buyer = book.user(user)
-    product = book.product(sku)
-    if product is None:
-        raise Refusal("unknown_product", str(sku))
-    n = parse_qty(qty)
+    products = []
+    for sku, _qty in asked:
+        product = book.product(sku)
+        if product is None:
+            raise Refusal("unknown_product", str(sku))
+        products.append(product)
+    items = [(product, parse_qty(qty)) for product, (_sku, qty) in zip(products, asked,
+                                                                       strict=True)]
     q = parse_points_arg(pay_points)
     when = parse_at(at)
+    check_stock(book, wanted([(p.sku, n) for p, n in items]))
     if q > buyer.points:
         raise Refusal("insufficient_points")
-    total = product.price * n
+    total = sum(product.price * n for product, n in items)
     value = points.price(book).value_of(q) if q else 0
     if value > total:
         raise Refusal("points_exceed_total")
-    if not product.active:
-        raise Refusal("product_inactive", sku)
+    for product, _n in items:
+        if not product.active:
+            raise Refusal("product_inactive", product.sku)
     if book.cfg.paused and method != "offline":
         raise Refusal("sales_paused")
     if method not in METHODS:
@@ -136,26 +107,48 @@ def _checked(book: Book, *, user: str, sku: str, qty: object, at: object, pay_po
     cash = total - value
     if method == "wallet" and cash > buyer.wallet:
         raise Refusal("insufficient_balance")
-    return _Request(buyer, product, n, q, value, total, cash, when)
+    return _Request(buyer, items, q, value, total, cash, when)
+
+
+def _product_terms(product: ProductInfo) -> dict[str, Any]:
+    terms: dict[str, Any] = {"margin": product.margin, "scheme": product.scheme,
+                             "lock_days": product.lock_days, "unit_price": product.price}
+    if product.limited:
+        terms["took_stock"] = True
+    return terms
 
 
 def _new_order(book: Book, req: _Request, ref: str | None, method: str,
                p: journal.Postings) -> OrderRow:
-    """The order row, awaiting payment, on the terms of today (frozen for its settlement);
-    any points it uses are spent now, at checkout (SPEC §8), their value to revenue."""
+    """The order row and its lines, awaiting payment, on the terms of today (frozen for its
+    settlement, SPEC §8); its units are taken from stock, and any points it uses are spent
+    now, at checkout, their value to revenue."""
     book.head.last_order_no += 1
     no = book.head.last_order_no
     ref = ref or f"N{no}"
-    cfg, product = book.cfg, req.product
-    terms = {"margin": product.margin, "scheme": product.scheme, "lock_days": product.lock_days,
+    cfg = book.cfg
+    first, first_qty = req.items[0]
+    terms = {**_product_terms(first),
              "pool_share": cfg.raw["queue.pool_share"], "accel_rate": cfg.raw["queue.accel_rate"],
              "pool_rate": cfg.raw["points.pool_rate"], "mint_rate": cfg.raw["points.mint_rate"],
-             "min_order": cfg.min_order, "unit_price": product.price}
+             "min_order": cfg.min_order, "settle_days": cfg.settle_days}
+    if cfg.settle_from != "payment":
+        terms["settle_from"] = cfg.settle_from
+    if len(req.items) > 1:
+        terms["lines"] = [{"sku": product.sku, **_product_terms(product)}
+                          for product, _n in req.items]
     order = book.rows.add(OrderRow(
-        no=no, ref=ref, user_id=req.buyer.id, sku=product.sku, qty=req.qty, total=req.total,
+        no=no, ref=ref, user_id=req.buyer.id, sku=first.sku, qty=first_qty, total=req.total,
         points_used=req.points, points_value=req.value, cash=req.cash, method=method,
         currency=cfg.currency, status="awaiting_payment", created_at=req.at,
         terms=journal.canonical(terms), minted=0, accelerated=0))
+    totals = [product.price * n for product, n in req.items]
+    for line_no, ((product, n), total, cash) in enumerate(
+            zip(req.items, totals, split_cash(req.cash, totals), strict=True), start=1):
+        book.rows.add(OrderLineRow(order_no=no, line_no=line_no, sku=product.sku, qty=n,
+                                   unit_price=product.price, total=total, cash=cash,
+                                   minted=0, accelerated=0))
+    take_stock(book, wanted([(product.sku, n) for product, n in req.items]))
     if req.points:
         burned = points.burn(book, req.buyer, req.points, p, f"order:{ref}")
         assert burned == req.value
@@ -163,42 +156,58 @@ def _new_order(book: Book, req: _Request, ref: str | None, method: str,
     return order
 
 
-def record_paid_order(book: Book, *, user: str, sku: str, qty: object = 1, at: object,
-                      pay_points: object = None, ref: object = None, method: str = "cash",
-                      key: str | None = None, actor: str | None = None) -> dict[str, Any]:
+def _opened(book: Book, *, user: str, sku: object, qty: object, order_lines: object,
+            at: object, pay_points: object, ref: object, method: str, key: str | None,
+            due_by: datetime | None, p: journal.Postings
+            ) -> tuple[OrderRow, _Request] | dict[str, Any]:
+    """The opening both kinds of order share: the request's form checked, its reads made
+    in one round trip, a repeated key answered with the first result (a dict), else the
+    request checked and the order recorded."""
+    asked = requested(sku, qty, order_lines)
+    ref = check_ref(ref)
+    book.prefetch_purchase(user, key, due_by)
+    if (done := replayed(book, key)) is not None:
+        return done
+    req = _checked(book, user=user, asked=asked, at=at, pay_points=pay_points, ref=ref,
+                   method=method)
+    return _new_order(book, req, ref, method, p), req
+
+
+def record_paid_order(book: Book, *, user: str, sku: object = None, qty: object = 1,
+                      lines: object = None, at: object, pay_points: object = None,
+                      ref: object = None, method: str = "cash", key: str | None = None,
+                      actor: str | None = None) -> dict[str, Any]:
     """A purchase paid as it is recorded: cash the caller took, the buyer's wallet, or
     offline by staff. One `purchase` transaction; rebates are granted at settlement —
-    in this very transaction when the return window is zero (`settle_due`)."""
-    ref = check_ref(ref)
+    in this very transaction when the return window is zero (`settle_due`). `sku`/`qty`
+    or `lines` (`[{"sku", "qty"}]`, SPEC §9), exactly one of the two."""
     try:
         due_by = parse_at(at)
     except Refusal:
         due_by = None  # refused below, in SPEC §7's order
-    book.prefetch_purchase(user, key, due_by)
-    if (done := _replayed(book, key)) is not None:
-        return done
-    req = _checked(book, user=user, sku=sku, qty=qty, at=at, pay_points=pay_points, ref=ref,
-                   method=method)
     p = journal.Postings()
-    order = _new_order(book, req, ref, method, p)
+    opened = _opened(book, user=user, sku=sku, qty=qty, order_lines=lines, at=at,
+                     pay_points=pay_points, ref=ref, method=method, key=key, due_by=due_by, p=p)
+    if isinstance(opened, dict):
+        return opened
+    order, req = opened
     _pay(book, order, req.buyer, req.at, p, from_wallet=method == "wallet",
          key=key or f"order:{order.ref}", actor=actor)
     return order_result(book, order)
 
 
-def open_unpaid_order(book: Book, *, user: str, sku: str, qty: object = 1, at: object,
-                      pay_points: object = None, ref: object = None, method: str,
-                      key: str | None = None) -> dict[str, Any]:
-    """An order that waits for a channel's payment (`confirm_payment`): any points it uses
-    are spent now, in a `checkout` transaction (SPEC §8)."""
-    ref = check_ref(ref)
-    book.prefetch_purchase(user, key, None)
-    if (done := _replayed(book, key)) is not None:
-        return done
-    req = _checked(book, user=user, sku=sku, qty=qty, at=at, pay_points=pay_points, ref=ref,
-                   method=method)
+def open_unpaid_order(book: Book, *, user: str, sku: object = None, qty: object = 1,
+                      lines: object = None, at: object, pay_points: object = None,
+                      ref: object = None, method: str, key: str | None = None
+                      ) -> dict[str, Any]:
+    """An order that waits for a channel's payment (`confirm_payment`): its stock is taken
+    and any points it uses are spent now, in a `checkout` transaction (SPEC §8, §9)."""
     p = journal.Postings()
-    order = _new_order(book, req, ref, method, p)
+    opened = _opened(book, user=user, sku=sku, qty=qty, order_lines=lines, at=at,
+                     pay_points=pay_points, ref=ref, method=method, key=key, due_by=None, p=p)
+    if isinstance(opened, dict):
+        return opened
+    order, req = opened
     book.record(key=key or f"checkout:{order.ref}", kind="checkout", at=req.at, postings=p,
                 body={"order": order.ref, "user": req.buyer.handle, "points": req.points,
                       "value": req.value})
@@ -218,13 +227,23 @@ def _pay(book: Book, order: OrderRow, buyer: UserRow, at: datetime, p: journal.P
     order.status = "pending"
     order.paid_at = at
     order.payment_ref = payment
-    order.settles_at = local_midnight_after(at, book.cfg.settle_days, tz)
+    # SPEC §9: under `settle_from` receipt the window starts when the buyer has the goods
+    # (`receive`); until then the order has no settlement time.
+    if terms.get("settle_from") != "receipt":
+        days = int(terms.get("settle_days", book.cfg.settle_days))
+        order.settles_at = local_midnight_after(at, days, tz)
     order.matures_at = local_midnight_after(at, int(terms["lock_days"]), tz)
+    items = lines_of(book, order, terms)
+    for line, t in zip(items, line_terms(terms), strict=True):
+        line.matures_at = local_midnight_after(at, int(t["lock_days"]), tz)
     source = ledger.wallet(buyer) if from_wallet else journal.PAYMENTS_IN
     p.fen(source, journal.REVENUE, order.cash, f"order:{order.ref}")
-    body = {"order": order.ref, "user": buyer.handle, "sku": order.sku, "qty": order.qty,
-            "total": order.total, "cash": order.cash, "points": order.points_used,
-            "method": order.method}
+    body: dict[str, Any] = {"order": order.ref, "user": buyer.handle, "sku": order.sku,
+                            "qty": order.qty, "total": order.total, "cash": order.cash,
+                            "points": order.points_used, "method": order.method}
+    if len(items) > 1:
+        body["lines"] = [{"sku": line.sku, "qty": line.qty, "total": line.total,
+                          "cash": line.cash} for line in items]
     if payment is not None:
         body["payment"] = payment
     if paused:
@@ -238,9 +257,9 @@ def confirm_payment(book: Book, *, ref: str, amount: int, currency: str, payment
                     at: object, key: str, actor: str | None = None) -> dict[str, Any]:
     """A channel says an order was paid. Exactly once per payment key; an amount or currency
     that is not the order's is refused (`payment_mismatch`) and nothing is recorded."""
-    if (done := _replayed(book, key)) is not None:
+    if (done := replayed(book, key)) is not None:
         return done
-    order = _locked_order(book, ref)
+    order = locked(book, ref)
     when = parse_at(at)
     if order.status != "awaiting_payment":
         raise Refusal("not_payable", order.status)
@@ -257,13 +276,15 @@ def confirm_payment(book: Book, *, ref: str, amount: int, currency: str, payment
 
 
 def cancel_unpaid(book: Book, *, ref: str, at: object, actor: str | None = None) -> dict[str, Any]:
-    """An order whose payment never came: the points it spent come back as their value."""
-    order = _locked_order(book, ref)
+    """An order whose payment never came: the points it spent come back as their value, its
+    units to stock."""
+    order = locked(book, ref)
     when = parse_at(at)
     if order.status != "awaiting_payment":
         raise Refusal("not_refundable", order.status)
     buyer = book.user_by_id(order.user_id)
     order.status = "cancelled"
+    give_back(book, order, json.loads(order.terms))
     p = journal.Postings()
     p.fen(journal.REVENUE, ledger.wallet(buyer), order.points_value, f"order:{ref}")
     book.record(key=f"cancel:{ref}", kind="cancel", at=when, postings=p, actor=actor,
@@ -276,7 +297,7 @@ def cancel_open(book: Book, *, ref: object, user: str, at: object) -> dict[str, 
     `cancel_unpaid`, after checking it is theirs (`unknown_order`) and still open
     (`not_payable`)."""
     buyer = book.user(user)
-    order = _order(book, ref)
+    order = find(book, ref)
     if order is None or order.user_id != buyer.id:
         raise Refusal("unknown_order", str(ref))
     if order.status != "awaiting_payment":
@@ -284,86 +305,19 @@ def cancel_open(book: Book, *, ref: object, user: str, at: object) -> dict[str, 
     return cancel_unpaid(book, ref=order.ref, at=at)
 
 
-def settle_due(book: Book, at: datetime) -> list[dict[str, Any]]:
-    """Settle every pending order due by `at`, in the order they were recorded (SPEC §8)."""
-    settled: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        batch = queries.orders_due(book.rows, at, after)
-        more = len(batch) == queries.DUE_PAGE
-        upto = batch[-1].no if more else None
-        # Orders recorded (or changed) in this transaction are in memory, not yet stored.
-        due = {o.no: o for o in batch}
-        due.update((o.no, o) for o in book.rows.known(OrderRow)
-                   if o.no > after and (upto is None or o.no <= upto))
-        for no in sorted(due):
-            order = due[no]
-            if order.status != "pending" or order.settles_at is None or order.settles_at > at:
-                continue
-            settled.append(_settle(book, order, at))
-            points.forced_exits(book, at, f"settle:{order.ref}")
-        if not more:
-            return settled
-        after = batch[-1].no
-
-
-def _settle(book: Book, order: OrderRow, at: datetime) -> dict[str, Any]:
-    """Grant an order's rebates on the terms frozen when it was recorded."""
-    terms = json.loads(order.terms)
-    buyer = book.user_by_id(order.user_id)
-    scheme = terms["scheme"]
-    cash = order.cash
-    p = journal.Postings()
-    ref = f"order:{order.ref}"
-    accelerated: list[tuple[int, int]] = []
-    accel: queue.Acceleration | None = None
-    referrer: UserRow | None = None
-    if scheme in ("queue", "both"):
-        queue.contribute(book, cash, parse_rate(terms["margin"]), parse_rate(terms["pool_share"]),
-                         p, ref)
-        if cash >= int(terms["min_order"]) and cash > 0:
-            assert order.matures_at is not None
-            entry = queue.add_entry(book, buyer, order.no, cash, order.matures_at, at)
-            order.entry_seq = entry.seq
-            # never to the buyer's own account (linking drops such an edge; belt and braces)
-            if buyer.referrer_id is not None and buyer.referrer_id != buyer.id:
-                referrer = book.user_by_id(buyer.referrer_id)
-                accel = queue.accelerate(book, referrer, cash,
-                                         parse_rate(terms["accel_rate"]), p, at)
-                accelerated = accel.paid
-    if scheme in ("points", "both"):
-        order.minted = points.mint(book, buyer, cash, parse_rate(terms["pool_rate"]),
-                                   parse_rate(terms["mint_rate"]), p, ref)
-    order.accelerated = sum(paid for _seq, paid in accelerated)
-    order.status = "settled"
-    order.settled_at = at
-    key = f"settle:{order.ref}"
-    book.record(key=key, kind="settle", at=at, postings=p,
-                body={"order": order.ref, "entry": order.entry_seq, "minted": order.minted,
-                      "accelerated": [list(a) for a in accelerated]})
-    book.notify(buyer, "order_settled", key, at, order=order.ref, entry=order.entry_seq,
-                amount=cash if order.entry_seq else 0,
-                matures_at=order.matures_at.isoformat() if order.matures_at else None,
-                minted=order.minted)
-    if referrer is not None and accel is not None and (order.accelerated or accel.capped_by_pool):
-        # A payment the pool capped (down to nothing, even) is explained with its figures.
-        extra = ({"due": accel.due, "pool": accel.pool, "cash": cash,
-                  "rate": terms["accel_rate"]} if accel.capped_by_pool else {})
-        book.notify(referrer, "acceleration", f"accel:{order.ref}", at, amount=order.accelerated,
-                    buyer=buyer.display_name or buyer.handle, order=order.ref, **extra)
-    return order_result(book, order)
-
-
 def refund(book: Book, *, ref: object, at: object, actor: str | None = None) -> dict[str, Any]:
-    """SPEC §8: only a pending order before its settlement time. The cash goes back through
-    its channel (outside the engine); the value of the points it spent comes back to the
-    buyer's wallet; no rebate is ever granted for it."""
-    order = _locked_order(book, ref)
+    """SPEC §8: only a pending order before its settlement time (SPEC §9: one settling from
+    its receipt, not received yet, has none: always). The cash goes back through its channel
+    (outside the engine); the value of the points it spent comes back to the buyer's wallet,
+    its units to stock; no rebate is ever granted for it."""
+    order = locked(book, ref)
     when = parse_at(at)
-    if order.status != "pending" or order.settles_at is None or not when < order.settles_at:
+    if order.status != "pending" or (order.settles_at is not None
+                                     and not when < order.settles_at):
         raise Refusal("not_refundable", order.status)
     buyer = book.user_by_id(order.user_id)
     order.status = "refunded"
+    give_back(book, order, json.loads(order.terms))
     p = journal.Postings()
     r = f"order:{order.ref}"
     back = ledger.wallet(buyer) if order.method == "wallet" else journal.REFUNDS_OUT
@@ -391,10 +345,10 @@ def pay_from_wallet(book: Book, *, ref: object, user: str, at: object, key: str,
     can still say no), `insufficient_balance`. Exactly once per `key`: a repeat answers the
     same result."""
     buyer = book.user(user)
-    order = _order(book, ref)
+    order = find(book, ref)
     if order is None or order.user_id != buyer.id:
         raise Refusal("unknown_order", str(ref))
-    if (done := _replayed(book, key)) is not None:
+    if (done := replayed(book, key)) is not None:
         return done
     when = parse_at(at)
     if order.status != "awaiting_payment":
@@ -405,4 +359,27 @@ def pay_from_wallet(book: Book, *, ref: object, user: str, at: object, key: str,
         raise Refusal("insufficient_balance")
     order.method = "wallet"
     _pay(book, order, buyer, when, journal.Postings(), from_wallet=True, key=key, actor=actor)
+    return order_result(book, order)
+
+
+def receive(book: Book, *, ref: object, at: object, actor: str | None = None) -> dict[str, Any]:
+    """SPEC §9: the buyer has a pending order's goods (they said so, or the shop decided it
+    after days without a complaint). Refused `not_receivable` if it is not pending, was
+    received already, or `at` is before its payment. An order settling from its receipt
+    gets its settlement time now (receipt date plus the `settle_days` frozen when it was
+    recorded); then, like a purchase, every order due by `at` settles."""
+    order = locked(book, ref)
+    when = parse_at(at)
+    if order.status != "pending" or order.received_at is not None or order.paid_at is None \
+            or when < order.paid_at:
+        raise Refusal("not_receivable", order.status)
+    order.received_at = when
+    terms = json.loads(order.terms)
+    if terms.get("settle_from") == "receipt":
+        days = int(terms.get("settle_days", book.cfg.settle_days))
+        order.settles_at = local_midnight_after(when, days, book.cfg.timezone)
+    book.record(key=f"receive:{order.ref}", kind="receive", at=when, actor=actor,
+                body={"order": order.ref,
+                      "settles_at": order.settles_at.isoformat() if order.settles_at else None})
+    settle_due(book, when)
     return order_result(book, order)

@@ -15,6 +15,7 @@ from typing import Any
 from storage.db import Database
 
 from . import service
+from .accounts import KEEP
 from .errors import Refusal
 from .state import snapshot
 from .times import parse_at
@@ -22,10 +23,10 @@ from .times import parse_at
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _REQUIRED = {
     "config": (), "product": ("sku", "price", "margin", "lock_days", "scheme"),
-    "join": ("user",), "deposit": ("pool", "amount"), "buy": ("user", "sku", "at"),
+    "join": ("user",), "deposit": ("pool", "amount"), "buy": ("user", "at"),
     "release": ("at",), "settle": ("at",), "refund": ("order", "at"),
     "withdraw_points": ("user", "points"), "transfer_points": ("from", "to", "points"),
-    "withdraw_cash": ("user", "amount"),
+    "withdraw_cash": ("user", "amount"), "receive": ("order", "at"),
 }
 
 
@@ -56,14 +57,23 @@ class Replayer:
         elif op == "product":
             service.upsert_product(db, sku=ev["sku"], price=ev["price"], margin=ev["margin"],
                                    lock_days=ev["lock_days"], scheme=ev["scheme"],
-                                   name=ev.get("name"), at=now, actor="replay")
+                                   name=ev.get("name"), stock=ev.get("stock", KEEP), at=now,
+                                   actor="replay")
         elif op == "join":
             service.join(db, user=ev["user"], referrer=ev.get("referrer"), at=now)
         elif op == "deposit":
             service.deposit(db, pool=ev["pool"], amount=ev["amount"], at=now, actor="replay")
         elif op == "buy":
-            service.buy(db, user=ev["user"], sku=ev["sku"], qty=ev.get("qty", 1),
-                        at=self._at(ev), pay_points=ev.get("pay_points"), order=ev.get("order"))
+            if "sku" not in ev and "lines" not in ev:
+                raise Refusal("invalid_event", "missing field")
+            # `"lines": null` is a malformed list, not the shorthand (SPEC §9)
+            lines = ev["lines"] if ev.get("lines") is not None else \
+                ([] if "lines" in ev else None)
+            service.buy(db, user=ev["user"], sku=ev.get("sku"), qty=ev.get("qty", 1),
+                        lines=lines, at=self._at(ev), pay_points=ev.get("pay_points"),
+                        order=ev.get("order"))
+        elif op == "receive":
+            service.receive(db, order=ev["order"], at=self._at(ev), actor="replay")
         elif op == "release":
             service.release(db, at=self._at(ev))
         elif op == "settle":

@@ -63,14 +63,20 @@ def set_on_sale(db: Database, *, sku: object, active: bool, at: datetime | None 
 
 def upsert_product(db: Database, *, sku: object, price: object, margin: object,
                    lock_days: object, scheme: object, name: str | None = None,
-                   active: bool | None = None, at: datetime | None = None,
+                   active: bool | None = None, stock: object = accounts.KEEP,
+                   kind: object = None, at: datetime | None = None,
                    actor: str | None = None) -> dict[str, Any]:
+    """Add or change a product. `stock`: units to sell, None for unlimited; left out, a new
+    product is unlimited and a changed one keeps its count (SPEC §9). `kind`: `goods`
+    (default for a new product), `digital` or `service`; None keeps it."""
     def work(b: Book) -> dict[str, Any]:
         row = accounts.upsert_product(b, sku=sku, price=price, margin=margin,
                                       lock_days=lock_days, scheme=scheme, name=name,
-                                      active=active, at=at or now(), actor=actor)
+                                      active=active, stock=stock, kind=kind, at=at or now(),
+                                      actor=actor)
         return {"sku": row.sku, "name": row.name, "price": row.price, "margin": row.margin,
-                "lock_days": row.lock_days, "scheme": row.scheme, "active": row.active}
+                "lock_days": row.lock_days, "scheme": row.scheme, "active": row.active,
+                "stock": row.stock, "kind": row.kind}
 
     return _in_book(db, work)
 
@@ -111,28 +117,40 @@ def stop_group_commit(db: Database) -> None:
         group.close()
 
 
-def buy(db: Database, *, user: str, sku: str, qty: object = 1, at: object = None,
-        pay_points: object = None, order: object = None, method: str = "cash",
-        key: str | None = None, actor: str | None = None) -> dict[str, Any]:
-    """Record a paid purchase (cash recorded by the caller, wallet, or offline by staff)."""
+def buy(db: Database, *, user: str, sku: object = None, qty: object = 1, lines: object = None,
+        at: object = None, pay_points: object = None, order: object = None,
+        method: str = "cash", key: str | None = None, actor: str | None = None
+        ) -> dict[str, Any]:
+    """Record a paid purchase (cash recorded by the caller, wallet, or offline by staff):
+    `sku`/`qty`, or `lines=[{"sku": "TEA", "qty": 2}, ...]` (SPEC §9), exactly one of the
+    two."""
     group = _GROUPS.get(db)
     if group is not None:
-        result: dict[str, Any] = group.buy(user=user, sku=sku, qty=qty, at=at,
+        result: dict[str, Any] = group.buy(user=user, sku=sku, qty=qty, lines=lines, at=at,
                                            pay_points=pay_points, order=order, method=method,
                                            key=key, actor=actor)
         return result
     return _in_book(db, lambda b: place(
-        b, user=user, sku=sku, qty=qty, at=at, pay_points=pay_points, order=order,
-        method=method, key=key, actor=actor))
+        b, user=user, sku=sku, qty=qty, lines=lines, at=at, pay_points=pay_points,
+        order=order, method=method, key=key, actor=actor))
 
 
-def place(b: Book, *, user: str, sku: str, qty: object = 1, at: object = None,
-          pay_points: object = None, order: object = None, method: str = "cash",
-          key: str | None = None, actor: str | None = None) -> dict[str, Any]:
+def place(b: Book, *, user: str, sku: object = None, qty: object = 1, lines: object = None,
+          at: object = None, pay_points: object = None, order: object = None,
+          method: str = "cash", key: str | None = None, actor: str | None = None
+          ) -> dict[str, Any]:
     """`buy` inside a transaction the caller holds (engine/batch.py puts several in one)."""
-    return orders.record_paid_order(b, user=user, sku=sku, qty=qty,
+    return orders.record_paid_order(b, user=user, sku=sku, qty=qty, lines=lines,
                                     at=now() if at is None else at, pay_points=pay_points,
                                     ref=order, method=method, key=key, actor=actor)
+
+
+def receive(db: Database, *, order: str, at: object = None,
+            actor: str | None = None) -> dict[str, Any]:
+    """SPEC §9: a pending order's goods reached the buyer (`not_receivable` otherwise); with
+    `store.settle_from` = receipt its return window starts now. Settles what is due."""
+    return _in_book(db, lambda b: orders.receive(b, ref=order, at=now() if at is None else at,
+                                                 actor=actor))
 
 
 def settle(db: Database, *, at: object = None) -> list[dict[str, Any]]:

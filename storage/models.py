@@ -139,6 +139,11 @@ class Product(Base):
     scheme: Mapped[str] = mapped_column(String(8))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # SPEC §9: units left to sell (NULL: unlimited), taken when an order is recorded and put
+    # back when it is refunded or cancelled unpaid; what delivering one means (`goods` ship,
+    # `digital` codes, `service` nothing to deliver).
+    stock: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    kind: Mapped[str] = mapped_column(String(10), default="goods", server_default="goods")
 
 
 class Order(Base):
@@ -169,6 +174,9 @@ class Order(Base):
     entry_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     minted: Mapped[int] = mapped_column(BigInteger, default=0)
     accelerated: Mapped[int] = mapped_column(BigInteger, default=0)
+    # SPEC §9: when the buyer had the goods (with `store.settle_from` = receipt the return
+    # window starts then).
+    received_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (Index("ix_orders_due", "status", "settles_at", "no"),)
 
@@ -360,6 +368,72 @@ class InboxUpdate(Base):
     __table_args__ = (Index("ix_inbox_status_update", "status", "update_id"),)
 
 
+class OrderLine(Base):
+    """One line of an order (SPEC §9): a sku and quantity, its share of the order's cash, its
+    maturity (set when the order is paid) and what its settlement granted. An order's `sku`,
+    `qty` (and, for one line, `entry_seq`, `minted`, `accelerated`) are its first line's."""
+
+    __tablename__ = "order_lines"
+    order_no: Mapped[int] = mapped_column(BigInteger, ForeignKey("orders.no"), primary_key=True,
+                                          autoincrement=False)
+    line_no: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    sku: Mapped[str] = mapped_column(String(64))
+    qty: Mapped[int] = mapped_column(Integer)
+    unit_price: Mapped[int] = mapped_column(BigInteger)
+    total: Mapped[int] = mapped_column(BigInteger)
+    cash: Mapped[int] = mapped_column(BigInteger)
+    matures_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    entry_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    minted: Mapped[int] = mapped_column(BigInteger, default=0)
+    accelerated: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ProductText(Base):
+    """A product's shop texts (docs/catalogue.md): the English name, the description in
+    both languages and the category `/shop` groups it under. Kept beside `products` so the
+    engine's purchase path never reads them."""
+
+    __tablename__ = "product_texts"
+    sku: Mapped[str] = mapped_column(ForeignKey("products.sku"), primary_key=True)
+    name_en: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    description_en: Mapped[str | None] = mapped_column(Text, nullable=True)
+    category: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+
+
+class Media(Base):
+    """A photo, stored once by the sha256 of its bytes, with each channel's cached id for
+    it: Telegram's `file_id` (re-sent instead of the bytes) and WeChat's permanent media id
+    (`material/add_material`). A photo uploaded on one channel shows on the other."""
+
+    __tablename__ = "media"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    content_type: Mapped[str] = mapped_column(String(32))
+    tg_file_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    wx_media_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ProductPhoto(Base):
+    """A product's photos in the order they were added (`position` 1, 2, …)."""
+
+    __tablename__ = "product_photos"
+    sku: Mapped[str] = mapped_column(ForeignKey("products.sku"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    sha256: Mapped[str] = mapped_column(ForeignKey("media.sha256"))
+
+
+class PhotoWait(Base):
+    """An operator who said `图片 SKU` (or listed a product) on a channel that sends photos
+    as separate messages (WeChat): their next image, before `until`, goes to `sku`."""
+
+    __tablename__ = "photo_waits"
+    identity: Mapped[str] = mapped_column(String(128), primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64))
+    until: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 __all__ = [
     "Base",
     "ChannelRefund",
@@ -372,11 +446,16 @@ __all__ = [
     "JournalTxn",
     "Lease",
     "LinkCode",
+    "Media",
     "Order",
+    "OrderLine",
     "Outbox",
+    "PhotoWait",
     "Pool",
     "Posting",
     "Product",
+    "ProductPhoto",
+    "ProductText",
     "SeenMessage",
     "Setting",
     "User",

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
+from . import models
 from .driver import Driver
-from .rows import EntryRow, OrderRow, PoolRow, Query, UserRow
+from .rows import EntryRow, OrderLineRow, OrderRow, PoolRow, Query, UserRow
 from .unit import Rows
 
+_PRODUCTS = cast(Table, models.Product.__table__)
 DUE_PAGE = 200  # orders settled per read (a purchase usually finds none or a few)
 
 
@@ -29,11 +32,31 @@ def settings(db: Driver) -> dict[str, str]:
 
 
 def product(rows: Rows, sku: str) -> tuple[Any, ...] | None:
-    """(sku, name, price, margin, lock_days, scheme, active) of a product, or None."""
+    """(sku, name, price, margin, lock_days, scheme, active, stock, kind) of a product, or
+    None."""
     rows.session.flush()  # a product the ORM changed in this transaction
-    found = rows.db.rows("SELECT sku, name, price, margin, lock_days, scheme, active "
-                         "FROM products WHERE sku = ?", (sku,))
+    found = rows.db.rows("SELECT sku, name, price, margin, lock_days, scheme, active, stock, "
+                         "kind FROM products WHERE sku = ?", (sku,))
     return found[0] if found else None
+
+
+def stock_of(rows: Rows, skus: Sequence[str]) -> dict[str, int | None]:
+    """sku → units in stock (None: unlimited), locked."""
+    rows.session.flush()
+    db = rows.db
+    return dict(db.rows(f"SELECT sku, stock FROM products WHERE sku IN "
+                        f"({', '.join('?' * len(skus))})" + db.lock, tuple(skus)))
+
+
+def move_stock(rows: Rows, moves: Iterable[tuple[int, str]]) -> None:
+    """Add to (or, negative, take from) products' stock: (units, sku); unlimited stays so."""
+    rows.db.write("UPDATE products SET stock = stock + ? WHERE sku = ? AND stock IS NOT NULL",
+                  _PRODUCTS, ("stock", "sku"), list(moves))
+
+
+def order_lines(rows: Rows, order_no: int) -> list[OrderLineRow]:
+    """An order's lines in order, locked."""
+    return rows.load(OrderLineRow, "order_no = ?", (order_no,), suffix=" ORDER BY line_no")
 
 
 # -- rows a purchase locks -------------------------------------------------------------------

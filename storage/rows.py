@@ -26,7 +26,8 @@ class Row:
 
     TABLE: ClassVar[Table]
     MODEL: ClassVar[type[models.Base]]
-    KEY: ClassVar[str]
+    KEY: ClassVar[str | tuple[str, ...]]  # a column, or the columns of a composite key
+    KEYS: ClassVar[tuple[str, ...]]
     COLUMNS: ClassVar[tuple[str, ...]]
     MUTABLE: ClassVar[tuple[str, ...]]
     _GET_MUTABLE: ClassVar[Callable[[Any], tuple[Any, ...]]]
@@ -43,7 +44,8 @@ class Row:
         cls.INSERT = (f"INSERT INTO {cls.TABLE.name} ({columns}) "
                       f"VALUES ({', '.join('?' for _ in cls.COLUMNS)})")
         sets = ", ".join(f"{q(c)} = ?" for c in cls.MUTABLE)
-        cls.UPDATE = f"UPDATE {cls.TABLE.name} SET {sets} WHERE {q(cls.KEY)} = ?"
+        cls.KEYS = (cls.KEY,) if isinstance(cls.KEY, str) else cls.KEY
+        cls.UPDATE = f"UPDATE {cls.TABLE.name} SET {sets} WHERE {key_match(cls.KEYS)}"
         getter = operator.attrgetter(*cls.MUTABLE)  # a tuple of them (more than one each)
         cls._GET_MUTABLE = staticmethod(getter)  # type: ignore[assignment]
 
@@ -65,7 +67,11 @@ class Row:
 
     @property
     def key(self) -> Any:
-        return getattr(self, self.KEY)
+        """The key's value: a tuple for a composite key."""
+        keys = self.KEYS
+        if len(keys) == 1:
+            return getattr(self, keys[0])
+        return tuple(getattr(self, k) for k in keys)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.key!r}>"
@@ -74,6 +80,11 @@ class Row:
 def q(name: str) -> str:
     """A quoted column name."""
     return f'"{name}"'
+
+
+def key_match(keys: Sequence[str]) -> str:
+    """`"a" = ? AND "b" = ?`: the WHERE clause naming one row by its key columns."""
+    return " AND ".join(f"{q(k)} = ?" for k in keys)
 
 
 def _table(model: type[models.Base]) -> Table:
@@ -136,11 +147,11 @@ class OrderRow(Row):
     COLUMNS = ("no", "ref", "user_id", "sku", "qty", "total", "points_used", "points_value",
                "cash", "method", "currency", "status", "created_at", "paid_at", "settles_at",
                "matures_at", "settled_at", "terms", "payment_ref", "entry_seq", "minted",
-               "accelerated")
+               "accelerated", "received_at")
     # `method` changes once: an order opened for a channel and paid from the wallet instead
     # (`orders.pay_from_wallet`), so a refund returns its cash to the wallet.
     MUTABLE = ("status", "method", "paid_at", "payment_ref", "settles_at", "matures_at",
-               "settled_at", "entry_seq", "minted", "accelerated")
+               "settled_at", "entry_seq", "minted", "accelerated", "received_at")
     __slots__ = COLUMNS
     no: int
     ref: str
@@ -164,6 +175,7 @@ class OrderRow(Row):
     entry_seq: int | None
     minted: int
     accelerated: int
+    received_at: datetime | None
 
 
 class EntryRow(Row):
@@ -185,8 +197,32 @@ class EntryRow(Row):
     released_at: datetime | None
 
 
+class OrderLineRow(Row):
+    """A line of an order (SPEC §9). A one-line order's line mirrors its order row, so the
+    engine can know it without reading it (engine/lines.py, `lines_of`)."""
+
+    TABLE = _table(models.OrderLine)
+    MODEL = models.OrderLine
+    KEY = ("order_no", "line_no")
+    COLUMNS = ("order_no", "line_no", "sku", "qty", "unit_price", "total", "cash",
+               "matures_at", "entry_seq", "minted", "accelerated")
+    MUTABLE = ("matures_at", "entry_seq", "minted", "accelerated")
+    __slots__ = COLUMNS
+    order_no: int
+    line_no: int
+    sku: str
+    qty: int
+    unit_price: int
+    total: int
+    cash: int
+    matures_at: datetime | None
+    entry_seq: int | None
+    minted: int
+    accelerated: int
+
+
 # Flush order: rows the appended rows point at come first.
-ROW_TYPES: tuple[type[Row], ...] = (HeadRow, PoolRow, UserRow, OrderRow, EntryRow)
+ROW_TYPES: tuple[type[Row], ...] = (HeadRow, PoolRow, UserRow, OrderRow, OrderLineRow, EntryRow)
 
 
 @dataclass(frozen=True)

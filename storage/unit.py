@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from .driver import Driver
-from .rows import APPENDED, ROW_TYPES, Appended, Query, Row, q
+from .rows import APPENDED, ROW_TYPES, Appended, Query, Row, key_match
 
 R = TypeVar("R", bound=Row)
 
@@ -76,11 +76,16 @@ class Rows:
         values = self.db.read(cls.TABLE, cls.COLUMNS, raw)
         known = self._known[cls]
         out = []
-        at = cls.COLUMNS.index(cls.KEY)
-        for v in values:
-            row = known.get(v[at])
+        if len(cls.KEYS) == 1:
+            at = cls.COLUMNS.index(cls.KEYS[0])
+            keys = [v[at] for v in values]
+        else:
+            ats = [cls.COLUMNS.index(k) for k in cls.KEYS]
+            keys = [tuple(v[i] for i in ats) for v in values]
+        for key, v in zip(keys, values, strict=True):
+            row = known.get(key)
             if row is None:
-                row = known[v[at]] = cls._loaded(v)
+                row = known[key] = cls._loaded(v)
             out.append(row)
         return out
 
@@ -89,7 +94,8 @@ class Rows:
         row = self._known[cls].get(key)
         if row is not None:
             return cast(R, row)
-        found = self.load(cls, f"{q(cls.KEY)} = ?", (key,), lock=lock)
+        params = (key,) if len(cls.KEYS) == 1 else tuple(key)
+        found = self.load(cls, key_match(cls.KEYS), params, lock=lock)
         return found[0] if found else None
 
     def peek(self, cls: type[R], key: Any) -> R | None:
@@ -114,6 +120,17 @@ class Rows:
         """A new row, inserted on flush."""
         self._known[type(row)][row.key] = row
         self._new.append(row)
+        return row
+
+    def adopt(self, row: R) -> R:
+        """A row whose stored values the caller knows without reading it (a one-line
+        order's line mirrors its order): tracked as if loaded, written only if changed."""
+        known = self._known[type(row)]
+        found = known.get(row.key)
+        if found is not None:
+            return cast(R, found)
+        row._saved = row._mutable()
+        known[row.key] = row
         return row
 
     def append(self, table: Appended, values: Sequence[Any]) -> None:
@@ -162,8 +179,10 @@ class Rows:
                     changed.append(r)
                     r._saved = now
             if changed:
-                writes.append((cls.UPDATE, cls.TABLE, (*cls.MUTABLE, cls.KEY),
-                               [[*r._mutable(), r.key] for r in changed]))
+                keys = cls.KEYS
+                writes.append((cls.UPDATE, cls.TABLE, (*cls.MUTABLE, *keys),
+                               [[*r._mutable(), *(getattr(r, k) for k in keys)]
+                                for r in changed]))
                 self._expire_orm(cls, changed)
         for table in APPENDED:
             rows = self._appended[table]

@@ -44,9 +44,10 @@ def test_without_arguments_every_rule_is_printed_ready_to_paste_back(
     assert [line.split("=", 1)[0] for line in lines] == list(DEFAULTS)
     assert lines[2].split("#")[0].strip() == "store.settle_days=0"
     assert lines[2].split("#")[1].strip().startswith("0 days: return window:")
-    assert lines[5].split("#")[1].strip() == (
+    at = {line.split("=", 1)[0]: n for n, line in enumerate(lines)}
+    assert lines[at["queue.pool_share"]].split("#")[1].strip() == (
         "20%: share of a product's profit paid into the queue pool")
-    assert lines[4].split("#")[1].strip().startswith("100.00 CNY: ")
+    assert lines[at["queue.min_order"]].split("#")[1].strip().startswith("100.00 CNY: ")
 
 
 def test_pairs_are_applied_as_one_config_event_with_the_cli_actor(

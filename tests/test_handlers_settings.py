@@ -29,6 +29,8 @@ Store
 • store.timezone = Asia/Shanghai — store-local time: maturities, settlements, releases
 • store.settle_days = 0 days — return window: rebates wait this long and the order can be \
 refunded meanwhile (0: no refunds)
+• store.settle_from = payment — when the return window starts: payment, or receipt (when \
+the buyer has the goods)
 • store.paused = no — sales paused (offline sales still allowed)
 
 Cashback queue
