@@ -23,11 +23,11 @@ from starlette.routing import Route
 
 from bot import charge_spool
 from bot.cli import main as cli
-from bot.telegram import Conversations, start_telegram, stop_telegram, telegram_webhook_route
+from bot.telegram import start_telegram, stop_telegram, telegram_webhook_route
 from bot.telegram.application import adapter_of
 from bot.telegram.inbox import item_of, spool_notices
 from engine import checkout, inbox, report, service, users
-from handlers.base import App, Channels, Reply, Request
+from handlers.base import App, Channels
 from handlers.notify import render
 from storage.db import Database, DatabaseUnavailable
 from storage.models import InboxUpdate, JournalTxn, Outbox
@@ -39,7 +39,7 @@ from tests.standins.telegram_api import (
     make_successful_payment_update,
     make_text_update,
 )
-from tests.test_telegram_adapter import MENU, TOKEN, Script, settings_for
+from tests.test_telegram_adapter import TOKEN, Script, settings_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:DeprecationWarning")
 
@@ -94,23 +94,15 @@ async def test_pending_rows_resume_on_start_each_user_in_order_others_overtake(
         api: FakeBotAPI, sdb: Database) -> None:
     db = sdb
     script = Script()
-    order: list[str] = []
     gate = threading.Event()
-
-    async def dispatch(app: App, request: Request) -> Reply:
-        if request.text == "/me slow":
-            await asyncio.to_thread(gate.wait, 5)
-        order.append(f"{request.identity} {request.text}")
-        return Reply().text("ok")
-
+    conversations = script.held_back(gate, 5)
+    order = script.order
     # A previous run stored these and died before handling them.
     stored(db, [make_text_update(20, "/me slow", update_id=1, message_id=1),
                 make_text_update(20, "/me second", update_id=2, message_id=2),
                 make_text_update(21, "/me other", update_id=3, message_id=3)])
     stored(db, [make_pre_checkout_update(22, "tok", 100, query_id="q1", update_id=4)],
            at=datetime.now(UTC) - timedelta(minutes=1))
-    conversations = Conversations(dispatch=dispatch, precheck=script.precheck,
-                                  paid=script.paid, run_job=script.run_job, menu=MENU)
     application = await start_telegram(settings_for(api), App(db=db, operators=frozenset()),
                                        poll_timeout=1, conversations=conversations)
     try:
