@@ -30,8 +30,8 @@ from wechatpayv3 import WeChatPay, WeChatPayType
 from wechatpayv3.utils import load_public_key
 
 from engine import checkout
-from engine.money import format_fen
-from storage.db import Database, DatabaseUnavailable
+from handlers.base import Database, DatabaseUnavailable
+from handlers.i18n import money
 
 from . import records
 from .config import PayConfig
@@ -135,7 +135,7 @@ class WeChatPayGateway:
                              "Sales are paused, so this payment cannot start now. "
                              "Please try again when the shop reopens.")
         description = f"{facts['sku']} x{facts['qty']} ({facts['order']})"
-        amount_text = f"{format_fen(facts['amount'])} {facts['currency']}"
+        amount_text = money(facts["amount"], facts["currency"])
         try:
             if "micromessenger" in user_agent.lower() and facts["openid"]:
                 params = await self.create_jsapi(
