@@ -30,10 +30,10 @@ from wechatpayv3 import WeChatPay, WeChatPayType
 from wechatpayv3.utils import load_public_key
 
 from engine import checkout
+from engine import pay_records as records
 from handlers.base import Database, DatabaseUnavailable
 from handlers.i18n import money
 
-from . import records
 from .config import PayConfig
 from .notifications import Answer, Refused, verify
 from .pages import jsapi_page, native_page, page
