@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     coverage_warning: str = Field("0.50", alias="STOREFRONT_COVERAGE_WARNING")
     charge_spool: str = Field("var/unrecorded_charges.jsonl", alias="STOREFRONT_CHARGE_SPOOL")
     matured_wait_warning_days: int = Field(7, alias="STOREFRONT_MATURED_WAIT_DAYS")
+    # shipped orders count as received after this many days without a hold (docs/delivery.md)
+    auto_receive_days: int = Field(10, ge=0, le=365, alias="STOREFRONT_AUTO_RECEIVE_DAYS")
     # bot/logs.py: how much is logged, and where ("-" = the terminal's stderr)
     log_level: str = Field("INFO", alias="STOREFRONT_LOG_LEVEL")
     log_file: str = Field("var/storefront.log", alias="STOREFRONT_LOG_FILE")
@@ -58,6 +60,11 @@ class Settings(BaseSettings):
     wechat_pay_public_key_id: str | None = Field(None, alias="WECHAT_PAY_PUBLIC_KEY_ID")
     wechat_pay_notify_url: str | None = Field(None, alias="WECHAT_PAY_NOTIFY_URL")
     wechat_pay_api_base_url: str | None = Field(None, alias="WECHAT_PAY_API_BASE_URL")
+    # Withdrawals paid by WeChat Pay merchant transfers (issue 17, docs/wechat.md)
+    wechat_pay_transfer_scene_id: str = Field("1000", alias="WECHAT_PAY_TRANSFER_SCENE_ID")
+    wechat_pay_transfer_remark: str = Field("钱包提现", alias="WECHAT_PAY_TRANSFER_REMARK")
+    transfer_confirm_hours: float = Field(24.0, alias="STOREFRONT_TRANSFER_CONFIRM_HOURS",
+                                          gt=0)
 
     @field_validator("log_level")
     @classmethod

@@ -66,7 +66,7 @@ def settle(book: Book, order: OrderRow, at: datetime) -> dict[str, Any]:
     """Grant an order's rebates on the terms frozen when it was recorded, line by line."""
     terms = json.loads(order.terms)
     buyer = book.user_by_id(order.user_id)
-    lines = lines_of(book, order, terms)
+    lines = lines_of(book, order)
     per_line = line_terms(terms)
     queue_cash = sum(line.cash for line, t in zip(lines, per_line, strict=True)
                      if t["scheme"] in QUEUE_SCHEMES)
@@ -128,7 +128,8 @@ def _tell(book: Book, order: OrderRow, buyer: UserRow, referrer: UserRow | None,
     key = f"settle:{order.ref}"
     book.notify(buyer, "order_settled", key, at, order=order.ref, entry=order.entry_seq,
                 amount=granted.entered,
-                matures_at=order.matures_at.isoformat() if order.matures_at else None,
+                matures_at=order.matures_at.astimezone(book.cfg.timezone).isoformat()
+                if order.matures_at else None,  # store-local, as the buyer reads it
                 minted=order.minted)
     capped = granted.capped
     if referrer is not None and granted.entries and (order.accelerated or capped is not None):

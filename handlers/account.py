@@ -1,5 +1,5 @@
 """The consumer's own account: `/start`, `/help`, `/lang`, `/me`, `/queue`, `/points`,
-`/withdraw`, `/sellpoints`, `/transfer`, `/history`, `/orders`."""
+`/withdraw`, `/sellpoints`, `/transfer`, `/history` (`/orders`: handlers/orders.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from engine import report, service, users
+from engine import payouts, report, service, users
 from engine.errors import Refusal
 
 from . import i18n
 from .base import Button, Reply
 from .parsing import BadInput, callback, echo, money, points, whole
+from .payouts import method_menu as payout_menu
+from .payouts import method_text
 from .registry import Ctx, button, command, commands
 
 log = logging.getLogger(__name__)
@@ -170,10 +172,13 @@ async def _amount_or_all(c: Ctx, balance: str, parse: Callable[[str], int],
 @command("withdraw", aliases=("提现", "cashout"), usage_key="usage.withdraw")
 async def withdraw(c: Ctx) -> Reply:
     amount = await _amount_or_all(c, "wallet", money, "insufficient_balance")
+    method = await c.call(payouts.method_of, c.app.db, c.handle)
+    if method is None:  # ask where to be paid first (issue 17)
+        return await payout_menu(c, c.t("withdraw.need_method"))
     r = await c.call(service.request_withdrawal, c.app.db, user=c.handle, amount=amount,
                      key=c.key("withdraw"))
-    return c.say("withdraw.done", id=r["withdrawal"], amount=c.money(r["amount"],
-                                                                     (await c.cfg()).currency))
+    return c.say("withdraw.done_to", id=r["withdrawal"], to=method_text(c, method),
+                 amount=c.money(r["amount"], (await c.cfg()).currency))
 
 
 @command("sellpoints", aliases=("卖出积分", "积分提现", "sell"), usage_key="usage.sellpoints")
@@ -201,7 +206,7 @@ async def transfer(c: Ctx) -> Reply:
 
 STATEMENT_KINDS = ("purchase", "checkout", "release", "withdraw_points", "forced_exit",
                    "withdrawal_request", "withdrawal_approved", "withdrawal_rejected", "refund",
-                   "cancel")
+                   "cancel", "withdrawal_transfer", "transfer_paid", "transfer_failed")
 
 
 def _statement_label(c: Ctx, item: dict[str, Any]) -> str:
@@ -253,31 +258,3 @@ async def _history_page(c: Ctx, page: int) -> Reply:
     if st["page"] + 1 < st["pages"] and (data := callback("hist", st["page"] + 1)):
         nav.append(Button(c.t("history.older"), data))
     return Reply().text("\n".join(lines), (tuple(nav),) if nav else ())
-
-
-@command("orders", aliases=("订单", "我的订单"))
-async def orders(c: Ctx) -> Reply:
-    rows = await c.call(users.orders, c.app.db, c.handle)
-    cfg = await c.cfg()
-    if not rows:
-        return c.say("orders.empty")
-    lines = [c.t("orders.title")]
-    for o in rows:
-        head = c.t("orders.line", order=o["order"], sku=o["sku"], qty=o["qty"],
-                   total=c.money(o["total"], o["currency"]))
-        status = o["status"]
-        if status == "pending":
-            detail = c.t("orders.pending", settles=i18n.when(o["settles_at"], cfg.timezone))
-        elif status == "settled":
-            parts = []
-            if o["entry"]:
-                parts.append(c.t("orders.entry", seq=o["entry"],
-                                 matures=i18n.when(o["matures_at"], cfg.timezone)))
-            if o["minted"]:
-                parts.append(c.t("orders.minted", points=i18n.pts(o["minted"])))
-            detail = c.t("orders.settled_with", parts=c.t("list.sep").join(parts)) if parts \
-                else c.t("orders.settled")
-        else:
-            detail = c.t(f"orders.{status}") if i18n.has(f"orders.{status}") else status
-        lines.append(c.t("orders.row", line=head, detail=detail))
-    return Reply().text("\n".join(lines))

@@ -17,7 +17,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
-from engine import users
+from engine import pending, users
 from engine.config import Config
 from engine.database import Database, DatabaseUnavailable
 from engine.errors import Refusal
@@ -26,7 +26,7 @@ from engine.limits import PURCHASES as PURCHASE_RATE
 
 from . import i18n
 from .base import App, Button, Reply, Request
-from .parsing import BadInput, echo, is_clean, normalise, parse_callback
+from .parsing import MAX_TEXT, BadInput, echo, is_clean, normalise, parse_callback
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,8 +86,23 @@ def button(kind: str, *, operator: bool = False,
     return register
 
 
+# What a person's next plain message is for (`/support` then the text, an operator's reply
+# button then the answer, `/codes SKU` then the codes): kept by `engine.pending` in the
+# database, so a restart and a second `storefront run` process see it too. It lasts
+# `pending.TTL`; any other request (a command, a button) forgets it.
+async def expect_next(c: Ctx, kind: str, *fields: str) -> None:
+    """The next plain text `c`'s person sends goes to the `@button(kind)` handler, with
+    `fields` as its args and the text in `ctx.req.text` (`ctx.req.callback` is None)."""
+    await c.call(pending.expect, c.app.db, c.req.identity, kind, fields)
+
+
+def _is_plain(request: Request) -> bool:
+    return request.callback is None and request.command is None and \
+        not request.text.lstrip().startswith("/")
+
+
 # The order menus list consumer commands in; the rest follow in registration order.
-MENU_ORDER = ("shop", "buy", "me", "queue", "points", "orders", "history", "withdraw",
+MENU_ORDER = ("shop", "buy", "me", "cart", "queue", "points", "orders", "history", "withdraw",
               "sellpoints", "transfer", "invite", "lang", "help")
 
 
@@ -208,8 +223,10 @@ def first_lang(request: Request) -> str:
 def _clean_request(request: Request) -> bool:
     parts = [request.text, *request.args, request.callback or "", request.display_name or "",
              request.start_payload or ""]
+    # as many words as a message of MAX_TEXT characters can hold (`/codes SKU` then a code a
+    # line: Telegram gives every line as an argument)
     return all(isinstance(p, str) and is_clean(p) for p in parts) and \
-        len(request.args) <= 64 and len(request.request_id or "") <= 200
+        len(request.args) <= MAX_TEXT // 2 and len(request.request_id or "") <= 200
 
 
 async def dispatch(app: App, request: Request) -> Reply:
@@ -258,26 +275,35 @@ async def _dispatch(app: App, request: Request, state: dict[str, str]) -> Reply:
     with_account = asked is not None and asked.account
     lim = app.limiter
 
-    def admit() -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-        # One hop to a worker thread for the rate limit (a Redis round trip when shared) and
-        # the member, with their account when the command shows it.
+    def admit() -> tuple[dict[str, Any], dict[str, Any] | None,
+                         pending.Waiting | None] | None:
+        # One hop to a worker thread for the rate limit (a Redis round trip when shared),
+        # the member, with their account when the command shows it, and what their plain
+        # message was awaited for (one primary-key read when nothing).
         if not lim.allow(COMMAND_RATE, request.identity):
             return None
         who = {"lang": first_lang(request), "display_name": request.display_name,
                "start_payload": payload}
         if with_account:
-            return users.resolve_and_account(app.db, request.identity, **who)
-        return users.resolve(app.db, request.identity, **who), None
+            member, account = users.resolve_and_account(app.db, request.identity, **who)
+        else:
+            member, account = users.resolve(app.db, request.identity, **who), None
+        return member, account, pending.take(app.db, request.identity,
+                                             plain=_is_plain(request))
 
     admitted = await asyncio.to_thread(admit)
     if admitted is None:
         raise BadInput("slow_down")
-    member, account = admitted
+    member, account, follow = admitted
     lang = member["lang"] if member["lang"] in i18n.LANGS else first_lang(request)
     state["lang"] = lang
     if member["blocked"]:
         return Reply().text(i18n.t(lang, "blocked"))
 
+    if follow is not None and follow[0] in _BUTTONS:
+        fn, operator_only, purchase = _BUTTONS[follow[0]]
+        ctx = Ctx(app, request, member, lang, follow[0], follow[1])
+        return await _run(ctx, fn, operator_only, purchase, None)
     if request.callback is not None:
         kind, fields = parse_callback(request.callback)
         if not (kind == "cmd" and len(fields) == 1 and lookup(fields[0]) is not None):

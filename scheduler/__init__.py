@@ -42,9 +42,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 from engine.jobs import store_timezone
 from storage.db import Database
 
+from . import receive
 from .chores import Chore, pool_warnings, run_chore, sweep_checkouts
 from .clock import Clock, utc_now
-from .delivery import Deliverer, Renderer, Sender, plain_render
+from .delivery import ButtonMaker, Deliverer, Renderer, Sender, plain_render
 from .releases import ReleaseJob, ReleaseStopped, latest_slot, parse_release_times
 
 __all__ = ["MISFIRE_GRACE", "Chore", "Clock", "Deliverer", "ReleaseJob", "ReleaseStopped",
@@ -92,12 +93,14 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
                     clock: Clock | None = None, *,
                     delivery_interval: float = DELIVERY_INTERVAL,
                     renderer: Renderer = plain_render,
+                    buttons: ButtonMaker | None = None,
                     checkout_sweep: float | None = None,
                     chores: Sequence[Chore] = ()) -> StoreScheduler:
     """The release job(s), the start-up catch-up and the delivery job; call `.start()` in
     the running event loop, and `await .stop()` before the loop ends. The scheduler is given
     what it must not import: the channels' `senders` and the message catalogue
-    (`renderer`, handlers/notify.py's `render` when the bot builds it). With
+    (`renderer`, handlers/notify.py's `render` when the bot builds it; `buttons`, its
+    `buttons`). With
     `checkout_sweep` (seconds) expired checkouts are swept that often, the first time one
     interval after the start; `chores` are the channels' own periodic jobs (WeChat Pay's
     refund sweep, WeChat's seen-message pruning)."""
@@ -110,7 +113,8 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
         "coalesce": True, "max_instances": 1, "misfire_grace_time": grace})
     scheduler.releaser = ReleaseJob(db, clock=now, triggers=triggers,
                                     redis_url=getattr(settings, "redis_url", None))
-    scheduler.deliverer = Deliverer(db, senders, clock=now, renderer=renderer)
+    scheduler.deliverer = Deliverer(db, senders, clock=now, renderer=renderer,
+                                    buttons=buttons)
     for (h, m), trigger in zip(times, triggers, strict=True):
         scheduler.add_job(scheduler.releaser.scheduled, trigger, id=f"release@{h:02d}:{m:02d}",
                           name=f"release at {h:02d}:{m:02d} {tz.key}", coalesce=True,
@@ -127,6 +131,8 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
     # most one outbox row per condition, operator and store-local day.
     scheduler.every(hour, pool_warnings, db, now, settings, name="pool warnings",
                     job_id="pool-warnings", grace=grace)
+    receive.add_job(scheduler, db, now, settings, start=scheduler.started_at,
+                    grace=grace)  # docs/delivery.md
     if checkout_sweep:
         scheduler.every(checkout_sweep, sweep_checkouts, db, name="expired checkouts",
                         job_id="checkout-sweep")

@@ -38,6 +38,12 @@ ANY_CHANNEL = "*"
 
 # kind, params, lang → the text a user reads (bot gives handlers.notify.render)
 Renderer = Callable[[str, Mapping[str, Any], str], str]
+# Inline buttons under a message: rows of (label, callback data)
+ButtonRows = tuple[tuple[tuple[str, str], ...], ...]
+# kind, params, lang → the buttons under it, usually none (bot gives handlers.notify.buttons).
+# A sender that can show them has `send_buttons(identity, text, rows)`; the others are sent
+# the text alone, which then says what to type instead (WeChat).
+ButtonMaker = Callable[[str, Mapping[str, Any], str], ButtonRows]
 
 
 class DeliveryError(Exception):
@@ -104,8 +110,9 @@ class Deliverer:
 
     def __init__(self, db: Database, senders: Mapping[str, Sender], *, clock: Clock = utc_now,
                  batch: int = 30, per_user: float = 1.0,
-                 renderer: Renderer = plain_render) -> None:
+                 renderer: Renderer = plain_render, buttons: ButtonMaker | None = None) -> None:
         self.db = db
+        self.buttons = buttons
         self.senders = dict(senders)
         self.clock = clock
         self.batch = batch
@@ -187,6 +194,7 @@ class Deliverer:
             if self.currency and "currency" not in params:  # every amount names its currency
                 params = {**params, "currency": self.currency}
             text = self.renderer(c.kind, params, c.lang)
+            rows: ButtonRows = self.buttons(c.kind, params, c.lang) if self.buttons else ()
         except Exception as exc:  # noqa: BLE001 - a template bug must not stop delivery
             log.exception("outbox %d: cannot render %s", c.id, c.kind)
             return await self._record(outbox.mark_failed, c, error=f"render: {exc}")
@@ -205,7 +213,10 @@ class Deliverer:
                 unserved.append(identity.partition(":")[0])
                 continue
             try:
-                await sender.send(identity, text)
+                if rows and hasattr(sender, "send_buttons"):
+                    await sender.send_buttons(identity, text, rows)
+                else:
+                    await sender.send(identity, text)
             except Unreachable as exc:
                 unreachable.append(str(exc))
                 continue
