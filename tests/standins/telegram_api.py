@@ -5,13 +5,8 @@ port), so that end-to-end tests can drive the *real* python-telegram-bot ``Appli
 HTTP::
 
     with FakeBotAPI() as api:
-        app = (
-            ApplicationBuilder()
-            .token("123:ABC")
-            .base_url(api.base_url)
-            .base_file_url(api.base_file_url)
-            .build()
-        )
+        app = ApplicationBuilder().token("123:ABC").base_url(api.base_url) \
+            .base_file_url(api.base_file_url).build()  # as tests/test_standin_telegram.py
         ...
         api.push_text(7, "/start")
         await api.wait_for(lambda c: c.method == "sendMessage" and c.chat_id == 7)
