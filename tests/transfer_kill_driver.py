@@ -55,12 +55,31 @@ def pay_spec(keys: sw.PayKeys, base_url: str) -> dict[str, Any]:
     return {"keys": fields, "base_url": base_url}
 
 
+_CLIENTS: dict[str, WeChatTransfers] = {}  # by key material, made in the parent
+
+
+def _warm(command: dict[str, Any]) -> None:
+    """Load the merchant's keys once, in the parent (an RSA private key takes ~0.1 s to
+    load, more than a whole follower run): every child inherits the client."""
+    pay = command.get("pay")
+    if pay is None:
+        return
+    which = json.dumps(pay["keys"], sort_keys=True)
+    if which not in _CLIENTS:
+        fields = dict(pay["keys"])
+        for name in ("merchant_private_key_path", "platform_public_key_path"):
+            fields[name] = Path(fields[name])
+        stand_in = type("StandIn", (), {"base_url": pay["base_url"]})()
+        _CLIENTS[which] = transfers_client(None, sw.PayKeys(**fields),  # type: ignore[arg-type]
+                                           stand_in)  # type: ignore[arg-type]
+
+
 def _client(db: Database, pay: dict[str, Any]) -> WeChatTransfers:
-    fields = dict(pay["keys"])
-    for name in ("merchant_private_key_path", "platform_public_key_path"):
-        fields[name] = Path(fields[name])
-    stand_in = type("StandIn", (), {"base_url": pay["base_url"]})()
-    return transfers_client(db, sw.PayKeys(**fields), stand_in)  # type: ignore[arg-type]
+    """The warmed client, pointed at this database and this stand-in (in the child)."""
+    wt = _CLIENTS[json.dumps(pay["keys"], sort_keys=True)]
+    wt.db = db
+    wt.client._core._gate_way = pay["base_url"].rstrip("/")
+    return wt
 
 
 def _child(command: dict[str, Any]) -> dict[str, Any]:
@@ -117,6 +136,7 @@ def main(stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> None:
         command = json.loads(line)
         if command.get("op") == "quit":
             break
+        _warm(command)
         stdout.write(json.dumps(_fork(command)) + "\n")
         stdout.flush()
 
