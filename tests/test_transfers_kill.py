@@ -306,3 +306,32 @@ def test_a_bill_confirmed_just_before_we_cancel_it_ends_paid(case: Case) -> None
     assert [c.status for c in case.api.calls_of(f"{BILLS}/out-bill-no/{case.no}/cancel")] \
         == [400]
     case.assert_end(True)
+
+
+def test_killed_after_the_bill_was_made_and_the_notification_comes_first(case: Case) -> None:
+    """WeChat Pay made the bill, we died before recording it, and the user confirmed: the
+    notification finds the transfer still `NEW` here and ends it; the restarted follower
+    has nothing left to do."""
+    killed(case, case.follow(0, "transfer.after_call"))
+    case.api.confirm(case.no)
+    assert case.ok(case.notify())["status"] == 204
+    case.restart(0)
+    assert [c.status for c in case.api.calls_of(BILLS, "POST")] == [200]
+    case.assert_end(True)
+
+
+@pytest.mark.parametrize("point", ["commit.before:transfer_attempt",
+                                   "commit.after:transfer_attempt"])
+def test_killed_while_noting_insufficient_funds(case: Case, point: str) -> None:
+    """Killed recording a try without funds: the operators are still told exactly once."""
+    case.api.funds = 5000
+    killed(case, case.follow(0, point))
+    assert case.ok(case.follow(3))["done"] == {"retry": 1}
+    flags = case.db.read(lambda s: s.execute(select(Outbox.params).where(
+        Outbox.kind == "transfer_flag")).scalars().all())
+    assert len(flags) == 1 and "insufficient_funds" in flags[0]
+    case.api.funds = 100_000
+    case.restart(3)
+    end_bill(case, "SUCCESS")
+    assert case.ok(case.notify())["status"] == 204
+    case.assert_end(True)
