@@ -1,0 +1,308 @@
+"""The buyer's page `/app`: one shell page whose script (static/app.js) loads each view as a
+server-rendered fragment (`/app/v/<view>`) and posts actions as JSON (`/app/api/<action>`),
+every request carrying the Telegram initData or the session cookie (bot/web/site.py).
+
+Every action is the chat's own engine call: checkout is `checkout.open_checkout` with the
+cart's lines, paid by Telegram (`createInvoiceLink` → `Telegram.WebApp.openInvoice`, the
+payment then recorded by the bot as any invoice's), by WeChat Pay (JSAPI, recorded by the pay
+notification), from the wallet (`service.buy`), or — the console shop on `make run` — by the
+console's simulated payment (`handlers.shop.paid`, as the console chat does).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from bot.web import auth, channels
+from bot.web.render import render, t
+from bot.web.site import Site, Visitor, error_json, json_body, refusal_json
+from engine import checkout, outlook, report, service, views
+from engine import users as engine_users
+from engine.errors import Refusal
+from handlers import shop as shop_handlers
+from handlers.referral import invite_link
+
+PER_PAGE = 24
+MAX_LINES = 20
+MAX_QTY = 99
+
+
+def parse_lines(raw: object) -> list[dict[str, Any]] | None:
+    """The cart as the engine takes it (`[{"sku", "qty"}]`), or None when malformed."""
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_LINES:
+        return None
+    lines: dict[str, int] = {}
+    for item in raw:
+        if not isinstance(item, dict):
+            return None
+        sku, qty = item.get("sku"), item.get("qty")
+        if not isinstance(sku, str) or not 0 < len(sku) <= 64:
+            return None
+        if not isinstance(qty, int) or isinstance(qty, bool) or not 0 < qty <= MAX_QTY:
+            return None
+        lines[sku] = min(MAX_QTY, lines.get(sku, 0) + qty)
+    return [{"sku": s, "qty": q} for s, q in lines.items()]
+
+
+def _cart_from_query(text: str) -> list[dict[str, Any]] | None:
+    items = []
+    for part in text.split(",")[:MAX_LINES]:
+        sku, _, qty = part.partition(":")
+        if not qty.isdigit():
+            return None
+        items.append({"sku": sku, "qty": int(qty)})
+    return parse_lines(items)
+
+
+def _qr_data_uri(text: str) -> str:
+    import qrcode
+    from qrcode.image.pure import PyPNGImage
+
+    out = io.BytesIO()
+    qrcode.make(text, image_factory=PyPNGImage, box_size=6, border=2).save(out)
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+class Buyer:
+    def __init__(self, site: Site) -> None:
+        self.site = site
+
+    # -- the shell and who is asking -----------------------------------------------------
+
+    async def shell(self, request: Request) -> Response:
+        v = await self.site.visitor(request)
+        lang = v.lang if v else "en"
+        return render("app.html", lang, self.site.app.currency)
+
+    async def me(self, request: Request) -> Response:
+        v = await self.site.visitor(request)
+        if v is None:
+            login = None
+            if self.site.cfg.wechat_app_id and "x-telegram-init-data" not in request.headers:
+                login = "/app/oauth/wechat"
+            return JSONResponse({"ok": False, "login": login,
+                                 "error": t("en", "signin.needed")}, status_code=401)
+        user = await self.site.join(v)
+        return JSONResponse({"ok": True, "identity": v.identity, "lang": v.lang,
+                             "csrf": self.site.csrf(v), "via": v.session.via,
+                             "operator": self.site.is_operator(v), "new": user["new"]})
+
+    async def _who(self, request: Request) -> Visitor | Response:
+        v = await self.site.visitor(request)
+        if v is None:
+            return error_json("en", "signin.needed", 401)
+        return v
+
+    # -- views (HTML fragments) ----------------------------------------------------------
+
+    async def view(self, request: Request) -> Response:
+        v = await self._who(request)
+        if isinstance(v, Response):
+            return v
+        name = request.path_params["view"]
+        try:
+            if name == "shop":
+                return await self._shop(request, v)
+            if name == "product":
+                return await self._product(request, v)
+            if name == "cart":
+                return await self._cart(request, v)
+            if name == "rebates":
+                return await self._rebates(v)
+            if name == "orders":
+                return await self._orders(v)
+            if name == "invite":
+                return await self._invite(v)
+        except Refusal as exc:
+            return render("message.html", v.lang, self.site.app.currency, status=409,
+                          text=t(v.lang, f"refusal.{exc.code}"))
+        return render("message.html", v.lang, self.site.app.currency, status=404,
+                      text=t(v.lang, "empty"))
+
+    async def _shop(self, request: Request, v: Visitor) -> Response:
+        q = request.query_params.get("q", "").strip()[:64]
+        page = request.query_params.get("page", "0")
+        page_no = int(page) if page.isdigit() else 0
+        if q:
+            cat = await self.site.call(checkout.catalogue, self.site.db, 0, 1000)
+            needle = q.lower()
+            found = [p for p in cat["products"]
+                     if needle in p["sku"].lower() or needle in (p["name"] or "").lower()]
+            cat = {**cat, "products": found[:PER_PAGE], "page": 0, "pages": 1,
+                   "count": len(found)}
+        else:
+            cat = await self.site.call(checkout.catalogue, self.site.db, page_no, PER_PAGE)
+        return render("shop.html", v.lang, cat["currency"], cat=cat, q=q)
+
+    async def _product(self, request: Request, v: Visitor) -> Response:
+        sku = request.query_params.get("sku", "")[:64]
+        user = await self.site.join(v)
+        q = await self.site.call(checkout.quote, self.site.db, user=user["handle"], sku=sku)
+        look = await self.site.call(outlook.outlook, self.site.db, user=user["handle"],
+                                    sku=q["sku"])
+        earns = shop_handlers.outlook_text(v.lang, look, q["currency"]).split("\n")[1:]
+        return render("product.html", v.lang, q["currency"], q=q, line=q["lines"][0],
+                      earns=earns)
+
+    async def _cart(self, request: Request, v: Visitor) -> Response:
+        text = request.query_params.get("c", "")
+        lines = _cart_from_query(text) if text else None
+        if lines is None:
+            return render("cart.html", v.lang, self.site.app.currency, q=None,
+                          csrf=self.site.csrf(v))
+        user = await self.site.join(v)
+        q = await self.site.call(checkout.quote, self.site.db, user=user["handle"],
+                                 lines=lines)
+        return render("cart.html", v.lang, q["currency"], q=q, csrf=self.site.csrf(v),
+                      online=self._pays_online(v))
+
+    async def _rebates(self, v: Visitor) -> Response:
+        user = await self.site.join(v)
+        acct = await self.site.call(views.account, self.site.db, user["handle"])
+        entries = await self.site.call(report.queue_view, self.site.db, user["handle"],
+                                       datetime.now(UTC))
+        return render("rebates.html", v.lang, acct["currency"], a=acct, entries=entries,
+                      csrf=self.site.csrf(v))
+
+    async def _orders(self, v: Visitor) -> Response:
+        user = await self.site.join(v)
+        rows = await self.site.call(views.orders, self.site.db, user["handle"], 30)
+        return render("orders.html", v.lang, self.site.app.currency, orders=rows)
+
+    async def _invite(self, v: Visitor) -> Response:
+        user = await self.site.join(v)
+        code = await self.site.call(engine_users.invite_code, self.site.db, user["user_id"])
+        link = invite_link(self.site.app.channels.bot_username, code)
+        return render("invite.html", v.lang, self.site.app.currency, code=code, link=link,
+                      qr=_qr_data_uri(link or code))
+
+    # -- actions (JSON) ------------------------------------------------------------------
+
+    def _pays_online(self, v: Visitor) -> bool:
+        channel = {"telegram": "telegram", "wechat": "wechat", "console": "console"}.get(
+            v.session.via, "")
+        if channel == "wechat":
+            return self.site.pay is not None and v.identity.startswith("wx:")
+        return channel == "console" or (channel == "telegram"
+                                        and self.site.app.takes_payments("telegram"))
+
+    async def checkout(self, request: Request) -> Response:
+        v = await self._who(request)
+        if isinstance(v, Response):
+            return v
+        body = await json_body(request)
+        if not self.site.csrf_ok(v, body.get("csrf")):
+            return error_json(v.lang, "admin.csrf", 403)
+        lines = parse_lines(body.get("lines"))
+        nonce = body.get("key")
+        if lines is None or not isinstance(nonce, str) or not 8 <= len(nonce) <= 40:
+            return error_json(v.lang, "refusal.invalid_event", 400)
+        user = await self.site.join(v)
+        key = f"web:{v.identity}:{nonce}"
+        try:
+            if body.get("wallet") is True:
+                result = await self.site.call(service.buy, self.site.db, user=user["handle"],
+                                              lines=lines, method="wallet", key=f"{key}:buy")
+                return JSONResponse({"ok": True, "kind": "paid", "order": result["order"],
+                                     "message": t(v.lang, "pay.done", order=result["order"])})
+            if not self._pays_online(v):
+                return error_json(v.lang, "pay.no_channel", 409)
+            return await self._open_and_pay(v, user["handle"], lines, key)
+        except Refusal as exc:
+            return refusal_json(v.lang, exc)
+
+    async def _open_and_pay(self, v: Visitor, handle: str, lines: list[dict[str, Any]],
+                            key: str) -> Response:
+        via = v.session.via
+        method = via if via in ("telegram", "wechat") else "cash"
+        opened = await self.site.call(checkout.open_checkout, self.site.db, user=handle,
+                                      lines=lines, channel=via, method=method,
+                                      key=f"{key}:checkout")
+        order = opened["order"]
+        if opened["token"] is None:  # points paid it all
+            return JSONResponse({"ok": True, "kind": "paid", "order": order,
+                                 "message": t(v.lang, "pay.done", order=order)})
+        q = await self.site.call(checkout.quote, self.site.db, user=handle, lines=lines)
+        cur = opened.get("currency") or q["currency"]
+        title = t(v.lang, "title") + " " + order
+        names = ", ".join(f"{line['name']} ×{line['qty']}" for line in q["lines"])
+        if via == "telegram":
+            goods = any(line["kind"] == "goods" for line in q["lines"])
+            link = await channels.create_invoice_link(
+                self.site.cfg, title=title, description=names, payload=opened["token"],
+                currency=cur, amount=opened["cash"], need_shipping=goods)
+            return JSONResponse({"ok": True, "kind": "telegram", "link": link, "order": order})
+        if via == "wechat":
+            params = await self.site.pay.create_jsapi(
+                order=order, amount=opened["cash"], currency=cur, description=names,
+                openid=v.identity.removeprefix("wx:"), expires_at=opened["expires_at"])
+            return JSONResponse({"ok": True, "kind": "wechat", "params": params, "order": order})
+        # the console shop: its simulated payment, recorded as the console chat records one
+        await shop_handlers.paid(self.site.app, opened["token"], opened["cash"], cur,
+                                 f"web-{secrets.token_hex(8)}", "console", v.identity)
+        return JSONResponse({"ok": True, "kind": "paid", "order": order,
+                             "message": t(v.lang, "pay.simulated")})
+
+    async def withdraw(self, request: Request) -> Response:
+        v = await self._who(request)
+        if isinstance(v, Response):
+            return v
+        body = await json_body(request)
+        if not self.site.csrf_ok(v, body.get("csrf")):
+            return error_json(v.lang, "admin.csrf", 403)
+        nonce = body.get("key")
+        if not isinstance(nonce, str) or not 8 <= len(nonce) <= 40:
+            return error_json(v.lang, "refusal.invalid_event", 400)
+        user = await self.site.join(v)
+        try:
+            result = await self.site.call(service.request_withdrawal, self.site.db,
+                                          user=user["handle"], amount=body.get("amount"),
+                                          key=f"web:{v.identity}:{nonce}:withdraw")
+        except Refusal as exc:
+            return refusal_json(v.lang, exc)
+        amount = result.get("amount", 0)
+        from handlers import i18n
+
+        return JSONResponse({"ok": True, "message": t(v.lang, "rebates.withdraw_done",
+                                                      amount=i18n.money(amount,
+                                                                        self.site.app.currency))})
+
+    # -- WeChat OAuth (snsapi_base) ------------------------------------------------------
+
+    async def oauth_start(self, request: Request) -> Response:
+        cfg = self.site.cfg
+        if not cfg.wechat_app_id:
+            return error_json("en", "signin.needed", 404)
+        nxt = request.query_params.get("next", "/app")
+        if not nxt.startswith("/") or nxt.startswith("//"):
+            nxt = "/app"
+        state = self.site.signer.sign("oauth", {"n": nxt})
+        callback = str(request.url_for("wechat_oauth_callback"))
+        return RedirectResponse(channels.oauth_url(cfg, callback, state), status_code=302)
+
+    async def oauth_callback(self, request: Request) -> Response:
+        state = self.site.signer.unsign("oauth", request.query_params.get("state"), 600)
+        code = request.query_params.get("code", "")
+        if state is None or not code or len(code) > 128:
+            return error_json("en", "signin.needed", 403)
+        openid = await channels.oauth_openid(self.site.cfg, code)
+        if openid is None:
+            return error_json("en", "signin.needed", 403)
+        session = auth.new_session(f"wx:{openid}", "wechat")
+        response = RedirectResponse(str(state.get("n") or "/app"), status_code=302)
+        set_session_cookie(response, self.site, session, request)
+        return response
+
+
+def set_session_cookie(response: Response, site: Site, session: auth.Session,
+                       request: Request) -> None:
+    response.set_cookie(auth.COOKIE, auth.session_cookie(site.signer, session),
+                        max_age=auth.SESSION_MAX_AGE, httponly=True, samesite="lax",
+                        secure=request.url.scheme == "https", path="/")
