@@ -9,7 +9,17 @@ command), `run_job(app, job, request, update)` (a `Progress` item's job), and in
 from __future__ import annotations
 
 # Importing the conversation modules registers their commands and buttons.
-from . import account, admin, admin_store, link, onsale, referral, settings, shop  # noqa: F401
+from . import (  # noqa: F401
+    account,
+    admin,
+    admin_store,
+    catalogue,
+    link,
+    onsale,
+    referral,
+    settings,
+    shop,
+)
 from .admin import run_job
 from .registry import CommandInfo, commands, dispatch, parse_text
 

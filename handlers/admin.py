@@ -71,10 +71,13 @@ async def product(c: Ctx) -> Reply:
     name = " ".join(c.args[5:])[:128] or None
     r = await c.call(service.upsert_product, c.app.db, sku=code, price=price, margin=margin,
                      lock_days=lock, scheme=scheme, name=name, actor=c.req.identity)
-    return c.say("product.done", sku=r["sku"], name=echo(r["name"], 40),
+    done = c.say("product.done", sku=r["sku"], name=echo(r["name"], 40),
                  price=c.money(r["price"], (await c.cfg()).currency),
                  margin=i18n.percent(r["margin"]), days=i18n.days(c.lang, r["lock_days"]),
                  scheme=r["scheme"])
+    from .admin_store import after_product  # imported here: admin's commands register first
+
+    return await after_product(c, r["sku"], done)  # its photo (docs/catalogue.md)
 
 
 @command("deposit", aliases=("注资",), operator=True, usage_key="usage.deposit")

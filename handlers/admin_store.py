@@ -1,6 +1,7 @@
 """Operator commands over the whole store: look up a user, broadcast to everyone, pause and
 resume checkouts, verify the books, export. Operators only, like handlers/admin.py's; every
-action passes `actor=<identity>` to the engine."""
+action passes `actor=<identity>` to the engine. Also the catalogue's product texts and photos
+(`/describe`, `/photo`, and the photo sent with `/product`: docs/catalogue.md)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import secrets
 import time
 from datetime import UTC, datetime
 
+from engine import catalogue, service, users
 from engine import export as exporting
-from engine import service, users
 from engine.verify import verify as verify_books
 
 from . import i18n
-from .base import Button, Document, Reply
-from .parsing import BadInput, echo
+from .base import Button, Document, Reply, Text, Upload
+from .parsing import BadInput, echo, sku
 from .registry import Ctx, button, command
 
 MAX_BROADCAST = 3000
@@ -139,3 +140,86 @@ async def export(c: Ctx) -> Reply:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return Reply(items=[Document(content, f"{what}-{stamp}.{fmt}",
                                  c.t("export.caption", what=what, rows=n))])
+
+
+# -- the catalogue: texts, categories and photos (docs/catalogue.md) --------------------------
+
+DESCRIBE_FIELDS = {"name_en": "name_en", "英文名": "name_en", "zh": "description",
+                   "desc": "description", "description": "description", "描述": "description",
+                   "en": "description_en", "desc_en": "description_en",
+                   "英文描述": "description_en", "category": "category", "分类": "category"}
+CLEAR_WORDS = ("clear", "清除")
+
+
+@command("describe", aliases=("描述",), operator=True, usage_key="usage.describe")
+async def describe(c: Ctx) -> Reply:
+    """`/describe SKU FIELD [TEXT…]`: the English name, a description (zh or en) or the
+    category; no text clears it."""
+    if len(c.args) < 2:
+        raise BadInput("bad.missing")
+    field = DESCRIBE_FIELDS.get(c.args[1].lower())
+    if field is None:
+        raise BadInput("catalogue.bad_field", value=echo(c.args[1], 16))
+    text = " ".join(c.args[2:])
+    limit = catalogue.TEXT_FIELDS[field]
+    if len(text) > limit:
+        raise BadInput("bad.too_long", limit=limit)
+    r = await c.call(catalogue.describe, c.app.db, sku=sku(c.args[0]), field=field,
+                     text=text, actor=c.req.identity)
+    if not r["value"]:
+        return c.say("catalogue.cleared", sku=r["sku"], field=c.t(f"catalogue.field.{field}"))
+    return c.say("catalogue.described", sku=r["sku"], field=c.t(f"catalogue.field.{field}"),
+                 value=echo(r["value"], 200))
+
+
+async def attach_photo(c: Ctx, code: str, upload: Upload) -> Reply:
+    """Add the photo the operator sent to `code`, stored once (by its sha256)."""
+    if catalogue.photo_type(upload.content) is None or \
+            len(upload.content) > catalogue.MAX_PHOTO_BYTES:
+        raise BadInput("catalogue.bad_photo")
+    r = await c.call(catalogue.add_photo, c.app.db, sku=code, content=upload.content,
+                     channel=c.req.channel, channel_id=upload.channel_id, actor=c.req.identity)
+    return c.say("catalogue.photo_added", sku=r["sku"], name=echo(r["name"], 40),
+                 count=r["photos"])
+
+
+async def after_product(c: Ctx, code: str, reply: Reply) -> Reply:
+    """After `/product …`: a photo sent with it goes to the product; on WeChat, where a
+    photo is a message of its own, the operator's next image does."""
+    if c.req.upload is not None:
+        added = _said(await attach_photo(c, code, c.req.upload))
+    elif c.req.channel == "wechat":
+        r = await c.call(catalogue.wait_for_photo, c.app.db, identity=c.req.identity, sku=code)
+        added = c.t("catalogue.send_photo", sku=r["sku"], minutes=r["minutes"])
+    else:
+        return reply
+    return Reply().text(_said(reply) + "\n" + added)  # one message
+
+
+def _said(reply: Reply) -> str:
+    return "\n".join(i.text for i in reply.items if isinstance(i, Text))
+
+
+@command("photo", aliases=("图片",), operator=True, usage_key="usage.photo")
+async def photo(c: Ctx) -> Reply:
+    """`/photo SKU` with (or in reply to) a photo adds it; without one, the next photo the
+    operator sends within ten minutes goes to SKU; `/photo SKU clear` removes them all. A
+    photo with no SKU goes where the last `/photo SKU` pointed."""
+    if len(c.args) == 2 and c.args[1].lower() in CLEAR_WORDS:
+        r = await c.call(catalogue.clear_photos, c.app.db, sku=sku(c.args[0]),
+                         actor=c.req.identity)
+        return c.say("catalogue.photos_cleared", sku=r["sku"], count=r["removed"])
+    if len(c.args) > 1:
+        raise BadInput("bad.missing")
+    if not c.args:
+        if c.req.upload is None:
+            raise BadInput("bad.missing")
+        waiting = await c.call(catalogue.take_wait, c.app.db, identity=c.req.identity)
+        if waiting is None:
+            return c.say("catalogue.which_product")
+        return await attach_photo(c, waiting, c.req.upload)
+    code = sku(c.args[0])
+    if c.req.upload is not None:
+        return await attach_photo(c, code, c.req.upload)
+    r = await c.call(catalogue.wait_for_photo, c.app.db, identity=c.req.identity, sku=code)
+    return c.say("catalogue.send_photo", sku=r["sku"], minutes=r["minutes"])

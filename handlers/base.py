@@ -85,6 +85,37 @@ class Progress:
     initial: str
 
 
+
+# -- the catalogue (docs/catalogue.md) ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Upload:
+    """A photo that arrived: its bytes, and the id its channel already has for it (a
+    Telegram `file_id`, re-sent instead of the bytes; None when it does not last)."""
+
+    content: bytes
+    channel_id: str | None = None
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """A stored photo (`sha256` of its bytes) and each channel's cached id for it. An
+    adapter without one loads the bytes (`handlers.catalogue.photo_bytes`), uploads them and
+    remembers the id its channel gives back (`handlers.catalogue.remember_photo`)."""
+
+    sha256: str
+    telegram: str | None = None
+    wechat: str | None = None
+
+
+@dataclass(frozen=True)
+class Card(Text):
+    """A product card: a `Text` (so an adapter that knows nothing of photos still says it)
+    shown with its photo: Telegram as a photo with the text as caption and the buttons under
+    it; WeChat as an image message followed by the text and its links."""
+
+    photo: MediaRef | None = None
+
 Outgoing = Text | Photo | Document | Invoice | Progress
 
 
@@ -116,6 +147,9 @@ class Request:
     lang: str | None = None
     display_name: str | None = None
     start_payload: str | None = None
+    # A photo an operator sent (adapters attach it for operators only): `/product` as its
+    # caption, `/photo SKU` in reply to it, or WeChat's image after `图片 SKU`.
+    upload: Upload | None = None
 
 
 @dataclass(frozen=True)

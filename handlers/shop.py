@@ -17,7 +17,7 @@ from engine.orders import ORDER_REF
 
 from . import i18n
 from .base import App, Button, Invoice, Reply
-from .parsing import BadInput, callback, echo, points, qty, sku, whole
+from .parsing import BadInput, callback, echo, points, qty, sku
 from .registry import Ctx, button, command
 
 log = logging.getLogger(__name__)
@@ -42,52 +42,6 @@ def scheme_text(c: Ctx, p: dict[str, Any], cat: dict[str, Any]) -> str:
     if not lines:
         lines.append(c.t("shop.no_rebate"))
     return "\n".join("   " + line for line in lines)
-
-
-@command("shop", aliases=("商品", "products", "catalogue", "商店"), usage_key="usage.shop")
-async def shop(c: Ctx) -> Reply:
-    """`/shop [PAGE]`: one page of the catalogue (`checkout.PAGE_SIZE` products, SKU order),
-    with ‹ › buttons to the neighbouring pages."""
-    page = whole(c.args[0], "bad.page", low=1, high=100_000) - 1 if c.args else 0
-    return await _shop_page(c, page)
-
-
-@button("shop")
-async def shop_button(c: Ctx) -> Reply:
-    """`shop:v1:PAGE` (0-based, like `hist:v1:PAGE`)."""
-    if len(c.args) != 1 or not c.args[0].isdigit() or len(c.args[0]) > 6:
-        raise BadInput("bad.button")
-    return await _shop_page(c, int(c.args[0]))
-
-
-async def _shop_page(c: Ctx, page: int) -> Reply:
-    cat = await c.call(checkout.catalogue, c.app.db, page)
-    if not cat["products"]:
-        return c.say("shop.empty")
-    lines = [c.t("shop.page", page=cat["page"] + 1, pages=cat["pages"]) if cat["pages"] > 1
-             else c.t("shop.title")]
-    rows: list[tuple[Button, ...]] = []
-    for p in cat["products"]:
-        lines.append(c.t("shop.item", name=echo(p["name"], 40), sku=p["sku"],
-                         price=c.money(p["price"], cat["currency"])))
-        lines.append(scheme_text(c, p, cat))
-        data = callback("buy", p["sku"], 1)
-        if data:
-            rows.append((Button(c.t("shop.buy_button", name=echo(p["name"], 24),
-                                    price=c.money(p["price"], cat["currency"])), data),))
-    if cat["settle_days"]:
-        lines.append(c.t("shop.return_window", days=cat["settle_days"]))
-    if cat["paused"]:
-        lines.append(c.t("refusal.sales_paused"))
-    lines.append(c.t("shop.how_to_buy"))
-    nav: list[Button] = []
-    if cat["page"] > 0 and (data := callback("shop", cat["page"] - 1)):
-        nav.append(Button(c.t("shop.prev"), data))
-    if cat["page"] + 1 < cat["pages"] and (data := callback("shop", cat["page"] + 1)):
-        nav.append(Button(c.t("shop.next"), data))
-    if nav:
-        rows.append(tuple(nav))
-    return Reply().text("\n".join(lines), tuple(rows))
 
 
 def parse_buy(args: tuple[str, ...]) -> tuple[str, int, str | None, bool]:

@@ -388,6 +388,52 @@ class OrderLine(Base):
     accelerated: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class ProductText(Base):
+    """A product's shop texts (docs/catalogue.md): the English name, the description in
+    both languages and the category `/shop` groups it under. Kept beside `products` so the
+    engine's purchase path never reads them."""
+
+    __tablename__ = "product_texts"
+    sku: Mapped[str] = mapped_column(ForeignKey("products.sku"), primary_key=True)
+    name_en: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    description_en: Mapped[str | None] = mapped_column(Text, nullable=True)
+    category: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+
+
+class Media(Base):
+    """A photo, stored once by the sha256 of its bytes, with each channel's cached id for
+    it: Telegram's `file_id` (re-sent instead of the bytes) and WeChat's permanent media id
+    (`material/add_material`). A photo uploaded on one channel shows on the other."""
+
+    __tablename__ = "media"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    content_type: Mapped[str] = mapped_column(String(32))
+    tg_file_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    wx_media_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ProductPhoto(Base):
+    """A product's photos in the order they were added (`position` 1, 2, …)."""
+
+    __tablename__ = "product_photos"
+    sku: Mapped[str] = mapped_column(ForeignKey("products.sku"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    sha256: Mapped[str] = mapped_column(ForeignKey("media.sha256"))
+
+
+class PhotoWait(Base):
+    """An operator who said `图片 SKU` (or listed a product) on a channel that sends photos
+    as separate messages (WeChat): their next image, before `until`, goes to `sku`."""
+
+    __tablename__ = "photo_waits"
+    identity: Mapped[str] = mapped_column(String(128), primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64))
+    until: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 __all__ = [
     "Base",
     "ChannelRefund",
@@ -400,12 +446,16 @@ __all__ = [
     "JournalTxn",
     "Lease",
     "LinkCode",
+    "Media",
     "Order",
     "OrderLine",
     "Outbox",
+    "PhotoWait",
     "Pool",
     "Posting",
     "Product",
+    "ProductPhoto",
+    "ProductText",
     "SeenMessage",
     "Setting",
     "User",

@@ -170,7 +170,7 @@ async def test_without_online_payment_the_offer_says_what_the_purchase_earns(mem
 
 # -- /shop pages -----------------------------------------------------------------------------
 
-async def test_shop_pages_sixty_products_eight_at_a_time_and_every_one_is_reachable(memdb):
+async def test_shop_pages_sixty_products_five_at_a_time_and_every_one_is_reachable(memdb):
     chat = Chat(memdb)
     await chat.setup_shop()  # RICE, SOFA, TEA
     await chat.send(OPERATOR, "/product PEN 5.00 0.10 0 none Pen")
@@ -178,26 +178,27 @@ async def test_shop_pages_sixty_products_eight_at_a_time_and_every_one_is_reacha
         service.upsert_product(memdb, sku=f"A{i:02d}", price="9.00", margin="0.10",
                                lock_days=0, scheme="none", name=f"Item {i}")
     reply = await chat.send("tg:5", "/shop")
-    assert text(reply).startswith("Products, page 1/8:")
+    assert text(reply).startswith("Products, page 1/12:")
     seen: list[str] = []
-    for page in range(1, 9):
+    for page in range(1, 13):
         rows = [b.data for b in buttons(reply)]
         buys = [d for d in rows if d.startswith("buy:")]
         nav = [d for d in rows if d.startswith("shop:")]
-        assert f"Products, page {page}/8:" in text(reply)
-        assert len(buys) == (8 if page < 8 else 4)
+        assert f"Products, page {page}/12:" in text(reply)
+        assert len(buys) == 5  # a card each
         seen += [d.split(":")[2] for d in buys]
         expected_nav = ([f"shop:v1:{page - 2}"] if page > 1 else []) + \
-            ([f"shop:v1:{page}"] if page < 8 else [])
+            ([f"shop:v1:{page}"] if page < 12 else [])
         assert nav == expected_nav
-        if page < 8:
+        if page < 12:
             reply = await chat.send("tg:5", "", callback=f"shop:v1:{page}")
     assert len(seen) == 60 and seen == sorted(set(seen))  # stable order, each once
     assert {"TEA", "RICE", "SOFA", "PEN"} <= set(seen)
-    assert "page 8/8" in text(await chat.send("tg:5", "/shop 8"))
-    assert "page 8/8" in text(await chat.send("tg:5", "/shop 99"))  # the last page
-    bad = text(await chat.send("tg:5", "/shop x"))
-    assert "“x” is not a page number." in bad and "Usage: /shop [PAGE]" in bad
+    assert "page 8/12" in text(await chat.send("tg:5", "/shop 8"))
+    assert "page 12/12" in text(await chat.send("tg:5", "/shop 99"))  # the last page
+    bad = text(await chat.send("tg:5", "/shop 0"))
+    assert "“0” is not a page number." in bad and "Usage: /shop [PAGE | WORDS]" in bad
+    assert "Nothing in the shop matches “x”" in text(await chat.send("tg:5", "/shop x"))
     assert "no longer valid" in text(await chat.send("tg:5", "", callback="shop:v1:-1"))
 
 

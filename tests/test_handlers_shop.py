@@ -41,8 +41,9 @@ async def test_shop_lists_each_product_with_price_rebate_in_plain_words_and_a_bu
     assert "• Green tea (TEA) — 100.00 CNY" in body
     assert "the full 100.00 CNY comes back to your wallet" in body and "15 days" in body
     assert "about 10.50 points at today's price 1.00" in body  # RICE, SPEC §4 (shown: 2 places)
-    assert [b.data for b in buttons(reply)] == ["buy:v1:RICE:1", "buy:v1:SOFA:1",
-                                                "buy:v1:TEA:1"]
+    assert [b.data for b in buttons(reply)] == [  # on each product's card
+        "buy:v1:RICE:1", "cart:v1:add:RICE", "buy:v1:SOFA:1", "cart:v1:add:SOFA",
+        "buy:v1:TEA:1", "cart:v1:add:TEA"]
 
 
 async def test_buy_opens_an_order_awaiting_payment_with_an_unguessable_expiring_token(memdb):

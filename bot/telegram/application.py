@@ -36,6 +36,7 @@ from handlers.base import App, Progress, Reply, Request
 
 from .conversations import Conversations, invoke
 from .output import ChatGone, ChatOutput, JobRunner, call_bot
+from .photos import operator_photo
 from .request import AiohttpRequest
 from .texts import text as adapter_text
 
@@ -169,18 +170,31 @@ class TelegramAdapter:
                                               Coroutine[Any, Any, None]]:
         async def on_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             args = tuple(context.args or ())
+            message = update.effective_message
+            replied = message.reply_to_message if message is not None else None
+            upload = await operator_photo(self.app, update, replied) if name == "photo" else None
             request = self._request(
-                update, command=name, args=args, text=_text_of(update.effective_message),
-                start_payload=args[0] if name == "start" and args else None)
+                update, command=name, args=args, text=_text_of(message),
+                start_payload=args[0] if name == "start" and args else None, upload=upload)
             await self._converse(update, request)
 
         on_command.__name__ = f"on_{name}"
         return on_command
 
     async def on_other(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """Free text, unknown commands, stickers, files…: the conversations answer with help."""
-        await self._converse(update, self._request(update,
-                                                   text=_text_of(update.effective_message)))
+        """Free text, unknown commands, stickers, files…: the conversations answer with help.
+        An operator's photo is the catalogue's: with a `/product …` or `/photo SKU` caption
+        that command, else `/photo` (the product they named last, docs/catalogue.md)."""
+        message = update.effective_message
+        upload = await operator_photo(self.app, update, message)
+        if upload is not None and message is not None:
+            caption = (message.caption or "").strip()
+            request = self._request(update, text=caption, upload=upload) \
+                if caption.startswith("/") else \
+                self._request(update, command="photo", text=caption, upload=upload)
+            await self._converse(update, request)
+            return
+        await self._converse(update, self._request(update, text=_text_of(message)))
 
     async def on_callback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.callback_query
@@ -343,7 +357,7 @@ def build_application(settings: Settings, app: App, *,
         .build()
     )
     adapter = TelegramAdapter(app, conversations or Conversations.from_handlers(),
-                              ChatOutput(application.bot, provider_token),
+                              ChatOutput(application.bot, provider_token, app),
                               spool_path=Path(settings.charge_spool))
     adapter.register(application)
     application.bot_data["adapter"] = adapter

@@ -1,7 +1,8 @@
 """Turning a `Reply` into Bot API calls, under one failure policy.
 
 Text goes out as plain text (no `parse_mode`, so nothing a user typed can become markup);
-photos and documents as uploads; invoices as native Telegram invoices; a `Progress` item as
+photos and documents as uploads; a product `Card` as its photo (by cached `file_id`) with
+the text as caption; invoices as native Telegram invoices; a `Progress` item as
 one message edited at most once a second while its job runs.
 
 Failure policy for every call made on behalf of a user (docs/telegram.md):
@@ -24,7 +25,8 @@ from typing import TypeVar
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LabeledPrice, Message
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
-from handlers.base import Button, Document, Invoice, Photo, Progress, Reply, Text
+from handlers.base import App, Button, Card, Document, Invoice, Photo, Progress, Reply, Text
+from handlers.catalogue import photo_bytes, remember_photo
 
 from .texts import text as adapter_text
 
@@ -138,6 +140,7 @@ class ChatOutput:
 
     bot: Bot
     provider_token: str | None
+    app: App | None = None  # where product photos are stored (a `Card`'s bytes and file_id)
 
     async def deliver(self, chat_id: int, reply: Reply, *, lang: str | None,
                       run_job: JobRunner | None = None) -> None:
@@ -149,7 +152,9 @@ class ChatOutput:
 
     async def _deliver_one(self, chat_id: int, item: object, lang: str | None,
                            run_job: JobRunner | None) -> None:
-        if isinstance(item, Text):
+        if isinstance(item, Card):
+            await self._send_card(chat_id, item)
+        elif isinstance(item, Text):
             await self.send_text(chat_id, item.text, keyboard(item.buttons))
         elif isinstance(item, Photo):
             await self._send_media("photo", chat_id, item.caption,
@@ -179,6 +184,27 @@ class ChatOutput:
 
             sent = await call_bot("message", chat_id, send)
         return sent
+
+    async def _send_card(self, chat_id: int, item: Card) -> None:
+        """A product: its photo (the cached `file_id`, else the stored bytes, whose new
+        `file_id` is kept) with the text as caption and the buttons under it."""
+        markup = keyboard(item.buttons)
+        ref = item.photo
+        photo: str | bytes | None = ref.telegram if ref is not None else None
+        if ref is not None and photo is None and self.app is not None:
+            photo = await photo_bytes(self.app, ref.sha256)
+        if ref is None or photo is None:
+            if item.text.strip():
+                await self.send_text(chat_id, item.text, markup)
+            return
+        fits = utf16_len(item.text) <= MAX_CAPTION
+        sent = await call_bot("photo", chat_id, lambda: self.bot.send_photo(
+            chat_id, photo, caption=item.text if fits and item.text else None,
+            reply_markup=markup if fits else None))
+        if not fits or sent is None:  # too long for a caption, or the photo failed
+            await self.send_text(chat_id, item.text, markup)
+        if sent is not None and sent.photo and ref.telegram is None and self.app is not None:
+            await remember_photo(self.app, ref.sha256, "telegram", sent.photo[-1].file_id)
 
     async def _send_media(self, what: str, chat_id: int, caption: str,
                           send: Callable[[str | None], Awaitable[Message]]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -26,30 +25,22 @@ from bot.settings import Settings
 from handlers.base import (
     App,
     DatabaseUnavailable,
-    Document,
-    Invoice,
-    Photo,
     Progress,
     Reply,
     Request,
-    Text,
 )
-from handlers.i18n import money
 from handlers.shop import receipt_on
 
 from .gate import NO_REPLY, Gate
-from .inbound import Inbound, inbound_of
+from .inbound import Inbound, inbound_of, operator_photo
 from .messages import (
     OPENID,
     BadXml,
     Part,
-    document_text,
-    link,
-    menu_link,
-    merge_texts,
     render_reply,
     split_text,
 )
+from .render import Renderer
 from .replay import Nonces
 from .seen import Seen
 from .sender import WeChatSender, client_from_settings
@@ -57,17 +48,9 @@ from .sender import WeChatSender, client_from_settings
 log = logging.getLogger(__name__)
 
 
-def inert(text: str) -> str:
-    """A conversation's text is plain (handlers/base.py), but WeChat reads `<a href>` in a
-    text message as a link: angle brackets become full-width look-alikes, so nothing a user
-    typed (echoed back, or their name) can become a link. The adapter's own links are
-    added after this."""
-    return text.replace("<", "＜").replace(">", "＞")
-
 PASSIVE_BUDGET = 4.0  # seconds; WeChat waits 5 for a passive reply and the network takes some
 BAD_REQUEST = (400, b"bad request", "text/plain")
 APOLOGY = "抱歉，出了点问题，请稍后再试。\nSorry, something went wrong; please try again later."
-NO_PAY = "微信支付暂不可用。\nWeChat Pay is not available right now."
 BUSY = ("商店繁忙，请稍后再试。未做任何更改。\n"
         "The shop is busy, please try again in a moment. Nothing was changed.")
 
@@ -84,6 +67,7 @@ class WeChatAdapter:
         self.seen = Seen(app.db)
         self.nonces = Nonces(app.db, redis_url, namespace=appid)
         self.gate = Gate(token, self.nonces, lambda: self.clock(), aes_key=aes_key, appid=appid)
+        self.renderer = Renderer(app, client, self.sender, self.seen, self._now, self._progress)
         self.pay = pay  # a bot.wechatpay.WeChatPayGateway, set by bot.http when configured
         self.passive_budget = passive_budget
         self.clock = clock
@@ -162,6 +146,8 @@ class WeChatAdapter:
         if seen:
             return stored or ""
         request = inbound.request
+        if inbound.image is not None and request.identity in self.app.operators:
+            request = await operator_photo(self.client, request, inbound.image)
         if inbound.menu_id is not None:
             data = await asyncio.to_thread(self.seen.recall,
                                            f"wx:btn:{openid}:{inbound.menu_id}")
@@ -177,7 +163,7 @@ class WeChatAdapter:
             return ""
         if self.pay is not None and request.identity in self.app.operators:
             self._background(self.pay.sweep_refunds())  # e.g. after 退款: return the cash now
-        xml, rest = await self._passive(task.result(), openid, ours)
+        xml, rest = await self.renderer.passive(task.result(), openid, ours, int(self.clock()))
         await asyncio.to_thread(self.seen.remember, inbound.key, xml, self._now())
         if rest:
             self._background(self._deliver(openid, rest))
@@ -185,21 +171,6 @@ class WeChatAdapter:
 
     def _busy(self, openid: str, ours: str) -> str:
         return render_reply(openid, ours, "text", BUSY, int(self.clock()))
-
-    async def _passive(self, parts: list[Part], openid: str, ours: str) -> tuple[str, list[Part]]:
-        """The first message as a passive reply, the rest for customer service."""
-        if not parts:
-            return "", []
-        first, rest = parts[0], parts[1:]
-        now = int(self.clock())
-        if first.png is None:
-            return render_reply(openid, ours, "text", first.text, now), rest
-        try:
-            media_id = await asyncio.wait_for(self.sender.upload_png(first.png), 2.0)
-        except Exception as exc:  # noqa: BLE001 - send it later as customer service instead
-            log.warning("wechat: image upload for a passive reply failed: %s", exc)
-            return "", parts
-        return render_reply(openid, ours, "image", media_id, now), rest
 
     async def _parts(self, request: Request, openid: str) -> list[Part]:
         """Dispatch and render; never raises (a failure becomes an apology)."""
@@ -213,49 +184,20 @@ class WeChatAdapter:
             return [Part(text=APOLOGY)]
 
     async def render(self, reply: Reply, request: Request, openid: str) -> list[Part]:
-        """A conversation's reply as WeChat messages."""
-        parts: list[Part] = []
-        for item in reply.items:
-            if isinstance(item, Text):
-                text = inert(item.text) + await self._buttons(item, openid)
-                parts.extend(Part(text=t) for t in split_text(text))
-            elif isinstance(item, Photo):
-                parts.append(Part(png=item.png))
-                if item.caption:
-                    parts.extend(Part(text=t) for t in split_text(inert(item.caption)))
-            elif isinstance(item, Document):
-                parts.extend(Part(text=t) for t in split_text(inert(document_text(item))))
-            elif isinstance(item, Invoice):
-                parts.append(Part(text=self._invoice_text(item)))
-            elif isinstance(item, Progress):
-                parts.append(Part(text=inert(item.initial)))
-                self._background(self._run_job(item, request, openid))
-        return merge_texts(parts)
+        """A conversation's reply as WeChat messages (bot/wechat/render.py)."""
+        return await self.renderer.render(reply, request, openid)
 
-    def _invoice_text(self, item: Invoice) -> str:
-        """The pay link: the checkout page makes a JSAPI order inside WeChat and shows a
-        Native QR code anywhere else (bot/wechatpay)."""
-        if self.pay is None:
-            return NO_PAY
-        url = self.pay.config.checkout_url(item.token)
-        amount = money(item.amount, item.currency)
-        return (f"{inert(item.title)}\n{inert(item.description)}\n"
-                f"{link(url, f'微信支付 Pay {amount}')}\n{url}")
+    @property
+    def pay(self) -> Any:
+        """The WeChat Pay gateway (bot.wechatpay), set by bot.http when configured."""
+        return self.renderer.pay
 
-    async def _buttons(self, item: Text, openid: str) -> str:
-        """Buttons as links: URLs as they are; button data as `weixin://bizmsgmenu` links
-        whose tap comes back as a text message carrying the link's id (kept in `Seen`)."""
-        lines = []
-        for row in item.buttons:
-            for button in row:
-                if button.url:
-                    lines.append(link(button.url, button.label))
-                elif button.data:
-                    menu_id = str(secrets.randbelow(9 * 10**11) + 10**11)
-                    await asyncio.to_thread(self.seen.remember, f"wx:btn:{openid}:{menu_id}",
-                                            button.data, self._now())
-                    lines.append(menu_link(button.label, menu_id))
-        return ("\n" + "\n".join(lines)) if lines else ""
+    @pay.setter
+    def pay(self, gateway: Any) -> None:
+        self.renderer.pay = gateway
+
+    def _progress(self, item: Progress, request: Request, openid: str) -> None:
+        self._background(self._run_job(item, request, openid))
 
     async def _run_job(self, item: Progress, request: Request, openid: str) -> None:
         """A long operator job: WeChat cannot edit a message, so only the outcome follows."""

@@ -60,10 +60,16 @@ def render_reply(to_user: str, from_user: str, kind: str, value: str, now: int) 
 
 @dataclass(frozen=True)
 class Part:
-    """One WeChat message: text, or an image (PNG bytes)."""
+    """One WeChat message: text, or an image (PNG bytes, or a permanent image's media id:
+    a product photo, docs/catalogue.md)."""
 
     text: str = ""
     png: bytes | None = None
+    media_id: str | None = None
+
+    @property
+    def is_text(self) -> bool:
+        return self.png is None and self.media_id is None
 
 
 def split_text(text: str, limit: int = MAX_TEXT_BYTES) -> list[str]:
@@ -93,7 +99,7 @@ def merge_texts(parts: list[Part]) -> list[Part]:
     """Consecutive texts travel together: one passive reply says as much as it can."""
     merged: list[Part] = []
     for part in parts:
-        if merged and part.png is None and merged[-1].png is None and len(
+        if merged and part.is_text and merged[-1].is_text and len(
                 (merged[-1].text + "\n\n" + part.text).encode()) <= MAX_TEXT_BYTES:
             merged[-1] = Part(text=merged[-1].text + "\n\n" + part.text)
         else:

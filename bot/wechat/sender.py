@@ -214,7 +214,9 @@ class WeChatSender:
 
     async def send_part(self, openid: str, part: Part) -> None:
         """One customer-service message (a follow-up to something the user just said)."""
-        if part.png is not None:
+        if part.media_id is not None:
+            await asyncio.to_thread(self.client.message.send_image, openid, part.media_id)
+        elif part.png is not None:
             media_id = await self.upload_png(part.png)
             await asyncio.to_thread(self.client.message.send_image, openid, media_id)
         else:

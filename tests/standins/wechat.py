@@ -634,6 +634,7 @@ class FakeWeChatAPI(_LoopbackServer):
         self.template_messages: list[dict[str, Any]] = []
         self.qrcodes: dict[str, dict[str, Any]] = {}
         self.media: dict[str, dict[str, Any]] = {}
+        self.materials: dict[str, dict[str, Any]] = {}  # permanent media (material/add_material)
         self._injected: dict[str, list[tuple[int, str]]] = {}
         self._msgid = 2_000_000_000
 
@@ -663,6 +664,8 @@ class FakeWeChatAPI(_LoopbackServer):
             ("/cgi-bin/qrcode/create", ["POST"], self._qrcode_create),
             ("/cgi-bin/media/upload", ["POST"], self._media_upload),
             ("/cgi-bin/showqrcode", ["GET"], self._show_qrcode),
+            ("/cgi-bin/material/add_material", ["POST"], self._material_add),
+            ("/cgi-bin/media/get", ["GET"], self._media_get),
         ]
 
     # -- helpers ---------------------------------------------------------------------------
@@ -797,6 +800,46 @@ class FakeWeChatAPI(_LoopbackServer):
         if info is None:
             return Response(b"invalid ticket", status_code=404, media_type="text/plain")
         return Response(_qr_png(info["url"]), media_type="image/jpg")
+
+    # -- media: what a user's image message carries, and permanent images (the catalogue) --
+    def store_media(self, content: bytes, content_type: str = "image/jpeg") -> str:
+        """A temporary media as a user's image message would carry it (its ``MediaId``),
+        downloadable through ``media/get``; returns the media id."""
+        media_id = _random_chars(64, _ALNUM + "-_")
+        with self._lock:
+            self.media[media_id] = {"type": "image", "filename": "image.jpg",
+                                    "content_type": content_type, "content": content,
+                                    "created_at": _now()}
+        return media_id
+
+    async def _material_add(self, request: Request, call: RecordedCall) -> Response:
+        """``material/add_material``: a permanent image, answered with its id and URL."""
+        if (early := self._precheck(call)) is not None:
+            return early
+        media_type = call.query.get("type")
+        if media_type not in _MEDIA_TYPES:
+            return self._err(40004, "invalid media type")
+        parts = _parse_multipart(call.headers.get("content-type", ""), call.body)
+        call.files = parts
+        media_part = next((p for p in parts if p["name"] == "media"), None)
+        if media_part is None or not media_part["content"]:
+            return self._err(41005, "media data missing")
+        media_id = _random_chars(43, _ALNUM + "-_")
+        with self._lock:
+            self.materials[media_id] = {"type": media_type, "content": media_part["content"],
+                                        "content_type": media_part["content_type"]}
+        url = f"http://mmbiz.qpic.cn/mmbiz_png/{media_id}/0?wx_fmt=png"
+        return _json_response({"media_id": media_id, "url": url})
+
+    async def _media_get(self, request: Request, call: RecordedCall) -> Response:
+        """``media/get``: a temporary media's bytes (JSON errcode 40007 for an unknown id)."""
+        if (early := self._precheck(call)) is not None:
+            return early
+        with self._lock:
+            found = self.media.get(call.query.get("media_id", ""))
+        if found is None:
+            return self._err(40007, "invalid media_id")
+        return Response(found["content"], media_type=found["content_type"] or "image/jpeg")
 
 
 def _qr_png(data: str) -> bytes:
