@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from bot.web import auth, channels
 from bot.web.render import render, t
 from bot.web.site import Site, Visitor, error_json, json_body, refusal_json
-from engine import checkout, outlook, report, service, views
+from engine import catalogue, checkout, outlook, report, service, views
 from engine import users as engine_users
 from engine.errors import Refusal
 from handlers import shop as shop_handlers
@@ -32,6 +32,8 @@ from handlers.referral import invite_link
 PER_PAGE = 24
 MAX_LINES = 20
 MAX_QTY = 99
+# the texts the page's script shows itself (toasts)
+JS_TEXTS = ("added", "error", "pay.telegram", "pay.wechat", "pay.done", "pay.cancelled")
 
 
 def parse_lines(raw: object) -> list[dict[str, Any]] | None:
@@ -108,6 +110,9 @@ class Buyer:
             return v
         name = request.path_params["view"]
         try:
+            if name == "nav":
+                return render("nav.html", v.lang, self.site.app.currency,
+                              texts={k: t(v.lang, k) for k in JS_TEXTS})
             if name == "shop":
                 return await self._shop(request, v)
             if name == "product":
@@ -128,28 +133,36 @@ class Buyer:
 
     async def _shop(self, request: Request, v: Visitor) -> Response:
         q = request.query_params.get("q", "").strip()[:64]
+        category = request.query_params.get("cat", "")[:64] or None
         page = request.query_params.get("page", "0")
-        page_no = int(page) if page.isdigit() else 0
-        if q:
-            cat = await self.site.call(checkout.catalogue, self.site.db, 0, 1000)
-            needle = q.lower()
-            found = [p for p in cat["products"]
-                     if needle in p["sku"].lower() or needle in (p["name"] or "").lower()]
-            cat = {**cat, "products": found[:PER_PAGE], "page": 0, "pages": 1,
-                   "count": len(found)}
-        else:
-            cat = await self.site.call(checkout.catalogue, self.site.db, page_no, PER_PAGE)
-        return render("shop.html", v.lang, cat["currency"], cat=cat, q=q)
+        cat = await self.site.call(catalogue.page, self.site.db, category=category,
+                                   query=q or None, page=int(page) if page.isdigit() else 0,
+                                   per_page=PER_PAGE)
+        cats = (await self.site.call(catalogue.categories, self.site.db)
+                if cat["categorised"] else [])
+        return render("shop.html", v.lang, cat["currency"], cat=cat, q=q, cats=cats,
+                      category=category)
 
     async def _product(self, request: Request, v: Visitor) -> Response:
         sku = request.query_params.get("sku", "")[:64]
         user = await self.site.join(v)
-        q = await self.site.call(checkout.quote, self.site.db, user=user["handle"], sku=sku)
+        card = await self.site.call(catalogue.card, self.site.db, sku)
         look = await self.site.call(outlook.outlook, self.site.db, user=user["handle"],
-                                    sku=q["sku"])
-        earns = shop_handlers.outlook_text(v.lang, look, q["currency"]).split("\n")[1:]
-        return render("product.html", v.lang, q["currency"], q=q, line=q["lines"][0],
-                      earns=earns)
+                                    sku=card["sku"])
+        earns = shop_handlers.outlook_text(v.lang, look, card["currency"]).split("\n")[1:]
+        return render("product.html", v.lang, card["currency"], p=card, earns=earns)
+
+    async def photo(self, request: Request) -> Response:
+        """A product photo by its sha256 (public, like the catalogue; an <img> in the Mini
+        App carries no initData)."""
+        digest = str(request.path_params["sha256"])
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            return Response(status_code=404)
+        content = await self.site.call(catalogue.media_content, self.site.db, digest)
+        if content is None:
+            return Response(status_code=404)
+        return Response(content, media_type=catalogue.photo_type(content) or "image/jpeg",
+                        headers={"Cache-Control": "public, max-age=86400, immutable"})
 
     async def _cart(self, request: Request, v: Visitor) -> Response:
         text = request.query_params.get("c", "")

@@ -1,0 +1,183 @@
+"""The web pages (bot/web) in process, over httpx's ASGI transport: who may see what (initData
+HMAC and age, session cookie, operators only), CSRF on every form, and that each action is
+the engine's own (journaled with the actor)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import httpx
+import pytest
+
+from bot.http import build_app
+from bot.web import WebConfig, routes
+from bot.web.auth import Signer, check_init_data, new_session, session_cookie, sign_init_data
+from engine import catalogue, service, users, views
+from engine.database import Database
+from engine.state import snapshot
+from handlers.base import App, Channels
+from tests.helpers import seed_shop
+
+TOKEN = "4242:WEB-TOKEN"
+OPERATOR = "tg:1"
+BUYER = 77
+PRODUCTS = (("TEA", "100.00", "0.30", 0, "queue", "Green tea 绿茶"),
+            ("RICE", "50.00", "0.40", 0, "points", "Rice 大米"),
+            ("PEN", "5.00", "0.10", 0, "none", "Pen 钢笔"))
+
+
+def init_data(user_id: int, *, token: str = TOKEN, age: int = 0, lang: str = "en",
+              **extra: str) -> str:
+    fields = {"auth_date": str(int(time.time()) - age), "query_id": "AAE",
+              "user": json.dumps({"id": user_id, "first_name": f"U{user_id}",
+                                  "language_code": lang}), **extra}
+    return sign_init_data(fields, token)
+
+
+class Web:
+    """The web routes over a seeded shop, and a client to them."""
+
+    def __init__(self, db: Database, *, console: str | None = None,
+                 payments: frozenset[str] = frozenset()) -> None:
+        self.app = App(db=db, operators=frozenset({OPERATOR}), currency="CNY",
+                       channels=Channels(payments=payments, bot_username="rebate_shop_bot"))
+        self.cfg = WebConfig(secret=b"k" * 32, bot_token=TOKEN, provider_token="p",
+                             console=console)
+        web_routes, self.site = routes(self.app, self.cfg)
+        self.asgi = build_app(db=db, web=web_routes)
+
+    def client(self, cookies: dict[str, str] | None = None, **headers: str
+               ) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.asgi),
+                                 base_url="http://127.0.0.1", headers=headers, cookies=cookies)
+
+    def cookie_for(self, identity: str, via: str = "link") -> dict[str, str]:
+        session = new_session(identity, via)
+        return {"sf_session": session_cookie(Signer(self.cfg.secret), session)}
+
+
+@pytest.fixture
+def shop(sqlite_db: Database) -> Web:
+    seed_shop(sqlite_db, users=(), at=None, products=PRODUCTS)
+    return Web(sqlite_db)
+
+
+def test_init_data_is_accepted_only_with_its_hmac_and_a_recent_auth_date() -> None:
+    good = init_data(BUYER)
+    user = check_init_data(good, TOKEN)
+    assert user is not None and user.identity == f"tg:{BUYER}" and user.lang == "en"
+    assert check_init_data(good, "4242:OTHER-TOKEN") is None  # signed by another bot
+    forged = good.replace(f"%22id%22%3A+{BUYER}", "%22id%22%3A+1")
+    assert forged != good and check_init_data(forged, TOKEN) is None  # user changed
+    assert check_init_data(init_data(BUYER, age=2 * 86400), TOKEN) is None  # too old
+    assert check_init_data(init_data(BUYER, age=-3600), TOKEN) is None  # from the future
+    assert check_init_data("hash=00&auth_date=1", TOKEN) is None
+    assert check_init_data("", TOKEN) is None
+
+
+async def test_the_mini_app_speaks_for_the_signed_user_and_refuses_a_forged_one(
+        shop: Web) -> None:
+    async with shop.client() as c:
+        r = await c.get("/app/api/me", headers={"X-Telegram-Init-Data": init_data(BUYER)})
+        assert r.status_code == 200 and r.json()["identity"] == f"tg:{BUYER}"
+        forged = init_data(BUYER, token="4242:FORGED")
+        r = await c.get("/app/api/me", headers={"X-Telegram-Init-Data": forged})
+        assert r.status_code == 401 and r.json()["ok"] is False
+        r = await c.get("/app/v/rebates", headers={"X-Telegram-Init-Data": forged})
+        assert r.status_code == 401
+        # no sign-in at all: nothing but the empty shell
+        assert (await c.get("/app/v/shop")).status_code == 401
+        shell = await c.get("/app")
+        assert shell.status_code == 200 and "app.js" in shell.text
+    # the Mini App's first request joined the buyer, as a first chat message does
+    assert shop.app.db.read(snapshot)["users"].get(f"tg:{BUYER}") is not None
+
+
+async def test_catalogue_product_and_cart_views_show_the_engine_figures(shop: Web) -> None:
+    h = {"X-Telegram-Init-Data": init_data(BUYER)}
+    async with shop.client(**h) as c:
+        await c.get("/app/api/me")
+        page = await c.get("/app/v/shop")
+        assert page.status_code == 200
+        skus = re.findall(r'data-testid="product-([A-Z0-9_]+)"', page.text)
+        assert skus, page.text
+        found = await c.get("/app/v/shop", params={"q": skus[0].lower()})
+        assert f'product-{skus[0]}"' in found.text
+        nothing = await c.get("/app/v/shop", params={"q": "no such thing"})
+        assert "no such thing" in nothing.text and "product-" not in nothing.text
+        product = await c.get("/app/v/product", params={"sku": skus[0]})
+        assert product.status_code == 200 and f'data-add="{skus[0]}"' in product.text
+        unknown = await c.get("/app/v/product", params={"sku": "NOPE"})
+        assert unknown.status_code == 409 and "no such product" in unknown.text
+        cart = await c.get("/app/v/cart", params={"c": f"{skus[0]}:2"})
+        price = catalogue.card(shop.app.db, skus[0])["price"]
+        assert f'data-total="{2 * price}"' in cart.text
+
+
+async def test_checkout_needs_the_csrf_token_and_pays_from_the_wallet(shop: Web) -> None:
+    db = shop.app.db
+    h = {"X-Telegram-Init-Data": init_data(BUYER)}
+    async with shop.client(**h) as c:
+        me = (await c.get("/app/api/me")).json()
+        products = re.findall(r'product-([A-Z0-9_]+)"', (await c.get("/app/v/shop")).text)
+        lines = [{"sku": products[0], "qty": 1}]
+        r = await c.post("/app/api/checkout", json={"lines": lines, "key": "k" * 12,
+                                                    "wallet": True})
+        assert r.status_code == 403  # no CSRF token
+        r = await c.post("/app/api/checkout", json={"lines": lines, "key": "k" * 12,
+                                                    "wallet": True, "csrf": "x" * 32})
+        assert r.status_code == 403
+        r = await c.post("/app/api/checkout", json={"lines": lines, "key": "k" * 12,
+                                                    "wallet": True, "csrf": me["csrf"]})
+        assert r.status_code == 409 and r.json()["code"] == "insufficient_balance"
+        # without Telegram payments configured, no invoice is offered
+        r = await c.post("/app/api/checkout", json={"lines": lines, "key": "k" * 12,
+                                                    "csrf": me["csrf"]})
+        assert r.status_code == 409 and r.json()["code"] == "pay.no_channel"
+        bad = await c.post("/app/api/checkout", json={"lines": [{"sku": "X", "qty": 0}],
+                                                      "key": "k" * 12, "csrf": me["csrf"]})
+        assert bad.status_code == 400
+    assert views.orders(db, f"tg:{BUYER}") == []
+
+
+async def test_the_dashboard_answers_operators_only(shop: Web) -> None:
+    async with shop.client() as c:
+        r = await c.get("/admin")
+        assert r.status_code == 200 and "signout" not in r.text  # the sign-in page
+    async with shop.client(cookies=shop.cookie_for(f"tg:{BUYER}")) as c:
+        r = await c.get("/admin")
+        assert r.status_code == 403 and "signout" not in r.text
+        for path in ("/admin/chart/pool.png", "/admin/journal.csv"):
+            assert (await c.get(path)).status_code == 403
+        r = await c.post("/admin/do/settings", data={"key": "store.paused", "value": "1"})
+        assert r.status_code == 403
+    async with shop.client(cookies={"sf_session": "e30.AAAA"}) as c:  # forged: nobody
+        r = await c.get("/admin")
+        assert r.status_code == 200 and "signout" not in r.text
+    assert shop.app.db.read(users.store_config).raw["store.paused"] == "0"
+
+
+async def test_a_login_link_works_once_and_forms_need_the_csrf_token(shop: Web) -> None:
+    db = shop.app.db
+    service.join(db, user="B")
+    service.deposit(db, pool="queue", amount="10.00")
+    async with shop.client() as c:
+        token = shop.site.links.make(OPERATOR)
+        r = await c.get("/admin/login", params={"token": token})
+        assert r.status_code == 303
+        again = await c.get("/admin/login", params={"token": token})
+        assert again.status_code == 403  # used
+        page = await c.get("/admin")
+        assert page.status_code == 200 and "/admin/signout" in page.text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        r = await c.post("/admin/do/settings", data={"key": "store.settle_days", "value": "3"})
+        assert r.status_code == 403
+        r = await c.post("/admin/do/settings",
+                         data={"key": "store.settle_days", "value": "3", "csrf": csrf})
+        assert r.status_code == 303
+        assert (await c.post("/admin/do/verify", data={"csrf": csrf})).status_code == 303
+        shown = await c.get("/admin", params={"verified": "x"})
+        assert shown.status_code == 200
+    assert db.read(users.store_config).raw["store.settle_days"] == "3"
