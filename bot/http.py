@@ -118,7 +118,7 @@ def build_app(*, db: Database, redis_url: str | None = None, wechat: Any = None,
             status, code = "ok", 200
         return JSONResponse({"status": status, **checks}, status_code=code)
 
-    routes = [Route("/healthz", _guarded(healthz), methods=["GET"])]
+    routes: list[BaseRoute] = [Route("/healthz", _guarded(healthz), methods=["GET"])]
 
     if wechat is not None:
         async def wechat_get(request: Request) -> Response:

@@ -1,0 +1,175 @@
+"""The web pages in a real browser (Debian's chromium, Playwright) against the real
+`storefront run` on loopback: a Telegram buyer in the Mini App (and a forged initData,
+refused), an operator on the dashboard. Screenshots of each step go to the test's tmp_path
+(`shots/`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.app import seed_demo_catalogue
+from bot.web.auth import sign_init_data
+from engine import service, views
+from tests.standins.telegram_api import FakeBotAPI
+from tests.web_browser_kit import (
+    Storefront,
+    browser,
+    only_loopback,
+    telegram_script,
+    wait,
+    wait_js,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+TOKEN = "4242:BROWSER-TOKEN"
+TG_JS = "https://telegram.org/js/telegram-web-app.js"
+BUYER = 501
+OPERATOR = 1
+
+
+def init_data(user_id: int, token: str = TOKEN) -> str:
+    return sign_init_data({"auth_date": str(int(time.time())), "query_id": "AAE",
+                           "user": json.dumps({"id": user_id, "first_name": f"U{user_id}",
+                                               "language_code": "en"})}, token)
+
+
+class Shots:
+    def __init__(self, where: Path) -> None:
+        self.where = where / "shots"
+        self.where.mkdir(parents=True, exist_ok=True)
+        self.n = 0
+
+    def __call__(self, page: Any, name: str) -> Path:
+        self.n += 1
+        path = self.where / f"{self.n:02d}-{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+
+def telegram_env(api: FakeBotAPI, url: str) -> dict[str, str]:
+    return {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_BASE_URL": api.base_url,
+            "TELEGRAM_PAYMENT_PROVIDER_TOKEN": "provider-test", "DATABASE_URL": url,
+            "STOREFRONT_OPERATORS": f"tg:{OPERATOR}", "STOREFRONT_DEMO_CATALOGUE": "false"}
+
+
+def test_a_telegram_buyer_shops_pays_and_sees_the_order_and_queue_entry(
+        tmp_path: Path, make_db: Any) -> None:
+    url = f"sqlite:///{tmp_path}/shop.db"
+    db = make_db(url)
+    seed_demo_catalogue(db)
+    shot = Shots(tmp_path)
+    with FakeBotAPI(TOKEN) as api, browser() as b:
+        svc = Storefront(tmp_path, telegram_env(api, url))
+        try:
+            # a forged initData (signed with another bot's token) is nobody
+            forged = b.new_page(viewport={"width": 360, "height": 740})
+            only_loopback(forged, {TG_JS: telegram_script(init_data(BUYER, "4242:FORGED"))})
+            forged.goto(f"{svc.url}/app")
+            forged.wait_for_selector("main .notice")
+            assert "open the shop" in forged.inner_text("main")
+            assert forged.locator("[data-testid^=product-]").count() == 0
+            shot(forged, "forged-initdata-refused")
+            forged.close()
+
+            page = b.new_page(viewport={"width": 360, "height": 740})
+            only_loopback(page, {TG_JS: telegram_script(init_data(BUYER))})
+            page.goto(f"{svc.url}/app")
+            page.wait_for_selector('[data-testid="product-TEA"]')
+            shot(page, "catalogue")
+            page.click('[data-testid="product-TEA"]')
+            page.wait_for_selector('[data-add="TEA"]')
+            assert "queue entry" in page.inner_text(".earns").lower()
+            shot(page, "product-tea")
+            page.click('[data-add="TEA"]')
+            page.click('nav [data-view="shop"]')
+            page.click('[data-testid="product-RICE"]')
+            page.fill('input[name="qty"]', "2")
+            page.click('[data-add="RICE"]')
+            assert page.inner_text("#cart-count") == "3"
+            page.click('nav [data-view="cart"]')
+            page.wait_for_selector("button.primary[data-checkout]")
+            assert page.get_attribute("[data-total]", "data-total") == "20000"  # 100 + 2 × 50
+            shot(page, "cart")
+            page.click("button.primary[data-checkout]")
+            link = wait_js(page, "() => window.__invoice")
+            invoice = api.invoice_links[link]  # type: ignore[attr-defined]
+            assert invoice["total_amount"] == 20000 and invoice["currency"] == "CNY"
+            token = invoice["payload"]
+            shot(page, "invoice-opened")
+
+            # Telegram asks before it charges, then tells the bot it did
+            mark = len(api.calls)
+            api.push_pre_checkout(BUYER, token, 20000)
+            api.wait_for_sync("answerPreCheckoutQuery", since=mark, timeout=30)
+            assert api.answers_to_pre_checkout()[-1][1] is True
+            mark = len(api.calls)
+            api.push_successful_payment(BUYER, token, 20000, "web-charge-1")
+            api.wait_for_sync(lambda c: c.is_("sendMessage") and c.chat_id == BUYER,
+                              since=mark, timeout=30)
+            page.evaluate("window.__invoiceDone('paid')")
+            row = page.wait_for_selector('.orders [data-order][data-status="settled"]')
+            assert row is not None
+            order = row.get_attribute("data-order")
+            shot(page, "orders")
+            page.click('nav [data-view="rebates"]')
+            page.wait_for_selector("[data-entry]")
+            assert "in line" in page.inner_text(".entries")
+            shot(page, "rebates")
+        finally:
+            svc.stop()
+    (mine,) = [o for o in views.orders(db, f"tg:{BUYER}") if o["order"] == order]
+    assert mine["status"] == "settled" and mine["method"] == "telegram" and mine["entry"]
+    assert mine["total"] == 20000
+
+
+def test_an_operator_approves_a_withdrawal_on_the_dashboard(tmp_path: Path,
+                                                           make_db: Any) -> None:
+    url = f"sqlite:///{tmp_path}/shop.db"
+    db = make_db(url)
+    seed_demo_catalogue(db)
+    # a buyer whose queue entry a release paid into the wallet, asking for it
+    service.upsert_product(db, sku="NOW", price="100.00", margin="0.50", lock_days=0,
+                           scheme="queue", name="Paid at once")
+    service.join(db, user="tg:7")
+    service.buy(db, user="tg:7", sku="NOW", method="offline", key="seed-buy")
+    service.deposit(db, pool="queue", amount="1000.00")
+    service.release(db)
+    wallet = views.account(db, "tg:7")["wallet"]
+    assert wallet > 0
+    asked = service.request_withdrawal(db, user="tg:7", amount=f"{wallet // 100}.00",
+                                       key="seed-withdraw")
+    shot = Shots(tmp_path)
+    with FakeBotAPI(TOKEN) as api, browser() as b:
+        svc = Storefront(tmp_path, telegram_env(api, url))
+        try:
+            # a buyer opening the dashboard from the Mini App is refused
+            stranger = b.new_page(viewport={"width": 360, "height": 740})
+            only_loopback(stranger, {TG_JS: telegram_script(init_data(BUYER))})
+            stranger.goto(f"{svc.url}/admin")
+            stranger.wait_for_timeout(500)
+            assert stranger.locator("form[action='/admin/signout']").count() == 0
+            stranger.close()
+
+            page = b.new_page(viewport={"width": 360, "height": 900})
+            only_loopback(page, {TG_JS: telegram_script(init_data(OPERATOR))})
+            page.goto(f"{svc.url}/admin")
+            page.wait_for_selector("form[action='/admin/signout']")  # signed in by initData
+            row = page.wait_for_selector(f'[data-withdrawal="{asked["id"]}"]')
+            assert row is not None
+            shot(page, "dashboard")
+            row.query_selector('button[value="approve"]').click()  # type: ignore[union-attr]
+            page.wait_for_selector("[data-message]")
+            assert page.locator(f'[data-withdrawal="{asked["id"]}"]').count() == 0
+            shot(page, "withdrawal-approved")
+        finally:
+            svc.stop()
+    assert views.withdrawals(db, "pending") == []
+    (done,) = views.withdrawals(db, "approved")
+    assert done["id"] == asked["id"]
+    wait("approval journaled", lambda: True, svc)
