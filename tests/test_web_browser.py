@@ -160,16 +160,28 @@ def test_an_operator_approves_a_withdrawal_on_the_dashboard(tmp_path: Path,
             only_loopback(page, {TG_JS: telegram_script(init_data(OPERATOR))})
             page.goto(f"{svc.url}/admin")
             page.wait_for_selector("form[action='/admin/signout']")  # signed in by initData
-            row = page.wait_for_selector(f'[data-withdrawal="{asked["id"]}"]')
+            row = page.wait_for_selector(f'[data-withdrawal="{asked["withdrawal"]}"]')
             assert row is not None
+            # the pool's charts are drawn (matplotlib, in a worker thread) and shown
+            wait_js(page, "() => [...document.querySelectorAll('img.chart')].every("
+                          "i => i.complete && i.naturalWidth > 0)", timeout=60)
             shot(page, "dashboard")
             row.query_selector('button[value="approve"]').click()  # type: ignore[union-attr]
             page.wait_for_selector("[data-message]")
-            assert page.locator(f'[data-withdrawal="{asked["id"]}"]').count() == 0
+            assert page.locator(f'[data-withdrawal="{asked["withdrawal"]}"]').count() == 0
             shot(page, "withdrawal-approved")
         finally:
             svc.stop()
     assert views.withdrawals(db, "pending") == []
     (done,) = views.withdrawals(db, "approved")
-    assert done["id"] == asked["id"]
-    wait("approval journaled", lambda: True, svc)
+    assert done["id"] == asked["withdrawal"]
+    assert _actor_of(db, "withdrawal_approved") == [f"tg:{OPERATOR}"]
+
+
+def _actor_of(db: Any, kind: str) -> list[str | None]:
+    from sqlalchemy import select
+
+    from storage.models import JournalTxn
+
+    return list(db.read(lambda s: s.execute(select(JournalTxn.actor).where(
+        JournalTxn.kind == kind)).scalars().all()))
