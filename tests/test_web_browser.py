@@ -21,7 +21,6 @@ from tests.web_browser_kit import (
     browser,
     only_loopback,
     telegram_script,
-    wait,
     wait_js,
 )
 
