@@ -141,7 +141,7 @@ async def start_scheduler(settings: Settings, app: App, telegram: Running | None
     outbox through the channels' senders (the running bot's and WeChat client's own), and the
     sweep of expired checkouts."""
     from bot.senders import senders_from_settings
-    from handlers.notify import render
+    from handlers.notify import buttons, render
     from scheduler import build_scheduler
 
     bot = getattr(telegram.handle, "bot", None) if telegram is not None else None
@@ -149,7 +149,7 @@ async def start_scheduler(settings: Settings, app: App, telegram: Running | None
     wechat = getattr(getattr(http.handle, "wechat", None), "sender", None) if http else None
     senders = senders_from_settings(settings, telegram_bot=bot, wechat_sender=wechat)
     chores = getattr(http.handle, "chores", []) if http is not None else []
-    sched = build_scheduler(settings, app.db, senders, renderer=render,
+    sched = build_scheduler(settings, app.db, senders, renderer=render, buttons=buttons,
                             checkout_sweep=CHECKOUT_SWEEP_SECONDS, chores=chores)
     sched.start()
     return Running("scheduler", sched, sched.stop)

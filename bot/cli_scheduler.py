@@ -126,7 +126,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 async def _deliver(db: Any, settings: Any) -> Counter[str] | None:
     from bot.senders import TelegramSender, senders_from_settings
-    from handlers.notify import render
+    from handlers.notify import buttons, render
     from scheduler import Deliverer
 
     senders = senders_from_settings(settings)
@@ -138,7 +138,7 @@ async def _deliver(db: Any, settings: Any) -> Counter[str] | None:
     if bot is not None:
         await bot.initialize()
     try:
-        return await Deliverer(db, senders, renderer=render).drain()
+        return await Deliverer(db, senders, renderer=render, buttons=buttons).drain()
     finally:
         if bot is not None:
             await bot.shutdown()

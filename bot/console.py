@@ -27,7 +27,18 @@ from typing import TextIO
 import handlers
 from bot.senders import ANY_CHANNEL, Sender
 from handlers import shop
-from handlers.base import App, Button, Document, Invoice, Photo, Progress, Reply, Request, Text
+from handlers.base import (
+    App,
+    Button,
+    Card,
+    Document,
+    Invoice,
+    Photo,
+    Progress,
+    Reply,
+    Request,
+    Text,
+)
 from handlers.i18n import money
 from handlers.registry import is_identity
 
@@ -129,6 +140,8 @@ class Console:
     async def show(self, reply: Reply) -> None:
         self.buttons = []
         for item in reply.items:
+            if isinstance(item, Card) and item.photo is not None:  # a product's photo
+                self.say(f"[photo {item.photo.sha256[:12]}]")
             if isinstance(item, Text):
                 self.say(item.text)
                 for row in item.buttons:

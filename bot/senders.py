@@ -123,8 +123,16 @@ class TelegramSender:
         self.limiter = limiter or RateLimiter()
 
     async def send(self, identity: str, text: str) -> None:
+        await self.send_buttons(identity, text, ())
+
+    async def send_buttons(self, identity: str, text: str,
+                           rows: tuple[tuple[tuple[str, str], ...], ...]) -> None:
+        """`send` with inline buttons under the text: rows of (label, callback data)."""
+        from telegram import InlineKeyboardButton, InlineKeyboardMarkup
         from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter
 
+        markup = InlineKeyboardMarkup([[InlineKeyboardButton(label, callback_data=data)
+                                        for label, data in row] for row in rows]) if rows else None
         prefix, _, raw = identity.partition(":")
         try:
             chat_id = int(raw)
@@ -135,7 +143,8 @@ class TelegramSender:
         try:
             async with self.limiter.slot(chat_id):
                 await self.bot.send_message(chat_id=chat_id,
-                                            text=_clip(text, TELEGRAM_TEXT_LIMIT))
+                                            text=_clip(text, TELEGRAM_TEXT_LIMIT),
+                                            reply_markup=markup)
         except RetryAfter as exc:
             with warnings.catch_warnings():  # PTB 22 warns about the int/timedelta switch
                 warnings.simplefilter("ignore")

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     coverage_warning: str = Field("0.50", alias="STOREFRONT_COVERAGE_WARNING")
     charge_spool: str = Field("var/unrecorded_charges.jsonl", alias="STOREFRONT_CHARGE_SPOOL")
     matured_wait_warning_days: int = Field(7, alias="STOREFRONT_MATURED_WAIT_DAYS")
+    # shipped orders count as received after this many days without a hold (docs/delivery.md)
+    auto_receive_days: int = Field(10, ge=0, le=365, alias="STOREFRONT_AUTO_RECEIVE_DAYS")
     # bot/logs.py: how much is logged, and where ("-" = the terminal's stderr)
     log_level: str = Field("INFO", alias="STOREFRONT_LOG_LEVEL")
     log_file: str = Field("var/storefront.log", alias="STOREFRONT_LOG_FILE")

@@ -55,19 +55,18 @@ def line_terms(terms: dict[str, Any]) -> list[dict[str, Any]]:
     return found if found is not None else [terms]
 
 
-def lines_of(book: Book, order: OrderRow, terms: dict[str, Any]) -> list[OrderLineRow]:
-    """The order's lines, in order: those this transaction holds, else — one line — the line
-    its order row mirrors (as stored: nothing to read), else read."""
-    first = book.rows.peek(OrderLineRow, (order.no, 1))
-    if "lines" in terms:
-        if first is not None:
-            count = len(terms["lines"])
-            held = [book.rows.peek(OrderLineRow, (order.no, n)) for n in range(1, count + 1)]
-            if all(h is not None for h in held):
-                return [h for h in held if h is not None]
+def lines_of(book: Book, order: OrderRow) -> list[OrderLineRow]:
+    """The order's lines, in order: those this transaction holds (an order's lines are added
+    or read together), else — one line — the line its order row mirrors (as stored: nothing
+    to read), else read."""
+    held = book.rows.peek(OrderLineRow, (order.no, 1))
+    if held is not None:
+        found = [held]
+        while (held := book.rows.peek(OrderLineRow, (order.no, len(found) + 1))) is not None:
+            found.append(held)
+        return found
+    if _MANY in order.terms:
         return queries.order_lines(book.rows, order.no)
-    if first is not None:
-        return [first]
     # The stored line equals the order's first-line columns as stored: settlement and
     # payment change both together, and the migration copied them (0012).
     stored = dict(zip(OrderRow.MUTABLE, order._saved or order._mutable(), strict=True))
@@ -78,11 +77,16 @@ def lines_of(book: Book, order: OrderRow, terms: dict[str, Any]) -> list[OrderLi
     return [book.rows.adopt(line)]
 
 
-def line_results(book: Book, order: OrderRow, terms: dict[str, Any]) -> list[dict[str, Any]]:
+# Only an order of several lines has `lines` in its terms (canonical JSON; no value in them
+# can hold a quote), so this tells without parsing them.
+_MANY = '"lines":'
+
+
+def line_results(book: Book, order: OrderRow) -> list[dict[str, Any]]:
     """What the buyer is told about each line."""
     return [{"sku": line.sku, "qty": line.qty, "total": line.total, "cash": line.cash,
              "entry": line.entry_seq, "minted": line.minted, "accelerated": line.accelerated}
-            for line in lines_of(book, order, terms)]
+            for line in lines_of(book, order)]
 
 
 # -- stock ----------------------------------------------------------------------------------
@@ -94,22 +98,22 @@ def wanted(pairs: Sequence[tuple[str, int]]) -> dict[str, int]:
     return out
 
 
-def check_stock(book: Book, asked: dict[str, int]) -> None:
-    """`out_of_stock` when any counted product has fewer units than asked for. Read under
-    the head lock every writer holds, so two buyers of the last unit are told in turn."""
+def check_stock(book: Book, asked: dict[str, int]) -> list[tuple[int, str]]:
+    """`out_of_stock` when any counted product has fewer units than asked for; else the
+    moves that take them (for `move_stock`). Read under the head lock every writer holds, so
+    two buyers of the last unit are served in turn."""
     counted = [sku for sku in asked if (p := book.product(sku)) is not None and p.limited]
     if not counted:
-        return
+        return []
     have = queries.stock_of(book.rows, counted)
     for sku in counted:
         left = have.get(sku)
         if left is not None and asked[sku] > left:
             raise Refusal("out_of_stock", sku)
+    return [(-asked[sku], sku) for sku in counted]
 
 
-def take_stock(book: Book, asked: dict[str, int]) -> None:
-    moves = [(-n, sku) for sku, n in asked.items()
-             if (p := book.product(sku)) is not None and p.limited]
+def take_stock(book: Book, moves: list[tuple[int, str]]) -> None:
     if moves:
         queries.move_stock(book.rows, moves)
 
@@ -117,7 +121,7 @@ def take_stock(book: Book, asked: dict[str, int]) -> None:
 def give_back(book: Book, order: OrderRow, terms: dict[str, Any]) -> None:
     """A refunded or cancelled order puts back the units it took (SPEC §9)."""
     back: dict[str, int] = {}
-    for line, t in zip(lines_of(book, order, terms), line_terms(terms), strict=True):
+    for line, t in zip(lines_of(book, order), line_terms(terms), strict=True):
         if t.get("took_stock"):
             back[line.sku] = back.get(line.sku, 0) + line.qty
     if back:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from storage.rows import OrderLineRow, OrderRow, UserRow
 
-from . import journal, ledger, points
+from . import codes, journal, ledger, points
 from .accounts import micro_amount
 from .book import Book, ProductInfo
 from .errors import Refusal
@@ -66,6 +66,7 @@ class _Request(NamedTuple):
 
     buyer: UserRow
     items: list[tuple[ProductInfo, int]]  # the lines: product and quantity
+    stock: list[tuple[int, str]]  # units taken from stock: (-units, sku)
     points: int  # micro-points spent at checkout
     value: int  # their value in fen at today's price
     total: int
@@ -90,7 +91,7 @@ def _checked(book: Book, *, user: str, asked: list[tuple[object, object]], at: o
                                                                        strict=True)]
     q = parse_points_arg(pay_points)
     when = parse_at(at)
-    check_stock(book, wanted([(p.sku, n) for p, n in items]))
+    stock = check_stock(book, wanted([(p.sku, n) for p, n in items]))
     if q > buyer.points:
         raise Refusal("insufficient_points")
     total = sum(product.price * n for product, n in items)
@@ -107,7 +108,7 @@ def _checked(book: Book, *, user: str, asked: list[tuple[object, object]], at: o
     cash = total - value
     if method == "wallet" and cash > buyer.wallet:
         raise Refusal("insufficient_balance")
-    return _Request(buyer, items, q, value, total, cash, when)
+    return _Request(buyer, items, stock, q, value, total, cash, when)
 
 
 def _product_terms(product: ProductInfo) -> dict[str, Any]:
@@ -148,7 +149,7 @@ def _new_order(book: Book, req: _Request, ref: str | None, method: str,
         book.rows.add(OrderLineRow(order_no=no, line_no=line_no, sku=product.sku, qty=n,
                                    unit_price=product.price, total=total, cash=cash,
                                    minted=0, accelerated=0))
-    take_stock(book, wanted([(product.sku, n) for product, n in req.items]))
+    take_stock(book, req.stock)
     if req.points:
         burned = points.burn(book, req.buyer, req.points, p, f"order:{ref}")
         assert burned == req.value
@@ -233,7 +234,7 @@ def _pay(book: Book, order: OrderRow, buyer: UserRow, at: datetime, p: journal.P
         days = int(terms.get("settle_days", book.cfg.settle_days))
         order.settles_at = local_midnight_after(at, days, tz)
     order.matures_at = local_midnight_after(at, int(terms["lock_days"]), tz)
-    items = lines_of(book, order, terms)
+    items = lines_of(book, order)
     for line, t in zip(items, line_terms(terms), strict=True):
         line.matures_at = local_midnight_after(at, int(t["lock_days"]), tz)
     source = ledger.wallet(buyer) if from_wallet else journal.PAYMENTS_IN
@@ -249,6 +250,8 @@ def _pay(book: Book, order: OrderRow, buyer: UserRow, at: datetime, p: journal.P
     if paused:
         body["paid_while_paused"] = True
     book.record(key=key, kind="purchase", at=at, postings=p, actor=actor, body=body)
+    if codes.deliver(book, order, buyer, at):  # digital goods: received as delivered
+        receive(book, ref=order.ref, at=at, actor=actor)
     if not settle_due(book, at):
         points.forced_exits(book, at, f"order:{order.ref}")
 
@@ -318,6 +321,7 @@ def refund(book: Book, *, ref: object, at: object, actor: str | None = None) -> 
     buyer = book.user_by_id(order.user_id)
     order.status = "refunded"
     give_back(book, order, json.loads(order.terms))
+    codes.refunded(book, order)  # codes given stay given (docs/digital.md)
     p = journal.Postings()
     r = f"order:{order.ref}"
     back = ledger.wallet(buyer) if order.method == "wallet" else journal.REFUNDS_OUT

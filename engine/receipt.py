@@ -49,7 +49,7 @@ def order_result(book: Book, order: OrderRow) -> dict[str, Any]:
         "received_at": local(order.received_at),
         "entry": order.entry_seq, "minted": order.minted, "accelerated": order.accelerated,
         "referrer": referrer,
-        "lines": line_results(book, order, json.loads(order.terms)),
+        "lines": line_results(book, order),
     }
 
 

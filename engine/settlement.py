@@ -66,7 +66,7 @@ def settle(book: Book, order: OrderRow, at: datetime) -> dict[str, Any]:
     """Grant an order's rebates on the terms frozen when it was recorded, line by line."""
     terms = json.loads(order.terms)
     buyer = book.user_by_id(order.user_id)
-    lines = lines_of(book, order, terms)
+    lines = lines_of(book, order)
     per_line = line_terms(terms)
     queue_cash = sum(line.cash for line, t in zip(lines, per_line, strict=True)
                      if t["scheme"] in QUEUE_SCHEMES)

@@ -13,13 +13,20 @@ from . import (  # noqa: F401
     account,
     admin,
     admin_store,
+    cart,
     catalogue,
+    delivery,
     link,
     onsale,
+    orders,
     referral,
     settings,
     shop,
 )
+
+# digital goods' codes and support threads (docs/digital.md, docs/support.md)
+from . import codes as _codes  # noqa: F401
+from . import support as _support  # noqa: F401
 from .admin import run_job
 from .registry import CommandInfo, commands, dispatch, parse_text
 

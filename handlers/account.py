@@ -1,5 +1,5 @@
 """The consumer's own account: `/start`, `/help`, `/lang`, `/me`, `/queue`, `/points`,
-`/withdraw`, `/sellpoints`, `/transfer`, `/history`, `/orders`."""
+`/withdraw`, `/sellpoints`, `/transfer`, `/history` (`/orders`: handlers/orders.py)."""
 
 from __future__ import annotations
 
@@ -252,31 +252,3 @@ async def _history_page(c: Ctx, page: int) -> Reply:
     if st["page"] + 1 < st["pages"] and (data := callback("hist", st["page"] + 1)):
         nav.append(Button(c.t("history.older"), data))
     return Reply().text("\n".join(lines), (tuple(nav),) if nav else ())
-
-
-@command("orders", aliases=("订单", "我的订单"))
-async def orders(c: Ctx) -> Reply:
-    rows = await c.call(users.orders, c.app.db, c.handle)
-    cfg = await c.cfg()
-    if not rows:
-        return c.say("orders.empty")
-    lines = [c.t("orders.title")]
-    for o in rows:
-        head = c.t("orders.line", order=o["order"], sku=o["sku"], qty=o["qty"],
-                   total=c.money(o["total"], o["currency"]))
-        status = o["status"]
-        if status == "pending":
-            detail = c.t("orders.pending", settles=i18n.when(o["settles_at"], cfg.timezone))
-        elif status == "settled":
-            parts = []
-            if o["entry"]:
-                parts.append(c.t("orders.entry", seq=o["entry"],
-                                 matures=i18n.when(o["matures_at"], cfg.timezone)))
-            if o["minted"]:
-                parts.append(c.t("orders.minted", points=i18n.pts(o["minted"])))
-            detail = c.t("orders.settled_with", parts=c.t("list.sep").join(parts)) if parts \
-                else c.t("orders.settled")
-        else:
-            detail = c.t(f"orders.{status}") if i18n.has(f"orders.{status}") else status
-        lines.append(c.t("orders.row", line=head, detail=detail))
-    return Reply().text("\n".join(lines))

@@ -67,7 +67,9 @@ class Invoice:
     """Ask the channel to collect `amount` fen for order `order`.
 
     Telegram sends a native invoice whose payload is `token`; WeChat creates a Pay order
-    (JSAPI or Native QR) with `out_trade_no` = `order`."""
+    (JSAPI or Native QR) with `out_trade_no` = `order`. The `need_*` flags (an order with
+    goods to ship, docs/cart.md) ask Telegram to collect the buyer's name, phone number and
+    shipping address with the payment."""
 
     order: str
     token: str
@@ -75,6 +77,9 @@ class Invoice:
     description: str
     amount: int
     currency: str
+    need_name: bool = False
+    need_phone_number: bool = False
+    need_shipping_address: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,9 @@ class Request:
     # A photo an operator sent (adapters attach it for operators only): `/product` as its
     # caption, `/photo SKU` in reply to it, or WeChat's image after `图片 SKU`.
     upload: Upload | None = None
+    # A small file an operator sent (Telegram: a document the adapter downloaded, its
+    # caption in `text`): the codes for `/codes SKU`.
+    document: bytes | None = None
 
 
 @dataclass(frozen=True)

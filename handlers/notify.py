@@ -8,7 +8,7 @@ unexpected params still becomes a readable generic line.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from fractions import Fraction
 from typing import Any
@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 KINDS = ("order_settled", "acceleration", "release_paid", "forced_exit", "points_received",
          "withdrawal_approved", "withdrawal_rejected", "order_refunded", "broadcast",
          "payment_flag", "paused_payment", "pool_warning", "payment_waiting", "payment_late",
-         "update_failed")
+         "update_failed", "order_shipped", "order_received", "support_message",
+         "support_answer", "support_closed", "digital_codes")
 
 
 def _fen(value: Any, currency: str | None) -> str:
@@ -127,10 +128,60 @@ _SIMPLE["update_failed"] = lambda p, c: {"update": echo(str(p.get("update") or "
                                          "kind": echo(p.get("kind") or "-", 24),
                                          "buyer": echo(p.get("buyer") or "-", 64),
                                          "error": echo(p.get("error") or "-", 200)}
+# Delivery (engine/delivery.py, docs/delivery.md)
+_SIMPLE["order_shipped"] = lambda p, c: {"order": echo(p.get("order") or "-", 64),
+                                         "carrier": echo(p.get("carrier") or "-", 40),
+                                         "tracking": echo(p.get("tracking") or "-", 64)}
+
+
+def _received(p: dict[str, Any], lang: str, cur: str | None) -> str:
+    how = "note.received_auto" if p.get("by") == "auto" else "note.received_by_shop"
+    text = i18n.t(lang, "note.order_received", order=echo(p.get("order") or "-", 64),
+                  how=i18n.t(lang, how))
+    if p.get("settles_at"):
+        text += "\n" + i18n.t(lang, "note.received_settles", settles=_moment(p["settles_at"]))
+    return text
+
+
+# Support threads (engine/support.py): the words of the buyer or the operator, lines kept.
+_SIMPLE["support_message"] = lambda p, c: {"thread": int(p.get("thread") or 0),
+                                           "buyer": echo(p.get("buyer") or "-", 40),
+                                           "text": str(p.get("text") or "")[:3000]}
+_SIMPLE["support_answer"] = lambda p, c: {"thread": int(p.get("thread") or 0),
+                                          "text": str(p.get("text") or "")[:3000]}
+_SIMPLE["support_closed"] = lambda p, c: {"thread": int(p.get("thread") or 0)}
+
+
+def _digital_codes(p: dict[str, Any], lang: str, cur: str | None) -> str:
+    """The receipt of a digital order (engine/codes.py): every code on its own line, as
+    given (a code is the buyer's to copy, never shortened)."""
+    lines = [i18n.t(lang, "note.digital_codes", order=echo(p.get("order", "-"), 64))]
+    for sku, code in p.get("codes") or []:
+        lines.append(i18n.t(lang, "note.digital_code_line", sku=echo(sku, 64), code=str(code)))
+    if p.get("owed"):
+        lines.append(i18n.t(lang, "note.digital_owed", count=int(p["owed"])))
+    lines.append(i18n.t(lang, "note.digital_keep"))
+    return "\n".join(lines)
+
+
 _COMPOSED: dict[str, Callable[[dict[str, Any], str, str | None], str]] = {
     "order_settled": _order_settled, "order_refunded": _refunded, "pool_warning": _pool_warning,
-    "acceleration": _acceleration,
+    "acceleration": _acceleration, "order_received": _received,
+    "digital_codes": _digital_codes,
 }
+
+
+def buttons(kind: str, params: Mapping[str, Any], lang: str) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """The inline buttons under an outbox message, as rows of (label, callback data): an
+    operator's reply and close buttons under a support message; none for the rest. Channels
+    without buttons (WeChat) send the text alone, which says what to type instead."""
+    lang = lang if lang in i18n.LANGS else "en"
+    if kind == "support_message":
+        thread = params.get("thread")
+        if isinstance(thread, int) and not isinstance(thread, bool) and thread > 0:
+            return ((i18n.t(lang, "support.reply_button", thread=thread), f"sup:v1:reply:{thread}"),
+                    (i18n.t(lang, "support.close_button", thread=thread), f"sup:v1:close:{thread}")),
+    return ()
 
 
 def render(kind: str, params: dict[str, Any], lang: str, *, currency: str | None = None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from engine.limits import PURCHASES as PURCHASE_RATE
 
 from . import i18n
 from .base import App, Button, Reply, Request
-from .parsing import BadInput, echo, is_clean, normalise, parse_callback
+from .parsing import MAX_TEXT, BadInput, echo, is_clean, normalise, parse_callback
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,8 +87,30 @@ def button(kind: str, *, operator: bool = False,
     return register
 
 
+# What a person's next plain message is for (`/support` then the text, an operator's reply
+# button then the answer, `/codes SKU` then the codes): identity → (button kind, its fields,
+# when asked). In-process on purpose, like broadcast confirmations: a restart only means the
+# person sends the command again. Any other request (a command, a button) forgets it.
+_NEXT: dict[str, tuple[str, tuple[str, ...], float]] = {}
+NEXT_TTL = 600.0
+
+
+def expect_next(identity: str, kind: str, *fields: str) -> None:
+    """The next plain text `identity` sends goes to the `@button(kind)` handler, with
+    `fields` as its args and the text in `ctx.req.text` (`ctx.req.callback` is None)."""
+    _NEXT[identity] = (kind, fields, time.monotonic())
+
+
+def _next_for(request: Request) -> tuple[str, tuple[str, ...]] | None:
+    waiting = _NEXT.pop(request.identity, None)
+    if waiting is None or request.callback is not None or request.command is not None or \
+            request.text.lstrip().startswith("/") or time.monotonic() - waiting[2] > NEXT_TTL:
+        return None
+    return waiting[0], waiting[1]
+
+
 # The order menus list consumer commands in; the rest follow in registration order.
-MENU_ORDER = ("shop", "buy", "me", "queue", "points", "orders", "history", "withdraw",
+MENU_ORDER = ("shop", "buy", "me", "cart", "queue", "points", "orders", "history", "withdraw",
               "sellpoints", "transfer", "invite", "lang", "help")
 
 
@@ -208,8 +231,10 @@ def first_lang(request: Request) -> str:
 def _clean_request(request: Request) -> bool:
     parts = [request.text, *request.args, request.callback or "", request.display_name or "",
              request.start_payload or ""]
+    # as many words as a message of MAX_TEXT characters can hold (`/codes SKU` then a code a
+    # line: Telegram gives every line as an argument)
     return all(isinstance(p, str) and is_clean(p) for p in parts) and \
-        len(request.args) <= 64 and len(request.request_id or "") <= 200
+        len(request.args) <= MAX_TEXT // 2 and len(request.request_id or "") <= 200
 
 
 async def dispatch(app: App, request: Request) -> Reply:
@@ -278,6 +303,10 @@ async def _dispatch(app: App, request: Request, state: dict[str, str]) -> Reply:
     if member["blocked"]:
         return Reply().text(i18n.t(lang, "blocked"))
 
+    if (follow := _next_for(request)) is not None and follow[0] in _BUTTONS:
+        fn, operator_only, purchase = _BUTTONS[follow[0]]
+        ctx = Ctx(app, request, member, lang, follow[0], follow[1])
+        return await _run(ctx, fn, operator_only, purchase, None)
     if request.callback is not None:
         kind, fields = parse_callback(request.callback)
         if not (kind == "cmd" and len(fields) == 1 and lookup(fields[0]) is not None):

@@ -10,7 +10,7 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from engine import checkout, outlook, service, users
+from engine import cart, checkout, outlook, service, users
 from engine.database import DatabaseUnavailable
 from engine.errors import Refusal
 from engine.orders import ORDER_REF
@@ -218,6 +218,7 @@ async def pay_button(c: Ctx) -> Reply:
     if how == "w":
         result = await c.call(checkout.pay_with_wallet, c.app.db, user=c.handle, order=ref,
                               key=f"btn:{c.user_id}:pay:{ref}:w")
+        await tidy_cart(c.app, result)  # the order may be a cart's (docs/cart.md)
         return Reply().text(await receipt(c, result))
     key = f"btn:{c.user_id}:pay:{ref}:p"
     sku_, n, done = await c.call(checkout.open_order_line, c.app.db, user=c.handle,
@@ -235,6 +236,7 @@ async def receipt_on(app: App, channel: str, result: dict[str, Any]) -> tuple[st
     """The receipt of a payment a channel collected outside a conversation (WeChat Pay's
     notification), for the buyer's first identity on `channel` (`wx`): (identity, text) in
     their language, or None when they have none there."""
+    await tidy_cart(app, result)
     identity = await asyncio.to_thread(users.identity_on, app.db, result["user"], channel)
     if identity is None:
         return None
@@ -243,14 +245,31 @@ async def receipt_on(app: App, channel: str, result: dict[str, Any]) -> tuple[st
     return identity, render_receipt(lang, result, cfg.currency)
 
 
+async def tidy_cart(app: App, result: dict[str, Any]) -> None:
+    """A paid order opened from the buyer's cart takes its lines out of the cart now
+    (docs/cart.md). Never fails the payment's answer: the next look at the cart does it."""
+    try:
+        await asyncio.to_thread(cart.tidy, app.db, user=result["user"])
+    except Exception:  # noqa: BLE001 - the payment is recorded; the cart can wait
+        log.warning("emptying the cart after order %s failed", result.get("order"),
+                    exc_info=True)
+
+
 def render_receipt(lang: str, r: dict[str, Any], currency: str) -> str:
     """What the purchase earned: the queue entry and its maturity, points minted; or, inside
     a return window, when its rebates start (SPEC §8)."""
     def m(fen: int) -> str:
         return i18n.money(fen, currency)
 
-    lines = [i18n.t(lang, "receipt.head", order=r["order"], sku=r["sku"], qty=r["qty"],
-                    total=m(r["total"]))]
+    several = r.get("lines") or []
+    if len(several) > 1:  # a cart's order (docs/cart.md): one line each
+        lines = [i18n.t(lang, "receipt.lines_head", order=r["order"], count=len(several),
+                        total=m(r["total"]))]
+        lines += [i18n.t(lang, "receipt.line", sku=x["sku"], qty=x["qty"], total=m(x["total"]))
+                  for x in several]
+    else:
+        lines = [i18n.t(lang, "receipt.head", order=r["order"], sku=r["sku"], qty=r["qty"],
+                        total=m(r["total"]))]
     if r.get("points_used"):
         lines.append(i18n.t(lang, "receipt.points_used", points=i18n.pts(r["points_used"]),
                             value=m(r["points_value"]), cash=m(r["cash"])))
@@ -312,6 +331,7 @@ async def paid(app: App, token: str, amount: int, currency: str, charge_id: str,
         if not result["ok"]:
             log.warning("payment %s on %s refused: %s", charge_id, channel, result["code"])
             return Reply().text(i18n.t(lang, "paid.flagged", order=result["order"] or "-"))
+        await tidy_cart(app, result)
         cfg = await asyncio.to_thread(app.db.read, users.store_config)
         return Reply().text(render_receipt(lang, result, cfg.currency))
     except Refusal as exc:

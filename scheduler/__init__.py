@@ -46,7 +46,17 @@ from engine.report import write_pool_warnings
 from storage import faults
 from storage.db import Database
 
-from .delivery import ANY_CHANNEL, Rejected, Renderer, RetryLater, Sender, Unreachable
+from . import receive
+from .delivery import (
+    ANY_CHANNEL,
+    ButtonMaker,
+    ButtonRows,
+    Rejected,
+    Renderer,
+    RetryLater,
+    Sender,
+    Unreachable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +206,9 @@ class Deliverer:
 
     def __init__(self, db: Database, senders: Mapping[str, Sender], *, clock: Clock = utc_now,
                  batch: int = 30, per_user: float = 1.0,
-                 renderer: Renderer = plain_render) -> None:
+                 renderer: Renderer = plain_render, buttons: ButtonMaker | None = None) -> None:
         self.db = db
+        self.buttons = buttons
         self.senders = dict(senders)
         self.clock = clock
         self.batch = batch
@@ -279,6 +290,7 @@ class Deliverer:
             if self.currency and "currency" not in params:  # every amount names its currency
                 params = {**params, "currency": self.currency}
             text = self.renderer(c.kind, params, c.lang)
+            rows: ButtonRows = self.buttons(c.kind, params, c.lang) if self.buttons else ()
         except Exception as exc:  # noqa: BLE001 - a template bug must not stop delivery
             log.exception("outbox %d: cannot render %s", c.id, c.kind)
             return await self._record(outbox.mark_failed, c, error=f"render: {exc}")
@@ -297,7 +309,10 @@ class Deliverer:
                 unserved.append(identity.partition(":")[0])
                 continue
             try:
-                await sender.send(identity, text)
+                if rows and hasattr(sender, "send_buttons"):
+                    await sender.send_buttons(identity, text, rows)
+                else:
+                    await sender.send(identity, text)
             except Unreachable as exc:
                 unreachable.append(str(exc))
                 continue
@@ -399,12 +414,14 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
                     clock: Clock | None = None, *,
                     delivery_interval: float = DELIVERY_INTERVAL,
                     renderer: Renderer = plain_render,
+                    buttons: ButtonMaker | None = None,
                     checkout_sweep: float | None = None,
                     chores: Sequence[Chore] = ()) -> StoreScheduler:
     """The release job(s), the start-up catch-up and the delivery job; call `.start()` in
     the running event loop, and `await .stop()` before the loop ends. The scheduler is given
     what it must not import: the channels' `senders` and the message catalogue
-    (`renderer`, handlers/notify.py's `render` when the bot builds it). With
+    (`renderer`, handlers/notify.py's `render` when the bot builds it; `buttons`, its
+    `buttons`). With
     `checkout_sweep` (seconds) expired checkouts are swept that often, the first time one
     interval after the start; `chores` are the channels' own periodic jobs (WeChat Pay's
     refund sweep, WeChat's seen-message pruning)."""
@@ -417,7 +434,8 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
         "coalesce": True, "max_instances": 1, "misfire_grace_time": grace})
     scheduler.releaser = ReleaseJob(db, clock=now, triggers=triggers,
                                     redis_url=getattr(settings, "redis_url", None))
-    scheduler.deliverer = Deliverer(db, senders, clock=now, renderer=renderer)
+    scheduler.deliverer = Deliverer(db, senders, clock=now, renderer=renderer,
+                                    buttons=buttons)
     for (h, m), trigger in zip(times, triggers, strict=True):
         scheduler.add_job(scheduler.releaser.scheduled, trigger, id=f"release@{h:02d}:{m:02d}",
                           name=f"release at {h:02d}:{m:02d} {tz.key}", coalesce=True,
@@ -442,6 +460,7 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
                       args=(db, now, settings), id="pool-warnings", name="pool warnings",
                       coalesce=True, misfire_grace_time=grace, max_instances=1,
                       replace_existing=True)
+    receive.add_job(scheduler, db, now, settings, start=start, grace=grace)  # docs/delivery.md
     if checkout_sweep:
         scheduler.add_job(sweep_checkouts,
                           IntervalTrigger(seconds=checkout_sweep, start_date=start, timezone=tz),

@@ -23,6 +23,12 @@ ANY_CHANNEL = "*"
 
 # kind, params, lang → the text a user reads (bot gives handlers.notify.render)
 Renderer = Callable[[str, Mapping[str, Any], str], str]
+# Inline buttons under a message: rows of (label, callback data)
+ButtonRows = tuple[tuple[tuple[str, str], ...], ...]
+# kind, params, lang → the buttons under it, usually none (bot gives handlers.notify.buttons).
+# A sender that can show them has `send_buttons(identity, text, rows)`; the others are sent
+# the text alone, which then says what to type instead (WeChat).
+ButtonMaker = Callable[[str, Mapping[str, Any], str], ButtonRows]
 
 
 class DeliveryError(Exception):

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -461,3 +462,114 @@ __all__ = [
     "User",
     "Withdrawal",
 ]
+
+
+class CartItem(Base):
+    """One line of a buyer's cart (docs/cart.md): a product and how many, in the order the
+    lines were first added (`position`). One line per product: adding it again adds to it."""
+
+    __tablename__ = "cart_items"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    sku: Mapped[str] = mapped_column(String(64))
+    qty: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_cart_items_user_sku", "user_id", "sku", unique=True),)
+
+
+class CartOrder(Base):
+    """An order opened from a buyer's cart: once it is recorded as paid its lines leave the
+    cart; once it is cancelled unpaid it is forgotten and the cart stays (engine/cart.py)."""
+
+    __tablename__ = "cart_orders"
+    order_ref: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SavedAddress(Base):
+    """Where a buyer wants goods sent, kept for next time (docs/delivery.md): one per user,
+    the last one they confirmed in chat or gave Telegram at a payment."""
+
+    __tablename__ = "saved_addresses"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    phone: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str] = mapped_column(String(400))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Shipment(Base):
+    """The delivery of one paid goods order (SPEC §9, docs/delivery.md): where it goes, when
+    and how it was shipped, whether an operator holds its automatic receipt, and when and by
+    whom it was received (`buyer`, `auto`, or an operator's identity)."""
+
+    __tablename__ = "shipments"
+    order_ref: Mapped[str] = mapped_column(ForeignKey("orders.ref"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    phone: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    carrier: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    tracking: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    shipped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    shipped_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    held: Mapped[bool] = mapped_column(Boolean, default=False)
+    received_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    received_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    # the auto-receive job's scan: shipped, not received yet, oldest first
+    __table_args__ = (Index("ix_shipments_due", "received_at", "shipped_at"),)
+
+class Code(Base):
+    """A digital product's code (docs/digital.md): unused while `order_no` is NULL; given to
+    one unit of one order line, in the transaction that records the payment, and never
+    again. A code is unique within its sku (an upload repeating one skips it). A unit paid
+    when no code was left is owed: a row with its order and no `code` yet, which the next
+    upload fills first."""
+
+    __tablename__ = "codes"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64))
+    code: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    added_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    order_no: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    line_no: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (UniqueConstraint("sku", "code", name="uq_codes_sku_code"),
+                      Index("ix_codes_unused", "sku", "order_no", "id"))
+
+
+class SupportThread(Base):
+    """A buyer's conversation with the shop's people (`/support`, docs/support.md)."""
+
+    __tablename__ = "support_threads"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    status: Mapped[str] = mapped_column(String(8))  # open | closed
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    closed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+    __table_args__ = (Index("ix_support_threads_status", "status", "updated_at"),)
+
+
+class SupportMessage(Base):
+    """One message of a thread: the buyer's (`author` buyer) or an operator's (`operator`,
+    with the operator's identity). `key` makes a redelivered chat message one message."""
+
+    __tablename__ = "support_messages"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    thread_id: Mapped[int] = mapped_column(ForeignKey("support_threads.id"), index=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    author: Mapped[str] = mapped_column(String(8))
+    identity: Mapped[str] = mapped_column(String(128))
+    text: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())

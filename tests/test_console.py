@@ -246,9 +246,10 @@ def test_run_serves_telegram_through_the_real_adapter_and_stops_on_sigterm(tmp_p
         try:
             api.wait_for_sync("setMyCommands", timeout=30)
             api.push_text(7, "/shop")
-            api.wait_for_sync(lambda c: c.method == "sendMessage" and c.chat_id == 7,
-                              timeout=30)
-            assert "Green tea 绿茶 (TEA) — 100.00 CNY" in api.sent_texts(7)[0]
+            api.wait_for_sync(lambda c: c.method == "sendMessage" and c.chat_id == 7
+                              and "(TEA)" in (c.text or ""), timeout=30)  # its card
+            assert api.sent_texts(7)[0] == "Products:"
+            assert any("Green tea 绿茶 (TEA) — 100.00 CNY" in t for t in api.sent_texts(7))
         finally:
             proc.send_signal(signal.SIGTERM)
             _out, err = proc.communicate(timeout=30)

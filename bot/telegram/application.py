@@ -35,6 +35,7 @@ from bot.settings import Settings
 from handlers.base import App, Progress, Reply, Request
 
 from .conversations import Conversations, invoke
+from .files import message_fields
 from .output import ChatGone, ChatOutput, JobRunner, call_bot
 from .photos import operator_photo
 from .request import AiohttpRequest
@@ -184,7 +185,8 @@ class TelegramAdapter:
     async def on_other(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """Free text, unknown commands, stickers, files…: the conversations answer with help.
         An operator's photo is the catalogue's: with a `/product …` or `/photo SKU` caption
-        that command, else `/photo` (the product they named last, docs/catalogue.md)."""
+        that command, else `/photo` (the product they named last, docs/catalogue.md); an
+        operator's small file comes with its caption (`/codes SKU`, docs/digital.md)."""
         message = update.effective_message
         upload = await operator_photo(self.app, update, message)
         if upload is not None and message is not None:
@@ -194,7 +196,8 @@ class TelegramAdapter:
                 self._request(update, command="photo", text=caption, upload=upload)
             await self._converse(update, request)
             return
-        await self._converse(update, self._request(update, text=_text_of(message)))
+        fields = await message_fields(self.app, update, message)
+        await self._converse(update, self._request(update, **fields))
 
     async def on_callback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.callback_query
@@ -254,6 +257,12 @@ class TelegramAdapter:
         user = update.effective_user
         assert message is not None and message.successful_payment is not None and user
         sp = message.successful_payment
+        info = sp.order_info
+        if info is not None and self.conv.shipping is not None:  # before the payment's record
+            where = info.shipping_address
+            await invoke(self.conv.shipping, self.app, token=sp.invoice_payload,
+                         identity=f"tg:{user.id}", name=info.name, phone=info.phone_number,
+                         address=where.to_dict() if where is not None else None)
         reply: Reply | None = None
         for attempt in range(PAYMENT_ATTEMPTS):
             try:

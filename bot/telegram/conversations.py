@@ -66,15 +66,18 @@ class Conversations:
     paid: Callable[..., Any]
     run_job: Callable[..., Any]
     menu: Sequence[MenuCommand]
+    # a payment's shipping details (`order_info`), recorded before the payment
+    shipping: Callable[..., Any] | None = None
 
     @classmethod
     def from_handlers(cls) -> Conversations:
         import handlers
-        from handlers import registry, shop
+        from handlers import delivery, registry, shop
 
         return cls(dispatch=handlers.dispatch, precheck=shop.precheck, paid=shop.paid,
                    run_job=handlers.run_job,
-                   menu=tuple(menu_command(c) for c in registry.commands()))
+                   menu=tuple(menu_command(c) for c in registry.commands()),
+                   shipping=delivery.shipping_details)
 
     async def reply_to(self, app: App, request: Request) -> Reply:
         reply = await invoke(self.dispatch, app, request)

@@ -226,7 +226,9 @@ class ChatOutput:
         description = (item.description.strip() or title)[:MAX_INVOICE_DESCRIPTION]
         await call_bot("invoice", chat_id, lambda: self.bot.send_invoice(
             chat_id, title, description, payload=item.token, currency=item.currency,
-            prices=[LabeledPrice(title, item.amount)], provider_token=self.provider_token))
+            prices=[LabeledPrice(title, item.amount)], provider_token=self.provider_token,
+            need_name=item.need_name, need_phone_number=item.need_phone_number,
+            need_shipping_address=item.need_shipping_address))
 
     async def _run_progress(self, chat_id: int, item: Progress, lang: str | None,
                             run_job: JobRunner | None) -> None:

@@ -134,7 +134,10 @@ class WeChatPayGateway:
                              "商店暂停销售中，暂时无法付款。请在商店恢复后再试。",
                              "Sales are paused, so this payment cannot start now. "
                              "Please try again when the shop reopens.")
-        description = f"{facts['sku']} x{facts['qty']} ({facts['order']})"
+        description = f"{facts['sku']} x{facts['qty']}"
+        if facts["lines"] > 1:  # a cart's order (docs/cart.md): one WeChat Pay order for all
+            description += f" 等{facts['lines']}项 ({facts['lines']} lines)"
+        description += f" ({facts['order']})"
         amount_text = f"{format_fen(facts['amount'])} {facts['currency']}"
         try:
             if "micromessenger" in user_agent.lower() and facts["openid"]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from engine.users import store_config
-from storage.models import ChannelRefund, Checkout, Identity, Order
+from storage.models import ChannelRefund, Checkout, Identity, Order, OrderLine
 
 REFUND_BATCH = 20
 REFUND_MAX_ATTEMPTS = 12  # then the refund is `abnormal` and the operators are told
@@ -29,8 +29,11 @@ def checkout_facts(s: Session, token: str) -> dict[str, Any] | None:
     openid = s.execute(select(Identity.identity).where(
         Identity.user_id == order.user_id, Identity.identity.like("wx:%"))
         .order_by(Identity.identity).limit(1)).scalar_one_or_none()
+    lines = s.execute(select(func.count()).select_from(OrderLine).where(
+        OrderLine.order_no == order.no)).scalar_one()
     return {"order": order.ref, "amount": order.cash, "currency": order.currency,
-            "sku": order.sku, "qty": order.qty, "status": row.status, "channel": row.channel,
+            "sku": order.sku, "qty": order.qty, "lines": max(lines, 1),
+            "status": row.status, "channel": row.channel,
             "order_status": order.status, "expires_at": row.expires_at,
             "openid": openid[3:] if openid else None, "paused": store_config(s).paused}
 
