@@ -14,7 +14,7 @@ import pytest
 from bot.http import build_app
 from bot.web import WebConfig, routes
 from bot.web.auth import Signer, check_init_data, new_session, session_cookie, sign_init_data
-from engine import catalogue, service, users, views
+from engine import cart, catalogue, service, users, views
 from engine.database import Database
 from engine.state import snapshot
 from handlers.base import App, Channels
@@ -111,34 +111,47 @@ async def test_catalogue_product_and_cart_views_show_the_engine_figures(shop: We
         assert product.status_code == 200 and f'data-add="{skus[0]}"' in product.text
         unknown = await c.get("/app/v/product", params={"sku": "NOPE"})
         assert unknown.status_code == 409 and "no such product" in unknown.text
-        cart = await c.get("/app/v/cart", params={"c": f"{skus[0]}:2"})
+        me = (await c.get("/app/api/me")).json()
+        added = await c.post("/app/api/cart", json={"op": "add", "sku": skus[0], "qty": 2,
+                                                   "csrf": me["csrf"]})
+        assert added.json() == {"ok": True, "count": 2, "message": "Added to your cart."}
+        refused = await c.post("/app/api/cart", json={"op": "add", "sku": "NOPE", "qty": 1,
+                                                     "csrf": me["csrf"]})
+        assert refused.status_code == 409 and refused.json()["code"] == "unknown_product"
+        cart_page = await c.get("/app/v/cart")
         price = catalogue.card(shop.app.db, skus[0])["price"]
-        assert f'data-total="{2 * price}"' in cart.text
+        assert f'data-total="{2 * price}"' in cart_page.text
+    # the page's cart is the chat's cart
+    assert cart.view(shop.app.db, user=f"tg:{BUYER}")["lines"][0]["qty"] == 2
 
 
-async def test_checkout_needs_the_csrf_token_and_pays_from_the_wallet(shop: Web) -> None:
+async def test_cart_and_checkout_need_the_csrf_token_and_refuse_politely(shop: Web) -> None:
     db = shop.app.db
     h = {"X-Telegram-Init-Data": init_data(BUYER)}
     async with shop.client(**h) as c:
         me = (await c.get("/app/api/me")).json()
-        products = re.findall(r'product-([A-Z0-9_]+)"', (await c.get("/app/v/shop")).text)
-        lines = [{"sku": products[0], "qty": 1}]
-        r = await c.post("/app/api/checkout", json={"lines": lines, "key": "k" * 12,
-                                                    "wallet": True})
-        assert r.status_code == 403  # no CSRF token
-        r = await c.post("/app/api/checkout", json={"lines": lines, "key": "k" * 12,
-                                                    "wallet": True, "csrf": "x" * 32})
-        assert r.status_code == 403
-        r = await c.post("/app/api/checkout", json={"lines": lines, "key": "k" * 12,
-                                                    "wallet": True, "csrf": me["csrf"]})
+        add = {"op": "add", "sku": "TEA", "qty": 1}
+        assert (await c.post("/app/api/cart", json=add)).status_code == 403
+        assert (await c.post("/app/api/cart", json={**add, "csrf": "x" * 32})).status_code \
+            == 403
+        assert cart.view(db, user=f"tg:{BUYER}")["lines"] == []
+        empty = await c.post("/app/api/checkout", json={"key": "k" * 12, "csrf": me["csrf"],
+                                                        "wallet": True})
+        assert empty.status_code == 409 and empty.json()["code"] == "cart_empty"
+        await c.post("/app/api/cart", json={**add, "csrf": me["csrf"]})
+        body = {"key": "k" * 12, "wallet": True}
+        assert (await c.post("/app/api/checkout", json=body)).status_code == 403
+        r = await c.post("/app/api/checkout", json={**body, "csrf": me["csrf"]})
         assert r.status_code == 409 and r.json()["code"] == "insufficient_balance"
+        assert "wallet balance is not enough" in r.json()["error"]
         # without Telegram payments configured, no invoice is offered
-        r = await c.post("/app/api/checkout", json={"lines": lines, "key": "k" * 12,
-                                                    "csrf": me["csrf"]})
+        r = await c.post("/app/api/checkout", json={"key": "k" * 12, "csrf": me["csrf"]})
         assert r.status_code == 409 and r.json()["code"] == "pay.no_channel"
-        bad = await c.post("/app/api/checkout", json={"lines": [{"sku": "X", "qty": 0}],
-                                                      "key": "k" * 12, "csrf": me["csrf"]})
+        bad = await c.post("/app/api/checkout", json={"key": "short", "csrf": me["csrf"]})
         assert bad.status_code == 400
+        junk = await c.post("/app/api/checkout", content=b"\xff{not json",
+                            headers={"content-type": "application/json"})
+        assert junk.status_code == 403
     assert views.orders(db, f"tg:{BUYER}") == []
 
 

@@ -1,6 +1,6 @@
 """The web pages in a real browser (Debian's chromium, Playwright) against the real
 `storefront run` on loopback: a Telegram buyer in the Mini App (and a forged initData,
-refused), an operator on the dashboard. Screenshots of each step go to the test's tmp_path
+refused), an operator on the dashboard approving a withdrawal and shipping an order. Screenshots of each step go to the test's tmp_path
 (`shots/`)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from bot.app import seed_demo_catalogue
 from bot.web.auth import sign_init_data
-from engine import service, views
+from engine import delivery_views, service, views
 from tests.standins.telegram_api import FakeBotAPI
 from tests.web_browser_kit import (
     Storefront,
@@ -86,11 +86,12 @@ def test_a_telegram_buyer_shops_pays_and_sees_the_order_and_queue_entry(
             assert "queue entry" in page.inner_text(".earns").lower()
             shot(page, "product-tea")
             page.click('[data-add="TEA"]')
+            page.wait_for_selector('#cart-count:text-is("1")')
             page.click('nav [data-view="shop"]')
             page.click('[data-testid="product-RICE"]')
             page.fill('input[name="qty"]', "2")
             page.click('[data-add="RICE"]')
-            assert page.inner_text("#cart-count") == "3"
+            page.wait_for_selector('#cart-count:text-is("3")')
             page.click('nav [data-view="cart"]')
             page.wait_for_selector("button.primary[data-checkout]")
             assert page.get_attribute("[data-total]", "data-total") == "20000"  # 100 + 2 × 50
@@ -143,6 +144,8 @@ def test_an_operator_approves_a_withdrawal_on_the_dashboard(tmp_path: Path,
     assert wallet > 0
     asked = service.request_withdrawal(db, user="tg:7", amount=f"{wallet // 100}.00",
                                        key="seed-withdraw")
+    # and a paid order of goods (the demo's tea) waiting to ship
+    sold = service.buy(db, user="tg:7", sku="TEA", method="offline", key="seed-goods")
     shot = Shots(tmp_path)
     with FakeBotAPI(TOKEN) as api, browser() as b:
         svc = Storefront(tmp_path, telegram_env(api, url))
@@ -169,12 +172,23 @@ def test_an_operator_approves_a_withdrawal_on_the_dashboard(tmp_path: Path,
             page.wait_for_selector("[data-message]")
             assert page.locator(f'[data-withdrawal="{asked["withdrawal"]}"]').count() == 0
             shot(page, "withdrawal-approved")
+            row = page.wait_for_selector(f'[data-ship="{sold["order"]}"]')
+            row.query_selector('input[name="carrier"]').fill("SF")  # type: ignore[union-attr]
+            row.query_selector('input[name="number"]').fill("SF1234567")  # type: ignore[union-attr]
+            row.query_selector("button").click()  # type: ignore[union-attr]
+            page.wait_for_selector("[data-message]")
+            assert page.locator(f'[data-ship="{sold["order"]}"]').count() == 0
+            shot(page, "order-shipped")
         finally:
             svc.stop()
     assert views.withdrawals(db, "pending") == []
     (done,) = views.withdrawals(db, "approved")
     assert done["id"] == asked["withdrawal"]
     assert _actor_of(db, "withdrawal_approved") == [f"tg:{OPERATOR}"]
+    assert _actor_of(db, "ship") == [f"tg:{OPERATOR}"]
+    (shipped,) = [o for o in delivery_views.buyer_orders(db, user="tg:7")["orders"]
+                  if o["order"] == sold["order"]]
+    assert (shipped["carrier"], shipped["tracking"]) == ("SF", "SF1234567")
 
 
 def _actor_of(db: Any, kind: str) -> list[str | None]:

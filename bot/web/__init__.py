@@ -3,7 +3,9 @@
     GET  /app                          the buyer's page (Telegram Mini App, WeChat H5, browser)
     GET  /app/api/me                   who the page speaks for, and its CSRF token
     GET  /app/v/<view>                 a view as an HTML fragment (shop, product, cart, …)
+    POST /app/api/cart                 add to / take out of the cart (JSON)
     POST /app/api/checkout             the cart's checkout (JSON)
+    POST /app/api/receive              the buyer confirms an order arrived (JSON)
     POST /app/api/withdraw             a cash withdrawal request (JSON)
     GET  /app/photo/<sha256>           a product photo
     GET  /app/oauth/wechat[/callback]  WeChat OAuth (snsapi_base) → session cookie
@@ -73,7 +75,9 @@ def routes(app: App, cfg: WebConfig, *, pay: Any = None) -> tuple[list[BaseRoute
         get("/app", buyer.shell),
         get("/app/api/me", buyer.me),
         get("/app/v/{view:str}", buyer.view),
+        post("/app/api/cart", buyer.cart_change),
         post("/app/api/checkout", buyer.checkout),
+        post("/app/api/receive", buyer.receive),
         post("/app/api/withdraw", buyer.withdraw),
         get("/app/photo/{sha256:str}", buyer.photo),
         get("/app/oauth/wechat", buyer.oauth_start),

@@ -5,7 +5,7 @@ initData (exchanged once for the session cookie), WeChat OAuth, a one-time login
 chat, or — the console shop on loopback — as the console operator. Every form carries the
 session's CSRF token; every action is the chat command's own engine call with the operator as
 the actor (journaled): `service.decide_withdrawal`, `service.upsert_product`,
-`catalogue.add_photo`, `service.change_settings`, `engine.delivery`'s shipping, `verify`.
+`catalogue.add_photo`, `service.change_settings`, `delivery.ship`, `verify`.
 After a POST the browser is sent back to the page with a message (post/redirect/get).
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import io
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import parse_qs, quote
 
 from starlette.requests import Request
@@ -24,19 +23,10 @@ from bot.web import auth
 from bot.web.buyer import set_session_cookie
 from bot.web.render import render, t
 from bot.web.site import Site, Visitor, error_json
-from engine import catalogue, report, service, users, views
+from engine import catalogue, delivery, delivery_views, report, service, users, views
 from engine.errors import Refusal
 
 MAX_FORM = 8 * 1024 * 1024  # a photo, base64 in a form field
-
-
-def _delivery() -> Any:
-    """engine/delivery.py (SPEC §9 shipping) when this shop has it."""
-    try:
-        from engine import delivery
-    except ImportError:
-        return None
-    return delivery
 
 
 class Admin:
@@ -109,15 +99,11 @@ class Admin:
         pool = await self.site.call(report.pool_report, db, at)
         pending = await self.site.call(views.withdrawals, db, "pending", 50)
         products = await self.site.call(catalogue.page, db, per_page=200)
-        delivery = _delivery()
-        ship = None
-        if delivery is not None and hasattr(delivery, "to_ship"):
-            ship = await self.site.call(delivery.to_ship, db)
+        ship = await self.site.call(delivery_views.to_ship, db, limit=50)
         cfg = await self.site.call(db.read, users.store_config)
         message = request.query_params.get("m", "")[:200]
         return render("admin.html", v.lang, pool["currency"], v=v, pool=pool,
-                      pending=pending, products=products["products"], ship=ship,
-                      delivery=delivery is not None, settings=sorted(cfg.raw.items()),
+                      pending=pending, products=products["products"], ship=ship, settings=sorted(cfg.raw.items()),
                       csrf=self.site.csrf(v), message=message,
                       verified=request.query_params.get("verified"))
 
@@ -204,12 +190,9 @@ class Admin:
         return self._back(t(v.lang, "admin.done"), "#settings")
 
     async def _ship(self, v: Visitor, form: dict[str, str]) -> Response:
-        delivery = _delivery()
-        if delivery is None or not hasattr(delivery, "ship"):
-            return self._back(t(v.lang, "admin.ship_missing"), "#ship")
-        await self.site.call(delivery.ship, self.site.db, order=form.get("order", ""),
-                             carrier=form.get("carrier", ""), number=form.get("number", ""),
-                             actor=v.identity)
+        await self.site.call(delivery.ship, self.site.db, order=form.get("order", "")[:32],
+                             carrier=form.get("carrier", "").strip(),
+                             tracking=form.get("number", "").strip(), actor=v.identity)
         return self._back(t(v.lang, "admin.done"), "#ship")
 
     async def _verify(self, v: Visitor, form: dict[str, str]) -> Response:

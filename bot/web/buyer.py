@@ -2,10 +2,11 @@
 server-rendered fragment (`/app/v/<view>`) and posts actions as JSON (`/app/api/<action>`),
 every request carrying the Telegram initData or the session cookie (bot/web/site.py).
 
-Every action is the chat's own engine call: checkout is `checkout.open_checkout` with the
-cart's lines, paid by Telegram (`createInvoiceLink` → `Telegram.WebApp.openInvoice`, the
+Every action is the chat's own engine call: the cart is the chat's cart (engine/cart.py, so
+a buyer sees one cart in the chat and on the page), its checkout `cart.open_checkout`, paid
+by Telegram (`createInvoiceLink` → `Telegram.WebApp.openInvoice`, the
 payment then recorded by the bot as any invoice's), by WeChat Pay (JSAPI, recorded by the pay
-notification), from the wallet (`service.buy`), or — the console shop on `make run` — by the
+notification), from the wallet (`cart.pay_from_wallet`), or — the console shop on `make run` — by the
 console's simulated payment (`handlers.shop.paid`, as the console chat does).
 """
 
@@ -23,44 +24,16 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from bot.web import auth, channels
 from bot.web.render import render, t
 from bot.web.site import Site, Visitor, error_json, json_body, refusal_json
-from engine import catalogue, checkout, outlook, report, service, views
+from engine import cart, catalogue, delivery, delivery_views, outlook, report, service, views
 from engine import users as engine_users
 from engine.errors import Refusal
+from handlers import i18n
 from handlers import shop as shop_handlers
 from handlers.referral import invite_link
 
 PER_PAGE = 24
-MAX_LINES = 20
-MAX_QTY = 99
 # the texts the page's script shows itself (toasts)
 JS_TEXTS = ("added", "error", "pay.telegram", "pay.wechat", "pay.done", "pay.cancelled")
-
-
-def parse_lines(raw: object) -> list[dict[str, Any]] | None:
-    """The cart as the engine takes it (`[{"sku", "qty"}]`), or None when malformed."""
-    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_LINES:
-        return None
-    lines: dict[str, int] = {}
-    for item in raw:
-        if not isinstance(item, dict):
-            return None
-        sku, qty = item.get("sku"), item.get("qty")
-        if not isinstance(sku, str) or not 0 < len(sku) <= 64:
-            return None
-        if not isinstance(qty, int) or isinstance(qty, bool) or not 0 < qty <= MAX_QTY:
-            return None
-        lines[sku] = min(MAX_QTY, lines.get(sku, 0) + qty)
-    return [{"sku": s, "qty": q} for s, q in lines.items()]
-
-
-def _cart_from_query(text: str) -> list[dict[str, Any]] | None:
-    items = []
-    for part in text.split(",")[:MAX_LINES]:
-        sku, _, qty = part.partition(":")
-        if not qty.isdigit():
-            return None
-        items.append({"sku": sku, "qty": int(qty)})
-    return parse_lines(items)
 
 
 def _qr_data_uri(text: str) -> str:
@@ -111,14 +84,17 @@ class Buyer:
         name = request.path_params["view"]
         try:
             if name == "nav":
+                user = await self.site.join(v)
+                seen = await self.site.call(cart.view, self.site.db, user=user["handle"])
                 return render("nav.html", v.lang, self.site.app.currency,
-                              texts={k: t(v.lang, k) for k in JS_TEXTS})
+                              texts={k: t(v.lang, k) for k in JS_TEXTS},
+                              count=sum(line["qty"] for line in seen["lines"]))
             if name == "shop":
                 return await self._shop(request, v)
             if name == "product":
                 return await self._product(request, v)
             if name == "cart":
-                return await self._cart(request, v)
+                return await self._cart(v)
             if name == "rebates":
                 return await self._rebates(v)
             if name == "orders":
@@ -164,16 +140,10 @@ class Buyer:
         return Response(content, media_type=catalogue.photo_type(content) or "image/jpeg",
                         headers={"Cache-Control": "public, max-age=86400, immutable"})
 
-    async def _cart(self, request: Request, v: Visitor) -> Response:
-        text = request.query_params.get("c", "")
-        lines = _cart_from_query(text) if text else None
-        if lines is None:
-            return render("cart.html", v.lang, self.site.app.currency, q=None,
-                          csrf=self.site.csrf(v))
+    async def _cart(self, v: Visitor) -> Response:
         user = await self.site.join(v)
-        q = await self.site.call(checkout.quote, self.site.db, user=user["handle"],
-                                 lines=lines)
-        return render("cart.html", v.lang, q["currency"], q=q, csrf=self.site.csrf(v),
+        seen = await self.site.call(cart.view, self.site.db, user=user["handle"])
+        return render("cart.html", v.lang, seen["currency"], c=seen, csrf=self.site.csrf(v),
                       online=self._pays_online(v))
 
     async def _rebates(self, v: Visitor) -> Response:
@@ -186,8 +156,10 @@ class Buyer:
 
     async def _orders(self, v: Visitor) -> Response:
         user = await self.site.join(v)
-        rows = await self.site.call(views.orders, self.site.db, user["handle"], 30)
-        return render("orders.html", v.lang, self.site.app.currency, orders=rows)
+        seen = await self.site.call(delivery_views.buyer_orders, self.site.db,
+                                    user=user["handle"], limit=30)
+        return render("orders.html", v.lang, self.site.app.currency, orders=seen["orders"],
+                      csrf=self.site.csrf(v))
 
     async def _invite(self, v: Visitor) -> Response:
         user = await self.site.join(v)
@@ -206,51 +178,78 @@ class Buyer:
         return channel == "console" or (channel == "telegram"
                                         and self.site.app.takes_payments("telegram"))
 
-    async def checkout(self, request: Request) -> Response:
+    async def _action(self, request: Request) -> tuple[Visitor, dict[str, Any]] | Response:
+        """The visitor and the JSON body of a POST, or the refusal (no sign-in, no CSRF)."""
         v = await self._who(request)
         if isinstance(v, Response):
             return v
         body = await json_body(request)
         if not self.site.csrf_ok(v, body.get("csrf")):
             return error_json(v.lang, "admin.csrf", 403)
-        lines = parse_lines(body.get("lines"))
+        return v, body
+
+    async def cart_change(self, request: Request) -> Response:
+        """Add to, change or take out of the buyer's cart (engine/cart.py, the chat's own)."""
+        asked = await self._action(request)
+        if isinstance(asked, Response):
+            return asked
+        v, body = asked
+        user = await self.site.join(v)
+        sku, qty, op = body.get("sku"), body.get("qty", 1), body.get("op")
+        try:
+            if op == "add":
+                seen = await self.site.call(cart.add, self.site.db, user=user["handle"],
+                                            sku=sku, qty=qty)
+            elif op == "remove":
+                seen = await self.site.call(cart.remove, self.site.db, user=user["handle"],
+                                            sku=sku)
+            else:
+                return error_json(v.lang, "refusal.invalid_event", 400)
+        except Refusal as exc:
+            return refusal_json(v.lang, exc)
+        return JSONResponse({"ok": True, "count": sum(line["qty"] for line in seen["lines"]),
+                             "message": t(v.lang, "added") if op == "add" else ""})
+
+    async def checkout(self, request: Request) -> Response:
+        asked = await self._action(request)
+        if isinstance(asked, Response):
+            return asked
+        v, body = asked
         nonce = body.get("key")
-        if lines is None or not isinstance(nonce, str) or not 8 <= len(nonce) <= 40:
+        if not isinstance(nonce, str) or not 8 <= len(nonce) <= 40:
             return error_json(v.lang, "refusal.invalid_event", 400)
         user = await self.site.join(v)
         key = f"web:{v.identity}:{nonce}"
         try:
             if body.get("wallet") is True:
-                result = await self.site.call(service.buy, self.site.db, user=user["handle"],
-                                              lines=lines, method="wallet", key=f"{key}:buy")
+                result = await self.site.call(cart.pay_from_wallet, self.site.db,
+                                              user=user["handle"], key=f"{key}:buy")
                 return JSONResponse({"ok": True, "kind": "paid", "order": result["order"],
                                      "message": t(v.lang, "pay.done", order=result["order"])})
             if not self._pays_online(v):
                 return error_json(v.lang, "pay.no_channel", 409)
-            return await self._open_and_pay(v, user["handle"], lines, key)
+            return await self._open_and_pay(v, user["handle"], key)
         except Refusal as exc:
             return refusal_json(v.lang, exc)
 
-    async def _open_and_pay(self, v: Visitor, handle: str, lines: list[dict[str, Any]],
-                            key: str) -> Response:
+    async def _open_and_pay(self, v: Visitor, handle: str, key: str) -> Response:
         via = v.session.via
         method = via if via in ("telegram", "wechat") else "cash"
-        opened = await self.site.call(checkout.open_checkout, self.site.db, user=handle,
-                                      lines=lines, channel=via, method=method,
-                                      key=f"{key}:checkout")
+        opened = await self.site.call(cart.open_checkout, self.site.db, user=handle,
+                                      channel=via, method=method, key=f"{key}:checkout")
         order = opened["order"]
         if opened["token"] is None:  # points paid it all
             return JSONResponse({"ok": True, "kind": "paid", "order": order,
                                  "message": t(v.lang, "pay.done", order=order)})
-        q = await self.site.call(checkout.quote, self.site.db, user=handle, lines=lines)
-        cur = opened.get("currency") or q["currency"]
+        seen = await self.site.call(cart.view, self.site.db, user=handle)
+        cur = opened.get("currency") or seen["currency"]
         title = t(v.lang, "title") + " " + order
-        names = ", ".join(f"{line['name']} ×{line['qty']}" for line in q["lines"])
+        names = ", ".join(f"{line['name']} ×{line['qty']}" for line in seen["lines"])
         if via == "telegram":
-            goods = any(line["kind"] == "goods" for line in q["lines"])
             link = await channels.create_invoice_link(
-                self.site.cfg, title=title, description=names, payload=opened["token"],
-                currency=cur, amount=opened["cash"], need_shipping=goods)
+                self.site.cfg, title=title, description=names or order,
+                payload=opened["token"], currency=cur, amount=opened["cash"],
+                need_shipping=bool(opened.get("goods")))
             return JSONResponse({"ok": True, "kind": "telegram", "link": link, "order": order})
         if via == "wechat":
             params = await self.site.pay.create_jsapi(
@@ -264,12 +263,10 @@ class Buyer:
                              "message": t(v.lang, "pay.simulated")})
 
     async def withdraw(self, request: Request) -> Response:
-        v = await self._who(request)
-        if isinstance(v, Response):
-            return v
-        body = await json_body(request)
-        if not self.site.csrf_ok(v, body.get("csrf")):
-            return error_json(v.lang, "admin.csrf", 403)
+        asked = await self._action(request)
+        if isinstance(asked, Response):
+            return asked
+        v, body = asked
         nonce = body.get("key")
         if not isinstance(nonce, str) or not 8 <= len(nonce) <= 40:
             return error_json(v.lang, "refusal.invalid_event", 400)
@@ -280,12 +277,23 @@ class Buyer:
                                           key=f"web:{v.identity}:{nonce}:withdraw")
         except Refusal as exc:
             return refusal_json(v.lang, exc)
-        amount = result.get("amount", 0)
-        from handlers import i18n
+        amount = i18n.money(result["amount"], self.site.app.currency)
+        return JSONResponse({"ok": True,
+                             "message": t(v.lang, "rebates.withdraw_done", amount=amount)})
 
-        return JSONResponse({"ok": True, "message": t(v.lang, "rebates.withdraw_done",
-                                                      amount=i18n.money(amount,
-                                                                        self.site.app.currency))})
+    async def receive(self, request: Request) -> Response:
+        """The buyer's 确认收货 (delivery.confirm_receipt, as the chat's receipt button)."""
+        asked = await self._action(request)
+        if isinstance(asked, Response):
+            return asked
+        v, body = asked
+        user = await self.site.join(v)
+        try:
+            await self.site.call(delivery.confirm_receipt, self.site.db,
+                                 order=str(body.get("order", ""))[:32], user=user["handle"])
+        except Refusal as exc:
+            return refusal_json(v.lang, exc)
+        return JSONResponse({"ok": True, "message": t(v.lang, "orders.received")})
 
     # -- WeChat OAuth (snsapi_base) ------------------------------------------------------
 

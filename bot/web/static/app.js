@@ -1,6 +1,6 @@
 // The buyer's page: loads each view as a server-rendered fragment and posts actions as JSON.
 // Inside Telegram every request carries the Mini App's initData (checked by the server);
-// elsewhere the session cookie speaks. The cart lives in this browser (localStorage).
+// elsewhere the session cookie speaks. The cart is the shop's (the same as in the chat).
 (function () {
   "use strict";
   var tg = window.Telegram && window.Telegram.WebApp && window.Telegram.WebApp.initData
@@ -10,19 +10,9 @@
   var toastEl = document.getElementById("toast");
   var me = null, texts = {}, current = ["shop", {}];
 
-  function loadCart() {
-    try { var c = JSON.parse(localStorage.getItem("sf_cart") || "{}"); return c && typeof c === "object" ? c : {}; }
-    catch (e) { return {}; }
-  }
-  var cart = loadCart();
-  function saveCart() {
-    localStorage.setItem("sf_cart", JSON.stringify(cart));
-    var n = 0; Object.keys(cart).forEach(function (k) { n += cart[k]; });
+  function cartCount(n) {
     var badge = document.getElementById("cart-count");
     if (badge) badge.textContent = n ? String(n) : "";
-  }
-  function cartParam() {
-    return Object.keys(cart).map(function (k) { return k + ":" + cart[k]; }).join(",");
   }
   function headers(extra) {
     var h = extra || {};
@@ -60,7 +50,6 @@
   function show(name, params) {
     current = [name, params || {}];
     var q = new URLSearchParams(params || {});
-    if (name === "cart") q.set("c", cartParam());
     Array.prototype.forEach.call(nav.querySelectorAll("[data-view]"), function (b) {
       b.classList.toggle("on", b.getAttribute("data-view") === name);
     });
@@ -73,13 +62,11 @@
       nav.innerHTML = html;
       var holder = nav.querySelector("[data-texts]");
       texts = holder ? JSON.parse(holder.getAttribute("data-texts")) : {};
-      saveCart();
     });
   }
 
   function checkout(wallet) {
-    var lines = Object.keys(cart).map(function (k) { return { sku: k, qty: cart[k] }; });
-    return post("/app/api/checkout", { lines: lines, key: key(), wallet: !!wallet }).then(function (r) {
+    return post("/app/api/checkout", { key: key(), wallet: !!wallet }).then(function (r) {
       if (!r.ok) { toast(r.error || texts.error); return; }
       if (r.kind === "paid") { paid(r.message, r.order); return; }
       if (r.kind === "telegram") {
@@ -103,7 +90,7 @@
     });
   }
   function paid(message, order) {
-    cart = {}; saveCart(); toast(message);
+    toast(message); cartCount(0);
     // the channel's payment is recorded by the bot a moment later: look again until it is
     var tries = 0;
     (function again() {
@@ -115,7 +102,7 @@
   }
 
   document.addEventListener("click", function (ev) {
-    var el = ev.target.closest("[data-view],[data-add],[data-remove],[data-checkout],[data-lang]");
+    var el = ev.target.closest("[data-view],[data-add],[data-remove],[data-checkout],[data-lang],[data-receive]");
     if (!el) return;
     ev.preventDefault();
     if (el.hasAttribute("data-lang")) {
@@ -124,10 +111,19 @@
     } else if (el.hasAttribute("data-add")) {
       var input = view.querySelector('input[name="qty"]');
       var n = Math.max(1, Math.min(99, parseInt(input && input.value, 10) || 1));
-      var sku = el.getAttribute("data-add");
-      cart[sku] = Math.min(99, (cart[sku] || 0) + n); saveCart(); toast(texts.added);
+      post("/app/api/cart", { op: "add", sku: el.getAttribute("data-add"), qty: n }).then(function (r) {
+        if (r.ok) cartCount(r.count);
+        toast(r.ok ? r.message : (r.error || texts.error));
+      });
     } else if (el.hasAttribute("data-remove")) {
-      delete cart[el.getAttribute("data-remove")]; saveCart(); show("cart");
+      post("/app/api/cart", { op: "remove", sku: el.getAttribute("data-remove") }).then(function (r) {
+        if (r.ok) cartCount(r.count);
+        show("cart");
+      });
+    } else if (el.hasAttribute("data-receive")) {
+      post("/app/api/receive", { order: el.getAttribute("data-receive") }).then(function (r) {
+        toast(r.ok ? r.message : (r.error || texts.error)); show("orders");
+      });
     } else if (el.hasAttribute("data-checkout")) {
       el.disabled = true;
       checkout(el.getAttribute("data-checkout") === "wallet").then(function () { el.disabled = false; });
