@@ -1,6 +1,6 @@
 """The web pages in a real browser (Debian's chromium, Playwright) against the real
 `storefront run` on loopback: a Telegram buyer in the Mini App (and a forged initData,
-refused), an operator on the dashboard approving a withdrawal and shipping an order. Screenshots of each step go to the test's tmp_path
+refused), a WeChat buyer through OAuth and JSAPI pay, an operator on the dashboard approving a withdrawal and shipping an order. Screenshots of each step go to the test's tmp_path
 (`shots/`)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bot.app import seed_demo_catalogue
@@ -19,9 +20,11 @@ from tests.standins.telegram_api import FakeBotAPI
 from tests.web_browser_kit import (
     Storefront,
     browser,
+    free_port,
     only_loopback,
     telegram_script,
     wait_js,
+    wechat_bridge,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -198,3 +201,75 @@ def _actor_of(db: Any, kind: str) -> list[str | None]:
 
     return list(db.read(lambda s: s.execute(select(JournalTxn.actor).where(
         JournalTxn.kind == kind)).scalars().all()))
+
+
+def test_a_wechat_buyer_signs_in_by_oauth_and_pays_by_jsapi(tmp_path: Path,
+                                                          make_db: Any) -> None:
+    from tests.standins import wechat as sw
+    from tests.standins.wechat_web import FakeWeChatWeb
+
+    url = f"sqlite:///{tmp_path}/shop.db"
+    db = make_db(url)
+    seed_demo_catalogue(db)
+    keys = sw.generate_pay_keys(tmp_path)
+    openid = "o-web-buyer-1"
+    shot = Shots(tmp_path)
+    port = free_port()
+    with FakeWeChatWeb(appid=keys.appid, secret="wx-secret") as api, \
+            sw.FakeWeChatPayAPI(keys) as pay_api, browser() as b:
+        api.next_openid = openid
+        svc = Storefront(tmp_path, {
+            "DATABASE_URL": url, "STOREFRONT_DEMO_CATALOGUE": "false",
+            "WECHAT_TOKEN": "wx-token", "WECHAT_APP_ID": keys.appid,
+            "WECHAT_APP_SECRET": "wx-secret", "WECHAT_API_BASE_URL": api.base_url,
+            "WECHAT_PAY_MCH_ID": keys.mchid,
+            "WECHAT_PAY_PRIVATE_KEY_FILE": str(keys.merchant_private_key_path),
+            "WECHAT_PAY_CERT_SERIAL": keys.cert_serial_no,
+            "WECHAT_PAY_APIV3_KEY": keys.apiv3_key,
+            "WECHAT_PAY_PUBLIC_KEY_FILE": str(keys.platform_public_key_path),
+            "WECHAT_PAY_PUBLIC_KEY_ID": keys.public_key_id,
+            "WECHAT_PAY_NOTIFY_URL": f"http://127.0.0.1:{port}/wechat/pay/notify",
+            "WECHAT_PAY_API_BASE_URL": pay_api.base_url}, port=port)
+        try:
+            ua = ("Mozilla/5.0 (Linux; Android 13) AppleWebKit/537.36 Mobile "
+                  "MicroMessenger/8.0.40")
+            context = b.new_context(viewport={"width": 360, "height": 740}, user_agent=ua)
+            page = context.new_page()
+            only_loopback(page, {TG_JS: ""})  # outside Telegram its script sets no initData
+            page.add_init_script(wechat_bridge())
+            page.goto(f"{svc.url}/app")
+            # no session: the page goes through OAuth (snsapi_base) and comes back signed in
+            page.wait_for_selector('[data-testid="product-TEA"]')
+            assert [c.query["scope"] for c in api.calls_of("/connect/oauth2/authorize")] \
+                == ["snsapi_base"]
+            cookie = [c for c in context.cookies() if c["name"] == "sf_session"]
+            assert cookie and cookie[0]["httpOnly"]
+            shot(page, "wechat-catalogue")
+            page.click('[data-testid="product-PEN"]')
+            page.click('[data-add="PEN"]')
+            page.wait_for_selector('#cart-count:text-is("1")')
+            page.click('nav [data-view="shop"]')
+            page.click('[data-testid="product-RICE"]')
+            page.click('[data-add="RICE"]')
+            page.wait_for_selector('#cart-count:text-is("2")')
+            page.click('nav [data-view="cart"]')
+            page.wait_for_selector("button.primary[data-checkout]")
+            shot(page, "wechat-cart")
+            page.click("button.primary[data-checkout]")
+            asked = wait_js(page, "() => window.__wxpay")
+            assert asked["name"] == "getBrandWCPayRequest"
+            assert asked["params"]["package"].startswith("prepay_id=")
+            (order,) = pay_api.orders
+            assert pay_api.orders[order]["total"] == 5500  # 5.00 + 50.00
+            # the buyer pays; WeChat Pay tells the shop (signed notification)
+            pay_api.mark_paid(order, payer_openid=openid)
+            headers, body = pay_api.notification_for(order)
+            r = httpx.post(f"{svc.url}/wechat/pay/notify", content=body, headers=headers)
+            assert r.status_code in (200, 204), r.text
+            page.evaluate("window.__wxpayDone({err_msg: 'get_brand_wcpay_request:ok'})")
+            page.wait_for_selector(f'[data-order="{order}"][data-status="settled"]')
+            shot(page, "wechat-orders")
+        finally:
+            svc.stop()
+    (mine,) = views.orders(db, f"wx:{openid}")
+    assert (mine["order"], mine["method"], mine["cash"]) == (order, "wechat", 5500)

@@ -64,8 +64,8 @@ def free_port() -> int:
 class Storefront:
     """`storefront run` with `env`, its log in `where/service.log`."""
 
-    def __init__(self, where: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
+    def __init__(self, where: Path, env: dict[str, str], port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = where / "service.log"
         base = {k: v for k, v in os.environ.items()

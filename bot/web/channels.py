@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
@@ -47,16 +48,19 @@ class WebConfig:
         # a shop with none (the console) gets a fresh one per process.
         seed = "|".join(x for x in (token, app_secret, value(settings.wechat_token)) if x)
         secret = (hashlib.sha256(f"storefront-web|{seed}".encode()).digest() if seed
-                  else __import__("secrets").token_bytes(32))
-        base = settings.wechat_api_base_url
+                  else secrets.token_bytes(32))
+        # a stand-in (tests) at WECHAT_API_BASE_URL answers both the authorize page and the
+        # API, at its origin (the OA API is under /cgi-bin/ there, OAuth is not)
+        base = None
+        if settings.wechat_api_base_url:
+            parts = urlsplit(settings.wechat_api_base_url)
+            base = f"{parts.scheme}://{parts.netloc}"
         return cls(secret=secret, bot_token=token,
                    telegram_api_base=settings.telegram_api_base_url,
                    provider_token=value(settings.telegram_payment_provider_token),
                    wechat_app_id=settings.wechat_app_id if settings.wechat_enabled else None,
                    wechat_app_secret=app_secret,
-                   # a stand-in (tests) answers both the authorize page and the API
-                   wechat_oauth_base=base.rstrip("/") if base else OAUTH_BASE,
-                   wechat_api_base=base.rstrip("/") if base else WECHAT_API,
+                   wechat_oauth_base=base or OAUTH_BASE, wechat_api_base=base or WECHAT_API,
                    console=console)
 
 
