@@ -273,3 +273,34 @@ def test_a_wechat_buyer_signs_in_by_oauth_and_pays_by_jsapi(tmp_path: Path,
             svc.stop()
     (mine,) = views.orders(db, f"wx:{openid}")
     assert (mine["order"], mine["method"], mine["cash"]) == (order, "wechat", 5500)
+
+
+def test_without_a_chat_channel_the_console_user_shops_in_a_plain_browser(
+        tmp_path: Path) -> None:
+    """`make run` with no tokens: the console chat, and the web pages on loopback for the
+    console user (an operator): buy with the console's simulated payment, see the dashboard."""
+    url = f"sqlite:///{tmp_path}/shop.db"
+    shot = Shots(tmp_path)
+    with browser() as b:
+        svc = Storefront(tmp_path, {"DATABASE_URL": url})  # the demo catalogue is seeded
+        try:
+            assert "the shop in a browser" in svc.tail()
+            page = b.new_page(viewport={"width": 360, "height": 740})
+            only_loopback(page, {TG_JS: ""})
+            page.goto(f"{svc.url}/app")
+            page.wait_for_selector('[data-testid="product-PEN"]')
+            page.click('[data-testid="product-PEN"]')
+            page.click('[data-add="PEN"]')
+            page.wait_for_selector('#cart-count:text-is("1")')
+            page.click('nav [data-view="cart"]')
+            page.click("button.primary[data-checkout]")
+            page.wait_for_selector('.orders [data-order][data-status="settled"]')
+            shot(page, "console-orders")
+            page.click('nav [data-lang="zh"]')
+            page.wait_for_selector('nav [data-view="orders"]:text-is("订单")')
+            page.wait_for_selector('.orders .tag:text-is("已结算")')
+            shot(page, "console-orders-zh")
+            page.goto(f"{svc.url}/admin")
+            page.wait_for_selector("form[action='/admin/signout']")
+        finally:
+            svc.stop()

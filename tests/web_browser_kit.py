@@ -76,8 +76,11 @@ class Storefront:
                     "PYTHONPATH": str(ROOT), **env}
         script = Path(sys.executable).parent / "storefront"
         with self.log.open("wb") as out:
+            # stdin stays open: without a chat channel `run` is the console chat, which
+            # would end at its input's end
             self.proc = subprocess.Popen([str(script), "run"], env=self.env, cwd=where,
-                                         stdout=out, stderr=subprocess.STDOUT)
+                                         stdin=subprocess.PIPE, stdout=out,
+                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while True:
             assert self.proc.poll() is None, self.tail()
@@ -91,6 +94,8 @@ class Storefront:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
     def stop(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
