@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -194,3 +195,12 @@ async def test_a_login_link_works_once_and_forms_need_the_csrf_token(shop: Web) 
         shown = await c.get("/admin", params={"verified": "x"})
         assert shown.status_code == 200
     assert db.read(users.store_config).raw["store.settle_days"] == "3"
+
+
+def test_the_catalogue_benchmark_row_runs(tmp_path: Path) -> None:
+    from benchmarks.common import Context
+    from benchmarks.web_catalogue import web_catalogue
+
+    row = web_catalogue(Context(quick=True, work=tmp_path, pg_problem=None))
+    assert row.measured is not None and row.measured.median > 0
+    assert row.facts["products"] == 100

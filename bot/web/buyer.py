@@ -32,6 +32,7 @@ from handlers import shop as shop_handlers
 from handlers.referral import invite_link
 
 PER_PAGE = 24
+MOST_PER_PAGE = 100
 # the texts the page's script shows itself (toasts)
 JS_TEXTS = ("added", "error", "pay.telegram", "pay.wechat", "pay.done", "pay.cancelled")
 
@@ -111,9 +112,11 @@ class Buyer:
         q = request.query_params.get("q", "").strip()[:64]
         category = request.query_params.get("cat", "")[:64] or None
         page = request.query_params.get("page", "0")
+        per = request.query_params.get("per", "")
         cat = await self.site.call(catalogue.page, self.site.db, category=category,
                                    query=q or None, page=int(page) if page.isdigit() else 0,
-                                   per_page=PER_PAGE)
+                                   per_page=min(int(per), MOST_PER_PAGE) if per.isdigit()
+                                   and int(per) > 0 else PER_PAGE)
         cats = (await self.site.call(catalogue.categories, self.site.db)
                 if cat["categorised"] else [])
         return render("shop.html", v.lang, cat["currency"], cat=cat, q=q, cats=cats,
