@@ -97,8 +97,10 @@ async def open_channels(settings: Settings) -> tuple[Channels, Any]:
 
         wechat_client = client_from_settings(settings)
         invite_qr = functools.partial(make_invite_qr, wechat_client)
+    from bot.web import login_link_maker
+
     return Channels(payments=payments_of(settings), bot_username=username,
-                    invite_qr=invite_qr), wechat_client
+                    invite_qr=invite_qr, web_login=login_link_maker(settings)), wechat_client
 
 
 # -- channel hooks ----------------------------------------------------------------------------

@@ -170,6 +170,9 @@ class Channels:
     payments: frozenset[str] = frozenset()
     bot_username: str | None = None
     invite_qr: Callable[[str], Awaitable[bytes | None]] | None = None
+    # a one-time dashboard login link for an operator identity (bot/web), when the web
+    # pages have a public address (STOREFRONT_PUBLIC_URL)
+    web_login: Callable[[str], str] | None = None
 
 
 def _in_process_limiter() -> RateLimiter:

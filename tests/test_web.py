@@ -204,3 +204,42 @@ def test_the_catalogue_benchmark_row_runs(tmp_path: Path) -> None:
     row = web_catalogue(Context(quick=True, work=tmp_path, pg_problem=None))
     assert row.measured is not None and row.measured.median > 0
     assert row.facts["products"] == 100
+
+
+async def test_weblink_sends_an_operator_a_one_time_link_the_server_honours_once(
+        sqlite_db: Database) -> None:
+    from bot.settings import Settings
+    from bot.web import login_link_maker
+    from handlers import dispatch
+    from handlers.base import Request
+    from tests.handlers_kit import text
+
+    settings = Settings(_env_file=None, TELEGRAM_BOT_TOKEN=TOKEN,  # type: ignore[call-arg]
+                        STOREFRONT_PUBLIC_URL="https://shop.example/")
+    seed_shop(sqlite_db, users=(), at=None, products=PRODUCTS)
+    maker = login_link_maker(settings)
+    app = App(db=sqlite_db, operators=frozenset({OPERATOR}), channels=Channels(web_login=maker))
+
+    def asks(identity: str) -> Request:
+        return Request(channel="telegram", identity=identity, request_id=identity + "-1",
+                       command="weblink", lang="en")
+
+    said = text(await dispatch(app, asks(OPERATOR)))
+    link = re.search(r"https://shop\.example/admin/login\?token=(\S+)", said)
+    assert link is not None, said
+    refused = text(await dispatch(app, asks(f"tg:{BUYER}")))
+    assert "https://" not in refused  # operators only
+    unset = App(db=sqlite_db, operators=frozenset({OPERATOR}))
+    assert "STOREFRONT_PUBLIC_URL" in text(await dispatch(unset, asks(OPERATOR)))
+    # the server (another Site, the same settings) lets the link in once
+    web_routes, _site = routes(app, WebConfig.from_settings(settings))
+    asgi = build_app(db=sqlite_db, web=web_routes)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi),
+                                 base_url="http://127.0.0.1") as c:
+        first = await c.get("/admin/login", params={"token": link.group(1)})
+        assert first.status_code == 303 and "sf_session" in first.cookies
+        assert "/admin/signout" in (await c.get("/admin")).text
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi),
+                                 base_url="http://127.0.0.1") as c:
+        again = await c.get("/admin/login", params={"token": link.group(1)})
+        assert again.status_code == 403 and "sf_session" not in again.cookies

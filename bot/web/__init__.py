@@ -22,6 +22,7 @@ docs/web.md tells how each sign-in works and what each page shows.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,15 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from bot.settings import Settings
 from bot.web.admin import Admin
+from bot.web.auth import LoginLinks, Signer
 from bot.web.buyer import Buyer
 from bot.web.channels import WebConfig
 from bot.web.site import Endpoint, Site
 from handlers.base import App
 
-__all__ = ["Site", "WebConfig", "routes"]
+__all__ = ["Site", "WebConfig", "login_link_maker", "routes"]
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -58,6 +61,17 @@ def _guarded(endpoint: Endpoint) -> Endpoint:
             return PlainTextResponse("bad request", status_code=400)
 
     return guarded
+
+
+def login_link_maker(settings: Settings) -> Callable[[str], str] | None:
+    """`/weblink`'s maker: a one-time `/admin/login?token=…` link for an operator, signed
+    with the key the server checks it with (its one use is remembered by the server);
+    None without STOREFRONT_PUBLIC_URL."""
+    if not settings.public_url:
+        return None
+    links = LoginLinks(Signer(WebConfig.from_settings(settings).secret))
+    base = settings.public_url.rstrip("/")
+    return lambda identity: f"{base}/admin/login?token={links.make(identity)}"
 
 
 def routes(app: App, cfg: WebConfig, *, pay: Any = None) -> tuple[list[BaseRoute], Site]:
