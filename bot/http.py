@@ -259,6 +259,9 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
                                   pay=pay)
     asgi = build_app(db=app.db, redis_url=settings.redis_url, wechat=wechat, pay=pay,
                      telegram=telegram, web=web_routes)
+    if console is None:  # the chats' menus open the web page (its public address)
+        site.announcing = asyncio.create_task(web.announce(
+            site.cfg, settings.public_url, wechat.client if wechat is not None else None))
     # proto=IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted sockets.
     sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET,
                          socket.SOCK_STREAM, socket.IPPROTO_TCP)

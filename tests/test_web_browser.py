@@ -56,6 +56,7 @@ class Shots:
 
 def telegram_env(api: FakeBotAPI, url: str) -> dict[str, str]:
     return {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_BASE_URL": api.base_url,
+            "STOREFRONT_PUBLIC_URL": "https://shop.example",
             "TELEGRAM_PAYMENT_PROVIDER_TOKEN": "provider-test", "DATABASE_URL": url,
             "STOREFRONT_OPERATORS": f"tg:{OPERATOR}", "STOREFRONT_DEMO_CATALOGUE": "false"}
 
@@ -124,6 +125,10 @@ def test_a_telegram_buyer_shops_pays_and_sees_the_order_and_queue_entry(
             page.wait_for_selector("[data-entry]")
             assert "in line" in page.inner_text(".entries")
             shot(page, "rebates")
+            # at start the bot's menu button was pointed at the page
+            assert api.menu_button == {  # type: ignore[attr-defined]
+                "type": "web_app", "text": "🛍 商店 Shop",
+                "web_app": {"url": "https://shop.example/app"}}
         finally:
             svc.stop()
     (mine,) = [o for o in views.orders(db, f"tg:{BUYER}") if o["order"] == order]
@@ -229,7 +234,8 @@ def test_a_wechat_buyer_signs_in_by_oauth_and_pays_by_jsapi(tmp_path: Path,
             "WECHAT_PAY_PUBLIC_KEY_FILE": str(keys.platform_public_key_path),
             "WECHAT_PAY_PUBLIC_KEY_ID": keys.public_key_id,
             "WECHAT_PAY_NOTIFY_URL": f"http://127.0.0.1:{port}/wechat/pay/notify",
-            "WECHAT_PAY_API_BASE_URL": pay_api.base_url}, port=port)
+            "WECHAT_PAY_API_BASE_URL": pay_api.base_url,
+            "STOREFRONT_PUBLIC_URL": f"http://127.0.0.1:{port}"}, port=port)
         try:
             ua = ("Mozilla/5.0 (Linux; Android 13) AppleWebKit/537.36 Mobile "
                   "MicroMessenger/8.0.40")
@@ -269,6 +275,8 @@ def test_a_wechat_buyer_signs_in_by_oauth_and_pays_by_jsapi(tmp_path: Path,
             page.evaluate("window.__wxpayDone({err_msg: 'get_brand_wcpay_request:ok'})")
             page.wait_for_selector(f'[data-order="{order}"][data-status="settled"]')
             shot(page, "wechat-orders")
+            # at start the Official Account's menu was pointed at the page
+            assert api.menus[-1]["button"][0]["url"] == f"http://127.0.0.1:{port}/app"
         finally:
             svc.stop()
     (mine,) = views.orders(db, f"wx:{openid}")

@@ -35,11 +35,11 @@ from bot.settings import Settings
 from bot.web.admin import Admin
 from bot.web.auth import LoginLinks, Signer
 from bot.web.buyer import Buyer
-from bot.web.channels import WebConfig
+from bot.web.channels import WebConfig, announce
 from bot.web.site import Endpoint, Site
 from handlers.base import App
 
-__all__ = ["Site", "WebConfig", "login_link_maker", "routes"]
+__all__ = ["Site", "WebConfig", "announce", "login_link_maker", "routes"]
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"

@@ -108,3 +108,35 @@ async def oauth_openid(cfg: WebConfig, code: str) -> str | None:
                     else "?")
         return None
     return openid
+
+
+MENU_TEXT = "🛍 商店 Shop"
+
+
+async def announce(cfg: WebConfig, public_url: str | None, wechat_client: object = None) -> None:
+    """Point the chats' menus at the buyer's page, at start, when the page has a public
+    address: Telegram's menu button (`setChatMenuButton`, a `web_app` button) and the
+    Official Account's menu (`menu/create`, a `view` button; WeChat's own page then goes
+    through OAuth). A failure is logged; the shop runs on without it."""
+    if not public_url:
+        return
+    url = f"{public_url.rstrip('/')}/app"
+    if cfg.bot_token:
+        try:
+            async with httpx.AsyncClient(timeout=15) as client:
+                r = await client.post(
+                    f"{cfg.telegram_api_base}{cfg.bot_token}/setChatMenuButton",
+                    json={"menu_button": {"type": "web_app", "text": MENU_TEXT,
+                                          "web_app": {"url": url}}})
+            if not r.json().get("ok"):
+                log.warning("Telegram's menu button was not set: %s", r.json().get("description"))
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("Telegram's menu button was not set: %s", type(exc).__name__)
+    if wechat_client is not None:
+        import asyncio
+
+        menu = {"button": [{"type": "view", "name": MENU_TEXT, "url": url}]}
+        try:
+            await asyncio.to_thread(wechat_client.menu.create, menu)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - wechatpy raises several kinds
+            log.warning("the Official Account's menu was not created: %s", exc)

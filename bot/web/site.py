@@ -57,6 +57,7 @@ class Site:
     app: App
     cfg: WebConfig
     pay: Any = None  # bot.wechatpay.WeChatPayGateway when WeChat Pay is configured
+    announcing: Any = None  # the task pointing the chats' menus here (channels.announce)
     signer: Signer = field(init=False)
     links: LoginLinks = field(init=False)
 

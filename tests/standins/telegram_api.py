@@ -1268,3 +1268,11 @@ class FakeBotAPI:
         link = f"https://t.me/$invoice-{len(links) + 1}"
         links[link] = {**params, "total_amount": sum(int(p.get("amount", 0)) for p in prices)}
         return link
+
+    def _m_setchatmenubutton(self, call: Call) -> Any:
+        """The bot's menu button; the last one set is kept in `menu_button`."""
+        button = call.params.get("menu_button")
+        if button is not None and not isinstance(button, dict):
+            raise _bad_request("can't parse menu button")
+        self.__dict__["menu_button"] = button
+        return True

@@ -11,6 +11,7 @@ serves both, as WECHAT_API_BASE_URL is one setting) plus:
         → 302 to redirect_uri?code=…&state=… for the openid in `next_openid`
     GET /sns/oauth2/access_token?appid&secret&code&grant_type=authorization_code
         → {"openid", "access_token", …}; a code works once (40163 after), unknown 40029
+    POST /cgi-bin/menu/create   the Official Account's menu (kept in `menus`)
 """
 
 from __future__ import annotations
@@ -31,11 +32,24 @@ class FakeWeChatWeb(FakeWeChatAPI):
         self.next_openid = "o-web-buyer"
         self.codes: dict[str, str] = {}  # code → openid, until exchanged
         self.exchanged: set[str] = set()
+        self.menus: list[dict[str, Any]] = []  # menu/create bodies, in order
 
     def _routes(self) -> list[tuple[str, list[str], Any]]:
         return [*super()._routes(),
                 ("/connect/oauth2/authorize", ["GET"], self._authorize),
-                ("/sns/oauth2/access_token", ["GET"], self._oauth_token)]
+                ("/sns/oauth2/access_token", ["GET"], self._oauth_token),
+                ("/cgi-bin/menu/create", ["POST"], self._menu_create)]
+
+    async def _menu_create(self, request: Request, call: RecordedCall) -> Response:
+        refused = self._precheck(call)
+        if refused is not None:
+            return refused
+        body = call.json
+        if not isinstance(body, dict) or not body.get("button"):
+            return _json_response({"errcode": 40016, "errmsg": "invalid button size"})
+        with self._lock:
+            self.menus.append(body)
+        return _json_response({"errcode": 0, "errmsg": "ok"})
 
     async def _authorize(self, request: Request, call: RecordedCall) -> Response:
         q = call.query
