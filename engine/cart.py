@@ -33,7 +33,7 @@ from storage.models import (
     User,
 )
 
-from . import checkout, orders
+from . import checkout, orders, receipt
 from .book import Book
 from .errors import Refusal
 from .money import into_pool, out_of_pool
@@ -291,6 +291,11 @@ def _ready(db: Database, user: str) -> tuple[list[dict[str, Any]], str | None]:
     return db.run(work)
 
 
+def _replayed(db: Database, key: str) -> dict[str, Any] | None:
+    """The order recorded under `key` before (`receipt.replayed`), if any."""
+    return db.run(lambda session: receipt.replayed(Book(session), key))
+
+
 def _remember(db: Database, user: str, order: str, at: datetime) -> None:
     """The order came from the cart (once), then `_tidy`: an order paid at once (points
     for all of it, or the wallet) takes its lines out now."""
@@ -311,7 +316,11 @@ def open_checkout(db: Database, *, user: str, pay_points: object = None, channel
     it all. The cart keeps its lines until the order is paid. The same `key` answers the same
     order. Returns `checkout.open_checkout`'s result plus `goods` (an address is needed)."""
     when = at or now()
-    lines, open_ref = _ready(db, user)
+    done = _replayed(db, key)
+    if done is not None:  # a repeated tap: the same order, whatever the cart holds now
+        lines, open_ref = [{"sku": x["sku"], "qty": x["qty"]} for x in done["lines"]], None
+    else:
+        lines, open_ref = _ready(db, user)
     opened = checkout.open_checkout(db, user=user, lines=lines, pay_points=pay_points,
                                     channel=channel, method=method, key=key, at=when,
                                     replaces=open_ref if open_ref else None)
@@ -326,6 +335,9 @@ def pay_from_wallet(db: Database, *, user: str, pay_points: object = None, key: 
     `checkout.open_checkout(replaces=…)`) and records the cart's order as paid
     (`orders.record_paid_order` with `lines=`); then the cart is emptied of its lines."""
     when = at or now()
+    done = _replayed(db, key)
+    if done is not None:  # a repeated tap: the same receipt, though the cart is empty now
+        return done
     lines, open_ref = _ready(db, user)
 
     def work(session: Session) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import secrets
 from typing import Any
 
 from engine import cart
+from engine.errors import Refusal
 from engine.orders import ORDER_REF
 
 from . import i18n
@@ -188,10 +189,10 @@ async def _checkout(c: Ctx, how: str, key: str) -> Reply:
     """One order for the whole cart: from the wallet at once, or one invoice (Telegram's
     asks for name, phone and address when a line ships; WeChat Pay's is one pay link)."""
     seen = await c.call(cart.view, c.app.db, user=c.handle)
-    if not seen["lines"]:
-        return c.say("refusal.cart_empty")
     use = None
-    if "p" in how:
+    # an empty cart goes on to the engine: a repeated tap is answered with its order there,
+    # anything else is refused `cart_empty`
+    if "p" in how and seen["lines"]:
         if seen["usable_points"] == 0:
             return c.say("buy.no_points")
         use = seen["usable_points"]
@@ -205,8 +206,10 @@ async def _checkout(c: Ctx, how: str, key: str) -> Reply:
     method = c.req.channel if c.req.channel in ("telegram", "wechat") else "cash"
     opened = await c.call(cart.open_checkout, c.app.db, user=c.handle, pay_points=use,
                           channel=c.req.channel, method=method, key=f"{key}:checkout")
-    if opened["token"] is None:  # points paid the whole total
-        return Reply().text(await receipt(c, opened))
+    if opened["status"] == "cancelled":  # a repeated tap on an invoice since replaced
+        raise Refusal("not_payable", opened["order"])
+    if opened["token"] is None or opened["status"] != "awaiting_payment":
+        return Reply().text(await receipt(c, opened))  # points paid it all, or a repeat
     return await _invoice(c, seen, opened, offer_points=use is None)
 
 

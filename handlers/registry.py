@@ -98,7 +98,12 @@ NEXT_TTL = 600.0
 def expect_next(identity: str, kind: str, *fields: str) -> None:
     """The next plain text `identity` sends goes to the `@button(kind)` handler, with
     `fields` as its args and the text in `ctx.req.text` (`ctx.req.callback` is None)."""
-    _NEXT[identity] = (kind, fields, time.monotonic())
+    now = time.monotonic()
+    if len(_NEXT) >= 10_000:  # people who never wrote the text: forget the stale waits
+        for who, (_k, _f, asked) in list(_NEXT.items()):
+            if now - asked > NEXT_TTL:
+                _NEXT.pop(who, None)
+    _NEXT[identity] = (kind, fields, now)
 
 
 def _next_for(request: Request) -> tuple[str, tuple[str, ...]] | None:

@@ -348,3 +348,38 @@ async def test_the_units_a_carts_open_order_holds_still_count_for_that_cart(memd
     assert invoice(second).token != invoice(first).token
     assert [o.status for o in orders_of(chat)] == ["cancelled", "awaiting_payment"]
     assert "not enough of that product left" in text(await chat.send("tg:6", "/cart add LAST"))
+
+
+async def test_the_catalogues_add_to_cart_button_fills_the_cart(memdb):
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    shown = await chat.send(BUYER, "/shop")
+    adds = [b for b in buttons(shown) if b.data and b.data.startswith("cart:v1:add:")]
+    assert adds, text(shown)
+    for b in adds:
+        await chat.send(BUYER, callback=b.data)
+    assert sorted(sku for sku, _ in items(chat)) == sorted(
+        b.data.rsplit(":", 1)[1] for b in adds)
+
+
+async def test_a_repeated_tap_after_paying_answers_the_same_order(memdb):
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    await chat.send(BUYER, "/start")
+    await chat.send(OPERATOR, f"/offline {_handle(chat)} TEA")
+    service.release(memdb, at=datetime.now(UTC) + timedelta(days=16))
+    await chat.send(BUYER, "/cart add RICE")
+    view = await chat.send(BUYER, "/cart")
+    wallet, online = data_of(view, "cartpay:v1:w:"), data_of(view, "cartpay:v1:c:")
+    first = text(await chat.send(BUYER, callback=wallet))
+    again = text(await chat.send(BUYER, callback=wallet))  # the cart is empty by now
+    assert first == again and "Paid: order" in first
+    assert [o.method for o in orders_of(chat)] == ["offline", "wallet"]
+
+    await chat.send(BUYER, "/cart add TEA")
+    invoice_reply = await chat.send(BUYER, callback=online.replace(online[-8:], "tapTAP01"))
+    await chat.pay(BUYER, invoice_reply)
+    repeat = await chat.send(BUYER, callback=online.replace(online[-8:], "tapTAP01"))
+    assert "Paid: order" in text(repeat) and not [
+        i for i in repeat.items if type(i).__name__ == "Invoice"]
+    assert len(orders_of(chat)) == 3 and items(chat) == []

@@ -10,8 +10,9 @@ import pytest
 from sqlalchemy import select
 
 from engine.verify import verify
-from storage.models import CartItem, Order, OrderLine
+from storage.models import CartItem, Order, OrderLine, Shipment
 from tests.standins import wechat as sw
+from tests.standins.telegram_api import make_successful_payment_update
 from tests.test_telegram_e2e import OPERATOR, Shop, running_shop
 from tests.wechat_harness import checkout_path
 
@@ -71,13 +72,28 @@ async def test_a_two_line_cart_is_one_telegram_invoice_asking_for_shipping_detai
 
         token = params["payload"]
         assert await s.precheck(BUYER, token, 23000) == (True, None)
-        receipt = await s.pay(BUYER, token, 23000, "charge-cart-1")
+        # the payment carries what the invoice asked for (the delivery helper keeps it)
+        update = make_successful_payment_update(BUYER, token, 23000, "charge-cart-1",
+                                                first_name=f"User{BUYER}")
+        update["message"]["successful_payment"]["order_info"] = {
+            "name": "Li Si", "phone_number": "+86 139 0000 0000",
+            "shipping_address": {"country_code": "CN", "state": "Shanghai", "city": "Shanghai",
+                                 "street_line1": "8 Cart Lane", "street_line2": "",
+                                 "post_code": "200000"}}
+        del update["update_id"]  # the stand-in numbers it after the updates before it
+        mark = len(s.api.calls)
+        s.api.push_update(update)
+        (paid_call,) = await s.replies(BUYER, mark, 1)
+        receipt = str(paid_call.params["text"])
         orders = s.app.db.read(lambda x: x.execute(select(Order)).scalars().all())
         (order,) = orders
         assert order.status == "settled" and order.cash == 23000
         assert f"order {order.ref} — 2 lines, total 230.00 CNY" in receipt
         assert lines_of(s.app.db, order.ref) == [("TEA", 2, 20000), ("CUP", 1, 3000)]
         assert cart_rows(s.app.db) == []
+        shipment = s.app.db.read(lambda x: x.get(Shipment, order.ref))
+        assert (shipment.name, shipment.phone) == ("Li Si", "+86 139 0000 0000")
+        assert "8 Cart Lane" in shipment.address
         assert "Your cart is empty" in await s.say(BUYER, "/cart")
         # the same charge delivered again records nothing more
         await s.pay(BUYER, token, 23000, "charge-cart-1")
