@@ -243,3 +243,44 @@ async def test_weblink_sends_an_operator_a_one_time_link_the_server_honours_once
                                  base_url="http://127.0.0.1") as c:
         again = await c.get("/admin/login", params={"token": link.group(1)})
         assert again.status_code == 403 and "sf_session" not in again.cookies
+
+
+async def test_the_dashboard_shows_the_queue_ahead_and_changes_products_as_the_operator(
+        shop: Web) -> None:
+    db = shop.app.db
+    for buyer in ("tg:5", "tg:6"):
+        service.join(db, user=buyer)
+        service.buy(db, user=buyer, sku="TEA", method="offline", key=f"seed-{buyer}")
+    async with shop.client(cookies=shop.cookie_for(OPERATOR)) as c:
+        page = await c.get("/admin")
+        assert page.status_code == 200
+        rows = re.findall(r'<tr data-ahead="(\d+)"><td>#(\d+)</td><td class="mono">([^<]+)<',
+                          page.text)
+        assert [(pos, who) for _seq, pos, who in rows] == [("1", "tg:5"), ("2", "tg:6")]
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        r = await c.post("/admin/do/product", data={"csrf": csrf, "sku": "PEN", "price": "6.50",
+                                                   "stock": "3", "active": "1"})
+        assert r.status_code == 303 and "m=Done" in r.headers["location"], r.headers
+        png = (b"\x89PNG\r\n\x1a\n" + b"\x00" * 32)
+        data = "data:image/png;base64," + __import__("base64").b64encode(png).decode()
+        r = await c.post("/admin/do/photo", data={"csrf": csrf, "sku": "PEN", "data": data})
+        assert r.status_code == 303
+        r = await c.post("/admin/do/photo", data={"csrf": csrf, "sku": "PEN",
+                                                 "data": "data:text/plain;base64,aGk="})
+        assert r.status_code == 303 and "not+valid" in r.headers["location"].replace("%20", "+")
+        pen = catalogue.card(db, "PEN")
+        assert (pen["price"], pen["stock"], len(pen["photos"])) == (650, 3, 1)
+        photo = await c.get(f"/app/photo/{pen['photos'][0]['sha256']}")
+        assert photo.status_code == 200 and photo.headers["content-type"] == "image/png"
+        r = await c.post("/admin/do/nothing", data={"csrf": csrf})
+        assert r.status_code == 404
+    assert set(_actors(db, "product")) == {OPERATOR}
+
+
+def _actors(db: Database, kind: str) -> list[str | None]:
+    from sqlalchemy import select
+
+    from storage.models import JournalTxn
+
+    return list(db.read(lambda s: s.execute(select(JournalTxn.actor).where(
+        JournalTxn.kind == kind, JournalTxn.actor.is_not(None))).scalars().all()))

@@ -23,7 +23,16 @@ from bot.web import auth
 from bot.web.buyer import set_session_cookie
 from bot.web.render import render, t
 from bot.web.site import Site, Visitor, error_json
-from engine import catalogue, delivery, delivery_views, report, service, users, views
+from engine import (
+    catalogue,
+    delivery,
+    delivery_views,
+    queue_ahead,
+    report,
+    service,
+    users,
+    views,
+)
 from engine.errors import Refusal
 
 MAX_FORM = 8 * 1024 * 1024  # a photo, base64 in a form field
@@ -98,12 +107,13 @@ class Admin:
         at = datetime.now(UTC)
         pool = await self.site.call(report.pool_report, db, at)
         pending = await self.site.call(views.withdrawals, db, "pending", 50)
+        ahead = await self.site.call(queue_ahead.queue_ahead, db, at, limit=20)
         products = await self.site.call(catalogue.page, db, per_page=200)
         ship = await self.site.call(delivery_views.to_ship, db, limit=50)
         cfg = await self.site.call(db.read, users.store_config)
         message = request.query_params.get("m", "")[:200]
         return render("admin.html", v.lang, pool["currency"], v=v, pool=pool,
-                      pending=pending, products=products["products"], ship=ship, settings=sorted(cfg.raw.items()),
+                      pending=pending, ahead=ahead, products=products["products"], ship=ship, settings=sorted(cfg.raw.items()),
                       csrf=self.site.csrf(v), message=message,
                       verified=request.query_params.get("verified"))
 
@@ -151,7 +161,9 @@ class Admin:
         try:
             return await act(v, form)
         except Refusal as exc:
-            return self._back(t(v.lang, f"refusal.{exc.code}"))
+            # operators see the engine's detail too (which field, which bound)
+            detail = f" ({exc.detail[:120]})" if exc.detail else ""
+            return self._back(t(v.lang, f"refusal.{exc.code}") + detail)
 
     async def _withdrawal(self, v: Visitor, form: dict[str, str]) -> Response:
         wid = form.get("id", "")
@@ -162,11 +174,12 @@ class Admin:
 
     async def _product(self, v: Visitor, form: dict[str, str]) -> Response:
         card = await self.site.call(catalogue.card, self.site.db, form.get("sku", ""))
-        stock = form.get("stock", "").strip()
+        typed = form.get("stock", "").strip()
+        stock: object = int(typed) if typed.isdigit() else (typed or None)
         await self.site.call(service.upsert_product, self.site.db, sku=card["sku"],
                              price=form.get("price", "").strip() or None,
                              margin=str(card["margin"]), lock_days=card["lock_days"],
-                             scheme=card["scheme"], stock=stock or None,
+                             scheme=card["scheme"], stock=stock,
                              active=form.get("active") == "1", actor=v.identity)
         return self._back(t(v.lang, "admin.done"), "#products")
 
