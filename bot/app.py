@@ -100,7 +100,9 @@ async def open_channels(settings: Settings) -> tuple[Channels, Any]:
     from bot.web import login_link_maker
 
     return Channels(payments=payments_of(settings), bot_username=username,
-                    invite_qr=invite_qr, web_login=login_link_maker(settings)), wechat_client
+                    invite_qr=invite_qr, web_login=login_link_maker(settings),
+                    web_app=f"{settings.public_url.rstrip('/')}/app" if settings.public_url
+                    else None), wechat_client
 
 
 # -- channel hooks ----------------------------------------------------------------------------

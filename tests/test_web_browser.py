@@ -125,10 +125,19 @@ def test_a_telegram_buyer_shops_pays_and_sees_the_order_and_queue_entry(
             page.wait_for_selector("[data-entry]")
             assert "in line" in page.inner_text(".entries")
             shot(page, "rebates")
-            # at start the bot's menu button was pointed at the page
+            # at start the bot's menu button was pointed at the page, and /shop offers it
             assert api.menu_button == {  # type: ignore[attr-defined]
                 "type": "web_app", "text": "🛍 商店 Shop",
                 "web_app": {"url": "https://shop.example/app"}}
+            mark = len(api.calls)
+            api.push_text(BUYER, "/shop", language_code="en")
+            offer = api.wait_for_sync(
+                lambda c: c.is_("sendMessage") and c.chat_id == BUYER
+                and "web_app" in json.dumps(c.params.get("reply_markup")), since=mark,
+                timeout=30)
+            (row,) = offer.params["reply_markup"]["inline_keyboard"]
+            assert row == [{"text": "🛍 Open shop",
+                            "web_app": {"url": "https://shop.example/app"}}]
         finally:
             svc.stop()
     (mine,) = [o for o in views.orders(db, f"tg:{BUYER}") if o["order"] == order]
