@@ -284,3 +284,30 @@ def _actors(db: Database, kind: str) -> list[str | None]:
 
     return list(db.read(lambda s: s.execute(select(JournalTxn.actor).where(
         JournalTxn.kind == kind, JournalTxn.actor.is_not(None))).scalars().all()))
+
+
+async def test_goods_need_a_saved_address_before_a_wallet_or_wechat_checkout(shop: Web) -> None:
+    db = shop.app.db
+    h = {"X-Telegram-Init-Data": init_data(BUYER)}
+    async with shop.client(**h) as c:
+        me = (await c.get("/app/api/me")).json()
+        await c.post("/app/api/cart", json={"op": "add", "sku": "PEN", "qty": 1,
+                                            "csrf": me["csrf"]})
+        assert 'data-address' in (await c.get("/app/v/cart")).text  # PEN is goods
+        r = await c.post("/app/api/checkout", json={"key": "k" * 12, "wallet": True,
+                                                    "csrf": me["csrf"]})
+        assert r.status_code == 409 and r.json()["code"] == "address.needed"
+        bad = await c.post("/app/api/address", json={"name": "W", "phone": "x", "address": "",
+                                                     "csrf": me["csrf"]})
+        assert bad.status_code == 409 and bad.json()["code"] == "invalid_address"
+        ok = await c.post("/app/api/address", json={
+            "name": "Wang Fang", "phone": "+86 138 0013 8000",
+            "address": "1 Renmin Road, Shanghai", "csrf": me["csrf"]})
+        assert ok.json() == {"ok": True, "message": "Address saved."}
+        r = await c.post("/app/api/checkout", json={"key": "k" * 12, "wallet": True,
+                                                    "csrf": me["csrf"]})
+        assert r.json()["code"] == "insufficient_balance"  # past the address now
+    from engine import delivery
+
+    assert delivery.saved_address(db, user=f"tg:{BUYER}") == {
+        "name": "Wang Fang", "phone": "+86 138 0013 8000", "address": "1 Renmin Road, Shanghai"}

@@ -54,6 +54,14 @@ class Shots:
         return path
 
 
+def fill_address(page: Any) -> None:
+    page.fill('form[data-address] input[name="name"]', "Wang Fang")
+    page.fill('form[data-address] input[name="phone"]', "+86 138 0013 8000")
+    page.fill('form[data-address] input[name="address"]', "1 Renmin Road, Shanghai")
+    page.click('form[data-address] button[type="submit"]')
+    page.wait_for_selector('#toast:has-text("Address saved")')
+
+
 def telegram_env(api: FakeBotAPI, url: str) -> dict[str, str]:
     return {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_BASE_URL": api.base_url,
             "STOREFRONT_PUBLIC_URL": "https://shop.example",
@@ -269,6 +277,9 @@ def test_a_wechat_buyer_signs_in_by_oauth_and_pays_by_jsapi(tmp_path: Path,
             page.wait_for_selector('#cart-count:text-is("2")')
             page.click('nav [data-view="cart"]')
             page.wait_for_selector("button.primary[data-checkout]")
+            page.click("button.primary[data-checkout]")  # goods, and no address yet
+            page.wait_for_selector('#toast:has-text("save a delivery address")')
+            fill_address(page)
             shot(page, "wechat-cart")
             page.click("button.primary[data-checkout]")
             asked = wait_js(page, "() => window.__wxpay")
@@ -290,6 +301,8 @@ def test_a_wechat_buyer_signs_in_by_oauth_and_pays_by_jsapi(tmp_path: Path,
             svc.stop()
     (mine,) = views.orders(db, f"wx:{openid}")
     assert (mine["order"], mine["method"], mine["cash"]) == (order, "wechat", 5500)
+    (ships,) = delivery_views.to_ship(db)["orders"]
+    assert (ships["order"], ships["name"]) == (order, "Wang Fang")
 
 
 def test_without_a_chat_channel_the_console_user_shops_in_a_plain_browser(
@@ -310,8 +323,11 @@ def test_without_a_chat_channel_the_console_user_shops_in_a_plain_browser(
             page.click('[data-add="PEN"]')
             page.wait_for_selector('#cart-count:text-is("1")')
             page.click('nav [data-view="cart"]')
+            page.wait_for_selector("button.primary[data-checkout]")
+            fill_address(page)
             page.click("button.primary[data-checkout]")
             page.wait_for_selector('.orders [data-order][data-status="settled"]')
+            assert "Wang Fang" in page.inner_text(".orders")  # where it ships
             shot(page, "console-orders")
             page.click('nav [data-lang="zh"]')
             page.wait_for_selector('nav [data-view="orders"]:text-is("订单")')

@@ -6,6 +6,7 @@
     POST /app/api/cart                 add to / take out of the cart (JSON)
     POST /app/api/checkout             the cart's checkout (JSON)
     POST /app/api/receive              the buyer confirms an order arrived (JSON)
+    POST /app/api/address              the buyer's delivery address (JSON)
     POST /app/api/withdraw             a cash withdrawal request (JSON)
     GET  /app/photo/<sha256>           a product photo
     GET  /app/oauth/wechat[/callback]  WeChat OAuth (snsapi_base) → session cookie
@@ -92,6 +93,7 @@ def routes(app: App, cfg: WebConfig, *, pay: Any = None) -> tuple[list[BaseRoute
         post("/app/api/cart", buyer.cart_change),
         post("/app/api/checkout", buyer.checkout),
         post("/app/api/receive", buyer.receive),
+        post("/app/api/address", buyer.address),
         post("/app/api/withdraw", buyer.withdraw),
         get("/app/photo/{sha256:str}", buyer.photo),
         get("/app/oauth/wechat", buyer.oauth_start),

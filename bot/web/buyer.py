@@ -146,8 +146,11 @@ class Buyer:
     async def _cart(self, v: Visitor) -> Response:
         user = await self.site.join(v)
         seen = await self.site.call(cart.view, self.site.db, user=user["handle"])
+        address = (await self.site.call(delivery.saved_address, self.site.db,
+                                        user=user["handle"]) if seen["goods"] else None)
         return render("cart.html", v.lang, seen["currency"], c=seen, csrf=self.site.csrf(v),
-                      online=self._pays_online(v))
+                      online=self._pays_online(v), address=address,
+                      telegram=v.session.via == "telegram")
 
     async def _rebates(self, v: Visitor) -> Response:
         user = await self.site.join(v)
@@ -223,8 +226,13 @@ class Buyer:
             return error_json(v.lang, "refusal.invalid_event", 400)
         user = await self.site.join(v)
         key = f"web:{v.identity}:{nonce}"
+        wallet = body.get("wallet") is True
         try:
-            if body.get("wallet") is True:
+            # goods go somewhere: Telegram's invoice asks for the address, elsewhere the
+            # buyer's saved one is where they go (delivery.save_address)
+            if (wallet or v.session.via != "telegram") and await self._address_missing(v, user):
+                return error_json(v.lang, "address.needed", 409)
+            if wallet:
                 result = await self.site.call(cart.pay_from_wallet, self.site.db,
                                               user=user["handle"], key=f"{key}:buy")
                 return JSONResponse({"ok": True, "kind": "paid", "order": result["order"],
@@ -234,6 +242,28 @@ class Buyer:
             return await self._open_and_pay(v, user["handle"], key)
         except Refusal as exc:
             return refusal_json(v.lang, exc)
+
+    async def _address_missing(self, v: Visitor, user: dict[str, Any]) -> bool:
+        seen = await self.site.call(cart.view, self.site.db, user=user["handle"])
+        if not seen["goods"]:
+            return False
+        saved = await self.site.call(delivery.saved_address, self.site.db, user=user["handle"])
+        return saved is None
+
+    async def address(self, request: Request) -> Response:
+        """The buyer's delivery address (delivery.save_address, as the chat's address step)."""
+        asked = await self._action(request)
+        if isinstance(asked, Response):
+            return asked
+        v, body = asked
+        user = await self.site.join(v)
+        try:
+            await self.site.call(delivery.save_address, self.site.db, user=user["handle"],
+                                 name=body.get("name"), phone=body.get("phone"),
+                                 address=body.get("address"))
+        except Refusal as exc:
+            return refusal_json(v.lang, exc)
+        return JSONResponse({"ok": True, "message": t(v.lang, "address.saved")})
 
     async def _open_and_pay(self, v: Visitor, handle: str, key: str) -> Response:
         via = v.session.via

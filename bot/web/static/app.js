@@ -54,7 +54,7 @@
       b.classList.toggle("on", b.getAttribute("data-view") === name);
     });
     return fetchText("/app/v/" + name + "?" + q.toString()).then(function (html) {
-      view.innerHTML = html; window.scrollTo(0, 0); view.setAttribute("data-view", name);
+      view.innerHTML = html; window.scrollTo(0, 0); view.setAttribute("data-current", name);
     }).catch(function (e) { if (e.message !== "signin") toast(texts.error || "Error"); });
   }
   function loadNav() {
@@ -139,6 +139,11 @@
     var form = ev.target;
     if (form.hasAttribute("data-search")) {
       ev.preventDefault(); show("shop", { q: form.q.value });
+    } else if (form.hasAttribute("data-address")) {
+      ev.preventDefault();
+      var field = function (n) { return form.elements.namedItem(n).value; };
+      post("/app/api/address", { name: field("name"), phone: field("phone"),
+        address: field("address") }).then(function (r) { toast(r.ok ? r.message : (r.error || texts.error)); });
     } else if (form.hasAttribute("data-withdraw")) {
       ev.preventDefault();
       post("/app/api/withdraw", { amount: form.amount.value, key: key() }).then(function (r) {
