@@ -140,6 +140,8 @@ async def test_cart_and_checkout_need_the_csrf_token_and_refuse_politely(shop: W
                                                         "wallet": True})
         assert empty.status_code == 409 and empty.json()["code"] == "cart_empty"
         await c.post("/app/api/cart", json={**add, "csrf": me["csrf"]})
+        await c.post("/app/api/address", json={"name": "Li Lei", "phone": "13800138000",
+                                               "address": "2 Nanjing Road", "csrf": me["csrf"]})
         body = {"key": "k" * 12, "wallet": True}
         assert (await c.post("/app/api/checkout", json=body)).status_code == 403
         r = await c.post("/app/api/checkout", json={**body, "csrf": me["csrf"]})
@@ -311,3 +313,28 @@ async def test_goods_need_a_saved_address_before_a_wallet_or_wechat_checkout(sho
 
     assert delivery.saved_address(db, user=f"tg:{BUYER}") == {
         "name": "Wang Fang", "phone": "+86 138 0013 8000", "address": "1 Renmin Road, Shanghai"}
+
+
+async def test_a_blocked_buyer_is_refused_as_in_the_chat_and_junk_gets_no_500(
+        shop: Web) -> None:
+    from sqlalchemy import update
+
+    from storage.models import User
+
+    h = {"X-Telegram-Init-Data": init_data(BUYER)}
+    async with shop.client(**h) as c:
+        me = (await c.get("/app/api/me")).json()
+        shop.app.db.run(lambda s: s.execute(update(User).where(User.handle == f"tg:{BUYER}")
+                                            .values(blocked=True)))
+        for r in (await c.get("/app/v/shop"), await c.get("/app/api/me"),
+                  await c.post("/app/api/cart", json={"op": "add", "sku": "TEA", "qty": 1,
+                                                      "csrf": me["csrf"]})):
+            assert r.status_code == 403 and r.json()["code"] == "blocked", r.text
+        assert cart.view(shop.app.db, user=f"tg:{BUYER}")["lines"] == []
+    async with shop.client(**h) as c:
+        for path in ("/app/v/nothing", "/app/static/../auth.py", "/app/photo/zz",
+                     "/admin/chart/nope.png", "/app/v/product?sku=%00"):
+            assert (await c.get(path)).status_code in (401, 403, 404), path
+        big = await c.post("/app/api/cart", content=b"{" + b" " * 70_000 + b"}",
+                           headers={"content-type": "application/json"})
+        assert big.status_code == 413

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -37,7 +37,8 @@ from bot.web.admin import Admin
 from bot.web.auth import LoginLinks, Signer
 from bot.web.buyer import Buyer
 from bot.web.channels import WebConfig, announce
-from bot.web.site import Endpoint, Site
+from bot.web.render import pick_lang, t
+from bot.web.site import Blocked, Endpoint, Site
 from handlers.base import App
 
 __all__ = ["Site", "WebConfig", "announce", "login_link_maker", "routes"]
@@ -53,6 +54,10 @@ def _guarded(endpoint: Endpoint) -> Endpoint:
     async def guarded(request: Request) -> Response:
         try:
             return await endpoint(request)
+        except Blocked:
+            return JSONResponse({"ok": False, "code": "blocked",
+                                 "error": t(pick_lang(request.cookies.get("sf_lang")),
+                                            "blocked")}, status_code=403)
         except BodyTooLarge:
             return PlainTextResponse("request body too large", status_code=413)
         except ClientDisconnect:

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from bot.web import auth, channels
-from bot.web.render import render, t
+from bot.web.render import pick_lang, render, t
 from bot.web.site import Site, Visitor, error_json, json_body, refusal_json
 from engine import cart, catalogue, delivery, delivery_views, outlook, report, service, views
 from engine import users as engine_users
@@ -64,7 +64,8 @@ class Buyer:
             if self.site.cfg.wechat_app_id and "x-telegram-init-data" not in request.headers:
                 login = "/app/oauth/wechat"
             return JSONResponse({"ok": False, "login": login,
-                                 "error": t("en", "signin.needed")}, status_code=401)
+                                 "error": t(pick_lang(request.headers.get("accept-language")),
+                                            "signin.needed")}, status_code=401)
         user = await self.site.join(v)
         return JSONResponse({"ok": True, "identity": v.identity, "lang": v.lang,
                              "csrf": self.site.csrf(v), "via": v.session.via,
@@ -83,6 +84,7 @@ class Buyer:
         if isinstance(v, Response):
             return v
         name = request.path_params["view"]
+        await self.site.join(v)  # a blocked buyer sees nothing (the guard answers 403)
         try:
             if name == "nav":
                 user = await self.site.join(v)

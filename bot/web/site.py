@@ -39,6 +39,10 @@ def _loopback(request: Request) -> bool:
         return False
 
 
+class Blocked(Exception):
+    """The visitor's account is blocked by an operator (the chat's `blocked` answer)."""
+
+
 @dataclass
 class Visitor:
     """Who asks, in which language; `session` carries the CSRF binding."""
@@ -103,9 +107,13 @@ class Site:
         return Visitor(session, lang, tg)
 
     async def join(self, v: Visitor) -> dict[str, Any]:
-        """The visitor as a shop user, created at first visit as at a first chat message."""
-        return await self.call(users.resolve, self.db, v.identity, lang=v.lang,
+        """The visitor as a shop user, created at first visit as at a first chat message.
+        A user an operator blocked is refused here, as the chat refuses them (`Blocked`)."""
+        user = await self.call(users.resolve, self.db, v.identity, lang=v.lang,
                                display_name=v.tg.name if v.tg else None)
+        if user["blocked"]:
+            raise Blocked()
+        return user
 
     def csrf(self, v: Visitor) -> str:
         return auth.csrf_token(self.signer, v.session)

@@ -32,7 +32,8 @@
   }
   function fetchText(path) {
     return fetch(path, { headers: headers(), credentials: "same-origin" }).then(function (r) {
-      if (r.status === 401) return r.json().then(function (j) { signIn(j); throw new Error("signin"); });
+      if (r.status === 401 || (r.status === 403 && /json/.test(r.headers.get("content-type") || "")))
+        return r.json().then(function (j) { signIn(j); throw new Error("signin"); });
       return r.text();
     });
   }
