@@ -6,6 +6,8 @@
     POST /wechat/pay/notify          WeChat Pay payment notifications (bot/wechatpay/)
     POST /wechat/pay/refund-notify   WeChat Pay refund notifications
     GET  /wechat/pay/checkout/<t>    the page a WeChat Pay link opens (JSAPI or Native QR)
+    POST /wechat/pay/transfer-notify WeChat Pay merchant transfer notifications (withdrawals)
+    GET  /wechat/pay/transfer/<t>    where a user confirms receipt of a withdrawal in WeChat
     POST /telegram                   Telegram's webhook, when a Telegram application is given
 
 Every body is read with a cap (64 KiB; 413 beyond it) before anything looks at it, and no
@@ -34,6 +36,7 @@ from bot.http_guard import LISTEN_QUEUE, ConnectionGuard, connection_cap, instal
 from bot.settings import Settings
 from handlers.base import App, Database, ping
 from scheduler import Chore
+from scheduler.transfers import TRANSFER_INTERVAL
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +165,16 @@ def build_app(*, db: Database, redis_url: str | None = None, wechat: Any = None,
             pay.refund_notification)), methods=["POST"]))
         routes.append(Route("/wechat/pay/checkout/{token}", _guarded(checkout_page),
                             methods=["GET"]))
+        if getattr(pay, "transfers", None) is not None:  # withdrawals (bot/wechatpay/transfers.py)
+            async def transfer_page(request: Request) -> Response:
+                status, page = await pay.transfers.confirm_page(
+                    str(request.path_params["token"]))
+                return HTMLResponse(page, status_code=status)
+
+            routes.append(Route("/wechat/pay/transfer-notify", _guarded(notification(
+                pay.transfers.notification)), methods=["POST"]))
+            routes.append(Route("/wechat/pay/transfer/{token}", _guarded(transfer_page),
+                                methods=["GET"]))
 
     if telegram is not None:
         routes.append(Route("/telegram", _guarded(telegram), methods=["POST"]))
@@ -208,6 +221,9 @@ class HttpServer:
         if self.pay is not None:
             chores.append(Chore("wechat-pay-refund-sweep", REFUND_SWEEP_SECONDS,
                                 self.pay.sweep_refunds))
+            if getattr(self.pay, "follow_transfers", None) is not None:
+                chores.append(Chore("wechat-pay-transfers", TRANSFER_INTERVAL,
+                                    self.pay.follow_transfers))
         if self.wechat is not None:
             chores.append(Chore("wechat-seen-prune", SEEN_PRUNE_SECONDS, self.wechat.prune_seen))
         return chores
@@ -236,6 +252,7 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
     no chat channel runs."""
     from bot.wechat import WeChatAdapter
     from bot.wechatpay import WeChatPayGateway, client_from_settings
+    from bot.wechatpay.transfers import attach_transfers
 
     wechat = pay = None
     if settings.wechat_enabled:
@@ -245,6 +262,7 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
         pay_client, pay_config = made
         pay = WeChatPayGateway(app.db, pay_client, pay_config, operators=app.operators,
                                after_payment=wechat.after_payment if wechat else None)
+        attach_transfers(pay, settings, app)
         if wechat is not None:
             wechat.pay = pay
     telegram = None

@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     wechat_pay_public_key_id: str | None = Field(None, alias="WECHAT_PAY_PUBLIC_KEY_ID")
     wechat_pay_notify_url: str | None = Field(None, alias="WECHAT_PAY_NOTIFY_URL")
     wechat_pay_api_base_url: str | None = Field(None, alias="WECHAT_PAY_API_BASE_URL")
+    # Withdrawals paid by WeChat Pay merchant transfers (issue 17, docs/wechat.md)
+    wechat_pay_transfer_scene_id: str = Field("1000", alias="WECHAT_PAY_TRANSFER_SCENE_ID")
+    wechat_pay_transfer_remark: str = Field("钱包提现", alias="WECHAT_PAY_TRANSFER_REMARK")
+    transfer_confirm_hours: float = Field(24.0, alias="STOREFRONT_TRANSFER_CONFIRM_HOURS",
+                                          gt=0)
 
     @field_validator("log_level")
     @classmethod

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from storage.db import Database
 from storage.models import Withdrawal
 
-from . import accounts, orders
+from . import accounts, orders, payouts
 from .book import Book
 from .queue import RELEASE_PAGE, ReleasePage, release_page
 from .times import now, parse_at
@@ -223,9 +223,22 @@ def request_withdrawal(db: Database, *, user: object, amount: object,
 
 
 def decide_withdrawal(db: Database, *, withdrawal_id: object, approve: bool, actor: str | None,
-                      at: datetime | None = None) -> dict[str, Any]:
+                      at: datetime | None = None, reference: str | None = None) -> dict[str, Any]:
     return _in_book(db, lambda b: accounts.decide_withdrawal(
-        b, withdrawal_id=withdrawal_id, approve=approve, at=at or now(), actor=actor))
+        b, withdrawal_id=withdrawal_id, approve=approve, at=at or now(), actor=actor,
+        reference=reference))
+
+
+def set_payout_method(db: Database, *, user: object, kind: object, name: object = None,
+                      account: object = None, at: datetime | None = None) -> dict[str, Any]:
+    """Where `user`'s withdrawals are paid (engine/payouts.py)."""
+    return _in_book(db, lambda b: payouts.set_method(b, user=user, kind=kind, name=name,
+                                                     account=account, at=at or now()))
+
+
+def set_payout_limits(db: Database, values: dict[str, int]) -> payouts.Limits:
+    """Operator-set withdrawal limits in fen, 0 = none (engine/payouts.py)."""
+    return _in_book(db, lambda b: payouts.set_limits(b, values))
 
 
 def withdraw_cash(db: Database, *, user: object, amount: object, at: datetime | None = None,

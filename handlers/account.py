@@ -8,11 +8,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from engine import report, service, users
+from engine import payouts, report, service, users
 
 from . import i18n
 from .base import Button, Reply
 from .parsing import BadInput, callback, echo, money, points, whole
+from .payouts import method_menu as payout_menu
+from .payouts import method_text
 from .registry import Ctx, button, command, commands
 
 log = logging.getLogger(__name__)
@@ -165,10 +167,13 @@ async def withdraw(c: Ctx) -> Reply:
     amount = await _amount_or_all(c, "wallet", money)
     if amount == 0:
         return c.say("refusal.insufficient_balance")
+    method = await c.call(payouts.method_of, c.app.db, c.handle)
+    if method is None:  # ask where to be paid first (issue 17)
+        return await payout_menu(c, c.t("withdraw.need_method"))
     r = await c.call(service.request_withdrawal, c.app.db, user=c.handle, amount=amount,
                      key=c.key("withdraw"))
-    return c.say("withdraw.done", id=r["withdrawal"], amount=c.money(r["amount"],
-                                                                     (await c.cfg()).currency))
+    return c.say("withdraw.done_to", id=r["withdrawal"], to=method_text(c, method),
+                 amount=c.money(r["amount"], (await c.cfg()).currency))
 
 
 @command("sellpoints", aliases=("卖出积分", "积分提现", "sell"), usage_key="usage.sellpoints")
@@ -200,7 +205,7 @@ async def transfer(c: Ctx) -> Reply:
 
 STATEMENT_KINDS = ("purchase", "checkout", "release", "withdraw_points", "forced_exit",
                    "withdrawal_request", "withdrawal_approved", "withdrawal_rejected", "refund",
-                   "cancel")
+                   "cancel", "withdrawal_transfer", "transfer_paid", "transfer_failed")
 
 
 def _statement_label(c: Ctx, item: dict[str, Any]) -> str:

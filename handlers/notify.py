@@ -164,6 +164,18 @@ def _digital_codes(p: dict[str, Any], lang: str, cur: str | None) -> str:
     return "\n".join(lines)
 
 
+# Withdrawals paid by WeChat Pay merchant transfers (engine/transfers.py, issue 17).
+_SIMPLE["transfer_started"] = _SIMPLE["transfer_paid"] = lambda p, c: {
+    "id": int(p.get("withdrawal") or 0), "amount": _fen(p.get("amount"), c)}
+_SIMPLE["transfer_failed"] = lambda p, c: {
+    "id": int(p.get("withdrawal") or 0), "amount": _fen(p.get("amount"), c),
+    "reason": echo(p.get("reason") or "-", 64)}
+_SIMPLE["transfer_confirm"] = lambda p, c: {
+    "id": int(p.get("withdrawal") or 0), "amount": _fen(p.get("amount"), c),
+    "url": echo(p.get("url") or "-", 300)}
+_SIMPLE["transfer_flag"] = lambda p, c: {
+    "id": int(p.get("withdrawal") or 0), "amount": _fen(p.get("amount"), c),
+    "code": echo(p.get("code") or "-", 40)}
 _COMPOSED: dict[str, Callable[[dict[str, Any], str, str | None], str]] = {
     "order_settled": _order_settled, "order_refunded": _refunded, "pool_warning": _pool_warning,
     "acceleration": _acceleration, "order_received": _received,

@@ -2,7 +2,7 @@
 sha256 with each channel's cached id, and operators' pending photo uploads
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 """
 import sqlalchemy as sa
 from alembic import op
