@@ -338,3 +338,14 @@ async def test_a_blocked_buyer_is_refused_as_in_the_chat_and_junk_gets_no_500(
         big = await c.post("/app/api/cart", content=b"{" + b" " * 70_000 + b"}",
                            headers={"content-type": "application/json"})
         assert big.status_code == 413
+
+
+async def test_a_withdrawal_asks_for_a_payout_method_first_as_the_chat_does(shop: Web) -> None:
+    h = {"X-Telegram-Init-Data": init_data(BUYER)}
+    async with shop.client(**h) as c:
+        me = (await c.get("/app/api/me")).json()
+        r = await c.post("/app/api/withdraw", json={"amount": "1.00", "key": "w" * 12,
+                                                    "csrf": me["csrf"]})
+        assert r.status_code == 409 and r.json()["code"] == "rebates.need_method"
+        assert "/withdraw" in r.json()["error"]
+    assert views.withdrawals(shop.app.db, "pending") == []

@@ -169,7 +169,8 @@ class Admin:
         wid = form.get("id", "")
         await self.site.call(service.decide_withdrawal, self.site.db,
                              withdrawal_id=int(wid) if wid.isdigit() else wid,
-                             approve=form.get("decision") == "approve", actor=v.identity)
+                             approve=form.get("decision") == "approve", actor=v.identity,
+                             reference=form.get("reference", "").strip()[:64] or None)
         return self._back(t(v.lang, "admin.done"), "#withdrawals")
 
     async def _product(self, v: Visitor, form: dict[str, str]) -> Response:

@@ -24,7 +24,17 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from bot.web import auth, channels
 from bot.web.render import pick_lang, render, t
 from bot.web.site import Site, Visitor, error_json, json_body, refusal_json
-from engine import cart, catalogue, delivery, delivery_views, outlook, report, service, views
+from engine import (
+    cart,
+    catalogue,
+    delivery,
+    delivery_views,
+    outlook,
+    payouts,
+    report,
+    service,
+    views,
+)
 from engine import users as engine_users
 from engine.errors import Refusal
 from handlers import i18n
@@ -306,6 +316,9 @@ class Buyer:
         if not isinstance(nonce, str) or not 8 <= len(nonce) <= 40:
             return error_json(v.lang, "refusal.invalid_event", 400)
         user = await self.site.join(v)
+        # where to be paid is chosen in the chat first, as /withdraw asks (issue 17)
+        if await self.site.call(payouts.method_of, self.site.db, user["handle"]) is None:
+            return error_json(v.lang, "rebates.need_method", 409)
         try:
             result = await self.site.call(service.request_withdrawal, self.site.db,
                                           user=user["handle"], amount=body.get("amount"),
