@@ -102,21 +102,21 @@ class Signer:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
 
-    def _mac(self, purpose: str, payload: str) -> str:
+    def mac(self, purpose: str, payload: str) -> str:
         return _b64(hmac.new(self._secret, f"{purpose}|{payload}".encode(),
                              hashlib.sha256).digest()[:24])
 
     def sign(self, purpose: str, data: dict[str, Any], *, now: float | None = None) -> str:
         body = _b64(json.dumps({**data, "t": int(now or time.time())},
                                separators=(",", ":")).encode())
-        return f"{body}.{self._mac(purpose, body)}"
+        return f"{body}.{self.mac(purpose, body)}"
 
     def unsign(self, purpose: str, value: str | None, max_age: int,
                *, now: float | None = None) -> dict[str, Any] | None:
         if not value or len(value) > 2048 or value.count(".") != 1:
             return None
         body, mac = value.split(".")
-        if not hmac.compare_digest(mac, self._mac(purpose, body)):
+        if not hmac.compare_digest(mac, self.mac(purpose, body)):
             return None
         try:
             data = json.loads(_unb64(body))
@@ -158,7 +158,7 @@ def read_session(signer: Signer, cookie: str | None) -> Session | None:
 
 
 def csrf_token(signer: Signer, session: Session) -> str:
-    return signer._mac("csrf", f"{session.identity}|{session.sid}")
+    return signer.mac("csrf", f"{session.identity}|{session.sid}")
 
 
 def csrf_ok(signer: Signer, session: Session, given: str | None) -> bool:
