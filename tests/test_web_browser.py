@@ -21,6 +21,7 @@ from tests.web_browser_kit import (
     Storefront,
     browser,
     free_port,
+    install_in_ci,
     only_loopback,
     telegram_script,
     wait_js,
@@ -28,6 +29,7 @@ from tests.web_browser_kit import (
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+install_in_ci()
 
 TOKEN = "4242:BROWSER-TOKEN"
 TG_JS = "https://telegram.org/js/telegram-web-app.js"

@@ -26,15 +26,24 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 
 
+def _found() -> str | None:
+    return shutil.which("chromium") or (CHROMIUM if os.path.exists(CHROMIUM) else None)
+
+
+def install_in_ci() -> None:
+    """In CI (`CI=true`) a missing chromium is installed from Debian's packages, once, when
+    the browser tests are collected (outside any test's time limit)."""
+    if _found() is None and os.environ.get("CI") == "true":
+        for argv in (["apt-get", "update"],
+                     ["apt-get", "install", "-y", "chromium", "chromium-driver"]):
+            subprocess.run(argv, check=False, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=900)
+
+
 def chromium() -> str:
-    """The system chromium; in CI it is installed here when missing, elsewhere the test
-    skips saying how to get it."""
-    found = shutil.which("chromium") or (CHROMIUM if os.path.exists(CHROMIUM) else None)
-    if found is None and os.environ.get("CI") == "true":
-        subprocess.run(["apt-get", "install", "-y", "chromium", "chromium-driver"],
-                       check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       timeout=600)
-        found = shutil.which("chromium")
+    """The system chromium; elsewhere than CI a missing one skips the test, saying how to
+    get it."""
+    found = _found()
     if found is None:
         pytest.skip("browser tests need Debian's chromium: apt-get install -y chromium "
                     "chromium-driver")
