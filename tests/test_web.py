@@ -349,3 +349,19 @@ async def test_a_withdrawal_asks_for_a_payout_method_first_as_the_chat_does(shop
         assert r.status_code == 409 and r.json()["code"] == "rebates.need_method"
         assert "/withdraw" in r.json()["error"]
     assert views.withdrawals(shop.app.db, "pending") == []
+
+
+async def test_rebates_orders_and_invite_views_answer_in_the_buyers_language(shop: Web) -> None:
+    h = {"X-Telegram-Init-Data": init_data(BUYER, lang="zh")}
+    async with shop.client(**h) as c:
+        await c.get("/app/api/me")
+        invite = await c.get("/app/v/invite")
+        assert re.search(r"https://t\.me/rebate_shop_bot\?start=[A-Za-z0-9_-]+", invite.text)
+        assert 'src="data:image/png;base64,' in invite.text
+        assert "分享您的链接" in invite.text
+        rebates = await c.get("/app/v/rebates")
+        assert rebates.status_code == 200 and "还没有排队返利" in rebates.text
+        orders = await c.get("/app/v/orders")
+        assert orders.status_code == 200 and "还没有订单" in orders.text
+        english = await c.get("/app/v/orders", params={"lang": "en"})
+        assert "No orders yet." in english.text

@@ -4,16 +4,15 @@ every request carrying the Telegram initData or the session cookie (bot/web/site
 
 Every action is the chat's own engine call: the cart is the chat's cart (engine/cart.py, so
 a buyer sees one cart in the chat and on the page), its checkout `cart.open_checkout`, paid
-by Telegram (`createInvoiceLink` → `Telegram.WebApp.openInvoice`, the
-payment then recorded by the bot as any invoice's), by WeChat Pay (JSAPI, recorded by the pay
-notification), from the wallet (`cart.pay_from_wallet`), or — the console shop on `make run` — by the
-console's simulated payment (`handlers.shop.paid`, as the console chat does).
+by Telegram (`createInvoiceLink` → `Telegram.WebApp.openInvoice`, the payment then recorded
+by the bot as any invoice's), by WeChat Pay (JSAPI, recorded by the pay notification), from
+the wallet (`cart.pay_from_wallet`), or — the console shop on `make run` — by the console's
+simulated payment (`handlers.shop.paid`, as the console chat does).
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -39,7 +38,7 @@ from engine import users as engine_users
 from engine.errors import Refusal
 from handlers import i18n
 from handlers import shop as shop_handlers
-from handlers.referral import invite_link
+from handlers.referral import invite_link, qr_png
 
 PER_PAGE = 24
 MOST_PER_PAGE = 100
@@ -48,12 +47,7 @@ JS_TEXTS = ("added", "error", "pay.telegram", "pay.wechat", "pay.done", "pay.can
 
 
 def _qr_data_uri(text: str) -> str:
-    import qrcode
-    from qrcode.image.pure import PyPNGImage
-
-    out = io.BytesIO()
-    qrcode.make(text, image_factory=PyPNGImage, box_size=6, border=2).save(out)
-    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(qr_png(text)).decode()
 
 
 class Buyer:
