@@ -365,3 +365,29 @@ async def test_rebates_orders_and_invite_views_answer_in_the_buyers_language(sho
         assert orders.status_code == 200 and "还没有订单" in orders.text
         english = await c.get("/app/v/orders", params={"lang": "en"})
         assert "No orders yet." in english.text
+
+
+async def test_wechat_oauth_returns_only_to_this_servers_pages(sqlite_db: Database) -> None:
+    app = App(db=sqlite_db, operators=frozenset())
+    cfg = WebConfig(secret=b"w" * 32, wechat_app_id="wxapp", wechat_app_secret="s",
+                    wechat_oauth_base="http://127.0.0.1:9", wechat_api_base="http://127.0.0.1:9")
+    web_routes, site = routes(app, cfg)
+    asgi = build_app(db=sqlite_db, web=web_routes)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi),
+                                 base_url="http://127.0.0.1") as c:
+        me = await c.get("/app/api/me")
+        assert me.status_code == 401 and me.json()["login"] == "/app/oauth/wechat"
+        for asked, back in (("/admin", "/admin"), ("//evil.example", "/app"),
+                            ("/\\evil.example", "/app"), ("https://evil.example", "/app")):
+            r = await c.get("/app/oauth/wechat", params={"next": asked})
+            assert r.status_code == 302
+            location = r.headers["location"]
+            assert location.startswith("http://127.0.0.1:9/connect/oauth2/authorize?appid=wxapp")
+            assert "scope=snsapi_base" in location
+            state = re.search(r"state=([^&#]+)", location).group(1)  # type: ignore[union-attr]
+            from urllib.parse import unquote
+
+            assert site.signer.unsign("oauth", unquote(state), 600)["n"] == back  # type: ignore[index]
+        # a forged state, or a code WeChat does not know (the stand-in is not there): nobody
+        bad = await c.get("/app/oauth/wechat/callback", params={"code": "c", "state": "x.y"})
+        assert bad.status_code == 403 and "sf_session" not in bad.cookies

@@ -343,8 +343,9 @@ class Buyer:
         cfg = self.site.cfg
         if not cfg.wechat_app_id:
             return error_json("en", "signin.needed", 404)
+        # back to one of this server's pages only (never `//host` or `/\host`)
         nxt = request.query_params.get("next", "/app")
-        if not nxt.startswith("/") or nxt.startswith("//"):
+        if nxt not in ("/app", "/admin"):
             nxt = "/app"
         state = self.site.signer.sign("oauth", {"n": nxt})
         callback = str(request.url_for("wechat_oauth_callback"))
