@@ -140,6 +140,25 @@ def set_on_sale(book: Book, *, sku: object, active: bool, at: datetime,
     return result
 
 
+def set_stock(book: Book, *, sku: object, stock: object, at: datetime,
+              actor: str | None = None) -> dict[str, Any]:
+    """An operator's count of a product's units left to sell (SPEC §9 `stock`; None makes it
+    unlimited), keeping every other term. A digital product's stock is its unused codes
+    (engine/codes.py), so it is refused `stock_is_codes`. Journaled with who did it."""
+    row = book.s.get(Product, sku) if isinstance(sku, str) else None
+    if row is None:
+        raise Refusal("unknown_product", str(sku))
+    units = parse_stock(stock)
+    if row.kind == "digital":
+        raise Refusal("stock_is_codes", row.sku)
+    row.stock, row.updated_at = units, at
+    book.catalog_changed()
+    n = book.head.last_txn + 1
+    book.record(key=f"product:{n}", kind="product_stock", at=at, actor=actor,
+                body={"sku": row.sku, "stock": units})
+    return {"sku": row.sku, "name": row.name, "stock": units}
+
+
 def join(book: Book, *, user: object, referrer: object = None, at: datetime,
          lang: str | None = None, display_name: str | None = None) -> User:
     """A new user; the referrer is fixed now and never changes (SPEC §5)."""

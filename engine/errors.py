@@ -61,6 +61,8 @@ CODES = frozenset(
         "daily_limit",
         "shop_daily_limit",
         "real_name_required",
+        # an operator's /stock (engine/accounts.py set_stock, docs/shop.md)
+        "stock_is_codes",
     }
 )
 

@@ -61,6 +61,12 @@ def set_on_sale(db: Database, *, sku: object, active: bool, at: datetime | None 
                                                        at=at or now(), actor=actor))
 
 
+def set_stock(db: Database, *, sku: object, stock: object, at: datetime | None = None,
+              actor: str | None = None) -> dict[str, Any]:
+    return _in_book(db, lambda b: accounts.set_stock(b, sku=sku, stock=stock, at=at or now(),
+                                                     actor=actor))
+
+
 def upsert_product(db: Database, *, sku: object, price: object, margin: object,
                    lock_days: object, scheme: object, name: str | None = None,
                    active: bool | None = None, stock: object = accounts.KEEP,

@@ -64,7 +64,7 @@ async def support_cmd(c: Ctx) -> Reply:
         lines.append(c.t("support.thread", thread=thread["thread"],
                          status=c.t(f"support.status.{thread['status']}")))
         lines.extend(await _lines(c, thread, operator=False))
-    expect_next(c.req.identity, "sup", "write")
+    await expect_next(c, "sup", "write")
     lines.append(c.t("support.prompt"))
     return Reply().text("\n".join(lines))
 
@@ -83,7 +83,7 @@ async def support_button(c: Ctx) -> Reply:
     followup = c.req.callback is None
     if action == "write" and followup and len(c.args) == 1:
         if not c.req.text.strip():
-            expect_next(c.req.identity, "sup", "write")
+            await expect_next(c, "sup", "write")
             return c.say("support.empty")
         return await _send(c, c.req.text)
     if action not in ("reply", "close", "answer") or len(c.args) != 2 or \
@@ -97,12 +97,12 @@ async def support_button(c: Ctx) -> Reply:
         return c.say("support.closed" if r["closed"] else "support.was_closed", thread=thread)
     if action == "reply":
         view = await c.call(support.view, c.app.db, thread=thread, limit=SHOWN)
-        expect_next(c.req.identity, "sup", "answer", str(thread))
+        await expect_next(c, "sup", "answer", str(thread))
         lines = [c.t("support.thread_of", thread=thread, buyer=echo(view["buyer"], 40)),
                  *await _lines(c, view, operator=True), c.t("support.answer_prompt", thread=thread)]
         return Reply().text("\n".join(lines))
     if not c.req.text.strip():
-        expect_next(c.req.identity, "sup", "answer", str(thread))
+        await expect_next(c, "sup", "answer", str(thread))
         return c.say("support.empty")
     return await _answer(c, thread, c.req.text)
 

@@ -622,3 +622,16 @@ class Transfer(Base):
     last_error: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
     __table_args__ = (Index("ix_transfers_state_next", "state", "next_at"),)
+
+
+
+class PendingInput(Base):
+    """What a person's next plain message is for (`handlers.registry.expect_next`): the
+    button `kind` and its `fields` (a JSON list) it goes to, until `until`. Kept in the
+    database so a restart remembers it and every `storefront run` process sees it."""
+
+    __tablename__ = "pending_inputs"
+    identity: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    fields: Mapped[str] = mapped_column(Text)
+    until: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

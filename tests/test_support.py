@@ -134,10 +134,12 @@ async def test_a_redelivered_message_is_one_message(sqlite_db: Database):
 
 
 async def test_a_wait_older_than_ten_minutes_is_forgotten(sqlite_db: Database, monkeypatch):
-    from handlers import registry
+    from datetime import timedelta
+
+    from engine import pending
 
     chat = await _shop(sqlite_db)
+    monkeypatch.setattr(pending, "TTL", timedelta(0))
     await chat.send(BUYER, "/support")
-    monkeypatch.setattr(registry, "NEXT_TTL", 0.0)
     await chat.send(BUYER, "hello after a long pause")
     assert chat.outbox("support_message") == []

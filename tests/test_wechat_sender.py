@@ -94,3 +94,21 @@ def test_split_text_cuts_even_one_endless_line():
     pieces = split_text("长" * 5000)
     assert "".join(pieces) == "长" * 5000 and all(len(p.encode()) <= 2000 for p in pieces)
     assert split_text("short") == ["short"]
+
+
+async def test_buttons_go_as_menu_links_whose_data_is_kept_for_the_tap(api, people):
+    """An outbox message's buttons (the shipping notice's receipt button): menu links whose
+    ids the adapter maps back to the button data; no database, no links (the text says
+    what to type)."""
+    from bot.wechat.seen import Seen
+
+    rows = ((("✅ N2 已收货", "recv:v1:N2"),),)
+    await sender(api, people).send_buttons(f"wx:{FRESH}", "您的订单 N2 已发货", rows)
+    (sent,) = api.sent_messages
+    text = sent["text"]["content"]
+    assert text.startswith("您的订单 N2 已发货\n<a href=\"weixin://bizmsgmenu?msgmenucontent=")
+    menu_id = text.split("msgmenuid=")[1].split('"')[0]
+    assert Seen(people).recall(f"wx:btn:{FRESH}:{menu_id}") == "recv:v1:N2"
+    client = StorefrontWeChatClient(APPID, SECRET, api.base_url)
+    await WeChatSender(client).send_buttons(f"wx:{FRESH}", "您的订单 N2 已发货", rows)
+    assert api.sent_messages[-1]["text"]["content"] == "您的订单 N2 已发货"
