@@ -391,3 +391,11 @@ async def test_wechat_oauth_returns_only_to_this_servers_pages(sqlite_db: Databa
         # a forged state, or a code WeChat does not know (the stand-in is not there): nobody
         bad = await c.get("/app/oauth/wechat/callback", params={"code": "c", "state": "x.y"})
         assert bad.status_code == 403 and "sf_session" not in bad.cookies
+
+
+async def test_an_operator_downloads_the_journal_as_csv(shop: Web) -> None:
+    async with shop.client(cookies=shop.cookie_for(OPERATOR)) as c:
+        r = await c.get("/admin/journal.csv")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+        lines = r.text.splitlines()
+        assert len(lines) >= 1 + len(PRODUCTS)  # a header, then each product's transaction

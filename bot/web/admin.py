@@ -12,7 +12,8 @@ After a POST the browser is sent back to the page with a message (post/redirect/
 from __future__ import annotations
 
 import base64
-import io
+import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, quote
 
@@ -89,8 +90,10 @@ class Admin:
 
     async def signout(self, request: Request) -> Response:
         v = await self._operator(request)
+        if v is None:
+            return error_json("en", "forbidden", 403)
         form = await self._form(request)
-        if v is None or not self.site.csrf_ok(v, form.get("csrf")):
+        if not self.site.csrf_ok(v, form.get("csrf")):
             return error_json("en", "forbidden", 403)
         response = RedirectResponse("/admin", status_code=303)
         response.delete_cookie(auth.COOKIE, path="/")
@@ -136,9 +139,17 @@ class Admin:
             return Response(status_code=403)
         from engine.export import stream
 
-        out = io.BytesIO()
+        # a spooled file, not memory: a journal of millions of transactions is large
+        out = tempfile.TemporaryFile()
         await self.site.call(stream, self.site.db, "journal", "csv", out)
-        return StreamingResponse(iter([out.getvalue()]), media_type="text/csv",
+        out.seek(0)
+
+        def chunks() -> Iterator[bytes]:
+            with out:
+                while block := out.read(64 * 1024):
+                    yield block
+
+        return StreamingResponse(chunks(), media_type="text/csv",
                                  headers={"Content-Disposition":
                                           "attachment; filename=journal.csv"})
 
