@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import latency, purchases, release, telegram_me, verify
+from . import latency, purchases, release, telegram_me, verify, web_catalogue
 from .bare import PG_URL, pg_available
 from .common import Context, Row
 from .report import machine, table, write_json
@@ -25,6 +25,7 @@ from .report import machine, table, write_json
 ROWS: dict[str, Callable[[Context], Row]] = {
     **purchases.ROWS, **telegram_me.ROWS, "latency-holders": latency.holders,
     "latency-queue": latency.queue_size, **verify.ROWS, **release.ROWS,
+    **web_catalogue.ROWS,
 }
 FAMILIES = {"purchases": list(purchases.ROWS), "latency": list(latency.ROWS)}
 

@@ -30,7 +30,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from bot.http_guard import LISTEN_QUEUE, ConnectionGuard, connection_cap, install_storm_filters
 from bot.settings import Settings
@@ -84,9 +84,11 @@ def _guarded(endpoint: Endpoint) -> Endpoint:
 
 
 def build_app(*, db: Database, redis_url: str | None = None, wechat: Any = None,
-              pay: Any = None, telegram: Endpoint | None = None) -> Starlette:
+              pay: Any = None, telegram: Endpoint | None = None,
+              web: list[BaseRoute] | None = None) -> Starlette:
     """The ASGI app. `wechat` is a `bot.wechat.WeChatAdapter`, `pay` a
-    `bot.wechatpay.WeChatPayGateway`, `telegram` the webhook endpoint; each is optional."""
+    `bot.wechatpay.WeChatPayGateway`, `telegram` the webhook endpoint, `web` the web pages'
+    routes (bot/web: /app, /admin); each is optional."""
 
     async def healthz(request: Request) -> Response:
         checks: dict[str, str] = {}
@@ -119,7 +121,7 @@ def build_app(*, db: Database, redis_url: str | None = None, wechat: Any = None,
             status, code = "ok", 200
         return JSONResponse({"status": status, **checks}, status_code=code)
 
-    routes = [Route("/healthz", _guarded(healthz), methods=["GET"])]
+    routes: list[BaseRoute] = [Route("/healthz", _guarded(healthz), methods=["GET"])]
 
     if wechat is not None:
         async def wechat_get(request: Request) -> Response:
@@ -176,6 +178,8 @@ def build_app(*, db: Database, redis_url: str | None = None, wechat: Any = None,
 
     if telegram is not None:
         routes.append(Route("/telegram", _guarded(telegram), methods=["POST"]))
+
+    routes.extend(web or [])
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -237,13 +241,15 @@ class HttpServer:
 
 
 async def start_http(settings: Settings, app: App, telegram_application: Any = None, *,
-                     wechat_client: Any = None) -> HttpServer:
+                     wechat_client: Any = None, console: str | None = None) -> HttpServer:
     """Build the app from `settings`, listen on STOREFRONT_HTTP_HOST:STOREFRONT_HTTP_PORT
     (port 0: any free port) and serve in this event loop until `stop()`.
 
     WeChat is served when WECHAT_TOKEN and WECHAT_APP_ID are set; WeChat Pay when all its
     settings are (whether the chat offers it is `app.channels`, fixed at start by bot/app.py); POST /telegram when a Telegram
-    application is given. `wechat_client` replaces the wechatpy client (tests)."""
+    application is given. `wechat_client` replaces the wechatpy client (tests). The web pages
+    (bot/web) are always served; `console` is the console user they serve on loopback when
+    no chat channel runs."""
     from bot.wechat import WeChatAdapter
     from bot.wechatpay import WeChatPayGateway, client_from_settings
     from bot.wechatpay.transfers import attach_transfers
@@ -265,8 +271,15 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
 
         telegram = telegram_webhook_route(telegram_application,
                                           settings.telegram_webhook_secret)
+    from bot import web
+
+    web_routes, site = web.routes(app, web.WebConfig.from_settings(settings, console=console),
+                                  pay=pay)
     asgi = build_app(db=app.db, redis_url=settings.redis_url, wechat=wechat, pay=pay,
-                     telegram=telegram)
+                     telegram=telegram, web=web_routes)
+    if console is None:  # the chats' menus open the web page (its public address)
+        site.announcing = asyncio.create_task(web.announce(
+            site.cfg, settings.public_url, wechat.client if wechat is not None else None))
     # proto=IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted sockets.
     sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET,
                          socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -297,4 +310,4 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
              "bodies within %gs)", host, port, cap, settings.http_header_timeout,
              settings.http_body_timeout)
     return HttpServer(server, task, host, port, wechat=wechat, pay=pay,
-                      guard=guard)
+                      guard=guard, extras={"web": site})

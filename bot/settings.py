@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     http_body_timeout: float = Field(10.0, gt=0, alias="STOREFRONT_HTTP_BODY_TIMEOUT")
     http_keepalive_timeout: int = Field(5, ge=1, alias="STOREFRONT_HTTP_KEEPALIVE_TIMEOUT")
     http_max_connections: int = Field(0, ge=0, alias="STOREFRONT_HTTP_MAX_CONNECTIONS")
+    # where buyers and operators reach the HTTP server (bot/web: /app, /admin), for links
+    public_url: str | None = Field(None, alias="STOREFRONT_PUBLIC_URL")
     release_times: str = Field("00:05", alias="STOREFRONT_RELEASE_TIMES")
     coverage_warning: str = Field("0.50", alias="STOREFRONT_COVERAGE_WARNING")
     charge_spool: str = Field("var/unrecorded_charges.jsonl", alias="STOREFRONT_CHARGE_SPOOL")

@@ -48,7 +48,16 @@ def description(lang: str, p: dict[str, Any]) -> str | None:
 @command("shop", aliases=("商品", "products", "catalogue", "商店"), usage_key="usage.shop")
 async def shop(c: Ctx) -> Reply:
     """`/shop`: the categories (when the shop has any), else the first page of products;
-    `/shop PAGE`: that page of every product; `/shop WORDS`: search."""
+    `/shop PAGE`: that page of every product; `/shop WORDS`: search. With a web page
+    (docs/web.md), plain `/shop` also offers it ("Open shop": Telegram's Mini App)."""
+    reply = await _shop(c)
+    if c.app.channels.web_app and not c.args:
+        reply.text(c.t("shop.open_app"), ((Button(c.t("shop.open_app_button"),
+                                                  url=c.app.channels.web_app, web_app=True),),))
+    return reply
+
+
+async def _shop(c: Ctx) -> Reply:
     if c.args and normalise(c.args[0]).isdigit():
         return await _page(c, None, whole(c.args[0], "bad.page", low=1, high=100_000) - 1)
     if c.args:

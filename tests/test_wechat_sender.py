@@ -11,16 +11,11 @@ from bot.senders import Rejected, RetryLater, Unreachable
 from bot.wechat import RecipientUnreachable, StorefrontWeChatClient, WeChatSender, split_text
 from engine import users
 from storage.models import Identity
-from tests.standins import wechat as sw
+from tests.conftest import WECHAT_APPID as APPID
+from tests.conftest import WECHAT_SECRET as SECRET
 
-APPID, SECRET = "wx1234567890abcdef", "s3cret"
 FRESH, STALE, NEW = "oFresh_0000000000000000001", "oStale_0000000000000000002", "oNew_3"
 
-
-@pytest.fixture
-def api():
-    with sw.FakeWeChatAPI(appid=APPID, secret=SECRET) as fake:
-        yield fake
 
 
 @pytest.fixture
@@ -37,55 +32,55 @@ def people(memdb):
     return memdb
 
 
-def sender(api, db, template_id="TPL_NOTIFY"):
-    client = StorefrontWeChatClient(APPID, SECRET, api.base_url)
+def sender(wechat_api, db, template_id="TPL_NOTIFY"):
+    client = StorefrontWeChatClient(APPID, SECRET, wechat_api.base_url)
     return WeChatSender(client, db, template_id)
 
 
-async def test_inside_the_window_a_customer_service_message(api, people):
-    await sender(api, people).send(f"wx:{FRESH}", "您的排队返现已到账 100.00 CNY")
-    assert api.sent_messages == [{"touser": FRESH, "msgtype": "text",
+async def test_inside_the_window_a_customer_service_message(wechat_api, people):
+    await sender(wechat_api, people).send(f"wx:{FRESH}", "您的排队返现已到账 100.00 CNY")
+    assert wechat_api.sent_messages == [{"touser": FRESH, "msgtype": "text",
                                   "text": {"content": "您的排队返现已到账 100.00 CNY"}}]
-    assert api.template_messages == []
-    assert len(api.calls_of("/cgi-bin/token")) == 1  # the token came from our base URL too
+    assert wechat_api.template_messages == []
+    assert len(wechat_api.calls_of("/cgi-bin/token")) == 1  # the token came from our base URL too
 
 
-async def test_outside_the_window_a_template_message(api, people):
-    await sender(api, people).send(f"wx:{STALE}", "提现已批准")
-    assert api.sent_messages == []
-    (tpl,) = api.template_messages
+async def test_outside_the_window_a_template_message(wechat_api, people):
+    await sender(wechat_api, people).send(f"wx:{STALE}", "提现已批准")
+    assert wechat_api.sent_messages == []
+    (tpl,) = wechat_api.template_messages
     assert tpl["touser"] == STALE and tpl["template_id"] == "TPL_NOTIFY"
     assert tpl["data"] == {"content": {"value": "提现已批准"}}
 
 
-async def test_wechat_closing_the_window_early_falls_back_to_a_template(api, people):
-    api.outside_window.add(FRESH)
-    await sender(api, people).send(f"wx:{FRESH}", "hello")
-    assert [t["touser"] for t in api.template_messages] == [FRESH]
+async def test_wechat_closing_the_window_early_falls_back_to_a_template(wechat_api, people):
+    wechat_api.outside_window.add(FRESH)
+    await sender(wechat_api, people).send(f"wx:{FRESH}", "hello")
+    assert [t["touser"] for t in wechat_api.template_messages] == [FRESH]
 
 
-async def test_unreachable_users_raise_clear_errors(api, people):
+async def test_unreachable_users_raise_clear_errors(wechat_api, people):
     with pytest.raises(RecipientUnreachable, match="no WECHAT_NOTIFY_TEMPLATE_ID"):
-        await sender(api, people, template_id=None).send(f"wx:{STALE}", "x")
-    api.unsubscribed.add(STALE)
+        await sender(wechat_api, people, template_id=None).send(f"wx:{STALE}", "x")
+    wechat_api.unsubscribed.add(STALE)
     with pytest.raises(Unreachable, match="43004"):
-        await sender(api, people).send(f"wx:{STALE}", "x")
+        await sender(wechat_api, people).send(f"wx:{STALE}", "x")
     with pytest.raises(Rejected):
-        await sender(api, people).send("tg:42", "x")
-    api.inject_error("message/custom/send", 45009, "reach max api daily quota limit")
+        await sender(wechat_api, people).send("tg:42", "x")
+    wechat_api.inject_error("message/custom/send", 45009, "reach max wechat_api daily quota limit")
     with pytest.raises(RetryLater):
-        await sender(api, people).send(f"wx:{FRESH}", "x")
+        await sender(wechat_api, people).send(f"wx:{FRESH}", "x")
 
 
-async def test_a_user_never_seen_gets_a_template(api, people):
-    await sender(api, people).send(f"wx:{NEW}", "hi")
-    assert [t["touser"] for t in api.template_messages] == [NEW]
+async def test_a_user_never_seen_gets_a_template(wechat_api, people):
+    await sender(wechat_api, people).send(f"wx:{NEW}", "hi")
+    assert [t["touser"] for t in wechat_api.template_messages] == [NEW]
 
 
-async def test_long_texts_are_split_into_messages_wechat_accepts(api, people):
+async def test_long_texts_are_split_into_messages_wechat_accepts(wechat_api, people):
     text = "\n".join(f"第 {n} 行：排队返现 100.00 CNY" for n in range(300))
-    await sender(api, people).send(f"wx:{FRESH}", text)
-    sent = [m["text"]["content"] for m in api.sent_messages]
+    await sender(wechat_api, people).send(f"wx:{FRESH}", text)
+    sent = [m["text"]["content"] for m in wechat_api.sent_messages]
     assert len(sent) > 1 and "\n".join(sent) == text
     assert all(len(s.encode()) <= 2000 for s in sent)
 

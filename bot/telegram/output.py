@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LabeledPrice, Message
+from telegram import (
+    Bot,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    LabeledPrice,
+    Message,
+    WebAppInfo,
+)
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
 from handlers.base import App, Button, Card, Document, Invoice, Photo, Progress, Reply, Text
@@ -123,7 +130,9 @@ def keyboard(rows: tuple[tuple[Button, ...], ...]) -> InlineKeyboardMarkup | Non
     for row in rows:
         out: list[InlineKeyboardButton] = []
         for b in row:
-            if b.url and b.label:
+            if b.url and b.label and b.web_app:
+                out.append(InlineKeyboardButton(b.label, web_app=WebAppInfo(b.url)))
+            elif b.url and b.label:
                 out.append(InlineKeyboardButton(b.label, url=b.url))
             elif b.data and b.label and len(b.data.encode("utf-8")) <= MAX_CALLBACK_DATA:
                 out.append(InlineKeyboardButton(b.label, callback_data=b.data))
