@@ -16,6 +16,7 @@ the `CartOrder` row is deleted in the transaction that takes the lines out.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -309,6 +310,44 @@ def _remember(db: Database, user: str, order: str, at: datetime) -> None:
     db.run(work)
 
 
+def _cancel(session: Session, *, ref: str, user: str, at: datetime) -> bool:
+    """Cancel the cart's order `ref` still awaiting payment as `replaces=` does (its checkout
+    row locked first, as every payment does); False when it was paid or cancelled meanwhile."""
+    row = session.execute(select(Checkout).where(Checkout.order_ref == ref)
+                          .with_for_update()).scalar_one_or_none()
+    try:
+        orders.cancel_open(Book(session), ref=ref, user=user, at=at)
+    except Refusal:
+        return False
+    if row is not None and row.status == "open":
+        row.status = "cancelled"
+    return True
+
+
+def _losers(db: Database, user: str) -> list[str]:
+    """Racing checkouts or a payment of the same cart: of the cart's orders awaiting payment
+    all but the newest (each racer saw none to replace), and the newest too when the cart no
+    longer holds its lines (a payment raced it and took them out)."""
+    def work(session: Session) -> list[str]:
+        buyer = _buyer(session, user)
+        unpaid = list(session.execute(
+            select(Order).join(CartOrder, CartOrder.order_ref == Order.ref)
+            .where(CartOrder.user_id == buyer.id, Order.status == UNPAID)
+            .order_by(Order.no.desc())).scalars())
+        held = {i.sku: i.qty for i in _items(session, buyer.id)}
+        return [o.ref for n, o in enumerate(unpaid) if n > 0 or any(
+            held.get(sku, 0) < qty for sku, qty in _order_lines(session, o))]
+
+    return db.read(work)
+
+
+def _one_open(db: Database, user: str, at: datetime) -> list[str]:
+    """Of the cart's orders awaiting payment only the newest stays payable, and only while
+    the cart still holds its lines; the others are cancelled. Returns the cancelled refs."""
+    return [r for r in _losers(db, user)
+            if db.run(partial(_cancel, ref=r, user=user, at=at))]
+
+
 def open_checkout(db: Database, *, user: str, pay_points: object = None, channel: str,
                   method: str, key: str, at: datetime | None = None) -> dict[str, Any]:
     """One order awaiting a channel's payment for the whole cart (`checkout.open_checkout`
@@ -325,6 +364,9 @@ def open_checkout(db: Database, *, user: str, pay_points: object = None, channel
                                     channel=channel, method=method, key=key, at=when,
                                     replaces=open_ref if open_ref else None)
     _remember(db, user, opened["order"], when)
+    if done is None and opened["order"] in _one_open(db, user, when):
+        # a newer checkout of the cart won, or a payment took the cart's lines meanwhile
+        raise Refusal("not_payable", "cancelled")
     return {**opened, "goods": _ships(db, opened["order"])}
 
 
@@ -354,6 +396,7 @@ def pay_from_wallet(db: Database, *, user: str, pay_points: object = None, key: 
 
     result = db.run(work, label="cart_wallet")
     _remember(db, user, result["order"], when)
+    _one_open(db, user, when)  # a checkout that raced this payment: its invoice closed
     return result
 
 

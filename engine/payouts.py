@@ -43,7 +43,8 @@ KINDS = ("wechat", "alipay", "bank")
 LIMIT_KEYS = ("payout.min", "payout.user_daily_max", "payout.shop_daily_max")
 REAL_NAME_FROM = 200_000  # fen: WeChat Pay wants the payee's name from 2,000.00 yuan
 WECHAT_MIN = 10  # fen: the smallest merchant transfer WeChat Pay makes (0.10 yuan)
-NAME = re.compile(r"^[^\x00-\x1f\x7f<>]{1,32}$")
+# no control, markup, or characters that reorder or hide text (the name reaches WeChat Pay)
+NAME = re.compile("^[^\x00-\x1f\x7f<>\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]{1,32}$")
 ALIPAY = re.compile(r"^(1\d{10}|[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,64}\.[A-Za-z]{2,12})$")
 BANK_CARD = re.compile(r"^\d{12,19}$")
 COUNTED = ("pending", "approved", "transfer", "paid")  # a day's requests that count

@@ -64,6 +64,11 @@ _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200e\u200f\u202a\u202b\u202c\u202d\
                                     "\u2060\u2066\u2067\u2068\u2069\ufeff"))
 
 
+def visible(text: str) -> str:
+    """User text kept as written (lines too), without what reorders or hides it."""
+    return text.translate(_INVISIBLE)
+
+
 def echo(text: object, limit: int = MAX_ECHO) -> str:
     """User text safe to repeat back: one line, capped, nothing that reorders or hides."""
     s = " ".join(str(text).translate(_INVISIBLE).split())

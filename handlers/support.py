@@ -10,13 +10,15 @@ button; the operator's answer reaches the buyer on their own channel; the thread
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from engine import support
+from engine.limits import SUPPORT as SUPPORT_RATE
 
 from . import i18n
 from .base import Button, Reply
-from .parsing import BadInput, echo, normalise, whole
+from .parsing import BadInput, echo, normalise, visible, whole
 from .registry import Ctx, button, command, expect_next
 
 SHOWN = 8  # messages of a thread shown in chat
@@ -70,8 +72,11 @@ async def support_cmd(c: Ctx) -> Reply:
 
 
 async def _send(c: Ctx, text: str) -> Reply:
+    # each message notifies every operator: a flood is refused before it is written
+    if not await asyncio.to_thread(c.app.limiter.allow, SUPPORT_RATE, c.req.identity):
+        return c.say("support.slow_down")
     r = await c.call(support.write, c.app.db, user_id=c.user_id, identity=c.req.identity,
-                     text=text, key=c.key("support"), operators=c.app.operators)
+                     text=visible(text), key=c.key("support"), operators=c.app.operators)
     return c.say("support.sent", thread=r["thread"])
 
 
@@ -108,8 +113,8 @@ async def support_button(c: Ctx) -> Reply:
 
 
 async def _answer(c: Ctx, thread: int, text: str) -> Reply:
-    await c.call(support.answer, c.app.db, thread=thread, operator=c.req.identity, text=text,
-                 key=c.key("support-answer"))
+    await c.call(support.answer, c.app.db, thread=thread, operator=c.req.identity,
+                 text=visible(text), key=c.key("support-answer"))
     return c.say("support.answered", _thread_buttons(c, thread), thread=thread)
 
 
