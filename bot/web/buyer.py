@@ -190,23 +190,31 @@ class Buyer:
         return channel == "console" or (channel == "telegram"
                                         and self.site.app.takes_payments("telegram"))
 
-    async def _action(self, request: Request) -> tuple[Visitor, dict[str, Any]] | Response:
-        """The visitor and the JSON body of a POST, or the refusal (no sign-in, no CSRF)."""
+    async def _action(self, request: Request, *, keyed: bool = False
+                      ) -> tuple[Visitor, dict[str, Any], dict[str, Any], str] | Response:
+        """The visitor, the JSON body of a POST, the visitor's user (joined) and, when
+        `keyed`, the idempotency key `web:<identity>:<nonce>` from the body's `key` (8 to 40
+        characters); or the refusal (no sign-in, no CSRF, no key)."""
         v = await self._who(request)
         if isinstance(v, Response):
             return v
         body = await json_body(request)
         if not self.site.csrf_ok(v, body.get("csrf")):
             return error_json(v.lang, "admin.csrf", 403)
-        return v, body
+        key = ""
+        if keyed:
+            nonce = body.get("key")
+            if not isinstance(nonce, str) or not 8 <= len(nonce) <= 40:
+                return error_json(v.lang, "refusal.invalid_event", 400)
+            key = f"web:{v.identity}:{nonce}"
+        return v, body, await self.site.join(v), key
 
     async def cart_change(self, request: Request) -> Response:
         """Add to, change or take out of the buyer's cart (engine/cart.py, the chat's own)."""
         asked = await self._action(request)
         if isinstance(asked, Response):
             return asked
-        v, body = asked
-        user = await self.site.join(v)
+        v, body, user, _ = asked
         sku, qty, op = body.get("sku"), body.get("qty", 1), body.get("op")
         try:
             if op == "add":
@@ -223,15 +231,10 @@ class Buyer:
                              "message": t(v.lang, "added") if op == "add" else ""})
 
     async def checkout(self, request: Request) -> Response:
-        asked = await self._action(request)
+        asked = await self._action(request, keyed=True)
         if isinstance(asked, Response):
             return asked
-        v, body = asked
-        nonce = body.get("key")
-        if not isinstance(nonce, str) or not 8 <= len(nonce) <= 40:
-            return error_json(v.lang, "refusal.invalid_event", 400)
-        user = await self.site.join(v)
-        key = f"web:{v.identity}:{nonce}"
+        v, body, user, key = asked
         wallet = body.get("wallet") is True
         try:
             # goods go somewhere: Telegram's invoice asks for the address, elsewhere the
@@ -261,8 +264,7 @@ class Buyer:
         asked = await self._action(request)
         if isinstance(asked, Response):
             return asked
-        v, body = asked
-        user = await self.site.join(v)
+        v, body, user, _ = asked
         try:
             await self.site.call(delivery.save_address, self.site.db, user=user["handle"],
                                  name=body.get("name"), phone=body.get("phone"),
@@ -302,21 +304,17 @@ class Buyer:
                              "message": t(v.lang, "pay.simulated")})
 
     async def withdraw(self, request: Request) -> Response:
-        asked = await self._action(request)
+        asked = await self._action(request, keyed=True)
         if isinstance(asked, Response):
             return asked
-        v, body = asked
-        nonce = body.get("key")
-        if not isinstance(nonce, str) or not 8 <= len(nonce) <= 40:
-            return error_json(v.lang, "refusal.invalid_event", 400)
-        user = await self.site.join(v)
+        v, body, user, key = asked
         # where to be paid is chosen in the chat first, as /withdraw asks (issue 17)
         if await self.site.call(payouts.method_of, self.site.db, user["handle"]) is None:
             return error_json(v.lang, "rebates.need_method", 409)
         try:
             result = await self.site.call(service.request_withdrawal, self.site.db,
                                           user=user["handle"], amount=body.get("amount"),
-                                          key=f"web:{v.identity}:{nonce}:withdraw")
+                                          key=f"{key}:withdraw")
         except Refusal as exc:
             return refusal_json(v.lang, exc)
         amount = i18n.money(result["amount"], self.site.app.currency)
@@ -328,8 +326,7 @@ class Buyer:
         asked = await self._action(request)
         if isinstance(asked, Response):
             return asked
-        v, body = asked
-        user = await self.site.join(v)
+        v, body, user, _ = asked
         try:
             await self.site.call(delivery.confirm_receipt, self.site.db,
                                  order=str(body.get("order", ""))[:32], user=user["handle"])
