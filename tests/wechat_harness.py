@@ -140,14 +140,7 @@ def settings_for(db_url: str, api: sw.FakeWeChatAPI, pay_api: sw.FakeWeChatPayAP
         "WECHAT_APP_SECRET": SECRET,
         "WECHAT_ENCODING_AES_KEY": aes_key,
         "WECHAT_API_BASE_URL": api.base_url,
-        "WECHAT_PAY_MCH_ID": keys.mchid,
-        "WECHAT_PAY_PRIVATE_KEY_FILE": str(keys.merchant_private_key_path),
-        "WECHAT_PAY_CERT_SERIAL": keys.cert_serial_no,
-        "WECHAT_PAY_APIV3_KEY": keys.apiv3_key,
-        "WECHAT_PAY_PUBLIC_KEY_FILE": str(keys.platform_public_key_path),
-        "WECHAT_PAY_PUBLIC_KEY_ID": keys.public_key_id,
-        "WECHAT_PAY_NOTIFY_URL": NOTIFY_URL,
-        "WECHAT_PAY_API_BASE_URL": pay_api.base_url,
+        **keys.settings(NOTIFY_URL, pay_api.base_url),
     }
     values.update(extra)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
