@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -261,17 +262,22 @@ class Buyer:
 
     async def address(self, request: Request) -> Response:
         """The buyer's delivery address (delivery.save_address, as the chat's address step)."""
+        return await self._delivery_step(request, delivery.save_address, "address.saved",
+                                         lambda body: {key: body.get(key) for key in
+                                                       ("name", "phone", "address")})
+
+    async def _delivery_step(self, request: Request, step: Callable[..., Any], said: str,
+                             args: Callable[[dict[str, Any]], dict[str, Any]]) -> Response:
+        """`step(db, user=<the buyer>, **args(body))`, answered with `said` or the refusal."""
         asked = await self._action(request)
         if isinstance(asked, Response):
             return asked
         v, body, user, _ = asked
         try:
-            await self.site.call(delivery.save_address, self.site.db, user=user["handle"],
-                                 name=body.get("name"), phone=body.get("phone"),
-                                 address=body.get("address"))
+            await self.site.call(step, self.site.db, user=user["handle"], **args(body))
         except Refusal as exc:
             return refusal_json(v.lang, exc)
-        return JSONResponse({"ok": True, "message": t(v.lang, "address.saved")})
+        return JSONResponse({"ok": True, "message": t(v.lang, said)})
 
     async def _open_and_pay(self, v: Visitor, handle: str, key: str) -> Response:
         via = v.session.via
@@ -323,16 +329,8 @@ class Buyer:
 
     async def receive(self, request: Request) -> Response:
         """The buyer's 确认收货 (delivery.confirm_receipt, as the chat's receipt button)."""
-        asked = await self._action(request)
-        if isinstance(asked, Response):
-            return asked
-        v, body, user, _ = asked
-        try:
-            await self.site.call(delivery.confirm_receipt, self.site.db,
-                                 order=str(body.get("order", ""))[:32], user=user["handle"])
-        except Refusal as exc:
-            return refusal_json(v.lang, exc)
-        return JSONResponse({"ok": True, "message": t(v.lang, "orders.received")})
+        return await self._delivery_step(request, delivery.confirm_receipt, "orders.received",
+                                         lambda body: {"order": str(body.get("order", ""))[:32]})
 
     # -- WeChat OAuth (snsapi_base) ------------------------------------------------------
 
