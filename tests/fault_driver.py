@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import sys
-import traceback
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -46,6 +45,7 @@ from storage import faults
 from storage.db import Database
 from storage.migrate import migrate
 from storage.models import Checkout, Head, Order, Outbox, User, Withdrawal
+from tests import fork_server
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 T0 = datetime(2026, 8, 1, 10, 0, tzinfo=SHANGHAI)  # first purchases: mature 16 Aug 00:00
@@ -230,33 +230,11 @@ def _child(command: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fork(command: dict[str, Any]) -> dict[str, Any]:
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: do the work, report, and leave without cleanup of the parent's
-        os.close(read_end)
-        code = 0
-        try:
-            out = _child(command)
-        except BaseException:  # noqa: BLE001 - reported to the test, which fails on it
-            out = {"error": traceback.format_exc()}
-            code = 1
-        with os.fdopen(write_end, "w") as pipe:
-            pipe.write(json.dumps(out, default=str))
-        os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    return {"exit": os.waitstatus_to_exitcode(status), "out": json.loads(data) if data else None}
+    return fork_server.fork(_child, command)
 
 
 def main(stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> None:
-    for line in stdin:
-        command = json.loads(line)
-        if command.get("op") == "quit":
-            break
-        stdout.write(json.dumps(_fork(command)) + "\n")
-        stdout.flush()
+    fork_server.serve(_fork, stdin, stdout)
 
 
 class Driver:

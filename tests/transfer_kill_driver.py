@@ -31,7 +31,6 @@ import json
 import os
 import subprocess
 import sys
-import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,6 +41,7 @@ from bot.wechatpay.transfers import WeChatTransfers
 from scheduler.transfers import follow
 from storage import faults
 from storage.db import Database
+from tests import fork_server
 from tests.standins import wechat as sw
 from tests.test_transfers import OPERATOR, transfers_client
 
@@ -109,36 +109,11 @@ def _child(command: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fork(command: dict[str, Any]) -> dict[str, Any]:
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the protocol's stdout is not its to write on
-        os.close(read_end)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        code = 0
-        try:
-            out = _child(command)
-        except BaseException:  # noqa: BLE001 - reported to the test, which fails on it
-            out = {"error": traceback.format_exc()}
-            code = 1
-        with os.fdopen(write_end, "w") as pipe:
-            pipe.write(json.dumps(out, default=str))
-        os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    return {"exit": os.waitstatus_to_exitcode(status), "out": json.loads(data) if data else None}
+    return fork_server.fork(_child, command, quiet=True)
 
 
 def main(stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> None:
-    for line in stdin:
-        command = json.loads(line)
-        if command.get("op") == "quit":
-            break
-        _warm(command)
-        stdout.write(json.dumps(_fork(command)) + "\n")
-        stdout.flush()
+    fork_server.serve(_fork, stdin, stdout, before=_warm)
 
 
 class Driver:
