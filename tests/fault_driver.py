@@ -29,7 +29,6 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -237,34 +236,10 @@ def main(stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> None:
     fork_server.serve(_fork, stdin, stdout)
 
 
-class Driver:
+class Driver(fork_server.Driver):
     """The test side: start the fork server once, send it commands."""
 
-    def __init__(self, popen: Callable[..., Any]) -> None:
-        import subprocess
-        from pathlib import Path
-
-        root = Path(__file__).resolve().parent.parent
-        env = {k: v for k, v in os.environ.items() if k != faults.ENV}
-        self.proc = popen([sys.executable, "-m", "tests.fault_driver"], cwd=root, env=env,
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def __call__(self, **command: Any) -> dict[str, Any]:
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the fault driver died")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.write('{"op": "quit"}\n')
-            self.proc.stdin.close()
-        except (BrokenPipeError, ValueError):
-            pass
-        self.proc.wait(timeout=30)
+    module = "tests.fault_driver"
 
 
 if __name__ == "__main__":

@@ -4,11 +4,17 @@ of a parent that has already imported everything, its result a JSON line on stdo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from storage import faults
 
 Command = dict[str, Any]
 
@@ -51,3 +57,32 @@ def serve(run: Callable[[Command], dict[str, Any]], stdin: Any, stdout: Any,
             before(command)
         stdout.write(json.dumps(run(command)) + "\n")
         stdout.flush()
+
+
+class Driver:
+    """The test side: start `module`'s fork server once (no fault armed in its environment,
+    nor the variables in `drop`), send it commands, get the answers."""
+
+    module = ""
+    drop: tuple[str, ...] = ()
+
+    def __init__(self, popen: Callable[..., Any] = subprocess.Popen) -> None:
+        root = Path(__file__).resolve().parent.parent
+        env = {k: v for k, v in os.environ.items() if k not in (faults.ENV, *self.drop)}
+        self.proc = popen([sys.executable, "-m", self.module], cwd=root, env=env,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def __call__(self, **command: Any) -> dict[str, Any]:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.module} died")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            self.proc.stdin.write('{"op": "quit"}\n')
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)

@@ -28,10 +28,7 @@ import contextlib
 import dataclasses
 import io
 import json
-import os
-import subprocess
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -116,30 +113,12 @@ def main(stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> None:
     fork_server.serve(_fork, stdin, stdout, before=_warm)
 
 
-class Driver:
+class Driver(fork_server.Driver):
     """The test side: start the fork server once (no fault in its environment), send it
     commands, get the answers."""
 
-    def __init__(self, popen: Callable[..., Any] = subprocess.Popen) -> None:
-        root = Path(__file__).resolve().parent.parent
-        env = {k: v for k, v in os.environ.items() if k not in (faults.ENV, "DATABASE_URL")}
-        self.proc = popen([sys.executable, "-m", "tests.transfer_kill_driver"], cwd=root,
-                          env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def __call__(self, **command: Any) -> dict[str, Any]:
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the transfer kill driver died")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def close(self) -> None:
-        with contextlib.suppress(BrokenPipeError, ValueError):
-            self.proc.stdin.write('{"op": "quit"}\n')
-            self.proc.stdin.close()
-        self.proc.wait(timeout=30)
+    module = "tests.transfer_kill_driver"
+    drop = ("DATABASE_URL",)
 
 
 if __name__ == "__main__":
