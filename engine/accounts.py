@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from storage.models import Product, Setting, User, Withdrawal
+from storage.rows import UserRow
 
 from . import journal, ledger, payouts, points, transfers
 from .book import Book
@@ -50,6 +51,14 @@ def fen_amount(value: object) -> int:
 
 def micro_amount(value: object) -> int:
     return _amount(value, parse_micro)
+
+
+def _points_held(holder: UserRow, amount: object) -> int:
+    """`amount` as micro-points, refused when `holder` holds fewer."""
+    q = micro_amount(amount)
+    if q > holder.points:
+        raise Refusal("insufficient_points")
+    return q
 
 
 def configure(book: Book, sections: Any, at: datetime, actor: str | None = None) -> dict[str, str]:
@@ -210,9 +219,7 @@ def withdraw_points(book: Book, *, user: object, amount: object, at: datetime,
     if (done := book.already(key)) is not None:
         return done
     holder = book.user(user)  # type: ignore[arg-type]
-    q = micro_amount(amount)
-    if q > holder.points:
-        raise Refusal("insufficient_points")
+    q = _points_held(holder, amount)
     p = journal.Postings()
     n = book.head.last_txn + 1
     net, fee = points.withdraw(book, holder, q, p, f"sell:{n}")
@@ -231,9 +238,7 @@ def transfer_points(book: Book, *, sender: object, receiver: object, amount: obj
     dst = book.user(receiver)  # type: ignore[arg-type]
     if src.id == dst.id:
         raise Refusal("self_transfer")
-    q = micro_amount(amount)
-    if q > src.points:
-        raise Refusal("insufficient_points")
+    q = _points_held(src, amount)
     p = journal.Postings()
     n = book.head.last_txn + 1
     points.transfer(src, dst, q, p, f"transfer:{n}")

@@ -26,7 +26,6 @@ from storage.db import Database
 from storage.models import (
     CartItem,
     CartOrder,
-    Checkout,
     Order,
     OrderLine,
     Product,
@@ -384,13 +383,8 @@ def pay_from_wallet(db: Database, *, user: str, pay_points: object = None, key: 
 
     def work(session: Session) -> dict[str, Any]:
         book = Book(session)
-        if open_ref is not None and book.stored(key) is None:
-            # the checkout row first, as every payment locks it
-            row = session.execute(select(Checkout).where(Checkout.order_ref == open_ref)
-                                  .with_for_update()).scalar_one_or_none()
-            orders.cancel_open(book, ref=open_ref, user=user, at=when)
-            if row is not None and row.status == "open":
-                row.status = "cancelled"
+        if open_ref is not None:
+            checkout.cancel_replaced(book, ref=open_ref, user=user, at=when, key=key)
         return orders.record_paid_order(book, user=user, lines=lines, at=when,
                                         pay_points=pay_points, method="wallet", key=key)
 

@@ -71,12 +71,8 @@ def open_checkout(db: Database, *, user: str, sku: object = None, qty: object = 
 
     def work(session: Session) -> dict[str, Any]:
         book = Book(session)
-        if replaces is not None and book.stored(key) is None:
-            old = session.execute(select(Checkout).where(Checkout.order_ref == replaces)
-                                  .with_for_update()).scalar_one_or_none()
-            orders.cancel_open(book, ref=replaces, user=user, at=when)
-            if old is not None and old.status == "open":
-                old.status = "cancelled"
+        if replaces is not None:
+            cancel_replaced(book, ref=replaces, user=user, at=when, key=key)
         result = orders.open_unpaid_order(book, user=user, sku=sku, qty=qty, lines=lines,
                                           at=when, pay_points=pay_points, method=method,
                                           key=key)
@@ -100,6 +96,18 @@ def open_checkout(db: Database, *, user: str, sku: object = None, qty: object = 
                 "currency": book.cfg.currency}
 
     return db.run(work)
+
+
+def cancel_replaced(book: Book, *, ref: str, user: str, at: datetime, key: str) -> None:
+    """The open order `ref` that purchase `key` replaces, cancelled and its checkout closed
+    (locked first, as every payment locks it); nothing when `key` is a repeated tap."""
+    if book.stored(key) is not None:
+        return
+    row = book.s.execute(select(Checkout).where(Checkout.order_ref == ref)
+                         .with_for_update()).scalar_one_or_none()
+    orders.cancel_open(book, ref=ref, user=user, at=at)
+    if row is not None and row.status == "open":
+        row.status = "cancelled"
 
 
 def pay_with_wallet(db: Database, *, user: str, order: object, key: str,

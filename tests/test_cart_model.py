@@ -20,7 +20,8 @@ from engine.verify import verify
 from storage.db import Database
 from storage.models import Product
 from tests.cart_model import Model
-from tests.conftest import migrated, pg_schema
+from tests.conftest import migrated
+from tests.helpers import examples_on_postgres
 
 USERS = ["A", "B", "C", "D"]
 SKUS = ["q", "p", "b", "n"]
@@ -166,14 +167,7 @@ def test_random_carts_replay_exactly_as_the_model_says_on_sqlite(events):
 @pytest.mark.pg
 @pytest.mark.slow
 def test_random_carts_replay_exactly_as_the_model_says_on_postgres(pg_admin):
-    @settings(max_examples=8, deadline=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-    @given(scenarios(most=20))
-    def run(events):
-        with pg_schema(pg_admin) as url, migrated(url) as db:
-            check(db, events)
-
-    run()
+    examples_on_postgres(pg_admin, scenarios(most=20), check)
 
 
 def test_the_model_agrees_with_the_shared_cart_vector():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -67,6 +68,16 @@ def withdraw(db: Database, amount: str = "100.00") -> int:
     return int(r["withdrawal"])
 
 
+def withdrawn(make_db: Any, keys: sw.PayKeys, api: FakeTransferAPI
+              ) -> tuple[Database, int, WeChatTransfers]:
+    """On SQLite: Alice funded (`funded`), her approved 100.00 withdrawal, the transfers
+    client that pays it."""
+    db = make_db("sqlite")
+    funded(db)
+    wid = withdraw(db)
+    return db, wid, transfers_client(db, keys, api)
+
+
 def alice(db: Database) -> dict:
     """Alice's wallet and the money held for her withdrawals."""
     row = db.read(lambda s: s.execute(select(User.wallet, User.held).where(
@@ -123,10 +134,7 @@ def test_approval_pays_the_wechat_balance_exactly_once_after_the_user_confirms(d
 
 
 def test_a_failed_transfer_gives_the_hold_back_and_tells_the_user_why(make_db, keys, api):
-    db = make_db("sqlite")
-    funded(db)
-    wid = withdraw(db)
-    wt = transfers_client(db, keys, api)
+    db, wid, wt = withdrawn(make_db, keys, api)
     run(db, wt)
     api.fail(transfers.out_bill_no(wid), "PAYEE_ACCOUNT_ABNORMAL")
     assert run(db, wt, later(11)) == {"fail": 1}
@@ -139,10 +147,7 @@ def test_a_failed_transfer_gives_the_hold_back_and_tells_the_user_why(make_db, k
 
 
 def test_a_transfer_left_unconfirmed_is_cancelled_and_the_hold_comes_back(make_db, keys, api):
-    db = make_db("sqlite")
-    funded(db)
-    wid = withdraw(db)
-    wt = transfers_client(db, keys, api)
+    db, wid, wt = withdrawn(make_db, keys, api)
     run(db, wt)
     assert run(db, wt, later(25 * 60)) == {"cancelled": 1}
     assert len(api.calls_of(bill_path(transfers.out_bill_no(wid)) + "/cancel")) == 1
@@ -173,11 +178,8 @@ def test_insufficient_merchant_funds_keep_the_hold_tell_the_operators_and_retry(
 
 
 def test_a_5xx_and_a_timeout_are_retried_and_looked_up_never_paid_twice(make_db, keys, api):
-    db = make_db("sqlite")
-    funded(db)
-    wid = withdraw(db)
+    db, wid, wt = withdrawn(make_db, keys, api)
     no = transfers.out_bill_no(wid)
-    wt = transfers_client(db, keys, api)
     api.inject_error(BILLS, 500, "SYSTEM_ERROR", "系统错误")
     assert run(db, wt) == {"retry": 1}
     assert no not in api.bills
@@ -194,11 +196,8 @@ def test_a_5xx_and_a_timeout_are_retried_and_looked_up_never_paid_twice(make_db,
 
 
 def test_a_duplicate_out_bill_no_is_answered_by_the_existing_bill(make_db, keys, api):
-    db = make_db("sqlite")
-    funded(db)
-    wid = withdraw(db)
+    db, wid, wt = withdrawn(make_db, keys, api)
     no = transfers.out_bill_no(wid)
-    wt = transfers_client(db, keys, api)
     wt.create(out_bill_no=no, openid=ALICE, amount=10000, user_name=None)  # an earlier try
     api.bills[no]["transfer_scene_id"] = "1005"  # …that WeChat Pay holds with other params
     # attempt 1 creates without a look-up: WeChat Pay says duplicate, we adopt its bill
@@ -246,11 +245,8 @@ STEPS = ["commit.before:claim_transfers", "commit.after:claim_transfers", "trans
 def test_a_crash_at_any_step_neither_pays_twice_nor_loses_the_hold(make_db, keys, api, point,
                                                                    ending):
     """Each step crashed once, the transfer ending paid or failed (alternately)."""
-    db = make_db("sqlite")
-    funded(db)
-    wid = withdraw(db)
+    db, wid, wt = withdrawn(make_db, keys, api)
     no = transfers.out_bill_no(wid)
-    wt = transfers_client(db, keys, api)
     faults.arm(f"{point}:1:raise")
     try:
         with pytest.raises(faults.FaultInjected):
@@ -280,11 +276,8 @@ def test_a_crash_at_any_step_neither_pays_twice_nor_loses_the_hold(make_db, keys
 # -- the notification endpoint ------------------------------------------------------------------
 
 def test_notifications_are_verified_before_anything_is_recorded(make_db, keys, api):
-    db = make_db("sqlite")
-    funded(db)
-    wid = withdraw(db)
+    db, wid, wt = withdrawn(make_db, keys, api)
     no = transfers.out_bill_no(wid)
-    wt = transfers_client(db, keys, api)
     run(db, wt)
     api.confirm(no)
     bad = [api.notification_for(no, wrong_signature=True),
@@ -300,11 +293,8 @@ def test_notifications_are_verified_before_anything_is_recorded(make_db, keys, a
 
 def test_a_different_ending_after_the_end_changes_nothing_and_is_reported(make_db, keys, api,
                                                                           caplog):
-    db = make_db("sqlite")
-    funded(db)
-    wid = withdraw(db)
+    db, wid, wt = withdrawn(make_db, keys, api)
     no = transfers.out_bill_no(wid)
-    wt = transfers_client(db, keys, api)
     run(db, wt)
     api.fail(no)
     run(db, wt, later(11))

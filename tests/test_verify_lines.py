@@ -9,6 +9,7 @@ from sqlalchemy import text
 from engine.replay import Replayer
 from engine.verify import verify
 from storage.db import Database
+from tests.helpers import tamper
 from tests.test_vectors import VECTORS
 
 
@@ -18,11 +19,6 @@ def carts(db: Database) -> Database:
     with open(VECTORS / "cart-stock-receipt.jsonl", encoding="utf-8") as fh:
         Replayer(db).run(fh)
     return db
-
-
-def tamper(db: Database, sql: str) -> None:
-    with db.engine.begin() as conn:
-        conn.execute(text(sql))
 
 
 def test_untouched_carts_pass(carts):

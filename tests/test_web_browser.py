@@ -246,14 +246,7 @@ def test_a_wechat_buyer_signs_in_by_oauth_and_pays_by_jsapi(tmp_path: Path,
             "DATABASE_URL": url, "STOREFRONT_DEMO_CATALOGUE": "false",
             "WECHAT_TOKEN": "wx-token", "WECHAT_APP_ID": keys.appid,
             "WECHAT_APP_SECRET": "wx-secret", "WECHAT_API_BASE_URL": api.base_url,
-            "WECHAT_PAY_MCH_ID": keys.mchid,
-            "WECHAT_PAY_PRIVATE_KEY_FILE": str(keys.merchant_private_key_path),
-            "WECHAT_PAY_CERT_SERIAL": keys.cert_serial_no,
-            "WECHAT_PAY_APIV3_KEY": keys.apiv3_key,
-            "WECHAT_PAY_PUBLIC_KEY_FILE": str(keys.platform_public_key_path),
-            "WECHAT_PAY_PUBLIC_KEY_ID": keys.public_key_id,
-            "WECHAT_PAY_NOTIFY_URL": f"http://127.0.0.1:{port}/wechat/pay/notify",
-            "WECHAT_PAY_API_BASE_URL": pay_api.base_url,
+            **keys.settings(f"http://127.0.0.1:{port}/wechat/pay/notify", pay_api.base_url),
             "STOREFRONT_PUBLIC_URL": f"http://127.0.0.1:{port}"}, port=port)
         try:
             ua = ("Mozilla/5.0 (Linux; Android 13) AppleWebKit/537.36 Mobile "

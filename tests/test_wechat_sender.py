@@ -3,33 +3,21 @@ messages outside it, and clear errors for users WeChat will not reach."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import pytest
 
 from bot.senders import Rejected, RetryLater, Unreachable
 from bot.wechat import RecipientUnreachable, StorefrontWeChatClient, WeChatSender, split_text
-from engine import users
-from storage.models import Identity
 from tests.conftest import WECHAT_APPID as APPID
 from tests.conftest import WECHAT_SECRET as SECRET
+from tests.wechat_harness import FRESH, STALE, seen_fresh_and_stale
 
-FRESH, STALE, NEW = "oFresh_0000000000000000001", "oStale_0000000000000000002", "oNew_3"
-
+NEW = "oNew_3"
 
 
 @pytest.fixture
 def people(memdb):
     """FRESH wrote an hour ago, STALE three days ago; NEW never wrote."""
-    now = datetime.now(UTC)
-    for openid, seen in ((FRESH, now - timedelta(hours=1)), (STALE, now - timedelta(days=3))):
-        users.resolve(memdb, f"wx:{openid}")
-
-        def touch(s, identity=f"wx:{openid}", at=seen):
-            s.get(Identity, identity).last_seen_at = at
-
-        memdb.run(touch)
-    return memdb
+    return seen_fresh_and_stale(memdb)
 
 
 def sender(wechat_api, db, template_id="TPL_NOTIFY"):
@@ -91,19 +79,19 @@ def test_split_text_cuts_even_one_endless_line():
     assert split_text("short") == ["short"]
 
 
-async def test_buttons_go_as_menu_links_whose_data_is_kept_for_the_tap(api, people):
+async def test_buttons_go_as_menu_links_whose_data_is_kept_for_the_tap(wechat_api, people):
     """An outbox message's buttons (the shipping notice's receipt button): menu links whose
     ids the adapter maps back to the button data; no database, no links (the text says
     what to type)."""
     from bot.wechat.seen import Seen
 
     rows = ((("✅ N2 已收货", "recv:v1:N2"),),)
-    await sender(api, people).send_buttons(f"wx:{FRESH}", "您的订单 N2 已发货", rows)
-    (sent,) = api.sent_messages
+    await sender(wechat_api, people).send_buttons(f"wx:{FRESH}", "您的订单 N2 已发货", rows)
+    (sent,) = wechat_api.sent_messages
     text = sent["text"]["content"]
     assert text.startswith("您的订单 N2 已发货\n<a href=\"weixin://bizmsgmenu?msgmenucontent=")
     menu_id = text.split("msgmenuid=")[1].split('"')[0]
     assert Seen(people).recall(f"wx:btn:{FRESH}:{menu_id}") == "recv:v1:N2"
-    client = StorefrontWeChatClient(APPID, SECRET, api.base_url)
+    client = StorefrontWeChatClient(APPID, SECRET, wechat_api.base_url)
     await WeChatSender(client).send_buttons(f"wx:{FRESH}", "您的订单 N2 已发货", rows)
-    assert api.sent_messages[-1]["text"]["content"] == "您的订单 N2 已发货"
+    assert wechat_api.sent_messages[-1]["text"]["content"] == "您的订单 N2 已发货"

@@ -6,15 +6,18 @@ message) and without a database, the text goes alone."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
 
 from bot.wechat import StorefrontWeChatClient, WeChatSender
-from engine import users
 from handlers.notify import buttons, render
 from scheduler import Deliverer
-from storage.models import Identity
 from tests.standins import wechat as sw
-from tests.wechat_harness import OPERATOR, Shop  # its `shop` fixture is conftest's plugin
+from tests.wechat_harness import (  # its `shop` fixture is conftest's plugin
+    FRESH,
+    OPERATOR,
+    STALE,
+    Shop,
+    seen_fresh_and_stale,
+)
 
 BUYER = "oBuyer_00000000000000000001"
 MENU = re.compile(r'<a href="weixin://bizmsgmenu\?msgmenucontent=([^&]+)&msgmenuid=(\d+)">'
@@ -52,23 +55,11 @@ async def test_a_wechat_operator_taps_reply_on_a_support_notice(shop: Shop) -> N
 
 
 APPID, SECRET = "wx1234567890abcdef", "s3cret"
-FRESH, STALE = "oFresh_0000000000000000001", "oStale_0000000000000000002"
 ROWS = ((("Reply #3", "sup:v1:reply:3"), ("Close #3", "sup:v1:close:3")),)
 
 
-def _people(db):
-    now = datetime.now(UTC)
-    for openid, seen in ((FRESH, now - timedelta(hours=1)), (STALE, now - timedelta(days=3))):
-        users.resolve(db, f"wx:{openid}")
-
-        def touch(s, identity=f"wx:{openid}", at=seen):
-            s.get(Identity, identity).last_seen_at = at
-
-        db.run(touch)
-
-
 async def test_outside_the_window_or_without_a_database_the_text_goes_alone(memdb):
-    _people(memdb)
+    seen_fresh_and_stale(memdb)
     with sw.FakeWeChatAPI(appid=APPID, secret=SECRET) as api:
         client = StorefrontWeChatClient(APPID, SECRET, api.base_url)
         await WeChatSender(client, memdb, "TPL").send_buttons(f"wx:{STALE}", "Message", ROWS)

@@ -28,11 +28,7 @@ import contextlib
 import dataclasses
 import io
 import json
-import os
-import subprocess
 import sys
-import traceback
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +38,7 @@ from bot.wechatpay.transfers import WeChatTransfers
 from scheduler.transfers import follow
 from storage import faults
 from storage.db import Database
+from tests import fork_server
 from tests.standins import wechat as sw
 from tests.test_transfers import OPERATOR, transfers_client
 
@@ -109,62 +106,19 @@ def _child(command: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fork(command: dict[str, Any]) -> dict[str, Any]:
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the protocol's stdout is not its to write on
-        os.close(read_end)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        code = 0
-        try:
-            out = _child(command)
-        except BaseException:  # noqa: BLE001 - reported to the test, which fails on it
-            out = {"error": traceback.format_exc()}
-            code = 1
-        with os.fdopen(write_end, "w") as pipe:
-            pipe.write(json.dumps(out, default=str))
-        os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    return {"exit": os.waitstatus_to_exitcode(status), "out": json.loads(data) if data else None}
+    return fork_server.fork(_child, command, quiet=True)
 
 
 def main(stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> None:
-    for line in stdin:
-        command = json.loads(line)
-        if command.get("op") == "quit":
-            break
-        _warm(command)
-        stdout.write(json.dumps(_fork(command)) + "\n")
-        stdout.flush()
+    fork_server.serve(_fork, stdin, stdout, before=_warm)
 
 
-class Driver:
+class Driver(fork_server.Driver):
     """The test side: start the fork server once (no fault in its environment), send it
     commands, get the answers."""
 
-    def __init__(self, popen: Callable[..., Any] = subprocess.Popen) -> None:
-        root = Path(__file__).resolve().parent.parent
-        env = {k: v for k, v in os.environ.items() if k not in (faults.ENV, "DATABASE_URL")}
-        self.proc = popen([sys.executable, "-m", "tests.transfer_kill_driver"], cwd=root,
-                          env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def __call__(self, **command: Any) -> dict[str, Any]:
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the transfer kill driver died")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def close(self) -> None:
-        with contextlib.suppress(BrokenPipeError, ValueError):
-            self.proc.stdin.write('{"op": "quit"}\n')
-            self.proc.stdin.close()
-        self.proc.wait(timeout=30)
+    module = "tests.transfer_kill_driver"
+    drop = ("DATABASE_URL",)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -48,8 +48,9 @@ STATIC = Path(__file__).parent / "static"
 
 
 def _guarded(endpoint: Endpoint) -> Endpoint:
-    """As bot/http.py's guard: no request gets a 500 with a traceback."""
-    from bot.http import BodyTooLarge
+    """bot/http.py's guard (no request gets a 500 with a traceback), and a blocked person
+    gets a polite 403 in their language."""
+    from bot.http import _guarded as http_guarded
 
     async def guarded(request: Request) -> Response:
         try:
@@ -58,15 +59,8 @@ def _guarded(endpoint: Endpoint) -> Endpoint:
             return JSONResponse({"ok": False, "code": "blocked",
                                  "error": t(pick_lang(request.cookies.get("sf_lang")),
                                             "blocked")}, status_code=403)
-        except BodyTooLarge:
-            return PlainTextResponse("request body too large", status_code=413)
-        except ClientDisconnect:
-            return PlainTextResponse("client disconnected", status_code=400)
-        except Exception:  # noqa: BLE001 - the last line of defence
-            log.exception("%s %s failed", request.method, request.url.path)
-            return PlainTextResponse("bad request", status_code=400)
 
-    return guarded
+    return http_guarded(guarded)
 
 
 def login_link_maker(settings: Settings) -> Callable[[str], str] | None:
@@ -91,15 +85,15 @@ def routes(app: App, cfg: WebConfig, *, pay: Any = None) -> tuple[list[BaseRoute
     def post(path: str, endpoint: Endpoint) -> Route:
         return Route(path, _guarded(endpoint), methods=["POST"])
 
+    def posts(prefix: str, **endpoints: Endpoint) -> list[Route]:
+        return [post(prefix + name, endpoint) for name, endpoint in endpoints.items()]
+
     return [
         get("/app", buyer.shell),
         get("/app/api/me", buyer.me),
         get("/app/v/{view:str}", buyer.view),
-        post("/app/api/cart", buyer.cart_change),
-        post("/app/api/checkout", buyer.checkout),
-        post("/app/api/receive", buyer.receive),
-        post("/app/api/address", buyer.address),
-        post("/app/api/withdraw", buyer.withdraw),
+        *posts("/app/api/", cart=buyer.cart_change, checkout=buyer.checkout,
+               receive=buyer.receive, address=buyer.address, withdraw=buyer.withdraw),
         get("/app/photo/{sha256:str}", buyer.photo),
         get("/app/oauth/wechat", buyer.oauth_start),
         get("/app/oauth/wechat/callback", buyer.oauth_callback, name="wechat_oauth_callback"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -190,23 +191,31 @@ class Buyer:
         return channel == "console" or (channel == "telegram"
                                         and self.site.app.takes_payments("telegram"))
 
-    async def _action(self, request: Request) -> tuple[Visitor, dict[str, Any]] | Response:
-        """The visitor and the JSON body of a POST, or the refusal (no sign-in, no CSRF)."""
+    async def _action(self, request: Request, *, keyed: bool = False
+                      ) -> tuple[Visitor, dict[str, Any], dict[str, Any], str] | Response:
+        """The visitor, the JSON body of a POST, the visitor's user (joined) and, when
+        `keyed`, the idempotency key `web:<identity>:<nonce>` from the body's `key` (8 to 40
+        characters); or the refusal (no sign-in, no CSRF, no key)."""
         v = await self._who(request)
         if isinstance(v, Response):
             return v
         body = await json_body(request)
         if not self.site.csrf_ok(v, body.get("csrf")):
             return error_json(v.lang, "admin.csrf", 403)
-        return v, body
+        key = ""
+        if keyed:
+            nonce = body.get("key")
+            if not isinstance(nonce, str) or not 8 <= len(nonce) <= 40:
+                return error_json(v.lang, "refusal.invalid_event", 400)
+            key = f"web:{v.identity}:{nonce}"
+        return v, body, await self.site.join(v), key
 
     async def cart_change(self, request: Request) -> Response:
         """Add to, change or take out of the buyer's cart (engine/cart.py, the chat's own)."""
         asked = await self._action(request)
         if isinstance(asked, Response):
             return asked
-        v, body = asked
-        user = await self.site.join(v)
+        v, body, user, _ = asked
         sku, qty, op = body.get("sku"), body.get("qty", 1), body.get("op")
         try:
             if op == "add":
@@ -223,15 +232,10 @@ class Buyer:
                              "message": t(v.lang, "added") if op == "add" else ""})
 
     async def checkout(self, request: Request) -> Response:
-        asked = await self._action(request)
+        asked = await self._action(request, keyed=True)
         if isinstance(asked, Response):
             return asked
-        v, body = asked
-        nonce = body.get("key")
-        if not isinstance(nonce, str) or not 8 <= len(nonce) <= 40:
-            return error_json(v.lang, "refusal.invalid_event", 400)
-        user = await self.site.join(v)
-        key = f"web:{v.identity}:{nonce}"
+        v, body, user, key = asked
         wallet = body.get("wallet") is True
         try:
             # goods go somewhere: Telegram's invoice asks for the address, elsewhere the
@@ -258,18 +262,22 @@ class Buyer:
 
     async def address(self, request: Request) -> Response:
         """The buyer's delivery address (delivery.save_address, as the chat's address step)."""
+        return await self._delivery_step(request, delivery.save_address, "address.saved",
+                                         lambda body: {key: body.get(key) for key in
+                                                       ("name", "phone", "address")})
+
+    async def _delivery_step(self, request: Request, step: Callable[..., Any], said: str,
+                             args: Callable[[dict[str, Any]], dict[str, Any]]) -> Response:
+        """`step(db, user=<the buyer>, **args(body))`, answered with `said` or the refusal."""
         asked = await self._action(request)
         if isinstance(asked, Response):
             return asked
-        v, body = asked
-        user = await self.site.join(v)
+        v, body, user, _ = asked
         try:
-            await self.site.call(delivery.save_address, self.site.db, user=user["handle"],
-                                 name=body.get("name"), phone=body.get("phone"),
-                                 address=body.get("address"))
+            await self.site.call(step, self.site.db, user=user["handle"], **args(body))
         except Refusal as exc:
             return refusal_json(v.lang, exc)
-        return JSONResponse({"ok": True, "message": t(v.lang, "address.saved")})
+        return JSONResponse({"ok": True, "message": t(v.lang, said)})
 
     async def _open_and_pay(self, v: Visitor, handle: str, key: str) -> Response:
         via = v.session.via
@@ -302,21 +310,17 @@ class Buyer:
                              "message": t(v.lang, "pay.simulated")})
 
     async def withdraw(self, request: Request) -> Response:
-        asked = await self._action(request)
+        asked = await self._action(request, keyed=True)
         if isinstance(asked, Response):
             return asked
-        v, body = asked
-        nonce = body.get("key")
-        if not isinstance(nonce, str) or not 8 <= len(nonce) <= 40:
-            return error_json(v.lang, "refusal.invalid_event", 400)
-        user = await self.site.join(v)
+        v, body, user, key = asked
         # where to be paid is chosen in the chat first, as /withdraw asks (issue 17)
         if await self.site.call(payouts.method_of, self.site.db, user["handle"]) is None:
             return error_json(v.lang, "rebates.need_method", 409)
         try:
             result = await self.site.call(service.request_withdrawal, self.site.db,
                                           user=user["handle"], amount=body.get("amount"),
-                                          key=f"web:{v.identity}:{nonce}:withdraw")
+                                          key=f"{key}:withdraw")
         except Refusal as exc:
             return refusal_json(v.lang, exc)
         amount = i18n.money(result["amount"], self.site.app.currency)
@@ -325,17 +329,8 @@ class Buyer:
 
     async def receive(self, request: Request) -> Response:
         """The buyer's 确认收货 (delivery.confirm_receipt, as the chat's receipt button)."""
-        asked = await self._action(request)
-        if isinstance(asked, Response):
-            return asked
-        v, body = asked
-        user = await self.site.join(v)
-        try:
-            await self.site.call(delivery.confirm_receipt, self.site.db,
-                                 order=str(body.get("order", ""))[:32], user=user["handle"])
-        except Refusal as exc:
-            return refusal_json(v.lang, exc)
-        return JSONResponse({"ok": True, "message": t(v.lang, "orders.received")})
+        return await self._delivery_step(request, delivery.confirm_receipt, "orders.received",
+                                         lambda body: {"order": str(body.get("order", ""))[:32]})
 
     # -- WeChat OAuth (snsapi_base) ------------------------------------------------------
 

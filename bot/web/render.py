@@ -6,10 +6,8 @@ the same in the page as in the chat."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -22,9 +20,7 @@ LANGS = ("en", "zh")
 
 @cache
 def _catalogue(lang: str) -> dict[str, str]:
-    text = resources.files("bot.web").joinpath("locales", f"{lang}.json").read_text("utf-8")
-    data: dict[str, str] = json.loads(text)
-    return data
+    return i18n.read_catalogue("bot.web", lang)
 
 
 def t(lang: str, key: str, /, **params: Any) -> str:

@@ -35,7 +35,7 @@ from handlers.base import Database, DatabaseUnavailable
 from handlers.i18n import money
 
 from .config import PayConfig
-from .notifications import Answer, Refused, verify
+from .notifications import Answer, Refused, outcome_answer, verify
 from .pages import jsapi_page, native_page, page
 
 log = logging.getLogger(__name__)
@@ -235,10 +235,8 @@ class WeChatPayGateway:
             return refused.answer
         except DatabaseUnavailable:
             return Answer.fail(503, "busy, retry later")
-        if outcome == "unknown":
-            return Answer.fail(404, "unknown refund")
-        if outcome == "mismatch":
-            return Answer.fail(400, "refund amount differs")
+        if (unrecorded := outcome_answer(outcome, "refund", "refund amount differs")) is not None:
+            return unrecorded
         if status != "SUCCESS" and outcome == "changed":
             log.error("WeChat Pay refund of %s ended %s", ref, status)
             await asyncio.to_thread(

@@ -41,7 +41,7 @@ from scheduler.transfers import (
 )
 
 from .config import PayConfig
-from .notifications import Answer, Refused, verify
+from .notifications import Answer, Refused, outcome_answer, verify
 from .pages import page
 
 log = logging.getLogger(__name__)
@@ -141,11 +141,7 @@ class WeChatTransfers:
             return refused.answer
         except DatabaseUnavailable:
             return Answer.fail(503, "busy, retry later")
-        if outcome == "unknown":
-            return Answer.fail(404, "unknown transfer")
-        if outcome == "mismatch":
-            return Answer.fail(400, "transfer differs from ours")
-        return Answer.ok()
+        return outcome_answer(outcome, "transfer", "transfer differs from ours") or Answer.ok()
 
     # -- the user's confirmation -------------------------------------------------------------
     async def confirm_page(self, token: str) -> tuple[int, str]:

@@ -357,6 +357,21 @@ def make_successful_payment_update(
     return {"update_id": _uid(update_id), "message": message}
 
 
+def make_shipped_payment_update(user_id: int, payload: str, total_amount: int, charge_id: str,
+                                *, name: str, phone: str, city: str, street: str,
+                                post_code: str) -> dict[str, Any]:
+    """A successful payment whose invoice asked for shipping, carrying the buyer's order info
+    (a CN address in `city`); without an update_id: the stand-in numbers it when pushed."""
+    update = make_successful_payment_update(user_id, payload, total_amount, charge_id,
+                                            first_name=f"User{user_id}")
+    update["message"]["successful_payment"]["order_info"] = {
+        "name": name, "phone_number": phone,
+        "shipping_address": {"country_code": "CN", "state": city, "city": city,
+                             "street_line1": street, "street_line2": "", "post_code": post_code}}
+    del update["update_id"]
+    return update
+
+
 def _uid(update_id: int | None) -> int:
     return update_id if update_id is not None else next(_module_update_ids)
 

@@ -974,6 +974,16 @@ class PayKeys:
     merchant_private_key_path: Path
     platform_public_key_path: Path
 
+    def settings(self, notify_url: str, api_base_url: str) -> dict[str, str]:
+        """The storefront's WeChat Pay settings for this merchant (bot/settings.py names)."""
+        return {"WECHAT_PAY_MCH_ID": self.mchid,
+                "WECHAT_PAY_PRIVATE_KEY_FILE": str(self.merchant_private_key_path),
+                "WECHAT_PAY_CERT_SERIAL": self.cert_serial_no,
+                "WECHAT_PAY_APIV3_KEY": self.apiv3_key,
+                "WECHAT_PAY_PUBLIC_KEY_FILE": str(self.platform_public_key_path),
+                "WECHAT_PAY_PUBLIC_KEY_ID": self.public_key_id,
+                "WECHAT_PAY_NOTIFY_URL": notify_url, "WECHAT_PAY_API_BASE_URL": api_base_url}
+
     @cached_property
     def platform_private_key(self) -> rsa.RSAPrivateKey:
         key = serialization.load_pem_private_key(self.platform_private_key_pem.encode(), None)
