@@ -307,7 +307,6 @@ def decide_withdrawal(book: Book, *, withdrawal_id: object, approve: bool, at: d
     return result
 
 
-
 def _start_transfer(book: Book, w: Withdrawal, owner: Any, at: datetime,
                     actor: str | None) -> dict[str, Any]:
     """Approved to a WeChat balance: the hold stays until the transfer ends."""

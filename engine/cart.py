@@ -310,16 +310,12 @@ def _remember(db: Database, user: str, order: str, at: datetime) -> None:
 
 
 def _cancel(session: Session, *, ref: str, user: str, at: datetime) -> bool:
-    """Cancel the cart's order `ref` still awaiting payment as `replaces=` does (its checkout
-    row locked first, as every payment does); False when it was paid or cancelled meanwhile."""
-    row = session.execute(select(Checkout).where(Checkout.order_ref == ref)
-                          .with_for_update()).scalar_one_or_none()
+    """Cancel the cart's order `ref` still awaiting payment as `replaces=` does; False when
+    it was paid or cancelled meanwhile."""
     try:
-        orders.cancel_open(Book(session), ref=ref, user=user, at=at)
+        checkout.cancel_with_checkout(Book(session), ref=ref, user=user, at=at)
     except Refusal:
         return False
-    if row is not None and row.status == "open":
-        row.status = "cancelled"
     return True
 
 

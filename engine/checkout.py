@@ -103,6 +103,12 @@ def cancel_replaced(book: Book, *, ref: str, user: str, at: datetime, key: str) 
     (locked first, as every payment locks it); nothing when `key` is a repeated tap."""
     if book.stored(key) is not None:
         return
+    cancel_with_checkout(book, ref=ref, user=user, at=at)
+
+
+def cancel_with_checkout(book: Book, *, ref: str, user: str, at: datetime) -> None:
+    """Cancel the open order `ref` (`orders.cancel_open`: its points and stock given back)
+    and close its checkout, locked first as every payment locks it."""
     row = book.s.execute(select(Checkout).where(Checkout.order_ref == ref)
                          .with_for_update()).scalar_one_or_none()
     orders.cancel_open(book, ref=ref, user=user, at=at)

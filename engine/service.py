@@ -255,8 +255,9 @@ def withdraw_cash(db: Database, *, user: object, amount: object, at: datetime | 
     def work(b: Book) -> dict[str, Any]:
         req = accounts.request_withdrawal(b, user=user, amount=amount, at=when, key=key)
         if req.get("replayed"):
-            row = b.s.get(Withdrawal, req["withdrawal"])
-            return {**req, "status": row.status if row else req["status"]}
+            row = b.s.get(Withdrawal, req["withdrawal"])  # answered as the decision was
+            return {"withdrawal": req["withdrawal"], "user": req["user"], "amount": req["amount"],
+                    "status": row.status if row else req["status"], "replayed": True}
         return accounts.decide_withdrawal(b, withdrawal_id=req["withdrawal"], approve=True,
                                           at=when, actor="replay")
 
