@@ -64,6 +64,9 @@ class BulkRows:
                   "points_value, cash, method, currency, status, created_at, paid_at, settles_at,"
                   " matures_at, settled_at, terms, payment_ref, entry_seq, minted, accelerated) "
                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "order_lines": "INSERT INTO order_lines (order_no, line_no, sku, qty, unit_price, "
+                       "total, cash, matures_at, entry_seq, minted, accelerated) "
+                       "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         "outbox": "INSERT INTO outbox (key, user_id, kind, params, lang, status, attempts, "
                   "next_at, created_at, sent_at, last_error) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         "withdrawals": "INSERT INTO withdrawals (id, user_id, amount, status, requested_at, "

@@ -355,6 +355,8 @@ class ShopHistory:
         self.rows.add("orders", (no, ref, self.uid(user), sku, qty, total, pay_points, value,
                                  cash, "cash", "CNY", "settled", t, t, t, matures.sql, t,
                                  self.terms[sku], None, seq, minted, paid))
+        self.rows.add("order_lines", (no, 1, sku, qty, total // qty, total, cash, matures.sql,
+                                      seq, minted, paid))  # a one-line order's line mirrors it
         self.notify(user, "order_settled", f"settle:{ref}", at,
                     {"order": ref, "entry": seq, "amount": cash if seq else 0,
                      "matures_at": matures.at.isoformat(), "minted": minted})

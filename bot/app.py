@@ -97,8 +97,12 @@ async def open_channels(settings: Settings) -> tuple[Channels, Any]:
 
         wechat_client = client_from_settings(settings)
         invite_qr = functools.partial(make_invite_qr, wechat_client)
+    from bot.web import login_link_maker
+
     return Channels(payments=payments_of(settings), bot_username=username,
-                    invite_qr=invite_qr), wechat_client
+                    invite_qr=invite_qr, web_login=login_link_maker(settings),
+                    web_app=f"{settings.public_url.rstrip('/')}/app" if settings.public_url
+                    else None), wechat_client
 
 
 # -- channel hooks ----------------------------------------------------------------------------
@@ -168,6 +172,36 @@ def _console_scheduler(settings: Settings, db: Database) -> Any:
     return sched
 
 
+async def _console_web(settings: Settings, app: App) -> Any:
+    """The web pages (bot/web) for the console user, so a newcomer sees the shop in a
+    browser on `make run`: loopback only, started beside the console chat (its imports in a
+    thread, so the chat does not wait); a port already taken is logged, the chat runs on."""
+    if settings.http_host not in ("127.0.0.1", "::1", "localhost"):
+        return None
+    import importlib
+
+    from bot.console import CONSOLE_ADMIN
+
+    try:
+        http = await asyncio.to_thread(importlib.import_module, "bot.http")
+        server = await http.start_http(settings, app, console=CONSOLE_ADMIN)
+    except (OSError, SystemExit) as exc:  # uvicorn exits when it cannot bind
+        log.warning("the web pages are not served: %s", exc)
+        return None
+    print(f"storefront: the shop in a browser: {server.url}/app · dashboard {server.url}/admin",
+          flush=True)
+    return server
+
+
+async def _stop_console_web(task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        server = await task
+        if server is not None:
+            await server.stop()
+
+
 async def _stop(running: list[Running]) -> None:
     for item in reversed(running):
         try:
@@ -184,9 +218,12 @@ async def serve(settings: Settings, db: Database) -> int:
 
         log.info("no chat channel is configured: running the console chat")
         sched = _console_scheduler(settings, db)
+        app = make_app(settings, db, console=True)
+        web = asyncio.create_task(_console_web(settings, app))
         try:
-            await run_console(make_app(settings, db, console=True))
+            await run_console(app)
         finally:
+            await _stop_console_web(web)
             await sched.stop()
         return 0
     channels, wechat_client = await open_channels(settings)

@@ -74,6 +74,12 @@ def format_report(r: dict[str, Any]) -> str:
                          f"{_pct(h['exit_ratio'])} of exit, exits at price "
                          f"{format_micro(h['exit_price_micro'])}")
     lines += ["", f"Pending withdrawals 待审提现: {w['count']} / {format_fen(w['amount'])} {cur}"]
+    if "payouts" in r:  # issue 17: money held for withdrawals, paid out per day
+        p = r["payouts"]
+        lines.append(f"Held for withdrawals 提现冻结: {format_fen(p['held'])} {cur} "
+                     f"(being paid by WeChat Pay 微信转账中 {format_fen(p['in_transfer'])})")
+        lines.append("Paid out 已打款: " + ", ".join(
+            f"{day} {format_fen(amount)}" for day, amount in p["paid_out"]))
     return "\n".join(lines) + "\n"
 
 

@@ -6,6 +6,8 @@
     POST /wechat/pay/notify          WeChat Pay payment notifications (bot/wechatpay/)
     POST /wechat/pay/refund-notify   WeChat Pay refund notifications
     GET  /wechat/pay/checkout/<t>    the page a WeChat Pay link opens (JSAPI or Native QR)
+    POST /wechat/pay/transfer-notify WeChat Pay merchant transfer notifications (withdrawals)
+    GET  /wechat/pay/transfer/<t>    where a user confirms receipt of a withdrawal in WeChat
     POST /telegram                   Telegram's webhook, when a Telegram application is given
 
 Every body is read with a cap (64 KiB; 413 beyond it) before anything looks at it, and no
@@ -28,12 +30,13 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from bot.http_guard import LISTEN_QUEUE, ConnectionGuard, connection_cap, install_storm_filters
 from bot.settings import Settings
 from handlers.base import App, Database, ping
 from scheduler import Chore
+from scheduler.transfers import TRANSFER_INTERVAL
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +84,11 @@ def _guarded(endpoint: Endpoint) -> Endpoint:
 
 
 def build_app(*, db: Database, redis_url: str | None = None, wechat: Any = None,
-              pay: Any = None, telegram: Endpoint | None = None) -> Starlette:
+              pay: Any = None, telegram: Endpoint | None = None,
+              web: list[BaseRoute] | None = None) -> Starlette:
     """The ASGI app. `wechat` is a `bot.wechat.WeChatAdapter`, `pay` a
-    `bot.wechatpay.WeChatPayGateway`, `telegram` the webhook endpoint; each is optional."""
+    `bot.wechatpay.WeChatPayGateway`, `telegram` the webhook endpoint, `web` the web pages'
+    routes (bot/web: /app, /admin); each is optional."""
 
     async def healthz(request: Request) -> Response:
         checks: dict[str, str] = {}
@@ -116,7 +121,7 @@ def build_app(*, db: Database, redis_url: str | None = None, wechat: Any = None,
             status, code = "ok", 200
         return JSONResponse({"status": status, **checks}, status_code=code)
 
-    routes = [Route("/healthz", _guarded(healthz), methods=["GET"])]
+    routes: list[BaseRoute] = [Route("/healthz", _guarded(healthz), methods=["GET"])]
 
     if wechat is not None:
         async def wechat_get(request: Request) -> Response:
@@ -160,9 +165,21 @@ def build_app(*, db: Database, redis_url: str | None = None, wechat: Any = None,
             pay.refund_notification)), methods=["POST"]))
         routes.append(Route("/wechat/pay/checkout/{token}", _guarded(checkout_page),
                             methods=["GET"]))
+        if getattr(pay, "transfers", None) is not None:  # withdrawals (bot/wechatpay/transfers.py)
+            async def transfer_page(request: Request) -> Response:
+                status, page = await pay.transfers.confirm_page(
+                    str(request.path_params["token"]))
+                return HTMLResponse(page, status_code=status)
+
+            routes.append(Route("/wechat/pay/transfer-notify", _guarded(notification(
+                pay.transfers.notification)), methods=["POST"]))
+            routes.append(Route("/wechat/pay/transfer/{token}", _guarded(transfer_page),
+                                methods=["GET"]))
 
     if telegram is not None:
         routes.append(Route("/telegram", _guarded(telegram), methods=["POST"]))
+
+    routes.extend(web or [])
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -204,6 +221,9 @@ class HttpServer:
         if self.pay is not None:
             chores.append(Chore("wechat-pay-refund-sweep", REFUND_SWEEP_SECONDS,
                                 self.pay.sweep_refunds))
+            if getattr(self.pay, "follow_transfers", None) is not None:
+                chores.append(Chore("wechat-pay-transfers", TRANSFER_INTERVAL,
+                                    self.pay.follow_transfers))
         if self.wechat is not None:
             chores.append(Chore("wechat-seen-prune", SEEN_PRUNE_SECONDS, self.wechat.prune_seen))
         return chores
@@ -221,15 +241,18 @@ class HttpServer:
 
 
 async def start_http(settings: Settings, app: App, telegram_application: Any = None, *,
-                     wechat_client: Any = None) -> HttpServer:
+                     wechat_client: Any = None, console: str | None = None) -> HttpServer:
     """Build the app from `settings`, listen on STOREFRONT_HTTP_HOST:STOREFRONT_HTTP_PORT
     (port 0: any free port) and serve in this event loop until `stop()`.
 
     WeChat is served when WECHAT_TOKEN and WECHAT_APP_ID are set; WeChat Pay when all its
     settings are (whether the chat offers it is `app.channels`, fixed at start by bot/app.py); POST /telegram when a Telegram
-    application is given. `wechat_client` replaces the wechatpy client (tests)."""
+    application is given. `wechat_client` replaces the wechatpy client (tests). The web pages
+    (bot/web) are always served; `console` is the console user they serve on loopback when
+    no chat channel runs."""
     from bot.wechat import WeChatAdapter
     from bot.wechatpay import WeChatPayGateway, client_from_settings
+    from bot.wechatpay.transfers import attach_transfers
 
     wechat = pay = None
     if settings.wechat_enabled:
@@ -239,6 +262,7 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
         pay_client, pay_config = made
         pay = WeChatPayGateway(app.db, pay_client, pay_config, operators=app.operators,
                                after_payment=wechat.after_payment if wechat else None)
+        attach_transfers(pay, settings, app)
         if wechat is not None:
             wechat.pay = pay
     telegram = None
@@ -247,8 +271,15 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
 
         telegram = telegram_webhook_route(telegram_application,
                                           settings.telegram_webhook_secret)
+    from bot import web
+
+    web_routes, site = web.routes(app, web.WebConfig.from_settings(settings, console=console),
+                                  pay=pay)
     asgi = build_app(db=app.db, redis_url=settings.redis_url, wechat=wechat, pay=pay,
-                     telegram=telegram)
+                     telegram=telegram, web=web_routes)
+    if console is None:  # the chats' menus open the web page (its public address)
+        site.announcing = asyncio.create_task(web.announce(
+            site.cfg, settings.public_url, wechat.client if wechat is not None else None))
     # proto=IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted sockets.
     sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET,
                          socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -279,4 +310,4 @@ async def start_http(settings: Settings, app: App, telegram_application: Any = N
              "bodies within %gs)", host, port, cap, settings.http_header_timeout,
              settings.http_body_timeout)
     return HttpServer(server, task, host, port, wechat=wechat, pay=pay,
-                      guard=guard)
+                      guard=guard, extras={"web": site})

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     http_body_timeout: float = Field(10.0, gt=0, alias="STOREFRONT_HTTP_BODY_TIMEOUT")
     http_keepalive_timeout: int = Field(5, ge=1, alias="STOREFRONT_HTTP_KEEPALIVE_TIMEOUT")
     http_max_connections: int = Field(0, ge=0, alias="STOREFRONT_HTTP_MAX_CONNECTIONS")
+    # where buyers and operators reach the HTTP server (bot/web: /app, /admin), for links
+    public_url: str | None = Field(None, alias="STOREFRONT_PUBLIC_URL")
     release_times: str = Field("00:05", alias="STOREFRONT_RELEASE_TIMES")
     coverage_warning: str = Field("0.50", alias="STOREFRONT_COVERAGE_WARNING")
     charge_spool: str = Field("var/unrecorded_charges.jsonl", alias="STOREFRONT_CHARGE_SPOOL")
@@ -60,6 +62,11 @@ class Settings(BaseSettings):
     wechat_pay_public_key_id: str | None = Field(None, alias="WECHAT_PAY_PUBLIC_KEY_ID")
     wechat_pay_notify_url: str | None = Field(None, alias="WECHAT_PAY_NOTIFY_URL")
     wechat_pay_api_base_url: str | None = Field(None, alias="WECHAT_PAY_API_BASE_URL")
+    # Withdrawals paid by WeChat Pay merchant transfers (issue 17, docs/wechat.md)
+    wechat_pay_transfer_scene_id: str = Field("1000", alias="WECHAT_PAY_TRANSFER_SCENE_ID")
+    wechat_pay_transfer_remark: str = Field("钱包提现", alias="WECHAT_PAY_TRANSFER_REMARK")
+    transfer_confirm_hours: float = Field(24.0, alias="STOREFRONT_TRANSFER_CONFIRM_HOURS",
+                                          gt=0)
 
     @field_validator("log_level")
     @classmethod

@@ -10,8 +10,9 @@ from typing import Any
 from sqlalchemy import select
 
 from storage.models import Product, Setting, User, Withdrawal
+from storage.rows import UserRow
 
-from . import journal, ledger, points
+from . import journal, ledger, payouts, points, transfers
 from .book import Book
 from .config import validate_update
 from .errors import Refusal
@@ -50,6 +51,14 @@ def fen_amount(value: object) -> int:
 
 def micro_amount(value: object) -> int:
     return _amount(value, parse_micro)
+
+
+def _points_held(holder: UserRow, amount: object) -> int:
+    """`amount` as micro-points, refused when `holder` holds fewer."""
+    q = micro_amount(amount)
+    if q > holder.points:
+        raise Refusal("insufficient_points")
+    return q
 
 
 def configure(book: Book, sections: Any, at: datetime, actor: str | None = None) -> dict[str, str]:
@@ -140,6 +149,25 @@ def set_on_sale(book: Book, *, sku: object, active: bool, at: datetime,
     return result
 
 
+def set_stock(book: Book, *, sku: object, stock: object, at: datetime,
+              actor: str | None = None) -> dict[str, Any]:
+    """An operator's count of a product's units left to sell (SPEC §9 `stock`; None makes it
+    unlimited), keeping every other term. A digital product's stock is its unused codes
+    (engine/codes.py), so it is refused `stock_is_codes`. Journaled with who did it."""
+    row = book.s.get(Product, sku) if isinstance(sku, str) else None
+    if row is None:
+        raise Refusal("unknown_product", str(sku))
+    units = parse_stock(stock)
+    if row.kind == "digital":
+        raise Refusal("stock_is_codes", row.sku)
+    row.stock, row.updated_at = units, at
+    book.catalog_changed()
+    n = book.head.last_txn + 1
+    book.record(key=f"product:{n}", kind="product_stock", at=at, actor=actor,
+                body={"sku": row.sku, "stock": units})
+    return {"sku": row.sku, "name": row.name, "stock": units}
+
+
 def join(book: Book, *, user: object, referrer: object = None, at: datetime,
          lang: str | None = None, display_name: str | None = None) -> User:
     """A new user; the referrer is fixed now and never changes (SPEC §5)."""
@@ -191,9 +219,7 @@ def withdraw_points(book: Book, *, user: object, amount: object, at: datetime,
     if (done := book.already(key)) is not None:
         return done
     holder = book.user(user)  # type: ignore[arg-type]
-    q = micro_amount(amount)
-    if q > holder.points:
-        raise Refusal("insufficient_points")
+    q = _points_held(holder, amount)
     p = journal.Postings()
     n = book.head.last_txn + 1
     net, fee = points.withdraw(book, holder, q, p, f"sell:{n}")
@@ -212,9 +238,7 @@ def transfer_points(book: Book, *, sender: object, receiver: object, amount: obj
     dst = book.user(receiver)  # type: ignore[arg-type]
     if src.id == dst.id:
         raise Refusal("self_transfer")
-    q = micro_amount(amount)
-    if q > src.points:
-        raise Refusal("insufficient_points")
+    q = _points_held(src, amount)
     p = journal.Postings()
     n = book.head.last_txn + 1
     points.transfer(src, dst, q, p, f"transfer:{n}")
@@ -236,19 +260,24 @@ def request_withdrawal(book: Book, *, user: object, amount: object, at: datetime
     fen = fen_amount(amount)
     if fen > owner.wallet:
         raise Refusal("insufficient_balance")
-    w = Withdrawal(user_id=owner.id, amount=fen, status="pending", requested_at=at)
+    method, payee = payouts.checked_request(book, owner.id, fen, at)
+    w = Withdrawal(user_id=owner.id, amount=fen, status="pending", requested_at=at,
+                   method=method, payee=payee)
     book.s.add(w)
     book.s.flush()
     p = journal.Postings()
     p.fen(ledger.wallet(owner), ledger.held(owner), fen, f"withdrawal:{w.id}")
-    result = {"withdrawal": w.id, "user": owner.handle, "amount": fen, "status": "pending"}
+    result = {"withdrawal": w.id, "user": owner.handle, "amount": fen, "status": "pending",
+              "method": method, "payee": payee}
     book.record(key=key or f"withdrawal:{w.id}", kind="withdrawal_request", at=at, postings=p,
                 body={"withdrawal": w.id, "user": owner.handle, "amount": fen}, result=result)
     return result
 
 
 def decide_withdrawal(book: Book, *, withdrawal_id: object, approve: bool, at: datetime,
-                      actor: str | None) -> dict[str, Any]:
+                      actor: str | None, reference: str | None = None) -> dict[str, Any]:
+    """Approve (paid out by hand, `reference` noting how; or, to a WeChat balance, a
+    merchant transfer started: engine/transfers.py) or reject (returned) a withdrawal."""
     w = book.s.execute(
         select(Withdrawal).where(Withdrawal.id == withdrawal_id).with_for_update()
     ).scalar_one_or_none() if isinstance(withdrawal_id, int) else None
@@ -257,6 +286,11 @@ def decide_withdrawal(book: Book, *, withdrawal_id: object, approve: bool, at: d
     if w.status != "pending":
         raise Refusal("already_decided", w.status)
     owner = book.user_by_id(w.user_id)
+    if approve and w.method == "wechat":
+        return _start_transfer(book, w, owner, at, actor)
+    if approve:
+        payouts.check_shop_total(book, w.amount, at)
+        w.reference = reference[:64] if reference else None
     p = journal.Postings()
     p.fen(ledger.held(owner), journal.PAYOUTS_OUT if approve else ledger.wallet(owner), w.amount,
           f"withdrawal:{w.id}")
@@ -264,8 +298,24 @@ def decide_withdrawal(book: Book, *, withdrawal_id: object, approve: bool, at: d
     w.decided_at, w.decided_by = at, actor
     key = f"withdrawal:{w.id}:{w.status}"
     result = {"withdrawal": w.id, "user": owner.handle, "amount": w.amount, "status": w.status}
+    body: dict[str, Any] = {"withdrawal": w.id, "amount": w.amount}
+    if w.reference:  # how the operator paid it by hand (issue 17)
+        body["reference"] = w.reference
     book.record(key=key, kind=f"withdrawal_{w.status}", at=at, postings=p, actor=actor,
-                body={"withdrawal": w.id, "amount": w.amount}, result=result)
+                body=body, result=result)
     book.notify(owner, f"withdrawal_{w.status}", key, at, withdrawal=w.id, amount=w.amount)
     return result
 
+
+def _start_transfer(book: Book, w: Withdrawal, owner: Any, at: datetime,
+                    actor: str | None) -> dict[str, Any]:
+    """Approved to a WeChat balance: the hold stays until the transfer ends."""
+    started = transfers.start(book, w, owner, at)
+    w.decided_at, w.decided_by = at, actor
+    key = f"withdrawal:{w.id}:transfer"
+    result = {"withdrawal": w.id, "user": owner.handle, "amount": w.amount, "status": w.status,
+              "out_bill_no": started["out_bill_no"]}
+    book.record(key=key, kind="withdrawal_transfer", at=at, actor=actor,
+                body={"withdrawal": w.id, "amount": w.amount, **started}, result=result)
+    book.notify(owner, "transfer_started", key, at, withdrawal=w.id, amount=w.amount)
+    return result

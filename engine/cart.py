@@ -16,6 +16,7 @@ the `CartOrder` row is deleted in the transaction that takes the lines out.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -25,7 +26,6 @@ from storage.db import Database
 from storage.models import (
     CartItem,
     CartOrder,
-    Checkout,
     Order,
     OrderLine,
     Product,
@@ -309,6 +309,40 @@ def _remember(db: Database, user: str, order: str, at: datetime) -> None:
     db.run(work)
 
 
+def _cancel(session: Session, *, ref: str, user: str, at: datetime) -> bool:
+    """Cancel the cart's order `ref` still awaiting payment as `replaces=` does; False when
+    it was paid or cancelled meanwhile."""
+    try:
+        checkout.cancel_with_checkout(Book(session), ref=ref, user=user, at=at)
+    except Refusal:
+        return False
+    return True
+
+
+def _losers(db: Database, user: str) -> list[str]:
+    """Racing checkouts or a payment of the same cart: of the cart's orders awaiting payment
+    all but the newest (each racer saw none to replace), and the newest too when the cart no
+    longer holds its lines (a payment raced it and took them out)."""
+    def work(session: Session) -> list[str]:
+        buyer = _buyer(session, user)
+        unpaid = list(session.execute(
+            select(Order).join(CartOrder, CartOrder.order_ref == Order.ref)
+            .where(CartOrder.user_id == buyer.id, Order.status == UNPAID)
+            .order_by(Order.no.desc())).scalars())
+        held = {i.sku: i.qty for i in _items(session, buyer.id)}
+        return [o.ref for n, o in enumerate(unpaid) if n > 0 or any(
+            held.get(sku, 0) < qty for sku, qty in _order_lines(session, o))]
+
+    return db.read(work)
+
+
+def _one_open(db: Database, user: str, at: datetime) -> list[str]:
+    """Of the cart's orders awaiting payment only the newest stays payable, and only while
+    the cart still holds its lines; the others are cancelled. Returns the cancelled refs."""
+    return [r for r in _losers(db, user)
+            if db.run(partial(_cancel, ref=r, user=user, at=at))]
+
+
 def open_checkout(db: Database, *, user: str, pay_points: object = None, channel: str,
                   method: str, key: str, at: datetime | None = None) -> dict[str, Any]:
     """One order awaiting a channel's payment for the whole cart (`checkout.open_checkout`
@@ -325,6 +359,9 @@ def open_checkout(db: Database, *, user: str, pay_points: object = None, channel
                                     channel=channel, method=method, key=key, at=when,
                                     replaces=open_ref if open_ref else None)
     _remember(db, user, opened["order"], when)
+    if done is None and opened["order"] in _one_open(db, user, when):
+        # a newer checkout of the cart won, or a payment took the cart's lines meanwhile
+        raise Refusal("not_payable", "cancelled")
     return {**opened, "goods": _ships(db, opened["order"])}
 
 
@@ -342,18 +379,14 @@ def pay_from_wallet(db: Database, *, user: str, pay_points: object = None, key: 
 
     def work(session: Session) -> dict[str, Any]:
         book = Book(session)
-        if open_ref is not None and book.stored(key) is None:
-            # the checkout row first, as every payment locks it
-            row = session.execute(select(Checkout).where(Checkout.order_ref == open_ref)
-                                  .with_for_update()).scalar_one_or_none()
-            orders.cancel_open(book, ref=open_ref, user=user, at=when)
-            if row is not None and row.status == "open":
-                row.status = "cancelled"
+        if open_ref is not None:
+            checkout.cancel_replaced(book, ref=open_ref, user=user, at=when, key=key)
         return orders.record_paid_order(book, user=user, lines=lines, at=when,
                                         pay_points=pay_points, method="wallet", key=key)
 
     result = db.run(work, label="cart_wallet")
     _remember(db, user, result["order"], when)
+    _one_open(db, user, when)  # a checkout that raced this payment: its invoice closed
     return result
 
 

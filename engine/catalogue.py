@@ -35,6 +35,7 @@ MAX_PHOTOS = 10  # per product: one Telegram media group
 PAGE_SIZE = 5  # product cards per page: each is a message of its own
 LOW_STOCK = 5  # "only 3 left" from here down
 PHOTO_WAIT = timedelta(minutes=10)
+MAX_WORDS = 8  # of a search
 CHANNELS = ("telegram", "wechat")
 # The formats both channels show as photos, by their first bytes.
 _MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -243,7 +244,7 @@ def page(db: Database, *, category: str | None = None, uncategorised: bool = Fal
          query: str | None = None, page: int = 0, per_page: int = PAGE_SIZE) -> dict[str, Any]:
     """One page of the products on sale, in SKU order: all of them, one category's (or those
     without one: `uncategorised`), or those whose SKU, names, descriptions or category
-    contain `query` (case-insensitive). Each product as `card` gives it; `page` is 0-based
+    contain every word of `query` (case-insensitive). Each product as `card` gives it; `page` is 0-based
     and clamped to the last page; `categorised`: some product on sale has a category."""
     def work(session: Session) -> dict[str, Any]:
         where = [_active()]
@@ -251,8 +252,8 @@ def page(db: Database, *, category: str | None = None, uncategorised: bool = Fal
             where.append(ProductText.category.is_(None))
         elif category is not None:
             where.append(ProductText.category == category)
-        if query:
-            like = f"%{_escape(query.strip())}%"
+        for word in (query or "").split()[:MAX_WORDS]:  # every word, anywhere in its texts
+            like = f"%{_escape(word)}%"
             where.append(or_(*(col.ilike(like, escape="\\") for col in (
                 Product.sku, Product.name, ProductText.name_en, ProductText.description,
                 ProductText.description_en, ProductText.category))))
@@ -308,15 +309,9 @@ def _photos(session: Session, skus: list[str]) -> dict[str, list[dict[str, Any]]
     return out
 
 
-def stock_of(p: Product) -> int | None:
-    """SPEC §9's `products.stock` (migration 0012); None (unlimited) until it exists."""
-    value = getattr(p, "stock", None)
-    return int(value) if value is not None else None
-
-
 def _card(p: Product, t: ProductText | None, photos: list[dict[str, Any]], cfg: Any,
           price: Any) -> dict[str, Any]:
-    stock = stock_of(p)
+    stock = p.stock  # SPEC §9: None is unlimited
     points = 0
     if p.scheme in ("points", "both"):
         points = price.points_for(out_of_pool(into_pool(p.price * cfg.pool_rate)
@@ -326,6 +321,6 @@ def _card(p: Product, t: ProductText | None, photos: list[dict[str, Any]], cfg: 
             "description_en": t.description_en if t else None,
             "category": t.category if t else None, "price": p.price, "scheme": p.scheme,
             "lock_days": p.lock_days, "margin": p.margin, "active": bool(p.active),
-            "kind": getattr(p, "kind", None) or "goods", "stock": stock,
+            "kind": p.kind or "goods", "stock": stock,
             "stock_state": stock_state(stock), "queue": p.scheme in ("queue", "both"),
             "enters_queue": p.price >= cfg.min_order, "points": points, "photos": photos}

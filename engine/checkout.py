@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.models import Checkout, Identity, Order, Product, User
+from storage.models import Checkout, Identity, Order, OrderLine, Product, User
 
 from . import inbox, journal, orders, outbox
 from .book import Book
@@ -71,12 +71,8 @@ def open_checkout(db: Database, *, user: str, sku: object = None, qty: object = 
 
     def work(session: Session) -> dict[str, Any]:
         book = Book(session)
-        if replaces is not None and book.stored(key) is None:
-            old = session.execute(select(Checkout).where(Checkout.order_ref == replaces)
-                                  .with_for_update()).scalar_one_or_none()
-            orders.cancel_open(book, ref=replaces, user=user, at=when)
-            if old is not None and old.status == "open":
-                old.status = "cancelled"
+        if replaces is not None:
+            cancel_replaced(book, ref=replaces, user=user, at=when, key=key)
         result = orders.open_unpaid_order(book, user=user, sku=sku, qty=qty, lines=lines,
                                           at=when, pay_points=pay_points, method=method,
                                           key=key)
@@ -102,6 +98,24 @@ def open_checkout(db: Database, *, user: str, sku: object = None, qty: object = 
     return db.run(work)
 
 
+def cancel_replaced(book: Book, *, ref: str, user: str, at: datetime, key: str) -> None:
+    """The open order `ref` that purchase `key` replaces, cancelled and its checkout closed
+    (locked first, as every payment locks it); nothing when `key` is a repeated tap."""
+    if book.stored(key) is not None:
+        return
+    cancel_with_checkout(book, ref=ref, user=user, at=at)
+
+
+def cancel_with_checkout(book: Book, *, ref: str, user: str, at: datetime) -> None:
+    """Cancel the open order `ref` (`orders.cancel_open`: its points and stock given back)
+    and close its checkout, locked first as every payment locks it."""
+    row = book.s.execute(select(Checkout).where(Checkout.order_ref == ref)
+                         .with_for_update()).scalar_one_or_none()
+    orders.cancel_open(book, ref=ref, user=user, at=at)
+    if row is not None and row.status == "open":
+        row.status = "cancelled"
+
+
 def pay_with_wallet(db: Database, *, user: str, order: object, key: str,
                     at: datetime | None = None) -> dict[str, Any]:
     """Pay this open order from the buyer's wallet (`orders.pay_from_wallet`) and close its
@@ -124,21 +138,31 @@ def pay_with_wallet(db: Database, *, user: str, order: object, key: str,
 
 def open_order_line(db: Database, *, user: str, order: object,
                     replaced_by: str | None = None) -> tuple[str, int, bool]:
-    """The product and quantity of `user`'s order `order` while it awaits payment; else
-    `unknown_order` (not theirs, or none) or `not_payable` — unless the checkout keyed
-    `replaced_by` already replaced it (a repeated tap answers the same invoice): then the
-    third item is True."""
-    def work(session: Session) -> tuple[str, int, bool]:
+    """The product and quantity of `user`'s order `order` (its first line) while it awaits
+    payment; else `unknown_order` (not theirs, or none) or `not_payable` — unless the
+    checkout keyed `replaced_by` already replaced it (a repeated tap answers the same
+    invoice): then the third item is True. A cart's order: `open_order_lines`."""
+    lines, done = open_order_lines(db, user=user, order=order, replaced_by=replaced_by)
+    return lines[0]["sku"], lines[0]["qty"], done
+
+
+def open_order_lines(db: Database, *, user: str, order: object,
+                     replaced_by: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+    """`open_order_line` for every line: `[{"sku", "qty"}]` as `open_checkout(lines=…)`
+    takes them, and whether `replaced_by` already replaced the order."""
+    def work(session: Session) -> tuple[list[dict[str, Any]], bool]:
         row = session.execute(select(Order).where(Order.ref == order)).scalar_one_or_none() \
             if isinstance(order, str) else None
         if row is None or row.user_id != session.execute(
                 select(User.id).where(User.handle == user)).scalar_one_or_none():
             raise Refusal("unknown_order", str(order))
-        if replaced_by is not None and journal.find(session, replaced_by) is not None:
-            return row.sku, row.qty, True
-        if row.status != "awaiting_payment":
+        done = replaced_by is not None and journal.find(session, replaced_by) is not None
+        if not done and row.status != "awaiting_payment":
             raise Refusal("not_payable", row.status)
-        return row.sku, row.qty, False
+        lines = [{"sku": sku, "qty": qty} for sku, qty in session.execute(
+            select(OrderLine.sku, OrderLine.qty).where(OrderLine.order_no == row.no)
+            .order_by(OrderLine.line_no)).all()]
+        return lines or [{"sku": row.sku, "qty": row.qty}], done
 
     return db.read(work)
 

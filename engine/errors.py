@@ -53,6 +53,16 @@ CODES = frozenset(
         "not_digital",
         "invalid_code",
         "unknown_thread",
+        # payouts (engine/payouts.py, engine/transfers.py)
+        "invalid_payout",
+        "no_wechat_identity",
+        "no_payout_method",
+        "below_minimum",
+        "daily_limit",
+        "shop_daily_limit",
+        "real_name_required",
+        # an operator's /stock (engine/accounts.py set_stock, docs/shop.md)
+        "stock_is_codes",
     }
 )
 

@@ -5,6 +5,6 @@ Handlers take a limiter from the `App` the bot builds (`handlers.base.RateLimite
 ask of it); this is where they get the rules and the in-process default.
 """
 
-from storage.ratelimit import COMMANDS, PURCHASES, RateLimiter, Rule
+from storage.ratelimit import COMMANDS, PURCHASES, SUPPORT, RateLimiter, Rule
 
-__all__ = ["COMMANDS", "PURCHASES", "RateLimiter", "Rule"]
+__all__ = ["COMMANDS", "PURCHASES", "SUPPORT", "RateLimiter", "Rule"]

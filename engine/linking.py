@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from storage.db import Database
 from storage.models import Entry, Identity, LinkCode, Order, Outbox, User, Withdrawal
 
-from . import journal, ledger, points
+from . import journal, ledger, payouts, points
 from .book import Book
 from .errors import Refusal
 
@@ -177,6 +177,7 @@ def _merge(book: Book, *, older: User, newer: User, identities: Iterable[str],
                           (Order, Order.user_id), (Withdrawal, Withdrawal.user_id),
                           (Outbox, Outbox.user_id)):
         s.execute(update(model).where(column == older.id).values(user_id=newer.id))
+    payouts.merge_methods(s, older.id, newer.id)  # payout method and transfers (issue 17)
     s.execute(update(User).where(User.referrer_id == older.id, User.id != newer.id)
               .values(referrer_id=newer.id))
     s.execute(update(User).where(User.referrer_id == older.id).values(referrer_id=None))

@@ -159,11 +159,12 @@ def _new_order(book: Book, req: _Request, ref: str | None, method: str,
 
 def _opened(book: Book, *, user: str, sku: object, qty: object, order_lines: object,
             at: object, pay_points: object, ref: object, method: str, key: str | None,
-            due_by: datetime | None, p: journal.Postings
-            ) -> tuple[OrderRow, _Request] | dict[str, Any]:
+            due_by: datetime | None
+            ) -> tuple[OrderRow, _Request, journal.Postings] | dict[str, Any]:
     """The opening both kinds of order share: the request's form checked, its reads made
     in one round trip, a repeated key answered with the first result (a dict), else the
-    request checked and the order recorded."""
+    request checked and the order recorded (with the postings its transaction starts
+    from)."""
     asked = requested(sku, qty, order_lines)
     ref = check_ref(ref)
     book.prefetch_purchase(user, key, due_by)
@@ -171,7 +172,8 @@ def _opened(book: Book, *, user: str, sku: object, qty: object, order_lines: obj
         return done
     req = _checked(book, user=user, asked=asked, at=at, pay_points=pay_points, ref=ref,
                    method=method)
-    return _new_order(book, req, ref, method, p), req
+    p = journal.Postings()
+    return _new_order(book, req, ref, method, p), req, p
 
 
 def record_paid_order(book: Book, *, user: str, sku: object = None, qty: object = 1,
@@ -186,12 +188,11 @@ def record_paid_order(book: Book, *, user: str, sku: object = None, qty: object 
         due_by = parse_at(at)
     except Refusal:
         due_by = None  # refused below, in SPEC §7's order
-    p = journal.Postings()
     opened = _opened(book, user=user, sku=sku, qty=qty, order_lines=lines, at=at,
-                     pay_points=pay_points, ref=ref, method=method, key=key, due_by=due_by, p=p)
+                     pay_points=pay_points, ref=ref, method=method, key=key, due_by=due_by)
     if isinstance(opened, dict):
         return opened
-    order, req = opened
+    order, req, p = opened
     _pay(book, order, req.buyer, req.at, p, from_wallet=method == "wallet",
          key=key or f"order:{order.ref}", actor=actor)
     return order_result(book, order)
@@ -203,12 +204,11 @@ def open_unpaid_order(book: Book, *, user: str, sku: object = None, qty: object 
                       ) -> dict[str, Any]:
     """An order that waits for a channel's payment (`confirm_payment`): its stock is taken
     and any points it uses are spent now, in a `checkout` transaction (SPEC §8, §9)."""
-    p = journal.Postings()
     opened = _opened(book, user=user, sku=sku, qty=qty, order_lines=lines, at=at,
-                     pay_points=pay_points, ref=ref, method=method, key=key, due_by=None, p=p)
+                     pay_points=pay_points, ref=ref, method=method, key=key, due_by=None)
     if isinstance(opened, dict):
         return opened
-    order, req = opened
+    order, req, p = opened
     book.record(key=key or f"checkout:{order.ref}", kind="checkout", at=req.at, postings=p,
                 body={"order": order.ref, "user": req.buyer.handle, "points": req.points,
                       "value": req.value})

@@ -32,7 +32,7 @@ from storage.models import (
     Withdrawal,
 )
 
-from . import inbox, outbox
+from . import inbox, outbox, payouts
 from .config import Config
 from .errors import Refusal
 from .estimate import ahead_of, maturity_date
@@ -175,6 +175,7 @@ def _pool_report(session: Session, at: datetime, near_exit: int,
         "near_exit_count": _near_exit_count(session, cfg, price),
         "near_exit_within": NEAR_EXIT_WITHIN,
         "pending_withdrawals": {"count": int(pending_n), "amount": int(pending_amount)},
+        "payouts": payouts.report_figures(session, at, cfg.timezone),  # issue 17
         # chat payments taken but not recorded yet (engine/inbox.py: spooled, or retrying)
         "payments_waiting": inbox.unrecorded(session),
     }

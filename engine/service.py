@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from storage.db import Database
 from storage.models import Withdrawal
 
-from . import accounts, orders
+from . import accounts, orders, payouts
 from .book import Book
 from .queue import RELEASE_PAGE, ReleasePage, release_page
 from .times import now, parse_at
@@ -59,6 +59,12 @@ def set_on_sale(db: Database, *, sku: object, active: bool, at: datetime | None 
                 actor: str | None = None) -> dict[str, Any]:
     return _in_book(db, lambda b: accounts.set_on_sale(b, sku=sku, active=active,
                                                        at=at or now(), actor=actor))
+
+
+def set_stock(db: Database, *, sku: object, stock: object, at: datetime | None = None,
+              actor: str | None = None) -> dict[str, Any]:
+    return _in_book(db, lambda b: accounts.set_stock(b, sku=sku, stock=stock, at=at or now(),
+                                                     actor=actor))
 
 
 def upsert_product(db: Database, *, sku: object, price: object, margin: object,
@@ -223,9 +229,22 @@ def request_withdrawal(db: Database, *, user: object, amount: object,
 
 
 def decide_withdrawal(db: Database, *, withdrawal_id: object, approve: bool, actor: str | None,
-                      at: datetime | None = None) -> dict[str, Any]:
+                      at: datetime | None = None, reference: str | None = None) -> dict[str, Any]:
     return _in_book(db, lambda b: accounts.decide_withdrawal(
-        b, withdrawal_id=withdrawal_id, approve=approve, at=at or now(), actor=actor))
+        b, withdrawal_id=withdrawal_id, approve=approve, at=at or now(), actor=actor,
+        reference=reference))
+
+
+def set_payout_method(db: Database, *, user: object, kind: object, name: object = None,
+                      account: object = None, at: datetime | None = None) -> dict[str, Any]:
+    """Where `user`'s withdrawals are paid (engine/payouts.py)."""
+    return _in_book(db, lambda b: payouts.set_method(b, user=user, kind=kind, name=name,
+                                                     account=account, at=at or now()))
+
+
+def set_payout_limits(db: Database, values: dict[str, int]) -> payouts.Limits:
+    """Operator-set withdrawal limits in fen, 0 = none (engine/payouts.py)."""
+    return _in_book(db, lambda b: payouts.set_limits(b, values))
 
 
 def withdraw_cash(db: Database, *, user: object, amount: object, at: datetime | None = None,
@@ -236,8 +255,9 @@ def withdraw_cash(db: Database, *, user: object, amount: object, at: datetime | 
     def work(b: Book) -> dict[str, Any]:
         req = accounts.request_withdrawal(b, user=user, amount=amount, at=when, key=key)
         if req.get("replayed"):
-            row = b.s.get(Withdrawal, req["withdrawal"])
-            return {**req, "status": row.status if row else req["status"]}
+            row = b.s.get(Withdrawal, req["withdrawal"])  # answered as the decision was
+            return {"withdrawal": req["withdrawal"], "user": req["user"], "amount": req["amount"],
+                    "status": row.status if row else req["status"], "replayed": True}
         return accounts.decide_withdrawal(b, withdrawal_id=req["withdrawal"], approve=True,
                                           at=when, actor="replay")
 

@@ -128,7 +128,8 @@ def _tell(book: Book, order: OrderRow, buyer: UserRow, referrer: UserRow | None,
     key = f"settle:{order.ref}"
     book.notify(buyer, "order_settled", key, at, order=order.ref, entry=order.entry_seq,
                 amount=granted.entered,
-                matures_at=order.matures_at.isoformat() if order.matures_at else None,
+                matures_at=order.matures_at.astimezone(book.cfg.timezone).isoformat()
+                if order.matures_at else None,  # store-local, as the buyer reads it
                 minted=order.minted)
     capped = granted.capped
     if referrer is not None and granted.entries and (order.accelerated or capped is not None):

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from storage import queries
 from storage.db import Database
 from storage.driver import Driver
-from storage.models import Identity, JournalTxn, Order, Pool, Posting, User, Withdrawal
+from storage.models import Identity, JournalTxn, Order, Pool, Posting, Product, User, Withdrawal
 
 from . import config, journal
 from .config import Config
@@ -253,3 +253,17 @@ def identity_on(db: Database, handle: str, prefix: str) -> str | None:
         .order_by(Identity.identity).limit(1)).scalar_one_or_none())
 
 
+
+
+def product(db: Database, sku: str) -> dict[str, Any] | None:
+    """A product as an operator sees it (SPEC §9: with its `stock`, None for unlimited, and
+    its `kind`); None when there is no such sku."""
+    def work(session: Session) -> dict[str, Any] | None:
+        p = session.get(Product, sku) if isinstance(sku, str) else None
+        if p is None:
+            return None
+        return {"sku": p.sku, "name": p.name, "price": p.price, "margin": p.margin,
+                "lock_days": p.lock_days, "scheme": p.scheme, "active": p.active,
+                "stock": p.stock, "kind": p.kind}
+
+    return db.read(work)

@@ -27,6 +27,9 @@ from . import (  # noqa: F401
 # digital goods' codes and support threads (docs/digital.md, docs/support.md)
 from . import codes as _codes  # noqa: F401
 from . import support as _support  # noqa: F401
+
+# the web dashboard's one-time login link (docs/web.md)
+from . import web as _web  # noqa: F401
 from .admin import run_job
 from .registry import CommandInfo, commands, dispatch, parse_text
 

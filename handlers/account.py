@@ -8,11 +8,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from engine import report, service, users
+from engine import payouts, report, service, users
+from engine.errors import Refusal
 
 from . import i18n
 from .base import Button, Reply
 from .parsing import BadInput, callback, echo, money, points, whole
+from .payouts import method_menu as payout_menu
+from .payouts import method_text
 from .registry import Ctx, button, command, commands
 
 log = logging.getLogger(__name__)
@@ -150,34 +153,37 @@ async def points_(c: Ctx) -> Reply:
     return Reply().text("\n".join(lines))
 
 
-async def _amount_or_all(c: Ctx, balance: str, parse: Callable[[str], int]) -> int:
-    """The amount the user typed, or all of `balance` for "all" / "全部" (0 when empty)."""
+async def _amount_or_all(c: Ctx, balance: str, parse: Callable[[str], int],
+                         nothing: str) -> int:
+    """The one amount the user typed, or all of `balance` for "all" / "全部"; refused with
+    `nothing` (a refusal code) when that is zero."""
+    if len(c.args) != 1:
+        raise BadInput("bad.missing")
     if c.args[0].lower() in ALL_WORDS:
         a = await c.call(users.account, c.app.db, c.handle)
-        return int(a[balance])
-    return parse(c.args[0])
+        amount = int(a[balance])
+    else:
+        amount = parse(c.args[0])
+    if amount == 0:
+        raise Refusal(nothing)
+    return amount
 
 
 @command("withdraw", aliases=("提现", "cashout"), usage_key="usage.withdraw")
 async def withdraw(c: Ctx) -> Reply:
-    if len(c.args) != 1:
-        raise BadInput("bad.missing")
-    amount = await _amount_or_all(c, "wallet", money)
-    if amount == 0:
-        return c.say("refusal.insufficient_balance")
+    amount = await _amount_or_all(c, "wallet", money, "insufficient_balance")
+    method = await c.call(payouts.method_of, c.app.db, c.handle)
+    if method is None:  # ask where to be paid first (issue 17)
+        return await payout_menu(c, c.t("withdraw.need_method"))
     r = await c.call(service.request_withdrawal, c.app.db, user=c.handle, amount=amount,
                      key=c.key("withdraw"))
-    return c.say("withdraw.done", id=r["withdrawal"], amount=c.money(r["amount"],
-                                                                     (await c.cfg()).currency))
+    return c.say("withdraw.done_to", id=r["withdrawal"], to=method_text(c, method),
+                 amount=c.money(r["amount"], (await c.cfg()).currency))
 
 
 @command("sellpoints", aliases=("卖出积分", "积分提现", "sell"), usage_key="usage.sellpoints")
 async def sellpoints(c: Ctx) -> Reply:
-    if len(c.args) != 1:
-        raise BadInput("bad.missing")
-    q = await _amount_or_all(c, "points", points)
-    if q == 0:
-        return c.say("refusal.insufficient_points")
+    q = await _amount_or_all(c, "points", points, "insufficient_points")
     r = await c.call(service.withdraw_points, c.app.db, user=c.handle, points=q,
                      key=c.key("sellpoints"))
     cur = (await c.cfg()).currency
@@ -200,7 +206,7 @@ async def transfer(c: Ctx) -> Reply:
 
 STATEMENT_KINDS = ("purchase", "checkout", "release", "withdraw_points", "forced_exit",
                    "withdrawal_request", "withdrawal_approved", "withdrawal_rejected", "refund",
-                   "cancel")
+                   "cancel", "withdrawal_transfer", "transfer_paid", "transfer_failed")
 
 
 def _statement_label(c: Ctx, item: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from engine.orders import ORDER_REF
 
 from . import i18n, onsale
 from .base import App, Button, Database, Photo, Progress, Reply, Request
-from .parsing import BadInput, callback, echo, money, normalise, qty, sku, whole
+from .parsing import BadInput, echo, money, normalise, qty, sku, whole
 from .registry import Ctx, button, command, commands, first_lang, lookup
 from .shop import render_receipt
 
@@ -241,29 +241,16 @@ async def _quiet(awaitable: Any) -> None:
         log.exception("progress update failed")
 
 
-@command("withdrawals", aliases=("提现审核",), operator=True)
-async def withdrawals(c: Ctx) -> Reply:
-    rows = await c.call(users.withdrawals, c.app.db)
-    cfg = await c.cfg()
-    if not rows:
-        return c.say("withdrawals.empty")
-    lines = [c.t("withdrawals.title")]
-    buttons: list[tuple[Button, ...]] = []
-    for w in rows:
-        lines.append(c.t("withdrawals.line", id=w["id"], user=echo(w["user"], 32),
-                         amount=c.money(w["amount"], cfg.currency),
-                         at=i18n.when(w["requested_at"], cfg.timezone)))
-        ok, no = callback("wd", "a", w["id"]), callback("wd", "r", w["id"])
-        if ok and no and len(buttons) < 10:
-            buttons.append((Button(c.t("withdrawals.approve", id=w["id"]), ok),
-                            Button(c.t("withdrawals.reject", id=w["id"]), no)))
-    return Reply().text("\n".join(lines), tuple(buttons))
+# `/withdrawals` (pending, in transfer, paid, failed) is handlers/payouts.py's.
 
 
-async def _decide(c: Ctx, raw: str, approve: bool) -> Reply:
+async def _decide(c: Ctx, raw: str, approve: bool, reference: str | None = None) -> Reply:
     wid = whole(raw, "bad.withdrawal_id", low=1)
     r = await c.call(service.decide_withdrawal, c.app.db, withdrawal_id=wid, approve=approve,
-                     actor=c.req.identity)
+                     actor=c.req.identity, reference=reference)
+    if r["status"] == "transfer":  # to a WeChat balance: WeChat Pay pays it (issue 17)
+        return c.say("withdrawals.transfer", id=r["withdrawal"], user=echo(r["user"], 32),
+                     amount=c.money(r["amount"], (await c.cfg()).currency))
     return c.say("withdrawals.approved" if approve else "withdrawals.rejected", id=r["withdrawal"],
                  user=echo(r["user"], 32), amount=c.money(r["amount"],
                                                           (await c.cfg()).currency))
@@ -271,9 +258,10 @@ async def _decide(c: Ctx, raw: str, approve: bool) -> Reply:
 
 @command("approve", aliases=("批准",), operator=True, usage_key="usage.approve")
 async def approve(c: Ctx) -> Reply:
-    if len(c.args) != 1:
+    """`/approve ID [REFERENCE]`: the reference notes a manual payout (a bank slip number)."""
+    if len(c.args) not in (1, 2):
         raise BadInput("bad.missing")
-    return await _decide(c, c.args[0], True)
+    return await _decide(c, c.args[0], True, echo(c.args[1], 64) if len(c.args) == 2 else None)
 
 
 @command("reject", aliases=("拒绝",), operator=True, usage_key="usage.reject")

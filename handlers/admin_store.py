@@ -173,12 +173,14 @@ async def describe(c: Ctx) -> Reply:
 
 
 async def attach_photo(c: Ctx, code: str, upload: Upload) -> Reply:
-    """Add the photo the operator sent to `code`, stored once (by its sha256)."""
+    """Add the photo the operator sent to `code`, stored once (by its sha256). Their next
+    photos without a caption go to the same product (the rest of a Telegram album)."""
     if catalogue.photo_type(upload.content) is None or \
             len(upload.content) > catalogue.MAX_PHOTO_BYTES:
         raise BadInput("catalogue.bad_photo")
     r = await c.call(catalogue.add_photo, c.app.db, sku=code, content=upload.content,
                      channel=c.req.channel, channel_id=upload.channel_id, actor=c.req.identity)
+    await c.call(catalogue.wait_for_photo, c.app.db, identity=c.req.identity, sku=r["sku"])
     return c.say("catalogue.photo_added", sku=r["sku"], name=echo(r["name"], 40),
                  count=r["photos"])
 

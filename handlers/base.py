@@ -41,6 +41,7 @@ class Button:
     label: str
     data: str | None = None
     url: str | None = None
+    web_app: bool = False  # Telegram opens `url` as its Mini App (with the user's initData)
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,11 @@ class Channels:
     payments: frozenset[str] = frozenset()
     bot_username: str | None = None
     invite_qr: Callable[[str], Awaitable[bytes | None]] | None = None
+    # a one-time dashboard login link for an operator identity (bot/web), when the web
+    # pages have a public address (STOREFRONT_PUBLIC_URL)
+    web_login: Callable[[str], str] | None = None
+    # the buyer's web page (`STOREFRONT_PUBLIC_URL/app`), offered under /shop
+    web_app: str | None = None
 
 
 def _in_process_limiter() -> RateLimiter:

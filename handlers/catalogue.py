@@ -48,7 +48,16 @@ def description(lang: str, p: dict[str, Any]) -> str | None:
 @command("shop", aliases=("商品", "products", "catalogue", "商店"), usage_key="usage.shop")
 async def shop(c: Ctx) -> Reply:
     """`/shop`: the categories (when the shop has any), else the first page of products;
-    `/shop PAGE`: that page of every product; `/shop WORDS`: search."""
+    `/shop PAGE`: that page of every product; `/shop WORDS`: search. With a web page
+    (docs/web.md), plain `/shop` also offers it ("Open shop": Telegram's Mini App)."""
+    reply = await _shop(c)
+    if c.app.channels.web_app and not c.args:
+        reply.text(c.t("shop.open_app"), ((Button(c.t("shop.open_app_button"),
+                                                  url=c.app.channels.web_app, web_app=True),),))
+    return reply
+
+
+async def _shop(c: Ctx) -> Reply:
     if c.args and normalise(c.args[0]).isdigit():
         return await _page(c, None, whole(c.args[0], "bad.page", low=1, high=100_000) - 1)
     if c.args:
@@ -154,7 +163,8 @@ def _cards(c: Ctx, view: dict[str, Any], title: str, turn: Any) -> Reply:
     return reply.text("\n".join(notes), tuple(rows))
 
 
-def card_text(c: Ctx, p: dict[str, Any], view: dict[str, Any]) -> str:
+def card_text(c: Ctx, p: dict[str, Any], view: dict[str, Any], *, all_photos: bool = False
+              ) -> str:
     cur = view["currency"]
     lines = [c.t("shop.item", name=echo(product_name(c.lang, p), 40), sku=p["sku"],
                  price=c.money(p["price"], cur))]
@@ -167,12 +177,13 @@ def card_text(c: Ctx, p: dict[str, Any], view: dict[str, Any]) -> str:
         lines.append(c.t("catalogue.sold_out"))
     elif state == "low":
         lines.append(c.t("catalogue.only_left", count=p["stock"]))
-    if len(p["photos"]) > 1:
+    if len(p["photos"]) > 1 and not all_photos:  # /item shows them
         lines.append(c.t("catalogue.more_photos", count=len(p["photos"]) - 1, sku=p["sku"]))
     return "\n".join(lines)
 
 
-def product_card(c: Ctx, p: dict[str, Any], view: dict[str, Any]) -> Card:
+def product_card(c: Ctx, p: dict[str, Any], view: dict[str, Any], *,
+                 all_photos: bool = False) -> Card:
     """One product as a `Card`: photo, text, and Buy / Add to cart (none when sold out)."""
     rows: list[tuple[Button, ...]] = []
     if p["stock_state"] != "sold_out":
@@ -189,7 +200,7 @@ def product_card(c: Ctx, p: dict[str, Any], view: dict[str, Any]) -> Card:
             rows.append(tuple(row))
     first = p["photos"][0] if p["photos"] else None
     photo = MediaRef(first["sha256"], first["telegram"], first["wechat"]) if first else None
-    return Card(card_text(c, p, view), tuple(rows), photo=photo)
+    return Card(card_text(c, p, view, all_photos=all_photos), tuple(rows), photo=photo)
 
 
 @command("item", aliases=("详情",), usage_key="usage.item")
@@ -200,7 +211,7 @@ async def item(c: Ctx) -> Reply:
     p = await c.call(catalogue.card, c.app.db, sku(c.args[0]))
     if not p["active"]:
         return c.say("refusal.product_inactive")
-    reply = Reply(items=[product_card(c, p, p)])
+    reply = Reply(items=[product_card(c, p, p, all_photos=True)])
     for extra in p["photos"][1:]:
         reply.items.append(Card("", (), photo=MediaRef(extra["sha256"], extra["telegram"],
                                                        extra["wechat"])))
@@ -220,4 +231,4 @@ async def remember_photo(app: App, sha256: str, channel: str, channel_id: str) -
                             channel=channel, channel_id=channel_id)
 
 
-__all__ = ["Card", "Text", "photo_bytes", "product_card", "remember_photo"]
+__all__ = ["description", "photo_bytes", "product_card", "product_name", "remember_photo"]

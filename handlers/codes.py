@@ -46,7 +46,7 @@ def _file_text(c: Ctx) -> str:
 async def _upload(c: Ctx, product: str, text: str) -> Reply:
     found = engine_codes.parse(text)
     if not found:
-        expect_next(c.req.identity, "codes", product)
+        await expect_next(c, "codes", product)
         return c.say("codes.none_found", sku=product)
     r = await c.call(engine_codes.upload, c.app.db, sku=product, codes=found,
                      actor=c.req.identity, key=c.key("codes"))
@@ -64,7 +64,7 @@ async def codes_cmd(c: Ctx) -> Reply:
     text = _after_first_line(c) + "\n" + _file_text(c)
     if not text.strip():
         await _check_digital(c, product)
-        expect_next(c.req.identity, "codes", product)
+        await expect_next(c, "codes", product)
         return c.say("codes.prompt", sku=product)
     return await _upload(c, product, text)
 

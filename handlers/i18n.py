@@ -29,11 +29,16 @@ log = logging.getLogger(__name__)
 LANGS = ("zh", "en")
 
 
-@cache
-def catalogue(lang: str) -> dict[str, str]:
-    text = resources.files("handlers").joinpath("locales", f"{lang}.json").read_text("utf-8")
+def read_catalogue(package: str, lang: str) -> dict[str, str]:
+    """`<package>/locales/<lang>.json`: these texts, or bot.web's own."""
+    text = resources.files(package).joinpath("locales", f"{lang}.json").read_text("utf-8")
     data: dict[str, str] = json.loads(text)
     return data
+
+
+@cache
+def catalogue(lang: str) -> dict[str, str]:
+    return read_catalogue("handlers", lang)
 
 
 class _Params(dict[str, Any]):

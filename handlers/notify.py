@@ -14,9 +14,10 @@ from fractions import Fraction
 from typing import Any
 
 from engine.config import DEFAULTS
+from engine.orders import ORDER_REF
 
 from . import i18n
-from .parsing import echo
+from .parsing import callback, echo
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,18 @@ def _digital_codes(p: dict[str, Any], lang: str, cur: str | None) -> str:
     return "\n".join(lines)
 
 
+# Withdrawals paid by WeChat Pay merchant transfers (engine/transfers.py, issue 17).
+_SIMPLE["transfer_started"] = _SIMPLE["transfer_paid"] = lambda p, c: {
+    "id": int(p.get("withdrawal") or 0), "amount": _fen(p.get("amount"), c)}
+_SIMPLE["transfer_failed"] = lambda p, c: {
+    "id": int(p.get("withdrawal") or 0), "amount": _fen(p.get("amount"), c),
+    "reason": echo(p.get("reason") or "-", 64)}
+_SIMPLE["transfer_confirm"] = lambda p, c: {
+    "id": int(p.get("withdrawal") or 0), "amount": _fen(p.get("amount"), c),
+    "url": echo(p.get("url") or "-", 300)}
+_SIMPLE["transfer_flag"] = lambda p, c: {
+    "id": int(p.get("withdrawal") or 0), "amount": _fen(p.get("amount"), c),
+    "code": echo(p.get("code") or "-", 40)}
 _COMPOSED: dict[str, Callable[[dict[str, Any], str, str | None], str]] = {
     "order_settled": _order_settled, "order_refunded": _refunded, "pool_warning": _pool_warning,
     "acceleration": _acceleration, "order_received": _received,
@@ -173,9 +186,15 @@ _COMPOSED: dict[str, Callable[[dict[str, Any], str, str | None], str]] = {
 
 def buttons(kind: str, params: Mapping[str, Any], lang: str) -> tuple[tuple[tuple[str, str], ...], ...]:
     """The inline buttons under an outbox message, as rows of (label, callback data): an
-    operator's reply and close buttons under a support message; none for the rest. Channels
-    without buttons (WeChat) send the text alone, which says what to type instead."""
+    operator's reply and close buttons under a support message; the buyer's receipt button
+    (`recv:v1:ORDER`) under a shipping notice; none for the rest. WeChat shows them as menu
+    links; its template messages carry the text alone, which says what to type instead."""
     lang = lang if lang in i18n.LANGS else "en"
+    if kind == "order_shipped":
+        order = params.get("order")
+        data = callback("recv", order) if isinstance(order, str) and ORDER_REF.match(order) \
+            else None
+        return (((i18n.t(lang, "receive.button", order=order), data),),) if data else ()
     if kind == "support_message":
         thread = params.get("thread")
         if isinstance(thread, int) and not isinstance(thread, bool) and thread > 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from typing import Any
 
 from engine.money import (
@@ -63,30 +64,33 @@ _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200e\u200f\u202a\u202b\u202c\u202d\
                                     "\u2060\u2066\u2067\u2068\u2069\ufeff"))
 
 
+def visible(text: str) -> str:
+    """User text kept as written (lines too), without what reorders or hides it."""
+    return text.translate(_INVISIBLE)
+
+
 def echo(text: object, limit: int = MAX_ECHO) -> str:
     """User text safe to repeat back: one line, capped, nothing that reorders or hides."""
     s = " ".join(str(text).translate(_INVISIBLE).split())
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
-def money(text: str) -> int:
+def _amount(text: str, parse: Callable[[str], int], places: int, bad: str) -> int:
     try:
-        return parse_fen(normalise(text))
+        return parse(normalise(text))
     except AmountTooLarge:
         raise BadInput("bad.amount_too_large", value=echo(text),
-                       max=max_amount(FEN_PLACES)) from None
+                       max=max_amount(places)) from None
     except AmountError:
-        raise BadInput("bad.money", value=echo(text)) from None
+        raise BadInput(bad, value=echo(text)) from None
+
+
+def money(text: str) -> int:
+    return _amount(text, parse_fen, FEN_PLACES, "bad.money")
 
 
 def points(text: str) -> int:
-    try:
-        return parse_micro(normalise(text))
-    except AmountTooLarge:
-        raise BadInput("bad.amount_too_large", value=echo(text),
-                       max=max_amount(MICRO_PLACES)) from None
-    except AmountError:
-        raise BadInput("bad.points", value=echo(text)) from None
+    return _amount(text, parse_micro, MICRO_PLACES, "bad.points")
 
 
 def qty(text: str) -> int:

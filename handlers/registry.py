@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
-from engine import users
+from engine import pending, users
 from engine.config import Config
 from engine.database import Database, DatabaseUnavailable
 from engine.errors import Refusal
@@ -88,25 +87,18 @@ def button(kind: str, *, operator: bool = False,
 
 
 # What a person's next plain message is for (`/support` then the text, an operator's reply
-# button then the answer, `/codes SKU` then the codes): identity → (button kind, its fields,
-# when asked). In-process on purpose, like broadcast confirmations: a restart only means the
-# person sends the command again. Any other request (a command, a button) forgets it.
-_NEXT: dict[str, tuple[str, tuple[str, ...], float]] = {}
-NEXT_TTL = 600.0
-
-
-def expect_next(identity: str, kind: str, *fields: str) -> None:
-    """The next plain text `identity` sends goes to the `@button(kind)` handler, with
+# button then the answer, `/codes SKU` then the codes): kept by `engine.pending` in the
+# database, so a restart and a second `storefront run` process see it too. It lasts
+# `pending.TTL`; any other request (a command, a button) forgets it.
+async def expect_next(c: Ctx, kind: str, *fields: str) -> None:
+    """The next plain text `c`'s person sends goes to the `@button(kind)` handler, with
     `fields` as its args and the text in `ctx.req.text` (`ctx.req.callback` is None)."""
-    _NEXT[identity] = (kind, fields, time.monotonic())
+    await c.call(pending.expect, c.app.db, c.req.identity, kind, fields)
 
 
-def _next_for(request: Request) -> tuple[str, tuple[str, ...]] | None:
-    waiting = _NEXT.pop(request.identity, None)
-    if waiting is None or request.callback is not None or request.command is not None or \
-            request.text.lstrip().startswith("/") or time.monotonic() - waiting[2] > NEXT_TTL:
-        return None
-    return waiting[0], waiting[1]
+def _is_plain(request: Request) -> bool:
+    return request.callback is None and request.command is None and \
+        not request.text.lstrip().startswith("/")
 
 
 # The order menus list consumer commands in; the rest follow in registration order.
@@ -283,27 +275,32 @@ async def _dispatch(app: App, request: Request, state: dict[str, str]) -> Reply:
     with_account = asked is not None and asked.account
     lim = app.limiter
 
-    def admit() -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-        # One hop to a worker thread for the rate limit (a Redis round trip when shared) and
-        # the member, with their account when the command shows it.
+    def admit() -> tuple[dict[str, Any], dict[str, Any] | None,
+                         pending.Waiting | None] | None:
+        # One hop to a worker thread for the rate limit (a Redis round trip when shared),
+        # the member, with their account when the command shows it, and what their plain
+        # message was awaited for (one primary-key read when nothing).
         if not lim.allow(COMMAND_RATE, request.identity):
             return None
         who = {"lang": first_lang(request), "display_name": request.display_name,
                "start_payload": payload}
         if with_account:
-            return users.resolve_and_account(app.db, request.identity, **who)
-        return users.resolve(app.db, request.identity, **who), None
+            member, account = users.resolve_and_account(app.db, request.identity, **who)
+        else:
+            member, account = users.resolve(app.db, request.identity, **who), None
+        return member, account, pending.take(app.db, request.identity,
+                                             plain=_is_plain(request))
 
     admitted = await asyncio.to_thread(admit)
     if admitted is None:
         raise BadInput("slow_down")
-    member, account = admitted
+    member, account, follow = admitted
     lang = member["lang"] if member["lang"] in i18n.LANGS else first_lang(request)
     state["lang"] = lang
     if member["blocked"]:
         return Reply().text(i18n.t(lang, "blocked"))
 
-    if (follow := _next_for(request)) is not None and follow[0] in _BUTTONS:
+    if follow is not None and follow[0] in _BUTTONS:
         fn, operator_only, purchase = _BUTTONS[follow[0]]
         ctx = Ctx(app, request, member, lang, follow[0], follow[1])
         return await _run(ctx, fn, operator_only, purchase, None)

@@ -281,6 +281,9 @@ def render_receipt(lang: str, r: dict[str, Any], currency: str) -> str:
             lines.append(i18n.t(lang, "receipt.minted", points=i18n.pts(r["minted"])))
         if not r.get("entry") and not r.get("minted"):
             lines.append(i18n.t(lang, "receipt.no_rebate"))
+    elif r["status"] == "pending" and not r.get("settles_at"):
+        # settle_from=receipt (SPEC §9): no date until the buyer confirms it arrived
+        lines.append(i18n.t(lang, "receipt.window_receipt"))
     elif r["status"] == "pending":
         lines.append(i18n.t(lang, "receipt.window", settles=_iso(r.get("settles_at"))))
     return "\n".join(lines)

@@ -10,13 +10,15 @@ button; the operator's answer reaches the buyer on their own channel; the thread
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from engine import support
+from engine.limits import SUPPORT as SUPPORT_RATE
 
 from . import i18n
 from .base import Button, Reply
-from .parsing import BadInput, echo, normalise, whole
+from .parsing import BadInput, echo, normalise, visible, whole
 from .registry import Ctx, button, command, expect_next
 
 SHOWN = 8  # messages of a thread shown in chat
@@ -64,14 +66,17 @@ async def support_cmd(c: Ctx) -> Reply:
         lines.append(c.t("support.thread", thread=thread["thread"],
                          status=c.t(f"support.status.{thread['status']}")))
         lines.extend(await _lines(c, thread, operator=False))
-    expect_next(c.req.identity, "sup", "write")
+    await expect_next(c, "sup", "write")
     lines.append(c.t("support.prompt"))
     return Reply().text("\n".join(lines))
 
 
 async def _send(c: Ctx, text: str) -> Reply:
+    # each message notifies every operator: a flood is refused before it is written
+    if not await asyncio.to_thread(c.app.limiter.allow, SUPPORT_RATE, c.req.identity):
+        return c.say("support.slow_down")
     r = await c.call(support.write, c.app.db, user_id=c.user_id, identity=c.req.identity,
-                     text=text, key=c.key("support"), operators=c.app.operators)
+                     text=visible(text), key=c.key("support"), operators=c.app.operators)
     return c.say("support.sent", thread=r["thread"])
 
 
@@ -83,7 +88,7 @@ async def support_button(c: Ctx) -> Reply:
     followup = c.req.callback is None
     if action == "write" and followup and len(c.args) == 1:
         if not c.req.text.strip():
-            expect_next(c.req.identity, "sup", "write")
+            await expect_next(c, "sup", "write")
             return c.say("support.empty")
         return await _send(c, c.req.text)
     if action not in ("reply", "close", "answer") or len(c.args) != 2 or \
@@ -97,19 +102,19 @@ async def support_button(c: Ctx) -> Reply:
         return c.say("support.closed" if r["closed"] else "support.was_closed", thread=thread)
     if action == "reply":
         view = await c.call(support.view, c.app.db, thread=thread, limit=SHOWN)
-        expect_next(c.req.identity, "sup", "answer", str(thread))
+        await expect_next(c, "sup", "answer", str(thread))
         lines = [c.t("support.thread_of", thread=thread, buyer=echo(view["buyer"], 40)),
                  *await _lines(c, view, operator=True), c.t("support.answer_prompt", thread=thread)]
         return Reply().text("\n".join(lines))
     if not c.req.text.strip():
-        expect_next(c.req.identity, "sup", "answer", str(thread))
+        await expect_next(c, "sup", "answer", str(thread))
         return c.say("support.empty")
     return await _answer(c, thread, c.req.text)
 
 
 async def _answer(c: Ctx, thread: int, text: str) -> Reply:
-    await c.call(support.answer, c.app.db, thread=thread, operator=c.req.identity, text=text,
-                 key=c.key("support-answer"))
+    await c.call(support.answer, c.app.db, thread=thread, operator=c.req.identity,
+                 text=visible(text), key=c.key("support-answer"))
     return c.say("support.answered", _thread_buttons(c, thread), thread=thread)
 
 

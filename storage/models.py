@@ -214,6 +214,15 @@ class Withdrawal(Base):
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime())
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     decided_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Where it goes (issue 17, engine/payouts.py): the payout method's kind (`wechat`,
+    # `alipay`, `bank`; None before methods existed), the payee as shown (masked), and the
+    # operator's reference for a manual payout.
+    method: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    payee: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reference: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    # a user's withdrawals per day (the daily maximum, engine/payouts.py)
+    __table_args__ = (Index("ix_withdrawals_user_requested", "user_id", "requested_at"),)
 
 
 class JournalTxn(Base):
@@ -573,3 +582,56 @@ class SupportMessage(Base):
     identity: Mapped[str] = mapped_column(String(128))
     text: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
+class PayoutMethod(Base):
+    """Where a user's withdrawals are paid (issue 17): their WeChat balance (`account` is the
+    openid of their WeChat identity) or, paid by hand, an Alipay account or bank card.
+    `account` is never shown or logged; `masked` is what chat shows."""
+
+    __tablename__ = "payout_methods"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    account: Mapped[str] = mapped_column(String(128))
+    masked: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Transfer(Base):
+    """A WeChat Pay merchant transfer paying one withdrawal (engine/transfers.py).
+
+    `out_bill_no` is WeChat Pay's idempotency key, derived from the withdrawal; `state` is
+    WeChat's (`NEW` until it answered once); the hold stays until SUCCESS (paid out) or
+    FAIL/CANCELLED (back to the wallet)."""
+
+    __tablename__ = "transfers"
+    out_bill_no: Mapped[str] = mapped_column(String(32), primary_key=True)
+    withdrawal_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    openid: Mapped[str] = mapped_column(String(128))
+    user_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    state: Mapped[str] = mapped_column(String(20))
+    transfer_bill_no: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    package_info: Mapped[str | None] = mapped_column(Text, nullable=True)
+    fail_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    confirm_token: Mapped[str] = mapped_column(String(32), unique=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+    __table_args__ = (Index("ix_transfers_state_next", "state", "next_at"),)
+
+
+
+class PendingInput(Base):
+    """What a person's next plain message is for (`handlers.registry.expect_next`): the
+    button `kind` and its `fields` (a JSON list) it goes to, until `until`. Kept in the
+    database so a restart remembers it and every `storefront run` process sees it."""
+
+    __tablename__ = "pending_inputs"
+    identity: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    fields: Mapped[str] = mapped_column(Text)
+    until: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

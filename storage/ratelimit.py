@@ -33,6 +33,7 @@ class Rule:
 
 COMMANDS = Rule("cmd", 20, 10.0)
 PURCHASES = Rule("buy", 5, 60.0)
+SUPPORT = Rule("support", 5, 60.0)  # /support messages: each one notifies every operator
 
 _LUA = """
 local capacity = tonumber(ARGV[1])

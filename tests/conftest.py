@@ -183,3 +183,15 @@ def redis_url() -> str:
     except Exception as exc:  # noqa: BLE001
         _unavailable("Redis", exc)
     return REDIS_URL
+
+
+# The WeChat API stand-in (tests/standins/wechat.py) as a fixture, for this app id and secret.
+WECHAT_APPID, WECHAT_SECRET = "wx1234567890abcdef", "s3cr3t"
+
+
+@pytest.fixture
+def wechat_api() -> Iterator[Any]:
+    from tests.standins import wechat as sw
+
+    with sw.FakeWeChatAPI(appid=WECHAT_APPID, secret=WECHAT_SECRET) as api:
+        yield api

@@ -28,9 +28,7 @@ import asyncio
 import json
 import os
 import sys
-import traceback
 from collections import Counter
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -46,6 +44,7 @@ from storage import faults
 from storage.db import Database
 from storage.migrate import migrate
 from storage.models import Checkout, Head, Order, Outbox, User, Withdrawal
+from tests import fork_server
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 T0 = datetime(2026, 8, 1, 10, 0, tzinfo=SHANGHAI)  # first purchases: mature 16 Aug 00:00
@@ -230,63 +229,17 @@ def _child(command: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fork(command: dict[str, Any]) -> dict[str, Any]:
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: do the work, report, and leave without cleanup of the parent's
-        os.close(read_end)
-        code = 0
-        try:
-            out = _child(command)
-        except BaseException:  # noqa: BLE001 - reported to the test, which fails on it
-            out = {"error": traceback.format_exc()}
-            code = 1
-        with os.fdopen(write_end, "w") as pipe:
-            pipe.write(json.dumps(out, default=str))
-        os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    return {"exit": os.waitstatus_to_exitcode(status), "out": json.loads(data) if data else None}
+    return fork_server.fork(_child, command)
 
 
 def main(stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> None:
-    for line in stdin:
-        command = json.loads(line)
-        if command.get("op") == "quit":
-            break
-        stdout.write(json.dumps(_fork(command)) + "\n")
-        stdout.flush()
+    fork_server.serve(_fork, stdin, stdout)
 
 
-class Driver:
+class Driver(fork_server.Driver):
     """The test side: start the fork server once, send it commands."""
 
-    def __init__(self, popen: Callable[..., Any]) -> None:
-        import subprocess
-        from pathlib import Path
-
-        root = Path(__file__).resolve().parent.parent
-        env = {k: v for k, v in os.environ.items() if k != faults.ENV}
-        self.proc = popen([sys.executable, "-m", "tests.fault_driver"], cwd=root, env=env,
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def __call__(self, **command: Any) -> dict[str, Any]:
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the fault driver died")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.write('{"op": "quit"}\n')
-            self.proc.stdin.close()
-        except (BrokenPipeError, ValueError):
-            pass
-        self.proc.wait(timeout=30)
+    module = "tests.fault_driver"
 
 
 if __name__ == "__main__":

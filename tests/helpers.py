@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import socket
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+from sqlalchemy import text
 
 from engine import service
 from engine.state import snapshot
@@ -45,3 +48,34 @@ def seed_shop(db: Database, *, users: Iterable[str] = ("A", "B"),
 
 def state(db: Database) -> dict:
     return db.read(snapshot)
+
+
+def examples_on_postgres(pg_admin: str, strategy: Any, check: Callable[[Database, Any], None],
+                         examples: int = 8) -> None:
+    """Hypothesis on PostgreSQL: `check(db, example)` for `examples` examples drawn from
+    `strategy`, each on a fresh migrated schema of its own."""
+    from hypothesis import HealthCheck, given, settings
+
+    from tests.conftest import migrated, pg_schema
+
+    @settings(max_examples=examples, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(strategy)
+    def run(example: Any) -> None:
+        with pg_schema(pg_admin) as url, migrated(url) as db:
+            check(db, example)
+
+    run()
+
+
+def tamper(db: Database, sql: str) -> None:
+    """Change the books behind the engine's back (what verify must find)."""
+    with db.engine.begin() as conn:
+        conn.execute(text(sql))
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

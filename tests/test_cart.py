@@ -53,6 +53,16 @@ async def shop_with_cart(memdb) -> Chat:  # type: ignore[no-untyped-def]
     return chat
 
 
+async def shop_with_wallet_cash(memdb) -> Chat:  # type: ignore[no-untyped-def]
+    """The buyer bought a TEA offline and its rebate was released: cash in the wallet."""
+    chat = Chat(memdb)
+    await chat.setup_shop()
+    await chat.send(BUYER, "/start")
+    await chat.send(OPERATOR, f"/offline {_handle(chat)} TEA")
+    service.release(memdb, at=datetime.now(UTC) + timedelta(days=16))
+    return chat
+
+
 # -- the cart's lines -----------------------------------------------------------------------
 
 async def test_adding_a_product_again_adds_to_its_line_and_lines_keep_their_order(memdb):
@@ -267,11 +277,7 @@ async def test_checking_out_again_replaces_the_open_order_and_a_double_tap_opens
 
 
 async def test_the_wallet_pays_for_the_whole_cart_at_once(memdb):
-    chat = Chat(memdb)
-    await chat.setup_shop()
-    await chat.send(BUYER, "/start")
-    await chat.send(OPERATOR, f"/offline {_handle(chat)} TEA")
-    service.release(memdb, at=datetime.now(UTC) + timedelta(days=16))
+    chat = await shop_with_wallet_cash(memdb)
     await chat.send(BUYER, "/cart add RICE 2")
     open_reply = await chat.send(BUYER, "/cart pay")  # an invoice first, then the wallet
     reply = await chat.send(BUYER, callback=data_of(await chat.send(BUYER, "/cart"),
@@ -363,11 +369,7 @@ async def test_the_catalogues_add_to_cart_button_fills_the_cart(memdb):
 
 
 async def test_a_repeated_tap_after_paying_answers_the_same_order(memdb):
-    chat = Chat(memdb)
-    await chat.setup_shop()
-    await chat.send(BUYER, "/start")
-    await chat.send(OPERATOR, f"/offline {_handle(chat)} TEA")
-    service.release(memdb, at=datetime.now(UTC) + timedelta(days=16))
+    chat = await shop_with_wallet_cash(memdb)
     await chat.send(BUYER, "/cart add RICE")
     view = await chat.send(BUYER, "/cart")
     wallet, online = data_of(view, "cartpay:v1:w:"), data_of(view, "cartpay:v1:c:")

@@ -12,7 +12,6 @@ from sqlalchemy import select
 from engine.verify import verify
 from storage.models import CartItem, Order, OrderLine, Shipment
 from tests.standins import wechat as sw
-from tests.standins.telegram_api import make_successful_payment_update
 from tests.test_telegram_e2e import OPERATOR, Shop, running_shop
 from tests.wechat_harness import checkout_path
 
@@ -73,18 +72,9 @@ async def test_a_two_line_cart_is_one_telegram_invoice_asking_for_shipping_detai
         token = params["payload"]
         assert await s.precheck(BUYER, token, 23000) == (True, None)
         # the payment carries what the invoice asked for (the delivery helper keeps it)
-        update = make_successful_payment_update(BUYER, token, 23000, "charge-cart-1",
-                                                first_name=f"User{BUYER}")
-        update["message"]["successful_payment"]["order_info"] = {
-            "name": "Li Si", "phone_number": "+86 139 0000 0000",
-            "shipping_address": {"country_code": "CN", "state": "Shanghai", "city": "Shanghai",
-                                 "street_line1": "8 Cart Lane", "street_line2": "",
-                                 "post_code": "200000"}}
-        del update["update_id"]  # the stand-in numbers it after the updates before it
-        mark = len(s.api.calls)
-        s.api.push_update(update)
-        (paid_call,) = await s.replies(BUYER, mark, 1)
-        receipt = str(paid_call.params["text"])
+        receipt = await s.pay_shipped(BUYER, token, 23000, "charge-cart-1", name="Li Si",
+                                      phone="+86 139 0000 0000", city="Shanghai",
+                                      street="8 Cart Lane", post_code="200000")
         orders = s.app.db.read(lambda x: x.execute(select(Order)).scalars().all())
         (order,) = orders
         assert order.status == "settled" and order.cash == 23000

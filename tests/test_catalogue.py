@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from sqlalchemy import func, select
 
@@ -21,9 +23,12 @@ PRODUCTS = (("TEA", "100.00", "0.50", 15, "both", "绿茶"), ("RICE", "50.00", "
             ("PEN", "5.00", "0.10", 0, "none", "Pen"))
 
 
+_requests = itertools.count(1)
+
+
 async def send_photo(chat: Chat, identity: str, upload: Upload, caption: str = "") -> Reply:
     """A photo as the adapters pass it on: `/photo` with the upload, or the caption."""
-    request = Request(channel="telegram", identity=identity, request_id=f"p{id(upload)}",
+    request = Request(channel="telegram", identity=identity, request_id=f"photo{next(_requests)}",
                       command=None if caption else "photo", text=caption, upload=upload)
     return await handlers.dispatch(chat.app, request)
 
@@ -34,7 +39,8 @@ def cards(reply) -> list[Card]:
 
 # -- the engine ------------------------------------------------------------------------------
 
-def test_a_photo_is_stored_once_by_its_bytes_however_often_it_is_added(memdb):
+def test_a_photo_is_stored_once_by_its_bytes_however_often_it_is_added(db):
+    memdb = db  # SQLite file and PostgreSQL
     seed_shop(memdb, users=(), products=PRODUCTS)
     first = catalogue.add_photo(memdb, sku="TEA", content=png(1), channel="telegram",
                                 channel_id="AgAC-1", actor="tg:1")
@@ -68,7 +74,8 @@ def test_what_is_not_a_showable_photo_is_refused_and_changes_nothing(memdb, cont
                       .scalar_one()) == 0
 
 
-def test_categories_search_and_pages_see_only_what_is_on_sale(memdb):
+def test_categories_search_and_pages_see_only_what_is_on_sale(db):
+    memdb = db  # SQLite file and PostgreSQL (ILIKE, its escapes)
     seed_shop(memdb, users=(), products=PRODUCTS + tuple(
         (f"T{i}", "9.00", "0.10", 0, "none", f"Tea no. {i}") for i in range(6)))
     for sku in ("TEA", *(f"T{i}" for i in range(6))):
@@ -85,6 +92,8 @@ def test_categories_search_and_pages_see_only_what_is_on_sale(memdb):
     assert catalogue.page(memdb, query="0% ")["count"] == 1  # % and _ are literal
     assert catalogue.page(memdb, query="HAND_")["count"] == 1  # any case
     assert catalogue.page(memdb, query="绿")["products"][0]["sku"] == "TEA"
+    assert [p["sku"] for p in catalogue.page(memdb, query="leaves no. 3")["products"]] == \
+        ["T3"]  # every word, each anywhere in the product's texts
     assert catalogue.page(memdb, query="T5")["count"] == 0  # off sale
     catalogue.describe(memdb, sku="RICE", field="description_en", text="")
     assert catalogue.card(memdb, "RICE")["description_en"] is None
@@ -137,14 +146,18 @@ async def test_categories_open_as_buttons_and_page_with_their_own_buttons(memdb)
     assert text(gone) == "That category is no longer in the shop; send /shop to see what is."
 
 
-async def test_stock_shows_only_n_left_and_sold_out_has_no_buttons(memdb, monkeypatch):
+async def test_stock_shows_only_n_left_and_sold_out_has_no_buttons(memdb):
     chat = Chat(memdb)
     seed_shop(memdb, users=(), products=PRODUCTS)
-    left = {"TEA": 3, "RICE": 0, "PEN": None}
-    monkeypatch.setattr(catalogue, "stock_of", lambda p: left[p.sku])
+    for sku, left in (("TEA", 3), ("RICE", 0), ("SOFA", 6)):
+        service.upsert_product(memdb, sku=sku, price="100.00", margin="0.50", lock_days=15,
+                               scheme="both", stock=left)
     en = await chat.send("tg:5", "/shop")
     assert "Only 3 left." in text(en) and "Sold out." in text(en)
+    assert "6 left" not in text(en)  # plenty: nothing said
     assert not [b for c in cards(en) if "RICE" in c.text for row in c.buttons for b in row]
+    assert [b.data for c in cards(en) if "(TEA)" in c.text for row in c.buttons for b in row] \
+        == ["buy:v1:TEA:1", "cart:v1:add:TEA"]
     zh = text(await chat.send("tg:6", "/shop", lang="zh"))
     assert "仅剩 3 件。" in zh and "已售罄。" in zh
 
@@ -177,5 +190,18 @@ async def test_item_shows_every_photo_of_a_product(memdb):
         catalogue.add_photo(memdb, sku="TEA", content=png(n))
     reply = await chat.send("tg:5", "/item tea")
     shown = cards(reply)
-    assert len(shown) == 3 and "2 more photos: /item TEA" in shown[0].text
+    assert len(shown) == 3 and "more photos" not in shown[0].text
+    assert "2 more photos: /item TEA" in text(await chat.send("tg:5", "/shop"))
     assert len({c.photo.sha256 for c in shown if c.photo}) == 3
+
+
+async def test_photos_without_a_caption_follow_the_last_one_captioned(memdb):
+    """A Telegram album: only its first photo carries the caption."""
+    chat = Chat(memdb)
+    seed_shop(memdb, users=(), products=PRODUCTS)
+    first = await send_photo(chat, OPERATOR, Upload(png(1), "AgAC-1"), caption="/photo RICE")
+    assert text(first) == "Photo 1 added to RICE (大米)."
+    for n in (2, 3):
+        rest = await send_photo(chat, OPERATOR, Upload(png(n), f"AgAC-{n}"))
+        assert text(rest) == f"Photo {n} added to RICE (大米)."
+    assert len(catalogue.card(memdb, "RICE")["photos"]) == 3

@@ -135,3 +135,22 @@ async def test_only_operators_photos_are_read_and_bad_ones_refused_politely(shop
     (which,) = await push_message(s, OPERATOR, photo_message(s, OPERATOR, png(4)))
     assert "Which product is this photo for?" in which.text
     assert s.app.db.read(lambda x: x.execute(select(ProductPhoto)).all()) == []
+
+
+async def test_a_file_id_telegram_refuses_is_replaced_by_the_bytes_sent_again(shop: Shop):
+    s = shop
+    await s.say(OPERATOR, "/product SOAP 10.00 0.30 0 none Soap")
+    await asyncio.to_thread(catalogue.add_photo, s.app.db, sku="SOAP", content=png(8),
+                            channel="telegram", channel_id="AgAC-from-another-bot")
+    s.api.fail_next("sendPhoto", 400, "Bad Request: wrong file identifier")
+    mark = len(s.api.calls)
+    s.api.push_text(5, "/shop")
+    await s.api.wait_for(lambda c: c.is_("sendPhoto") and c.ok, since=mark)
+    refused, resent = [c for c in s.api.calls[mark:] if c.is_("sendPhoto")]
+    assert refused.params["photo"] == "AgAC-from-another-bot" and not refused.ok
+    assert resent.files["photo"] == png(8) and "Soap (SOAP)" in resent.text
+    deadline = time.monotonic() + 10
+    while (row := s.app.db.read(lambda x: x.execute(select(Media)).scalar_one())) \
+            .tg_file_id == "AgAC-from-another-bot" and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert row.tg_file_id == resent.result["photo"][0]["file_id"]

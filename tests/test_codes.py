@@ -12,6 +12,7 @@ from sqlalchemy import select
 import handlers
 from engine import checkout, service, users
 from engine.errors import Refusal
+from engine.verify import verify
 from handlers import notify
 from handlers.base import Request
 from storage.db import Database
@@ -75,6 +76,7 @@ def test_each_unit_paid_gets_one_code_in_its_receipt_and_the_order_is_received(d
     with pytest.raises(Refusal) as refused:
         service.buy(db, user="tg:6", sku="GAME", at=at(2, 12), order="G3", method="cash")
     assert refused.value.code == "out_of_stock"
+    assert verify(db).ok  # the books agree: codes move no money, received is journaled
 
 
 def test_a_cart_with_goods_is_not_received_at_delivery_and_a_retry_gives_nothing_twice(
@@ -212,3 +214,12 @@ async def test_an_operator_makes_a_product_digital_from_chat(sqlite_db: Database
     assert "1 new codes added" in text(await chat.send(OPERATOR, "/codes KEY\nK-1"))
     assert text(await chat.send(BUYER, "/kind KEY goods")) == \
         "Sorry, only the shop's operators can do that."
+
+
+def test_with_settle_from_receipt_the_return_window_starts_at_delivery(sqlite_db: Database):
+    digital(sqlite_db, config={"store": {"settle_from": "receipt", "settle_days": "7"}})
+    upload(sqlite_db, "W-1")
+    r = service.buy(sqlite_db, user=BUYER, sku="GAME", at=at(2), order="G1", method="cash")
+    assert r["status"] == "pending"
+    assert r["received_at"] == "2026-08-02T10:00:00+08:00"
+    assert r["settles_at"] == "2026-08-09T00:00:00+08:00"  # receipt date + 7 days

@@ -150,11 +150,16 @@ OPERATOR_COMMANDS = [
 ]
 
 
+def a_shopper_of_tea(chat: ConsoleChat, identity: str) -> None:
+    """The operator puts TEA on sale; `identity` speaks from now on, having started."""
+    chat.send("/product TEA 100.00 0.30 15 queue Green tea")
+    chat.send(f":as {identity}")
+    chat.send("/start")
+
+
 def test_console_non_operator_is_refused_every_operator_command_and_nothing_changes(console):
     chat, db = console
-    chat.send("/product TEA 100.00 0.30 15 queue Green tea")
-    chat.send(":as console:eve")
-    chat.send("/start")
+    a_shopper_of_tea(chat, "console:eve")
     for line in OPERATOR_COMMANDS:
         before = world(db)
         assert chat.send(line) == NOT_OPERATOR, line
@@ -171,9 +176,7 @@ MALFORMED = [
 
 def test_console_malformed_inputs_get_polite_replies_and_change_nothing(console):
     chat, db = console
-    chat.send("/product TEA 100.00 0.30 15 queue Green tea")
-    chat.send(":as console:mallory")
-    chat.send("/start")
+    a_shopper_of_tea(chat, "console:mallory")
     for line in MALFORMED:
         before = world(db)
         reply = chat.send(line)

@@ -10,7 +10,6 @@ from sqlalchemy import select
 from engine import service
 from storage.models import Order, Outbox, Shipment
 from storage.ratelimit import RateLimiter
-from tests.standins.telegram_api import make_successful_payment_update
 from tests.test_telegram_e2e import OPERATOR, running_shop, setup_shop
 
 BUYER = 2
@@ -23,18 +22,10 @@ async def test_a_parcel_from_telegram_payment_to_receipt(sqlite_url: str) -> Non
         await s.say(BUYER, "/start")
         token, amount = await s.buy(BUYER, "TEA")
         assert await s.precheck(BUYER, token, amount) == (True, None)
-        update = make_successful_payment_update(BUYER, token, amount, "charge-1",
-                                                first_name=f"User{BUYER}")
-        update["message"]["successful_payment"]["order_info"] = {
-            "name": "Zhang San", "phone_number": "+86 138 0000 0000",
-            "shipping_address": {"country_code": "CN", "state": "Beijing", "city": "Beijing",
-                                 "street_line1": "1 Example Road", "street_line2": "",
-                                 "post_code": "100000"}}
-        del update["update_id"]  # the stand-in numbers it after the updates before it
-        mark = len(s.api.calls)
-        s.api.push_update(update)
-        (receipt,) = await s.replies(BUYER, mark, 1)
-        assert "N1" in receipt.params["text"]
+        receipt = await s.pay_shipped(BUYER, token, amount, "charge-1", name="Zhang San",
+                                      phone="+86 138 0000 0000", city="Beijing",
+                                      street="1 Example Road", post_code="100000")
+        assert "N1" in receipt
 
         listed = await s.say(OPERATOR, "/orders ship")
         assert "Orders to ship: 1" in listed

@@ -49,6 +49,11 @@ def shop(db: Database, users: int = 12) -> list[str]:
     return handles
 
 
+def orders(db: Database) -> int:
+    with db.reading() as s:
+        return int(s.execute(text("SELECT count(*) FROM orders")).scalar_one())
+
+
 def wait_until(condition: Callable[[], bool], what: str) -> None:
     """Wait for a condition another thread brings about (the deadline only ends a hung run;
     no assertion depends on how long anything took)."""
@@ -172,8 +177,7 @@ def test_a_refused_purchase_is_refused_alone(db: Database) -> None:
     assert results["dup"]["replayed"] is True and results["dup"]["order"] == results["ok1"]["order"]
     assert results["ok2"]["status"] == "settled"
     assert group.batches == 2  # the warm-up, then the four together
-    with db.reading() as s:
-        assert s.execute(text("SELECT count(*) FROM orders")).scalar_one() == 3
+    assert orders(db) == 3
     assert verify(db).ok
 
 
@@ -205,8 +209,7 @@ def test_a_failed_batch_is_retried_purchase_by_purchase(db: Database) -> None:
     assert [r for r in results.values() if isinstance(r, Exception)] == []
     assert sorted(results) == [0, 1, 2, 3]
     assert group.batches == 1 + 4  # the warm-up, then each of the failed batch alone
-    with db.reading() as s:
-        assert s.execute(text("SELECT count(*) FROM orders")).scalar_one() == 5
+    assert orders(db) == 5
     assert verify(db).ok
 
 
@@ -220,8 +223,7 @@ def test_nobody_is_answered_before_the_commit(db: Database) -> None:
     finally:
         faults.disarm()
         group.close()
-    with db.reading() as s:
-        assert s.execute(text("SELECT count(*) FROM orders")).scalar_one() == 0
+    assert orders(db) == 0
 
 
 def test_service_buy_shares_commits_once_the_storefront_turns_it_on(db: Database) -> None:
@@ -240,8 +242,7 @@ def test_service_buy_shares_commits_once_the_storefront_turns_it_on(db: Database
     finally:
         service.stop_group_commit(db)
     assert commits[0] == 2  # the first purchase, then the other 23 together
-    with db.reading() as s:
-        assert s.execute(text("SELECT count(*) FROM orders")).scalar_one() == 24
+    assert orders(db) == 24
     before = commits[0]
     service.buy(db, user=handles[0], sku="rice", at=T, key="alone")
     assert commits[0] == before + 1

@@ -57,9 +57,12 @@ async def test_withdraw_holds_the_amount_until_an_operator_decides(memdb):
     await chat.setup_shop()
     await _buy(chat, "tg:10", "/buy RICE")
     await chat.send("tg:10", "/sellpoints all")
+    assert text(await chat.send("tg:10", "/withdraw all")).startswith(
+        "Where should we pay you?")  # asked where first (issue 17); nothing held
+    await chat.send("tg:10", "/payout alipay Wang 13800138000")
     reply = text(await chat.send("tg:10", "/withdraw all"))
-    assert reply == ("Withdrawal #1 of 13.50 CNY requested; the amount is held until an "
-                     "operator approves it.")
+    assert reply == ("Withdrawal #1 of 13.50 CNY to Alipay W*** ****8000 requested; the amount "
+                     "is held until an operator approves it.")
     assert "Wallet: 0.00 CNY (held for withdrawals: 13.50 CNY)" in \
         text(await chat.send("tg:10", "/me"))
     assert text(await chat.send("tg:10", "/withdraw 0.01")) == \

@@ -103,10 +103,12 @@ async def test_withdrawals_are_listed_with_buttons_and_decided_once(memdb):
     await chat.setup_shop()
     await chat.pay("tg:5", await chat.send("tg:5", "/buy RICE"))
     await chat.send("tg:5", "/sellpoints all")  # 13.50 to the wallet
+    await chat.send("tg:5", "/payout alipay Wang 13800138000")
     await chat.send("tg:5", "/withdraw 10.00")
     await chat.send("tg:5", "/withdraw 3.50")
     listing = await chat.send(OPERATOR, "/withdrawals")
-    assert "#1 · tg:5 · 10.00 CNY · " in text(listing)
+    assert "Waiting for a decision: 2 (13.50 CNY)" in text(listing)
+    assert "#1 · tg:5 · 10.00 CNY · Alipay W*** ****8000 · " in text(listing)
     assert [b.data for b in buttons(listing)] == ["wd:v1:a:1", "wd:v1:r:1", "wd:v1:a:2",
                                                   "wd:v1:r:2"]
     assert text(await chat.send(OPERATOR, "", callback="wd:v1:a:1")) == \
@@ -118,7 +120,9 @@ async def test_withdrawals_are_listed_with_buttons_and_decided_once(memdb):
     assert chat.state()["users"]["tg:5"]["wallet"] == "3.50"
     kinds = [o.kind for o in chat.outbox() if o.kind.startswith("withdrawal_")]
     assert kinds == ["withdrawal_approved", "withdrawal_rejected"]
-    assert text(await chat.send(OPERATOR, "/withdrawals")) == "No withdrawals are waiting."
+    board = text(await chat.send(OPERATOR, "/withdrawals"))
+    assert "Waiting for a decision" not in board
+    assert "Paid by hand: 1 (10.00 CNY)" in board and "Rejected: 1 (3.50 CNY)" in board
 
 
 async def test_offline_sale_and_refund_of_a_pending_order(memdb):

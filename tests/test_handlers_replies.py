@@ -159,15 +159,6 @@ async def test_the_outlook_says_no_rebate_and_the_return_window(memdb):
     assert "Rebates are granted when the 7-day return window closes (" in note
 
 
-async def test_without_online_payment_the_offer_says_what_the_purchase_earns(memdb):
-    chat = Chat(memdb, payments=False)
-    await chat.setup_shop()
-    await _with_wallet(chat, "tg:5")
-    reply = await chat.send("tg:5", "/buy TEA")
-    assert "Online payment is not available here" in text(reply)
-    assert "A queue entry of 100.00 CNY, released in queue order from " in text(reply)
-
-
 # -- /shop pages -----------------------------------------------------------------------------
 
 async def test_shop_pages_sixty_products_five_at_a_time_and_every_one_is_reachable(memdb):

@@ -182,6 +182,8 @@ async def test_channel_without_payments_offers_wallet_and_points_and_opens_no_or
     await _with_wallet(chat, "tg:5")
     reply = await chat.send("tg:5", "/buy TEA")
     assert "Online payment is not available here" in text(reply)
+    # the offer says what the purchase earns
+    assert "A queue entry of 100.00 CNY, released in queue order from " in text(reply)
     assert [b.data.rsplit(":", 1)[0] for b in buttons(reply)] == ["buy:v1:TEA:1:w"]
     assert memdb.read(lambda s: s.execute(select(func.count()).select_from(Order))
                       .scalar_one()) == 1  # only the earlier one

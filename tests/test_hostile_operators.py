@@ -139,6 +139,7 @@ async def test_every_operator_action_is_journaled_with_the_operator(
         tip = _tip(memdb)
         await chat.send(OPERATOR, line)
         audited[line] = _new_txns(memdb, tip)
+    await chat.send("tg:5", "/payout bank Wang 6222020200112233445")
     await chat.send("tg:5", "/withdraw 10.00")
     await chat.send("tg:5", "/withdraw 20.00")
     for line in ("/approve 1", "/reject 2"):

@@ -20,7 +20,8 @@ from engine.state import snapshot
 from engine.verify import verify
 from storage.db import Database
 from storage.models import Entry, Head, Pool, User
-from tests.conftest import migrated, pg_schema
+from tests.conftest import migrated
+from tests.helpers import examples_on_postgres
 
 USERS = ["A", "B", "C", "D", "E"]
 SKUS = ["q", "p", "b", "n", "big"]
@@ -137,11 +138,4 @@ def test_random_sequences_keep_every_invariant_on_sqlite(events):
 
 @pytest.mark.pg
 def test_random_sequences_keep_every_invariant_on_postgres(pg_admin):
-    @settings(max_examples=8, deadline=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-    @given(scenarios(max_events=15))
-    def check(events):
-        with pg_schema(pg_admin) as url, migrated(url) as db:
-            run_scenario(db, events)
-
-    check()
+    examples_on_postgres(pg_admin, scenarios(max_events=15), run_scenario)

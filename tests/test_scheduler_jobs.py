@@ -83,6 +83,16 @@ def local(day: int, hh: int, mm: int, ss: float = 0) -> datetime:
     return datetime(2026, 8, day, hh, mm, tzinfo=SHANGHAI) + timedelta(seconds=ss)
 
 
+def scheduler_at(shop: Database, clock: FakeClock, now: datetime, *,
+                 last_release: datetime | None = None) -> StoreScheduler:
+    """The scheduler built at `now` by `clock`, the last release (if any) as of
+    `last_release`."""
+    if last_release is not None:
+        record_run(shop, RELEASE, last_release, "test", {})
+    clock.base = now
+    return build_scheduler(settings(), shop, {}, clock=clock.now)
+
+
 @asynccontextmanager
 async def running(scheduler: StoreScheduler) -> AsyncIterator[None]:
     """The scheduler started in this event loop, and stopped however the block ends."""
@@ -106,9 +116,8 @@ def released(db: Database) -> int:
 
 async def test_the_release_job_fires_at_the_configured_store_local_time(
         shop: Database, clock: FakeClock) -> None:
-    record_run(shop, RELEASE, local(15, 0, 5), "test", {})  # yesterday's run happened
-    clock.base = local(16, 0, 4, 59.6)
-    scheduler = build_scheduler(settings(), shop, {}, clock=clock.now)
+    # yesterday's run happened
+    scheduler = scheduler_at(shop, clock, local(16, 0, 4, 59.6), last_release=local(15, 0, 5))
     async with running(scheduler):
         await wait_until(lambda: scheduler.releaser.results)
         [run] = scheduler.releaser.results
@@ -124,9 +133,7 @@ async def test_the_release_job_fires_at_the_configured_store_local_time(
 
 async def test_a_late_wakeup_runs_once_coalesced_within_the_grace_time(
         shop: Database, clock: FakeClock) -> None:
-    record_run(shop, RELEASE, local(14, 0, 5), "test", {})
-    clock.base = local(14, 12, 0)
-    scheduler = build_scheduler(settings(), shop, {}, clock=clock.now)
+    scheduler = scheduler_at(shop, clock, local(14, 12, 0), last_release=local(14, 0, 5))
     job = scheduler.get_job("release@00:05")
     assert job.coalesce is True and job.misfire_grace_time == 12 * 3600 == \
         MISFIRE_GRACE.total_seconds() and job.max_instances == 1
@@ -144,9 +151,7 @@ async def test_a_late_wakeup_runs_once_coalesced_within_the_grace_time(
 
 async def test_a_slot_missed_beyond_the_grace_time_is_made_up_by_the_catch_up(
         shop: Database, clock: FakeClock) -> None:
-    record_run(shop, RELEASE, local(15, 0, 5), "test", {})
-    clock.base = local(15, 12, 0)
-    scheduler = build_scheduler(settings(), shop, {}, clock=clock.now)
+    scheduler = scheduler_at(shop, clock, local(15, 12, 0), last_release=local(15, 0, 5))
     async with running(scheduler):
         await wait_until(lambda: scheduler.releaser.checks >= 1)  # the start-up check is over
         assert scheduler.releaser.results == []  # nothing missed at start
@@ -160,8 +165,8 @@ async def test_a_slot_missed_beyond_the_grace_time_is_made_up_by_the_catch_up(
 
 async def test_catch_up_on_start_when_the_last_release_is_older_than_the_latest_slot(
         shop: Database, clock: FakeClock) -> None:
-    clock.base = local(16, 10, 0)  # never released; today's 00:05 slot has passed
-    scheduler = build_scheduler(settings(), shop, {}, clock=clock.now)
+    # never released; today's 00:05 slot has passed
+    scheduler = scheduler_at(shop, clock, local(16, 10, 0))
     async with running(scheduler):
         await wait_until(lambda: scheduler.releaser.results)
         [run] = scheduler.releaser.results
@@ -171,9 +176,7 @@ async def test_catch_up_on_start_when_the_last_release_is_older_than_the_latest_
 
 async def test_no_catch_up_when_the_last_release_covers_the_latest_slot(
         shop: Database, clock: FakeClock) -> None:
-    record_run(shop, RELEASE, local(16, 0, 5), "test", {})
-    clock.base = local(16, 10, 0)
-    scheduler = build_scheduler(settings(), shop, {}, clock=clock.now)
+    scheduler = scheduler_at(shop, clock, local(16, 10, 0), last_release=local(16, 0, 5))
     async with running(scheduler):
         await wait_until(lambda: scheduler.releaser.checks >= 1)  # the start-up check is over
         assert scheduler.releaser.results == [] and released(shop) == 0

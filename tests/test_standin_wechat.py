@@ -21,11 +21,11 @@ from wechatpy.messages import TextMessage, UnknownMessage
 from wechatpy.replies import ArticlesReply, ImageReply, TextReply
 from wechatpy.utils import check_signature
 
+from tests.conftest import WECHAT_APPID as APPID
+from tests.conftest import WECHAT_SECRET as SECRET
 from tests.standins import wechat as sw
 
 TOKEN = "storefront-token"
-APPID = "wx1234567890abcdef"
-SECRET = "s3cr3t"
 GH_ID = "gh_0123456789ab"
 OPENID = "oUser_openid_0001"
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
@@ -73,12 +73,6 @@ def loopback_only(monkeypatch):
 @pytest.fixture(scope="module")
 def pay_keys(tmp_path_factory):
     return sw.generate_pay_keys(tmp_path_factory.mktemp("paykeys"))
-
-
-@pytest.fixture
-def wechat_api():
-    with sw.FakeWeChatAPI(appid=APPID, secret=SECRET) as api:
-        yield api
 
 
 @pytest.fixture

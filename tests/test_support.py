@@ -131,3 +131,15 @@ async def test_a_redelivered_message_is_one_message(sqlite_db: Database):
     for _ in range(2):
         await chat.send(BUYER, "/support hello", request_id="wx:123")
     assert len(chat.outbox("support_message")) == 2  # one per operator, once
+
+
+async def test_a_wait_older_than_ten_minutes_is_forgotten(sqlite_db: Database, monkeypatch):
+    from datetime import timedelta
+
+    from engine import pending
+
+    chat = await _shop(sqlite_db)
+    monkeypatch.setattr(pending, "TTL", timedelta(0))
+    await chat.send(BUYER, "/support")
+    await chat.send(BUYER, "hello after a long pause")
+    assert chat.outbox("support_message") == []

@@ -89,6 +89,20 @@ class Script:
         return Conversations(dispatch=self.dispatch, precheck=self.precheck, paid=self.paid,
                              run_job=self.run_job, menu=MENU)
 
+    def held_back(self, gate: threading.Event, wait: float) -> Conversations:
+        """Conversations whose "/me slow" waits for `gate` (at most `wait` s); each request
+        answered is appended to `self.order` as "identity text"."""
+        self.order: list[str] = []
+
+        async def dispatch(app: App, request: Request) -> Reply:
+            if request.text == "/me slow":
+                await asyncio.to_thread(gate.wait, wait)
+            self.order.append(f"{request.identity} {request.text}")
+            return Reply().text("ok")
+
+        return Conversations(dispatch=dispatch, precheck=self.precheck, paid=self.paid,
+                             run_job=self.run_job, menu=MENU)
+
 
 def settings_for(api: FakeBotAPI, **extra: Any) -> Settings:
     values: dict[str, Any] = {
@@ -447,18 +461,10 @@ async def test_token_never_reaches_the_logs(api, caplog) -> None:
 
 async def test_one_users_updates_run_in_order_while_others_overtake(bot) -> None:
     api, script, _, _ = bot
-    order: list[str] = []
     gate = threading.Event()
-
-    async def slow_dispatch(app: App, request: Request) -> Reply:
-        if request.text == "/me slow":
-            await asyncio.to_thread(gate.wait, 3)
-        order.append(f"{request.identity} {request.text}")
-        return Reply().text("ok")
-
     adapter = bot[3].bot_data["adapter"]
-    adapter.conv = Conversations(dispatch=slow_dispatch, precheck=script.precheck,
-                                 paid=script.paid, run_job=script.run_job, menu=MENU)
+    adapter.conv = script.held_back(gate, 3)
+    order = script.order
     api.push_text(20, "/me slow")
     api.push_text(20, "/me second")
     api.push_text(21, "/me other")

@@ -38,6 +38,7 @@ from tests.standins.telegram_api import (
     Call,
     FakeBotAPI,
     make_message,
+    make_shipped_payment_update,
     make_text_update,
     make_user,
 )
@@ -108,6 +109,15 @@ class Shop:
     async def pay(self, user: int, token: str, amount: int, charge: str) -> str:
         mark = len(self.api.calls)
         self.api.push_successful_payment(user, token, amount, charge)
+        (call,) = await self.replies(user, mark, 1)
+        return str(call.params["text"])
+
+    async def pay_shipped(self, user: int, token: str, amount: int, charge: str,
+                          **address: str) -> str:
+        """`pay` for an invoice that asked for shipping: the payment carries the buyer's
+        order info (`make_shipped_payment_update`: name, phone, city, street, post_code)."""
+        mark = len(self.api.calls)
+        self.api.push_update(make_shipped_payment_update(user, token, amount, charge, **address))
         (call,) = await self.replies(user, mark, 1)
         return str(call.params["text"])
 

@@ -11,6 +11,7 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,16 @@ import pytest
 from sqlalchemy import select, update
 from starlette.applications import Starlette
 from starlette.routing import Route
+from telegram.ext import Application
 
 from bot import charge_spool
 from bot.cli import main as cli
-from bot.telegram import Conversations, start_telegram, stop_telegram, telegram_webhook_route
+from bot.settings import Settings
+from bot.telegram import start_telegram, stop_telegram, telegram_webhook_route
 from bot.telegram.application import adapter_of
 from bot.telegram.inbox import item_of, spool_notices
 from engine import checkout, inbox, report, service, users
-from handlers.base import App, Channels, Reply, Request
+from handlers.base import App, Channels
 from handlers.notify import render
 from storage.db import Database, DatabaseUnavailable
 from storage.models import InboxUpdate, JournalTxn, Outbox
@@ -39,7 +42,7 @@ from tests.standins.telegram_api import (
     make_successful_payment_update,
     make_text_update,
 )
-from tests.test_telegram_adapter import MENU, TOKEN, Script, settings_for
+from tests.test_telegram_adapter import TOKEN, Script, settings_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:DeprecationWarning")
 
@@ -48,6 +51,21 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*:DeprecationWarni
 async def api() -> AsyncIterator[FakeBotAPI]:
     async with FakeBotAPI(token=TOKEN) as fake:
         yield fake
+
+
+@asynccontextmanager
+async def telegram_running(settings: Settings, app: App,
+                           **kw: Any) -> AsyncIterator[Application]:
+    """The bot started (`start_telegram`), and stopped however the block ends."""
+    application = await start_telegram(settings, app, **kw)
+    try:
+        yield application
+    finally:
+        await stop_telegram(application)
+
+
+def database_down(*args: Any, **kwargs: Any) -> int:
+    raise DatabaseUnavailable("the database is down")
 
 
 @pytest.fixture
@@ -94,26 +112,17 @@ async def test_pending_rows_resume_on_start_each_user_in_order_others_overtake(
         api: FakeBotAPI, sdb: Database) -> None:
     db = sdb
     script = Script()
-    order: list[str] = []
     gate = threading.Event()
-
-    async def dispatch(app: App, request: Request) -> Reply:
-        if request.text == "/me slow":
-            await asyncio.to_thread(gate.wait, 5)
-        order.append(f"{request.identity} {request.text}")
-        return Reply().text("ok")
-
+    conversations = script.held_back(gate, 5)
+    order = script.order
     # A previous run stored these and died before handling them.
     stored(db, [make_text_update(20, "/me slow", update_id=1, message_id=1),
                 make_text_update(20, "/me second", update_id=2, message_id=2),
                 make_text_update(21, "/me other", update_id=3, message_id=3)])
     stored(db, [make_pre_checkout_update(22, "tok", 100, query_id="q1", update_id=4)],
            at=datetime.now(UTC) - timedelta(minutes=1))
-    conversations = Conversations(dispatch=dispatch, precheck=script.precheck,
-                                  paid=script.paid, run_job=script.run_job, menu=MENU)
-    application = await start_telegram(settings_for(api), App(db=db, operators=frozenset()),
-                                       poll_timeout=1, conversations=conversations)
-    try:
+    async with telegram_running(settings_for(api), App(db=db, operators=frozenset()),
+                                poll_timeout=1, conversations=conversations):
         await api.wait_for(lambda c: c.is_("sendMessage") and c.chat_id == 21)
         assert order == ["tg:21 /me other"]  # user 20 is still on its first update
         gate.set()
@@ -126,8 +135,6 @@ async def test_pending_rows_resume_on_start_each_user_in_order_others_overtake(
         api.push_update(make_text_update(21, "/me again", update_id=5, message_id=5))
         await api.wait_for(lambda c: c.is_("sendMessage") and c.chat_id == 21, since=mark)
         assert (await drained(db, 5))[5] == "done" and order[-1] == "tg:21 /me again"
-    finally:
-        await stop_telegram(application)
 
 
 async def test_an_unrecorded_payment_is_spooled_shown_to_operators_then_recorded(
@@ -150,8 +157,7 @@ async def test_an_unrecorded_payment_is_spooled_shown_to_operators_then_recorded
     users.resolve(db, "tg:1", lang="en")  # an operator with a shop account (English)
     app = App(db=db, operators=frozenset({"tg:1", "tg:2"}), limiter=RateLimiter.disabled(),
               channels=Channels(payments=frozenset({"telegram"})))
-    application = await start_telegram(settings, app, poll_timeout=1)
-    try:
+    async with telegram_running(settings, app, poll_timeout=1) as application:
         assert "waiting to be recorded" not in await pool_text(db)
         api.push_successful_payment(30, token, 2000, "charge-30")
         assert await drained(db) == {1: "spooled"}
@@ -201,8 +207,6 @@ async def test_an_unrecorded_payment_is_spooled_shown_to_operators_then_recorded
         assert keys == ["telegram:charge:charge-30"]
         assert await charge_spool.replay(spool, adapter.record_spooled, told) == 0
         assert len(notices(db, "payment_late")) == 2  # once per operator, whatever the rounds
-    finally:
-        await stop_telegram(application)
 
 
 def test_a_payment_marks_its_row_done_in_its_own_transaction_and_only_once(
@@ -319,15 +323,10 @@ async def test_polling_confirms_nothing_the_inbox_could_not_store(
         api: FakeBotAPI, sdb: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     db = sdb
     real_receive = inbox.receive
-
-    def down(*args: Any, **kwargs: Any) -> int:
-        raise DatabaseUnavailable("the database is down")
-
-    monkeypatch.setattr(inbox, "receive", down)
+    monkeypatch.setattr(inbox, "receive", database_down)
     script = Script()
-    application = await start_telegram(settings_for(api), App(db=db, operators=frozenset()),
-                                       poll_timeout=1, conversations=script.conversations())
-    try:
+    async with telegram_running(settings_for(api), App(db=db, operators=frozenset()),
+                                poll_timeout=1, conversations=script.conversations()):
         mark = len(api.calls)
         api.push_update(make_text_update(60, "/me", update_id=70, message_id=70))
         for _ in range(2):  # asked again and again, never with an offset past it
@@ -341,27 +340,20 @@ async def test_polling_confirms_nothing_the_inbox_could_not_store(
         assert await drained(db) == {70: "done"}
         await api.wait_for(lambda c: c.is_("getUpdates") and c.params.get("offset") == 71)
         assert api.pending_updates() == [] and len(script.requests) == 1
-    finally:
-        await stop_telegram(application)
 
 
 async def test_the_webhook_answers_503_until_the_update_is_stored(
         api: FakeBotAPI, sdb: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     db = sdb
     real_receive = inbox.receive
-
-    def down(*args: Any, **kwargs: Any) -> int:
-        raise DatabaseUnavailable("the database is down")
-
     script = Script()
     settings = settings_for(api, TELEGRAM_WEBHOOK_URL="https://shop.example/telegram",
                             TELEGRAM_WEBHOOK_SECRET="hook-secret")
-    application = await start_telegram(settings, App(db=db, operators=frozenset()),
-                                       poll_timeout=1, conversations=script.conversations())
-    route = Starlette(routes=[Route("/telegram", telegram_webhook_route(
-        application, "hook-secret"), methods=["POST"])])
     update = make_text_update(61, "/me", update_id=80, message_id=80)
-    try:
+    async with telegram_running(settings, App(db=db, operators=frozenset()), poll_timeout=1,
+                                conversations=script.conversations()) as application:
+        route = Starlette(routes=[Route("/telegram", telegram_webhook_route(
+            application, "hook-secret"), methods=["POST"])])
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=route),
                                      base_url="http://shop") as client:
             async def post() -> int:
@@ -369,7 +361,7 @@ async def test_the_webhook_answers_503_until_the_update_is_stored(
                     "X-Telegram-Bot-Api-Secret-Token": "hook-secret"})
                 return r.status_code
 
-            monkeypatch.setattr(inbox, "receive", down)
+            monkeypatch.setattr(inbox, "receive", database_down)
             assert await post() == 503  # not stored: Telegram sends it again
             assert statuses(db) == {} and script.requests == []
             monkeypatch.setattr(inbox, "receive", real_receive)
@@ -378,8 +370,6 @@ async def test_the_webhook_answers_503_until_the_update_is_stored(
             assert await drained(db) == {80: "done"}
             assert await post() == 200  # sent again: stored once, handled once
             assert await drained(db) == {80: "done"} and len(script.requests) == 1
-    finally:
-        await stop_telegram(application)
 
 
 async def test_a_row_that_fails_holds_back_its_users_later_rows(
@@ -399,13 +389,10 @@ async def test_a_row_that_fails_holds_back_its_users_later_rows(
                 make_text_update(90, "/me two", update_id=2, message_id=2),
                 make_text_update(91, "/me other", update_id=3, message_id=3)])
     script = Script()
-    application = await start_telegram(settings_for(api), App(db=db, operators=frozenset()),
-                                       poll_timeout=1, conversations=script.conversations())
-    try:
+    async with telegram_running(settings_for(api), App(db=db, operators=frozenset()),
+                                poll_timeout=1, conversations=script.conversations()):
         assert await drained(db, 3) == {1: "done", 2: "done", 3: "done"}
         seen = [(r.identity, r.text) for r in script.requests]
         # row 1 ran again after the failure (at least once), and row 2 only after it
         assert [t for i, t in seen if i == "tg:90"] == ["/me one", "/me one", "/me two"]
         assert ("tg:91", "/me other") in seen and failed == [1]
-    finally:
-        await stop_telegram(application)

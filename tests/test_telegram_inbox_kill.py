@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from engine.verify import verify
 from storage.db import Database
 from storage.migrate import migrate
 from storage.models import Checkout, InboxUpdate, JournalTxn, Order
+from tests.helpers import free_port
 from tests.standins.telegram_api import FakeBotAPI, make_successful_payment_update
 
 pytestmark = pytest.mark.slow  # `storefront run` killed mid-burst, round after round
@@ -147,12 +147,6 @@ def zygote() -> Iterator[Zygote]:
         z.close()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Service:
     """`storefront run` as a process of its own (forked by the zygote): start, kill -9,
     stop."""
@@ -160,7 +154,7 @@ class Service:
     def __init__(self, zygote: Zygote, url: str, api: FakeBotAPI, where: Path, *,
                  webhook: bool) -> None:
         self.zygote, self.url, self.where, self.webhook = zygote, url, where, webhook
-        self.port = _free_port()
+        self.port = free_port()
         self.spool = where / "unrecorded_charges.jsonl"
         self.log = where / "service.log"
         self.env = _base_env()

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from engine.replay import Replayer
 from engine.verify import verify
 from storage.db import Database
+from tests.helpers import tamper
 from tests.test_vectors import VECTORS
 
 
@@ -29,11 +30,6 @@ def books(db: Database) -> Database:
     ]
     Replayer(db).run(more)
     return db
-
-
-def tamper(db: Database, sql: str) -> None:
-    with db.engine.begin() as conn:
-        conn.execute(text(sql))
 
 
 def test_verify_passes_on_untouched_books(books):

@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from sqlalchemy import func, select
 from bot.app import open_channels
 from bot.http import HttpServer, start_http
 from bot.settings import Settings
+from engine import users
 from handlers.base import App, Channels
 from storage.db import Database
 from storage.migrate import migrate
@@ -34,6 +36,8 @@ NOTIFY_URL = "https://shop.example/wechat/pay/notify"
 TG_BOT_TOKEN = "123:SECRETTOKEN"
 TG_WEBHOOK_SECRET = "hook-secret_1"
 TG_BUYER = 4242
+# WeChat users for the 48-hour customer-service window (`seen_fresh_and_stale`)
+FRESH, STALE = "oFresh_0000000000000000001", "oStale_0000000000000000002"
 _ids = itertools.count(7_000_000_000_000_000_001)
 
 
@@ -136,14 +140,7 @@ def settings_for(db_url: str, api: sw.FakeWeChatAPI, pay_api: sw.FakeWeChatPayAP
         "WECHAT_APP_SECRET": SECRET,
         "WECHAT_ENCODING_AES_KEY": aes_key,
         "WECHAT_API_BASE_URL": api.base_url,
-        "WECHAT_PAY_MCH_ID": keys.mchid,
-        "WECHAT_PAY_PRIVATE_KEY_FILE": str(keys.merchant_private_key_path),
-        "WECHAT_PAY_CERT_SERIAL": keys.cert_serial_no,
-        "WECHAT_PAY_APIV3_KEY": keys.apiv3_key,
-        "WECHAT_PAY_PUBLIC_KEY_FILE": str(keys.platform_public_key_path),
-        "WECHAT_PAY_PUBLIC_KEY_ID": keys.public_key_id,
-        "WECHAT_PAY_NOTIFY_URL": NOTIFY_URL,
-        "WECHAT_PAY_API_BASE_URL": pay_api.base_url,
+        **keys.settings(NOTIFY_URL, pay_api.base_url),
     }
     values.update(extra)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -251,3 +248,15 @@ async def shop(sqlite_url: str, keys: sw.PayKeys) -> AsyncIterator[Shop]:
         stock(s.db)
         yield s
 
+
+def seen_fresh_and_stale(db: Database) -> Database:
+    """FRESH wrote an hour ago (inside WeChat's 48-hour window), STALE three days ago."""
+    now = datetime.now(UTC)
+    for openid, seen in ((FRESH, now - timedelta(hours=1)), (STALE, now - timedelta(days=3))):
+        users.resolve(db, f"wx:{openid}")
+
+        def touch(s: Any, identity: str = f"wx:{openid}", at: datetime = seen) -> None:
+            s.get(Identity, identity).last_seen_at = at
+
+        db.run(touch)
+    return db

@@ -32,7 +32,7 @@ from telegram.error import TelegramError
 from telegram.ext import Application
 
 from engine import inbox
-from storage.db import Database
+from handlers.base import Database
 
 from .claims import Key, UserClaims
 

@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LabeledPrice, Message
+from telegram import (
+    Bot,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    LabeledPrice,
+    Message,
+    WebAppInfo,
+)
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
 from handlers.base import App, Button, Card, Document, Invoice, Photo, Progress, Reply, Text
@@ -123,7 +130,9 @@ def keyboard(rows: tuple[tuple[Button, ...], ...]) -> InlineKeyboardMarkup | Non
     for row in rows:
         out: list[InlineKeyboardButton] = []
         for b in row:
-            if b.url and b.label:
+            if b.url and b.label and b.web_app:
+                out.append(InlineKeyboardButton(b.label, web_app=WebAppInfo(b.url)))
+            elif b.url and b.label:
                 out.append(InlineKeyboardButton(b.label, url=b.url))
             elif b.data and b.label and len(b.data.encode("utf-8")) <= MAX_CALLBACK_DATA:
                 out.append(InlineKeyboardButton(b.label, callback_data=b.data))
@@ -198,12 +207,21 @@ class ChatOutput:
                 await self.send_text(chat_id, item.text, markup)
             return
         fits = utf16_len(item.text) <= MAX_CAPTION
-        sent = await call_bot("photo", chat_id, lambda: self.bot.send_photo(
-            chat_id, photo, caption=item.text if fits and item.text else None,
-            reply_markup=markup if fits else None))
+
+        def send(photo: str | bytes) -> Awaitable[Message]:
+            return self.bot.send_photo(chat_id, photo, caption=item.text if fits and item.text
+                                       else None, reply_markup=markup if fits else None)
+
+        sent = await call_bot("photo", chat_id, lambda: send(photo))
+        if sent is None and isinstance(photo, str) and self.app is not None:
+            # a file_id Telegram no longer knows (another bot token): the bytes once more
+            content = await photo_bytes(self.app, ref.sha256)
+            if content is not None:
+                photo = content
+                sent = await call_bot("photo", chat_id, lambda: send(content))
         if not fits or sent is None:  # too long for a caption, or the photo failed
             await self.send_text(chat_id, item.text, markup)
-        if sent is not None and sent.photo and ref.telegram is None and self.app is not None:
+        if sent is not None and sent.photo and isinstance(photo, bytes) and self.app is not None:
             await remember_photo(self.app, ref.sha256, "telegram", sent.photo[-1].file_id)
 
     async def _send_media(self, what: str, chat_id: int, caption: str,

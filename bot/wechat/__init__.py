@@ -4,6 +4,9 @@
   check, then messages and events — signature first, safe mode, defusedxml, dedupe by
   `MsgId`, `handlers.dispatch`, a passive reply within five seconds and customer-service
   follow-ups for the rest.
+- render.py: a `Reply` as WeChat messages (`Renderer`: texts with buttons as menu links,
+  pictures, invoices, product cards as permanent images) and the passive reply;
+  followups.py: what follows it as customer-service messages, in background tasks.
 - gate.py: who is speaking (signature, freshness, one body per nonce, safe mode) and the
   passive reply's encryption; inbound.py: what a push asks for, as a `Request`.
 - replay.py: a signed query is fresh for five minutes and good for one body (nonces in

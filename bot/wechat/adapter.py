@@ -25,12 +25,12 @@ from bot.settings import Settings
 from handlers.base import (
     App,
     DatabaseUnavailable,
-    Progress,
     Reply,
     Request,
 )
 from handlers.shop import receipt_on
 
+from .followups import APOLOGY, FollowUps
 from .gate import NO_REPLY, Gate
 from .inbound import Inbound, inbound_of, operator_photo
 from .messages import (
@@ -38,7 +38,6 @@ from .messages import (
     BadXml,
     Part,
     render_reply,
-    split_text,
 )
 from .render import Renderer
 from .replay import Nonces
@@ -50,7 +49,6 @@ log = logging.getLogger(__name__)
 
 PASSIVE_BUDGET = 4.0  # seconds; WeChat waits 5 for a passive reply and the network takes some
 BAD_REQUEST = (400, b"bad request", "text/plain")
-APOLOGY = "抱歉，出了点问题，请稍后再试。\nSorry, something went wrong; please try again later."
 BUSY = ("商店繁忙，请稍后再试。未做任何更改。\n"
         "The shop is busy, please try again in a moment. Nothing was changed.")
 
@@ -67,11 +65,12 @@ class WeChatAdapter:
         self.seen = Seen(app.db)
         self.nonces = Nonces(app.db, redis_url, namespace=appid)
         self.gate = Gate(token, self.nonces, lambda: self.clock(), aes_key=aes_key, appid=appid)
-        self.renderer = Renderer(app, client, self.sender, self.seen, self._now, self._progress)
+        self.follow = FollowUps(app, self.sender)  # customer-service messages, in the background
+        self.renderer = Renderer(app, client, self.sender, self.seen, self._now, self.follow.job)
+        self.follow.render = self.renderer.render
         self.pay = pay  # a bot.wechatpay.WeChatPayGateway, set by bot.http when configured
         self.passive_budget = passive_budget
         self.clock = clock
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings, app: App, *, client: Any = None) -> WeChatAdapter:
@@ -158,7 +157,7 @@ class WeChatAdapter:
         done, _ = await asyncio.wait({task}, timeout=self.passive_budget)
         if task not in done:
             # Too slow for a passive reply: answer now, follow up as customer service.
-            self._background(self._follow_up(task, openid))
+            self.follow.when_done(task, openid)
             await asyncio.to_thread(self.seen.remember, inbound.key, "", self._now())
             return ""
         if self.pay is not None and request.identity in self.app.operators:
@@ -166,7 +165,7 @@ class WeChatAdapter:
         xml, rest = await self.renderer.passive(task.result(), openid, ours, int(self.clock()))
         await asyncio.to_thread(self.seen.remember, inbound.key, xml, self._now())
         if rest:
-            self._background(self._deliver(openid, rest))
+            self.follow.send(openid, rest)
         return xml
 
     def _busy(self, openid: str, ours: str) -> str:
@@ -196,33 +195,6 @@ class WeChatAdapter:
     def pay(self, gateway: Any) -> None:
         self.renderer.pay = gateway
 
-    def _progress(self, item: Progress, request: Request, openid: str) -> None:
-        self._background(self._run_job(item, request, openid))
-
-    async def _run_job(self, item: Progress, request: Request, openid: str) -> None:
-        """A long operator job: WeChat cannot edit a message, so only the outcome follows."""
-        import handlers
-
-        try:
-            final = await handlers.run_job(self.app, item.job, request, lambda _text: None)
-        except Exception:
-            log.exception("wechat: job %s failed", item.job)
-            final = APOLOGY
-        if isinstance(final, Reply):
-            await self._deliver(openid, await self.render(final, request, openid))
-        elif isinstance(final, str) and final:
-            await self._deliver(openid, [Part(text=t) for t in split_text(final)])
-
-    async def _follow_up(self, task: asyncio.Task[list[Part]], openid: str) -> None:
-        await self._deliver(openid, await task)
-
-    async def _deliver(self, openid: str, parts: list[Part]) -> None:
-        for part in parts:
-            try:
-                await self.sender.send_part(openid, part)
-            except Exception as exc:  # noqa: BLE001 - one lost follow-up must not stop the rest
-                log.warning("wechat: customer-service message to %s failed: %s", openid, exc)
-
     # -- hooks for the rest of the shop ---------------------------------------------------
     async def after_payment(self, result: dict[str, Any]) -> None:
         """Tell a WeChat buyer their payment arrived (the receipt), as customer service."""
@@ -236,18 +208,12 @@ class WeChatAdapter:
                 + await asyncio.to_thread(self.nonces.prune, now))
 
     def _background(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.follow.start(coro)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait for the follow-ups in flight (shutdown, tests)."""
-        deadline = time.monotonic() + timeout
-        while self._tasks and time.monotonic() < deadline:
-            await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
+        await self.follow.drain(timeout)
 
     async def aclose(self) -> None:
-        await self.drain()
-        for task in list(self._tasks):
-            task.cancel()
+        await self.follow.aclose()
         self.nonces.close()

@@ -11,6 +11,7 @@ import io
 import logging
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -49,21 +50,19 @@ def inert(text: str) -> str:
     return text.replace("<", "＜").replace(">", "＞")
 
 
+@dataclass(eq=False)
 class Renderer:
     """Turns replies into `Part`s for one account. `on_progress(item, request, openid)` runs
     a `Progress` item's job (the adapter's: WeChat cannot edit a message, so only the outcome
     follows); `pay` is the WeChat Pay gateway once bot.http configures one."""
 
-    def __init__(self, app: App, client: WeChatClient, sender: WeChatSender, seen: Seen,
-                 now: Callable[[], datetime], on_progress: Callable[[Progress, Request, str],
-                                                                    None]) -> None:
-        self.app = app
-        self.client = client
-        self.sender = sender
-        self.seen = seen
-        self.now = now
-        self.on_progress = on_progress
-        self.pay: Any = None
+    app: App
+    client: WeChatClient
+    sender: WeChatSender
+    seen: Seen
+    now: Callable[[], datetime]
+    on_progress: Callable[[Progress, Request, str], None]
+    pay: Any = field(default=None, init=False)
 
     async def render(self, reply: Reply, request: Request, openid: str) -> list[Part]:
         """A conversation's reply as WeChat messages."""

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from wechatpy.exceptions import InvalidSignatureException
 from wechatpy.utils import check_signature
 
-from storage.db import Database
+from handlers.base import Database
 from storage.models import SeenMessage
 
 from .seen import KEEP

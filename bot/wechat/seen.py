@@ -10,7 +10,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage.db import Database, DatabaseUnavailable
+from handlers.base import Database, DatabaseUnavailable
 from storage.models import Identity, SeenMessage
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 import re
+import secrets
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,7 +20,8 @@ from bot.senders import Rejected, RetryLater, Unreachable
 from bot.settings import Settings
 from handlers.registry import last_seen
 
-from .messages import OPENID, Part, split_text
+from .messages import OPENID, Part, menu_link, split_text
+from .seen import Seen
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +190,38 @@ class WeChatSender:
         return seen is not None and datetime.now(UTC) - seen < CS_WINDOW
 
     async def send(self, identity: str, text: str) -> None:
+        self.openid(identity)  # `Rejected` before anything is read
+        await self._send(identity, text, text, await self._in_window(identity))
+
+    async def send_buttons(self, identity: str, text: str,
+                           rows: tuple[tuple[tuple[str, str], ...], ...]) -> None:
+        """`send` with buttons (rows of (label, callback data), handlers/notify.py
+        `buttons`): under a customer-service message as `weixin://bizmsgmenu` links, as the
+        adapter's replies have them (bot/wechat/render.py); a tap comes back as a text
+        message carrying the link's id, which the adapter turns back into the button's data
+        (kept in `Seen`). A template message (outside the 48-hour window) cannot carry
+        them: its text goes alone, as it does without a database to keep the links in."""
         openid = self.openid(identity)
-        if await self._in_window(identity):
+        window = await self._in_window(identity)
+        if not rows or self.db is None or not window:
+            await self._send(identity, text, text, window)
+            return
+        seen, at = Seen(self.db), datetime.now(UTC)
+        links = []
+        for row in rows:
+            for label, data in row:
+                menu_id = str(secrets.randbelow(9 * 10**11) + 10**11)
+                await asyncio.to_thread(seen.remember, f"wx:btn:{openid}:{menu_id}", data, at)
+                links.append(menu_link(label, menu_id))
+        # the text is plain: angle brackets shown as look-alikes, so only our links are links
+        plain = text.replace("<", "＜").replace(">", "＞")
+        await self._send(identity, plain + "\n" + "\n".join(links), text, window)
+
+    async def _send(self, identity: str, text: str, template_text: str, window: bool) -> None:
+        """`text` as customer-service messages inside the window, else (or when WeChat
+        closed it early) `template_text` as a template message."""
+        openid = self.openid(identity)
+        if window:
             try:
                 for piece in split_text(text):
                     await asyncio.to_thread(self.client.message.send_text, openid, piece)
@@ -202,7 +234,8 @@ class WeChatSender:
                                        "WECHAT_NOTIFY_TEMPLATE_ID is configured")
         try:
             await asyncio.to_thread(self.client.message.send_template, openid,
-                                    self.template_id, {"content": {"value": text[:1000]}})
+                                    self.template_id,
+                                    {"content": {"value": template_text[:1000]}})
         except WeChatClientException as exc:
             raise _delivery_error(identity, exc) from exc
 

@@ -4,7 +4,7 @@
 - notifications.py: a notification's headers, signature, timestamp and encrypted resource;
 - gateway.py: `WeChatPayGateway` — orders (JSAPI, Native), payment and refund notifications,
   and refunds of pending orders;
-- records.py / pages.py: its database work and the pages a pay link opens.
+- pages.py: the pages a pay link opens; its database work is engine/pay_records.py.
 """
 
 from .config import PayConfig, client_from_settings

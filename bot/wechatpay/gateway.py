@@ -30,12 +30,12 @@ from wechatpayv3 import WeChatPay, WeChatPayType
 from wechatpayv3.utils import load_public_key
 
 from engine import checkout
-from engine.money import format_fen
-from storage.db import Database, DatabaseUnavailable
+from engine import pay_records as records
+from handlers.base import Database, DatabaseUnavailable
+from handlers.i18n import money
 
-from . import records
 from .config import PayConfig
-from .notifications import Answer, Refused, verify
+from .notifications import Answer, Refused, outcome_answer, verify
 from .pages import jsapi_page, native_page, page
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class WeChatPayGateway:
         if facts["lines"] > 1:  # a cart's order (docs/cart.md): one WeChat Pay order for all
             description += f" 等{facts['lines']}项 ({facts['lines']} lines)"
         description += f" ({facts['order']})"
-        amount_text = f"{format_fen(facts['amount'])} {facts['currency']}"
+        amount_text = money(facts["amount"], facts["currency"])
         try:
             if "micromessenger" in user_agent.lower() and facts["openid"]:
                 params = await self.create_jsapi(
@@ -235,10 +235,8 @@ class WeChatPayGateway:
             return refused.answer
         except DatabaseUnavailable:
             return Answer.fail(503, "busy, retry later")
-        if outcome == "unknown":
-            return Answer.fail(404, "unknown refund")
-        if outcome == "mismatch":
-            return Answer.fail(400, "refund amount differs")
+        if (unrecorded := outcome_answer(outcome, "refund", "refund amount differs")) is not None:
+            return unrecorded
         if status != "SUCCESS" and outcome == "changed":
             log.error("WeChat Pay refund of %s ended %s", ref, status)
             await asyncio.to_thread(

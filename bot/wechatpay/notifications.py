@@ -39,6 +39,16 @@ class Refused(Exception):
         self.answer = Answer.fail(status, message)
 
 
+def outcome_answer(outcome: str, what: str, differs: str) -> Answer | None:
+    """The answer when recording a notification found nothing to record: 404 for an unknown
+    `what`, 400 (`differs`) when it does not match ours; None when it was recorded."""
+    if outcome == "unknown":
+        return Answer.fail(404, f"unknown {what}")
+    if outcome == "mismatch":
+        return Answer.fail(400, differs)
+    return None
+
+
 def verify(headers: Mapping[str, str], body: bytes, *, public_key: Any, public_key_id: str,
            apiv3_key: str, expect: str, now: float) -> dict[str, Any]:
     """The notification's envelope with its `resource` decrypted, or `Refused`.

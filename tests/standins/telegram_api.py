@@ -5,13 +5,8 @@ port), so that end-to-end tests can drive the *real* python-telegram-bot ``Appli
 HTTP::
 
     with FakeBotAPI() as api:
-        app = (
-            ApplicationBuilder()
-            .token("123:ABC")
-            .base_url(api.base_url)
-            .base_file_url(api.base_file_url)
-            .build()
-        )
+        app = ApplicationBuilder().token("123:ABC").base_url(api.base_url) \
+            .base_file_url(api.base_file_url).build()  # as tests/test_standin_telegram.py
         ...
         api.push_text(7, "/start")
         await api.wait_for(lambda c: c.method == "sendMessage" and c.chat_id == 7)
@@ -360,6 +355,21 @@ def make_successful_payment_update(
         user_id, from_user=user, message_id=message_id, successful_payment=payment
     )
     return {"update_id": _uid(update_id), "message": message}
+
+
+def make_shipped_payment_update(user_id: int, payload: str, total_amount: int, charge_id: str,
+                                *, name: str, phone: str, city: str, street: str,
+                                post_code: str) -> dict[str, Any]:
+    """A successful payment whose invoice asked for shipping, carrying the buyer's order info
+    (a CN address in `city`); without an update_id: the stand-in numbers it when pushed."""
+    update = make_successful_payment_update(user_id, payload, total_amount, charge_id,
+                                            first_name=f"User{user_id}")
+    update["message"]["successful_payment"]["order_info"] = {
+        "name": name, "phone_number": phone,
+        "shipping_address": {"country_code": "CN", "state": city, "city": city,
+                             "street_line1": street, "street_line2": "", "post_code": post_code}}
+    del update["update_id"]
+    return update
 
 
 def _uid(update_id: int | None) -> int:
@@ -1253,3 +1263,26 @@ class FakeBotAPI:
             "file_size": len(content),
             "file_path": f"files/{file_id}",
         }
+
+    def _m_createinvoicelink(self, call: Call) -> Any:
+        """An invoice link (the Mini App opens it with `Telegram.WebApp.openInvoice`); its
+        parameters are kept in `invoice_links` by link, for the test to pay it."""
+        params = call.params
+        for key in ("title", "description", "payload", "currency"):
+            if not params.get(key):
+                raise _bad_request(f"{key.upper()}_EMPTY" if key != "payload" else "PAYLOAD_EMPTY")
+        prices = params.get("prices")
+        if not isinstance(prices, list) or not prices:
+            raise _bad_request("PRICES_EMPTY")
+        links: dict[str, dict[str, Any]] = self.__dict__.setdefault("invoice_links", {})
+        link = f"https://t.me/$invoice-{len(links) + 1}"
+        links[link] = {**params, "total_amount": sum(int(p.get("amount", 0)) for p in prices)}
+        return link
+
+    def _m_setchatmenubutton(self, call: Call) -> Any:
+        """The bot's menu button; the last one set is kept in `menu_button`."""
+        button = call.params.get("menu_button")
+        if button is not None and not isinstance(button, dict):
+            raise _bad_request("can't parse menu button")
+        self.__dict__["menu_button"] = button
+        return True

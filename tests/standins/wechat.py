@@ -769,7 +769,8 @@ class FakeWeChatAPI(_LoopbackServer):
             self.qrcodes[ticket] = info
         return _json_response(result)
 
-    async def _media_upload(self, request: Request, call: RecordedCall) -> Response:
+    def _upload(self, call: RecordedCall) -> tuple[str, dict[str, Any]] | Response:
+        """An upload's media type and its ``media`` part, or WeChat's error answer."""
         if (early := self._precheck(call)) is not None:
             return early
         media_type = call.query.get("type")
@@ -780,6 +781,13 @@ class FakeWeChatAPI(_LoopbackServer):
         media_part = next((p for p in parts if p["name"] == "media"), None)
         if media_part is None or not media_part["content"]:
             return self._err(41005, "media data missing")
+        return media_type, media_part
+
+    async def _media_upload(self, request: Request, call: RecordedCall) -> Response:
+        upload = self._upload(call)
+        if isinstance(upload, Response):
+            return upload
+        media_type, media_part = upload
         media_id = _random_chars(64, _ALNUM + "-_")
         created_at = _now()
         with self._lock:
@@ -814,16 +822,10 @@ class FakeWeChatAPI(_LoopbackServer):
 
     async def _material_add(self, request: Request, call: RecordedCall) -> Response:
         """``material/add_material``: a permanent image, answered with its id and URL."""
-        if (early := self._precheck(call)) is not None:
-            return early
-        media_type = call.query.get("type")
-        if media_type not in _MEDIA_TYPES:
-            return self._err(40004, "invalid media type")
-        parts = _parse_multipart(call.headers.get("content-type", ""), call.body)
-        call.files = parts
-        media_part = next((p for p in parts if p["name"] == "media"), None)
-        if media_part is None or not media_part["content"]:
-            return self._err(41005, "media data missing")
+        upload = self._upload(call)
+        if isinstance(upload, Response):
+            return upload
+        media_type, media_part = upload
         media_id = _random_chars(43, _ALNUM + "-_")
         with self._lock:
             self.materials[media_id] = {"type": media_type, "content": media_part["content"],
@@ -971,6 +973,16 @@ class PayKeys:
     platform_public_key_pem: str
     merchant_private_key_path: Path
     platform_public_key_path: Path
+
+    def settings(self, notify_url: str, api_base_url: str) -> dict[str, str]:
+        """The storefront's WeChat Pay settings for this merchant (bot/settings.py names)."""
+        return {"WECHAT_PAY_MCH_ID": self.mchid,
+                "WECHAT_PAY_PRIVATE_KEY_FILE": str(self.merchant_private_key_path),
+                "WECHAT_PAY_CERT_SERIAL": self.cert_serial_no,
+                "WECHAT_PAY_APIV3_KEY": self.apiv3_key,
+                "WECHAT_PAY_PUBLIC_KEY_FILE": str(self.platform_public_key_path),
+                "WECHAT_PAY_PUBLIC_KEY_ID": self.public_key_id,
+                "WECHAT_PAY_NOTIFY_URL": notify_url, "WECHAT_PAY_API_BASE_URL": api_base_url}
 
     @cached_property
     def platform_private_key(self) -> rsa.RSAPrivateKey:

@@ -1,4 +1,5 @@
-"""The database work of WeChat Pay: checkouts and `channel_refunds` rows.
+"""The database work of a channel's payment gateway (WeChat Pay, bot/wechatpay/gateway.py):
+what a checkout asks the channel for, and the `channel_refunds` rows.
 
 Each function is a pure function of its session, because `Database.run` may call it again
 when a transaction is retried.
@@ -12,8 +13,9 @@ from typing import Any
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
-from engine.users import store_config
 from storage.models import ChannelRefund, Checkout, Identity, Order, OrderLine
+
+from .users import store_config
 
 REFUND_BATCH = 20
 REFUND_MAX_ATTEMPTS = 12  # then the refund is `abnormal` and the operators are told
