@@ -17,7 +17,17 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import latency, purchases, release, telegram_me, verify, web_catalogue
+from . import (
+    baselines,
+    latency,
+    purchases,
+    release,
+    scale,
+    telegram_me,
+    two_process,
+    verify,
+    web_catalogue,
+)
 from .bare import PG_URL, pg_available
 from .common import Context, Row
 from .report import machine, table, write_json
@@ -26,8 +36,9 @@ ROWS: dict[str, Callable[[Context], Row]] = {
     **purchases.ROWS, **telegram_me.ROWS, "latency-holders": latency.holders,
     "latency-queue": latency.queue_size, **verify.ROWS, **release.ROWS,
     **web_catalogue.ROWS,
+    **baselines.ROWS, **scale.ROWS, **two_process.ROWS,  # issue 19 (baselines in place)
 }
-FAMILIES = {"purchases": list(purchases.ROWS), "latency": list(latency.ROWS)}
+FAMILIES = {"purchases": [*purchases.ROWS, *scale.ROWS], "latency": list(latency.ROWS)}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -34,6 +34,8 @@ from telegram.ext import Application
 from engine import inbox
 from handlers.base import Database
 
+from .claims import Key, UserClaims
+
 log = logging.getLogger(__name__)
 
 BATCH = 100  # Telegram's own most per getUpdates
@@ -90,6 +92,12 @@ def spool_notices(db: Database, operators: Iterable[str]
     return told
 
 
+def _key(row: inbox.Row) -> Key:
+    """Whose rows run in order: the user's, else the chat's, else the row alone."""
+    return (("u", row.user_id) if row.user_id is not None else
+            ("c", row.chat_id) if row.chat_id is not None else ("n", row.update_id))
+
+
 def _backoff(failures: int) -> float:
     return float(min(0.2 * 2 ** min(failures, 8), 30.0))
 
@@ -99,7 +107,7 @@ class InboxProcessor:
 
     def __init__(self, application: Application, db: Database, *, concurrency: int = 16,
                  on_unrecorded: Callable[[Update], None] | None = None,
-                 operators: Iterable[str] = ()) -> None:
+                 operators: Iterable[str] = (), claims: UserClaims | None = None) -> None:
         self.application = application
         self.db = db
         self.on_unrecorded = on_unrecorded
@@ -116,6 +124,11 @@ class InboxProcessor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failures = 0
         self.processed = 0
+        # several processes on one database: a user's rows only while we hold its claim
+        self.claims = claims
+        self._claimed: set[Key] = set()
+        self._renewed = 0.0
+        self._claims_down = False
 
     def wake(self) -> None:
         """Look at the inbox now; callable from any thread (an HTTP server may run the
@@ -150,6 +163,12 @@ class InboxProcessor:
             for task in left:
                 task.cancel()
             await asyncio.gather(*left, return_exceptions=True)
+        if self.claims is not None and self._claimed:  # (else they expire on their own)
+            try:
+                await asyncio.to_thread(self.claims.give_back, self._claimed)
+                self._claimed.clear()
+            except Exception:  # noqa: BLE001
+                log.warning("inbox claims not given back: they expire on their own")
 
     # ------------------------------------------------------------------ the loop
 
@@ -173,6 +192,8 @@ class InboxProcessor:
                         del self._held[key]
                 rows = await asyncio.to_thread(inbox.pending, self.db, limit=BATCH,
                                                skip=self._in_flight)
+                if self.claims is not None:
+                    rows = await self._ours(rows)
                 taken = sum(self._queue(row) for row in rows)
                 more = len(rows) == BATCH and taken > 0
                 self._failures = 0
@@ -192,10 +213,47 @@ class InboxProcessor:
             except TimeoutError:
                 pass
 
+    async def _ours(self, rows: list[inbox.Row]) -> list[inbox.Row]:
+        """Of `rows`, those of users whose claim we hold (bot/telegram/claims.py): claims of
+        users with no worker here given back, live ones renewed, new ones taken — and the
+        rows of a newly taken user read again, in case their last holder just finished
+        them. Redis unreachable: every row, as a lone process."""
+        assert self.claims is not None
+        claims = self.claims
+        idle = {k for k in self._claimed if k not in self._workers}
+        now = time.monotonic()
+        renew = bool(self._claimed - idle) and now - self._renewed > claims.lease_ms / 3000
+        new = {_key(r) for r in rows} - set(self._workers)
+        try:
+            if idle:
+                await asyncio.to_thread(claims.give_back, idle)
+                self._claimed -= idle
+            if renew:
+                lost = await asyncio.to_thread(claims.renew, self._claimed)
+                self._renewed = now
+                if lost:
+                    log.warning("inbox claims lost while handling: %s", sorted(lost))
+            got = await asyncio.to_thread(claims.take, new) if new else set()
+        except Exception as exc:  # noqa: BLE001 - Redis down: one process's behaviour
+            if not self._claims_down:  # once an outage, not once a look at the inbox
+                log.warning("inbox claims unavailable (%s): handling rows unclaimed",
+                            type(exc).__name__)
+            self._claims_down = True
+            return rows
+        if self._claims_down:
+            log.warning("inbox claims available again")
+            self._claims_down = False
+        self._claimed |= got
+        if got:
+            again = await asyncio.to_thread(inbox.pending, self.db, limit=BATCH,
+                                            skip=self._in_flight)
+            still = {r.update_id for r in again}
+            rows = [r for r in rows if _key(r) not in got or r.update_id in still]
+        return [r for r in rows if _key(r) in self._workers or _key(r) in got]
+
     def _queue(self, row: inbox.Row) -> bool:
         """Hand a row to its user's worker; False if it is in hand already or held."""
-        key = (("u", row.user_id) if row.user_id is not None else
-               ("c", row.chat_id) if row.chat_id is not None else ("n", row.update_id))
+        key = _key(row)
         if row.update_id in self._in_flight or key in self._held:
             return False
         self._in_flight.add(row.update_id)

@@ -24,6 +24,7 @@ from .application import (
     build_application,
     file_url_for,
 )
+from .claims import UserClaims
 from .conversations import Conversations, MenuCommand
 from .inbox import InboxProcessor, spool_notices
 from .inbox import poll as inbox_poll
@@ -92,6 +93,13 @@ async def bot_username(settings: Settings) -> str:
         return bot.username
 
 
+def _claims(settings: Settings, bot_id: int) -> UserClaims | None:
+    """With Redis, processes sharing the database take turns by user (bot/telegram/claims.py)."""
+    if not settings.redis_url:
+        return None
+    return UserClaims(settings.redis_url, prefix=f"storefront:inbox:{bot_id}:")
+
+
 async def start_telegram(settings: Settings, app: App, *, poll_timeout: float = 10.0,
                          conversations: Conversations | None = None) -> Application:
     """Build, initialise (getMe), publish menus and start taking updates.
@@ -113,7 +121,8 @@ async def start_telegram(settings: Settings, app: App, *, poll_timeout: float = 
             processor = InboxProcessor(application, app.db,
                                        concurrency=MAX_CONCURRENT_UPDATES,
                                        on_unrecorded=adapter.spool_payment,
-                                       operators=app.operators)
+                                       operators=app.operators,
+                                       claims=_claims(settings, application.bot.id))
             application.bot_data["inbox"] = processor
             processor.start()  # resumes the rows a previous run left pending
         if webhook_url:

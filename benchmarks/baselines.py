@@ -1,0 +1,298 @@
+"""Issue 19: same-run baselines for the rows that were absolute (release, verify, `/me`).
+
+An absolute figure moves with the machine (the same code read 75,462 and 44,191 verify
+transactions/s ten days apart), so each of these rows now also measures, in the same run and
+with the same fixtures, what its work costs with no engine, and is judged on the ratio
+(target ≥ 0.7); the absolute target is kept beside it (`facts.absolute_target`,
+`facts.absolute_met`), as it holds only on the machine docs/perf.md names.
+
+- release: the bare statements of the same pages (entries, wallets, postings, the run
+  record) — captured from a release of the same shop and replayed on a copy of it, one
+  transaction and one durable commit per page as the release commits them, no reads, no
+  checks (benchmarks/floor.py) — entries paid per second of replay;
+- verify: a fresh process reading the same pages of the journal and its postings and
+  hashing each transaction's stored bytes with hashlib and summing its amounts, no checks,
+  timed from its start to its exit like `storefront verify`;
+- `/me`: the stand-in answering the same calls with no bot: a bare HTTP client long-polls the
+  same stand-in process for the same updates and sends each chat one answer of the same
+  length (16 at once, as the bot's inbox does), timed the same way.
+
+`verify`'s runs alternate with its baseline's (benchmarks/common.py `paired`); the release and
+`/me` rows run first (their own code, unchanged) and their baseline runs follow, as many; the
+ratio is taken run by run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import shutil
+import sqlite3
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from . import release, telegram_me, verify
+from .common import Context, Row, Stats, paired, run_child
+from .fixtures import Plan, build_history
+
+TARGET = 0.7
+
+
+def _judge(row: Row, base: list[float], what: str, absolute: tuple[str, float]) -> Row:
+    """Row `row` (its measured runs done) with `base` as its same-run baseline."""
+    if row.status != "ok" or row.measured is None:
+        return row
+    runs = row.measured.runs
+    row.baseline = Stats(base)
+    row.baseline_what = what
+    row.ratios = Stats([m / b for m, b in zip(runs, base, strict=True)])
+    op, limit = absolute
+    row.facts["absolute_target"] = f"{op} {limit:,.0f} {row.unit} (the machine docs/perf.md names)"
+    row.facts["absolute_met"] = (row.measured.median >= limit if op == ">="
+                                 else row.measured.median <= limit)
+    row.target = ("ratio>=", TARGET)
+    return row
+
+
+# -- release --------------------------------------------------------------------------------
+
+def release_row(ctx: Context) -> Row:
+    row = release.release_rate(ctx)
+    template = ctx.scratch("release") / "template.db"
+    at = _release_at(template)
+    cap = 3.0 if ctx.quick else 20.0
+    base = []
+    for i in range(len(row.measured.runs) if row.measured else 0):
+        work = ctx.scratch("release-floor")
+        copy = work / f"run{i}.db"
+        shutil.copyfile(template, copy)
+        out = run_child("benchmarks.baselines", "release", str(copy), at.isoformat(),
+                        str(cap), timeout=900)
+        for p in work.glob(f"run{i}*"):
+            p.unlink()
+        base.append(out["paid"] / out["replay_seconds"])
+        row.facts.setdefault("floor_runs", []).append(out)
+    return _judge(row, base, "the same release's write statements (entries, wallets, "
+                  "postings, run record) replayed with no engine on a copy of the shop, one "
+                  "durable commit per page (benchmarks/floor.py)", (">=", 20_000))
+
+
+def _release_at(path: Path) -> datetime:
+    conn = sqlite3.connect(path)
+    try:
+        last = conn.execute("SELECT max(at) FROM journal").fetchone()[0]
+    finally:
+        conn.close()
+    at = datetime.fromisoformat(str(last))
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)) + timedelta(days=31)
+
+
+def release_child(path: str, at_text: str, cap: float) -> dict[str, Any]:
+    """Deposit (as the measured child does), keep a copy, release with every write captured
+    (untimed), then replay the captured transactions on the copy (timed)."""
+    from engine import service
+    from engine.money import format_fen
+    from storage.db import Database
+
+    from .floor import SQLiteFloor, Writes, sqlite_copy
+
+    at = datetime.fromisoformat(at_text)
+    url = f"sqlite:///{path}"
+    _matured, owed, pool = release._matured(path, at)
+    db = Database(url)
+    if owed > pool:
+        service.deposit(db, pool="queue", amount=format_fen(owed - pool), at=at,
+                        key="bench:release:seed")
+    db.dispose()
+    replica = sqlite_copy(Path(path), Path(f"{path}.floor"))
+    db = Database(url)
+    writes = Writes(db)
+    out = _release(db, at, cap)
+    txns = writes.take()
+    writes.close()
+    db.dispose()
+    floor = SQLiteFloor(replica)
+    try:
+        seconds = floor.replay(txns)
+    finally:
+        floor.close()
+    return {"paid": out["paid"], "capped": out["capped"], "commits": len(txns),
+            "statements": sum(len(t) for t in txns), "replay_seconds": seconds}
+
+
+def _release(db: Any, at: datetime, cap: float) -> dict[str, Any]:
+    from engine.jobs import run_release
+
+    pages: list[int] = []
+    start = time.perf_counter()
+
+    def progress(paid: int, _amount: int) -> None:
+        pages.append(paid)
+        if time.perf_counter() - start > cap:
+            raise release.Capped
+
+    try:
+        return {"paid": int(run_release(db, at=at, progress=progress)["paid"]), "capped": False}
+    except release.Capped:
+        return {"paid": pages[-1], "capped": True}
+
+
+# -- verify ---------------------------------------------------------------------------------
+
+def verify_row(ctx: Context) -> Row:
+    """benchmarks/verify.py's row, its runs interleaved with the baseline's (`paired`)."""
+    row = Row("verify", "`storefront verify` over 1M journal transactions", "transactions/s",
+              (">=", 50_000))
+    size = 30_000 if ctx.quick else 1_000_000
+    built = build_history(ctx.scratch("verify") / "shop.db",
+                          Plan(users=size // 20, txns=size, split_settle=True, seed=4))
+    if ctx.quick:
+        row.title = f"`storefront verify` over {built.txns:,} journal transactions (--quick)"
+    url, path = f"sqlite:///{built.path}", str(built.path)
+    rss: list[float] = []
+    txns = [0]
+
+    def measure() -> float:
+        start = time.perf_counter()
+        out = run_child("benchmarks.verify", "--child", url, timeout=900)
+        elapsed = time.perf_counter() - start
+        found = verify.OK_LINE.search(out["stdout"])
+        if out["status"] != 0 or found is None:
+            raise RuntimeError(f"verify did not pass on the prepared shop: {out['stdout'][:500]}")
+        txns[0] = int(found.group(1))
+        rss.append(out["peak_rss_mb"])
+        return txns[0] / elapsed
+
+    def baseline() -> float:
+        start = time.perf_counter()
+        out = run_child("benchmarks.baselines", "verify", path, timeout=900)
+        return out["txns"] / (time.perf_counter() - start)
+
+    row.measured, bases, _ratios = paired(ctx.runs(3), measure, baseline)
+    row.facts = {"journal_txns": txns[0], "entries": built.entries, "users": built.users,
+                 "orders": built.orders, "prepared_in_s": round(built.seconds, 1),
+                 "postings_per_txn": verify._postings_per_txn(built.path),
+                 "peak_rss_mb": round(max(rss), 1), "timed": "process start to exit",
+                 "interleaved": True}
+    return _judge(row, bases.runs, "a fresh process hashing each transaction's stored bytes "
+                  "and its postings' with hashlib and summing the amounts, no checks, same "
+                  "pages; runs interleaved with verify's", (">=", 50_000))
+
+
+def verify_child(path: str, page: int = 10_000) -> dict[str, Any]:
+    """hashlib alone over the stored bytes of the journal and postings, page by page."""
+    import hashlib
+
+    conn = sqlite3.connect(path)
+    txns = total = 0
+    digest = ""
+    after = 0
+    try:
+        while True:
+            rows = conn.execute("SELECT id, key, kind, at, actor, body, result, prev_hash, hash "
+                                "FROM journal WHERE id > ? ORDER BY id LIMIT ?",
+                                (after, page)).fetchall()
+            if not rows:
+                break
+            lo, hi = rows[0][0], rows[-1][0]
+            posts = conn.execute("SELECT txn_id, account, unit, amount, ref FROM postings "
+                                 "WHERE txn_id >= ? AND txn_id <= ? ORDER BY txn_id, id",
+                                 (lo, hi)).fetchall()
+            k, n = 0, len(posts)
+            for row in rows:
+                h = hashlib.sha256(repr(row).encode())
+                while k < n and posts[k][0] == row[0]:
+                    h.update(repr(posts[k]).encode())
+                    total += posts[k][3]
+                    k += 1
+                digest = h.hexdigest()
+                txns += 1
+            after = hi
+    finally:
+        conn.close()
+    return {"txns": txns, "sum": total, "last": digest}
+
+
+# -- /me ------------------------------------------------------------------------------------
+
+def me_row(ctx: Context) -> Row:
+    row = telegram_me.me_rate(ctx)
+    if row.measured is None:
+        return row
+    users = int(row.facts["users"])
+    per_run = int(row.facts["updates_per_run"])
+    chats = [telegram_me.FIRST_CHAT + u for u in range(users)]
+    runs = len(row.measured.runs)
+    batches = [[chats[(r * per_run + k) % users] for k in range(per_run)] for r in range(runs)]
+    spawn = mp.get_context("spawn")
+    here, there = spawn.Pipe()
+    standin = spawn.Process(target=telegram_me._standin, args=(there,), daemon=True)
+    standin.start()
+    try:
+        port = here.recv()
+        results = asyncio.run(_bare_bot(port, here, batches))
+        here.send(None)
+    finally:
+        standin.join(timeout=20)
+        if standin.is_alive():
+            standin.kill()
+    for r in results:
+        if r["answered"] < r["wanted"] or r["wrong"]:
+            raise RuntimeError(f"the bare client's answers did not all arrive: {r}")
+    return _judge(row, [r["answered"] / r["seconds"] for r in results],
+                  "the same stand-in process answering the same calls with no bot (a bare "
+                  "aiohttp client: getUpdates, one sendMessage per update, 16 at once)",
+                  (">=", 300))
+
+
+async def _bare_bot(port: int, conn: Any, batches: list[list[int]]) -> list[dict[str, Any]]:
+    """getUpdates, then one sendMessage per update (16 at once), through aiohttp — the HTTP
+    client the bot itself uses (docs/telegram.md) — and nothing else."""
+    import aiohttp
+
+    base = f"http://127.0.0.1:{port}/bot{telegram_me.TOKEN}"
+    text = telegram_me.ANSWER_PREFIX + "x" * 200  # about the length of a /me answer
+    results = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as http:
+        offset = 0
+        slots = asyncio.Semaphore(16)
+
+        async def answer(chat: int) -> None:
+            async with slots, http.post(f"{base}/sendMessage",
+                                        json={"chat_id": chat, "text": text}) as r:
+                await r.read()
+
+        for chats in batches:
+            conn.send(chats)
+            done = asyncio.create_task(asyncio.to_thread(conn.recv))
+            sent: set[asyncio.Task[None]] = set()
+            while not done.done():
+                async with http.post(f"{base}/getUpdates",
+                                     json={"offset": offset, "timeout": 1}) as r:
+                    got = (await r.json()).get("result", [])
+                for u in got:
+                    offset = max(offset, u["update_id"] + 1)
+                    sent.add(asyncio.create_task(answer(u["message"]["chat"]["id"])))
+                sent = {t for t in sent if not t.done()}
+            await asyncio.gather(*sent)
+            results.append(done.result())
+    return results
+
+
+ROWS = {"telegram-me": me_row, "verify": verify_row, "release": release_row}
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("what", choices=("release", "verify"))
+    p.add_argument("args", nargs="*")
+    a = p.parse_args()
+    if a.what == "verify":
+        print(json.dumps(verify_child(a.args[0])))
+    else:
+        print(json.dumps(release_child(a.args[0], a.args[1], float(a.args[2]))))
+    sys.exit(0)
