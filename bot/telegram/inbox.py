@@ -123,6 +123,7 @@ class InboxProcessor:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failures = 0
+        self._stopping = False
         self.processed = 0
         # several processes on one database: a user's rows only while we hold its claim
         self.claims = claims
@@ -145,12 +146,17 @@ class InboxProcessor:
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._loop = asyncio.get_running_loop()
             self._task = asyncio.create_task(self._run(), name="telegram-inbox")
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking rows; let those being handled finish (within `grace`)."""
         if self._task is not None:
+            # the flag as well as the cancel: on Python 3.11 a cancel that lands as the loop's
+            # wait is woken can be lost, and the loop would go on (and `stop` wait) for ever
+            self._stopping = True
+            self._wake.set()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
@@ -174,7 +180,7 @@ class InboxProcessor:
 
     async def _run(self) -> None:
         last_prune = 0.0
-        while True:
+        while not self._stopping:
             self._wake.clear()
             now = time.monotonic()
             if now - last_prune > PRUNE_EVERY:
@@ -209,7 +215,8 @@ class InboxProcessor:
             if self._held:
                 timeout = max(0.01, min(timeout, min(self._held.values()) - now))
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):  # unlike wait_for, never loses a cancel
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
