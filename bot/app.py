@@ -17,9 +17,9 @@ import functools
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.logs import setup_logging
 from bot.settings import Settings
@@ -27,6 +27,9 @@ from engine import service
 from engine.database import Database, is_fresh
 from engine.limits import RateLimiter
 from handlers.base import App, Channels
+
+if TYPE_CHECKING:
+    from scheduler import Chore
 
 log = logging.getLogger("storefront")
 
@@ -109,11 +112,12 @@ async def open_channels(settings: Settings) -> tuple[Channels, Any]:
 
 @dataclass
 class Running:
-    """A started channel and how to stop it."""
+    """A started channel, how to stop it, and the periodic jobs it hands the scheduler."""
 
     name: str
     handle: Any
     stop: Callable[[], Awaitable[Any] | Any]
+    chores: Sequence[Chore] = ()
 
 
 async def start_telegram(settings: Settings, app: App) -> Running | None:
@@ -121,9 +125,12 @@ async def start_telegram(settings: Settings, app: App) -> Running | None:
     if not settings.telegram_enabled:
         return None
     from bot import telegram
+    from bot.telegram.lifecycle import chores
 
     application = await telegram.start_telegram(settings, app)
-    return Running("telegram", application, lambda: telegram.stop_telegram(application))
+    # the charge spool's replay (bot/charge_spool.py) runs as the scheduler's job
+    return Running("telegram", application, lambda: telegram.stop_telegram(application),
+                   chores=chores(application))
 
 
 async def start_http(settings: Settings, app: App, telegram: Running | None = None,
@@ -136,14 +143,15 @@ async def start_http(settings: Settings, app: App, telegram: Running | None = No
 
     webhook = telegram.handle if telegram is not None and settings.telegram_webhook_url else None
     server = await http.start_http(settings, app, webhook, wechat_client=wechat_client)
-    return Running("http", server, server.stop)
+    return Running("http", server, server.stop, chores=server.chores)
 
 
 async def start_scheduler(settings: Settings, app: App, telegram: Running | None = None,
                           http: Running | None = None) -> Running:
     """The scheduler (`scheduler/`): releases at STOREFRONT_RELEASE_TIMES, delivery of the
-    outbox through the channels' senders (the running bot's and WeChat client's own), and the
-    sweep of expired checkouts."""
+    outbox through the channels' senders (the running bot's and WeChat client's own), the
+    sweep of expired checkouts, and the channels' chores (Telegram's charge spool replay,
+    WeChat Pay's sweeps, WeChat's pruning)."""
     from bot.senders import senders_from_settings
     from handlers.notify import buttons, render
     from scheduler import build_scheduler
@@ -152,7 +160,8 @@ async def start_scheduler(settings: Settings, app: App, telegram: Running | None
     # the WeChat adapter's own sender knows each user's 48-hour customer-service window
     wechat = getattr(getattr(http.handle, "wechat", None), "sender", None) if http else None
     senders = senders_from_settings(settings, telegram_bot=bot, wechat_sender=wechat)
-    chores = getattr(http.handle, "chores", []) if http is not None else []
+    chores = [chore for channel in (telegram, http) if channel is not None
+              for chore in channel.chores]
     sched = build_scheduler(settings, app.db, senders, renderer=render, buttons=buttons,
                             checkout_sweep=CHECKOUT_SWEEP_SECONDS, chores=chores)
     sched.start()

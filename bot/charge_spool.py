@@ -7,14 +7,17 @@ line replayed twice, or one that was in fact recorded just before a crash, credi
 
 Operators are told (`told`, an outbox write: engine/inbox.py): once a charge is recorded from
 here, that it was recorded late; while it still fails, that it is waiting — written by the
-first round after the database accepts writes again (rounds come every `BUSY` seconds while
-the spool holds charges). The writes are keyed by the charge, so each operator gets each
-message once.
+first round after the database accepts writes again. The writes are keyed by the charge, so
+each operator gets each message once.
+
+A round is one `replay`. The scheduler runs one every `EVERY` seconds, the first at its
+start: the Telegram adapter hands it over as a `Chore` (bot/telegram/lifecycle.py `chores`,
+collected by bot/app.py), like the HTTP server's. A process without the scheduler (a test
+of the adapter alone) replays nothing by itself: it calls `replay`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -25,7 +28,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 DEFAULT_PATH = Path("var/unrecorded_charges.jsonl")
 
-EVERY, BUSY = 30.0, 5.0  # seconds between rounds: spool empty / holding charges
+EVERY = 5.0  # seconds between rounds (a round on an empty spool only looks at the file)
 
 Record = Callable[[dict[str, Any]], Awaitable[object]]
 # told(charge, recorded): tell the operators (raises while the database takes no writes)
@@ -44,8 +47,12 @@ def spool(path: Path, charge: dict[str, Any]) -> None:
 def pending(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
+    return _items(path.read_bytes(), path)
+
+
+def _items(data: bytes, path: Path) -> list[dict[str, Any]]:
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in data.decode("utf-8").splitlines():
         try:
             item = json.loads(line)
         except ValueError:
@@ -57,13 +64,17 @@ def pending(path: Path) -> list[dict[str, Any]]:
 
 
 async def replay(path: Path, record: Record, told: Told | None = None) -> int:
-    """Try to record every spooled charge; keep those that still fail. Returns how many were
-    recorded. The file is replaced atomically, so a crash here loses no line. With `told`, a
-    charge leaves the spool only once `told(charge, True)` confirms it is accounted for and
-    has written the operators' "recorded late" message (else it is recorded again next
-    round, which credits nothing); for a charge still failing, `told(charge, False)` writes
-    the "waiting" message."""
-    items = pending(path)
+    """One round: try to record every spooled charge; keep those that still fail. Returns
+    how many were recorded. The file is replaced atomically, so a crash here loses no line,
+    and a charge spooled while the round was recording (the adapter appends in this event
+    loop) is carried over into the new file. With `told`, a charge leaves the spool only
+    once `told(charge, True)` confirms it is accounted for and has written the operators'
+    "recorded late" message (else it is recorded again next round, which credits nothing);
+    for a charge still failing, `told(charge, False)` writes the "waiting" message."""
+    if not path.exists():
+        return 0
+    data = path.read_bytes()  # later bytes are charges spooled during this round
+    items = _items(data, path)
     if not items:
         return 0
     left, done = [], 0
@@ -85,23 +96,22 @@ async def replay(path: Path, record: Record, told: Told | None = None) -> int:
             continue
         done += 1
         log.warning("spooled charge %s is now recorded", item.get("charge_id"))
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for item in left:
-            fh.write(json.dumps(item, sort_keys=True, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    _rewrite(path, left, len(data))
     return done
 
 
-async def keep_replaying(path: Path, record: Record, told: Told | None = None, *,
-                         every: float = EVERY, busy: float = BUSY) -> None:
-    """The background task until cancelled: replay the spool every `every` seconds, or every
-    `busy` seconds while it holds charges."""
-    while True:
-        try:
-            await replay(path, record, told)
-        except Exception:  # noqa: BLE001 - never let the task die
-            log.exception("replaying %s failed", path)
-        await asyncio.sleep(busy if path.exists() and path.stat().st_size else every)
+def _rewrite(path: Path, left: list[dict[str, Any]], read: int) -> None:
+    """Replace the spool with `left` and the lines appended after its first `read` bytes
+    (no await in here: nothing is appended meanwhile by this process)."""
+    with open(path, "rb") as fh:
+        fh.seek(read)
+        appended = fh.read()
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as out:
+        for item in left:
+            out.write((json.dumps(item, sort_keys=True, ensure_ascii=False) + "\n")
+                      .encode("utf-8"))
+        out.write(appended)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)

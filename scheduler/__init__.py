@@ -10,9 +10,10 @@
   (storage/locks.py) lets one of them work and the others skip.
 - **Expired checkouts** (`storefront run`): every minute, unpaid orders whose checkout
   expired are cancelled (`engine.checkout.expire_due`).
-- **The channels' chores** (`Chore`): WeChat Pay's refund sweep (every minute) and pruning
-  WeChat's seen messages and nonces (hourly), each first at the start; the bot hands them
-  over when it builds the scheduler.
+- **The channels' chores** (`Chore`): replaying Telegram's charge spool (every 5 s:
+  charges the database could not record, bot/charge_spool.py), WeChat Pay's refund sweep
+  (every minute) and pruning WeChat's seen messages and nonces (hourly), each first at the
+  start; the bot hands them over when it builds the scheduler.
 - **Delivery**: every couple of seconds, make sure a delivery loop is draining the outbox
   (engine/outbox.py) through the users' channels, at the channels' rates: the scheduler is
   given its senders (scheduler/delivery.py says what a sender is; bot/senders.py has them)
@@ -102,8 +103,8 @@ def build_scheduler(settings: Any, db: Database, senders: Mapping[str, Sender],
     (`renderer`, handlers/notify.py's `render` when the bot builds it; `buttons`, its
     `buttons`). With
     `checkout_sweep` (seconds) expired checkouts are swept that often, the first time one
-    interval after the start; `chores` are the channels' own periodic jobs (WeChat Pay's
-    refund sweep, WeChat's seen-message pruning)."""
+    interval after the start; `chores` are the channels' own periodic jobs (Telegram's
+    charge spool replay, WeChat Pay's refund sweep, WeChat's seen-message pruning)."""
     now = clock or utc_now
     tz = store_timezone(db)
     times = parse_release_times(settings.release_times)

@@ -1,6 +1,6 @@
 """The periodic jobs beside releases and delivery: pool warnings to operators, the sweep of
-expired checkouts, and the channels' own `Chore`s (WeChat Pay's refund sweep, WeChat's
-seen-message pruning) that the bot hands over."""
+expired checkouts, and the channels' own `Chore`s (Telegram's charge spool replay, WeChat
+Pay's refund sweep, WeChat's seen-message pruning) that the bot hands over."""
 
 from __future__ import annotations
 

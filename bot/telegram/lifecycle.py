@@ -1,9 +1,11 @@
 """Starting and stopping the bot: learn who we are, publish the command menus, then poll or
-take updates by webhook."""
+take updates by webhook; and the bot's periodic job (`chores`: the charge spool's replay),
+which the scheduler runs."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -16,6 +18,7 @@ from telegram.ext import Application
 from bot import charge_spool
 from bot.settings import Settings
 from handlers.base import App
+from scheduler import Chore
 
 from .application import (
     ALLOWED_UPDATES,
@@ -140,11 +143,6 @@ async def start_telegram(settings: Settings, app: App, *, poll_timeout: float = 
     except BaseException:
         await stop_telegram(application)
         raise
-    # charges the database could not record while it was down: replayed until recorded
-    # (and every operator told once it is recorded late, or while it waits)
-    application.bot_data["spool_task"] = asyncio.create_task(charge_spool.keep_replaying(
-        adapter.spool_path, adapter.record_spooled,
-        spool_notices(app.db, app.operators) if app.db is not None else None))
     log.info("Telegram bot @%s is up (%s)", application.bot.username,
              "webhook" if webhook_url else "polling")
     return application
@@ -152,9 +150,6 @@ async def start_telegram(settings: Settings, app: App, *, poll_timeout: float = 
 
 async def stop_telegram(application: Application) -> None:
     """Stop polling, finish the updates in hand, close connections. Safe to call twice."""
-    task = application.bot_data.pop("spool_task", None)
-    if task is not None:
-        task.cancel()
     poll_task = application.bot_data.pop("poll_task", None)
     if poll_task is not None:
         poll_task.cancel()
@@ -167,3 +162,17 @@ async def stop_telegram(application: Application) -> None:
     if application.running:
         await application.stop()
     await application.shutdown()
+
+
+def chores(application: Application) -> list[Chore]:
+    """The periodic job the scheduler runs for this bot (bot/app.py hands it over with the
+    HTTP server's): one round of the charge spool (bot/charge_spool.py) every
+    `charge_spool.EVERY` seconds, the first at the scheduler's start. Charges the database
+    could not record are so replayed until recorded, and every operator is told once that
+    one is recorded late, or while it waits. Without the scheduler nothing replays them:
+    a test of the bot alone calls `charge_spool.replay` itself."""
+    adapter = adapter_of(application)
+    app = adapter.app
+    told = spool_notices(app.db, app.operators) if app.db is not None else None
+    return [Chore("telegram-charge-spool", charge_spool.EVERY, functools.partial(
+        charge_spool.replay, adapter.spool_path, adapter.record_spooled, told))]
