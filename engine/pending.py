@@ -28,6 +28,7 @@ from .times import now
 TTL = timedelta(seconds=600)
 
 Waiting = tuple[str, tuple[str, ...]]  # (button kind, its fields)
+Seen = tuple[str, str, datetime]  # a wait as stored: kind, fields (JSON), until
 _TABLE = cast(Table, PendingInput.__table__)  # how `until` is read back
 _WAITING = "SELECT kind, fields, until FROM pending_inputs WHERE identity = ?"
 
@@ -52,26 +53,34 @@ def expect(db: Database, identity: str, kind: str, fields: tuple[str, ...] = (),
     db.run(work, label="pending.expect")
 
 
+def look(session: Session, identity: str) -> Seen | None:
+    """The wait of `identity` as stored (kind, fields, until), read in the caller's session:
+    one read by primary key, asked by every request (`users.admit` reads it with the
+    member)."""
+    # the driver's statement, not the ORM's: every request asks (storage/driver.py)
+    driver = Driver(session)
+    found = driver.rows(_WAITING, (identity,))
+    if not found:
+        return None
+    kind, fields, stored = found[0]
+    until = driver.read(_TABLE, ("until",), [(stored,)])[0][0]
+    return kind, fields, until
+
+
 def take(db: Database, identity: str, *, plain: bool, at: datetime | None = None
          ) -> Waiting | None:
     """The wait of `identity`, removed: returned when this request is plain text and the
-    wait has not run out, else None (a command or a button forgets it). One read by primary
-    key when nobody waits — every request asks."""
-    when = at or now()
+    wait has not run out, else None (a command or a button forgets it)."""
+    return taken(db, identity, db.read(lambda session: look(session, identity)), plain=plain,
+                 at=at)
 
-    def look(session: Session) -> tuple[str, str, datetime] | None:
-        # the driver's statement, not the ORM's: every request asks (storage/driver.py)
-        driver = Driver(session)
-        found = driver.rows(_WAITING, (identity,))
-        if not found:
-            return None
-        kind, fields, stored = found[0]
-        until = driver.read(_TABLE, ("until",), [(stored,)])[0][0]
-        return kind, fields, until
 
-    seen = db.read(look)
+def taken(db: Database, identity: str, seen: Seen | None, *, plain: bool,
+          at: datetime | None = None) -> Waiting | None:
+    """`take` of the wait `look` read: nothing more to do when nobody waits."""
     if seen is None:
         return None
+    when = at or now()
     kind, fields, until = seen
 
     def remove(session: Session) -> bool:

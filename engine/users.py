@@ -21,7 +21,7 @@ from storage.db import Database
 from storage.driver import Driver
 from storage.models import Identity, User
 
-from . import accounts, views
+from . import accounts, pending, views
 from .book import Book
 from .errors import Refusal
 from .times import now
@@ -77,12 +77,7 @@ def resolve(db: Database, identity: str, *, lang: str | None = None,
     _check_identity(identity)
 
     def known(session: Session) -> dict[str, Any] | None:
-        row = session.execute(
-            select(User, Identity.last_seen_at).join(Identity, Identity.user_id == User.id)
-            .where(Identity.identity == identity)).first()
-        if row is None:
-            return None
-        return {**_member(row[0], False), "last_seen_at": row[1]}
+        return _known(session, identity)
 
     when = at or now()
     found = db.read(known)
@@ -139,21 +134,7 @@ def resolve_and_account(db: Database, identity: str, *, lang: str | None = None,
     SELECTs) instead of two. At first contact it is exactly `resolve`, then `account`."""
     _check_identity(identity)
     when = at or now()
-
-    def work(session: Session) -> tuple[dict[str, Any], datetime | None, dict[str, Any]] | None:
-        driver = Driver(session)
-        found = queries.holder_by_identity(driver, identity)
-        if found is None:
-            return None
-        *columns, seen = found
-        row = views.Holder(*columns)
-        member = {"user_id": row.id, "handle": row.handle, "lang": row.lang, "new": False,
-                  "referrer_id": row.referrer_id, "blocked": bool(row.blocked),
-                  "display_name": row.display_name}
-        last_seen_at = driver.read(views.IDENTITIES, ("last_seen_at",), [(seen,)])[0][0]
-        return member, last_seen_at, views.account_view(driver, row)
-
-    found = db.read(work)
+    found = db.read(lambda session: _known_with_account(session, identity))
     if found is None:
         member = resolve(db, identity, lang=lang, display_name=display_name,
                          start_payload=start_payload, at=when)
@@ -161,6 +142,61 @@ def resolve_and_account(db: Database, identity: str, *, lang: str | None = None,
     member, seen, view = found
     _touch(db, identity, seen, when)
     return member, view
+
+
+def admit(db: Database, identity: str, *, with_account: bool, plain: bool,
+          lang: str | None = None, display_name: str | None = None,
+          start_payload: str | None = None, at: datetime | None = None
+          ) -> tuple[dict[str, Any], dict[str, Any] | None, pending.Waiting | None]:
+    """What a chat request needs before its conversation: the member (`resolve`), their
+    account when the command shows one (`resolve_and_account`), and what their plain
+    message was awaited for (`pending.take`) — a known member in one read."""
+    _check_identity(identity)
+    when = at or now()
+
+    def work(session: Session) -> tuple[Any, pending.Seen | None]:
+        found = (_known_with_account(session, identity) if with_account
+                 else _known(session, identity))
+        return found, pending.look(session, identity)
+
+    found, seen = db.read(work)
+    waiting = pending.taken(db, identity, seen, plain=plain, at=when)
+    if found is None:  # first contact: created as `resolve` creates it
+        member = resolve(db, identity, lang=lang, display_name=display_name,
+                         start_payload=start_payload, at=when)
+        return member, account(db, member["handle"]) if with_account else None, waiting
+    if with_account:
+        member, last_seen, view = found
+        _touch(db, identity, last_seen, when)
+        return member, view, waiting
+    _touch(db, identity, found.pop("last_seen_at"), when)
+    return found, None, waiting
+
+
+def _known(session: Session, identity: str) -> dict[str, Any] | None:
+    """The member behind a known identity, with when it was last seen."""
+    row = session.execute(
+        select(User, Identity.last_seen_at).join(Identity, Identity.user_id == User.id)
+        .where(Identity.identity == identity)).first()
+    if row is None:
+        return None
+    return {**_member(row[0], False), "last_seen_at": row[1]}
+
+
+def _known_with_account(session: Session, identity: str
+                        ) -> tuple[dict[str, Any], datetime | None, dict[str, Any]] | None:
+    """A known identity's member, when it was last seen and its account, in one snapshot."""
+    driver = Driver(session)
+    found = queries.holder_by_identity(driver, identity)
+    if found is None:
+        return None
+    *columns, seen = found
+    row = views.Holder(*columns)
+    member = {"user_id": row.id, "handle": row.handle, "lang": row.lang, "new": False,
+              "referrer_id": row.referrer_id, "blocked": bool(row.blocked),
+              "display_name": row.display_name}
+    last_seen_at = driver.read(views.IDENTITIES, ("last_seen_at",), [(seen,)])[0][0]
+    return member, last_seen_at, views.account_view(driver, row)
 
 
 def set_lang(db: Database, user_id: int, lang: str) -> str:

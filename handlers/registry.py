@@ -282,14 +282,9 @@ async def _dispatch(app: App, request: Request, state: dict[str, str]) -> Reply:
         # message was awaited for (one primary-key read when nothing).
         if not lim.allow(COMMAND_RATE, request.identity):
             return None
-        who = {"lang": first_lang(request), "display_name": request.display_name,
-               "start_payload": payload}
-        if with_account:
-            member, account = users.resolve_and_account(app.db, request.identity, **who)
-        else:
-            member, account = users.resolve(app.db, request.identity, **who), None
-        return member, account, pending.take(app.db, request.identity,
-                                             plain=_is_plain(request))
+        return users.admit(app.db, request.identity, with_account=with_account,
+                           plain=_is_plain(request), lang=first_lang(request),
+                           display_name=request.display_name, start_payload=payload)
 
     admitted = await asyncio.to_thread(admit)
     if admitted is None:
