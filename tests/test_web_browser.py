@@ -309,7 +309,7 @@ def test_without_a_chat_channel_the_console_user_shops_in_a_plain_browser(
     with browser() as b:
         svc = Storefront(tmp_path, {"DATABASE_URL": url})  # the demo catalogue is seeded
         try:
-            assert "the shop in a browser" in svc.tail()
+            assert svc.says("the shop in a browser"), svc.tail()
             page = b.new_page(viewport={"width": 360, "height": 740})
             only_loopback(page, {TG_JS: ""})
             page.goto(f"{svc.url}/app")

@@ -97,6 +97,17 @@ class Storefront:
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
+    def says(self, words: str, timeout: float = 30.0) -> bool:
+        """Whether the process's output comes to hold `words` within `timeout` (it may print
+        after its server already answers)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.log.exists() and words in self.log.read_text(errors="replace"):
+                return True
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                return False
+            time.sleep(0.1)
+
     def stop(self) -> None:
         if self.proc.stdin is not None:
             self.proc.stdin.close()
