@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing as mp
 import shutil
 import sqlite3
 import sys
@@ -38,7 +37,6 @@ from typing import Any
 
 from . import release, telegram_me, verify
 from .common import Context, Row, Stats, paired, run_child
-from .fixtures import Plan, build_history
 
 TARGET = 0.7
 
@@ -146,13 +144,7 @@ def _release(db: Any, at: datetime, cap: float) -> dict[str, Any]:
 
 def verify_row(ctx: Context) -> Row:
     """benchmarks/verify.py's row, its runs interleaved with the baseline's (`paired`)."""
-    row = Row("verify", "`storefront verify` over 1M journal transactions", "transactions/s",
-              (">=", 50_000))
-    size = 30_000 if ctx.quick else 1_000_000
-    built = build_history(ctx.scratch("verify") / "shop.db",
-                          Plan(users=size // 20, txns=size, split_settle=True, seed=4))
-    if ctx.quick:
-        row.title = f"`storefront verify` over {built.txns:,} journal transactions (--quick)"
+    row, built = verify.verify_shop(ctx)
     url, path = f"sqlite:///{built.path}", str(built.path)
     rss: list[float] = []
     txns = [0]
@@ -229,18 +221,8 @@ def me_row(ctx: Context) -> Row:
     chats = [telegram_me.FIRST_CHAT + u for u in range(users)]
     runs = len(row.measured.runs)
     batches = [[chats[(r * per_run + k) % users] for k in range(per_run)] for r in range(runs)]
-    spawn = mp.get_context("spawn")
-    here, there = spawn.Pipe()
-    standin = spawn.Process(target=telegram_me._standin, args=(there,), daemon=True)
-    standin.start()
-    try:
-        port = here.recv()
-        results = asyncio.run(_bare_bot(port, here, batches))
-        here.send(None)
-    finally:
-        standin.join(timeout=20)
-        if standin.is_alive():
-            standin.kill()
+    results = telegram_me.on_standin(
+        lambda port, pipe: asyncio.run(_bare_bot(port, pipe, batches)))
     for r in results:
         if r["answered"] < r["wanted"] or r["wrong"]:
             raise RuntimeError(f"the bare client's answers did not all arrive: {r}")

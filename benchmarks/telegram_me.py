@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from .common import Context, Row, Stats
 from .fixtures import Plan, build_history
+
+T = TypeVar("T")
 
 TOKEN = "4242:BENCH-TOKEN"
 FIRST_CHAT = 100_000  # fixtures with identities=True name users tg:100000, tg:100001, …
@@ -114,6 +116,23 @@ async def _drive(db_url: str, port: int, conn: Any, batches: list[list[int]],
     return results
 
 
+def on_standin(drive: Callable[[int, Any], T]) -> T:
+    """`drive(port, pipe)` against the stand-in in a process of its own (spawned), which is
+    told to stop when `drive` is done."""
+    spawn = mp.get_context("spawn")
+    here, there = spawn.Pipe()
+    standin = spawn.Process(target=_standin, args=(there,), daemon=True)
+    standin.start()
+    try:
+        done = drive(here.recv(), here)
+        here.send(None)
+        return done
+    finally:
+        standin.join(timeout=20)
+        if standin.is_alive():
+            standin.kill()
+
+
 def me_rate(ctx: Context) -> Row:
     row = Row("telegram-me", "`/me` through the real python-telegram-bot stack against the "
               "loopback Bot API stand-in", "updates/s", (">=", 300))
@@ -126,21 +145,14 @@ def me_rate(ctx: Context) -> Row:
     runs = ctx.runs(3)
     # each user asks once per run (the per-user limit, 20 per 10 s, is never what stops us)
     batches = [[chats[(r * per_run + k) % users] for k in range(per_run)] for r in range(runs)]
-    spawn = mp.get_context("spawn")
-    here, there = spawn.Pipe()
-    standin = spawn.Process(target=_standin, args=(there,), daemon=True)
-    standin.start()
-    try:
-        port = here.recv()
-        results = asyncio.run(_drive(url, port, here, batches, lift=True))
+    def drive(port: int, pipe: Any) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        results = asyncio.run(_drive(url, port, pipe, batches, lift=True))
         shipped = None
         if not ctx.quick:
-            shipped = asyncio.run(_drive(url, port, here, [chats[:150]], lift=False))[0]
-        here.send(None)
-    finally:
-        standin.join(timeout=20)
-        if standin.is_alive():
-            standin.kill()
+            shipped = asyncio.run(_drive(url, port, pipe, [chats[:150]], lift=False))[0]
+        return results, shipped
+
+    results, shipped = on_standin(drive)
     for r in results:
         if r["answered"] < r["wanted"] or r["wrong"]:
             raise RuntimeError(f"/me was not answered properly: {r}")

@@ -16,12 +16,13 @@ import sys
 import time
 
 from .common import Context, Row, Stats, peak_rss_mb, run_child
-from .fixtures import Plan, build_history
+from .fixtures import Built, Plan, build_history
 
 OK_LINE = re.compile(r"journal OK: (\d+) transactions")
 
 
-def verify_rate(ctx: Context) -> Row:
+def verify_shop(ctx: Context) -> tuple[Row, Built]:
+    """The verify row, and the shop it reads (1M journal transactions; 30k with --quick)."""
     row = Row("verify", "`storefront verify` over 1M journal transactions", "transactions/s",
               (">=", 50_000))
     size = 30_000 if ctx.quick else 1_000_000
@@ -29,6 +30,11 @@ def verify_rate(ctx: Context) -> Row:
                           Plan(users=size // 20, txns=size, split_settle=True, seed=4))
     if ctx.quick:
         row.title = f"`storefront verify` over {built.txns:,} journal transactions (--quick)"
+    return row, built
+
+
+def verify_rate(ctx: Context) -> Row:
+    row, built = verify_shop(ctx)
     url = f"sqlite:///{built.path}"
     rates, rss, txns = [], [], 0
     for _ in range(ctx.runs(3)):

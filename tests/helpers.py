@@ -79,3 +79,15 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def telegram_checkout(db: Database, identity: str = "tg:30") -> str:
+    """TEA (20.00) on sale and `identity` shopping: the token of their open Telegram checkout
+    for one TEA, as a `/buy TEA` leaves it."""
+    from engine import checkout, users
+
+    service.upsert_product(db, sku="TEA", price="20.00", margin="0.30", lock_days=15,
+                           scheme="both", name="Tea", actor="test")
+    users.resolve(db, identity, lang="en")
+    return str(checkout.open_checkout(db, user=identity, sku="TEA", channel="telegram",
+                                      method="telegram", key=f"open:{identity}")["token"])

@@ -17,11 +17,12 @@ from sqlalchemy import select
 
 from bot import app as app_module
 from bot import charge_spool
-from engine import checkout, service, users
+from engine import checkout
 from handlers.base import App, Channels
 from storage.db import Database
 from storage.models import JournalTxn
 from storage.ratelimit import RateLimiter
+from tests.helpers import telegram_checkout
 from tests.standins.telegram_api import FakeBotAPI
 from tests.test_telegram_adapter import TOKEN, settings_for
 from tests.test_telegram_inbox import drained, notices, statuses
@@ -54,11 +55,7 @@ def charge_keys(db: Database) -> list[str]:
 async def test_the_scheduler_replays_the_spool_until_the_charge_is_recorded(
         api: FakeBotAPI, sqlite_db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     db = sqlite_db
-    service.upsert_product(db, sku="TEA", price="20.00", margin="0.30", lock_days=15,
-                           scheme="both", name="Tea", actor="test")
-    users.resolve(db, "tg:30", lang="en")
-    token = checkout.open_checkout(db, user="tg:30", sku="TEA", channel="telegram",
-                                   method="telegram", key="open:30")["token"]
+    token = telegram_checkout(db)
     real_paid, attempts = checkout.record_payment, []
 
     def broken(*args: Any, **kwargs: Any) -> Any:

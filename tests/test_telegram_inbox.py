@@ -36,6 +36,7 @@ from storage.db import Database, DatabaseUnavailable
 from storage.models import InboxUpdate, JournalTxn, Outbox
 from storage.ratelimit import RateLimiter
 from tests.handlers_kit import Chat, text
+from tests.helpers import telegram_checkout
 from tests.standins.telegram_api import (
     FakeBotAPI,
     make_pre_checkout_update,
@@ -141,11 +142,7 @@ async def test_an_unrecorded_payment_is_spooled_shown_to_operators_then_recorded
         api: FakeBotAPI, sdb: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     db = sdb
-    service.upsert_product(db, sku="TEA", price="20.00", margin="0.30", lock_days=15,
-                           scheme="both", name="Tea", actor="test")
-    users.resolve(db, "tg:30", lang="en")
-    token = checkout.open_checkout(db, user="tg:30", sku="TEA", channel="telegram",
-                                   method="telegram", key="open:30")["token"]
+    token = telegram_checkout(db)
     real_paid = checkout.record_payment
 
     def broken(*args: Any, **kwargs: Any) -> Any:
