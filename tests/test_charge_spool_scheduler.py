@@ -73,7 +73,7 @@ async def test_the_scheduler_replays_the_spool_until_the_charge_is_recorded(
     sched = None
     try:
         assert [(c.name, c.every, c.at_start) for c in telegram.chores] == [
-            ("telegram-charge-spool", ROUND, True)]
+            ("telegram-charge-spool", ROUND, True), ("telegram-inbox-prune", 6 * 3600.0, True)]
         api.push_successful_payment(30, token, 2000, "charge-30")
         assert await drained(db) == {1: "spooled"}
         assert [c["charge_id"] for c in charge_spool.pending(spool)] == ["charge-30"]

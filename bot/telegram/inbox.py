@@ -144,6 +144,14 @@ class InboxProcessor:
         elif not loop.is_closed():
             loop.call_soon_threadsafe(self._wake.set)
 
+    async def prune(self) -> int:
+        """Finished rows past their retention deleted (`engine.inbox.prune`): a scheduler
+        chore every `PRUNE_EVERY` seconds (bot/telegram/lifecycle.py `chores`)."""
+        pruned = await asyncio.to_thread(inbox.prune, self.db)
+        if pruned:
+            log.info("pruned %d finished inbox rows", pruned)
+        return pruned
+
     def start(self) -> None:
         if self._task is None:
             self._stopping = False
@@ -179,18 +187,9 @@ class InboxProcessor:
     # ------------------------------------------------------------------ the loop
 
     async def _run(self) -> None:
-        last_prune = 0.0
         while not self._stopping:
             self._wake.clear()
             now = time.monotonic()
-            if now - last_prune > PRUNE_EVERY:
-                last_prune = now
-                try:
-                    pruned = await asyncio.to_thread(inbox.prune, self.db)
-                    if pruned:
-                        log.info("pruned %d finished inbox rows", pruned)
-                except Exception:  # noqa: BLE001 - next time
-                    log.exception("pruning the inbox failed")
             more = False
             try:
                 for key, until in list(self._held.items()):

@@ -29,7 +29,7 @@ from .application import (
 )
 from .claims import UserClaims
 from .conversations import Conversations, MenuCommand
-from .inbox import InboxProcessor, spool_notices
+from .inbox import PRUNE_EVERY, InboxProcessor, spool_notices
 from .inbox import poll as inbox_poll
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ async def stop_telegram(application: Application) -> None:
 
 
 def chores(application: Application) -> list[Chore]:
-    """The periodic job the scheduler runs for this bot (bot/app.py hands it over with the
+    """The periodic jobs the scheduler runs for this bot (bot/app.py hands it over with the
     HTTP server's): one round of the charge spool (bot/charge_spool.py) every
     `charge_spool.EVERY` seconds, the first at the scheduler's start. Charges the database
     could not record are so replayed until recorded, and every operator is told once that
@@ -174,5 +174,9 @@ def chores(application: Application) -> list[Chore]:
     adapter = adapter_of(application)
     app = adapter.app
     told = spool_notices(app.db, app.operators) if app.db is not None else None
-    return [Chore("telegram-charge-spool", charge_spool.EVERY, functools.partial(
+    found = [Chore("telegram-charge-spool", charge_spool.EVERY, functools.partial(
         charge_spool.replay, adapter.spool_path, adapter.record_spooled, told))]
+    processor = application.bot_data.get("inbox")
+    if processor is not None:  # and the inbox's finished rows, pruned every 6 hours
+        found.append(Chore("telegram-inbox-prune", PRUNE_EVERY, processor.prune))
+    return found
