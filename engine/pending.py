@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from storage import queries
 from storage.db import Database
 from storage.driver import Driver
 from storage.models import PendingInput
@@ -30,7 +31,6 @@ TTL = timedelta(seconds=600)
 Waiting = tuple[str, tuple[str, ...]]  # (button kind, its fields)
 Seen = tuple[str, str, datetime]  # a wait as stored: kind, fields (JSON), until
 _TABLE = cast(Table, PendingInput.__table__)  # how `until` is read back
-_WAITING = "SELECT kind, fields, until FROM pending_inputs WHERE identity = ?"
 
 
 def expect(db: Database, identity: str, kind: str, fields: tuple[str, ...] = (),
@@ -59,10 +59,10 @@ def look(session: Session, identity: str) -> Seen | None:
     member)."""
     # the driver's statement, not the ORM's: every request asks (storage/driver.py)
     driver = Driver(session)
-    found = driver.rows(_WAITING, (identity,))
-    if not found:
+    found = queries.waiting_input(driver, identity)
+    if found is None:
         return None
-    kind, fields, stored = found[0]
+    kind, fields, stored = found
     until = driver.read(_TABLE, ("until",), [(stored,)])[0][0]
     return kind, fields, until
 

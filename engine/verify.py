@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from storage import queries
 from storage.db import Database
 from storage.queries import BookReader
 
@@ -201,20 +201,10 @@ def verify(db: Database) -> Report:
 
 
 MAX_LINES = 50
-# Orders whose lines do not add up: grouped along both primary keys, only the bad come back.
-_BAD_ORDERS = text(
-    "SELECT o.ref, o.total, o.cash, count(l.line_no), coalesce(sum(l.total), 0), "
-    "coalesce(sum(l.cash), 0) FROM orders o LEFT JOIN order_lines l ON l.order_no = o.no "
-    "GROUP BY o.no, o.ref, o.total, o.cash "
-    "HAVING count(l.line_no) < 1 OR count(l.line_no) > :most "
-    "OR coalesce(sum(l.total), 0) <> o.total OR coalesce(sum(l.cash), 0) <> o.cash "
-    "ORDER BY o.no LIMIT 100")
-
-
 def _check_lines(session: Session, report: Report) -> None:
     """SPEC §9: each order holds 1–50 lines whose totals and cash add up to the order's."""
-    for ref, total, cash, count, lines_total, lines_cash in session.execute(
-            _BAD_ORDERS, {"most": MAX_LINES}):
+    for ref, total, cash, count, lines_total, lines_cash in queries.orders_with_bad_lines(
+            session, MAX_LINES):
         if not 1 <= count <= MAX_LINES:
             report.fail(f"order {ref}: {count} lines (1–{MAX_LINES})")
         if lines_total != total:

@@ -13,7 +13,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table
+from sqlalchemy import Table, text
 from sqlalchemy.orm import Session
 
 from . import models
@@ -271,3 +271,29 @@ class BookReader:
     def entries_page(self, after: int, limit: int) -> list[Any]:
         """(seq, amount, released, status) after seq `after`."""
         return self._page("seq, amount, released, status", "entries", "seq", after, limit)
+
+
+# -- pending inputs and order lines (engine/pending.py, engine/verify.py) --------------------
+def waiting_input(db: Driver, identity: str) -> tuple[Any, ...] | None:
+    """(kind, fields, until as stored) of `identity`'s pending input, or None: one read by
+    primary key, asked by every chat request."""
+    found = db.rows("SELECT kind, fields, until FROM pending_inputs WHERE identity = ?",
+                    (identity,))
+    return found[0] if found else None
+
+
+# Orders whose lines do not add up: grouped along both primary keys, only the bad come back.
+_BAD_ORDERS = text(
+    "SELECT o.ref, o.total, o.cash, count(l.line_no), coalesce(sum(l.total), 0), "
+    "coalesce(sum(l.cash), 0) FROM orders o LEFT JOIN order_lines l ON l.order_no = o.no "
+    "GROUP BY o.no, o.ref, o.total, o.cash "
+    "HAVING count(l.line_no) < 1 OR count(l.line_no) > :most "
+    "OR coalesce(sum(l.total), 0) <> o.total OR coalesce(sum(l.cash), 0) <> o.cash "
+    "ORDER BY o.no LIMIT 100")
+
+
+def orders_with_bad_lines(session: Session, most: int) -> list[tuple[Any, ...]]:
+    """(ref, total, cash, lines, lines' total, lines' cash) of up to 100 orders whose lines
+    are not 1..`most` or do not add up to the order: one aggregate query."""
+    return [tuple(r) for r in session.execute(_BAD_ORDERS, {"most": most})]
+
