@@ -49,7 +49,7 @@ lint: setup
 
 test: setup lint
 	./tests/services.sh
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20
 
 bench: setup
 	./tests/services.sh
