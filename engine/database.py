@@ -5,7 +5,7 @@ Handlers and adapters never import `storage` (the import-linter contracts in pyp
 what they need of it comes through here.
 """
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.db import Database, DatabaseUnavailable
@@ -15,7 +15,7 @@ from storage.models import Head, Product
 
 def ping(db: Database) -> None:
     """One trivial read: returns when the database answers, raises what it raised if not."""
-    db.read(lambda s: s.execute(text("select 1")).scalar())
+    db.read(lambda s: s.execute(select(1)).scalar())
 
 
 def is_fresh(db: Database) -> bool:
