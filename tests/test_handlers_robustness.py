@@ -111,7 +111,7 @@ async def test_unexpected_errors_are_logged_with_a_reference_and_nothing_leaks(
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(users, "account", broken)
-    monkeypatch.setattr(users, "resolve_and_account", broken)  # how `/me` reads it
+    monkeypatch.setattr(users, "admit", broken)  # how every request reads its member
     with caplog.at_level(logging.ERROR, logger="handlers.registry"):
         reply = await stocked_chat.send("tg:5", "/me", request_id="req-42")
     body = text(reply)
@@ -126,7 +126,7 @@ async def test_a_busy_database_says_try_again(stocked_chat, monkeypatch):
         raise DatabaseUnavailable("locked")
 
     monkeypatch.setattr(users, "account", busy)
-    monkeypatch.setattr(users, "resolve_and_account", busy)  # how `/me` reads it
+    monkeypatch.setattr(users, "admit", busy)  # how every request reads its member
     assert text(await stocked_chat.send("tg:5", "/me")) == \
         "The shop is busy, please try again in a moment. Nothing was changed."
     # in the user's language: a Chinese newcomer is answered in Chinese
