@@ -6,11 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
-from engine.journal import QUEUE_POOL
-from storage.db import Database
-from storage.models import Entry, JournalTxn, Posting
+from engine import sim_reads
+from engine.database import Database
 
 
 @dataclass
@@ -29,18 +27,8 @@ class Entries:
     def update(self, db: Database, day: int) -> tuple[int, int]:
         """Read what is new; returns the fen the queue pool paid since last time by static
         release and by acceleration (paid while settling a referee's order)."""
-        def read(s: Any) -> tuple[list[Any], list[Any]]:
-            new = s.execute(select(Entry.seq, Entry.amount).where(Entry.seq > len(self.created))
-                            .order_by(Entry.seq)).all()
-            pays = s.execute(select(JournalTxn.kind, Posting.ref, Posting.amount)
-                             .join(JournalTxn, JournalTxn.id == Posting.txn_id)
-                             .where(Posting.account == QUEUE_POOL, Posting.amount < 0,
-                                    Posting.txn_id > self.last_txn)).all()
-            top = s.execute(select(JournalTxn.id).order_by(JournalTxn.id.desc()).limit(1))
-            self.last_txn = top.scalar() or 0
-            return new, pays
-
-        new, pays = db.read(read)
+        new, pays, self.last_txn = sim_reads.queue_changes(db, len(self.created),
+                                                           self.last_txn)
         for _seq, amount in new:
             self.created.append(day)
             self.amount.append(amount)

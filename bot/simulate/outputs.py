@@ -6,14 +6,10 @@ import csv
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import select
 
 from bot.simulate.simulation import Simulation
 from engine.money import format_fen, format_micro
-from storage.db import Database
-from storage.models import Entry, Pool
+from engine.sim_reads import never_paid
 
 CSV_COLUMNS = (
     "day", "date", "orders", "sales", "new_buyers", "queue_balance", "liability", "coverage",
@@ -22,27 +18,6 @@ CSV_COLUMNS = (
     "median_paid_wait_days", "points_balance", "supply", "price", "points_sold", "forced_exits",
 )
 CHARTS = ("pool_vs_liability.png", "share_paid.png", "median_wait.png", "points_price.png")
-
-
-def never_paid(db: Database) -> tuple[int, int, int]:
-    """If sales stopped now: walking the waiting entries in `seq` order, the pool pays each
-    in full until it cannot (strict FIFO). Returns (entries it could still pay, entries left,
-    fen left owed) — what would never be paid without new money."""
-    def read(s: Any) -> tuple[int, int, int]:
-        balance = s.execute(select(Pool.balance).where(Pool.name == "queue")).scalar_one()
-        payable, left, owed = 0, 0, 0
-        rows = s.execute(select(Entry.amount - Entry.released).where(Entry.status == "waiting")
-                         .order_by(Entry.seq)).scalars()
-        for remaining in rows:
-            if left == 0 and remaining <= balance:
-                balance -= remaining
-                payable += 1
-            else:
-                left += 1
-                owed += remaining
-        return payable, left, owed
-
-    return db.read(read)
 
 
 def write_outputs(sim: Simulation, out: Path) -> dict[str, Path]:

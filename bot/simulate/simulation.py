@@ -11,17 +11,14 @@ from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
 from tqdm import tqdm
 
 from bot.simulate.entries import Entries
 from bot.simulate.scenario import Scenario, ScenarioError
-from engine import report, service
+from engine import report, service, sim_reads
+from engine.database import Database, migrate
 from engine.errors import Refusal
 from engine.money import format_fen, format_micro
-from storage.db import Database
-from storage.migrate import migrate
-from storage.models import JournalTxn, User
 
 
 class Simulation:
@@ -96,8 +93,7 @@ class Simulation:
         """Each holder sells `fraction` of their points with probability `daily_share`."""
         if self.sc.sell_share == 0:
             return 0
-        holders = self.db.read(lambda s: s.execute(
-            select(User.handle, User.points).where(User.points > 0).order_by(User.id)).all())
+        holders = sim_reads.point_holders(self.db)
         sold = 0
         for handle, held in holders:
             if self.rng.random() >= self.sc.sell_share:
@@ -116,8 +112,7 @@ class Simulation:
         released, accelerated = self.entries.update(self.db, day)
         r = report.pool_report(self.db, at, near_exit=0, history_days=1)
         inflow, _out = report.queue_flows(self.db, at - timedelta(days=1), at)
-        exits = self.db.read(lambda s: s.execute(
-            select(JournalTxn.id).where(JournalTxn.kind == "forced_exit")).all())
+        exits = sim_reads.forced_exits(self.db)
         if self.first_price is None:
             self.first_price = r["price_micro"]
         cov = r["coverage"]
@@ -133,7 +128,7 @@ class Simulation:
             **self.entries.figures(day),
             "points_balance": format_fen(r["points_balance"]),
             "supply": format_micro(r["supply"]), "price": format_micro(r["price_micro"]),
-            "points_sold": format_fen(sold), "forced_exits": len(exits),
+            "points_sold": format_fen(sold), "forced_exits": exits,
             "_report": r,
         }
         return row

@@ -27,14 +27,11 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 from wechatpy.exceptions import InvalidSignatureException
 from wechatpy.utils import check_signature
 
+from engine import seen
 from handlers.base import Database
-from storage.models import SeenMessage
 
 from .seen import KEEP
 
@@ -145,17 +142,7 @@ class Nonces:
         return stored is not None and stored.decode() == digest
 
     def _claim_db(self, key: str, digest: str, now: datetime) -> bool:
-        def claim(s: Session) -> None:
-            s.add(SeenMessage(key=key, reply=digest, created_at=now))
-            s.flush()
-
-        try:
-            self.db.run(claim)
-            return True
-        except IntegrityError:
-            stored = self.db.read(lambda s: s.execute(select(SeenMessage.reply).where(
-                SeenMessage.key == key)).scalar_one_or_none())
-            return stored == digest
+        return seen.claim_for(self.db, key, digest, now)
 
     def close(self) -> None:
         if self.redis is not None:
@@ -163,9 +150,4 @@ class Nonces:
 
     def prune(self, now: datetime) -> int:
         """Forget database nonces whose timestamps can no longer be fresh."""
-        def work(s: Session) -> int:
-            result = s.execute(delete(SeenMessage).where(
-                SeenMessage.created_at < now - NONCE_KEEP, SeenMessage.key.like(PREFIX + "%")))
-            return int(getattr(result, "rowcount", 0) or 0)
-
-        return self.db.run(work)
+        return seen.prune(self.db, PREFIX, now - NONCE_KEEP)

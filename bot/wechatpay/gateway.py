@@ -4,15 +4,16 @@
   payer is the buyer's openid) and a Native order (a QR code) anywhere else, with
   `out_trade_no` = the order ref and the order's cash in fen, expiring with the checkout.
 - Payment notifications: verified (notifications.py), then recorded once per
-  `transaction_id` through `checkout.record_payment` (key `wx:txn:<id>`), which checks the
-  order, amount and currency and closes the checkout in the same transaction; what it
-  refuses is flagged to the operators, and so is a payment that arrives while sales are
-  paused (recorded: the money is real).
+  `transaction_id` through `handlers.channel_pay` (the engine's `checkout.record_payment`,
+  key `wx:txn:<id>`), which checks the order, amount and currency and closes the checkout
+  in the same transaction; what it refuses is flagged to the operators, and so is a payment
+  that arrives while sales are paused (recorded: the money is real).
 - Refunds of pending orders (SPEC §8): the engine books them; `sweep_refunds` asks WeChat
   Pay to return the cash (`out_refund_no` = the order ref, retried until it is accepted) and
   the refund notification records the outcome.
 
-The SDK is synchronous (requests): every call to it runs in a worker thread.
+The SDK is synchronous (requests): every call to it runs in a worker thread, and so does
+every call of `handlers.channel_pay`, the gateway's only way to the shop's database.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ from typing import Any
 from wechatpayv3 import WeChatPay, WeChatPayType
 from wechatpayv3.utils import load_public_key
 
-from engine import checkout
-from engine import pay_records as records
+from handlers import channel_pay
 from handlers.base import Database, DatabaseUnavailable
 from handlers.i18n import money
 
@@ -113,8 +113,7 @@ class WeChatPayGateway:
     async def checkout_page(self, token: str, user_agent: str) -> tuple[int, str]:
         """The page a buyer's pay link opens: JSAPI inside WeChat, a Native QR code elsewhere."""
         try:
-            found = await asyncio.to_thread(self.db.read,
-                                            lambda s: records.checkout_facts(s, token))
+            found = await asyncio.to_thread(channel_pay.checkout_facts, self.db, token)
         except DatabaseUnavailable:
             return 503, page("稍后再试 · Try again later", "系统繁忙，请稍后再试。",
                              "The shop is busy; please try again shortly.")
@@ -188,7 +187,7 @@ class WeChatPayGateway:
         try:
             # recorded, the checkout closed and (paid while paused) the operators told, at once
             result = await asyncio.to_thread(
-                checkout.record_payment, self.db, channel="wechat", order=ref, charge_id=txn,
+                channel_pay.record_payment, self.db, order=ref, charge_id=txn,
                 amount=total, currency=currency, buyer=buyer, operators=self.operators,
                 at=paid_at(tx.get("success_time"), self.clock()))
         except DatabaseUnavailable:
@@ -228,8 +227,8 @@ class WeChatPayGateway:
             if not isinstance(ref, str) or status not in ("SUCCESS", "ABNORMAL", "CLOSED"):
                 raise Refused(400, "refund lacks out_refund_no or status")
             refund_id, now = str(refund.get("refund_id") or ""), self._now()
-            outcome = await asyncio.to_thread(self.db.run, lambda s: records.refund_settled(
-                s, ref, status, refund_fen, refund_id, now))
+            outcome = await asyncio.to_thread(channel_pay.refund_settled, self.db, ref,
+                                              status, refund_fen, refund_id, now)
         except Refused as refused:
             log.warning("refund notification refused: %s", refused)
             return refused.answer
@@ -240,7 +239,7 @@ class WeChatPayGateway:
         if status != "SUCCESS" and outcome == "changed":
             log.error("WeChat Pay refund of %s ended %s", ref, status)
             await asyncio.to_thread(
-                checkout.flag_operators, self.db, self.operators, key=f"wx:refund:{ref}",
+                channel_pay.flag_operators, self.db, self.operators, key=f"wx:refund:{ref}",
                 params={"code": f"refund_{status.lower()}", "order": ref, "amount": refund_fen,
                         "charge": str(refund.get("refund_id") or ""), "channel": "wechat"})
         return Answer.ok()
@@ -253,7 +252,7 @@ class WeChatPayGateway:
         """Ask WeChat Pay to return the cash of every refunded WeChat order not yet asked
         for (and retry failed requests when due). Returns how many requests were made."""
         now = self._now()
-        due = await asyncio.to_thread(self.db.run, lambda s: records.due_refunds(s, now))
+        due = await asyncio.to_thread(channel_pay.due_refunds, self.db, now)
         for ref, amount, currency in due:
             try:
                 data = await self._call(
@@ -264,12 +263,11 @@ class WeChatPayGateway:
             except PayError as exc:
                 data, error = {}, str(exc)
                 log.warning("WeChat Pay refund of %s failed: %s", ref, exc)
-            gave_up = await asyncio.to_thread(
-                self.db.run, lambda s, r=ref, d=data, e=error: records.refund_requested(
-                    s, r, d, e, self._now()))
+            gave_up = await asyncio.to_thread(channel_pay.refund_requested, self.db, ref,
+                                              data, error, self._now())
             if gave_up:
                 await asyncio.to_thread(
-                    checkout.flag_operators, self.db, self.operators, key=f"wx:refund:{ref}",
+                    channel_pay.flag_operators, self.db, self.operators, key=f"wx:refund:{ref}",
                     params={"code": "refund_failed", "order": ref, "amount": amount,
                             "currency": currency, "charge": error or "", "channel": "wechat"})
         return len(due)
