@@ -179,6 +179,27 @@ def _grouped(group: GroupCommit, streams: list[Any], tally: dict[str, int]) -> A
     return measure
 
 
+def grouped_run(row: Row, db: Database, group: GroupCommit, ceiling: Ceiling, bare: BarePG,
+                handles: list[str], clients: int, prefix: str, seed: int, runs: int,
+                seconds: float) -> dict[str, int]:
+    """`clients` purchase streams through one group commit (each answered once durable),
+    interleaved with bare one-row commits: the row's figures, and what was bought or
+    refused. The group, the ceiling and `db` are closed after."""
+    streams = [iter(Purchases(handles, T0 + timedelta(days=1 + i),
+                              f"{prefix}{i}-" + uuid.uuid4().hex[:6], seed=seed + i))
+               for i in range(clients)]
+    tally = {"bought": 0, "refused": 0}
+    try:
+        row.measured, row.baseline, row.ratios = interleaved(
+            runs, SLICES, seconds, ceiling.follow(_grouped(group, streams, tally)),
+            bare.commits)
+    finally:
+        group.close()
+        ceiling.close()
+        db.dispose()
+    return tally
+
+
 def pg_eight(ctx: Context) -> Row:
     row = Row("purchase-pg-8", f"purchases/s, {CLIENTS} concurrent clients, PostgreSQL",
               "purchases/s", ("ratio>=", 2.0),
@@ -200,18 +221,8 @@ def pg_eight(ctx: Context) -> Row:
         # The shop's way: 8 client threads of one storefront process, each answered only when
         # its purchase is durable, purchases grouped into shared commits (engine/batch.py).
         group = GroupCommit(db)
-        streams = [iter(Purchases(handles, T0 + timedelta(days=1 + i),
-                                  f"g{i}-" + uuid.uuid4().hex[:6], seed=200 + i))
-                   for i in range(CLIENTS)]
-        tally = {"bought": 0, "refused": 0}
-        try:
-            row.measured, row.baseline, row.ratios = interleaved(
-                runs, SLICES, seconds, ceiling.follow(_grouped(group, streams, tally)),
-                bare.commits)
-        finally:
-            group.close()
-            ceiling.close()
-            db.dispose()
+        tally = grouped_run(row, db, group, ceiling, bare, handles, CLIENTS, "g", 200,
+                            runs, seconds)
         _ceilings(row, ceiling, f", {CLIENTS} purchases to a commit")
         # For comparison: 8 processes, one connection each, no group commit.
         apart = _processes(url, handles, runs, seconds, bare)

@@ -30,7 +30,7 @@ from . import purchases
 from .bare import BarePG, pg_schema
 from .common import Context, Row, Stats, count, interleaved
 from .floor import Ceiling, PGFloor, Writes
-from .purchases import SHOP_USERS, SLICES, _ceilings, _grouped, _pg_copies, _skipped
+from .purchases import SHOP_USERS, SLICES, _ceilings, _pg_copies, _skipped, grouped_run
 from .workload import PRODUCTS, T0, Purchases, buy, setup_shop
 
 MANY = 64
@@ -54,19 +54,11 @@ def pg_many(ctx: Context) -> Row:
         ceiling = Ceiling(Writes(db), _pg_copies(stack, users, floors)())
         bare = BarePG(url)
         group = GroupCommit(db, most=MANY)
-        streams = [iter(Purchases(handles, T0 + timedelta(days=1 + i),
-                                  f"m{i}-" + uuid.uuid4().hex[:6], seed=400 + i))
-                   for i in range(MANY)]
-        tally = {"bought": 0, "refused": 0}
         try:
-            row.measured, row.baseline, row.ratios = interleaved(
-                runs, SLICES, seconds, ceiling.follow(_grouped(group, streams, tally)),
-                bare.commits)
+            tally = grouped_run(row, db, group, ceiling, bare, handles, MANY, "m", 400,
+                                runs, seconds)
         finally:
-            group.close()
-            ceiling.close()
             bare.close()
-            db.dispose()
         _ceilings(row, ceiling, f", {MANY} purchases to a commit")
         row.facts.update({"clients": MANY, "threads_in_one_process": True, "users": users,
                           "seconds_per_run_each": seconds, "slices": SLICES,
