@@ -38,6 +38,7 @@ from .conversations import Conversations, invoke
 from .files import message_fields
 from .output import ChatGone, ChatOutput, JobRunner, call_bot
 from .photos import operator_photo
+from .redact import redact_in_logs
 from .request import AiohttpRequest
 from .texts import text as adapter_text
 
@@ -371,48 +372,6 @@ def build_application(settings: Settings, app: App, *,
     adapter.register(application)
     application.bot_data["adapter"] = adapter
     return application
-
-
-class _Redact(logging.Filter):
-    """Replaces known secrets in a record's message and in its formatted traceback."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
-
-    def _clean(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "<redacted>")
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(s in message for s in self.secrets):
-            record.msg, record.args = self._clean(message), None
-        if record.exc_info and not record.exc_text:
-            formatted = logging.Formatter().formatException(record.exc_info)
-            if any(s in formatted for s in self.secrets):
-                record.exc_text = self._clean(formatted)
-        return True
-
-
-_redactor = _Redact()
-_REDACTED_LIBRARIES = ("telegram", "httpx", "httpcore", "aiohttp", "bot")
-
-
-def redact_in_logs(*secrets: str | None) -> None:
-    """PTB (at DEBUG) and httpx (at INFO) log Bot API URLs, which carry the bot token, and
-    PTB logs call parameters at DEBUG, which carry the payment provider token. (Some of
-    aiohttp's exceptions name the URL, and may be logged with their traceback.)
-
-    Records are filtered where they are created, so the filter goes on every logger of those
-    libraries (and of this adapter) that exists now; they are made when modules are imported."""
-    _redactor.secrets.update(s for s in secrets if s)
-    logging.getLogger("httpx")  # make sure it exists even if httpx has not logged yet
-    for name, logger in list(logging.root.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger) and name.split(".")[0] in _REDACTED_LIBRARIES \
-                and _redactor not in logger.filters:
-            logger.addFilter(_redactor)
 
 
 def adapter_of(application: Application) -> TelegramAdapter:
