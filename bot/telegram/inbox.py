@@ -31,8 +31,8 @@ from telegram import Bot, Update
 from telegram.error import TelegramError
 from telegram.ext import Application
 
-from engine import inbox
 from handlers.base import Database
+from handlers.stores import inbox
 
 from .claims import Key, UserClaims
 

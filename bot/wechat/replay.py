@@ -30,8 +30,8 @@ from typing import Any
 from wechatpy.exceptions import InvalidSignatureException
 from wechatpy.utils import check_signature
 
-from engine import seen
 from handlers.base import Database
+from handlers.stores import seen
 
 from .seen import KEEP
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from engine import seen
 from handlers.base import Database, DatabaseUnavailable
+from handlers.stores import seen
 
 log = logging.getLogger(__name__)
 
