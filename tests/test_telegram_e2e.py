@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -34,6 +33,7 @@ from handlers.registry import commands
 from storage.models import Order, Product, User
 from storage.ratelimit import RateLimiter
 from tests.conftest import migrated
+from tests.helpers import free_port
 from tests.standins.telegram_api import (
     Call,
     FakeBotAPI,
@@ -353,12 +353,6 @@ async def test_malformed_inputs_get_polite_answers_and_change_nothing(sqlite_url
 
 
 # --------------------------------------------------------------------------- webhook
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
