@@ -76,7 +76,8 @@ def to_operators(session: Session, operators: Iterable[str], *, row_key: Callabl
     """Inside the caller's transaction: one `kind` row per operator identity, once per
     `row_key(identity)` (a key already written is skipped). An operator with a shop account
     gets it in their language; the identity is in the params either way (an operator need
-    not have an account). Returns how many rows are new."""
+    not have an account: `claim` then delivers to that identity, or to the account it has by
+    then). Returns how many rows are new."""
     written = 0
     for ident in sorted(set(operators)):
         key = row_key(ident)
@@ -147,11 +148,34 @@ def claim(db: Database, *, now: datetime, limit: int, busy: Collection[int] = ()
             select(Outbox.id, Outbox.attempts, Outbox.user_id, Outbox.kind, Outbox.params,
                    Outbox.lang).where(Outbox.id.in_(chosen)).order_by(Outbox.id)).all()
         identities = _identities(session, users)
-        return Batch([Claim(r.id, r.attempts, r.user_id, r.kind, _params(r.params), r.lang,
-                            identities.get(r.user_id, ()) if r.user_id is not None else ())
-                      for r in rows], deferred)
+        claims = []
+        for r in rows:
+            params, lang = _params(r.params), r.lang
+            if r.user_id is not None:
+                to = identities.get(r.user_id, ())
+            else:
+                to, lang = _operator(session, params, lang)
+            claims.append(Claim(r.id, r.attempts, r.user_id, r.kind, params, lang, to))
+        return Batch(claims, deferred)
 
     return db.run(work)
+
+
+def _operator(session: Session, params: Mapping[str, Any],
+              lang: str) -> tuple[tuple[str, ...], str]:
+    """Where a row with no user goes: one `to_operators` wrote for an operator with no
+    account then, whose identity (taken from the configured operators) is in its params. If
+    the operator has an account now, its identities and language; else that identity alone
+    (Telegram reaches a chat by its id; a sender that cannot ends the row `unreachable`). A
+    row that names no identity goes nowhere (`unreachable`)."""
+    ident = params.get("identity")
+    if not isinstance(ident, str) or not ident.partition(":")[2]:
+        return (), lang
+    found = session.execute(select(User.id, User.lang).join(Identity, Identity.user_id == User.id)
+                            .where(Identity.identity == ident)).first()
+    if found is None:
+        return (ident,), lang
+    return _identities(session, [found.id]).get(found.id, (ident,)), found.lang or lang
 
 
 def _identities(session: Session, users: Iterable[int]) -> dict[int, tuple[str, ...]]:

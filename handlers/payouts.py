@@ -54,8 +54,8 @@ async def method_menu(c: Ctx, intro: str) -> Reply:
     return Reply().text("\n".join(lines), rows)
 
 
-# Not in the help list (it is long enough): `/withdraw` leads here when no method is set.
-@command("payout", aliases=("收款方式", "提现方式"), usage_key="usage.payout", listed=False)
+# In the help list after `/withdraw` (which also leads here when no method is set).
+@command("payout", aliases=("收款方式", "提现方式"), usage_key="usage.payout")
 async def payout(c: Ctx) -> Reply:
     if not c.args:
         current = await c.call(payouts.method_of, c.app.db, c.handle)

@@ -103,7 +103,7 @@ def _is_plain(request: Request) -> bool:
 
 # The order menus list consumer commands in; the rest follow in registration order.
 MENU_ORDER = ("shop", "buy", "me", "cart", "queue", "points", "orders", "history", "withdraw",
-              "sellpoints", "transfer", "invite", "lang", "help")
+              "payout", "sellpoints", "transfer", "invite", "lang", "help")
 
 
 def commands(*, operator: bool | None = None) -> list[CommandInfo]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,6 +19,9 @@ from .messages import DIGITS, scene_of
 log = logging.getLogger(__name__)
 MEDIA_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 MAX_PHOTO_BYTES = 5 * 1024 * 1024  # what the catalogue keeps (engine/catalogue.py)
+CHUNK_BYTES = 64 * 1024  # read a download this much at a time
+DOWNLOAD_SECONDS = 30.0  # a download that trickles on longer is given up
+TOKEN_ERRORS = {40001, 40014, 42001}  # the access token is stale: fetch one, try once more
 UNREADABLE_KINDS = ("image", "voice", "video", "shortvideo", "location", "link")
 
 
@@ -67,15 +72,66 @@ def inbound_of(msg: dict[str, str], openid: str) -> Inbound | None:
 async def operator_photo(client: WeChatClient, request: Request, media_id: str) -> Request:
     """An operator's image message as `/photo` with the image attached (`media/get`): it
     goes to the product they named last (`图片 SKU`, or a product just listed with `上架`).
-    One that cannot be fetched comes as no bytes, which the catalogue refuses politely."""
+    One that cannot be fetched, or is larger than MAX_PHOTO_BYTES, comes as no bytes, which
+    the catalogue refuses politely in the operator's language (a JPEG, PNG or GIF of at
+    most 5 MB)."""
     try:
-        response = await asyncio.to_thread(client.media.download, media_id)
-        content = bytes(response.content)
-        if response.headers.get("content-type", "").startswith(("application/json", "text/")):
-            content = b""  # WeChat answers an error as JSON
+        content = await asyncio.to_thread(read_media, client, media_id, MAX_PHOTO_BYTES)
     except Exception as exc:  # noqa: BLE001
         log.warning("wechat: downloading an operator's image failed: %s", exc)
         content = b""
-    if len(content) > MAX_PHOTO_BYTES:
-        content = b""
     return replace(request, command="photo", upload=Upload(content))
+
+
+def read_media(client: WeChatClient, media_id: str, limit: int) -> bytes:
+    """A temporary media's bytes (`media/get`), read as a stream: b"" when WeChat answers
+    with an error, when the body is larger than `limit` (reading stops at the limit, so a
+    huge or endless body is never held), or when it takes longer than DOWNLOAD_SECONDS.
+
+    wechatpy's `media.download` reads the whole body before we could look at its size,
+    hence this request of our own on the client's HTTP session (its base URL, its token)."""
+    deadline = time.monotonic() + DOWNLOAD_SECONDS
+    for fresh_token in (False, True):
+        if fresh_token:
+            client.fetch_access_token()
+        with client._http.get(client.API_BASE_URL + "media/get",
+                              params={"access_token": client.access_token,
+                                      "media_id": media_id},
+                              stream=True, timeout=client.timeout or 10) as response:
+            response.raise_for_status()
+            if not response.headers.get("content-type", "").startswith(
+                    ("application/json", "text/")):
+                return _bounded(response, limit, deadline)
+            errcode = _errcode(response)  # WeChat answers an error as JSON
+            if errcode not in TOKEN_ERRORS or fresh_token:
+                log.warning("wechat: media/get answered errcode %s", errcode)
+                return b""
+    return b""  # (not reached: the second try always returns)
+
+
+def _bounded(response: Any, limit: int, deadline: float) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        log.warning("wechat: an operator's image of %s bytes refused unread", declared)
+        return b""
+    content = bytearray()
+    for chunk in response.iter_content(CHUNK_BYTES):
+        content += chunk
+        if len(content) > limit:
+            log.warning("wechat: an operator's image over %d bytes; stopped reading", limit)
+            return b""
+        if time.monotonic() > deadline:
+            log.warning("wechat: an operator's image took over %g s; stopped reading",
+                        DOWNLOAD_SECONDS)
+            return b""
+    return bytes(content)
+
+
+def _errcode(response: Any) -> int | None:
+    """The errcode of an error answer (its first 4 KB only)."""
+    head = next(response.iter_content(4096), b"")
+    try:
+        code = json.loads(head).get("errcode")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, int) else None

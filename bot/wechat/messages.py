@@ -3,6 +3,12 @@
 Pushes are parsed with defusedxml (no DTD, no entities, no external references): a body that
 needs any of those is not a WeChat push. Replies are rendered here rather than with wechatpy's
 templates, which break on a "]]>" inside a CDATA section.
+
+Characters XML 1.0 forbids (C0 controls but tab and line ends, surrogates, U+FFFE, U+FFFF)
+break a parse on either side. In a push each becomes U+FFFD before parsing — replaced, not
+dropped: dropping the \x01 of "]]\x01>" would end a CDATA section early and let a user's
+text add fields. In what we send they are dropped (`xml_safe`): product names, support texts
+and user names are echoed back without them.
 """
 
 from __future__ import annotations
@@ -23,13 +29,31 @@ DIGITS = re.compile(r"^\d{1,32}$")
 SCENE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
+# What XML 1.0's `Char` production leaves out, as text and as UTF-8 bytes (a C0 control is
+# one byte; a surrogate, invalid UTF-8 anyway, three; U+FFFE and U+FFFF three).
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+NOT_XML_BYTES = re.compile(b"[\x00-\x08\x0b\x0c\x0e-\x1f]|\xed[\xa0-\xbf][\x80-\xbf]"
+                           b"|\xef\xbf[\xbe\xbf]")
+REPLACEMENT = "\ufffd"
+
+
+def xml_safe(text: str) -> str:
+    """`text` without the characters XML 1.0 forbids: safe in a reply's XML and in the
+    JSON of WeChat's message API (UTF-8 cannot carry a lone surrogate either)."""
+    return NOT_XML.sub("", text)
+
+
 class BadXml(ValueError):
     """A body that is not one flat, entity-free WeChat `<xml>` push."""
 
 
 def parse_xml(data: bytes | str) -> dict[str, str]:
     """`<xml><A>1</A>…</xml>` → {"A": "1", …}, refusing DTDs, entities and anything that is
-    not one flat WeChat push. Raises `BadXml`."""
+    not one flat WeChat push. Characters XML forbids come as U+FFFD. Raises `BadXml`."""
+    if isinstance(data, bytes):
+        data = NOT_XML_BYTES.sub(REPLACEMENT.encode(), data)
+    elif isinstance(data, str):
+        data = NOT_XML.sub(REPLACEMENT, data)
     try:
         root = safe_fromstring(data, forbid_dtd=True, forbid_entities=True,
                                forbid_external=True)
@@ -51,6 +75,7 @@ def _cdata(text: str) -> str:
 
 def render_reply(to_user: str, from_user: str, kind: str, value: str, now: int) -> str:
     """A passive reply: `text` (value = content) or `image` (value = media id)."""
+    value = xml_safe(value)
     body = (f"<Content>{_cdata(value)}</Content>" if kind == "text"
             else f"<Image><MediaId>{_cdata(value)}</MediaId></Image>")
     return (f"<xml><ToUserName>{_cdata(to_user)}</ToUserName>"

@@ -20,7 +20,7 @@ from bot.senders import Rejected, RetryLater, Unreachable
 from bot.settings import Settings
 from handlers.registry import last_seen
 
-from .messages import OPENID, Part, menu_link, split_text
+from .messages import OPENID, Part, menu_link, split_text, xml_safe
 from .seen import Seen
 
 log = logging.getLogger(__name__)
@@ -219,8 +219,10 @@ class WeChatSender:
 
     async def _send(self, identity: str, text: str, template_text: str, window: bool) -> None:
         """`text` as customer-service messages inside the window, else (or when WeChat
-        closed it early) `template_text` as a template message."""
+        closed it early) `template_text` as a template message. Neither carries what XML
+        forbids (`xml_safe`): WeChat's API refuses it, and UTF-8 cannot carry a surrogate."""
         openid = self.openid(identity)
+        text, template_text = xml_safe(text), xml_safe(template_text)
         if window:
             try:
                 for piece in split_text(text):
@@ -253,4 +255,4 @@ class WeChatSender:
             media_id = await self.upload_png(part.png)
             await asyncio.to_thread(self.client.message.send_image, openid, media_id)
         else:
-            await asyncio.to_thread(self.client.message.send_text, openid, part.text)
+            await asyncio.to_thread(self.client.message.send_text, openid, xml_safe(part.text))
