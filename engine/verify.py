@@ -13,11 +13,18 @@ and paid entries, not with the journal's length), and proves:
   their cash the order's cash — one aggregate query that returns only the orders that do not.
 
 It reads a million transactions in well under a minute (docs/perf.md): plain DBAPI rows
-instead of ORM objects (there is nothing to map, only to check), the postings of a page in one
-query ordered by transaction and walked alongside the journal rows, balances kept per unit in
-flat dicts, the price compared by cross-multiplication instead of `Fraction`, and the hash
-computed with one JSON encoder made once — the very text `engine.journal.txn_hash` hashes,
-which is checked when this module is imported (on any difference it uses that function).
+instead of ORM objects (there is nothing to map, only to check), balances kept per unit in flat
+dicts, the price compared by cross-multiplication instead of `Fraction`.
+
+On SQLite (`_walk_sqlite`) one statement per page hands over, per transaction, the very text
+`engine.journal.txn_hash` hashes, made by SQLite's JSON functions, and its postings as JSON;
+Python hashes the text, parses the postings and makes every check from them. SQLite's text is
+only a shortcut: a transaction whose text does not hash to its stored hash is hashed again
+from its rows with the engine's own encoding before it is reported (`_rehash`). Elsewhere
+(`_walk_rows`, PostgreSQL) the postings of a page come in one query ordered by transaction,
+walked alongside the journal rows, and the hash is computed with one JSON encoder made once —
+the text `engine.journal.txn_hash` hashes, which is checked when this module is imported (on
+any difference it uses that function).
 """
 
 from __future__ import annotations
@@ -255,8 +262,9 @@ _parse = _json_parser()
 
 def _walk_sqlite(session: Session, report: Report, books: _Books) -> tuple[str, int]:
     """`_walk_rows`'s checks, with the text to hash made by SQLite (`_PAGE_SQL`): Python
-    hashes it, parses the postings, follows the chain, adds up the
-    balances and the pools exactly as `_walk_rows` does."""
+    hashes it, parses the postings (the values as SQLite's JSON spells them: an amount that is
+    not an integer was never hashed by the engine, so its transaction is reported altered),
+    follows the chain, and adds up the balances and the pools exactly as `_walk_rows` does."""
     cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     fen, micro = books.units[journal.FEN], books.units[journal.MICRO]
     entry_paid = books.entry_paid
