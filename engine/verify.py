@@ -13,16 +13,26 @@ and paid entries, not with the journal's length), and proves:
   their cash the order's cash — one aggregate query that returns only the orders that do not.
 
 It reads a million transactions in well under a minute (docs/perf.md): plain DBAPI rows
-instead of ORM objects (there is nothing to map, only to check), the postings of a page in one
-query ordered by transaction and walked alongside the journal rows, balances kept per unit in
-flat dicts, the price compared by cross-multiplication instead of `Fraction`, and the hash
-computed with one JSON encoder made once — the very text `engine.journal.txn_hash` hashes,
-which is checked when this module is imported (on any difference it uses that function).
+instead of ORM objects (there is nothing to map, only to check), balances kept per unit in flat
+dicts, the price compared by cross-multiplication instead of `Fraction`.
+
+On SQLite (`_walk_sqlite`) one statement per page hands over, per transaction, the very text
+`engine.journal.txn_hash` hashes, made by SQLite's JSON functions, and its postings as JSON;
+Python hashes the text, parses the postings and makes every check from them. SQLite's text is
+only a shortcut: a transaction whose text does not hash to its stored hash is hashed again
+from its rows with the engine's own encoding before it is reported (`_rehash`). Elsewhere
+(`_walk_rows`, PostgreSQL) the postings of a page come in one query ordered by transaction,
+walked alongside the journal rows, and the hash is computed with one JSON encoder made once —
+the text `engine.journal.txn_hash` hashes, which is checked when this module is imported (on
+any difference it uses that function).
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import json
+import json.scanner
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -124,80 +134,214 @@ class _Books:
 def verify(db: Database) -> Report:
     report = Report()
     books = _Books()
+    collecting = gc.isenabled()
+    gc.disable()  # millions of short-lived rows and no cycles: the collector would only rescan
+    try:
+        with db.reading() as s:
+            rows = BookReader(s)
+            if s.get_bind().dialect.name == "sqlite":
+                last_hash, last_id = _walk_sqlite(s, report, books)
+            else:
+                last_hash, last_id = _walk_rows(rows, report, books)
+            _check_state(rows, report, books, last_hash, last_id)
+            _check_lines(s, report)
+    finally:
+        if collecting:
+            gc.enable()
+    return report
+
+
+def _walk_rows(rows: BookReader, report: Report, books: _Books) -> tuple[str, int]:
+    """The chain and the per-transaction checks from the rows themselves (PostgreSQL): each
+    transaction's postings walked in Python. Returns the chain's last hash and position."""
     fen, micro = books.units[journal.FEN], books.units[journal.MICRO]
     entry_paid = books.entry_paid
     queue_pool, points_pool, issued = journal.QUEUE_POOL, journal.POINTS_POOL, \
         journal.POINTS_ISSUED
     prev_hash, expected_id = journal.GENESIS, 1
     last_pool, last_supply = 0, 0  # the last price seen, as pool / supply (supply 0: none yet)
-    with db.reading() as s:
-        rows = BookReader(s)
-        after = 0
-        while True:
-            txns = rows.journal_page(after, PAGE)
-            if not txns:
-                break
-            lo, hi = txns[0][0], txns[-1][0]
-            posts = rows.postings_of(lo, hi)
-            k, n = 0, len(posts)
-            for txn_id, key, kind, at, actor, body, result, stored_prev, digest in txns:
-                report.txns += 1
-                while k < n and posts[k][0] < txn_id:
-                    k += 1  # postings of a removed transaction: that row is named below
-                start = k
-                while k < n and posts[k][0] == txn_id:
-                    k += 1
-                lines = [p[1:] for p in posts[start:k]]
-                if txn_id != expected_id:
-                    report.fail(f"transaction {txn_id} ({key}): expected position {expected_id}: "
-                                "a transaction was removed or reordered before it")
-                if stored_prev != prev_hash:
-                    report.fail(f"transaction {txn_id} ({key}): prev_hash does not match the "
-                                "transaction before it")
-                iso = at[:10] + "T" + at[11:] if type(at) is str and len(at) == 26 \
-                    and at[10] == " " else at_iso(at)
-                if txn_hash(stored_prev, txn_id, key, kind, iso, actor, body, result,
-                            lines) != digest:
-                    report.fail(f"transaction {txn_id} ({key}): content does not match its "
-                                "hash (altered)")
-                fen_sum = micro_sum = 0
-                odd = False
-                for account, unit, amount, ref in lines:
-                    if unit == "fen":
-                        fen[account] += amount
-                        fen_sum += amount
-                    elif unit == "micro":
-                        micro[account] += amount
-                        micro_sum += amount
-                    else:
-                        other = books.units.setdefault(unit, defaultdict(int))
-                        other[account] += amount
-                        odd = True
-                    if ref and ref[0] == "e" and ref.startswith("entry:") \
-                            and account.endswith(":wallet"):
-                        seq = int(ref[6:])
-                        entry_paid[seq] = entry_paid.get(seq, 0) + amount
-                if fen_sum or micro_sum or odd:
-                    unbalanced = journal.check_balanced(lines)
-                    if unbalanced:
-                        report.fail(f"transaction {txn_id} ({key}): postings do not balance: "
-                                    f"{unbalanced}")
-                pool = fen.get(points_pool, 0)
-                if fen.get(queue_pool, 0) < 0:
-                    report.fail(f"transaction {txn_id} ({key}): {queue_pool} went below zero")
-                if pool < 0:
-                    report.fail(f"transaction {txn_id} ({key}): {points_pool} went below zero")
-                supply = -micro.get(issued, 0)
-                if supply > 0:
-                    # pool / supply < last_pool / last_supply, without fractions
-                    if last_supply and pool * last_supply < last_pool * supply:
-                        report.fail(f"transaction {txn_id} ({key}): the points price fell")
-                    last_pool, last_supply = pool, supply
-                prev_hash, expected_id = digest, txn_id + 1
-            after = hi
-        _check_state(rows, report, books, prev_hash, expected_id - 1)
-        _check_lines(s, report)
-    return report
+    after = 0
+    while True:
+        txns = rows.journal_page(after, PAGE)
+        if not txns:
+            break
+        lo, hi = txns[0][0], txns[-1][0]
+        posts = rows.postings_of(lo, hi)
+        k, n = 0, len(posts)
+        for txn_id, key, kind, at, actor, body, result, stored_prev, digest in txns:
+            report.txns += 1
+            while k < n and posts[k][0] < txn_id:
+                k += 1  # postings of a removed transaction: that row is named below
+            start = k
+            while k < n and posts[k][0] == txn_id:
+                k += 1
+            lines = [p[1:] for p in posts[start:k]]
+            if txn_id != expected_id:
+                report.fail(f"transaction {txn_id} ({key}): expected position {expected_id}: "
+                            "a transaction was removed or reordered before it")
+            if stored_prev != prev_hash:
+                report.fail(f"transaction {txn_id} ({key}): prev_hash does not match the "
+                            "transaction before it")
+            iso = at[:10] + "T" + at[11:] if type(at) is str and len(at) == 26 \
+                and at[10] == " " else at_iso(at)
+            if txn_hash(stored_prev, txn_id, key, kind, iso, actor, body, result,
+                        lines) != digest:
+                report.fail(f"transaction {txn_id} ({key}): content does not match its "
+                            "hash (altered)")
+            fen_sum = micro_sum = 0
+            odd = False
+            for account, unit, amount, ref in lines:
+                if unit == "fen":
+                    fen[account] += amount
+                    fen_sum += amount
+                elif unit == "micro":
+                    micro[account] += amount
+                    micro_sum += amount
+                else:
+                    other = books.units.setdefault(unit, defaultdict(int))
+                    other[account] += amount
+                    odd = True
+                if ref and ref[0] == "e" and ref.startswith("entry:") \
+                        and account.endswith(":wallet"):
+                    seq = int(ref[6:])
+                    entry_paid[seq] = entry_paid.get(seq, 0) + amount
+            if fen_sum or micro_sum or odd:
+                _check_balanced(report, txn_id, key, lines)
+            pool = fen.get(points_pool, 0)
+            if fen.get(queue_pool, 0) < 0:
+                report.fail(f"transaction {txn_id} ({key}): {queue_pool} went below zero")
+            if pool < 0:
+                report.fail(f"transaction {txn_id} ({key}): {points_pool} went below zero")
+            supply = -micro.get(issued, 0)
+            if supply > 0:
+                # pool / supply < last_pool / last_supply, without fractions
+                if last_supply and pool * last_supply < last_pool * supply:
+                    report.fail(f"transaction {txn_id} ({key}): the points price fell")
+                last_pool, last_supply = pool, supply
+            prev_hash, expected_id = digest, txn_id + 1
+        after = hi
+    return prev_hash, expected_id - 1
+
+
+def _check_balanced(report: Report, txn_id: int, key: str, lines: Lines) -> None:
+    unbalanced = journal.check_balanced(lines)
+    if unbalanced:
+        report.fail(f"transaction {txn_id} ({key}): postings do not balance: {unbalanced}")
+
+
+# SQLite: one statement per page, the JSON made by SQLite's own functions (compact,
+# non-ASCII as it is, the same escapes as Python's encoder). For each transaction: the text to
+# hash but for its postings — prev_hash, then the canonical JSON of [id, key, kind, at, actor,
+# body, result, — NULL when `at` is not stored in the engine's spelling; and its postings as
+# the JSON of [[account, unit, amount, ref], …] in the order of the index on (txn_id, id): the
+# rest of the text to hash, and, parsed, the postings the checks add up. The text is only ever
+# a shortcut: a transaction whose text is NULL or does not hash to its stored hash is hashed
+# again in Python (`_rehash`: the engine's own encoding of the rows as stored, the postings
+# ordered by id) before it is reported as altered.
+_PAGE_SQL = (
+    "SELECT id, key, hash, prev_hash, "
+    "CASE WHEN typeof(at) = 'text' AND length(at) = 26 AND substr(at, 11, 1) = ' ' "
+    "THEN prev_hash || rtrim(json_array(id, key, kind, substr(at, 1, 10) || 'T' || "
+    "substr(at, 12), actor, body, result), ']') || ',' END, "
+    "(SELECT json_group_array(json_array(account, unit, amount, ref)) FROM postings "
+    "WHERE txn_id = journal.id) "
+    "FROM journal WHERE id > ? ORDER BY id LIMIT ?")
+
+
+def _json_parser() -> Callable[[str], Any]:
+    """JSON text to Python values: the C scanner `json.loads` runs, without its wrapping."""
+    make = getattr(json.scanner, "c_make_scanner", None)
+    if make is None:
+        return json.loads
+    scan = make(json.JSONDecoder())
+    return lambda text: scan(text, 0)[0]
+
+
+_parse = _json_parser()
+
+
+def _walk_sqlite(session: Session, report: Report, books: _Books) -> tuple[str, int]:
+    """`_walk_rows`'s checks, with the text to hash made by SQLite (`_PAGE_SQL`): Python
+    hashes it, parses the postings (the values as SQLite's JSON spells them: an amount that is
+    not an integer was never hashed by the engine, so its transaction is reported altered),
+    follows the chain, and adds up the balances and the pools exactly as `_walk_rows` does."""
+    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    fen, micro = books.units[journal.FEN], books.units[journal.MICRO]
+    entry_paid = books.entry_paid
+    queue_pool, points_pool, issued = journal.QUEUE_POOL, journal.POINTS_POOL, \
+        journal.POINTS_ISSUED
+    sha256, parse = hashlib.sha256, _parse
+    prev_hash, expected_id = journal.GENESIS, 1
+    last_pool, last_supply = 0, 0  # the last price seen, as pool / supply (supply 0: none yet)
+    txns = 0
+    after = 0
+    while True:
+        cursor.execute(_PAGE_SQL, (after, PAGE))
+        page = cursor.fetchall()
+        if not page:
+            break
+        for txn_id, key, digest, stored_prev, head, text in page:
+            txns += 1
+            if txn_id != expected_id:
+                report.fail(f"transaction {txn_id} ({key}): expected position {expected_id}: "
+                            "a transaction was removed or reordered before it")
+            if stored_prev != prev_hash:
+                report.fail(f"transaction {txn_id} ({key}): prev_hash does not match the "
+                            "transaction before it")
+            if (head is None or sha256((head + text + "]").encode()).hexdigest() != digest) \
+                    and _rehash(cursor, txn_id) != digest:
+                report.fail(f"transaction {txn_id} ({key}): content does not match its "
+                            "hash (altered)")
+            lines = parse(text)
+            fen_sum = micro_sum = 0
+            odd = False
+            for account, unit, amount, ref in lines:
+                if unit == "fen":
+                    fen[account] += amount
+                    fen_sum += amount
+                elif unit == "micro":
+                    micro[account] += amount
+                    micro_sum += amount
+                else:
+                    other = books.units.setdefault(unit, defaultdict(int))
+                    other[account] += amount
+                    odd = True
+                if ref and ref[0] == "e" and ref.startswith("entry:") \
+                        and account.endswith(":wallet"):
+                    seq = int(ref[6:])
+                    entry_paid[seq] = entry_paid.get(seq, 0) + amount
+            if fen_sum or micro_sum or odd:
+                _check_balanced(report, txn_id, key, lines)
+            pool = fen.get(points_pool, 0)
+            if fen.get(queue_pool, 0) < 0:
+                report.fail(f"transaction {txn_id} ({key}): {queue_pool} went below zero")
+            if pool < 0:
+                report.fail(f"transaction {txn_id} ({key}): {points_pool} went below zero")
+            supply = -micro.get(issued, 0)
+            if supply > 0:
+                # pool / supply < last_pool / last_supply, without fractions
+                if last_supply and pool * last_supply < last_pool * supply:
+                    report.fail(f"transaction {txn_id} ({key}): the points price fell")
+                last_pool, last_supply = pool, supply
+            prev_hash, expected_id = digest, txn_id + 1
+        after = page[-1][0]
+    report.txns += txns
+    return prev_hash, expected_id - 1
+
+
+def _lines_of(cursor: Any, txn_id: int) -> list[tuple[str, str, int, str | None]]:
+    cursor.execute("SELECT account, unit, amount, ref FROM postings WHERE txn_id = ? "
+                   "ORDER BY id", (txn_id,))
+    return list(cursor.fetchall())
+
+
+def _rehash(cursor: Any, txn_id: int) -> str:
+    """The engine's hash of stored transaction `txn_id`, encoded in Python (`_walk_rows`)."""
+    cursor.execute("SELECT key, kind, at, actor, body, result, prev_hash FROM journal "
+                   "WHERE id = ?", (txn_id,))
+    key, kind, at, actor, body, result, stored_prev = cursor.fetchone()
+    return txn_hash(stored_prev, txn_id, key, kind, at_iso(at), actor, body, result,
+                    _lines_of(cursor, txn_id))
 
 
 MAX_LINES = 50
