@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from . import models
 from .driver import Driver
-from .rows import EntryRow, OrderLineRow, OrderRow, PoolRow, Query, UserRow
+from .rows import EntryRow, HeadRow, OrderLineRow, OrderRow, PoolRow, Query, UserRow, key_match
 from .unit import Rows
 
 _PRODUCTS = cast(Table, models.Product.__table__)
@@ -102,13 +102,18 @@ def waiting_entries(rows: Rows, user_id: int) -> list[EntryRow]:
 
 
 def purchase_reads(rows: Rows, handle: str, key: str | None, at: datetime | None,
-                   with_pools: bool) -> dict[Hashable, list[Any]]:
+                   with_pools: bool, with_head: bool = False) -> dict[Hashable, list[Any]]:
     """Everything a purchase may read, in one round trip (PostgreSQL pays one per statement),
-    all locked as the purchase would lock them one by one: `buyer` and `referrer` (lists of
+    all locked as the purchase would lock them one by one: with `with_head`, first the head
+    row (`head`: the journal head lock every writer takes first; the pipeline runs the reads
+    in order, so it is still taken before any other), `buyer` and `referrer` (lists of
     at most one row), `pools` (with `with_pools`), the stored result under `key` (`key`: a
     list of at most one (body, result)), and — offered to `orders_due` and `waiting_entries`
     until anything is written — the orders due by `at` and the referrer's waiting entries."""
-    queries: dict[Any, Query] = {
+    queries: dict[Any, Query] = {}
+    if with_head:
+        queries["head"] = Query(HeadRow, key_match(HeadRow.KEYS), (1,))
+    queries |= {
         "buyer": Query(UserRow, "handle = ?", (handle,)),
         "referrer": Query(UserRow, "id = (SELECT referrer_id FROM users WHERE handle = ?)",
                           (handle,)),
@@ -139,7 +144,9 @@ def _not_in(ids: Sequence[int]) -> str:
 
 def first_exit_key(rows: Rows, limit: bytes, skip: Sequence[int]) -> bytes | None:
     """The smallest stored `exit_key` at or below `limit`, among users not in `skip`."""
-    found = rows.scalars("SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND "
+    # Asked once or more by every purchase, after its changes are made: on PostgreSQL they
+    # are written in the same round trip (`flushed_scalars`).
+    found = rows.flushed_scalars("SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND "
                          f"exit_key <= ?{_not_in(skip)} ORDER BY exit_key, id LIMIT 1",
                          (limit, *skip))
     return bytes(found[0]) if found else None

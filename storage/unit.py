@@ -143,20 +143,34 @@ class Rows:
 
     def flush(self) -> None:
         """Write every change so far, in a few statements (one round trip)."""
+        self._flush(())
+
+    def flushed_scalars(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """`scalars`, on PostgreSQL with every change so far written first in the same round
+        trip (the pipeline runs them in order): the read then costs no round trip of its own,
+        and the commit's flush usually finds nothing left to write. On SQLite, where a
+        statement costs no round trip, just `scalars`."""
+        if not self.db.pg:
+            return self.scalars(sql, params)
+        self.session.flush()  # pending ORM changes first (a no-op when there are none)
+        return [r[0] for r in self._flush(((sql, params),))[0]]
+
+    def _flush(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
+        """What changed, written, then `reads` — in one round trip."""
         if self._flushing:
-            return
+            return [self.db.rows(sql, params) for sql, params in reads]
         self._flushing = True
         self._ready.clear()  # prefetched reads may be out of date once anything is written
         try:
             writes = self._changes()
             if not writes:
-                return
+                return self.db.batch(reads) if reads else []
 
             def write_all() -> None:
                 for w in writes:
                     self.db.write(*w)
 
-            self.db.batch([], write_all)
+            return self.db.batch(reads, write_all)
         finally:
             self._flushing = False
 
