@@ -95,12 +95,13 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A writing unit of work: commits when the block ends, rolls back on any exception.
-        What the fast rows changed (storage/unit.py) is written just before the commit."""
+        What the fast rows changed (storage/unit.py) is written just before the commit (on
+        PostgreSQL in the commit's own round trip, `unit.flush_to_commit`)."""
         with self._sessions() as session:
             try:
                 with session.begin():
                     yield session
-                    unit.flush_pending(session)
+                    unit.flush_to_commit(session)
             finally:
                 unit.end(session)
 

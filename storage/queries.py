@@ -123,6 +123,7 @@ def purchase_reads(rows: Rows, handle: str, key: str | None, at: datetime | None
     }
     if with_pools:
         queries["pools"] = Query(PoolRow, "", suffix=" ORDER BY name")
+    queries["exits"] = Query(None, _EXITS_AHEAD, (EXITS_AHEAD,))
     if key is not None:
         queries["key"] = Query(None, 'SELECT body, result FROM journal WHERE "key" = ?', (key,))
     if at is not None:
@@ -134,6 +135,7 @@ def purchase_reads(rows: Rows, handle: str, key: str | None, at: datetime | None
         rows.keep(("waiting", got["referrer"][0].id), got.pop("waiting"))
     if "due" in got:
         rows.keep(("due", at), got.pop("due"))
+    rows.keep("exits", got.pop("exits"))
     return got
 
 
@@ -142,8 +144,26 @@ def _not_in(ids: Sequence[int]) -> str:
     return f" AND id NOT IN ({', '.join('?' * len(ids))})" if ids else ""
 
 
+# The forced exit's first question, asked ahead with a purchase's reads: the few smallest
+# stored exit keys (unlocked, as `first_exit_key` reads them). While nothing is written the
+# stored keys of users the transaction does not hold are as they were (every writer holds the
+# head lock, taken before this read), so the smallest of them not held answers it.
+EXITS_AHEAD = 4
+_EXITS_AHEAD = ("SELECT exit_key, id FROM users WHERE exit_key IS NOT NULL "
+                "ORDER BY exit_key, id LIMIT ?")
+
+
 def first_exit_key(rows: Rows, limit: bytes, skip: Sequence[int]) -> bytes | None:
     """The smallest stored `exit_key` at or below `limit`, among users not in `skip`."""
+    ahead = rows.kept("exits")
+    if ahead is not None:
+        held = set(skip)
+        rest = [key for key, user_id in ahead if user_id not in held]
+        if rest:  # the smallest of the users not held: a prefix of their order
+            first = bytes(rest[0])
+            return first if first <= limit else None
+        if len(ahead) < EXITS_AHEAD:  # every stored key was read, all held
+            return None
     # Asked once or more by every purchase, after its changes are made: on PostgreSQL they
     # are written in the same round trip (`flushed_scalars`).
     found = rows.flushed_scalars("SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND "

@@ -69,6 +69,11 @@ class Rows:
         written)."""
         self._ready[name] = rows
 
+    def kept(self, name: Hashable) -> list[Any] | None:
+        """A prefetched result offered under `name` (`keep`), taken, if nothing was written
+        since; else None."""
+        return self._ready.pop(name, None)
+
     def _rows_of(self, q: Query, raw: list[tuple[Any, ...]]) -> list[Any]:
         cls = q.cls
         if cls is None:
@@ -145,6 +150,30 @@ class Rows:
         """Write every change so far, in a few statements (one round trip)."""
         self._flush(())
 
+    def flush_and_commit(self) -> bool:
+        """On PostgreSQL, the last changes written and the transaction committed in the same
+        round trip; True if it was committed here. Only when the ORM has nothing of its own
+        left to write (it would flush after this, at the commit) and there is something to
+        write (else the commit alone is the round trip anyway)."""
+        session = self.session
+        if not self.db.pg or self._flushing or session.new or session.dirty or session.deleted:
+            return False
+        self._flushing = True
+        self._ready.clear()
+        try:
+            writes = self._changes()
+            if not writes:
+                return False
+
+            def write_all() -> None:
+                for w in writes:
+                    self.db.write(*w)
+
+            self.db.batch((), write_all, commit=True)
+            return True
+        finally:
+            self._flushing = False
+
     def flushed_scalars(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """`scalars`, on PostgreSQL with every change so far written first in the same round
         trip (the pipeline runs them in order): the read then costs no round trip of its own,
@@ -220,6 +249,14 @@ def flush_pending(session: Session) -> None:
     """Write what the transaction's rows changed: the unit of work commits next."""
     rows = session.info.get("rows")
     if rows is not None:
+        rows.flush()
+
+
+def flush_to_commit(session: Session) -> None:
+    """`flush_pending` just before the transaction commits: on PostgreSQL the writes and the
+    COMMIT go in one round trip when nothing else is left to write (`Rows.flush_and_commit`)."""
+    rows = session.info.get("rows")
+    if rows is not None and not rows.flush_and_commit():
         rows.flush()
 
 
