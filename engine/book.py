@@ -82,17 +82,24 @@ def _keep(rev: str | None, catalog: _Catalog) -> None:
 
 
 class Book:
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, *,
+                 purchase: tuple[object, str | None, datetime | None] | None = None) -> None:
+        """`purchase`: (buyer's handle, idempotency key, due-by time) of the one purchase this
+        book is for — its reads (`prefetch_purchase`) are made with the head's, in the same
+        round trip, the head lock still first."""
         self.s = session
         self.rows = Rows(session)
-        head = self.rows.one(HeadRow, 1)
-        assert head is not None, "the head row is made by the first migration"
-        self.head = head
-        self._catalog = self._load_catalog()
         self._pools: dict[str, PoolRow] = {}
         self._by_handle: dict[str, UserRow] = {}
         self._stored: dict[str, tuple[str, str | None] | None] = {}
         self._recorded: dict[str, tuple[str, str | None]] = {}
+        self._prefetched: tuple[object, str | None, datetime | None] | None = None
+        head = self._purchase_reads(*purchase, with_head=True) if purchase is not None else None
+        if head is None:
+            head = self.rows.one(HeadRow, 1)
+        assert head is not None, "the head row is made by the first migration"
+        self.head = head
+        self._catalog = self._load_catalog()
 
     # -- settings and products --------------------------------------------------------------
     @property
@@ -174,11 +181,21 @@ class Book:
         """Everything a purchase may read, in one round trip (PostgreSQL pays one per
         statement): its idempotency key, the buyer and their referrer, the pools, the orders
         due by `at`, and the referrer's waiting entries (for acceleration) — all locked, as
-        the purchase would lock them one by one."""
-        if not isinstance(handle, str) or not handle:
+        the purchase would lock them one by one. Nothing when the book was opened for this
+        very purchase (`Book(purchase=...)` read them already, with the head)."""
+        if self._prefetched == (handle, key, at):
+            self._prefetched = None
             return
+        self._purchase_reads(handle, key, at, with_head=False)
+
+    def _purchase_reads(self, handle: object, key: str | None, at: datetime | None, *,
+                        with_head: bool) -> HeadRow | None:
+        """`prefetch_purchase`'s reads; with `with_head`, the head row's first (returned)."""
+        if not isinstance(handle, str) or not handle:
+            return None
         read_key = key if key is not None and key not in self._stored else None
-        got = queries.purchase_reads(self.rows, handle, read_key, at, with_pools=not self._pools)
+        got = queries.purchase_reads(self.rows, handle, read_key, at, with_pools=not self._pools,
+                                     with_head=with_head)
         if got["buyer"]:
             self._by_handle[handle] = got["buyer"][0]
         if "pools" in got:
@@ -186,6 +203,10 @@ class Book:
         if read_key is not None:
             found = got["key"]
             self._stored[read_key] = (found[0][0], found[0][1]) if found else None
+        if not with_head:
+            return None
+        self._prefetched = (handle, key, at)
+        return got["head"][0] if got["head"] else None
 
     # -- journal ----------------------------------------------------------------------------
     def stored(self, key: str) -> tuple[str, str | None] | None:

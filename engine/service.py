@@ -23,6 +23,7 @@ from storage.models import Withdrawal
 
 from . import accounts, orders, payouts
 from .book import Book
+from .errors import Refusal
 from .queue import RELEASE_PAGE, ReleasePage, release_page
 from .times import now, parse_at
 
@@ -136,9 +137,19 @@ def buy(db: Database, *, user: str, sku: object = None, qty: object = 1, lines: 
                                            pay_points=pay_points, order=order, method=method,
                                            key=key, actor=actor)
         return result
-    return _in_book(db, lambda b: place(
-        b, user=user, sku=sku, qty=qty, lines=lines, at=at, pay_points=pay_points,
-        order=order, method=method, key=key, actor=actor))
+
+    def unit(session: Session) -> dict[str, Any]:
+        when = now() if at is None else at
+        try:
+            due_by: datetime | None = parse_at(when)
+        except Refusal:
+            due_by = None  # refused in SPEC §7's order, by `place`
+        # The purchase's reads go with the head lock's, in one round trip (engine/book.py).
+        book = Book(session, purchase=(user, key, due_by))
+        return place(book, user=user, sku=sku, qty=qty, lines=lines, at=when,
+                     pay_points=pay_points, order=order, method=method, key=key, actor=actor)
+
+    return db.run(unit, label="buy")
 
 
 def place(b: Book, *, user: str, sku: object = None, qty: object = 1, lines: object = None,

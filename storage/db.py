@@ -95,12 +95,13 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A writing unit of work: commits when the block ends, rolls back on any exception.
-        What the fast rows changed (storage/unit.py) is written just before the commit."""
+        What the fast rows changed (storage/unit.py) is written just before the commit (on
+        PostgreSQL in the commit's own round trip, `unit.flush_to_commit`)."""
         with self._sessions() as session:
             try:
                 with session.begin():
                     yield session
-                    unit.flush_pending(session)
+                    unit.flush_to_commit(session)
             finally:
                 unit.end(session)
 
@@ -174,7 +175,12 @@ def _configure_sqlite(engine: Engine, *, wal: bool, busy_ms: int = 30000) -> Non
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        if conn.get_execution_options().get("storefront_read"):
-            conn.exec_driver_sql("BEGIN")
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Straight to the driver: SQLAlchemy's statement machinery (an execution context, its
+        # events) cost more than the BEGIN itself, once per transaction (docs/perf.md).
+        begin = "BEGIN" if conn.get_execution_options().get("storefront_read") else \
+            "BEGIN IMMEDIATE"
+        try:
+            conn.connection.dbapi_connection.execute(begin)
+        except sqlite3.Error as exc:  # as SQLAlchemy would raise it (a busy file: retried)
+            raise DBAPIError.instance(begin, (), exc, sqlite3.Error,
+                                      dialect=conn.dialect) from exc

@@ -31,6 +31,23 @@ def _for_pg(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+# A few rows inserted at once (a purchase's postings, its two journal rows) go to PostgreSQL
+# as one statement of several VALUES tuples: psycopg's client side costs about as much per
+# statement as per row, so `executemany` of 6 postings cost 6 statements' bookkeeping. More
+# rows than this (a release page, a group commit) keep `executemany`, parameters bounded.
+MULTI_ROW_MOST = 16
+
+
+@lru_cache(maxsize=256)
+def _multi_row(sql: str, n: int) -> str | None:
+    """`INSERT … VALUES (…)` for `n` rows in one statement; None for any other statement."""
+    head, sep, values = sql.partition(" VALUES ")
+    if not sep or not head.startswith("INSERT ") or not values.startswith("(") \
+            or not values.endswith(")") or ")" in values[:-1]:
+        return None
+    return head + sep + ", ".join([values] * n)
+
+
 @lru_cache(maxsize=128)
 def _binders(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> tuple[Processor, ...]:
     return tuple(table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
@@ -105,6 +122,11 @@ class Driver:
         """One statement for many rows (values already bound)."""
         if not rows:
             return
+        if self.pg and 1 < len(rows) <= MULTI_ROW_MOST:
+            merged = _multi_row(sql, len(rows))
+            if merged is not None:
+                self.run(merged, [v for row in rows for v in row])
+                return
         sql = self._sql(sql)
         cur = self.raw.cursor()
         try:
@@ -116,11 +138,15 @@ class Driver:
             cur.close()
 
     def batch(self, reads: Sequence[tuple[str, Sequence[Any]]],
-              writes: Callable[[], None] | None = None) -> list[list[tuple[Any, ...]]]:
+              writes: Callable[[], None] | None = None, *,
+              commit: bool = False) -> list[list[tuple[Any, ...]]]:
         """`writes` (calls to `many`/`run`/`write`), then `reads`, in one round trip: a
         pipeline on PostgreSQL (statements still run in order, each seeing the ones before);
-        one after the other on SQLite, where a statement costs no round trip."""
+        one after the other on SQLite, where a statement costs no round trip. With `commit`
+        (PostgreSQL only), the transaction's COMMIT ends the same pipeline: SQLAlchemy's own
+        commit, which follows, then finds the connection idle and sends nothing."""
         if not self.pg:
+            assert not commit, "a pipelined commit is PostgreSQL's"
             if writes is not None:
                 writes()
             return [self.rows(sql, params) for sql, params in reads]
@@ -135,6 +161,13 @@ class Driver:
                     self._observed(cur, sql, params, False)
                     cur.execute(sql, params)
                     cursors.append(cur)
+                if commit:
+                    # Queued like any statement (`connection.commit()` would sync the
+                    # pipeline, a round trip of its own); psycopg reads the transaction's
+                    # end from the server's answer.
+                    cur = self.raw.cursor()
+                    cur.execute("COMMIT", prepare=False)
+                    cur.close()
             return [list(cur.fetchall()) for cur in cursors]
         except self._dbapi_error as exc:
             raise self._error(exc, "-- pipeline", ()) from exc

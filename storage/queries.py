@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from . import models
 from .driver import Driver
-from .rows import EntryRow, OrderLineRow, OrderRow, PoolRow, Query, UserRow
+from .rows import EntryRow, HeadRow, OrderLineRow, OrderRow, PoolRow, Query, UserRow, key_match
 from .unit import Rows
 
 _PRODUCTS = cast(Table, models.Product.__table__)
@@ -102,13 +102,18 @@ def waiting_entries(rows: Rows, user_id: int) -> list[EntryRow]:
 
 
 def purchase_reads(rows: Rows, handle: str, key: str | None, at: datetime | None,
-                   with_pools: bool) -> dict[Hashable, list[Any]]:
+                   with_pools: bool, with_head: bool = False) -> dict[Hashable, list[Any]]:
     """Everything a purchase may read, in one round trip (PostgreSQL pays one per statement),
-    all locked as the purchase would lock them one by one: `buyer` and `referrer` (lists of
+    all locked as the purchase would lock them one by one: with `with_head`, first the head
+    row (`head`: the journal head lock every writer takes first; the pipeline runs the reads
+    in order, so it is still taken before any other), `buyer` and `referrer` (lists of
     at most one row), `pools` (with `with_pools`), the stored result under `key` (`key`: a
     list of at most one (body, result)), and — offered to `orders_due` and `waiting_entries`
     until anything is written — the orders due by `at` and the referrer's waiting entries."""
-    queries: dict[Any, Query] = {
+    queries: dict[Any, Query] = {}
+    if with_head:
+        queries["head"] = Query(HeadRow, key_match(HeadRow.KEYS), (1,))
+    queries |= {
         "buyer": Query(UserRow, "handle = ?", (handle,)),
         "referrer": Query(UserRow, "id = (SELECT referrer_id FROM users WHERE handle = ?)",
                           (handle,)),
@@ -118,6 +123,7 @@ def purchase_reads(rows: Rows, handle: str, key: str | None, at: datetime | None
     }
     if with_pools:
         queries["pools"] = Query(PoolRow, "", suffix=" ORDER BY name")
+    queries["exits"] = Query(None, _EXITS_AHEAD, (EXITS_AHEAD,))
     if key is not None:
         queries["key"] = Query(None, 'SELECT body, result FROM journal WHERE "key" = ?', (key,))
     if at is not None:
@@ -129,6 +135,7 @@ def purchase_reads(rows: Rows, handle: str, key: str | None, at: datetime | None
         rows.keep(("waiting", got["referrer"][0].id), got.pop("waiting"))
     if "due" in got:
         rows.keep(("due", at), got.pop("due"))
+    rows.keep("exits", got.pop("exits"))
     return got
 
 
@@ -137,9 +144,29 @@ def _not_in(ids: Sequence[int]) -> str:
     return f" AND id NOT IN ({', '.join('?' * len(ids))})" if ids else ""
 
 
+# The forced exit's first question, asked ahead with a purchase's reads: the few smallest
+# stored exit keys (unlocked, as `first_exit_key` reads them). While nothing is written the
+# stored keys of users the transaction does not hold are as they were (every writer holds the
+# head lock, taken before this read), so the smallest of them not held answers it.
+EXITS_AHEAD = 4
+_EXITS_AHEAD = ("SELECT exit_key, id FROM users WHERE exit_key IS NOT NULL "
+                "ORDER BY exit_key, id LIMIT ?")
+
+
 def first_exit_key(rows: Rows, limit: bytes, skip: Sequence[int]) -> bytes | None:
     """The smallest stored `exit_key` at or below `limit`, among users not in `skip`."""
-    found = rows.scalars("SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND "
+    ahead = rows.kept("exits")
+    if ahead is not None:
+        held = set(skip)
+        rest = [key for key, user_id in ahead if user_id not in held]
+        if rest:  # the smallest of the users not held: a prefix of their order
+            first = bytes(rest[0])
+            return first if first <= limit else None
+        if len(ahead) < EXITS_AHEAD:  # every stored key was read, all held
+            return None
+    # Asked once or more by every purchase, after its changes are made: on PostgreSQL they
+    # are written in the same round trip (`flushed_scalars`).
+    found = rows.flushed_scalars("SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND "
                          f"exit_key <= ?{_not_in(skip)} ORDER BY exit_key, id LIMIT 1",
                          (limit, *skip))
     return bytes(found[0]) if found else None

@@ -69,6 +69,11 @@ class Rows:
         written)."""
         self._ready[name] = rows
 
+    def kept(self, name: Hashable) -> list[Any] | None:
+        """A prefetched result offered under `name` (`keep`), taken, if nothing was written
+        since; else None."""
+        return self._ready.pop(name, None)
+
     def _rows_of(self, q: Query, raw: list[tuple[Any, ...]]) -> list[Any]:
         cls = q.cls
         if cls is None:
@@ -143,20 +148,58 @@ class Rows:
 
     def flush(self) -> None:
         """Write every change so far, in a few statements (one round trip)."""
-        if self._flushing:
-            return
+        self._flush(())
+
+    def flush_and_commit(self) -> bool:
+        """On PostgreSQL, the last changes written and the transaction committed in the same
+        round trip; True if it was committed here. Only when the ORM has nothing of its own
+        left to write (it would flush after this, at the commit) and there is something to
+        write (else the commit alone is the round trip anyway)."""
+        session = self.session
+        if not self.db.pg or self._flushing or session.new or session.dirty or session.deleted:
+            return False
         self._flushing = True
-        self._ready.clear()  # prefetched reads may be out of date once anything is written
+        self._ready.clear()
         try:
             writes = self._changes()
             if not writes:
-                return
+                return False
 
             def write_all() -> None:
                 for w in writes:
                     self.db.write(*w)
 
-            self.db.batch([], write_all)
+            self.db.batch((), write_all, commit=True)
+            return True
+        finally:
+            self._flushing = False
+
+    def flushed_scalars(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """`scalars`, on PostgreSQL with every change so far written first in the same round
+        trip (the pipeline runs them in order): the read then costs no round trip of its own,
+        and the commit's flush usually finds nothing left to write. On SQLite, where a
+        statement costs no round trip, just `scalars`."""
+        if not self.db.pg:
+            return self.scalars(sql, params)
+        self.session.flush()  # pending ORM changes first (a no-op when there are none)
+        return [r[0] for r in self._flush(((sql, params),))[0]]
+
+    def _flush(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
+        """What changed, written, then `reads` — in one round trip."""
+        if self._flushing:
+            return [self.db.rows(sql, params) for sql, params in reads]
+        self._flushing = True
+        self._ready.clear()  # prefetched reads may be out of date once anything is written
+        try:
+            writes = self._changes()
+            if not writes:
+                return self.db.batch(reads) if reads else []
+
+            def write_all() -> None:
+                for w in writes:
+                    self.db.write(*w)
+
+            return self.db.batch(reads, write_all)
         finally:
             self._flushing = False
 
@@ -206,6 +249,14 @@ def flush_pending(session: Session) -> None:
     """Write what the transaction's rows changed: the unit of work commits next."""
     rows = session.info.get("rows")
     if rows is not None:
+        rows.flush()
+
+
+def flush_to_commit(session: Session) -> None:
+    """`flush_pending` just before the transaction commits: on PostgreSQL the writes and the
+    COMMIT go in one round trip when nothing else is left to write (`Rows.flush_and_commit`)."""
+    rows = session.info.get("rows")
+    if rows is not None and not rows.flush_and_commit():
         rows.flush()
 
 
