@@ -121,6 +121,25 @@ def finish(db: Database, update_id: int, status: str = DONE, *,
     return db.run(lambda s: mark(s, update_id, status, error=error), label="inbox.finish")
 
 
+def finish_many(db: Database, update_ids: Sequence[int]) -> int:
+    """`mark` done of several rows in one transaction (one durable commit): the Telegram
+    processor's finished rows, gathered while the previous batch commits. Returns how many
+    rows were pending (or spooled) and are done now."""
+    ids = sorted(set(update_ids))
+    if not ids:
+        return 0
+    when = now()
+
+    def work(session: Session) -> int:
+        result = session.execute(update(InboxUpdate).where(
+            InboxUpdate.update_id.in_(ids),
+            InboxUpdate.status.in_((PENDING, SPOOLED))).values(
+            status=DONE, done_at=when, last_error=None))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    return db.run(work, label="inbox.finish_many")
+
+
 def failed_attempt(db: Database, update_id: int, error: str) -> int:
     """Count a failed attempt at a pending row; returns the attempts so far."""
     def work(session: Session) -> int:

@@ -11,7 +11,10 @@ the offset on before its handlers have run, so a crash then lost paid orders. He
 * `InboxProcessor` reads pending rows in `update_id` order and runs each through the PTB
   Application's handlers: one user's (or chat's) updates in order, different users at once.
   A successful payment's row is marked done by the engine in the payment's own transaction;
-  other rows are marked done after their handler ran. Pending rows are resumed on start.
+  other rows are marked done after their handler ran, those finished together in one commit
+  (while one batch commits the next gathers); a row's user waits for its mark before its
+  next row, and a row is not read again as pending while its mark is under way. Pending
+  rows are resumed on start.
   A payment the engine did not record is spooled and its row `spooled`, and a row that keeps
   failing `failed`: each in the same transaction as an outbox message to every operator.
 """
@@ -121,6 +124,9 @@ class InboxProcessor:
         self._queues: dict[tuple[str, int], deque[inbox.Row]] = {}
         self._workers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
+        # finished rows waiting for their `done` mark, and the task committing them
+        self._marks: list[tuple[int, asyncio.Future[None]]] = []
+        self._marker: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failures = 0
         self._stopping = False
@@ -177,6 +183,8 @@ class InboxProcessor:
             for task in left:
                 task.cancel()
             await asyncio.gather(*left, return_exceptions=True)
+        if self._marker is not None:  # marks under way are committed (or fail) first
+            await asyncio.gather(self._marker, return_exceptions=True)
         if self.claims is not None and self._claimed:  # (else they expire on their own)
             try:
                 await asyncio.to_thread(self.claims.give_back, self._claimed)
@@ -276,8 +284,7 @@ class InboxProcessor:
         try:
             while queue:
                 row = queue[0]
-                async with self._slots:
-                    ok = await self._handle(row)
+                ok = await self._handle(row)
                 queue.popleft()
                 self._in_flight.discard(row.update_id)
                 if not ok:  # keep this user's order: the rest waits for the failed row
@@ -297,12 +304,13 @@ class InboxProcessor:
                 # Telegram has already given up on the answer (and charged nobody)
                 await asyncio.to_thread(inbox.finish, self.db, uid, inbox.EXPIRED)
                 return True
-            update = Update.de_json(json.loads(row.body), self.application.bot)
-            await self.application.process_update(update)
-            if row.kind == "payment":
-                await self._settle_payment(uid, update)
-            else:
-                await asyncio.to_thread(inbox.finish, self.db, uid)
+            async with self._slots:
+                update = Update.de_json(json.loads(row.body), self.application.bot)
+                await self.application.process_update(update)
+                if row.kind == "payment":
+                    await self._settle_payment(uid, update)
+            if row.kind != "payment":
+                await self._mark_done(uid)  # outside the slot: others go on meanwhile
             self.processed += 1
             return True
         except asyncio.CancelledError:
@@ -320,6 +328,29 @@ class InboxProcessor:
             except Exception:  # noqa: BLE001 - the database is down: later
                 pass
             return False
+
+    async def _mark_done(self, uid: int) -> None:
+        """Mark the row done, with the other rows finished meanwhile, in one commit; returns
+        once it is durable (raises as the commit did if it failed)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._marks.append((uid, done))
+        if self._marker is None or self._marker.done():
+            self._marker = asyncio.create_task(self._commit_marks(), name="telegram-inbox-done")
+        await done  # (cancelled with its worker: the batch is committed all the same)
+
+    async def _commit_marks(self) -> None:
+        while self._marks:
+            batch, self._marks = self._marks, []
+            try:
+                await asyncio.to_thread(inbox.finish_many, self.db, [u for u, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - each row's worker handles it
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
 
     async def _settle_payment(self, uid: int, update: Update) -> None:
         """The engine marks a recorded (or flagged) payment's row done in its own
