@@ -46,6 +46,7 @@ IDLE = 1.0  # seconds between looks at the inbox when nobody wakes the processor
 MAX_ATTEMPTS = 5  # a non-payment update that keeps failing is set aside as `failed`
 PRECHECK_STALE = timedelta(seconds=10)  # Telegram no longer takes an answer after this
 PRUNE_EVERY = 6 * 3600.0
+PARSED = 20 * BATCH  # updates kept parsed, as polled, for the rows that hold them
 
 
 def kind_of(update: Update) -> str:
@@ -127,6 +128,10 @@ class InboxProcessor:
         # finished rows waiting for their `done` mark, and the task committing them
         self._marks: list[tuple[int, asyncio.Future[None]]] = []
         self._marker: asyncio.Task[None] | None = None
+        # the Updates `poll` parsed and stored, by update id: a row taken in this process is
+        # handled as that object instead of its stored JSON parsed again (the same content:
+        # the row's body is that object's `to_dict`); the oldest are forgotten past PARSED
+        self._parsed: dict[int, Update] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failures = 0
         self._stopping = False
@@ -136,6 +141,16 @@ class InboxProcessor:
         self._claimed: set[Key] = set()
         self._renewed = 0.0
         self._claims_down = False
+
+    def stored(self, updates: Iterable[Update]) -> None:
+        """`updates` are in the inbox now (as their `to_dict`): keep them parsed for their
+        rows, and look at the inbox."""
+        parsed = self._parsed
+        for u in updates:
+            parsed[u.update_id] = u
+        while len(parsed) > PARSED:
+            del parsed[next(iter(parsed))]
+        self.wake()
 
     def wake(self) -> None:
         """Look at the inbox now; callable from any thread (an HTTP server may run the
@@ -298,6 +313,7 @@ class InboxProcessor:
 
     async def _handle(self, row: inbox.Row) -> bool:
         uid = row.update_id
+        parsed = self._parsed.pop(uid, None)
         try:
             if row.kind == "pre_checkout" and datetime.now(UTC) - row.received_at \
                     > PRECHECK_STALE:
@@ -305,7 +321,7 @@ class InboxProcessor:
                 await asyncio.to_thread(inbox.finish, self.db, uid, inbox.EXPIRED)
                 return True
             async with self._slots:
-                update = Update.de_json(json.loads(row.body), self.application.bot)
+                update = parsed or Update.de_json(json.loads(row.body), self.application.bot)
                 await self.application.process_update(update)
                 if row.kind == "payment":
                     await self._settle_payment(uid, update)
@@ -402,5 +418,5 @@ async def poll(bot: Bot, db: Database, processor: InboxProcessor, *, timeout: fl
                 await asyncio.sleep(_backoff(failures))
                 continue
             offset = max(u.update_id for u in updates) + 1
-            processor.wake()
+            processor.stored(updates)
         failures = 0
