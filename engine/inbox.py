@@ -101,18 +101,24 @@ class Row:
     received_at: datetime
 
 
+_PENDING_COLUMNS = ("update_id", "kind", "body", "chat_id", "user_id", "attempts",
+                    "received_at")
+
+
 def pending(db: Database, *, limit: int = 200, skip: Iterable[int] = ()) -> list[Row]:
     """Pending rows in `update_id` order (those in `skip` left out)."""
     skipped = sorted(set(skip))
+    # the driver's statement (storage/driver.py): the processor asks after every row it
+    # finishes, skipping the rows in hand, and the ORM's NOT IN was rebuilt for each ask
+    sql = (f"SELECT {','.join(_PENDING_COLUMNS)} FROM inbox WHERE status = ?"
+           + (f" AND update_id NOT IN ({','.join('?' * len(skipped))})" if skipped else "")
+           + " ORDER BY update_id LIMIT ?")
 
     def work(session: Session) -> list[Row]:
-        query = select(InboxUpdate).where(InboxUpdate.status == PENDING)
-        if skipped:
-            query = query.where(InboxUpdate.update_id.not_in(skipped))
-        found = session.execute(query.order_by(InboxUpdate.update_id).limit(limit)
-                                ).scalars().all()
-        return [Row(r.update_id, r.kind, r.body, r.chat_id, r.user_id, r.attempts,
-                    r.received_at) for r in found]
+        driver = Driver(session)
+        found = driver.read(_INBOX, _PENDING_COLUMNS,
+                            driver.rows(sql, [PENDING, *skipped, limit]))
+        return [Row(*r) for r in found]
 
     return db.read(work)
 
