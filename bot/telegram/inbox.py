@@ -38,6 +38,7 @@ from handlers.base import Database
 from handlers.stores import inbox
 
 from .claims import Key, UserClaims
+from .request import UpdatesRequest
 
 log = logging.getLogger(__name__)
 
@@ -391,8 +392,10 @@ async def store(db: Database, updates: Sequence[tuple[Update, dict[str, Any] | N
 
 
 async def poll(bot: Bot, db: Database, processor: InboxProcessor, *, timeout: float,
-               allowed_updates: Sequence[str]) -> None:
-    """The polling loop: a batch is in the inbox before the next getUpdates confirms it."""
+               allowed_updates: Sequence[str], raw: UpdatesRequest | None = None) -> None:
+    """The polling loop: a batch is in the inbox before the next getUpdates confirms it.
+    With `raw` (the bot's getUpdates request) each update is stored as received, else as
+    PTB's `to_dict` of it."""
     await bot.delete_webhook()
     offset: int | None = None
     failures = 0
@@ -407,9 +410,10 @@ async def poll(bot: Bot, db: Database, processor: InboxProcessor, *, timeout: fl
             log.warning("getUpdates failed: %s", exc)
             await asyncio.sleep(_backoff(failures))
             continue
+        received = raw.take() if raw is not None else {}
         if updates:
             try:
-                await store(db, [(u, None) for u in updates])
+                await store(db, [(u, received.get(u.update_id)) for u in updates])
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - not confirmed: Telegram keeps them for us
