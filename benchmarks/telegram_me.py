@@ -88,7 +88,7 @@ def _lifted_flood_limit(lift: bool) -> Iterator[None]:
 
 
 async def _drive(db_url: str, port: int, conn: Any, batches: list[list[int]],
-                 lift: bool) -> list[dict[str, Any]]:
+                 lift: bool, conversations: Any = None) -> list[dict[str, Any]]:
     from bot.settings import Settings
     from bot.telegram import start_telegram, stop_telegram
     from handlers.base import App
@@ -101,7 +101,8 @@ async def _drive(db_url: str, port: int, conn: Any, batches: list[list[int]],
                         TELEGRAM_PAYMENT_PROVIDER_TOKEN=None, TELEGRAM_WEBHOOK_URL=None,
                         TELEGRAM_WEBHOOK_SECRET=None)
     with _lifted_flood_limit(lift):
-        application = await start_telegram(settings, app, poll_timeout=1)
+        application = await start_telegram(settings, app, poll_timeout=1,
+                                           conversations=conversations)
     results = []
     try:
         for chats in batches:

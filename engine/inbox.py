@@ -20,14 +20,13 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Table, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.db import Database
+from storage.driver import Driver
 from storage.models import Checkout, InboxUpdate, JournalTxn
 
 from . import outbox
@@ -36,6 +35,7 @@ PENDING, DONE, SPOOLED, EXPIRED, FAILED = "pending", "done", "spooled", "expired
 # outbox kinds of the operators' notices (handlers/notify.py renders them)
 WAITING_NOTICE, LATE_NOTICE, FAILED_NOTICE = "payment_waiting", "payment_late", "update_failed"
 KEEP = timedelta(days=7)  # finished rows are pruned after this long
+_INBOX = cast(Table, InboxUpdate.__table__)  # how `received_at` is bound
 
 
 def now() -> datetime:
@@ -53,24 +53,39 @@ class Item:
     user_id: int | None = None
 
 
+_RECEIVED = ("update_id", "kind", "body", "chat_id", "user_id", "status", "attempts",
+             "received_at")
+_RECEIVE_CHUNK = 100  # rows per INSERT statement (Telegram hands out at most 100 at once)
+
+
+def _receive_sql(n: int) -> str:
+    row = "(" + ",".join("?" * len(_RECEIVED)) + ")"
+    return (f"INSERT INTO inbox ({','.join(_RECEIVED)}) VALUES {','.join([row] * n)} "
+            "ON CONFLICT (update_id) DO NOTHING RETURNING update_id")
+
+
 def receive(db: Database, items: Sequence[Item], *, at: datetime | None = None) -> int:
     """Store updates in one commit; ones already stored (same `update_id`) are left as they
     are. Returns how many were new. When this returns, every item is durable."""
     if not items:
         return 0
     when = at or now()
-    rows = [{"update_id": i.update_id, "kind": i.kind[:24], "body": i.body,
-             "chat_id": i.chat_id, "user_id": i.user_id, "status": PENDING, "attempts": 0,
-             "received_at": when} for i in items]
+    rows = [(i.update_id, i.kind[:24], i.body, i.chat_id, i.user_id, PENDING, 0, when)
+            for i in items]
 
     def work(session: Session) -> int:
-        dialect_insert = pg_insert if db.is_postgres else sqlite_insert
-        # one statement for the batch; RETURNING names the rows that were new (a driver's
-        # rowcount for INSERT … ON CONFLICT DO NOTHING is not to be trusted)
-        stmt = (dialect_insert(InboxUpdate).values(rows)
-                .on_conflict_do_nothing(index_elements=["update_id"])
-                .returning(InboxUpdate.update_id))
-        return len(session.execute(stmt).all())
+        # the driver's statement, not the ORM's (storage/driver.py): a multi-row INSERT built
+        # by SQLAlchemy is compiled afresh for every batch. RETURNING names the rows that
+        # were new (a driver's rowcount for INSERT … ON CONFLICT DO NOTHING is not to be
+        # trusted).
+        driver = Driver(session)
+        bound = driver.bind(_INBOX, _RECEIVED, rows)
+        new = 0
+        for k in range(0, len(bound), _RECEIVE_CHUNK):
+            chunk = bound[k:k + _RECEIVE_CHUNK]
+            new += len(driver.rows(_receive_sql(len(chunk)),
+                                   [v for row in chunk for v in row]))
+        return new
 
     return db.run(work, label="inbox.receive")
 
@@ -86,18 +101,24 @@ class Row:
     received_at: datetime
 
 
+_PENDING_COLUMNS = ("update_id", "kind", "body", "chat_id", "user_id", "attempts",
+                    "received_at")
+
+
 def pending(db: Database, *, limit: int = 200, skip: Iterable[int] = ()) -> list[Row]:
     """Pending rows in `update_id` order (those in `skip` left out)."""
     skipped = sorted(set(skip))
+    # the driver's statement (storage/driver.py): the processor asks after every row it
+    # finishes, skipping the rows in hand, and the ORM's NOT IN was rebuilt for each ask
+    sql = (f"SELECT {','.join(_PENDING_COLUMNS)} FROM inbox WHERE status = ?"
+           + (f" AND update_id NOT IN ({','.join('?' * len(skipped))})" if skipped else "")
+           + " ORDER BY update_id LIMIT ?")
 
     def work(session: Session) -> list[Row]:
-        query = select(InboxUpdate).where(InboxUpdate.status == PENDING)
-        if skipped:
-            query = query.where(InboxUpdate.update_id.not_in(skipped))
-        found = session.execute(query.order_by(InboxUpdate.update_id).limit(limit)
-                                ).scalars().all()
-        return [Row(r.update_id, r.kind, r.body, r.chat_id, r.user_id, r.attempts,
-                    r.received_at) for r in found]
+        driver = Driver(session)
+        found = driver.read(_INBOX, _PENDING_COLUMNS,
+                            driver.rows(sql, [PENDING, *skipped, limit]))
+        return [Row(*r) for r in found]
 
     return db.read(work)
 
@@ -119,6 +140,25 @@ def finish(db: Database, update_id: int, status: str = DONE, *,
            error: str | None = None) -> bool:
     """`mark` in a transaction of its own."""
     return db.run(lambda s: mark(s, update_id, status, error=error), label="inbox.finish")
+
+
+def finish_many(db: Database, update_ids: Sequence[int]) -> int:
+    """`mark` done of several rows in one transaction (one durable commit): the Telegram
+    processor's finished rows, gathered while the previous batch commits. Returns how many
+    rows were pending (or spooled) and are done now."""
+    ids = sorted(set(update_ids))
+    if not ids:
+        return 0
+    when = now()
+
+    def work(session: Session) -> int:
+        result = session.execute(update(InboxUpdate).where(
+            InboxUpdate.update_id.in_(ids),
+            InboxUpdate.status.in_((PENDING, SPOOLED))).values(
+            status=DONE, done_at=when, last_error=None))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    return db.run(work, label="inbox.finish_many")
 
 
 def failed_attempt(db: Database, update_id: int, error: str) -> int:

@@ -372,16 +372,16 @@ async def test_the_webhook_answers_503_until_the_update_is_stored(
 async def test_a_row_that_fails_holds_back_its_users_later_rows(
         api: FakeBotAPI, sdb: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     db = sdb
-    real_finish = inbox.finish
+    real_finish = inbox.finish_many
     failed: list[int] = []
 
-    def finish_once(db: Database, update_id: int, *args: Any, **kwargs: Any) -> bool:
-        if update_id == 1 and not failed:  # the database blinks while row 1 is marked
-            failed.append(update_id)
+    def finish_once(db: Database, update_ids: list[int], *args: Any, **kwargs: Any) -> int:
+        if 1 in update_ids and not failed:  # the database blinks while row 1 is marked
+            failed.append(1)
             raise DatabaseUnavailable("blink")
-        return real_finish(db, update_id, *args, **kwargs)
+        return real_finish(db, update_ids, *args, **kwargs)
 
-    monkeypatch.setattr(inbox, "finish", finish_once)
+    monkeypatch.setattr(inbox, "finish_many", finish_once)
     stored(db, [make_text_update(90, "/me one", update_id=1, message_id=1),
                 make_text_update(90, "/me two", update_id=2, message_id=2),
                 make_text_update(91, "/me other", update_id=3, message_id=3)])

@@ -39,7 +39,7 @@ from .files import message_fields
 from .output import ChatGone, ChatOutput, JobRunner, call_bot
 from .photos import operator_photo
 from .redact import redact_in_logs
-from .request import AiohttpRequest
+from .request import AiohttpRequest, UpdatesRequest
 from .texts import text as adapter_text
 
 log = logging.getLogger(__name__)
@@ -350,6 +350,7 @@ def build_application(settings: Settings, app: App, *,
     provider_token = provider.get_secret_value() if provider is not None else None
     base_url = settings.telegram_api_base_url
     redact_in_logs(token, provider_token)
+    updates = UpdatesRequest(connection_pool_size=1, read_timeout=10.0)
     application = (
         ApplicationBuilder()
         .token(token)
@@ -360,8 +361,8 @@ def build_application(settings: Settings, app: App, *,
         .rate_limiter(AIORateLimiter(max_retries=0))
         .concurrent_updates(PerUserOrder(MAX_CONCURRENT_UPDATES))
         # getUpdates stays on PTB's stock HTTPXRequest (one long poll at a time, a sliver of
-        # the CPU); set before `.request`, after which PTB refuses request settings.
-        .get_updates_read_timeout(10.0)
+        # the CPU), built as PTB builds it but keeping the raw updates for the inbox
+        .get_updates_request(updates)
         .request(bot_request())
         .job_queue(None)  # the storefront's own scheduler runs jobs, not PTB's
         .build()
@@ -371,6 +372,7 @@ def build_application(settings: Settings, app: App, *,
                               spool_path=Path(settings.charge_spool))
     adapter.register(application)
     application.bot_data["adapter"] = adapter
+    application.bot_data["updates_request"] = updates
     return application
 
 

@@ -11,7 +11,10 @@ the offset on before its handlers have run, so a crash then lost paid orders. He
 * `InboxProcessor` reads pending rows in `update_id` order and runs each through the PTB
   Application's handlers: one user's (or chat's) updates in order, different users at once.
   A successful payment's row is marked done by the engine in the payment's own transaction;
-  other rows are marked done after their handler ran. Pending rows are resumed on start.
+  other rows are marked done after their handler ran, those finished together in one commit
+  (while one batch commits the next gathers); a row's user waits for its mark before its
+  next row, and a row is not read again as pending while its mark is under way. Pending
+  rows are resumed on start.
   A payment the engine did not record is spooled and its row `spooled`, and a row that keeps
   failing `failed`: each in the same transaction as an outbox message to every operator.
 """
@@ -35,6 +38,7 @@ from handlers.base import Database
 from handlers.stores import inbox
 
 from .claims import Key, UserClaims
+from .request import UpdatesRequest
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,7 @@ IDLE = 1.0  # seconds between looks at the inbox when nobody wakes the processor
 MAX_ATTEMPTS = 5  # a non-payment update that keeps failing is set aside as `failed`
 PRECHECK_STALE = timedelta(seconds=10)  # Telegram no longer takes an answer after this
 PRUNE_EVERY = 6 * 3600.0
+PARSED = 20 * BATCH  # updates kept parsed, as polled, for the rows that hold them
 
 
 def kind_of(update: Update) -> str:
@@ -121,6 +126,13 @@ class InboxProcessor:
         self._queues: dict[tuple[str, int], deque[inbox.Row]] = {}
         self._workers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
+        # finished rows waiting for their `done` mark, and the task committing them
+        self._marks: list[tuple[int, asyncio.Future[None]]] = []
+        self._marker: asyncio.Task[None] | None = None
+        # the Updates `poll` parsed and stored, by update id: a row taken in this process is
+        # handled as that object instead of its stored JSON parsed again (the same content:
+        # the row's body is that object's `to_dict`); the oldest are forgotten past PARSED
+        self._parsed: dict[int, Update] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failures = 0
         self._stopping = False
@@ -130,6 +142,16 @@ class InboxProcessor:
         self._claimed: set[Key] = set()
         self._renewed = 0.0
         self._claims_down = False
+
+    def stored(self, updates: Iterable[Update]) -> None:
+        """`updates` are in the inbox now (as their `to_dict`): keep them parsed for their
+        rows, and look at the inbox."""
+        parsed = self._parsed
+        for u in updates:
+            parsed[u.update_id] = u
+        while len(parsed) > PARSED:
+            del parsed[next(iter(parsed))]
+        self.wake()
 
     def wake(self) -> None:
         """Look at the inbox now; callable from any thread (an HTTP server may run the
@@ -177,6 +199,8 @@ class InboxProcessor:
             for task in left:
                 task.cancel()
             await asyncio.gather(*left, return_exceptions=True)
+        if self._marker is not None:  # marks under way are committed (or fail) first
+            await asyncio.gather(self._marker, return_exceptions=True)
         if self.claims is not None and self._claimed:  # (else they expire on their own)
             try:
                 await asyncio.to_thread(self.claims.give_back, self._claimed)
@@ -276,8 +300,7 @@ class InboxProcessor:
         try:
             while queue:
                 row = queue[0]
-                async with self._slots:
-                    ok = await self._handle(row)
+                ok = await self._handle(row)
                 queue.popleft()
                 self._in_flight.discard(row.update_id)
                 if not ok:  # keep this user's order: the rest waits for the failed row
@@ -291,18 +314,20 @@ class InboxProcessor:
 
     async def _handle(self, row: inbox.Row) -> bool:
         uid = row.update_id
+        parsed = self._parsed.pop(uid, None)
         try:
             if row.kind == "pre_checkout" and datetime.now(UTC) - row.received_at \
                     > PRECHECK_STALE:
                 # Telegram has already given up on the answer (and charged nobody)
                 await asyncio.to_thread(inbox.finish, self.db, uid, inbox.EXPIRED)
                 return True
-            update = Update.de_json(json.loads(row.body), self.application.bot)
-            await self.application.process_update(update)
-            if row.kind == "payment":
-                await self._settle_payment(uid, update)
-            else:
-                await asyncio.to_thread(inbox.finish, self.db, uid)
+            async with self._slots:
+                update = parsed or Update.de_json(json.loads(row.body), self.application.bot)
+                await self.application.process_update(update)
+                if row.kind == "payment":
+                    await self._settle_payment(uid, update)
+            if row.kind != "payment":
+                await self._mark_done(uid)  # outside the slot: others go on meanwhile
             self.processed += 1
             return True
         except asyncio.CancelledError:
@@ -320,6 +345,29 @@ class InboxProcessor:
             except Exception:  # noqa: BLE001 - the database is down: later
                 pass
             return False
+
+    async def _mark_done(self, uid: int) -> None:
+        """Mark the row done, with the other rows finished meanwhile, in one commit; returns
+        once it is durable (raises as the commit did if it failed)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._marks.append((uid, done))
+        if self._marker is None or self._marker.done():
+            self._marker = asyncio.create_task(self._commit_marks(), name="telegram-inbox-done")
+        await done  # (cancelled with its worker: the batch is committed all the same)
+
+    async def _commit_marks(self) -> None:
+        while self._marks:
+            batch, self._marks = self._marks, []
+            try:
+                await asyncio.to_thread(inbox.finish_many, self.db, [u for u, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - each row's worker handles it
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
 
     async def _settle_payment(self, uid: int, update: Update) -> None:
         """The engine marks a recorded (or flagged) payment's row done in its own
@@ -344,8 +392,10 @@ async def store(db: Database, updates: Sequence[tuple[Update, dict[str, Any] | N
 
 
 async def poll(bot: Bot, db: Database, processor: InboxProcessor, *, timeout: float,
-               allowed_updates: Sequence[str]) -> None:
-    """The polling loop: a batch is in the inbox before the next getUpdates confirms it."""
+               allowed_updates: Sequence[str], raw: UpdatesRequest | None = None) -> None:
+    """The polling loop: a batch is in the inbox before the next getUpdates confirms it.
+    With `raw` (the bot's getUpdates request) each update is stored as received, else as
+    PTB's `to_dict` of it."""
     await bot.delete_webhook()
     offset: int | None = None
     failures = 0
@@ -360,9 +410,10 @@ async def poll(bot: Bot, db: Database, processor: InboxProcessor, *, timeout: fl
             log.warning("getUpdates failed: %s", exc)
             await asyncio.sleep(_backoff(failures))
             continue
+        received = raw.take() if raw is not None else {}
         if updates:
             try:
-                await store(db, [(u, None) for u in updates])
+                await store(db, [(u, received.get(u.update_id)) for u in updates])
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - not confirmed: Telegram keeps them for us
@@ -371,5 +422,5 @@ async def poll(bot: Bot, db: Database, processor: InboxProcessor, *, timeout: fl
                 await asyncio.sleep(_backoff(failures))
                 continue
             offset = max(u.update_id for u in updates) + 1
-            processor.wake()
+            processor.stored(updates)
         failures = 0

@@ -134,7 +134,8 @@ async def start_telegram(settings: Settings, app: App, *, poll_timeout: float = 
         elif processor is not None:
             application.bot_data["poll_task"] = asyncio.create_task(inbox_poll(
                 application.bot, app.db, processor, timeout=poll_timeout,
-                allowed_updates=ALLOWED_UPDATES), name="telegram-poll")
+                allowed_updates=ALLOWED_UPDATES,
+                raw=application.bot_data.get("updates_request")), name="telegram-poll")
         else:  # no database (the adapter's own tests): PTB's stock updater
             assert application.updater is not None
             await application.updater.start_polling(
