@@ -178,6 +178,8 @@ class Book:
         if not isinstance(handle, str) or not handle:
             return
         read_key = key if key is not None and key not in self._stored else None
+        if read_key is None and handle in self._by_handle:
+            return  # read already, with the rest of its batch (engine/batch.py)
         got = queries.purchase_reads(self.rows, handle, read_key, at, with_pools=not self._pools)
         if got["buyer"]:
             self._by_handle[handle] = got["buyer"][0]
