@@ -8,6 +8,12 @@ order, in **one** transaction: exactly as if they were made one after the other 
 the ones before it; the hash chain runs through them in that order), with one commit, one
 head lock, one read of the settings and pools, and each table written in one statement.
 
+Issue 19 (docs/perf.md): every purchase's first reads (buyer, referrer, key, due orders,
+waiting entries) go in one round trip for the whole batch (`_read_ahead`); its new rows in
+one INSERT a table (storage/batch_rows.py); and a batch waits a moment for the callers the
+last commit answered (`_expect`), so 8 busy callers share one commit instead of two halves
+taking turns. A lone caller never waits.
+
 - A refused purchase is refused alone: the engine checks a purchase completely before it
   changes anything (SPEC §7), so the others in its batch are recorded as if it never came.
 - If the batch's transaction fails for any other reason, each of its purchases is retried in
