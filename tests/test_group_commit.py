@@ -299,8 +299,7 @@ def test_one_batch_gives_each_purchase_what_it_would_get_alone(db: Database,
         queued_in_order(group, [threading.Thread(target=call, args=(i,))
                                 for i in range(len(calls))])
         warm.join()
-        while len(answers) < len(calls):
-            time.sleep(0.001)
+        wait_until(lambda: len(answers) == len(calls), "every purchase answered")
     finally:
         group.close()
     assert group.batches == 2  # the warm-up, then all of them together
