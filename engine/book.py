@@ -194,6 +194,8 @@ class Book:
         if not isinstance(handle, str) or not handle:
             return None
         read_key = key if key is not None and key not in self._stored else None
+        if not with_head and read_key is None and handle in self._by_handle:
+            return None  # read already, with the rest of its batch (engine/batch.py)
         got = queries.purchase_reads(self.rows, handle, read_key, at, with_pools=not self._pools,
                                      with_head=with_head)
         if got["buyer"]:

@@ -140,8 +140,15 @@ def purchase_reads(rows: Rows, handle: str, key: str | None, at: datetime | None
 
 
 # -- the forced-exit index (docs/engine.md "Forced exit index") -----------------------------
-def _not_in(ids: Sequence[int]) -> str:
-    return f" AND id NOT IN ({', '.join('?' * len(ids))})" if ids else ""
+def _not_in(rows: Rows, ids: Sequence[int]) -> tuple[str, tuple[Any, ...]]:
+    """` AND id NOT IN (…)` and its parameters. On PostgreSQL one array parameter
+    (`id <> ALL(?)`, the same test): one statement text however many users a transaction
+    holds (a batch of purchases holds a hundred), so it is parsed and prepared once."""
+    if not ids:
+        return "", ()
+    if rows.db.pg:
+        return " AND id <> ALL(?)", (list(ids),)
+    return f" AND id NOT IN ({', '.join('?' * len(ids))})", tuple(ids)
 
 
 # The forced exit's first question, asked ahead with a purchase's reads: the few smallest
@@ -166,15 +173,17 @@ def first_exit_key(rows: Rows, limit: bytes, skip: Sequence[int]) -> bytes | Non
             return None
     # Asked once or more by every purchase, after its changes are made: on PostgreSQL they
     # are written in the same round trip (`flushed_scalars`).
+    not_in, params = _not_in(rows, skip)
     found = rows.flushed_scalars("SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND "
-                         f"exit_key <= ?{_not_in(skip)} ORDER BY exit_key, id LIMIT 1",
-                         (limit, *skip))
+                                 f"exit_key <= ?{not_in} ORDER BY exit_key, id LIMIT 1",
+                                 (limit, *params))
     return bytes(found[0]) if found else None
 
 
 def users_with_exit_key(rows: Rows, key: bytes, skip: Sequence[int]) -> list[UserRow]:
     """Users (not in `skip`) whose `exit_key` is `key`, by id, locked."""
-    return rows.load(UserRow, f"exit_key = ?{_not_in(skip)}", (key, *skip), suffix=" ORDER BY id")
+    not_in, params = _not_in(rows, skip)
+    return rows.load(UserRow, f"exit_key = ?{not_in}", (key, *params), suffix=" ORDER BY id")
 
 
 # -- a release page, in bulk ----------------------------------------------------------------

@@ -247,3 +247,76 @@ def test_service_buy_shares_commits_once_the_storefront_turns_it_on(db: Database
     service.buy(db, user=handles[0], sku="rice", at=T, key="alone")
     assert commits[0] == before + 1
     assert verify(db).ok
+
+
+def _journal(db: Database) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The journal as stored (every byte the hash chain covers) and its postings."""
+    with db.reading() as s:
+        txns = [tuple(r) for r in s.execute(text(
+            'SELECT id, "key", kind, actor, body, result, prev_hash, hash FROM journal '
+            "ORDER BY id"))]
+        postings = sorted(tuple(r) for r in s.execute(text(
+            "SELECT txn_id, account, unit, amount, ref FROM postings")))
+    return txns, postings
+
+
+def test_one_batch_gives_each_purchase_what_it_would_get_alone(db: Database,
+                                                               make_db: MakeDb) -> None:
+    """Issue 19: a batch reads every purchase's rows in one round trip before recording
+    any, and writes its rows a statement a table at the end. Whatever an earlier purchase of
+    the batch changed in memory (a buyer twice, a shared referrer's entries, an order it made
+    due, a key it recorded) each later one sees, exactly as one-by-one purchases would: the
+    same answers, refusals, journal bytes, hash chain and postings."""
+    handles = shop(db, users=6)  # u1 refers u2 and u3, u2 refers u4 and u5
+    later = T + timedelta(days=40)  # the sofa bought below is due by then
+    calls: list[dict[str, Any]] = [
+        {"user": handles[1], "sku": "tea", "at": T, "key": "a"},
+        {"user": handles[2], "sku": "sofa", "at": T, "key": "b"},
+        {"user": handles[3], "sku": "tea", "at": T, "key": "c"},  # u1's entries again
+        {"user": handles[1], "sku": "rice", "at": T, "key": "d"},  # the same buyer again
+        {"user": "nobody", "sku": "tea", "at": T, "key": "e"},
+        {"user": handles[2], "sku": "tea", "at": T, "key": "a"},  # a key of this batch
+        {"user": handles[4], "sku": "tea", "at": "not a time", "key": "f"},
+        {"user": handles[5], "sku": "tea", "at": later, "key": "g"},  # settles the sofa
+        {"user": handles[4], "sku": "rice", "at": later},  # no key
+        {"user": handles[3], "sku": "sofa", "at": later, "key": "h", "pay_points": "0.10"},
+    ]
+    group = GroupCommit(db)
+    answers: dict[int, Any] = {}
+
+    def call(i: int) -> None:
+        try:
+            answers[i] = group.buy(**calls[i])
+        except Refusal as refusal:
+            answers[i] = ("refused", refusal.code)
+
+    warm = threading.Thread(target=group.buy, kwargs={"user": handles[0], "sku": "rice",
+                                                      "at": T, "key": "warm"})
+    holding = hold_first_commit(db, group, queued=len(calls))
+    try:
+        warm.start()
+        wait_until(holding.is_set, "the warm-up's commit held")
+        queued_in_order(group, [threading.Thread(target=call, args=(i,))
+                                for i in range(len(calls))])
+        warm.join()
+        wait_until(lambda: len(answers) == len(calls), "every purchase answered")
+    finally:
+        group.close()
+    assert group.batches == 2  # the warm-up, then all of them together
+    assert answers[4] == ("refused", "unknown_user")
+    assert answers[5]["replayed"] is True
+    assert verify(db).ok
+
+    serial = make_db("memory")
+    shop(serial, users=6)
+    service.buy(serial, user=handles[0], sku="rice", at=T, key="warm")
+    alone: dict[int, Any] = {}
+    for i, kwargs in enumerate(calls):
+        try:
+            alone[i] = service.buy(serial, **kwargs)
+        except Refusal as refusal:
+            alone[i] = ("refused", refusal.code)
+    assert answers == alone
+    assert _journal(db) == _journal(serial)
+    with serial.reading() as a, db.reading() as b:
+        assert snapshot(a) == snapshot(b)

@@ -1,0 +1,145 @@
+"""A group commit's reads and writes in wide statements: every purchase's reads in one round
+trip, each table's new rows in one INSERT.
+
+`Rows.flush` (storage/unit.py) writes a table's new rows with one `executemany`, which on
+PostgreSQL is still one Bind and Execute per row through psycopg's Python pipeline code. A
+batch of purchases (engine/batch.py) inserts a hundred rows and more at its commit, so it
+writes them here instead: one `INSERT … SELECT * FROM unnest(?::type[], …)` per table, an
+array a column. The statement's text is the same whatever the number of rows, so psycopg
+parses it once and the server prepares it once. Values are bound by the same column
+processors (`Driver.bind`), the tables go in `Rows.flush`'s order, all in one pipeline: the
+rows stored are the same, byte for byte. Updates (a few rows a batch, one per key) still go
+through `Driver.write`. On SQLite, where `executemany` runs in C, `Rows.flush` as it is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, cast
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
+
+from .driver import Driver
+from .queries import DUE_PAGE
+from .rows import EntryRow, OrderRow, PoolRow, Query, UserRow
+from .unit import Rows
+
+
+def flush_session_wide(session: Session) -> None:
+    """`flush_wide` for the rows of `session`'s transaction, if it has any."""
+    rows = session.info.get("rows")
+    if isinstance(rows, Rows):
+        flush_wide(rows)
+
+
+def flush_wide(rows: Rows) -> None:
+    """Write everything `rows` holds unwritten, each table's inserts in one statement
+    (PostgreSQL), in one round trip; exactly what `rows.flush()` would store."""
+    db = rows.db
+    if not db.pg:
+        rows.flush()
+        return
+    if rows._flushing:
+        return
+    rows._flushing = True
+    rows._ready.clear()  # prefetched reads may be out of date once anything is written
+    try:
+        writes = rows._changes()
+        if not writes:
+            return
+
+        def write_all() -> None:
+            for sql, table, columns, values in writes:
+                if sql.startswith("INSERT INTO ") and len(values) > 1:
+                    insert_wide(db, sql, table, columns, values)
+                else:
+                    db.write(sql, table, columns, values)
+
+        db.batch([], write_all)
+    finally:
+        rows._flushing = False
+
+
+@lru_cache(maxsize=64)
+def unnest_sql(insert: str, table: Table, columns: tuple[str, ...]) -> str:
+    """`INSERT INTO t (…) VALUES (?, …)` as `INSERT INTO t (…) SELECT * FROM unnest(?::type[],
+    …)`. Each array is cast to its column's type without length or precision (`varchar[]`,
+    not `varchar(64)[]`): a cast to `varchar(64)` would cut a longer value silently, where the
+    INSERT's own assignment to the column refuses it, as the one-row statement does."""
+    head, sep, group = insert.rpartition(" VALUES ")
+    assert sep and group.startswith("(") and group.endswith(")"), insert
+    dialect = postgresql.dialect()
+    types = [re.sub(r"\(.*?\)", "", table.c[c].type.compile(dialect=dialect)).strip()
+             for c in columns]
+    return f"{head} SELECT * FROM unnest({', '.join(f'?::{t}[]' for t in types)})"
+
+
+def insert_wide(db: Driver, insert: str, table: Table, columns: Sequence[str],
+                values: Sequence[Sequence[Any]]) -> None:
+    """`insert` (one row's `INSERT … VALUES (?, …)`) for every row of `values` in one
+    statement, the values bound as `Driver.write` binds them."""
+    bound = db.bind(table, columns, values)
+    params = [list(column) for column in zip(*bound, strict=True)]
+    sql = unnest_sql(insert, table, tuple(columns)).replace("?", "%b")
+    cur = db.raw.cursor()
+    try:
+        db._observed(cur, sql, params, False)
+        cur.execute(sql, params)
+    except db._dbapi_error as exc:
+        raise db._error(exc, sql, [column[:1] for column in params]) from exc
+    finally:
+        cur.close()
+
+
+def purchase_reads_many(rows: Rows, asks: Sequence[tuple[str, str | None, datetime | None]],
+                        with_pools: bool) -> list[dict[Hashable, list[Any]]]:
+    """`queries.purchase_reads` for every purchase of a batch, (handle, key, at) each, in
+    **one** round trip: the same statements, each handle, key and time read once. What each
+    purchase will load by name (the orders due by its time, its referrer's waiting entries)
+    is offered to it with `Rows.keep`, as `purchase_reads` does, until anything is written.
+    Rows read here for one purchase and changed in memory by an earlier one come back as
+    they are in memory (the unit of work's identity map), so this is the state each
+    purchase's own read would have found: nothing is written until the batch's flush."""
+    reads: dict[Hashable, Query] = {}
+    if with_pools:
+        reads["pools"] = Query(PoolRow, "", suffix=" ORDER BY name")
+    for handle, key, at in asks:
+        if ("buyer", handle) not in reads:
+            reads["buyer", handle] = Query(UserRow, "handle = ?", (handle,))
+            reads["referrer", handle] = Query(
+                UserRow, "id = (SELECT referrer_id FROM users WHERE handle = ?)", (handle,))
+            reads["waiting", handle] = Query(
+                EntryRow, "user_id = (SELECT referrer_id FROM users WHERE handle = ?) "
+                "AND status = 'waiting'", (handle,), suffix=" ORDER BY seq")
+        if key is not None:
+            reads["key", key] = Query(None, 'SELECT body, result FROM journal WHERE "key" = ?',
+                                      (key,))
+        if at is not None and ("due", at) not in reads:
+            reads["due", at] = Query(OrderRow, "status = 'pending' AND settles_at <= ? AND "
+                                     "no > ?", (rows.param(OrderRow, "settles_at", at), 0),
+                                     suffix=f" ORDER BY no LIMIT {DUE_PAGE}")
+    got = rows.prefetch(reads)
+    for name, found in got.items():
+        if name == "pools":
+            continue
+        kind, what = cast(tuple[str, Any], name)
+        if kind == "waiting":
+            referrer = got["referrer", what]
+            if referrer:
+                rows.keep(("waiting", referrer[0].id), found)
+        elif kind == "due":
+            rows.keep(("due", what), found)
+    out: list[dict[Hashable, list[Any]]] = []
+    for handle, key, _at in asks:
+        one: dict[Hashable, list[Any]] = {"buyer": got["buyer", handle]}
+        if with_pools:
+            one["pools"] = got["pools"]
+        if key is not None:
+            one["key"] = got["key", key]
+        out.append(one)
+    return out
