@@ -23,6 +23,7 @@ import itertools
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -77,6 +78,13 @@ def new_pg_schema(admin_url: str) -> tuple[str, str]:
 
 
 def drop_pg_schema(admin_url: str, schema: str) -> None:
+    if _PG_SCHEMAS is not None and admin_url == PG_ADMIN_URL and _PG_SCHEMAS.failed is None:
+        _PG_SCHEMAS.drop_later(schema)  # on the schemas' thread, while tests go on
+    else:
+        _drop_pg_schema_now(admin_url, schema)
+
+
+def _drop_pg_schema_now(admin_url: str, schema: str) -> None:
     import psycopg
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -149,7 +157,7 @@ def migrate_fresh(db: Database) -> None:
                 shutil.copyfile(_sqlite_template(), path)
                 return
         elif db.dialect == "postgresql" and _pg_schema_is_empty(db):
-            _replay(db, _pg_script())
+            _pg_schemas().fill(db)
             return
     migrate(db)
 
@@ -182,7 +190,8 @@ def _pg_script() -> list[tuple[str, Any, bool]]:
     template schema in the test database)."""
     global _PG_SCRIPT
     if _PG_SCRIPT is None:
-        with pg_schema(PG_ADMIN_URL) as template_url:
+        schema, template_url = new_pg_schema(PG_ADMIN_URL)
+        try:
             template = Database(template_url)
             sent: list[tuple[str, Any, bool]] = []
 
@@ -193,7 +202,8 @@ def _pg_script() -> list[tuple[str, Any, bool]]:
 
             migrate(template)
             template.dispose()
-        schema = template_url.rsplit("%3D", 1)[1]
+        finally:
+            _drop_pg_schema_now(PG_ADMIN_URL, schema)
         assert schema not in repr(sent), "a migration named its schema: cannot replay it"
         _PG_SCRIPT = sent
     return _PG_SCRIPT
@@ -215,6 +225,93 @@ def _replay(db: Database, script: list[tuple[str, Any, bool]]) -> None:
         raise
     finally:
         raw.close()
+
+
+class _PgSchemas:
+    """PostgreSQL's side of the copies, on a thread of its own so that the server's DDL work
+    (most of a schema's cost) runs on the other core while tests run: it keeps `AHEAD`
+    schemas replayed ahead, and drops the schemas tests are done with. `fill(db)` gives the
+    empty schema `db` stands on one of them: the empty one is dropped and the ready one
+    renamed to its name (everything in a schema moves with it; defaults and constraints
+    refer to their sequences and tables by oid)."""
+
+    AHEAD = 2
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.ready: list[str] = []
+        self.to_drop: list[str] = []
+        self.failed: BaseException | None = None
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="pg-schemas", daemon=True)
+        self.thread.start()
+
+    def fill(self, db: Database) -> None:
+        with self.cond:
+            while not self.ready and self.failed is None:
+                self.cond.wait()
+            if self.failed is not None:
+                raise RuntimeError("making a template schema failed") from self.failed
+            ready = self.ready.pop(0)
+            self.cond.notify_all()
+        with db.engine.begin() as conn:
+            target = conn.exec_driver_sql("SELECT current_schema()").scalar_one()
+            conn.exec_driver_sql(f'DROP SCHEMA "{target}"')  # empty: no CASCADE needed
+            conn.exec_driver_sql(f'ALTER SCHEMA "{ready}" RENAME TO "{target}"')
+
+    def drop_later(self, schema: str) -> None:
+        with self.cond:
+            self.to_drop.append(schema)
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.to_drop.extend(self.ready)
+            self.ready.clear()
+            self.cond.notify_all()
+        self.thread.join(120)
+
+    def _run(self) -> None:
+        try:
+            script = _pg_script()
+            while True:
+                with self.cond:
+                    while not (self.to_drop or self.stopping
+                               or len(self.ready) < self.AHEAD):
+                        self.cond.wait()
+                    make = not self.stopping and len(self.ready) < self.AHEAD
+                    drop = None if make or not self.to_drop else self.to_drop.pop()
+                    if not make and drop is None:
+                        return  # stopping, and nothing left to drop
+                if drop is not None:
+                    _drop_pg_schema_now(PG_ADMIN_URL, drop)
+                    continue
+                schema, url = new_pg_schema(PG_ADMIN_URL)
+                made = Database(url)
+                try:
+                    _replay(made, script)
+                finally:
+                    made.dispose()
+                with self.cond:
+                    self.ready.append(schema)
+                    self.cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test waiting for it
+            with self.cond:
+                self.failed = exc
+                self.cond.notify_all()
+
+
+_PG_SCHEMAS: _PgSchemas | None = None
+
+
+def _pg_schemas() -> _PgSchemas:
+    global _PG_SCHEMAS
+    if _PG_SCHEMAS is None:
+        _pg_script()  # recorded here, before the thread starts
+        _PG_SCHEMAS = _PgSchemas()
+        atexit.register(_PG_SCHEMAS.close)
+    return _PG_SCHEMAS
 
 
 @pytest.fixture(autouse=True)
