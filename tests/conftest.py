@@ -84,10 +84,11 @@ def drop_pg_schema(admin_url: str, schema: str) -> None:
         _drop_pg_schema_now(admin_url, schema)
 
 
-def _drop_pg_schema_now(admin_url: str, schema: str) -> None:
+def _drop_pg_schema_now(admin_url: str, schema: str, lock_timeout: str = "0") -> None:
     import psycopg
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"SET lock_timeout = '{lock_timeout}'")
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
@@ -241,6 +242,7 @@ class _PgSchemas:
         self.cond = threading.Condition()
         self.ready: list[str] = []
         self.to_drop: list[str] = []
+        self.stuck: list[str] = []  # drops that timed out waiting for a lock
         self.failed: BaseException | None = None
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name="pg-schemas", daemon=True)
@@ -267,7 +269,7 @@ class _PgSchemas:
     def close(self) -> None:
         with self.cond:
             self.stopping = True
-            self.to_drop.extend(self.ready)
+            self.to_drop.extend(self.stuck + self.ready)
             self.ready.clear()
             self.cond.notify_all()
         self.thread.join(120)
@@ -285,7 +287,12 @@ class _PgSchemas:
                     if not make and drop is None:
                         return  # stopping, and nothing left to drop
                 if drop is not None:
-                    _drop_pg_schema_now(PG_ADMIN_URL, drop)
+                    try:  # a connection left open in a transaction must not stall the rest
+                        _drop_pg_schema_now(PG_ADMIN_URL, drop, lock_timeout="5s")
+                    except Exception:  # noqa: BLE001 - one more try at the end
+                        if not self.stopping:
+                            with self.cond:
+                                self.stuck.append(drop)
                     continue
                 schema, url = new_pg_schema(PG_ADMIN_URL)
                 made = Database(url)
