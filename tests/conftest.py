@@ -196,7 +196,9 @@ def _pg_script() -> list[tuple[str, Any, bool]]:
             template = Database(template_url)
             sent: list[tuple[str, Any, bool]] = []
 
-            @event.listens_for(template.engine, "before_cursor_execute")
+            # (after: only what succeeded; a probe that fails on an empty schema, such as
+            # a read of a version table not there yet, changed nothing and is not replayed)
+            @event.listens_for(template.engine, "after_cursor_execute")
             def record(_conn: Any, _cursor: Any, statement: str, parameters: Any,
                        _context: Any, many: bool) -> None:
                 sent.append((statement, parameters, many))
