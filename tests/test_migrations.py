@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -12,6 +13,10 @@ from storage.db import Database
 from storage.migrate import alembic_config, current_revision, head_revision, migrate
 from storage.models import Base, OrderLine
 from tests.test_report import local
+
+# Every database here is made by Alembic itself (tests/conftest.py copies a template for the
+# rest of the suite; tests/test_template_schema.py proves the copy equal).
+pytestmark = pytest.mark.real_migrations
 
 
 def test_migrations_produce_exactly_the_models(db: Database):

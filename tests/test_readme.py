@@ -55,17 +55,25 @@ def run_line(line: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=300)
 
 
-def test_every_readme_command_line_runs_in_a_fresh_clone(clone_dir: Path) -> None:
-    for line in storefront_lines(README):
-        done = run_line(line, clone_dir)
+@pytest.fixture(scope="module")
+def readme_runs(clone_dir: Path) -> list[tuple[str, subprocess.CompletedProcess[str]]]:
+    """Every README line run once, in order, in the clone (each a `storefront` process of
+    its own); the tests below read what each did."""
+    return [(line, run_line(line, clone_dir)) for line in storefront_lines(README)]
+
+
+def test_every_readme_command_line_runs_in_a_fresh_clone(
+        readme_runs: list[tuple[str, subprocess.CompletedProcess[str]]]) -> None:
+    for line, done in readme_runs:
         assert done.returncode == 0, (line, done.stderr)
         assert "Traceback" not in done.stderr, (line, done.stderr)
         assert done.stdout.strip(), line
 
 
-def test_the_seed_example_prints_the_figures_the_readme_states(clone_dir: Path) -> None:
-    [line] = [x for x in storefront_lines(README) if "seed-points-mint" in x]
-    state = json.loads(run_line(line, clone_dir).stdout)
+def test_the_seed_example_prints_the_figures_the_readme_states(
+        readme_runs: list[tuple[str, subprocess.CompletedProcess[str]]]) -> None:
+    [done] = [run for line, run in readme_runs if "seed-points-mint" in line]
+    state = json.loads(done.stdout)
     assert "**2000 points**" in README and "**4000.00**" in README and "**2.00**" in README
     assert state["points"] == {"supply": "2000.000000", "price": "2.000000"}
     assert state["pools"]["points"] == "4000.00"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,22 @@ def fill_address(page: Any) -> None:
     page.wait_for_selector('#toast:has-text("Address saved")')
 
 
+@pytest.fixture(scope="module")
+def _chromium_process() -> Iterator[Any]:
+    with browser() as b:
+        yield b
+
+
+@pytest.fixture
+def chromium(_chromium_process: Any) -> Iterator[Any]:
+    """The module's chromium, launched once (it was a launch a test). Each `new_page` is a
+    browser context of its own (no cookies or storage shared), and every context a test
+    opened is closed after it."""
+    yield _chromium_process
+    for context in _chromium_process.contexts:
+        context.close()
+
+
 def telegram_env(api: FakeBotAPI, url: str) -> dict[str, str]:
     return {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_BASE_URL": api.base_url,
             "STOREFRONT_PUBLIC_URL": "https://shop.example",
@@ -72,12 +89,13 @@ def telegram_env(api: FakeBotAPI, url: str) -> dict[str, str]:
 
 
 def test_a_telegram_buyer_shops_pays_and_sees_the_order_and_queue_entry(
-        tmp_path: Path, make_db: Any) -> None:
+        tmp_path: Path, make_db: Any, chromium: Any) -> None:
     url = f"sqlite:///{tmp_path}/shop.db"
     db = make_db(url)
     seed_demo_catalogue(db)
     shot = Shots(tmp_path)
-    with FakeBotAPI(TOKEN) as api, browser() as b:
+    b = chromium
+    with FakeBotAPI(TOKEN) as api:
         svc = Storefront(tmp_path, telegram_env(api, url))
         try:
             # a forged initData (signed with another bot's token) is nobody
@@ -156,7 +174,7 @@ def test_a_telegram_buyer_shops_pays_and_sees_the_order_and_queue_entry(
 
 
 def test_an_operator_approves_a_withdrawal_on_the_dashboard(tmp_path: Path,
-                                                           make_db: Any) -> None:
+                                                           make_db: Any, chromium: Any) -> None:
     url = f"sqlite:///{tmp_path}/shop.db"
     db = make_db(url)
     seed_demo_catalogue(db)
@@ -174,7 +192,8 @@ def test_an_operator_approves_a_withdrawal_on_the_dashboard(tmp_path: Path,
     # and a paid order of goods (the demo's tea) waiting to ship
     sold = service.buy(db, user="tg:7", sku="TEA", method="offline", key="seed-goods")
     shot = Shots(tmp_path)
-    with FakeBotAPI(TOKEN) as api, browser() as b:
+    b = chromium
+    with FakeBotAPI(TOKEN) as api:
         svc = Storefront(tmp_path, telegram_env(api, url))
         try:
             # a buyer opening the dashboard from the Mini App is refused
@@ -228,7 +247,7 @@ def _actor_of(db: Any, kind: str) -> list[str | None]:
 
 
 def test_a_wechat_buyer_signs_in_by_oauth_and_pays_by_jsapi(tmp_path: Path,
-                                                          make_db: Any) -> None:
+                                                          make_db: Any, chromium: Any) -> None:
     from tests.standins import wechat as sw
     from tests.standins.wechat_web import FakeWeChatWeb
 
@@ -239,8 +258,9 @@ def test_a_wechat_buyer_signs_in_by_oauth_and_pays_by_jsapi(tmp_path: Path,
     openid = "o-web-buyer-1"
     shot = Shots(tmp_path)
     port = free_port()
+    b = chromium
     with FakeWeChatWeb(appid=keys.appid, secret="wx-secret") as api, \
-            sw.FakeWeChatPayAPI(keys) as pay_api, browser() as b:
+            sw.FakeWeChatPayAPI(keys) as pay_api:
         api.next_openid = openid
         svc = Storefront(tmp_path, {
             "DATABASE_URL": url, "STOREFRONT_DEMO_CATALOGUE": "false",
@@ -301,34 +321,34 @@ def test_a_wechat_buyer_signs_in_by_oauth_and_pays_by_jsapi(tmp_path: Path,
 
 
 def test_without_a_chat_channel_the_console_user_shops_in_a_plain_browser(
-        tmp_path: Path) -> None:
+        tmp_path: Path, chromium: Any) -> None:
     """`make run` with no tokens: the console chat, and the web pages on loopback for the
     console user (an operator): buy with the console's simulated payment, see the dashboard."""
     url = f"sqlite:///{tmp_path}/shop.db"
     shot = Shots(tmp_path)
-    with browser() as b:
-        svc = Storefront(tmp_path, {"DATABASE_URL": url})  # the demo catalogue is seeded
-        try:
-            assert svc.says("the shop in a browser"), svc.tail()
-            page = b.new_page(viewport={"width": 360, "height": 740})
-            only_loopback(page, {TG_JS: ""})
-            page.goto(f"{svc.url}/app")
-            page.wait_for_selector('[data-testid="product-PEN"]')
-            page.click('[data-testid="product-PEN"]')
-            page.click('[data-add="PEN"]')
-            page.wait_for_selector('#cart-count:text-is("1")')
-            page.click('nav [data-view="cart"]')
-            page.wait_for_selector("button.primary[data-checkout]")
-            fill_address(page)
-            page.click("button.primary[data-checkout]")
-            page.wait_for_selector('.orders [data-order][data-status="settled"]')
-            assert "Wang Fang" in page.inner_text(".orders")  # where it ships
-            shot(page, "console-orders")
-            page.click('nav [data-lang="zh"]')
-            page.wait_for_selector('nav [data-view="orders"]:text-is("订单")')
-            page.wait_for_selector('.orders .tag:text-is("已结算")')
-            shot(page, "console-orders-zh")
-            page.goto(f"{svc.url}/admin")
-            page.wait_for_selector("form[action='/admin/signout']")
-        finally:
-            svc.stop()
+    b = chromium
+    svc = Storefront(tmp_path, {"DATABASE_URL": url})  # the demo catalogue is seeded
+    try:
+        assert svc.says("the shop in a browser"), svc.tail()
+        page = b.new_page(viewport={"width": 360, "height": 740})
+        only_loopback(page, {TG_JS: ""})
+        page.goto(f"{svc.url}/app")
+        page.wait_for_selector('[data-testid="product-PEN"]')
+        page.click('[data-testid="product-PEN"]')
+        page.click('[data-add="PEN"]')
+        page.wait_for_selector('#cart-count:text-is("1")')
+        page.click('nav [data-view="cart"]')
+        page.wait_for_selector("button.primary[data-checkout]")
+        fill_address(page)
+        page.click("button.primary[data-checkout]")
+        page.wait_for_selector('.orders [data-order][data-status="settled"]')
+        assert "Wang Fang" in page.inner_text(".orders")  # where it ships
+        shot(page, "console-orders")
+        page.click('nav [data-lang="zh"]')
+        page.wait_for_selector('nav [data-view="orders"]:text-is("订单")')
+        page.wait_for_selector('.orders .tag:text-is("已结算")')
+        shot(page, "console-orders-zh")
+        page.goto(f"{svc.url}/admin")
+        page.wait_for_selector("form[action='/admin/signout']")
+    finally:
+        svc.stop()
