@@ -17,18 +17,9 @@ from sqlalchemy import Table, text
 from sqlalchemy.orm import Session
 
 from . import models
+from . import rows as row_types
 from .driver import Driver
-from .rows import (
-    JOURNAL,
-    OUTBOX,
-    POSTINGS,
-    EntryRow,
-    OrderLineRow,
-    OrderRow,
-    PoolRow,
-    Query,
-    UserRow,
-)
+from .rows import EntryRow, OrderLineRow, OrderRow, PoolRow, Query, UserRow
 from .unit import Rows
 
 _PRODUCTS = cast(Table, models.Product.__table__)
@@ -190,8 +181,8 @@ def credit_wallets(rows: Rows, credits: Iterable[tuple[int, int]]) -> None:
 def stamps(rows: Rows, at: datetime) -> tuple[Any, Any]:
     """`at` bound as the journal's `at` and as the outbox's times (`next_at`, `created_at`,
     one type): a release page stamps every row it writes with one time, bound once here."""
-    journal_at = rows.db.bind(JOURNAL.table, ("at",), [(at,)])[0][0]
-    outbox_at = rows.db.bind(OUTBOX.table, ("next_at", "created_at"), [(at, at)])[0]
+    journal_at = rows.db.bind(row_types.JOURNAL.table, ("at",), [(at,)])[0][0]
+    outbox_at = rows.db.bind(row_types.OUTBOX.table, ("next_at", "created_at"), [(at, at)])[0]
     assert outbox_at[0] == outbox_at[1]
     return journal_at, outbox_at[0]
 
@@ -201,7 +192,8 @@ def append_bound(rows: Rows, journal: Sequence[Sequence[Any]], postings: Sequenc
     """A release page's journal, postings and outbox rows (in `storage.rows.JOURNAL`'s,
     `POSTINGS`' and `OUTBOX`' column order, their times already bound by `stamps`), written
     now: one multi-row statement per table, no per-row binding."""
-    for table, values in ((JOURNAL, journal), (POSTINGS, postings), (OUTBOX, outbox)):
+    for table, values in ((row_types.JOURNAL, journal), (row_types.POSTINGS, postings),
+                          (row_types.OUTBOX, outbox)):
         rows.db.many(table.sql, values)
 
 
