@@ -18,9 +18,9 @@ with the same fixtures, what its work costs with no engine, and is judged on the
   same stand-in process for the same updates and sends each chat one answer of the same
   length (16 at once, as the bot's inbox does), timed the same way.
 
-`verify`'s runs alternate with its baseline's (benchmarks/common.py `paired`); the release and
-`/me` rows run first (their own code, unchanged) and their baseline runs follow, as many; the
-ratio is taken run by run.
+`verify`'s and the release's runs alternate with their baselines' (benchmarks/common.py
+`paired`; the release through `release_rate`'s `beside`); the `/me` row runs first (its own
+code, unchanged) and its baseline runs follow, as many; the ratio is taken run by run.
 """
 
 from __future__ import annotations
@@ -63,24 +63,31 @@ def _judge(row: Row, base: list[float], what: str, absolute: tuple[str, float]) 
 # -- release --------------------------------------------------------------------------------
 
 def release_row(ctx: Context) -> Row:
-    row = release.release_rate(ctx)
-    template = ctx.scratch("release") / "template.db"
-    at = _release_at(template)
+    """The release row, each of its runs paired with a baseline run (before it on even runs,
+    after it on odd ones, as `paired` alternates), so both meet the same load."""
     cap = 3.0 if ctx.quick else 20.0
-    base = []
-    for i in range(len(row.measured.runs) if row.measured else 0):
+    base: list[float] = []
+    floor_runs: list[dict[str, Any]] = []
+
+    def baseline(i: int) -> None:
+        template = ctx.scratch("release") / "template.db"
         work = ctx.scratch("release-floor")
         copy = work / f"run{i}.db"
         shutil.copyfile(template, copy)
-        out = run_child("benchmarks.baselines", "release", str(copy), at.isoformat(),
-                        str(cap), timeout=900)
+        out = run_child("benchmarks.baselines", "release", str(copy),
+                        _release_at(template).isoformat(), str(cap), timeout=900)
         for p in work.glob(f"run{i}*"):
             p.unlink()
         base.append(out["paid"] / out["replay_seconds"])
-        row.facts.setdefault("floor_runs", []).append(out)
+        floor_runs.append(out)
+
+    row = release.release_rate(ctx, beside=baseline)
+    row.facts["floor_runs"] = floor_runs
+    row.facts["interleaved"] = True
     return _judge(row, base, "the same release's write statements (entries, wallets, "
                   "postings, run record) replayed with no engine on a copy of the shop, one "
-                  "durable commit per page (benchmarks/floor.py)", (">=", 20_000))
+                  "durable commit per page (benchmarks/floor.py); runs interleaved with the "
+                  "release's", (">=", 20_000))
 
 
 def _release_at(path: Path) -> datetime:

@@ -65,6 +65,17 @@ def message(key: str, user_id: int | None, kind: str, params: dict[str, Any],
     return (key, user_id, kind, canonical(params), lang or "zh", PENDING, 0, at, at)
 
 
+def release_paid(seq: int, user_id: int, owed: int, total: int, lang: str | None,
+                 stamp: Any) -> tuple[Any, ...]:
+    """`message(f"release:entry:{seq}", user_id, "release_paid", {"entry": seq, "amount":
+    owed, "total": total}, lang, at)` with `at` already bound (`stamp`) and the params' canonical
+    text written directly (tests/test_release_chain.py compares the two): a release page owes
+    one per entry."""
+    return (f"release:entry:{seq}", user_id, "release_paid",
+            f'{{"amount":{owed},"entry":{seq},"total":{total}}}', lang or "zh", PENDING, 0,
+            stamp, stamp)
+
+
 def message_fields(key: str, user_id: int | None, kind: str, params: dict[str, Any],
                    lang: str | None, at: datetime) -> dict[str, Any]:
     """`message` by column name, for an ORM or Core insert."""

@@ -9,7 +9,7 @@ from fractions import Fraction
 from storage import faults, queries
 from storage.rows import EntryRow, UserRow
 
-from . import journal, ledger
+from . import journal, ledger, outbox
 from .book import Book
 from .money import into_pool, out_of_pool
 
@@ -114,47 +114,48 @@ def release_page(book: Book, at: datetime, after_seq: int, limit: int) -> Releas
     full; stop at the first the pool cannot pay (strict FIFO). Each payment is its own journal
     transaction keyed by the entry, so no entry can ever be paid twice.
 
-    Core statements in bulk (a release may pay a million entries): one read of the page,
-    then a handful of multi-row writes, whatever the page size."""
+    Core statements in bulk (a release may pay a million entries): one read of the page (the
+    entries with their owners' handles and languages), then one multi-row write per table,
+    whatever the page size."""
     pool = book.pool("queue")
     book.flush()
     rows = queries.matured_entries(book.rows, after_seq, at, limit)
-    payable = []
     balance = pool.balance
     blocked = False
-    for seq, user_id, amount, released in rows:
+    paid: list[tuple[int, int, int]] = []
+    for n, (_seq, _user_id, amount, released, _handle, _lang) in enumerate(rows):
         owed = amount - released
         if owed > balance:
             blocked = True
+            rows = rows[:n]
             break
         balance -= owed
-        payable.append((seq, user_id, owed, amount))
-    if payable:
-        _pay_page(book, payable, at)
+    if rows:
+        paid = _pay_page(book, rows, at)
         pool.balance = balance
-    paid = [(seq, user_id, owed) for seq, user_id, owed, _amount in payable]
-    last = payable[-1][0] if payable else after_seq
-    return ReleasePage(paid, last, blocked=blocked, exhausted=not blocked and len(rows) < limit)
+    last = rows[-1][0] if rows else after_seq
+    return ReleasePage(paid, last, blocked=blocked,
+                       exhausted=not blocked and len(rows) < limit)
 
 
-def _pay_page(book: Book, payable: list[tuple[int, int, int, int]], at: datetime) -> None:
-    owners = queries.names_and_langs(book.rows, sorted({p[1] for p in payable}))
-    txns = []
+def _pay_page(book: Book, payable: list[tuple[int, int, int, int, str, str | None]],
+              at: datetime) -> list[tuple[int, int, int]]:
+    """Pay each of `payable` (seq, user_id, amount, released, handle, lang) what it still
+    lacks: the page's journal, postings, owed messages, entries and wallets, each in one
+    multi-row statement. Returns (seq, user_id, owed) of each."""
+    journal_at, outbox_at = queries.stamps(book.rows, at)
+    entries: list[tuple[int, int, int, str]] = []
+    messages: list[tuple[object, ...]] = []
     credit: dict[int, int] = {}
-    for seq, user_id, owed, amount in payable:
-        handle, lang = owners[user_id]
-        p = journal.Postings()
-        p.fen(journal.QUEUE_POOL, journal.wallet(user_id), owed, f"entry:{seq}")
-        key = f"release:entry:{seq}"
-        txns.append(journal.Txn(key=key, kind="release", at=at, postings=p,
-                                body={"entry": seq, "user": handle},
-                                result={"entry": seq, "paid": owed}))
-        book.owe(key, user_id, "release_paid", {"entry": seq, "amount": owed, "total": amount},
-                 lang, at)
+    fault = faults.point
+    for seq, user_id, amount, released, handle, lang in payable:
+        owed = amount - released
+        entries.append((seq, user_id, owed, handle))
+        messages.append(outbox.release_paid(seq, user_id, owed, amount, lang, outbox_at))
         credit[user_id] = credit.get(user_id, 0) + owed
-        faults.point("release.entry_paid")  # a crash mid-page rolls the whole page back
-    paid_at = [(at, seq) for seq, *_rest in payable]
-    queries.mark_released(book.rows, paid_at)
+        fault("release.entry_paid")  # a crash mid-page rolls the whole page back
+    txns, postings = journal.chain_releases(book.head, at, journal_at, entries)
+    queries.mark_released(book.rows, at, [p[0] for p in payable])
     direct = []
     for uid, amount in credit.items():
         if (owner := book.rows.peek(UserRow, uid)) is not None:
@@ -162,4 +163,5 @@ def _pay_page(book: Book, payable: list[tuple[int, int, int, int]], at: datetime
         else:
             direct.append((amount, uid))
     queries.credit_wallets(book.rows, direct)
-    book.record_many(txns)
+    queries.append_bound(book.rows, txns, postings, messages)
+    return [(seq, user_id, owed) for seq, user_id, owed, _handle in entries]

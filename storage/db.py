@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 # faults: named crash points, inert unless a test arms them (a leaf module); unit: the fast
@@ -84,6 +84,9 @@ class Database:
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine, wal=not self.memory,
                               busy_ms=max(0, int(busy_timeout * 1000)))
+        # The ORM's one-time setup of every mapper, here rather than in whatever ORM statement
+        # comes first (a release's lock: 60-100 ms of a fresh process's first release).
+        configure_mappers()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._reader = self.engine.execution_options(storefront_read=True)
         self._read_sessions = sessionmaker(self._reader, expire_on_commit=False)

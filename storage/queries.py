@@ -17,6 +17,7 @@ from sqlalchemy import Table, text
 from sqlalchemy.orm import Session
 
 from . import models
+from . import rows as row_types
 from .driver import Driver
 from .rows import EntryRow, HeadRow, OrderLineRow, OrderRow, PoolRow, Query, UserRow, key_match
 from .unit import Rows
@@ -188,36 +189,48 @@ def users_with_exit_key(rows: Rows, key: bytes, skip: Sequence[int]) -> list[Use
 
 # -- a release page, in bulk ----------------------------------------------------------------
 def matured_entries(rows: Rows, after_seq: int, at: datetime,
-                    limit: int) -> list[tuple[int, int, int, int]]:
-    """(seq, user_id, amount, released) of up to `limit` waiting entries matured by `at`,
-    after `after_seq`, in `seq` order, locked."""
+                    limit: int) -> list[tuple[int, int, int, int, str, str | None]]:
+    """(seq, user_id, amount, released, owner's handle, owner's lang) of up to `limit`
+    waiting entries matured by `at`, after `after_seq`, in `seq` order, the entries locked:
+    one keyset read of `ix_entries_status_seq`, each owner found by its primary key."""
     db = rows.db
-    return db.rows("SELECT seq, user_id, amount, released FROM entries WHERE status = 'waiting' "
-                   "AND seq > ? AND matures_at <= ? ORDER BY seq LIMIT ?" + db.lock,
+    return db.rows("SELECT e.seq, e.user_id, e.amount, e.released, u.handle, u.lang "
+                   "FROM entries e JOIN users u ON u.id = e.user_id WHERE e.status = 'waiting' "
+                   "AND e.seq > ? AND e.matures_at <= ? ORDER BY e.seq LIMIT ?"
+                   + (" FOR UPDATE OF e" if db.pg else ""),
                    (after_seq, rows.param(EntryRow, "matures_at", at), limit))
 
 
-def names_and_langs(rows: Rows, user_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
-    """user id → (handle, lang), read 500 ids per statement."""
-    out: dict[int, tuple[str, str | None]] = {}
-    for i in range(0, len(user_ids), 500):
-        chunk = user_ids[i:i + 500]
-        out.update((uid, (handle, lang)) for uid, handle, lang in rows.db.rows(
-            f"SELECT id, handle, lang FROM users WHERE id IN ({', '.join('?' * len(chunk))})",
-            chunk))
-    return out
-
-
-def mark_released(rows: Rows, paid: Iterable[tuple[datetime, int]]) -> None:
-    """Entries paid in full: (released_at, seq) each."""
-    rows.db.write("UPDATE entries SET released = amount, status = 'released', released_at = ? "
-                  "WHERE seq = ?", EntryRow.TABLE, ("released_at", "seq"), list(paid))
+def mark_released(rows: Rows, at: datetime, seqs: Iterable[int]) -> None:
+    """Entries paid in full at `at` (one time for all: bound once)."""
+    stamp = rows.param(EntryRow, "released_at", at)
+    rows.db.many("UPDATE entries SET released = amount, status = 'released', released_at = ? "
+                 "WHERE seq = ?", [(stamp, seq) for seq in seqs])
 
 
 def credit_wallets(rows: Rows, credits: Iterable[tuple[int, int]]) -> None:
     """Add to wallets of users this transaction does not hold as rows: (amount, user_id)."""
     rows.db.write("UPDATE users SET wallet = wallet + ? WHERE id = ?", UserRow.TABLE,
                   ("wallet", "id"), list(credits))
+
+
+def stamps(rows: Rows, at: datetime) -> tuple[Any, Any]:
+    """`at` bound as the journal's `at` and as the outbox's times (`next_at`, `created_at`,
+    one type): a release page stamps every row it writes with one time, bound once here."""
+    journal_at = rows.db.bind(row_types.JOURNAL.table, ("at",), [(at,)])[0][0]
+    outbox_at = rows.db.bind(row_types.OUTBOX.table, ("next_at", "created_at"), [(at, at)])[0]
+    assert outbox_at[0] == outbox_at[1]
+    return journal_at, outbox_at[0]
+
+
+def append_bound(rows: Rows, journal: Sequence[Sequence[Any]], postings: Sequence[Sequence[Any]],
+                 outbox: Sequence[Sequence[Any]]) -> None:
+    """A release page's journal, postings and outbox rows (in `storage.rows.JOURNAL`'s,
+    `POSTINGS`' and `OUTBOX`' column order, their times already bound by `stamps`), written
+    now: one multi-row statement per table, no per-row binding."""
+    for table, values in ((row_types.JOURNAL, journal), (row_types.POSTINGS, postings),
+                          (row_types.OUTBOX, outbox)):
+        rows.db.many(table.sql, values)
 
 
 # -- `/me`: the hottest read, straight to the driver ----------------------------------------
