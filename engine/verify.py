@@ -16,12 +16,12 @@ It reads a million transactions in well under a minute (docs/perf.md): plain DBA
 instead of ORM objects (there is nothing to map, only to check), balances kept per unit in flat
 dicts, the price compared by cross-multiplication instead of `Fraction`.
 
-On SQLite (`_walk_sqlite`) one statement per page hands over, per transaction, the very text
+On SQLite (`_sqlite_txns`) one statement per page hands over, per transaction, the very text
 `engine.journal.txn_hash` hashes, made by SQLite's JSON functions, and its postings as JSON;
 Python hashes the text, parses the postings and makes every check from them. SQLite's text is
 only a shortcut: a transaction whose text does not hash to its stored hash is hashed again
 from its rows with the engine's own encoding before it is reported (`_rehash`). Elsewhere
-(`_walk_rows`, PostgreSQL) the postings of a page come in one query ordered by transaction,
+(`_rows_txns`, PostgreSQL) the postings of a page come in one query ordered by transaction,
 walked alongside the journal rows, and the hash is computed with one JSON encoder made once —
 the text `engine.journal.txn_hash` hashes, which is checked when this module is imported (on
 any difference it uses that function).
@@ -34,7 +34,7 @@ import hashlib
 import json
 import json.scanner
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -139,10 +139,9 @@ def verify(db: Database) -> Report:
     try:
         with db.reading() as s:
             rows = BookReader(s)
-            if s.get_bind().dialect.name == "sqlite":
-                last_hash, last_id = _walk_sqlite(s, report, books)
-            else:
-                last_hash, last_id = _walk_rows(rows, report, books)
+            txns = _sqlite_txns(s) if s.get_bind().dialect.name == "sqlite" \
+                else _rows_txns(rows)
+            last_hash, last_id = _walk(txns, report, books)
             _check_state(rows, report, books, last_hash, last_id)
             _check_lines(s, report)
     finally:
@@ -151,15 +150,70 @@ def verify(db: Database) -> Report:
     return report
 
 
-def _walk_rows(rows: BookReader, report: Report, books: _Books) -> tuple[str, int]:
-    """The chain and the per-transaction checks from the rows themselves (PostgreSQL): each
-    transaction's postings walked in Python. Returns the chain's last hash and position."""
+# One transaction as a reader hands it to `_walk`: its position, key, stored prev_hash and
+# hash, whether its content hashes to that hash, and its postings.
+Txn = tuple[int, str, str, str, bool, Lines]
+
+
+def _walk(txns: Iterator[Txn], report: Report, books: _Books) -> tuple[str, int]:
+    """The chain and the per-transaction checks over the transactions in chain order, from
+    either reader (`_rows_txns`, `_sqlite_txns`). Returns the chain's last hash and position."""
     fen, micro = books.units[journal.FEN], books.units[journal.MICRO]
     entry_paid = books.entry_paid
     queue_pool, points_pool, issued = journal.QUEUE_POOL, journal.POINTS_POOL, \
         journal.POINTS_ISSUED
     prev_hash, expected_id = journal.GENESIS, 1
     last_pool, last_supply = 0, 0  # the last price seen, as pool / supply (supply 0: none yet)
+    count = 0
+    for txn_id, key, stored_prev, digest, intact, lines in txns:
+        count += 1
+        if txn_id != expected_id:
+            report.fail(f"transaction {txn_id} ({key}): expected position {expected_id}: "
+                        "a transaction was removed or reordered before it")
+        if stored_prev != prev_hash:
+            report.fail(f"transaction {txn_id} ({key}): prev_hash does not match the "
+                        "transaction before it")
+        if not intact:
+            report.fail(f"transaction {txn_id} ({key}): content does not match its "
+                        "hash (altered)")
+        fen_sum = micro_sum = 0
+        odd = False
+        for account, unit, amount, ref in lines:
+            if unit == "fen":
+                fen[account] += amount
+                fen_sum += amount
+            elif unit == "micro":
+                micro[account] += amount
+                micro_sum += amount
+            else:
+                other = books.units.setdefault(unit, defaultdict(int))
+                other[account] += amount
+                odd = True
+            if ref and ref[0] == "e" and ref.startswith("entry:") \
+                    and account.endswith(":wallet"):
+                seq = int(ref[6:])
+                entry_paid[seq] = entry_paid.get(seq, 0) + amount
+        if fen_sum or micro_sum or odd:
+            _check_balanced(report, txn_id, key, lines)
+        pool = fen.get(points_pool, 0)
+        if fen.get(queue_pool, 0) < 0:
+            report.fail(f"transaction {txn_id} ({key}): {queue_pool} went below zero")
+        if pool < 0:
+            report.fail(f"transaction {txn_id} ({key}): {points_pool} went below zero")
+        supply = -micro.get(issued, 0)
+        if supply > 0:
+            # pool / supply < last_pool / last_supply, without fractions
+            if last_supply and pool * last_supply < last_pool * supply:
+                report.fail(f"transaction {txn_id} ({key}): the points price fell")
+            last_pool, last_supply = pool, supply
+        prev_hash, expected_id = digest, txn_id + 1
+    report.txns += count
+    return prev_hash, expected_id - 1
+
+
+def _rows_txns(rows: BookReader) -> Iterator[Txn]:
+    """The transactions from the rows themselves (PostgreSQL): each page's postings in one
+    query ordered by transaction, walked alongside the journal rows, hashed in Python."""
     after = 0
     while True:
         txns = rows.journal_page(after, PAGE)
@@ -169,58 +223,18 @@ def _walk_rows(rows: BookReader, report: Report, books: _Books) -> tuple[str, in
         posts = rows.postings_of(lo, hi)
         k, n = 0, len(posts)
         for txn_id, key, kind, at, actor, body, result, stored_prev, digest in txns:
-            report.txns += 1
             while k < n and posts[k][0] < txn_id:
-                k += 1  # postings of a removed transaction: that row is named below
+                k += 1  # postings of a removed transaction: that row is named by `_walk`
             start = k
             while k < n and posts[k][0] == txn_id:
                 k += 1
             lines = [p[1:] for p in posts[start:k]]
-            if txn_id != expected_id:
-                report.fail(f"transaction {txn_id} ({key}): expected position {expected_id}: "
-                            "a transaction was removed or reordered before it")
-            if stored_prev != prev_hash:
-                report.fail(f"transaction {txn_id} ({key}): prev_hash does not match the "
-                            "transaction before it")
             iso = at[:10] + "T" + at[11:] if type(at) is str and len(at) == 26 \
                 and at[10] == " " else at_iso(at)
-            if txn_hash(stored_prev, txn_id, key, kind, iso, actor, body, result,
-                        lines) != digest:
-                report.fail(f"transaction {txn_id} ({key}): content does not match its "
-                            "hash (altered)")
-            fen_sum = micro_sum = 0
-            odd = False
-            for account, unit, amount, ref in lines:
-                if unit == "fen":
-                    fen[account] += amount
-                    fen_sum += amount
-                elif unit == "micro":
-                    micro[account] += amount
-                    micro_sum += amount
-                else:
-                    other = books.units.setdefault(unit, defaultdict(int))
-                    other[account] += amount
-                    odd = True
-                if ref and ref[0] == "e" and ref.startswith("entry:") \
-                        and account.endswith(":wallet"):
-                    seq = int(ref[6:])
-                    entry_paid[seq] = entry_paid.get(seq, 0) + amount
-            if fen_sum or micro_sum or odd:
-                _check_balanced(report, txn_id, key, lines)
-            pool = fen.get(points_pool, 0)
-            if fen.get(queue_pool, 0) < 0:
-                report.fail(f"transaction {txn_id} ({key}): {queue_pool} went below zero")
-            if pool < 0:
-                report.fail(f"transaction {txn_id} ({key}): {points_pool} went below zero")
-            supply = -micro.get(issued, 0)
-            if supply > 0:
-                # pool / supply < last_pool / last_supply, without fractions
-                if last_supply and pool * last_supply < last_pool * supply:
-                    report.fail(f"transaction {txn_id} ({key}): the points price fell")
-                last_pool, last_supply = pool, supply
-            prev_hash, expected_id = digest, txn_id + 1
+            intact = txn_hash(stored_prev, txn_id, key, kind, iso, actor, body, result,
+                              lines) == digest
+            yield txn_id, key, stored_prev, digest, intact, lines
         after = hi
-    return prev_hash, expected_id - 1
 
 
 def _check_balanced(report: Report, txn_id: int, key: str, lines: Lines) -> None:
@@ -260,20 +274,12 @@ def _json_parser() -> Callable[[str], Any]:
 _parse = _json_parser()
 
 
-def _walk_sqlite(session: Session, report: Report, books: _Books) -> tuple[str, int]:
-    """`_walk_rows`'s checks, with the text to hash made by SQLite (`_PAGE_SQL`): Python
-    hashes it, parses the postings (the values as SQLite's JSON spells them: an amount that is
-    not an integer was never hashed by the engine, so its transaction is reported altered),
-    follows the chain, and adds up the balances and the pools exactly as `_walk_rows` does."""
+def _sqlite_txns(session: Session) -> Iterator[Txn]:
+    """The transactions with the text to hash made by SQLite (`_PAGE_SQL`): Python hashes it
+    and parses the postings (the values as SQLite's JSON spells them: an amount that is not
+    an integer was never hashed by the engine, so its transaction is reported altered)."""
     cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    fen, micro = books.units[journal.FEN], books.units[journal.MICRO]
-    entry_paid = books.entry_paid
-    queue_pool, points_pool, issued = journal.QUEUE_POOL, journal.POINTS_POOL, \
-        journal.POINTS_ISSUED
     sha256, parse = hashlib.sha256, _parse
-    prev_hash, expected_id = journal.GENESIS, 1
-    last_pool, last_supply = 0, 0  # the last price seen, as pool / supply (supply 0: none yet)
-    txns = 0
     after = 0
     while True:
         cursor.execute(_PAGE_SQL, (after, PAGE))
@@ -281,52 +287,11 @@ def _walk_sqlite(session: Session, report: Report, books: _Books) -> tuple[str, 
         if not page:
             break
         for txn_id, key, digest, stored_prev, head, text in page:
-            txns += 1
-            if txn_id != expected_id:
-                report.fail(f"transaction {txn_id} ({key}): expected position {expected_id}: "
-                            "a transaction was removed or reordered before it")
-            if stored_prev != prev_hash:
-                report.fail(f"transaction {txn_id} ({key}): prev_hash does not match the "
-                            "transaction before it")
-            if (head is None or sha256((head + text + "]").encode()).hexdigest() != digest) \
-                    and _rehash(cursor, txn_id) != digest:
-                report.fail(f"transaction {txn_id} ({key}): content does not match its "
-                            "hash (altered)")
-            lines = parse(text)
-            fen_sum = micro_sum = 0
-            odd = False
-            for account, unit, amount, ref in lines:
-                if unit == "fen":
-                    fen[account] += amount
-                    fen_sum += amount
-                elif unit == "micro":
-                    micro[account] += amount
-                    micro_sum += amount
-                else:
-                    other = books.units.setdefault(unit, defaultdict(int))
-                    other[account] += amount
-                    odd = True
-                if ref and ref[0] == "e" and ref.startswith("entry:") \
-                        and account.endswith(":wallet"):
-                    seq = int(ref[6:])
-                    entry_paid[seq] = entry_paid.get(seq, 0) + amount
-            if fen_sum or micro_sum or odd:
-                _check_balanced(report, txn_id, key, lines)
-            pool = fen.get(points_pool, 0)
-            if fen.get(queue_pool, 0) < 0:
-                report.fail(f"transaction {txn_id} ({key}): {queue_pool} went below zero")
-            if pool < 0:
-                report.fail(f"transaction {txn_id} ({key}): {points_pool} went below zero")
-            supply = -micro.get(issued, 0)
-            if supply > 0:
-                # pool / supply < last_pool / last_supply, without fractions
-                if last_supply and pool * last_supply < last_pool * supply:
-                    report.fail(f"transaction {txn_id} ({key}): the points price fell")
-                last_pool, last_supply = pool, supply
-            prev_hash, expected_id = digest, txn_id + 1
+            intact = (head is not None
+                      and sha256((head + text + "]").encode()).hexdigest() == digest) \
+                or _rehash(cursor, txn_id) == digest
+            yield txn_id, key, stored_prev, digest, intact, parse(text)
         after = page[-1][0]
-    report.txns += txns
-    return prev_hash, expected_id - 1
 
 
 def _lines_of(cursor: Any, txn_id: int) -> list[tuple[str, str, int, str | None]]:
@@ -336,7 +301,7 @@ def _lines_of(cursor: Any, txn_id: int) -> list[tuple[str, str, int, str | None]
 
 
 def _rehash(cursor: Any, txn_id: int) -> str:
-    """The engine's hash of stored transaction `txn_id`, encoded in Python (`_walk_rows`)."""
+    """The engine's hash of stored transaction `txn_id`, encoded in Python (`_rows_txns`)."""
     cursor.execute("SELECT key, kind, at, actor, body, result, prev_hash FROM journal "
                    "WHERE id = ?", (txn_id,))
     key, kind, at, actor, body, result, stored_prev = cursor.fetchone()
