@@ -155,9 +155,10 @@ def verify(db: Database) -> Report:
 Txn = tuple[int, str, str, str, bool, Lines]
 
 
-def _walk(txns: Iterator[Txn], report: Report, books: _Books) -> tuple[str, int]:
-    """The chain and the per-transaction checks over the transactions in chain order, from
-    either reader (`_rows_txns`, `_sqlite_txns`). Returns the chain's last hash and position."""
+def _walk(pages: Iterator[list[Txn]], report: Report, books: _Books) -> tuple[str, int]:
+    """The chain and the per-transaction checks over the transactions in chain order, a page
+    at a time from either reader (`_rows_txns`, `_sqlite_txns`). Returns the chain's last hash
+    and position."""
     fen, micro = books.units[journal.FEN], books.units[journal.MICRO]
     entry_paid = books.entry_paid
     queue_pool, points_pool, issued = journal.QUEUE_POOL, journal.POINTS_POOL, \
@@ -165,53 +166,54 @@ def _walk(txns: Iterator[Txn], report: Report, books: _Books) -> tuple[str, int]
     prev_hash, expected_id = journal.GENESIS, 1
     last_pool, last_supply = 0, 0  # the last price seen, as pool / supply (supply 0: none yet)
     count = 0
-    for txn_id, key, stored_prev, digest, intact, lines in txns:
-        count += 1
-        if txn_id != expected_id:
-            report.fail(f"transaction {txn_id} ({key}): expected position {expected_id}: "
-                        "a transaction was removed or reordered before it")
-        if stored_prev != prev_hash:
-            report.fail(f"transaction {txn_id} ({key}): prev_hash does not match the "
-                        "transaction before it")
-        if not intact:
-            report.fail(f"transaction {txn_id} ({key}): content does not match its "
-                        "hash (altered)")
-        fen_sum = micro_sum = 0
-        odd = False
-        for account, unit, amount, ref in lines:
-            if unit == "fen":
-                fen[account] += amount
-                fen_sum += amount
-            elif unit == "micro":
-                micro[account] += amount
-                micro_sum += amount
-            else:
-                other = books.units.setdefault(unit, defaultdict(int))
-                other[account] += amount
-                odd = True
-            if ref and ref[0] == "e" and ref.startswith("entry:") \
-                    and account.endswith(":wallet"):
-                seq = int(ref[6:])
-                entry_paid[seq] = entry_paid.get(seq, 0) + amount
-        if fen_sum or micro_sum or odd:
-            _check_balanced(report, txn_id, key, lines)
-        pool = fen.get(points_pool, 0)
-        if fen.get(queue_pool, 0) < 0:
-            report.fail(f"transaction {txn_id} ({key}): {queue_pool} went below zero")
-        if pool < 0:
-            report.fail(f"transaction {txn_id} ({key}): {points_pool} went below zero")
-        supply = -micro.get(issued, 0)
-        if supply > 0:
-            # pool / supply < last_pool / last_supply, without fractions
-            if last_supply and pool * last_supply < last_pool * supply:
-                report.fail(f"transaction {txn_id} ({key}): the points price fell")
-            last_pool, last_supply = pool, supply
-        prev_hash, expected_id = digest, txn_id + 1
+    for page in pages:
+        count += len(page)
+        for txn_id, key, stored_prev, digest, intact, lines in page:
+            if txn_id != expected_id:
+                report.fail(f"transaction {txn_id} ({key}): expected position {expected_id}: "
+                            "a transaction was removed or reordered before it")
+            if stored_prev != prev_hash:
+                report.fail(f"transaction {txn_id} ({key}): prev_hash does not match the "
+                            "transaction before it")
+            if not intact:
+                report.fail(f"transaction {txn_id} ({key}): content does not match its "
+                            "hash (altered)")
+            fen_sum = micro_sum = 0
+            odd = False
+            for account, unit, amount, ref in lines:
+                if unit == "fen":
+                    fen[account] += amount
+                    fen_sum += amount
+                elif unit == "micro":
+                    micro[account] += amount
+                    micro_sum += amount
+                else:
+                    other = books.units.setdefault(unit, defaultdict(int))
+                    other[account] += amount
+                    odd = True
+                if ref and ref[0] == "e" and ref.startswith("entry:") \
+                        and account.endswith(":wallet"):
+                    seq = int(ref[6:])
+                    entry_paid[seq] = entry_paid.get(seq, 0) + amount
+            if fen_sum or micro_sum or odd:
+                _check_balanced(report, txn_id, key, lines)
+            pool = fen.get(points_pool, 0)
+            if fen.get(queue_pool, 0) < 0:
+                report.fail(f"transaction {txn_id} ({key}): {queue_pool} went below zero")
+            if pool < 0:
+                report.fail(f"transaction {txn_id} ({key}): {points_pool} went below zero")
+            supply = -micro.get(issued, 0)
+            if supply > 0:
+                # pool / supply < last_pool / last_supply, without fractions
+                if last_supply and pool * last_supply < last_pool * supply:
+                    report.fail(f"transaction {txn_id} ({key}): the points price fell")
+                last_pool, last_supply = pool, supply
+            prev_hash, expected_id = digest, txn_id + 1
     report.txns += count
     return prev_hash, expected_id - 1
 
 
-def _rows_txns(rows: BookReader) -> Iterator[Txn]:
+def _rows_txns(rows: BookReader) -> Iterator[list[Txn]]:
     """The transactions from the rows themselves (PostgreSQL): each page's postings in one
     query ordered by transaction, walked alongside the journal rows, hashed in Python."""
     after = 0
@@ -222,6 +224,7 @@ def _rows_txns(rows: BookReader) -> Iterator[Txn]:
         lo, hi = txns[0][0], txns[-1][0]
         posts = rows.postings_of(lo, hi)
         k, n = 0, len(posts)
+        out: list[Txn] = []
         for txn_id, key, kind, at, actor, body, result, stored_prev, digest in txns:
             while k < n and posts[k][0] < txn_id:
                 k += 1  # postings of a removed transaction: that row is named by `_walk`
@@ -233,7 +236,8 @@ def _rows_txns(rows: BookReader) -> Iterator[Txn]:
                 and at[10] == " " else at_iso(at)
             intact = txn_hash(stored_prev, txn_id, key, kind, iso, actor, body, result,
                               lines) == digest
-            yield txn_id, key, stored_prev, digest, intact, lines
+            out.append((txn_id, key, stored_prev, digest, intact, lines))
+        yield out
         after = hi
 
 
@@ -274,7 +278,7 @@ def _json_parser() -> Callable[[str], Any]:
 _parse = _json_parser()
 
 
-def _sqlite_txns(session: Session) -> Iterator[Txn]:
+def _sqlite_txns(session: Session) -> Iterator[list[Txn]]:
     """The transactions with the text to hash made by SQLite (`_PAGE_SQL`): Python hashes it
     and parses the postings (the values as SQLite's JSON spells them: an amount that is not
     an integer was never hashed by the engine, so its transaction is reported altered)."""
@@ -286,11 +290,11 @@ def _sqlite_txns(session: Session) -> Iterator[Txn]:
         page = cursor.fetchall()
         if not page:
             break
-        for txn_id, key, digest, stored_prev, head, text in page:
-            intact = (head is not None
-                      and sha256((head + text + "]").encode()).hexdigest() == digest) \
-                or _rehash(cursor, txn_id) == digest
-            yield txn_id, key, stored_prev, digest, intact, parse(text)
+        yield [(txn_id, key, stored_prev, digest,
+                (head is not None
+                 and sha256((head + text + "]").encode()).hexdigest() == digest)
+                or _rehash(cursor, txn_id) == digest, parse(text))
+               for txn_id, key, digest, stored_prev, head, text in page]
         after = page[-1][0]
 
 
