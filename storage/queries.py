@@ -173,8 +173,12 @@ def first_exit_key(rows: Rows, limit: bytes, skip: Sequence[int]) -> bytes | Non
         if len(ahead) < EXITS_AHEAD:  # every stored key was read, all held
             return None
     # Asked once or more by every purchase, after its changes are made: on PostgreSQL they
-    # are written in the same round trip (`flushed_scalars`).
-    not_in, params = _not_in(rows, skip)
+    # are written in the same round trip (`flushed_scalars`), ahead of this read, so every
+    # held user's stored key is its key in memory and none need be skipped (the caller takes
+    # the smaller of the two anyway). Skipping them cost a batch of purchases, which holds a
+    # hundred users, an array of a hundred ids to bind for every purchase (issue 19).
+    written = rows.db.pg and not rows._flushing
+    not_in, params = _not_in(rows, () if written else skip)
     found = rows.flushed_scalars("SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND "
                                  f"exit_key <= ?{not_in} ORDER BY exit_key, id LIMIT 1",
                                  (limit, *params))

@@ -216,8 +216,9 @@ class Rows:
                     for r in inserts:
                         r._saved = r._mutable()
             changed = []
+            get = cls._GET_MUTABLE  # `Row._mutable` without its call: this scans every row held
             for r in self._known[cls].values():
-                now = r._mutable()
+                now = get(r)
                 if now != r._saved:
                     changed.append(r)
                     r._saved = now
