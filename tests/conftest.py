@@ -416,13 +416,9 @@ def wechat_api() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def storefront_zygote() -> Iterator[Any]:
+def storefront_zygote() -> Any:
     """The fork server `storefront` processes are started from (tests/storefront_zygote.py):
     its imports paid once a session, by the first test that needs it."""
-    from tests.storefront_zygote import Zygote
+    from tests.storefront_zygote import shared
 
-    z = Zygote()
-    try:
-        yield z
-    finally:
-        z.close()
+    return shared()

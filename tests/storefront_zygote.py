@@ -4,11 +4,14 @@ the first test that asks for it (tests/conftest.py `storefront_zygote`)."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The fork server: imports the service's modules once, then forks each `storefront` process
 # (the service, `storefront verify`) from that state. A child is the real `bot.cli.main(argv)`
-# in its own directory, environment and log, killed with SIGKILL by its pid; only Python's
+# in its own directory, environment and log (and, if asked, a separate file for stderr), killed with SIGKILL by its pid; only Python's
 # module imports are shared. They were most of a start-up (8 s of CPU on this 2-core box,
 # 17 s of wall time while others' suites ran) and have nothing to do with what a restart
 # recovers. Commands on stdin, one JSON line each; answers on stdout.
@@ -30,6 +33,7 @@ import bot.web.site, bot.web.admin, bot.web.buyer, bot.wechatpay.transfers  # no
 import engine.batch, engine.queue_ahead, handlers.notify, jinja2, httpcore  # noqa
 import anyio.lowlevel, anyio.streams.memory, anyio.streams.stapled, anyio.streams.tls  # noqa
 import concurrent.futures.thread, starlette.staticfiles, uvicorn.lifespan.on  # noqa
+import storage.faults
 assert threading.active_count() == 1, threading.enumerate()  # nothing to break by forking
 out = sys.stdout
 out.write("ready\n"); out.flush()
@@ -44,9 +48,15 @@ for line in sys.stdin:
                 os.environ.clear()
                 os.environ.update(cmd["env"])
                 log = os.open(cmd["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                err = os.open(cmd.get("err") or cmd["log"],
+                              os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 null = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(null, 0); os.dup2(log, 1); os.dup2(log, 2)
-                os.close(null); os.close(log)
+                os.dup2(null, 0); os.dup2(log, 1); os.dup2(err, 2)
+                os.close(null); os.close(log); os.close(err)
+                # what a fresh process reads from its environment as it imports
+                storage.faults.disarm()
+                if os.environ.get(storage.faults.ENV):
+                    storage.faults.arm(os.environ[storage.faults.ENV])
                 code = bot.cli.main(cmd["argv"])
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
@@ -67,6 +77,7 @@ class Zygote:
     """The fork server above, for the whole session."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # one question and its answer at a time
         self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE], cwd=ROOT,
                                      env={**base_env(), "PYTHONPATH": str(ROOT)},
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -80,12 +91,17 @@ class Zygote:
 
     def _ask(self, **cmd: Any) -> Any:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self._read())
+        with self._lock:
+            self.proc.stdin.write(json.dumps(cmd) + "\n")
+            self.proc.stdin.flush()
+            return json.loads(self._read())
 
-    def spawn(self, argv: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> int:
-        return int(self._ask(op="spawn", argv=argv, env=env, cwd=str(cwd), log=str(log))["pid"])
+    def spawn(self, argv: list[str], *, env: dict[str, str], cwd: Path, log: Path,
+              err: Path | None = None) -> int:
+        """A child running `bot.cli.main(argv)`: stdout to `log`, stderr to `err` (default
+        `log`); its pid."""
+        return int(self._ask(op="spawn", argv=argv, env=env, cwd=str(cwd), log=str(log),
+                             err=str(err) if err else None)["pid"])
 
     def poll(self, pid: int) -> int | None:
         status = self._ask(op="poll", pid=pid)["status"]
@@ -98,6 +114,36 @@ class Zygote:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
         self.proc.wait(30)
+
+
+_shared: list[Zygote] = []
+_shared_lock = threading.Lock()
+
+
+def shared() -> Zygote:
+    """The session's fork server, started on first use, closed when the session ends."""
+    with _shared_lock:
+        if not _shared:
+            _shared.append(Zygote())
+            atexit.register(_shared[0].close)
+        return _shared[0]
+
+
+def run_cli(argv: list[str], *, env: dict[str, str], cwd: Path, timeout: float
+            ) -> subprocess.CompletedProcess[str]:
+    """`storefront ARGV` to its end, forked from `shared()`: as `subprocess.run(...,
+    capture_output=True, text=True)` would report it (a signal's death as -N)."""
+    with tempfile.TemporaryDirectory(prefix="storefront-cli-") as where:
+        out, err = Path(where) / "stdout", Path(where) / "stderr"
+        proc = Forked(shared(), shared().spawn(argv, env=env, cwd=cwd, log=out, err=err))
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        return subprocess.CompletedProcess(argv, code, out.read_text(errors="replace"),
+                                           err.read_text(errors="replace"))
 
 
 def base_env() -> dict[str, str]:
