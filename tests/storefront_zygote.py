@@ -146,6 +146,17 @@ def run_cli(argv: list[str], *, env: dict[str, str], cwd: Path, timeout: float
                                            err.read_text(errors="replace"))
 
 
+def storefront(*args: str, check: bool = False, timeout: float = 120
+               ) -> subprocess.CompletedProcess[str]:
+    """`storefront ARGS` in this test process's environment and directory, through
+    `run_cli`; `check`: its exit status must be 0."""
+    done = run_cli(list(args), env=dict(os.environ), cwd=Path.cwd(), timeout=timeout)
+    if check and done.returncode != 0:
+        raise subprocess.CalledProcessError(done.returncode, list(args), done.stdout,
+                                            done.stderr)
+    return done
+
+
 def base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items()
             if not k.startswith(("TELEGRAM_", "WECHAT_", "STOREFRONT_", "DATABASE_", "REDIS_"))}
