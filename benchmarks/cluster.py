@@ -104,8 +104,8 @@ class Service:
     """One `storefront run` process (webhook mode) on `url`, its HTTP server on `port`."""
 
     def __init__(self, url: str, redis_url: str, api_url: str, proxy_port: int, where: Path,
-                 operator: int, port: int) -> None:
-        self.url, self.port, self.where = url, port, where
+                 operator: int, port: int, zygote: Any = None) -> None:
+        self.url, self.port, self.where, self.zygote = url, port, where, zygote
         where.mkdir(parents=True, exist_ok=True)
         self.log = where / "service.log"
         self.env = {k: v for k, v in os.environ.items()
@@ -120,10 +120,17 @@ class Service:
             "STOREFRONT_CHARGE_SPOOL": str(where / "unrecorded_charges.jsonl"),
             "STOREFRONT_OPERATORS": f"tg:{operator}", "STOREFRONT_LOG_FILE": "-",
             "STOREFRONT_LOG_LEVEL": "WARNING", "DATABASE_URL": url, "PYTHONPATH": str(ROOT)})
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Any = None  # a `subprocess.Popen`, or the fork server's `Forked`
         self.terminated = False  # a second SIGTERM would cut the graceful stop short
 
     def start(self) -> None:
+        if self.zygote is not None:  # forked from a server that has done the imports
+            from tests.storefront_zygote import Forked
+
+            pid = self.zygote.spawn(["run", "--db", self.url], env=self.env, cwd=self.where,
+                                    log=self.log)
+            self.proc = Forked(self.zygote, pid)
+            return
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-c", RUN, "run", "--db", self.url],
                                          cwd=self.where, env=self.env, stdout=log,
@@ -202,6 +209,7 @@ class Cluster:
     processes: int
     where: Path
     operator: int
+    zygote: Any = None  # tests/storefront_zygote.py `Zygote`: start each process from it
     api: Any = None
     proxy: Proxy | None = None
     services: list[Service] = field(default_factory=list)
@@ -219,7 +227,7 @@ class Cluster:
             self.services = []
             for i, port in enumerate(ports):
                 svc = Service(self.url, self.redis_url, self.api.base_url, self.proxy.port,
-                              self.where / f"p{i}", self.operator, port)
+                              self.where / f"p{i}", self.operator, port, self.zygote)
                 self.services.append(svc)
             stack.callback(self.stop)
             for svc in self.services:

@@ -282,10 +282,11 @@ def run_once(processes: int, plan: Plan, where: Path) -> dict[str, Any]:
         return run_on(url, redis_url, processes, plan, where)
 
 
-def run_on(url: str, redis_url: str, processes: int, plan: Plan, where: Path
-           ) -> dict[str, Any]:
-    """The shop made on `url` (an empty database), `processes` services started, the plan
-    played and checked (`problems` lists what was not exactly once); the figures."""
+def run_on(url: str, redis_url: str, processes: int, plan: Plan, where: Path,
+           zygote: Any = None) -> dict[str, Any]:
+    """The shop made on `url` (an empty database), `processes` services started (forked from
+    `zygote`, tests/storefront_zygote.py, when given), the plan played and checked
+    (`problems` lists what was not exactly once); the figures."""
     from storage.db import Database
     from storage.migrate import migrate
 
@@ -293,7 +294,7 @@ def run_on(url: str, redis_url: str, processes: int, plan: Plan, where: Path
     migrate(db)
     db.dispose()
     started = time.monotonic()
-    cluster = Cluster(url, redis_url, processes, where, plan.operator)
+    cluster = Cluster(url, redis_url, processes, where, plan.operator, zygote)
     with cluster.running(lambda: prepare(url, plan.chats, plan.operator, migrated=True)):
         up = time.monotonic() - started
         try:

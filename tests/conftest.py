@@ -413,3 +413,12 @@ def wechat_api() -> Iterator[Any]:
 
     with sw.FakeWeChatAPI(appid=WECHAT_APPID, secret=WECHAT_SECRET) as api:
         yield api
+
+
+@pytest.fixture(scope="session")
+def storefront_zygote() -> Any:
+    """The fork server `storefront` processes are started from (tests/storefront_zygote.py):
+    its imports paid once a session, by the first test that needs it."""
+    from tests.storefront_zygote import shared
+
+    return shared()

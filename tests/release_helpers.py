@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -81,9 +80,13 @@ def paid_entries(db: Database) -> list[tuple[int, int, str]]:
 
 def cli(*args: str, env: dict[str, str] | None = None,
         timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`python -m bot.cli ARGS` in a fresh process, as an operator would run it."""
+    """`storefront ARGS` (`bot.cli.main`) in a process of its own, as an operator would run
+    it: forked from the session's fork server (tests/storefront_zygote.py), which did the
+    imports once; its environment is its own (`STOREFRONT_FAULT` armed from it, as at
+    import), and a fault's SIGKILL ends it as it would a fresh interpreter."""
+    from tests.storefront_zygote import run_cli
+
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("STOREFRONT_FAULT", "REDIS_URL", "DATABASE_URL")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_cli(list(args), env=full_env, cwd=ROOT, timeout=timeout)

@@ -1,7 +1,7 @@
 """Issue 13.1: a crash must not lose (or double) paid Telegram orders.
 
 The real `storefront run` runs as a process of its own (forked from a server that did the
-imports once, `ZYGOTE`) against the loopback Bot API stand-in, by polling and by webhook, on
+imports once, tests/storefront_zygote.py) against the loopback Bot API stand-in, by polling and by webhook, on
 a SQLite file and on PostgreSQL. Each round opens 100 checkouts (100 buyers, through the
 engine), delivers their 100 `successful_payment` updates as Telegram would, and
 SIGKILLs the service at a seeded-random moment inside one window of the burst, a window a
@@ -22,13 +22,10 @@ at a new seeded point). docs/reliability.md states the figures."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +45,7 @@ from storage.migrate import migrate
 from storage.models import Checkout, InboxUpdate, JournalTxn, Order
 from tests.helpers import free_port
 from tests.standins.telegram_api import FakeBotAPI, make_successful_payment_update
+from tests.storefront_zygote import Zygote, base_env
 
 pytestmark = pytest.mark.slow  # `storefront run` killed mid-burst, round after round
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,102 +60,9 @@ BUYERS = [50_000 + i for i in range(BURST)]
 PRICE = 2_000  # fen
 
 
-# The fork server: imports the service's modules once, then forks each `storefront` process
-# (the service, `storefront verify`) from that state. A child is the real `bot.cli.main(argv)`
-# in its own directory, environment and log, killed with SIGKILL by its pid; only Python's
-# module imports are shared. They were most of a start-up (8 s of CPU on this 2-core box,
-# 17 s of wall time while others' suites ran) and have nothing to do with what a restart
-# recovers. Commands on stdin, one JSON line each; answers on stdout.
-ZYGOTE = r"""
-import json, os, sys, threading, traceback
-import bot.app, bot.cli, bot.http, bot.telegram, bot.wechat, bot.wechatpay, scheduler  # noqa
-# (and what `run` imports later, on its way up: the web pages, the deliverer, their libraries)
-import bot.web.site, bot.web.admin, bot.web.buyer, bot.wechatpay.transfers  # noqa
-import engine.batch, engine.queue_ahead, handlers.notify, jinja2, httpcore  # noqa
-import anyio.lowlevel, anyio.streams.memory, anyio.streams.stapled, anyio.streams.tls  # noqa
-import concurrent.futures.thread, starlette.staticfiles, uvicorn.lifespan.on  # noqa
-assert threading.active_count() == 1, threading.enumerate()  # nothing to break by forking
-out = sys.stdout
-out.write("ready\n"); out.flush()
-for line in sys.stdin:
-    cmd = json.loads(line)
-    if cmd["op"] == "spawn":
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.chdir(cmd["cwd"])
-                os.environ.clear()
-                os.environ.update(cmd["env"])
-                log = os.open(cmd["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                null = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(null, 0); os.dup2(log, 1); os.dup2(log, 2)
-                os.close(null); os.close(log)
-                code = bot.cli.main(cmd["argv"])
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush(); sys.stderr.flush()
-                os._exit(code or 0)
-        answer = {"pid": pid}
-    else:  # "poll" (None while it runs) or "wait": the child's exit status
-        done, status = os.waitpid(cmd["pid"], os.WNOHANG if cmd["op"] == "poll" else 0)
-        answer = {"status": os.waitstatus_to_exitcode(status) if done else None}
-    out.write(json.dumps(answer) + "\n"); out.flush()
-"""
-
-
-class Zygote:
-    """The fork server above, for the whole module."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE], cwd=ROOT,
-                                     env={**_base_env(), "PYTHONPATH": str(ROOT)},
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self._read() == "ready"
-
-    def _read(self) -> str:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line, "the fork server died"
-        return line.strip()
-
-    def _ask(self, **cmd: Any) -> Any:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self._read())
-
-    def spawn(self, argv: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> int:
-        return int(self._ask(op="spawn", argv=argv, env=env, cwd=str(cwd), log=str(log))["pid"])
-
-    def poll(self, pid: int) -> int | None:
-        status = self._ask(op="poll", pid=pid)["status"]
-        return None if status is None else int(status)
-
-    def wait(self, pid: int) -> int:
-        return int(self._ask(op="wait", pid=pid)["status"])
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(30)
-
-
-def _base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("TELEGRAM_", "WECHAT_", "STOREFRONT_", "DATABASE_", "REDIS_"))}
-
-
-@pytest.fixture(scope="module")
-def zygote() -> Iterator[Zygote]:
-    z = Zygote()
-    try:
-        yield z
-    finally:
-        z.close()
+@pytest.fixture
+def zygote(storefront_zygote: Zygote) -> Zygote:
+    return storefront_zygote
 
 
 class Service:
@@ -170,7 +75,7 @@ class Service:
         self.port = free_port()
         self.spool = where / "unrecorded_charges.jsonl"
         self.log = where / "service.log"
-        self.env = _base_env()
+        self.env = base_env()
         self.env.update({
             "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_BASE_URL": api.base_url,
             "TELEGRAM_PAYMENT_PROVIDER_TOKEN": "provider-test",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import pytest
 
 from engine.replay import Replayer
 from storage.db import Database
+from tests.storefront_zygote import storefront
 
 VECTORS = Path(__file__).parent / "vectors"
 NAMES = sorted(p.stem for p in VECTORS.glob("*.jsonl"))
@@ -51,15 +50,12 @@ def test_vector_matches_on_file_and_postgres(name: str, db: Database):
 
 def test_cli_replay_prints_the_expected_json_and_exits_zero():
     name = "bad-input"
-    out = subprocess.run([sys.executable, "-m", "bot.cli", "replay", str(VECTORS / f"{name}.jsonl")],
-                         capture_output=True, text=True, check=True)
+    out = storefront("replay", str(VECTORS / f"{name}.jsonl"), check=True)
     assert normalised(json.loads(out.stdout)) == expected(name)
 
 
 def test_cli_state_prints_an_existing_database(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
-    run = [sys.executable, "-m", "bot.cli"]
-    subprocess.run([*run, "replay", str(VECTORS / "forced-exit.jsonl"), "--db", url],
-                   capture_output=True, check=True)
-    out = subprocess.run([*run, "state", "--db", url], capture_output=True, text=True, check=True)
+    storefront("replay", str(VECTORS / "forced-exit.jsonl"), "--db", url, check=True)
+    out = storefront("state", "--db", url, check=True)
     assert normalised(json.loads(out.stdout)) == expected("forced-exit")

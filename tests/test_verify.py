@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from sqlalchemy import text
 
@@ -12,6 +9,7 @@ from engine.replay import Replayer
 from engine.verify import verify
 from storage.db import Database
 from tests.helpers import tamper
+from tests.storefront_zygote import storefront
 from tests.test_vectors import VECTORS
 
 
@@ -98,13 +96,11 @@ def test_verify_detects_an_overpaid_entry(books):
 
 def test_cli_verify_exits_non_zero_and_names_the_transaction(tmp_path):
     url = f"sqlite:///{tmp_path}/v.db"
-    cli = [sys.executable, "-m", "bot.cli"]
-    subprocess.run([*cli, "replay", str(VECTORS / "forced-exit.jsonl"), "--db", url],
-                   check=True, capture_output=True)
-    ok = subprocess.run([*cli, "verify", "--db", url], capture_output=True, text=True)
+    storefront("replay", str(VECTORS / "forced-exit.jsonl"), "--db", url, check=True)
+    ok = storefront("verify", "--db", url)
     assert ok.returncode == 0 and "journal OK" in ok.stdout
     db = Database(url)
     tamper(db, "update postings set amount = amount * 2 where txn_id = 8 and amount > 0")
     db.dispose()
-    bad = subprocess.run([*cli, "verify", "--db", url], capture_output=True, text=True)
+    bad = storefront("verify", "--db", url)
     assert bad.returncode == 1 and "transaction 8 " in bad.stdout
