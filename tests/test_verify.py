@@ -12,21 +12,23 @@ from tests.helpers import tamper
 from tests.storefront_zygote import storefront
 from tests.test_vectors import VECTORS
 
+# What `books` replays after the settle-refund vector: every kind of movement once more.
+MORE = [
+    '{"op": "join", "user": "C", "referrer": "B"}',
+    '{"op": "buy", "user": "C", "sku": "TEA", "qty": 3, "at": "2026-09-01T10:00:00+08:00"}',
+    '{"op": "settle", "at": "2026-09-09T00:00:00+08:00"}',
+    '{"op": "withdraw_points", "user": "B", "points": "5"}',
+    '{"op": "transfer_points", "from": "B", "to": "C", "points": "2.5"}',
+    '{"op": "withdraw_cash", "user": "A", "amount": "18.67"}',
+    '{"op": "release", "at": "2026-09-30T00:00:00+08:00"}',
+]
+
 
 @pytest.fixture
 def books(db: Database) -> Database:
     with open(VECTORS / "settle-refund.jsonl", encoding="utf-8") as fh:
         Replayer(db).run(fh)
-    more = [
-        '{"op": "join", "user": "C", "referrer": "B"}',
-        '{"op": "buy", "user": "C", "sku": "TEA", "qty": 3, "at": "2026-09-01T10:00:00+08:00"}',
-        '{"op": "settle", "at": "2026-09-09T00:00:00+08:00"}',
-        '{"op": "withdraw_points", "user": "B", "points": "5"}',
-        '{"op": "transfer_points", "from": "B", "to": "C", "points": "2.5"}',
-        '{"op": "withdraw_cash", "user": "A", "amount": "18.67"}',
-        '{"op": "release", "at": "2026-09-30T00:00:00+08:00"}',
-    ]
-    Replayer(db).run(more)
+    Replayer(db).run(MORE)
     return db
 
 

@@ -16,16 +16,7 @@ from engine import verify as verify_module
 from engine.replay import Replayer
 from engine.verify import at_iso, verify
 from tests.test_vectors import VECTORS
-
-MORE = [
-    '{"op": "join", "user": "C", "referrer": "B"}',
-    '{"op": "buy", "user": "C", "sku": "TEA", "qty": 3, "at": "2026-09-01T10:00:00+08:00"}',
-    '{"op": "settle", "at": "2026-09-09T00:00:00+08:00"}',
-    '{"op": "withdraw_points", "user": "B", "points": "5"}',
-    '{"op": "transfer_points", "from": "B", "to": "C", "points": "2.5"}',
-    '{"op": "withdraw_cash", "user": "A", "amount": "18.67"}',
-    '{"op": "release", "at": "2026-09-30T00:00:00+08:00"}',
-]
+from tests.test_verify import MORE
 
 
 def _replay(db: Any) -> Any:
@@ -133,6 +124,15 @@ def test_an_overpaid_entry_in_the_postings_is_named(books):
     assert not any("altered" in p or "do not balance" in p for p in problems), problems
 
 
+def count_rehashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The transactions verify hashes again in Python (`_rehash`), as it asks."""
+    calls: list[int] = []
+    rehash = verify_module._rehash
+    monkeypatch.setattr(verify_module, "_rehash",
+                        lambda cursor, txn_id: calls.append(txn_id) or rehash(cursor, txn_id))
+    return calls
+
+
 def test_sqlite_text_that_differs_is_hashed_again_before_it_is_reported(sqlite_db, monkeypatch):
     """Every transaction's SQLite text spoiled: each is hashed again in Python, so untouched
     books still pass and an altered row is still named."""
@@ -140,10 +140,7 @@ def test_sqlite_text_that_differs_is_hashed_again_before_it_is_reported(sqlite_d
     spoiled = verify_module._PAGE_SQL.replace("json_array(id, key,", "json_array(id, key, 1,")
     assert spoiled != verify_module._PAGE_SQL
     monkeypatch.setattr(verify_module, "_PAGE_SQL", spoiled)
-    calls: list[int] = []
-    rehash = verify_module._rehash
-    monkeypatch.setattr(verify_module, "_rehash",
-                        lambda cursor, txn_id: calls.append(txn_id) or rehash(cursor, txn_id))
+    calls = count_rehashes(monkeypatch)
     report = verify(db)
     assert report.ok, report.lines()
     assert len(calls) == report.txns
@@ -162,10 +159,7 @@ def test_sqlite_spells_the_text_as_the_engine_hashes_it(sqlite_db, monkeypatch):
         conn.execute(text("update journal set actor = :a where id = 5"),
                      {"a": 'tg:1 "é" \\ \n\t\x01\x1f\x7f \u2028 茶 😀'})
     rechain(db)
-    calls: list[int] = []
-    rehash = verify_module._rehash
-    monkeypatch.setattr(verify_module, "_rehash",
-                        lambda cursor, txn_id: calls.append(txn_id) or rehash(cursor, txn_id))
+    calls = count_rehashes(monkeypatch)
     report = verify(db)
     assert report.ok, report.lines()
     assert calls == []
