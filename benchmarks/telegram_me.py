@@ -87,6 +87,19 @@ def _lifted_flood_limit(lift: bool) -> Iterator[None]:
         tga.AIORateLimiter = original  # type: ignore[misc]
 
 
+
+async def play(conn: Any, batches: list[Any]) -> list[dict[str, Any]]:
+    """Hand each batch of chats to the stand-in's process (`conn`) and wait for its figures;
+    each result gets `bot_cpu_s`, the CPU this process (all of the bot's threads) spent."""
+    results = []
+    for chats in batches:
+        cpu = time.process_time()
+        conn.send(chats)
+        result = await asyncio.to_thread(conn.recv)
+        result["bot_cpu_s"] = time.process_time() - cpu
+        results.append(result)
+    return results
+
 async def _drive(db_url: str, port: int, conn: Any, batches: list[list[int]],
                  lift: bool, conversations: Any = None) -> list[dict[str, Any]]:
     from bot.settings import Settings
@@ -103,14 +116,8 @@ async def _drive(db_url: str, port: int, conn: Any, batches: list[list[int]],
     with _lifted_flood_limit(lift):
         application = await start_telegram(settings, app, poll_timeout=1,
                                            conversations=conversations)
-    results = []
     try:
-        for chats in batches:
-            cpu = time.process_time()
-            conn.send(chats)
-            result = await asyncio.to_thread(conn.recv)
-            result["bot_cpu_s"] = time.process_time() - cpu  # all of the bot's threads
-            results.append(result)
+        results = await play(conn, batches)
     finally:
         await stop_telegram(application)
         db.dispose()

@@ -26,7 +26,6 @@ import dataclasses
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +62,8 @@ async def _ptb_alone(port: int, conn: Any, batches: list[list[int]], *,
     await application.start()
     assert application.updater is not None
     await application.updater.start_polling(poll_interval=0.0, timeout=timedelta(seconds=1))
-    results = []
     try:
-        for chats in batches:
-            cpu = time.process_time()
-            conn.send(chats)
-            result = await asyncio.to_thread(conn.recv)
-            result["bot_cpu_s"] = time.process_time() - cpu
-            results.append(result)
+        results = await telegram_me.play(conn, batches)
     finally:
         await application.updater.stop()
         await application.stop()
