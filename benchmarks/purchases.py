@@ -203,15 +203,12 @@ def grouped_run(row: Row, db: Database, group: GroupCommit, ceiling: Ceiling, ba
 
 
 def pg_eight(ctx: Context) -> Row:
-    row = Row("purchase-pg-8", f"purchases/s, {CLIENTS} concurrent clients, PostgreSQL",
-              "purchases/s", ("ratio>=", 2.0),
-              baseline_what="bare durable one-row commits/s on one connection")
     # Ceilings: the writes merged 8 purchases to a commit (the most 8 clients can share),
     # with every index and with keys only; and as this group commit grouped them.
     floors = {"schema": (False, CLIENTS), "keys only": (True, CLIENTS),
               "as grouped": (False, None)}
-    return grouped_row(ctx, row, clients=CLIENTS, users=SHOP_USERS * 2, floors=floors,
-                       prefix="g", seed=200, beside=_eight_processes)
+    return grouped_row(ctx, "purchase-pg-8", 2.0, clients=CLIENTS, users=SHOP_USERS * 2,
+                       floors=floors, prefix="g", seed=200, beside=_eight_processes)
 
 
 def _eight_processes(url: str, handles: list[str], runs: int, seconds: float,
@@ -220,15 +217,18 @@ def _eight_processes(url: str, handles: list[str], runs: int, seconds: float,
     return {"without_group_commit_8_processes": _processes(url, handles, runs, seconds, bare)}
 
 
-def grouped_row(ctx: Context, row: Row, *, clients: int, users: int,
+def grouped_row(ctx: Context, name: str, target: float, *, clients: int, users: int,
                 floors: Mapping[str, tuple[bool, int | None]], prefix: str, seed: int,
                 most: int | None = None, beside: Beside | None = None) -> Row:
-    """`row` measured the shop's way on PostgreSQL: `clients` threads of one storefront
-    process, each answered only when its purchase is durable, purchases grouped into shared
-    commits (engine/batch.py; `most` to a commit, else its default), interleaved with bare
-    one-row commits on one connection (`grouped_run`); its ceiling replayed on `floors`
-    (`_pg_copies`). `beside(url, handles, runs, seconds, bare)`: a comparison measured after
-    on the same shop, its facts added to the row's."""
+    """Row `name` (target: ratio ≥ `target`) measured the shop's way on PostgreSQL:
+    `clients` threads of one storefront process, each answered only when its purchase is
+    durable, purchases grouped into shared commits (engine/batch.py; `most` to a commit, else
+    its default), interleaved with bare one-row commits on one connection (`grouped_run`);
+    its ceiling replayed on `floors` (`_pg_copies`). `beside(url, handles, runs, seconds,
+    bare)`: a comparison measured after on the same shop, its facts added to the row's."""
+    row = Row(name, f"purchases/s, {clients} concurrent clients, PostgreSQL", "purchases/s",
+              ("ratio>=", target),
+              baseline_what="bare durable one-row commits/s on one connection")
     if ctx.pg_problem:
         return _skipped(row, ctx.pg_problem)
     runs, seconds = ctx.runs(), ctx.seconds(2.0)
