@@ -35,6 +35,8 @@ from .workload import T0, Purchases, buy, setup_shop
 SHOP_USERS = 200
 CLIENTS = 8
 SLICES = 4  # per run: purchases and bare commits alternate in this many slices each
+# a comparison measured beside a grouped row: (url, handles, runs, seconds, bare) -> facts
+Beside = Callable[[str, list[str], int, float, BarePG], dict[str, Any]]
 
 
 def _purchases(db: Database, stream: Any, tally: dict[str, int]) -> Any:
@@ -201,38 +203,57 @@ def grouped_run(row: Row, db: Database, group: GroupCommit, ceiling: Ceiling, ba
 
 
 def pg_eight(ctx: Context) -> Row:
-    row = Row("purchase-pg-8", f"purchases/s, {CLIENTS} concurrent clients, PostgreSQL",
-              "purchases/s", ("ratio>=", 2.0),
+    # Ceilings: the writes merged 8 purchases to a commit (the most 8 clients can share),
+    # with every index and with keys only; and as this group commit grouped them.
+    floors = {"schema": (False, CLIENTS), "keys only": (True, CLIENTS),
+              "as grouped": (False, None)}
+    return grouped_row(ctx, "purchase-pg-8", 2.0, clients=CLIENTS, users=SHOP_USERS * 2,
+                       floors=floors, prefix="g", seed=200, beside=_eight_processes)
+
+
+def _eight_processes(url: str, handles: list[str], runs: int, seconds: float,
+                     bare: BarePG) -> dict[str, Any]:
+    """For comparison: 8 processes, one connection each, no group commit."""
+    return {"without_group_commit_8_processes": _processes(url, handles, runs, seconds, bare)}
+
+
+def grouped_row(ctx: Context, name: str, target: float, *, clients: int, users: int,
+                floors: Mapping[str, tuple[bool, int | None]], prefix: str, seed: int,
+                most: int | None = None, beside: Beside | None = None) -> Row:
+    """Row `name` (target: ratio ≥ `target`) measured the shop's way on PostgreSQL:
+    `clients` threads of one storefront process, each answered only when its purchase is
+    durable, purchases grouped into shared commits (engine/batch.py; `most` to a commit, else
+    its default), interleaved with bare one-row commits on one connection (`grouped_run`);
+    its ceiling replayed on `floors` (`_pg_copies`). `beside(url, handles, runs, seconds,
+    bare)`: a comparison measured after on the same shop, its facts added to the row's."""
+    row = Row(name, f"purchases/s, {clients} concurrent clients, PostgreSQL", "purchases/s",
+              ("ratio>=", target),
               baseline_what="bare durable one-row commits/s on one connection")
     if ctx.pg_problem:
         return _skipped(row, ctx.pg_problem)
     runs, seconds = ctx.runs(), ctx.seconds(2.0)
     with ExitStack() as stack:
         url = stack.enter_context(pg_schema())
-        db = Database(url)
+        db = Database(url)  # one connection is enough: one thread writes for all clients
         migrate(db)
-        handles = setup_shop(db, SHOP_USERS * 2)
-        # Ceilings: the writes merged 8 purchases to a commit (the most 8 clients can share),
-        # with every index and with keys only; and as this group commit grouped them.
-        floors = {"schema": (False, CLIENTS), "keys only": (True, CLIENTS),
-                  "as grouped": (False, None)}
-        ceiling = Ceiling(Writes(db), _pg_copies(stack, SHOP_USERS * 2, floors)())
+        handles = setup_shop(db, users)
+        ceiling = Ceiling(Writes(db), _pg_copies(stack, users, floors)())
         bare = BarePG(url)
-        # The shop's way: 8 client threads of one storefront process, each answered only when
-        # its purchase is durable, purchases grouped into shared commits (engine/batch.py).
-        group = GroupCommit(db)
-        tally = grouped_run(row, db, group, ceiling, bare, handles, CLIENTS, "g", 200,
-                            runs, seconds)
-        _ceilings(row, ceiling, f", {CLIENTS} purchases to a commit")
-        # For comparison: 8 processes, one connection each, no group commit.
-        apart = _processes(url, handles, runs, seconds, bare)
-        bare.close()
-        row.facts.update({"clients": CLIENTS, "threads_in_one_process": True,
-                     "users": SHOP_USERS * 2, "seconds_per_run_each": seconds,
-                     "slices": SLICES, "pg": bare.settings, "group_commit": "engine.batch",
-                     "commits": group.batches,
-                     "purchases_per_commit": round(group.purchases / max(group.batches, 1), 1),
-                     "without_group_commit_8_processes": apart, **tally})
+        group = GroupCommit(db) if most is None else GroupCommit(db, most=most)
+        try:
+            tally = grouped_run(row, db, group, ceiling, bare, handles, clients, prefix, seed,
+                                runs, seconds)
+            _ceilings(row, ceiling, f", {clients} purchases to a commit")
+            more = beside(url, handles, runs, seconds, bare) if beside else {}
+        finally:
+            bare.close()
+        row.facts.update({"clients": clients, "threads_in_one_process": True, "users": users,
+                          "seconds_per_run_each": seconds, "slices": SLICES,
+                          "pg": bare.settings, "group_commit": "engine.batch",
+                          "commits": group.batches,
+                          "purchases_per_commit": round(group.purchases
+                                                        / max(group.batches, 1), 1),
+                          **more, **tally})
     return row
 
 

@@ -22,15 +22,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from engine.batch import GroupCommit
 from storage.db import Database
 from storage.migrate import migrate
 
 from . import purchases
-from .bare import BarePG, pg_schema
+from .bare import pg_schema
 from .common import Context, Row, Stats, count, interleaved
 from .floor import Ceiling, PGFloor, Writes
-from .purchases import SHOP_USERS, SLICES, _ceilings, _pg_copies, _skipped, grouped_run
+from .purchases import SHOP_USERS, SLICES, _skipped, grouped_row
 from .workload import PRODUCTS, T0, Purchases, buy, setup_shop
 
 MANY = 64
@@ -38,36 +37,9 @@ CART = 3
 
 
 def pg_many(ctx: Context) -> Row:
-    row = Row("purchase-pg-64", f"purchases/s, {MANY} concurrent clients, PostgreSQL",
-              "purchases/s", ("ratio>=", 1.0),
-              baseline_what="bare durable one-row commits/s on one connection")
-    if ctx.pg_problem:
-        return _skipped(row, ctx.pg_problem)
-    runs, seconds = ctx.runs(), ctx.seconds(2.0)
-    users = SHOP_USERS * 4
-    with ExitStack() as stack:
-        url = stack.enter_context(pg_schema())
-        db = Database(url)  # one connection is enough: one thread writes for all 64
-        migrate(db)
-        handles = setup_shop(db, users)
-        floors = {"schema": (False, MANY), "as grouped": (False, None)}
-        ceiling = Ceiling(Writes(db), _pg_copies(stack, users, floors)())
-        bare = BarePG(url)
-        group = GroupCommit(db, most=MANY)
-        try:
-            tally = grouped_run(row, db, group, ceiling, bare, handles, MANY, "m", 400,
-                                runs, seconds)
-        finally:
-            bare.close()
-        _ceilings(row, ceiling, f", {MANY} purchases to a commit")
-        row.facts.update({"clients": MANY, "threads_in_one_process": True, "users": users,
-                          "seconds_per_run_each": seconds, "slices": SLICES,
-                          "pg": bare.settings, "group_commit": "engine.batch",
-                          "commits": group.batches,
-                          "purchases_per_commit": round(group.purchases
-                                                        / max(group.batches, 1), 1),
-                          **tally})
-    return row
+    floors = {"schema": (False, MANY), "as grouped": (False, None)}
+    return grouped_row(ctx, "purchase-pg-64", 1.0, clients=MANY, users=SHOP_USERS * 4,
+                       floors=floors, prefix="m", seed=400, most=MANY)
 
 
 @dataclass

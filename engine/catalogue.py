@@ -56,7 +56,7 @@ def _in_book(db: Database, work: Callable[[Book], T]) -> T:
 
 def _product(session: Session, sku: object) -> Product:
     """The product `sku`, or the one whose SKU matches it but for case (SKUs are typed by
-    people, as `checkout.quote` allows); else `unknown_product`."""
+    people, as `offer.quote` allows); else `unknown_product`."""
     row = session.get(Product, sku) if isinstance(sku, str) else None
     if row is None and isinstance(sku, str):
         found = session.execute(select(Product).where(

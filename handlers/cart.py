@@ -16,7 +16,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from engine import cart
+from engine import cart, cart_checkout
 from engine.errors import Refusal
 from engine.orders import ORDER_REF
 
@@ -197,15 +197,16 @@ async def _checkout(c: Ctx, how: str, key: str) -> Reply:
             return c.say("buy.no_points")
         use = seen["usable_points"]
     if "w" in how:
-        result = await c.call(cart.pay_from_wallet, c.app.db, user=c.handle, pay_points=use,
-                              key=f"{key}:buy")
+        result = await c.call(cart_checkout.pay_from_wallet, c.app.db, user=c.handle,
+                              pay_points=use, key=f"{key}:buy")
         return Reply().text(await receipt(c, result))
     if not c.app.takes_payments(c.req.channel) and seen["total"] - (
             seen["usable_value"] if use else 0) > 0:
         return Reply().text(c.t("cart.no_online"), tuple(_pay_rows(c, seen)))
     method = c.req.channel if c.req.channel in ("telegram", "wechat") else "cash"
-    opened = await c.call(cart.open_checkout, c.app.db, user=c.handle, pay_points=use,
-                          channel=c.req.channel, method=method, key=f"{key}:checkout")
+    opened = await c.call(cart_checkout.open_checkout, c.app.db, user=c.handle,
+                          pay_points=use, channel=c.req.channel, method=method,
+                          key=f"{key}:checkout")
     if opened["status"] == "cancelled":  # a repeated tap on an invoice since replaced
         raise Refusal("not_payable", opened["order"])
     if opened["token"] is None or opened["status"] != "awaiting_payment":

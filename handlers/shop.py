@@ -10,7 +10,7 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from engine import cart, checkout, outlook, service, users
+from engine import cart, checkout, offer, outlook, service, users
 from engine.database import DatabaseUnavailable
 from engine.errors import Refusal
 from engine.orders import ORDER_REF
@@ -90,7 +90,7 @@ async def buy_button(c: Ctx) -> Reply:
 async def _buy(c: Ctx, product: str, n: int, pay_points: str | None, wallet: bool,
                key: str | None = None, replaces: str | None = None) -> Reply:
     use = None if pay_points in (None, "all") else int(pay_points)
-    q = await c.call(checkout.quote, c.app.db, user=c.handle, sku=product, qty=n,
+    q = await c.call(offer.quote, c.app.db, user=c.handle, sku=product, qty=n,
                      pay_points=use)
     product = q["sku"]
     if pay_points == "all":

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from engine import cart, service
+from engine import cart, cart_checkout, service
 from engine.errors import Refusal
 from engine.verify import verify
 from storage.models import CartItem, Order, Product, User
@@ -54,7 +54,7 @@ def test_two_carts_racing_for_the_last_unit_make_exactly_one_order(pg_db):
         for who in pair:
             cart.add(pg_db, user=who, sku="CUP")
             cart.add(pg_db, user=who, sku="VASE")
-        got = _race(pg_db, list(pair), lambda who, r=round_: cart.open_checkout(
+        got = _race(pg_db, list(pair), lambda who, r=round_: cart_checkout.open_checkout(
             pg_db, user=who, channel="telegram", method="telegram", key=f"race:{r}:{who}"))
         assert sorted(g if isinstance(g, str) else "won" for g in got) == \
             ["out_of_stock", "won"], got
@@ -85,7 +85,7 @@ def test_two_wallet_carts_racing_for_the_last_unit_pay_exactly_once(pg_db):
                            scheme="both", stock=1)
     for who in ("A", "B"):
         cart.add(pg_db, user=who, sku="LAMP")
-    got = _race(pg_db, ["A", "B"], lambda who: cart.pay_from_wallet(
+    got = _race(pg_db, ["A", "B"], lambda who: cart_checkout.pay_from_wallet(
         pg_db, user=who, key=f"wallet:{who}"))
     assert sorted(g if isinstance(g, str) else "paid" for g in got) == ["out_of_stock", "paid"]
     winner = "A" if isinstance(got[0], dict) else "B"

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from engine import checkout, service
+from engine import checkout, offer, service
 from engine.errors import Refusal
 from engine.verify import verify
 from storage.db import Database
@@ -209,7 +209,7 @@ def test_an_open_cart_order_names_all_its_lines_for_its_replacement(memdb):
     assert checkout.open_order_line(memdb, user="b", order=opened["order"]) == ("A", 1, False)
     with pytest.raises(Refusal, match="unknown_order"):
         checkout.open_order_lines(memdb, user="r", order=opened["order"])
-    q = checkout.quote(memdb, user="b", lines=[{"sku": "A"}, {"sku": "C", "qty": 2}])
+    q = offer.quote(memdb, user="b", lines=[{"sku": "A"}, {"sku": "C", "qty": 2}])
     assert q["total"] == 12000 and [x["total"] for x in q["lines"]] == [6000, 6000]
     assert q["lines"][0]["kind"] == "goods" and q["lines"][0]["stock"] is None
 
@@ -237,7 +237,7 @@ def test_the_operators_view_of_a_product_shows_its_stock_and_kind(memdb):
     got = views.product(memdb, "D")
     assert got is not None and (got["stock"], got["kind"]) == (7, "digital")
     assert views.product(memdb, "A")["stock"] is None and views.product(memdb, "Z") is None
-    items = checkout.catalogue(memdb)["products"]
+    items = offer.catalogue(memdb)["products"]
     assert {p["sku"]: (p["stock"], p["kind"]) for p in items}["D"] == (7, "digital")
     with pytest.raises(Refusal, match="invalid_event"):
         service.upsert_product(memdb, sku="D", price="5.00", margin="0.1", lock_days=0,

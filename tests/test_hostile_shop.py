@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from engine import cart, service
+from engine import cart, cart_checkout, service
 from engine.errors import Refusal
 from engine.verify import verify
 from storage.models import (
@@ -239,7 +239,7 @@ async def test_two_checkouts_of_one_cart_at_once_leave_one_payable_invoice(
         assert payable == 1
         # The same race in the engine itself: two threads checking the cart out at once.
         both = await asyncio.gather(*(asyncio.to_thread(
-            cart.open_checkout, s.app.db, user=f"tg:{BUYER}", channel="telegram",
+            cart_checkout.open_checkout, s.app.db, user=f"tg:{BUYER}", channel="telegram",
             method="telegram", key=f"race-{n}") for n in range(4)), return_exceptions=True)
         # each one an order, or the refusal a tap on a replaced invoice gets (polite in chat)
         assert all(isinstance(r, dict) or (isinstance(r, Refusal) and r.code == "not_payable")
@@ -301,8 +301,8 @@ def test_a_wallet_payment_racing_a_checkout_of_the_cart(db: Any) -> None:
     service.release(db)
     cart.add(db, user="A", sku="LAMP")
     with ThreadPoolExecutor(2) as pool:
-        jobs = [pool.submit(cart.pay_from_wallet, db, user="A", key="w"),
-                pool.submit(cart.open_checkout, db, user="A", channel="telegram",
+        jobs = [pool.submit(cart_checkout.pay_from_wallet, db, user="A", key="w"),
+                pool.submit(cart_checkout.open_checkout, db, user="A", channel="telegram",
                             method="telegram", key="c")]
         done = [j.exception() or j.result() for j in jobs]
     assert all(isinstance(r, dict) or isinstance(r, Refusal) for r in done), done

@@ -31,9 +31,15 @@ async def test_help_lists_payout_one_line_per_command_and_fits_one_message(memdb
         assert payout_line.split(" ", 2)[1] == "收款方式"  # its Chinese word, as the others
         # one WeChat text message (the smaller limit; Telegram takes 4096 characters)
         assert len(shown.encode()) <= MAX_TEXT_BYTES
-    # and a shopper's /start (a greeting, then the list) stays a short reply: under 900
-    # characters, the bound tests/test_handlers_robustness.py sets for any polite answer
-    assert len(text(await chat.send(SHOPPER, "/start"))) < 900
+    # and a returning member's /start (a greeting, then the list) stays a short reply: under
+    # 900 characters, the bound tests/test_handlers_robustness.py sets for any polite answer;
+    # an operator's too, which still lists every shopper command and points to /admin
+    for who in (SHOPPER, OPERATOR):
+        greeting = text(await chat.send(who, "/start"))
+        assert len(greeting) < 900, (who, len(greeting))
+        shown = [line.split()[0] for line in greeting.split("\n") if line.startswith("/")]
+        assert shown == [f"/{name}" for name in listed]
+        assert ("/admin" in greeting) == (who == OPERATOR)
 
 
 async def test_payout_in_the_help_is_described_in_each_language_without_repeating_itself():

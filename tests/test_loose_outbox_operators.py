@@ -6,39 +6,24 @@ cannot be delivered ends as `unreachable` or `failed`, never pending for ever
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import select
-from telegram import Bot
 
-from bot.senders import TelegramSender
 from engine import outbox, support, users
 from handlers.notify import buttons, render
-from scheduler import Deliverer
 from storage.db import Database
 from storage.models import Outbox
+from tests.outbox_kit import (
+    drain,
+    now,
+    sqlite_only_db,  # noqa: F401 - the `db` fixture
+    stand_in_api,  # noqa: F401 - the `api` fixture
+)
 from tests.standins.telegram_api import FakeBotAPI
 
-TOKEN = "123:ABC"
 OPERATOR = "tg:900"  # configured (STOREFRONT_OPERATORS), never talked to the bot
-
-
-@pytest.fixture
-def db(sqlite_db: Database) -> Database:
-    return sqlite_db
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeBotAPI]:
-    async with FakeBotAPI() as stand_in:
-        yield stand_in
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def rows(db: Database) -> list[Any]:
@@ -46,10 +31,9 @@ def rows(db: Database) -> list[Any]:
                         .all()))
 
 
-async def drain(db: Database, api: FakeBotAPI, **senders: Any) -> Any:
-    async with Bot(TOKEN, base_url=api.base_url) as bot:
-        return await Deliverer(db, {"tg": TelegramSender(bot), **senders},
-                               renderer=render, buttons=buttons).drain()
+async def deliver(db: Database, api: FakeBotAPI) -> Any:
+    """One drain with the chat's own texts and buttons (operators get reply buttons)."""
+    return await drain(db, api, renderer=render, buttons=buttons)
 
 
 def buyer_writes(db: Database, text: str, operators: tuple[str, ...] = (OPERATOR,)) -> None:
@@ -62,7 +46,7 @@ async def test_an_operator_without_an_account_is_sent_the_notification(db, api):
     buyer_writes(db, "Where is my tea?")
     (row,) = rows(db)
     assert row.user_id is None and json.loads(row.params)["identity"] == OPERATOR
-    stats = await drain(db, api)
+    stats = await deliver(db, api)
     assert stats["sent"] == 1
     (sent,) = [c for c in api.calls_of("sendMessage") if c.ok]
     assert str(sent.params["chat_id"]) == "900"
@@ -74,7 +58,7 @@ async def test_an_operator_without_an_account_is_sent_the_notification(db, api):
 async def test_an_operator_who_joined_after_the_row_gets_it_in_their_language(db, api):
     buyer_writes(db, "Is the sofa in stock?")
     users.resolve(db, OPERATOR, lang="en")  # the operator writes to the bot afterwards
-    await drain(db, api)
+    await deliver(db, api)
     (sent,) = [c for c in api.calls_of("sendMessage") if c.ok]
     assert str(sent.params["chat_id"]) == "900"
     assert sent.params["text"].startswith(render("support_message", {
@@ -99,6 +83,6 @@ async def test_an_operator_row_nobody_can_deliver_ends_and_does_not_stay_pending
     db.run(lambda s: s.query(Outbox).delete())
     api.block_chat(900)
     buyer_writes(db, "Hello again?")
-    stats = await drain(db, api)
+    stats = await deliver(db, api)
     assert stats["unreachable"] == 1
     assert [r.status for r in rows(db)] == [outbox.UNREACHABLE]

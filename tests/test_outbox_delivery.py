@@ -8,8 +8,7 @@ import asyncio
 import json
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -23,27 +22,16 @@ from engine import outbox, users
 from scheduler import Deliverer
 from storage.db import Database
 from storage.models import Identity, Outbox
+from tests.outbox_kit import (
+    TOKEN,
+    drain,
+    now,
+    sqlite_only_db,  # noqa: F401 - the `db` fixture
+    stand_in_api,  # noqa: F401 - the `api` fixture
+)
 from tests.release_helpers import cli
 from tests.standins.telegram_api import FakeBotAPI
 from tests.standins.wechat import FakeWeChatAPI, make_wechat_client
-
-TOKEN = "123:ABC"
-
-
-@pytest.fixture
-def db(sqlite_db: Database) -> Database:
-    """These tests run on SQLite only (the conftest `db` runs on both)."""
-    return sqlite_db
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeBotAPI]:
-    async with FakeBotAPI() as stand_in:
-        yield stand_in
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def user(db: Database, identity: str) -> int:
@@ -63,11 +51,6 @@ def statuses(db: Database) -> dict[str, str]:
 
 def delivered(api: FakeBotAPI) -> Counter[str]:
     return Counter(c.params["text"] for c in api.calls_of("sendMessage") if c.ok)
-
-
-async def drain(db: Database, api: FakeBotAPI, **kwargs: Any) -> Counter[str]:
-    async with Bot(TOKEN, base_url=api.base_url) as bot:
-        return await Deliverer(db, {"tg": TelegramSender(bot)}, **kwargs).drain()
 
 
 async def test_delivery_keeps_telegrams_rate_limits(db: Database, api: FakeBotAPI) -> None:

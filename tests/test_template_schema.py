@@ -6,6 +6,7 @@ revision."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,17 +81,24 @@ def _used(db: Database) -> None:
     assert verify(db).ok
 
 
+def _is_the_migrated_one(copy: Database, real_url: str,
+                         shape: Callable[[Database], dict[str, Any]]) -> None:
+    """`copy` has the `shape` of a database Alembic migrates itself at `real_url`, is at the
+    head revision, and works as a database (`_used`)."""
+    real = Database(real_url)
+    try:
+        migrate(real)
+        assert shape(copy) == shape(real)
+    finally:
+        real.dispose()
+    assert current_revision(copy) == head_revision()
+    _used(copy)
+
+
 def test_a_sqlite_file_copied_from_the_template_is_the_migrated_one(tmp_path: Path) -> None:
     with migrated(f"sqlite:///{tmp_path}/copy.db") as copy:
         assert conftest._SQLITE_TEMPLATE is not None  # it was a copy
-        real = Database(f"sqlite:///{tmp_path}/real.db")
-        try:
-            migrate(real)
-            assert _sqlite_shape(copy) == _sqlite_shape(real)
-        finally:
-            real.dispose()
-        assert current_revision(copy) == head_revision()
-        _used(copy)
+        _is_the_migrated_one(copy, f"sqlite:///{tmp_path}/real.db", _sqlite_shape)
 
 
 @pytest.mark.pg
@@ -99,14 +107,7 @@ def test_a_postgresql_schema_replayed_from_the_template_is_the_migrated_one(
     with pg_schema(pg_admin) as copy_url, pg_schema(pg_admin) as real_url, \
             migrated(copy_url) as copy:
         assert conftest._PG_SCRIPT is not None  # it was a replay
-        real = Database(real_url)
-        try:
-            migrate(real)
-            assert _pg_shape(copy) == _pg_shape(real)
-        finally:
-            real.dispose()
-        assert current_revision(copy) == head_revision()
-        _used(copy)
+        _is_the_migrated_one(copy, real_url, _pg_shape)
 
 
 def test_a_database_that_exists_is_migrated_by_alembic(tmp_path: Path) -> None:

@@ -3,10 +3,11 @@ server-rendered fragment (`/app/v/<view>`) and posts actions as JSON (`/app/api/
 every request carrying the Telegram initData or the session cookie (bot/web/site.py).
 
 Every action is the chat's own engine call: the cart is the chat's cart (engine/cart.py, so
-a buyer sees one cart in the chat and on the page), its checkout `cart.open_checkout`, paid
-by Telegram (`createInvoiceLink` → `Telegram.WebApp.openInvoice`, the payment then recorded
-by the bot as any invoice's), by WeChat Pay (JSAPI, recorded by the pay notification), from
-the wallet (`cart.pay_from_wallet`), or — the console shop on `make run` — by the console's
+a buyer sees one cart in the chat and on the page), its checkout
+`cart_checkout.open_checkout`, paid by Telegram (`createInvoiceLink` →
+`Telegram.WebApp.openInvoice`, the payment then recorded by the bot as any invoice's), by
+WeChat Pay (JSAPI, recorded by the pay notification), from the wallet
+(`cart_checkout.pay_from_wallet`), or — the console shop on `make run` — by the console's
 simulated payment (`handlers.shop.paid`, as the console chat does).
 """
 
@@ -26,6 +27,7 @@ from bot.web.render import pick_lang, render, t
 from bot.web.site import Site, Visitor, error_json, json_body, refusal_json
 from engine import (
     cart,
+    cart_checkout,
     catalogue,
     delivery,
     delivery_views,
@@ -243,7 +245,7 @@ class Buyer:
             if (wallet or v.session.via != "telegram") and await self._address_missing(v, user):
                 return error_json(v.lang, "address.needed", 409)
             if wallet:
-                result = await self.site.call(cart.pay_from_wallet, self.site.db,
+                result = await self.site.call(cart_checkout.pay_from_wallet, self.site.db,
                                               user=user["handle"], key=f"{key}:buy")
                 return JSONResponse({"ok": True, "kind": "paid", "order": result["order"],
                                      "message": t(v.lang, "pay.done", order=result["order"])})
@@ -282,7 +284,7 @@ class Buyer:
     async def _open_and_pay(self, v: Visitor, handle: str, key: str) -> Response:
         via = v.session.via
         method = via if via in ("telegram", "wechat") else "cash"
-        opened = await self.site.call(cart.open_checkout, self.site.db, user=handle,
+        opened = await self.site.call(cart_checkout.open_checkout, self.site.db, user=handle,
                                       channel=via, method=method, key=f"{key}:checkout")
         order = opened["order"]
         if opened["token"] is None:  # points paid it all
