@@ -34,7 +34,9 @@ T = TypeVar("T")
 
 DEFAULT_URL = "sqlite:///var/storefront.db"
 _RETRYABLE_PG = {"40001", "40P01", "55P03"}
-# A PostgreSQL connection back in the pool for longer than this is pinged before its next use.
+# A PostgreSQL connection back in the pool for longer than this (seconds) is pinged before its
+# next use (`StalePing`): a busy shop reuses its connections within milliseconds and pays no
+# ping; one idle longer may have been closed by an idle timeout or a restart nobody saw.
 PING_IDLE_AFTER = 1.0
 
 
