@@ -34,6 +34,9 @@ pytestmark = pytest.mark.pg
 
 BUYER = "tg:7101"
 BUSY_FOR_THE_TEST = 600.0  # an idle threshold no pause in these tests comes near
+# A short threshold, and a pause past it; long enough that a loaded machine's stall between
+# two back-to-back purchases does not pass for idleness.
+SHORT_IDLE, PAUSE = 0.5, 0.6
 RETRYING = "retrying a unit of work"
 
 
@@ -182,10 +185,10 @@ def test_a_ping_costs_one_round_trip_a_purchase_and_is_sent_after_the_idle_thres
 
 def test_a_connection_idle_past_the_threshold_is_pinged_once(
         pg_admin: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    with shop(pg_admin, ping_idle_after=0.05) as (db, _):
+    with shop(pg_admin, ping_idle_after=SHORT_IDLE) as (db, _):
         pings = count_pings(monkeypatch, db)
-        time.sleep(0.1)
-        purchase(db, 1)  # idle for 0.1 s: pinged
+        time.sleep(PAUSE)
+        purchase(db, 1)  # idle past the threshold: pinged
         purchase(db, 2)  # used just now: not pinged
         assert pings == [True]
 
@@ -213,10 +216,10 @@ def test_a_backend_terminated_between_two_purchases_on_a_busy_connection_is_retr
 def test_a_backend_terminated_while_idle_is_replaced_by_the_ping_before_the_purchase(
         pg_admin: str, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    with shop(pg_admin, ping_idle_after=0.05) as (db, name):
+    with shop(pg_admin, ping_idle_after=SHORT_IDLE) as (db, name):
         pings = count_pings(monkeypatch, db)
         assert terminate(pg_admin, name) == 1
-        time.sleep(0.1)
+        time.sleep(PAUSE)
         caplog.set_level(logging.INFO, logger="storage.db")
         purchase(db, 1)
         assert pings == [False]  # the ping found it dead; the pool made a new connection
