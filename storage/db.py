@@ -3,7 +3,9 @@
 SQLite: a file under `var/` by default, WAL, `synchronous=FULL` (a commit is on disk before
 anyone is told), and `BEGIN IMMEDIATE` for every writer so two writers never both read and
 then both try to upgrade. PostgreSQL: READ COMMITTED plus explicit row locks
-(`SELECT … FOR UPDATE`); serialization failures and deadlocks are retried.
+(`SELECT … FOR UPDATE`); serialization failures and deadlocks are retried, and so is a unit of
+work whose connection was lost. A pooled connection is pinged before use only when it may
+have gone stale (`StalePing`), not before every transaction.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError, OperationalError
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -32,6 +34,10 @@ T = TypeVar("T")
 
 DEFAULT_URL = "sqlite:///var/storefront.db"
 _RETRYABLE_PG = {"40001", "40P01", "55P03"}
+# A PostgreSQL connection back in the pool for longer than this (seconds) is pinged before its
+# next use (`StalePing`): a busy shop reuses its connections within milliseconds and pays no
+# ping; one idle longer may have been closed by an idle timeout or a restart nobody saw.
+PING_IDLE_AFTER = 1.0
 
 
 class DatabaseUnavailable(Exception):
@@ -64,7 +70,8 @@ class Database:
     """One database: an engine, a session factory and the unit-of-work helpers."""
 
     def __init__(self, url: str | None = None, *, echo: bool = False,
-                 busy_timeout: float = 30.0, retry_backoff_max: float = 0.5) -> None:
+                 busy_timeout: float = 30.0, retry_backoff_max: float = 0.5,
+                 ping_idle_after: float = PING_IDLE_AFTER) -> None:
         # `run`'s pause between retries doubles from 5 ms up to this many seconds: with the
         # default, a lock held throughout costs 12 attempts over ~4 s before "busy".
         self.retry_backoff_max = retry_backoff_max
@@ -82,11 +89,15 @@ class Database:
                                             "check_same_thread": False})
         else:
             self.memory = False
-            kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
+            # No `pool_pre_ping`: it cost a round trip before every transaction (StalePing).
+            kwargs.update(pool_size=10, max_overflow=20)
         self.engine: Engine = create_engine(self.url, **kwargs)
+        self.ping: StalePing | None = None
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine, wal=not self.memory,
                               busy_ms=max(0, int(busy_timeout * 1000)))
+        else:
+            self.ping = StalePing(self.engine, idle_after=ping_idle_after)
         # The ORM's one-time setup of every mapper, here rather than in whatever ORM statement
         # comes first (a release's lock: 60-100 ms of a fresh process's first release).
         configure_mappers()
@@ -134,6 +145,7 @@ class Database:
                 faults.point(f"commit.after:{name}")
                 return result
             except (OperationalError, DBAPIError) as exc:
+                self._note_lost(exc)
                 if not _is_retryable(exc) or attempt == attempts:
                     if _is_retryable(exc) or isinstance(exc, OperationalError):
                         raise DatabaseUnavailable(str(exc.orig)) from exc
@@ -146,15 +158,65 @@ class Database:
 
     def read(self, work: Callable[[Session], T]) -> T:
         """Run `work` in a read-only snapshot; a database that cannot be reached (a lost
-        connection, a server that is down) is `DatabaseUnavailable`, as for writers."""
-        try:
-            with self.reading() as session:
-                return work(session)
-        except OperationalError as exc:
-            raise DatabaseUnavailable(str(exc.orig)) from exc
+        connection, a server that is down) is `DatabaseUnavailable`, as for writers. A
+        snapshot whose connection turns out lost is read once more, on a new connection."""
+        for attempt in (1, 2):
+            try:
+                with self.reading() as session:
+                    return work(session)
+            except OperationalError as exc:
+                self._note_lost(exc)
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise DatabaseUnavailable(str(exc.orig)) from exc
+        raise AssertionError("unreachable")
+
+    def _note_lost(self, exc: DBAPIError) -> None:
+        """A lost connection may mean a restarted server: every pooled connection last used
+        before now is pinged before its next use."""
+        if exc.connection_invalidated and self.ping is not None:
+            self.ping.lost_at = time.monotonic()
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class StalePing:
+    """Pings a pooled PostgreSQL connection before use only when it may have gone stale.
+
+    SQLAlchemy's `pool_pre_ping` asks the server before every checkout: one round trip of a
+    purchase's four (docs/perf.md, issue 19). Here a connection is pinged only if it sat in
+    the pool longer than `idle_after` seconds (an idle timeout, a restart while nobody was
+    buying), or if a lost connection was seen since it was last used (`lost_at`, set by
+    `Database.run`/`read`). A failed ping raises `InvalidatePoolError`, as `pool_pre_ping`
+    does: the pool replaces this connection and every other made before now (SQLAlchemy's
+    "pessimistic disconnect handling" with a checkout event). A connection that died while
+    busy is found by the first statement instead: that unit of work fails before anything
+    of it can commit, and `Database.run` retries it on a new connection (`read` once)."""
+
+    _IDLE_SINCE = "storefront_idle_since"
+
+    def __init__(self, engine: Engine, *, idle_after: float) -> None:
+        self.dialect = engine.dialect
+        self.idle_after = idle_after
+        self.lost_at = float("-inf")  # time.monotonic() of the last lost connection seen
+        event.listen(engine, "checkin", self._checked_in)
+        event.listen(engine, "checkout", self._checked_out)
+
+    def _checked_in(self, _dbapi_connection: Any, record: Any) -> None:
+        record.info[self._IDLE_SINCE] = time.monotonic()
+
+    def _checked_out(self, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(self._IDLE_SINCE)
+        if since is None:  # made for this checkout (the pool clears `info` on reconnecting)
+            return
+        if time.monotonic() - since < self.idle_after and since > self.lost_at:
+            return
+        try:
+            self.dialect.do_ping(dbapi_connection)
+        except self.dialect.loaded_dbapi.Error as exc:
+            if not self.dialect.is_disconnect(exc, dbapi_connection, None):
+                raise
+            raise InvalidatePoolError(f"ping failed: {exc}") from exc
 
 
 def _label_of(work: Callable[..., Any]) -> str:
