@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from .driver import Driver
-from .queries import DUE_PAGE
+from .queries import DUE_PAGE, EXITS_AHEAD, EXITS_AHEAD_SQL, ExitsAhead
 from .rows import EntryRow, OrderRow, PoolRow, Query, UserRow
 from .unit import Rows
 
@@ -44,7 +44,7 @@ def flush_wide(rows: Rows) -> None:
     if not db.pg:
         rows.flush()
         return
-    if rows._flushing:
+    if rows.flushing:
         return
     rows._flushing = True
     rows._ready.clear()  # prefetched reads may be out of date once anything is written
@@ -108,6 +108,10 @@ def purchase_reads_many(rows: Rows, asks: Sequence[tuple[str, str | None, dateti
     reads: dict[Hashable, Query] = {}
     if with_pools:
         reads["pools"] = Query(PoolRow, "", suffix=" ORDER BY name")
+    # Enough of the smallest exit keys for every seek of the batch (each skips the buyers
+    # and referrers it holds): `ExitsAhead` answers them all, with no flush between.
+    exits = EXITS_AHEAD + 2 * len(asks)
+    reads["exits"] = Query(None, EXITS_AHEAD_SQL, (exits,))
     for handle, key, at in asks:
         if ("buyer", handle) not in reads:
             reads["buyer", handle] = Query(UserRow, "handle = ?", (handle,))
@@ -124,6 +128,7 @@ def purchase_reads_many(rows: Rows, asks: Sequence[tuple[str, str | None, dateti
                                      "no > ?", (rows.param(OrderRow, "settles_at", at), 0),
                                      suffix=f" ORDER BY no LIMIT {DUE_PAGE}")
     got = rows.prefetch(reads)
+    ExitsAhead(rows, got.pop("exits"), exits)
     for name, found in got.items():
         if name == "pools":
             continue
