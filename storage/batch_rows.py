@@ -1,5 +1,6 @@
 """A group commit's reads and writes in wide statements: every purchase's reads in one round
-trip, each table's new rows in one INSERT.
+trip (with the exit keys its forced-exit seeks need, `queries.ExitsAhead`, so that nothing
+is written before the batch's end), each table's new rows in one INSERT.
 
 `Rows.flush` (storage/unit.py) writes a table's new rows with one `executemany`, which on
 PostgreSQL is still one Bind and Execute per row through psycopg's Python pipeline code. A
@@ -101,7 +102,8 @@ def purchase_reads_many(rows: Rows, asks: Sequence[tuple[str, str | None, dateti
     """`queries.purchase_reads` for every purchase of a batch, (handle, key, at) each, in
     **one** round trip: the same statements, each handle, key and time read once. What each
     purchase will load by name (the orders due by its time, its referrer's waiting entries)
-    is offered to it with `Rows.keep`, as `purchase_reads` does, until anything is written.
+    is offered to it with `Rows.keep`, as `purchase_reads` does, until anything is written;
+    the smallest stored exit keys are held for the whole transaction (`ExitsAhead`).
     Rows read here for one purchase and changed in memory by an earlier one come back as
     they are in memory (the unit of work's identity map), so this is the state each
     purchase's own read would have found: nothing is written until the batch's flush."""
