@@ -183,3 +183,46 @@ def test_exits_ahead_reads_the_next_page_once_every_key_read_is_held(db: Databas
         rows.flush()
         assert queries.first_exit_key(rows, limit, [first.id]) == stored[1][0]
     assert ahead.pages >= 2 and ahead.complete
+
+
+def pending_shop(db: Database) -> None:
+    """`holders_shop` with 210 orders waiting in their return window, all paid on 4 Aug:
+    150 with a window of two days (due 6 Aug 00:00), then 60 with one (due 5 Aug): the
+    first page of orders due by 6 Aug (`DUE_PAGE`, by number) holds only 49 of those 60."""
+    holders_shop(db)
+    service.upsert_product(db, sku="tea", price="100.00", margin="0.40", lock_days=0,
+                           scheme="queue", at=at(3))
+    for n in range(210):
+        if n in (0, 150):
+            service.configure(db, {"store": {"settle_days": "2" if n == 0 else "1"}},
+                              at=at(3))
+        service.buy(db, user=("x", "y", "h0")[n % 3], sku="tea", at=at(4),
+                    key=f"pending:{n}")
+
+
+def test_a_batch_settles_the_orders_due_as_one_by_one_purchases_even_past_a_full_page(
+        db: Database, make_db: MakeDb) -> None:
+    """The read-ahead reads the orders due by the batch's latest time once; an earlier
+    time's orders are its part of that page — unless the page was full (`DUE_PAGE`), when
+    the purchase reads its own. Either way each settles exactly what it would alone."""
+    assert queries.DUE_PAGE == 200
+    pending_shop(db)
+    calls: list[dict[str, Any]] = [
+        {"user": "z", "sku": "tea", "at": at(5, 9), "key": "a"},  # the 60 (past the page)
+        {"user": "h1", "sku": "tea", "at": at(6, 9), "key": "b"},  # the 150
+        {"user": "h2", "sku": "tea", "at": at(5, 9), "key": "c"},
+    ]
+    answers, sent = batched(db, calls)
+    assert verify(db).ok
+    with db.reading() as s:
+        assert s.execute(text("SELECT count(*) FROM orders WHERE status = 'pending'")
+                         ).scalar_one() == 2  # b's and c's (a's was due by b's time)
+    due_reads = [s for s in sent if s.startswith("SELECT") and "settles_at <=" in s]
+    assert len(due_reads) >= 3  # the read-ahead's, then a's own (a full page), b's next page
+
+    serial = make_db("memory")
+    pending_shop(serial)
+    assert answers == one_by_one(serial, calls)
+    assert _journal(db) == _journal(serial)
+    with serial.reading() as a, db.reading() as b:
+        assert snapshot(a) == snapshot(b)
