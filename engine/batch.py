@@ -9,10 +9,13 @@ the ones before it; the hash chain runs through them in that order), with one co
 head lock, one read of the settings and pools, and each table written in one statement.
 
 Issue 19 (docs/perf.md): every purchase's first reads (buyer, referrer, key, due orders,
-waiting entries) go in one round trip for the whole batch (`_read_ahead`); its new rows in
-one INSERT a table (storage/batch_rows.py); and a batch waits a moment for the callers the
-last commit answered (`_expect`), so 8 busy callers share one commit instead of two halves
-taking turns. A lone caller never waits.
+waiting entries, and the smallest stored exit keys its forced-exit seeks ask for) go in one
+round trip for the whole batch (`_read_ahead`); nothing is written until the batch's end —
+the seeks are answered from the keys read ahead (`storage.queries.ExitsAhead`), not by
+writing the batch so far and asking the index — and then its new rows in one INSERT a table
+(storage/batch_rows.py); and a batch waits a moment for the callers the last commit answered
+(`_expect`), so 8 busy callers share one commit instead of two halves taking turns. A lone
+caller never waits.
 
 - A refused purchase is refused alone: the engine checks a purchase completely before it
   changes anything (SPEC §7), so the others in its batch are recorded as if it never came.
@@ -164,7 +167,9 @@ class GroupCommit:
 def _read_ahead(book: Book, asked: list[dict[str, Any]]) -> None:
     """What every purchase of the batch will read first (`Book.prefetch_purchase`: its buyer
     and their referrer, its idempotency key, the pools, the orders due by its time, the
-    referrer's waiting entries), in one round trip for the whole batch instead of one each.
+    referrer's waiting entries), in one round trip for the whole batch instead of one each,
+    with the smallest stored exit keys that answer every forced-exit seek of the batch
+    (`storage.queries.ExitsAhead`; read after the head lock, which `Book` took first).
     A purchase whose buyer and key are read here skips its own read; anything not read here
     (an unknown buyer, a time that does not parse) is read as it would be alone."""
     asks: list[tuple[str, str | None, datetime | None]] = []

@@ -160,7 +160,8 @@ def _next_exit(book: Book) -> UserRow | None:
     threshold = min(cur.num * m.denominator * _EXIT_SCALE // (cur.den * m.numerator), _EXIT_MAX)
     limit = threshold.to_bytes(_EXIT_BYTES, "big")
     # Holders this transaction has read are as they are in memory (their rows may not be
-    # written yet); everyone else is as the index says.
+    # written yet); everyone else is as the index says (in a batch of purchases, as the keys
+    # read ahead for the whole batch say: `queries.ExitsAhead`, no round trip).
     held = list(book.rows.known(UserRow))
     ids = tuple(u.id for u in held)
     stored = queries.first_exit_key(book.rows, limit, ids)

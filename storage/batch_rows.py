@@ -1,5 +1,6 @@
 """A group commit's reads and writes in wide statements: every purchase's reads in one round
-trip, each table's new rows in one INSERT.
+trip (with the exit keys its forced-exit seeks need, `queries.ExitsAhead`, so that nothing
+is written before the batch's end), each table's new rows in one INSERT.
 
 `Rows.flush` (storage/unit.py) writes a table's new rows with one `executemany`, which on
 PostgreSQL is still one Bind and Execute per row through psycopg's Python pipeline code. A
@@ -18,14 +19,14 @@ import re
 from collections.abc import Hashable, Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from .driver import Driver
-from .queries import DUE_PAGE
+from .queries import DUE_PAGE, EXITS_AHEAD, EXITS_AHEAD_SQL, ExitsAhead
 from .rows import EntryRow, OrderRow, PoolRow, Query, UserRow
 from .unit import Rows
 
@@ -44,7 +45,7 @@ def flush_wide(rows: Rows) -> None:
     if not db.pg:
         rows.flush()
         return
-    if rows._flushing:
+    if rows.flushing:
         return
     rows._flushing = True
     rows._ready.clear()  # prefetched reads may be out of date once anything is written
@@ -96,50 +97,68 @@ def insert_wide(db: Driver, insert: str, table: Table, columns: Sequence[str],
         cur.close()
 
 
+def _one_of(rows: Rows, column: str, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
+    """`column` is one of `values`: on PostgreSQL one array parameter (`= ANY(?)`), so the
+    statement's text is the same whatever the batch's size (parsed and prepared once)."""
+    if rows.db.pg:
+        return f"{column} = ANY(?)", (list(values),)
+    return f"{column} IN ({', '.join('?' * len(values))})", tuple(values)
+
+
 def purchase_reads_many(rows: Rows, asks: Sequence[tuple[str, str | None, datetime | None]],
                         with_pools: bool) -> list[dict[Hashable, list[Any]]]:
     """`queries.purchase_reads` for every purchase of a batch, (handle, key, at) each, in
-    **one** round trip: the same statements, each handle, key and time read once. What each
-    purchase will load by name (the orders due by its time, its referrer's waiting entries)
-    is offered to it with `Rows.keep`, as `purchase_reads` does, until anything is written.
-    Rows read here for one purchase and changed in memory by an earlier one come back as
-    they are in memory (the unit of work's identity map), so this is the state each
-    purchase's own read would have found: nothing is written until the batch's flush."""
+    **one** round trip of a few statements whatever the batch's size: the buyers, their
+    referrers, the referrers' waiting entries and the stored keys each in one statement, and
+    the orders due by the latest time (the page of each earlier time is its part of it,
+    unless that page was full). What each purchase will load by name (the orders due by its
+    time, its referrer's waiting entries) is offered to it with `Rows.keep`, as
+    `purchase_reads` does, until anything is written; the smallest stored exit keys are held
+    for the whole transaction (`ExitsAhead`). Nothing is written until the batch's flush,
+    and a row read here and changed in memory by an earlier purchase comes back as it is in
+    memory (the unit of work's identity map): each purchase finds what its own read would."""
+    handles = list(dict.fromkeys(handle for handle, _key, _at in asks))
+    keys = list(dict.fromkeys(key for _handle, key, _at in asks if key is not None))
+    times = [at for _handle, _key, at in asks if at is not None]
     reads: dict[Hashable, Query] = {}
     if with_pools:
         reads["pools"] = Query(PoolRow, "", suffix=" ORDER BY name")
-    for handle, key, at in asks:
-        if ("buyer", handle) not in reads:
-            reads["buyer", handle] = Query(UserRow, "handle = ?", (handle,))
-            reads["referrer", handle] = Query(
-                UserRow, "id = (SELECT referrer_id FROM users WHERE handle = ?)", (handle,))
-            reads["waiting", handle] = Query(
-                EntryRow, "user_id = (SELECT referrer_id FROM users WHERE handle = ?) "
-                "AND status = 'waiting'", (handle,), suffix=" ORDER BY seq")
-        if key is not None:
-            reads["key", key] = Query(None, 'SELECT body, result FROM journal WHERE "key" = ?',
-                                      (key,))
-        if at is not None and ("due", at) not in reads:
-            reads["due", at] = Query(OrderRow, "status = 'pending' AND settles_at <= ? AND "
-                                     "no > ?", (rows.param(OrderRow, "settles_at", at), 0),
-                                     suffix=f" ORDER BY no LIMIT {DUE_PAGE}")
+    # Enough of the smallest exit keys for every seek of the batch (each skips the buyers
+    # and referrers it holds): `ExitsAhead` answers them all, with no flush between.
+    exits = EXITS_AHEAD + 2 * len(asks)
+    reads["exits"] = Query(None, EXITS_AHEAD_SQL, (exits,))
+    named, params = _one_of(rows, "handle", handles)
+    referrers = f"(SELECT referrer_id FROM users WHERE {named})"
+    reads["buyers"] = Query(UserRow, named, params)
+    reads["referrers"] = Query(UserRow, f"id IN {referrers}", params)
+    reads["waiting"] = Query(EntryRow, f"user_id IN {referrers} AND status = 'waiting'", params,
+                             suffix=" ORDER BY user_id, seq")
+    if keys:
+        named, params = _one_of(rows, '"key"', keys)
+        reads["keys"] = Query(None, f'SELECT "key", body, result FROM journal WHERE {named}',
+                              params)
+    if times:
+        reads["due"] = Query(OrderRow, "status = 'pending' AND settles_at <= ? AND no > ?",
+                             (rows.param(OrderRow, "settles_at", max(times)), 0),
+                             suffix=f" ORDER BY no LIMIT {DUE_PAGE}")
     got = rows.prefetch(reads)
-    for name, found in got.items():
-        if name == "pools":
-            continue
-        kind, what = cast(tuple[str, Any], name)
-        if kind == "waiting":
-            referrer = got["referrer", what]
-            if referrer:
-                rows.keep(("waiting", referrer[0].id), found)
-        elif kind == "due":
-            rows.keep(("due", what), found)
+    ExitsAhead(rows, got["exits"], exits)
+    for referrer in got["referrers"]:
+        rows.keep(("waiting", referrer.id), [e for e in got["waiting"]
+                                             if e.user_id == referrer.id])
+    if times:
+        latest, due = max(times), got["due"]
+        for at in set(times):
+            if at == latest or len(due) < DUE_PAGE:  # else the part of a full page may not be
+                rows.keep(("due", at), [o for o in due if o.settles_at <= at])
+    buyers = {row.handle: row for row in got["buyers"]}
+    stored = {key: (body, result) for key, body, result in got.get("keys", ())}
     out: list[dict[Hashable, list[Any]]] = []
     for handle, key, _at in asks:
-        one: dict[Hashable, list[Any]] = {"buyer": got["buyer", handle]}
+        one: dict[Hashable, list[Any]] = {"buyer": [buyers[handle]] if handle in buyers else []}
         if with_pools:
             one["pools"] = got["pools"]
         if key is not None:
-            one["key"] = got["key", key]
+            one["key"] = [stored[key]] if key in stored else []
         out.append(one)
     return out

@@ -124,7 +124,7 @@ def purchase_reads(rows: Rows, handle: str, key: str | None, at: datetime | None
     }
     if with_pools:
         queries["pools"] = Query(PoolRow, "", suffix=" ORDER BY name")
-    queries["exits"] = Query(None, _EXITS_AHEAD, (EXITS_AHEAD,))
+    queries["exits"] = Query(None, EXITS_AHEAD_SQL, (EXITS_AHEAD,))
     if key is not None:
         queries["key"] = Query(None, 'SELECT body, result FROM journal WHERE "key" = ?', (key,))
     if at is not None:
@@ -157,12 +157,50 @@ def _not_in(rows: Rows, ids: Sequence[int]) -> tuple[str, tuple[Any, ...]]:
 # stored keys of users the transaction does not hold are as they were (every writer holds the
 # head lock, taken before this read), so the smallest of them not held answers it.
 EXITS_AHEAD = 4
-_EXITS_AHEAD = ("SELECT exit_key, id FROM users WHERE exit_key IS NOT NULL "
+EXITS_AHEAD_SQL = ("SELECT exit_key, id FROM users WHERE exit_key IS NOT NULL "
                 "ORDER BY exit_key, id LIMIT ?")
 
 
+class ExitsAhead:
+    """The smallest stored exit keys, (key, id) in the index's order, read once for a whole
+    transaction (a batch of purchases, engine/batch.py) and asked by each forced-exit seek
+    in it, instead of a flush and a round trip a seek. Read under the head lock, a stored key
+    changes only when this transaction writes it, and it writes only keys of users it holds,
+    which every seek skips (the caller has them in memory): everyone else's stay as read for
+    the whole transaction, written or not. Once every user read is held, the next page is
+    read after the last one (no flush needed either)."""
+
+    def __init__(self, rows: Rows, found: Sequence[tuple[Any, int]], asked: int) -> None:
+        self.rows = rows
+        self.keys = [(bytes(key), user_id) for key, user_id in found]
+        self.complete = len(found) < asked  # every stored key is in `keys`
+        self.pages = 0  # pages read after the first (a figure for tests)
+        rows.session.info["exits_ahead"] = self  # asked by `first_exit_key` from now on
+
+    def first(self, limit: bytes, skip: Sequence[int]) -> bytes | None:
+        """`first_exit_key`'s answer from the keys read (and more pages if need be)."""
+        held = set(skip)
+        while True:
+            for key, user_id in self.keys:
+                if user_id not in held:
+                    return key if key <= limit else None
+            if self.complete or not self.keys:
+                return None
+            most = len(held) + EXITS_AHEAD
+            found = self.rows.db.rows("SELECT exit_key, id FROM users WHERE exit_key IS NOT "
+                                      "NULL AND (exit_key, id) > (?, ?) ORDER BY exit_key, id "
+                                      "LIMIT ?", (*self.keys[-1], most))
+            self.keys += [(bytes(key), user_id) for key, user_id in found]
+            self.complete = len(found) < most
+            self.pages += 1
+
+
 def first_exit_key(rows: Rows, limit: bytes, skip: Sequence[int]) -> bytes | None:
-    """The smallest stored `exit_key` at or below `limit`, among users not in `skip`."""
+    """The smallest stored `exit_key` at or below `limit`, among users not in `skip`: every
+    user whose key this transaction changed must be in `skip` (the seek holds them all)."""
+    held_ahead = rows.session.info.get("exits_ahead")
+    if isinstance(held_ahead, ExitsAhead) and held_ahead.rows is rows:
+        return held_ahead.first(limit, skip)
     ahead = rows.kept("exits")
     if ahead is not None:
         held = set(skip)
@@ -177,7 +215,7 @@ def first_exit_key(rows: Rows, limit: bytes, skip: Sequence[int]) -> bytes | Non
     # held user's stored key is its key in memory and none need be skipped (the caller takes
     # the smaller of the two anyway). Skipping them cost a batch of purchases, which holds a
     # hundred users, an array of a hundred ids to bind for every purchase (issue 19).
-    written = rows.db.pg and not rows._flushing
+    written = rows.db.pg and not rows.flushing
     not_in, params = _not_in(rows, () if written else skip)
     found = rows.flushed_scalars("SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND "
                                  f"exit_key <= ?{not_in} ORDER BY exit_key, id LIMIT 1",

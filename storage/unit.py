@@ -120,6 +120,12 @@ class Rows:
         self.session.flush()
         return [r[0] for r in self.db.rows(sql, params)]
 
+    @property
+    def flushing(self) -> bool:
+        """True while this unit is writing its changes (a read asked meanwhile must not
+        start another flush)."""
+        return self._flushing
+
     # -- writing -----------------------------------------------------------------------------
     def add(self, row: R) -> R:
         """A new row, inserted on flush."""
