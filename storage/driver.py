@@ -48,10 +48,20 @@ def _multi_row(sql: str, n: int) -> str | None:
     return head + sep + ", ".join([values] * n)
 
 
+# How a column's values are bound: SQLAlchemy's processor for its type, and the type as its
+# repr (`UTCDateTime()`) — columns of one type share `Driver.bind`'s per-transaction cache, so
+# a value is processed once whichever of them it goes to (a purchase stamps its time on ~8).
+Binder = tuple[str, Callable[[Any], Any]] | None
+
+
 @lru_cache(maxsize=128)
-def _binders(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> tuple[Processor, ...]:
-    return tuple(table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-                 for name in columns)
+def _binders(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> tuple[Binder, ...]:
+    found = []
+    for name in columns:
+        column_type = table.c[name].type
+        proc = column_type.dialect_impl(dialect).bind_processor(dialect)
+        found.append(None if proc is None else (repr(column_type), proc))
+    return tuple(found)
 
 
 @lru_cache(maxsize=128)
@@ -71,11 +81,15 @@ class Driver:
         self.pg = self.dialect.name == "postgresql"
         self.lock = " FOR UPDATE" if self.pg else ""
         self._dbapi_error: type[Exception] = self.dialect.loaded_dbapi.Error
-        self._bound: dict[Processor, dict[Any, Any]] = {}
+        self._bound: dict[str, dict[Any, Any]] = {}  # a column type's values, bound
         # One cursor for every write of the transaction: a write's results are never read
         # back, and psycopg's cursor costs a few microseconds to make (a purchase writes ~10
         # statements). Reads keep a cursor each: a pipeline holds every read's rows at once.
         self._writer: Any = None
+        # Whether anyone listens for `before_cursor_execute` (`_observed`), asked once a
+        # transaction: asking SQLAlchemy costs a few microseconds a statement. A listener
+        # added while a transaction runs hears the statements of the next.
+        self._heard = bool(self.conn.dispatch.before_cursor_execute)
 
     def _sql(self, sql: str) -> str:
         return _for_pg(sql) if self.pg else sql
@@ -92,8 +106,8 @@ class Driver:
     def _observed(self, cursor: Any, sql: str, params: Any, many: bool) -> None:
         """Whoever listens for SQLAlchemy's `before_cursor_execute` (statement counters in
         tests, tracing) hears these statements too."""
-        conn = self.conn
-        if conn.dispatch.before_cursor_execute:  # falsy when nobody listens
+        if self._heard:
+            conn = self.conn
             conn.dispatch.before_cursor_execute(conn, cursor, sql, params, None, many)
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -189,9 +203,11 @@ class Driver:
         """`rows` (values in `columns` order) bound exactly as SQLAlchemy binds them for
         `table`; each processor runs once per distinct value in this transaction (one time is
         stamped on most rows a purchase writes)."""
-        processors = _binders(self.dialect, table, tuple(columns))
-        todo = [(i, p, self._bound.setdefault(p, {}))
-                for i, p in enumerate(processors) if p is not None]
+        todo = []
+        for i, binder in enumerate(_binders(self.dialect, table, tuple(columns))):
+            if binder is not None:
+                spelled, proc = binder
+                todo.append((i, proc, self._bound.setdefault(spelled, {})))
         if not todo:
             return [tuple(row) for row in rows]
         bound = []

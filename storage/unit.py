@@ -81,11 +81,11 @@ class Rows:
         values = self.db.read(cls.TABLE, cls.COLUMNS, raw)
         known = self._known[cls]
         out = []
-        if len(cls.KEYS) == 1:
-            at = cls.COLUMNS.index(cls.KEYS[0])
+        ats = cls.KEY_AT
+        if len(ats) == 1:
+            at = ats[0]
             keys = [v[at] for v in values]
         else:
-            ats = [cls.COLUMNS.index(k) for k in cls.KEYS]
             keys = [tuple(v[i] for i in ats) for v in values]
         for key, v in zip(keys, values, strict=True):
             row = known.get(key)
