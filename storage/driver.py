@@ -70,6 +70,10 @@ def _readers(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> tuple[
                  for name in columns)
 
 
+# Where a PostgreSQL connection's kept cursors are, in its pool record's `info`.
+_KEPT_CURSORS = "storefront.cursors"
+
+
 class Driver:
     """The DBAPI connection under `session`'s transaction (which this begins, if need be)."""
 
@@ -86,10 +90,24 @@ class Driver:
         # back, and psycopg's cursor costs a few microseconds to make (a purchase writes ~10
         # statements). Reads keep a cursor each: a pipeline holds every read's rows at once.
         self._writer: Any = None
+        self._kept: list[Any] = []  # PostgreSQL: the writer, then a pipeline's readers
+        if self.pg:
+            self._kept = self._kept_cursors()
+            self._writer = self._kept[0]
         # Whether anyone listens for `before_cursor_execute` (`_observed`), asked once a
         # transaction: asking SQLAlchemy costs a few microseconds a statement. A listener
         # added while a transaction runs hears the statements of the next.
         self._heard = bool(self.conn.dispatch.before_cursor_execute)
+
+    def _kept_cursors(self) -> list[Any]:
+        """The write cursor and those a pipeline's reads use (`batch`: a purchase pipelines
+        ~8 reads), kept with the DBAPI connection from one transaction to the next."""
+        info = self.conn.connection.info
+        kept = info.get(_KEPT_CURSORS)
+        if kept is None or kept[0] is not self.raw:  # a new connection under the record
+            kept = info[_KEPT_CURSORS] = (self.raw, [self.raw.cursor()])
+        cursors: list[Any] = kept[1]
+        return cursors
 
     def _sql(self, sql: str) -> str:
         return _for_pg(sql) if self.pg else sql
@@ -172,30 +190,26 @@ class Driver:
             if writes is not None:
                 writes()
             return [self.rows(sql, params) for sql, params in reads]
-        cursors = []
+        kept = self._kept
+        while len(kept) < 1 + len(reads):
+            kept.append(self.raw.cursor())
+        cursors = kept[1:1 + len(reads)]
         try:
             with self.raw.pipeline():
                 if writes is not None:
                     writes()
-                for sql, params in reads:
+                for cur, (sql, params) in zip(cursors, reads, strict=True):
                     sql = self._sql(sql)
-                    cur = self.raw.cursor()
                     self._observed(cur, sql, params, False)
                     cur.execute(sql, params)
-                    cursors.append(cur)
                 if commit:
                     # Queued like any statement (`connection.commit()` would sync the
                     # pipeline, a round trip of its own); psycopg reads the transaction's
                     # end from the server's answer.
-                    cur = self.raw.cursor()
-                    cur.execute("COMMIT", prepare=False)
-                    cur.close()
+                    self._write_cursor().execute("COMMIT", prepare=False)
             return [list(cur.fetchall()) for cur in cursors]
         except self._dbapi_error as exc:
             raise self._error(exc, "-- pipeline", ()) from exc
-        finally:
-            for cur in cursors:
-                cur.close()
 
     # -- values as SQLAlchemy binds and reads them -----------------------------------------
     def bind(self, table: Table, columns: Sequence[str],
