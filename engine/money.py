@@ -154,13 +154,12 @@ def ceil_div(num: int, den: int) -> int:
     return -((-num) // den)
 
 
+# An int is a fraction too (`numerator`, `denominator` 1): neither needs converting first.
 def into_pool(amount: Fraction | int) -> int:
     """Money paid into a pool rounds up to the fen (SPEC §2)."""
-    f = Fraction(amount)
-    return ceil_div(f.numerator, f.denominator)
+    return ceil_div(amount.numerator, amount.denominator)
 
 
 def out_of_pool(amount: Fraction | int) -> int:
     """Money or points paid out of a pool, and fees' complements, round down (SPEC §2)."""
-    f = Fraction(amount)
-    return floor_div(f.numerator, f.denominator)
+    return floor_div(amount.numerator, amount.denominator)

@@ -61,7 +61,7 @@ class Row:
         row = cls.__new__(cls)
         for name, value in zip(cls.COLUMNS, values, strict=True):
             setattr(row, name, value)
-        row._saved = row._mutable()
+        row._saved = cls._GET_MUTABLE(row)
         return row
 
     def _mutable(self) -> tuple[Any, ...]:
