@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
+from functools import lru_cache
 from typing import NewType
 
 Fen = NewType("Fen", int)
@@ -66,6 +67,11 @@ def parse_rate(text: object) -> Rate:
     """An exact non-negative decimal string (`"0.20"`) as a Fraction; anything else refused."""
     if not isinstance(text, str):
         raise AmountError("not a string")
+    return _parsed_rate(text)
+
+
+@lru_cache(maxsize=1024)  # a settlement parses its order's frozen rates: the same few strings
+def _parsed_rate(text: str) -> Rate:
     m = _PLAIN_DECIMAL.fullmatch(text)
     if m is None or len(text) > 40:
         raise AmountError(f"not a plain decimal: {text!r}")
@@ -148,13 +154,12 @@ def ceil_div(num: int, den: int) -> int:
     return -((-num) // den)
 
 
+# An int is a fraction too (`numerator`, `denominator` 1): neither needs converting first.
 def into_pool(amount: Fraction | int) -> int:
     """Money paid into a pool rounds up to the fen (SPEC §2)."""
-    f = Fraction(amount)
-    return ceil_div(f.numerator, f.denominator)
+    return ceil_div(amount.numerator, amount.denominator)
 
 
 def out_of_pool(amount: Fraction | int) -> int:
     """Money or points paid out of a pool, and fees' complements, round down (SPEC §2)."""
-    f = Fraction(amount)
-    return floor_div(f.numerator, f.denominator)
+    return floor_div(amount.numerator, amount.denominator)

@@ -172,7 +172,8 @@ def receive(db: Database, *, order: str, at: object = None,
 
 def settle(db: Database, *, at: object = None) -> list[dict[str, Any]]:
     when = parse_at(now() if at is None else at)
-    return _in_book(db, lambda b: orders.settle_due(b, when))
+    return _in_book(db, lambda b: [orders.order_result(b, order)
+                                   for order in orders.settle_due(b, when)])
 
 
 def refund(db: Database, *, order: object, at: object = None,

@@ -21,16 +21,16 @@ from . import journal, points, queue
 from .book import Book
 from .lines import line_terms, lines_of
 from .money import parse_rate
-from .receipt import order_result
 
 QUEUE_SCHEMES = ("queue", "both")
 POINTS_SCHEMES = ("points", "both")
 
 
-def settle_due(book: Book, at: datetime) -> list[dict[str, Any]]:
+def settle_due(book: Book, at: datetime) -> list[OrderRow]:
     """Settle every pending order due by `at`, in the order they were recorded (SPEC §8),
-    each followed by the forced exit."""
-    settled: list[dict[str, Any]] = []
+    each followed by the forced exit; the orders settled (`order_result` tells each: a
+    purchase that settles itself does not ask)."""
+    settled: list[OrderRow] = []
     after = 0
     while True:
         batch = queries.orders_due(book.rows, at, after)
@@ -44,7 +44,8 @@ def settle_due(book: Book, at: datetime) -> list[dict[str, Any]]:
             order = due[no]
             if order.status != "pending" or order.settles_at is None or order.settles_at > at:
                 continue
-            settled.append(settle(book, order, at))
+            settle(book, order, at)
+            settled.append(order)
             points.forced_exits(book, at, f"settle:{order.ref}")
         if not more:
             return settled
@@ -62,7 +63,7 @@ class _Granted:
     capped: queue.Acceleration | None = None  # the first acceleration the pool capped
 
 
-def settle(book: Book, order: OrderRow, at: datetime) -> dict[str, Any]:
+def settle(book: Book, order: OrderRow, at: datetime) -> None:
     """Grant an order's rebates on the terms frozen when it was recorded, line by line."""
     terms = json.loads(order.terms)
     buyer = book.user_by_id(order.user_id)
@@ -91,7 +92,6 @@ def settle(book: Book, order: OrderRow, at: datetime) -> dict[str, Any]:
                           "accelerated": line.accelerated} for line in lines]
     book.record(key=key, kind="settle", at=at, postings=p, body=body)
     _tell(book, order, buyer, referrer, granted, terms, at)
-    return order_result(book, order)
 
 
 def _settle_line(book: Book, order: OrderRow, line: OrderLineRow, t: dict[str, Any],

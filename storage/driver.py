@@ -48,16 +48,30 @@ def _multi_row(sql: str, n: int) -> str | None:
     return head + sep + ", ".join([values] * n)
 
 
+# How a column's values are bound: SQLAlchemy's processor for its type, and the type as its
+# repr (`UTCDateTime()`) — columns of one type share `Driver.bind`'s per-transaction cache, so
+# a value is processed once whichever of them it goes to (a purchase stamps its time on ~8).
+Binder = tuple[str, Callable[[Any], Any]] | None
+
+
 @lru_cache(maxsize=128)
-def _binders(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> tuple[Processor, ...]:
-    return tuple(table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-                 for name in columns)
+def _binders(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> tuple[Binder, ...]:
+    found = []
+    for name in columns:
+        column_type = table.c[name].type
+        proc = column_type.dialect_impl(dialect).bind_processor(dialect)
+        found.append(None if proc is None else (repr(column_type), proc))
+    return tuple(found)
 
 
 @lru_cache(maxsize=128)
 def _readers(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> tuple[Processor, ...]:
     return tuple(table.c[name].type.dialect_impl(dialect).result_processor(dialect, None)
                  for name in columns)
+
+
+# Where a PostgreSQL connection's kept cursors are, in its pool record's `info`.
+_KEPT_CURSORS = "storefront.cursors"
 
 
 class Driver:
@@ -71,7 +85,29 @@ class Driver:
         self.pg = self.dialect.name == "postgresql"
         self.lock = " FOR UPDATE" if self.pg else ""
         self._dbapi_error: type[Exception] = self.dialect.loaded_dbapi.Error
-        self._bound: dict[Processor, dict[Any, Any]] = {}
+        self._bound: dict[str, dict[Any, Any]] = {}  # a column type's values, bound
+        # One cursor for every write of the transaction: a write's results are never read
+        # back, and psycopg's cursor costs a few microseconds to make (a purchase writes ~10
+        # statements). Reads keep a cursor each: a pipeline holds every read's rows at once.
+        self._writer: Any = None
+        self._kept: list[Any] = []  # PostgreSQL: the writer, then a pipeline's readers
+        if self.pg:
+            self._kept = self._kept_cursors()
+            self._writer = self._kept[0]
+        # Whether anyone listens for `before_cursor_execute` (`_observed`), asked once a
+        # transaction: asking SQLAlchemy costs a few microseconds a statement. A listener
+        # added while a transaction runs hears the statements of the next.
+        self._heard = bool(self.conn.dispatch.before_cursor_execute)
+
+    def _kept_cursors(self) -> list[Any]:
+        """The write cursor and those a pipeline's reads use (`batch`: a purchase pipelines
+        ~8 reads), kept with the DBAPI connection from one transaction to the next."""
+        info = self.conn.connection.info
+        kept = info.get(_KEPT_CURSORS)
+        if kept is None or kept[0] is not self.raw:  # a new connection under the record
+            kept = info[_KEPT_CURSORS] = (self.raw, [self.raw.cursor()])
+        cursors: list[Any] = kept[1]
+        return cursors
 
     def _sql(self, sql: str) -> str:
         return _for_pg(sql) if self.pg else sql
@@ -88,8 +124,8 @@ class Driver:
     def _observed(self, cursor: Any, sql: str, params: Any, many: bool) -> None:
         """Whoever listens for SQLAlchemy's `before_cursor_execute` (statement counters in
         tests, tracing) hears these statements too."""
-        conn = self.conn
-        if conn.dispatch.before_cursor_execute:  # falsy when nobody listens
+        if self._heard:
+            conn = self.conn
             conn.dispatch.before_cursor_execute(conn, cursor, sql, params, None, many)
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -105,37 +141,41 @@ class Driver:
         finally:
             cur.close()
 
+    def _write_cursor(self) -> Any:
+        if self._writer is None:
+            self._writer = self.raw.cursor()
+        return self._writer
+
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """One write; returns the number of rows it changed."""
+        """One write; returns the number of rows it changed (in a pipeline: not known yet)."""
         sql = self._sql(sql)
-        cur = self.raw.cursor()
+        cur = self._write_cursor()
         try:
             self._observed(cur, sql, params, False)
             cur.execute(sql, params)
             return int(cur.rowcount)
         except self._dbapi_error as exc:
             raise self._error(exc, sql, params) from exc
-        finally:
-            cur.close()
 
     def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """One statement for many rows (values already bound)."""
         if not rows:
             return
-        if self.pg and 1 < len(rows) <= MULTI_ROW_MOST:
+        if len(rows) == 1:  # `executemany` of one row costs more than `execute` (psycopg: twice)
+            self.run(sql, rows[0])
+            return
+        if self.pg and len(rows) <= MULTI_ROW_MOST:
             merged = _multi_row(sql, len(rows))
             if merged is not None:
                 self.run(merged, [v for row in rows for v in row])
                 return
         sql = self._sql(sql)
-        cur = self.raw.cursor()
+        cur = self._write_cursor()
         try:
             self._observed(cur, sql, rows, True)
             cur.executemany(sql, rows)
         except self._dbapi_error as exc:
             raise self._error(exc, sql, rows[:1]) from exc
-        finally:
-            cur.close()
 
     def batch(self, reads: Sequence[tuple[str, Sequence[Any]]],
               writes: Callable[[], None] | None = None, *,
@@ -150,30 +190,26 @@ class Driver:
             if writes is not None:
                 writes()
             return [self.rows(sql, params) for sql, params in reads]
-        cursors = []
+        kept = self._kept
+        while len(kept) < 1 + len(reads):
+            kept.append(self.raw.cursor())
+        cursors = kept[1:1 + len(reads)]
         try:
             with self.raw.pipeline():
                 if writes is not None:
                     writes()
-                for sql, params in reads:
+                for cur, (sql, params) in zip(cursors, reads, strict=True):
                     sql = self._sql(sql)
-                    cur = self.raw.cursor()
                     self._observed(cur, sql, params, False)
                     cur.execute(sql, params)
-                    cursors.append(cur)
                 if commit:
                     # Queued like any statement (`connection.commit()` would sync the
                     # pipeline, a round trip of its own); psycopg reads the transaction's
                     # end from the server's answer.
-                    cur = self.raw.cursor()
-                    cur.execute("COMMIT", prepare=False)
-                    cur.close()
+                    self._write_cursor().execute("COMMIT", prepare=False)
             return [list(cur.fetchall()) for cur in cursors]
         except self._dbapi_error as exc:
             raise self._error(exc, "-- pipeline", ()) from exc
-        finally:
-            for cur in cursors:
-                cur.close()
 
     # -- values as SQLAlchemy binds and reads them -----------------------------------------
     def bind(self, table: Table, columns: Sequence[str],
@@ -181,9 +217,11 @@ class Driver:
         """`rows` (values in `columns` order) bound exactly as SQLAlchemy binds them for
         `table`; each processor runs once per distinct value in this transaction (one time is
         stamped on most rows a purchase writes)."""
-        processors = _binders(self.dialect, table, tuple(columns))
-        todo = [(i, p, self._bound.setdefault(p, {}))
-                for i, p in enumerate(processors) if p is not None]
+        todo = []
+        for i, binder in enumerate(_binders(self.dialect, table, tuple(columns))):
+            if binder is not None:
+                spelled, proc = binder
+                todo.append((i, proc, self._bound.setdefault(spelled, {})))
         if not todo:
             return [tuple(row) for row in rows]
         bound = []

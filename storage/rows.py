@@ -28,6 +28,7 @@ class Row:
     MODEL: ClassVar[type[models.Base]]
     KEY: ClassVar[str | tuple[str, ...]]  # a column, or the columns of a composite key
     KEYS: ClassVar[tuple[str, ...]]
+    KEY_AT: ClassVar[tuple[int, ...]]  # where the key's columns are in COLUMNS
     COLUMNS: ClassVar[tuple[str, ...]]
     MUTABLE: ClassVar[tuple[str, ...]]
     _GET_MUTABLE: ClassVar[Callable[[Any], tuple[Any, ...]]]
@@ -45,6 +46,7 @@ class Row:
                       f"VALUES ({', '.join('?' for _ in cls.COLUMNS)})")
         sets = ", ".join(f"{q(c)} = ?" for c in cls.MUTABLE)
         cls.KEYS = (cls.KEY,) if isinstance(cls.KEY, str) else cls.KEY
+        cls.KEY_AT = tuple(cls.COLUMNS.index(k) for k in cls.KEYS)
         cls.UPDATE = f"UPDATE {cls.TABLE.name} SET {sets} WHERE {key_match(cls.KEYS)}"
         getter = operator.attrgetter(*cls.MUTABLE)  # a tuple of them (more than one each)
         cls._GET_MUTABLE = staticmethod(getter)  # type: ignore[assignment]
@@ -59,7 +61,7 @@ class Row:
         row = cls.__new__(cls)
         for name, value in zip(cls.COLUMNS, values, strict=True):
             setattr(row, name, value)
-        row._saved = row._mutable()
+        row._saved = cls._GET_MUTABLE(row)
         return row
 
     def _mutable(self) -> tuple[Any, ...]:

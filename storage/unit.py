@@ -78,19 +78,14 @@ class Rows:
         cls = q.cls
         if cls is None:
             return raw
-        values = self.db.read(cls.TABLE, cls.COLUMNS, raw)
         known = self._known[cls]
+        ats = cls.KEY_AT
         out = []
-        if len(cls.KEYS) == 1:
-            at = cls.COLUMNS.index(cls.KEYS[0])
-            keys = [v[at] for v in values]
-        else:
-            ats = [cls.COLUMNS.index(k) for k in cls.KEYS]
-            keys = [tuple(v[i] for i in ats) for v in values]
-        for key, v in zip(keys, values, strict=True):
+        for values in self.db.read(cls.TABLE, cls.COLUMNS, raw):
+            key = values[ats[0]] if len(ats) == 1 else tuple(values[i] for i in ats)
             row = known.get(key)
             if row is None:
-                row = known[key] = cls._loaded(v)
+                row = known[key] = cls._loaded(values)
             out.append(row)
         return out
 
