@@ -108,8 +108,9 @@ _PENDING_COLUMNS = ("update_id", "kind", "body", "chat_id", "user_id", "attempts
 def pending(db: Database, *, limit: int = 200, skip: Iterable[int] = ()) -> list[Row]:
     """Pending rows in `update_id` order (those in `skip` left out)."""
     skipped = sorted(set(skip))
-    # the driver's statement (storage/driver.py): the processor asks after every row it
-    # finishes, skipping the rows in hand, and the ORM's NOT IN was rebuilt for each ask
+    # the driver's statement (storage/driver.py): the processor asks often (on each stored
+    # batch, and after finished rows that can make others takeable), skipping the rows in
+    # hand, and the ORM's NOT IN was rebuilt for each ask
     sql = (f"SELECT {','.join(_PENDING_COLUMNS)} FROM inbox WHERE status = ?"
            + (f" AND update_id NOT IN ({','.join('?' * len(skipped))})" if skipped else "")
            + " ORDER BY update_id LIMIT ?")
