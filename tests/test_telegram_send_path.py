@@ -130,6 +130,12 @@ async def test_a_text_reply_goes_out_once_and_a_failure_is_handled_as_before() -
                 await post_text(bot, 9, "x", None)
             with pytest.raises(Forbidden):
                 await post_text(bot, 8, "x", None)
+            # an answer that names no message: the text went out, and goes out once
+            api.set_response("sendMessage", True)
+            mark = len(api.calls_of("sendMessage"))
+            assert await out.send_text(7, "odd answer") is None
+            assert [c.params["text"] for c in api.calls_of("sendMessage")[mark:]] == \
+                ["odd answer"]
         finally:
             await bot.shutdown()
 

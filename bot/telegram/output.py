@@ -157,18 +157,21 @@ def keyboard(rows: tuple[tuple[Button, ...], ...]) -> InlineKeyboardMarkup | Non
     return InlineKeyboardMarkup.de_json(markup, None) if markup is not None else None
 
 
-async def post_text(bot: Bot, chat_id: int, text: str, markup: Markup | None) -> int:
-    """`sendMessage` with `text` and `markup`; returns the new message's id.
+async def post_text(bot: Bot, chat_id: int, text: str, markup: Markup | None) -> int | None:
+    """`sendMessage` with `text` and `markup`; returns the new message's id (None if the
+    answer names none: the message went out all the same, and is not sent again).
 
     The same call as `bot.send_message(chat_id, text, reply_markup=markup)` — the same
     parameters on the wire, the bot's rate limiter and request, the same errors raised — but
     Telegram's answer is not parsed into a PTB `Message` (with its chat, sender and keyboard),
-    which was a sixth of the bot's CPU for a `/me` (docs/perf.md) and is never looked at."""
+    which was about a sixth of the bot's CPU for a `/me` (a py-spy profile of the `/me`
+    row) and is never looked at."""
     params: dict[str, Any] = {"chat_id": chat_id, "text": text}
     if markup is not None:
         params["reply_markup"] = markup
     sent = await bot.do_api_request("sendMessage", api_kwargs=params)
-    return int(sent["message_id"])
+    message_id = sent.get("message_id") if isinstance(sent, dict) else None
+    return message_id if isinstance(message_id, int) else None
 
 
 @dataclass
@@ -216,7 +219,8 @@ class ChatOutput:
         for n, piece in enumerate(pieces):
             keys = markup if n == len(pieces) - 1 else None
 
-            def send(piece: str = piece, keys: Markup | None = keys) -> Awaitable[int]:
+            def send(piece: str = piece, keys: Markup | None = keys
+                     ) -> Awaitable[int | None]:
                 return post_text(self.bot, chat_id, piece, keys)
 
             sent = await call_bot("message", chat_id, send)
