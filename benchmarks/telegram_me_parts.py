@@ -11,7 +11,10 @@ so that all of them meet the same load of a shared machine:
   the Bot API calls on PTB's stock httpx (`ptb-httpx`) or on the shop's aiohttp request
   (`ptb`, bot/telegram/request.py);
 - `shop-const`: the shop's own `start_telegram` (the inbox's durable commits, the adapter,
-  the output path) with a dispatch that answers a constant text: no engine, no read;
+  the output path) with a dispatch that answers a constant text: no engine, no read. The
+  shop's text replies do not parse Telegram's answer into a PTB `Message`, as `ptb`'s
+  `send_message` does (bot/telegram/output.py `post_text`), so this can read at or below
+  `ptb` in CPU per update;
 - `shop`: the full `/me` (the row itself).
 
 Prints one JSON line per run and, at the end, the medians and each client's ratio to `bare`

@@ -126,6 +126,8 @@ class InboxProcessor:
         self._queues: dict[tuple[str, int], deque[inbox.Row]] = {}
         self._workers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
+        # the last look left pending rows unread because 10 × BATCH rows were in hand
+        self._full = False
         # finished rows waiting for their `done` mark, and the task committing them
         self._marks: list[tuple[int, asyncio.Future[None]]] = []
         self._marker: asyncio.Task[None] | None = None
@@ -231,7 +233,8 @@ class InboxProcessor:
                 log.exception("reading the inbox failed")
                 await asyncio.sleep(_backoff(self._failures))
                 continue
-            if more and len(self._in_flight) < 10 * BATCH:
+            self._full = more and len(self._in_flight) >= 10 * BATCH
+            if more and not self._full:
                 await asyncio.sleep(0)
                 continue
             timeout = IDLE
@@ -310,7 +313,14 @@ class InboxProcessor:
                         self._in_flight.discard(queue.popleft().update_id)
         finally:
             del self._queues[key], self._workers[key]
-            self.wake()
+            # A finished user makes rows takeable only when the last look left rows unread
+            # (too many in hand), when this user is now held (the look sets its time-out),
+            # or when claims are in play (its claim goes back, other users' may come): then
+            # look now. Otherwise the rows not in hand are new ones, which `stored` (or the
+            # webhook) announces, or another process's, found within IDLE. (Looking after
+            # every row was one read of the inbox per ten `/me` answered, docs/perf.md.)
+            if self._full or key in self._held or self.claims is not None:
+                self.wake()
 
     async def _handle(self, row: inbox.Row) -> bool:
         uid = row.update_id
