@@ -30,7 +30,10 @@ async def start(c: Ctx) -> Reply:
         text += "\n" + c.t("start.referred")
     menu = ((Button(c.t("menu.shop"), "cmd:v1:shop"), Button(c.t("menu.me"), "cmd:v1:me")),
             (Button(c.t("menu.invite"), "cmd:v1:invite"), Button(c.t("menu.help"), "cmd:v1:help")))
-    return Reply().text(text + "\n\n" + help_text(c), menu)
+    # a newcomer's first answer stays short: the welcome and the buttons, the list one tap
+    # away (docs/shop.md); a returning member sees the list under the greeting
+    more = c.t("start.buttons") if c.member["new"] else help_text(c)
+    return Reply().text(text + "\n\n" + more, menu)
 
 
 def help_text(c: Ctx) -> str:

@@ -46,3 +46,18 @@ async def test_payout_in_the_help_is_described_in_each_language_without_repeatin
     info = {c.name: c for c in handlers.commands(operator=False)}["payout"]
     assert info.description == {"en": "Where my withdrawals are paid", "zh": "我的提现收款方式"}
     assert all("\n" not in d for d in info.description.values())
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+async def test_a_newcomers_first_start_is_the_welcome_and_the_buttons_not_the_list(memdb, lang):
+    chat = Chat(memdb)
+    for who in ("tg:71", OPERATOR):
+        reply = await chat.send(who, "/start", lang=lang)
+        greeting = text(reply)
+        assert len(greeting) < 900, (who, len(greeting))
+        assert "/help" in greeting and "/payout" not in greeting
+        taps = [b.data for row in reply.items[0].buttons for b in row]
+        assert taps == ["cmd:v1:shop", "cmd:v1:me", "cmd:v1:invite", "cmd:v1:help"]
+        # the list is one tap away, and the next /start shows it under the greeting
+        again = text(await chat.send(who, "/start", lang=lang))
+        assert "/payout" in again and len(again) < 900
