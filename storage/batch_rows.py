@@ -38,21 +38,55 @@ def flush_session_wide(session: Session) -> None:
         flush_wide(rows)
 
 
-def flush_wide(rows: Rows) -> None:
+def commit_session_wide(session: Session) -> None:
+    """Let `session`'s transaction end as `flush_wide(..., commit=True)`: when
+    `Database.transaction` commits it (`unit.flush_to_commit`, after the `commit.before`
+    fault point), its rows are written a statement a table and the COMMIT sent in the same
+    round trip. The last thing a unit of work does (engine/batch.py)."""
+    rows = session.info.get("rows")
+    if isinstance(rows, Rows):
+        session.info["rows"] = WideCommit(rows)
+
+
+class WideCommit:
+    """A transaction's rows (`Rows`) as `storage.unit` finishes them (`flush`,
+    `flush_and_commit`), written by `flush_wide` instead of `Rows.flush`."""
+
+    def __init__(self, rows: Rows) -> None:
+        self.rows = rows
+
+    def flush(self) -> None:
+        flush_wide(self.rows)
+
+    def flush_and_commit(self) -> bool:
+        """As `Rows.flush_and_commit`: True if the writes and the COMMIT went in one
+        pipeline; False (nothing done) when the ORM has changes of its own left to write or
+        there is nothing to write — the transaction then commits as usual."""
+        session = self.rows.session
+        if session.new or session.dirty or session.deleted:
+            return False
+        return flush_wide(self.rows, commit=True)
+
+
+def flush_wide(rows: Rows, *, commit: bool = False) -> bool:
     """Write everything `rows` holds unwritten, each table's inserts in one statement
-    (PostgreSQL), in one round trip; exactly what `rows.flush()` would store."""
+    (PostgreSQL), in one round trip; exactly what `rows.flush()` would store. With `commit`
+    (PostgreSQL only), the COMMIT ends the same pipeline, as in `Rows.flush_and_commit`: a
+    write that fails aborts the pipeline, so the COMMIT never runs, the error is raised and
+    the transaction rolls back. True if it committed."""
     db = rows.db
     if not db.pg:
-        rows.flush()
-        return
+        if not commit:  # else the commit's own `flush` writes them
+            rows.flush()
+        return False
     if rows.flushing:
-        return
+        return False
     rows._flushing = True
     rows._ready.clear()  # prefetched reads may be out of date once anything is written
     try:
         writes = rows._changes()
         if not writes:
-            return
+            return False
 
         def write_all() -> None:
             for sql, table, columns, values in writes:
@@ -61,7 +95,8 @@ def flush_wide(rows: Rows) -> None:
                 else:
                     db.write(sql, table, columns, values)
 
-        db.batch([], write_all)
+        db.batch([], write_all, commit=commit)
+        return commit
     finally:
         rows._flushing = False
 
