@@ -13,7 +13,10 @@ waiting entries, and the smallest stored exit keys its forced-exit seeks ask for
 round trip for the whole batch (`_read_ahead`); nothing is written until the batch's end —
 the seeks are answered from the keys read ahead (`storage.queries.ExitsAhead`), not by
 writing the batch so far and asking the index — and then its new rows in one INSERT a table
-(storage/batch_rows.py); and a batch waits a moment for the callers the last commit answered
+and, on PostgreSQL, the COMMIT in the same round trip (storage/batch_rows.py `WideCommit`,
+sent once `Database.run` commits, after its `commit.before` fault point; a write or the
+COMMIT failing there rolls the whole batch back before anyone is answered — then each is
+retried alone, below); and a batch waits a moment for the callers the last commit answered
 (`_expect`), so 8 busy callers share one commit instead of two halves taking turns. A lone
 caller never waits.
 

@@ -11,6 +11,10 @@ parses it once and the server prepares it once. Values are bound by the same col
 processors (`Driver.bind`), the tables go in `Rows.flush`'s order, all in one pipeline: the
 rows stored are the same, byte for byte. Updates (a few rows a batch, one per key) still go
 through `Driver.write`. On SQLite, where `executemany` runs in C, `Rows.flush` as it is.
+
+A group commit ends its unit of work with `commit_session_wide`: its rows are then written
+this way when the transaction commits, and the COMMIT goes in the same pipeline
+(`WideCommit`, as `Rows.flush_and_commit` does for one purchase).
 """
 
 from __future__ import annotations

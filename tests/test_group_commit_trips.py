@@ -102,7 +102,7 @@ END $$;
 """
 @pytest.mark.parametrize("where", ["write", "commit"])
 def test_a_failed_final_write_stores_nothing_and_answers_nobody_with_success(
-        pg_db: Database, where: str) -> None:
+        pg_db: Database, where: str, caplog: pytest.LogCaptureFixture) -> None:
     handles = shop(pg_db, users=6)
     with pg_db.transaction() as s:
         u0 = s.execute(text("SELECT id FROM users WHERE handle = 'u0'")).scalar_one()
@@ -122,6 +122,8 @@ def test_a_failed_final_write_stores_nothing_and_answers_nobody_with_success(
     finally:
         group.close()
     assert sorted(results) == [1, 2, 3, 4]
+    # The four failed together first (their rows and COMMIT in one pipeline), then alone.
+    assert "a batch of 4 purchases failed (IntegrityError)" in caplog.text
     for i, outcome in results.items():  # the batch, then each purchase alone, failed
         assert isinstance(outcome, Exception), (i, outcome)
         assert "forced" in str(outcome)
