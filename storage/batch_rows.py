@@ -35,13 +35,6 @@ from .rows import EntryRow, OrderRow, PoolRow, Query, UserRow
 from .unit import Rows
 
 
-def flush_session_wide(session: Session) -> None:
-    """`flush_wide` for the rows of `session`'s transaction, if it has any."""
-    rows = session.info.get("rows")
-    if isinstance(rows, Rows):
-        flush_wide(rows)
-
-
 def commit_session_wide(session: Session) -> None:
     """Let `session`'s transaction end as `flush_wide(..., commit=True)`: when
     `Database.transaction` commits it (`unit.flush_to_commit`, after the `commit.before`
