@@ -13,7 +13,10 @@ waiting entries, and the smallest stored exit keys its forced-exit seeks ask for
 round trip for the whole batch (`_read_ahead`); nothing is written until the batch's end —
 the seeks are answered from the keys read ahead (`storage.queries.ExitsAhead`), not by
 writing the batch so far and asking the index — and then its new rows in one INSERT a table
-(storage/batch_rows.py); and a batch waits a moment for the callers the last commit answered
+and, on PostgreSQL, the COMMIT in the same round trip (storage/batch_rows.py `WideCommit`,
+sent once `Database.run` commits, after its `commit.before` fault point; a write or the
+COMMIT failing there rolls the whole batch back before anyone is answered — then each is
+retried alone, below); and a batch waits a moment for the callers the last commit answered
 (`_expect`), so 8 busy callers share one commit instead of two halves taking turns. A lone
 caller never waits.
 
@@ -38,7 +41,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from storage.batch_rows import flush_session_wide, purchase_reads_many
+from storage.batch_rows import commit_session_wide, purchase_reads_many
 from storage.db import Database
 
 from . import service
@@ -131,16 +134,20 @@ class GroupCommit:
         return False
 
     def _record(self, batch: list[_Job]) -> None:
+        asks = _asks([job.kwargs for job in batch])
+
         def work(session: Session) -> list[dict[str, Any] | Refusal]:
-            book = Book(session)
-            _read_ahead(book, [job.kwargs for job in batch])
+            book = Book(session)  # the head lock first (its own round trip)
+            _read_ahead(book, asks)
             outcomes: list[dict[str, Any] | Refusal] = []
             for job in batch:
                 try:
                     outcomes.append(service.place(book, **job.kwargs))
                 except Refusal as refusal:
                     outcomes.append(refusal)
-            flush_session_wide(session)  # the batch's rows, a statement a table
+            # The batch's rows, a statement a table, and the COMMIT in one round trip once
+            # `Database.run` commits (storage/batch_rows.py `WideCommit`).
+            commit_session_wide(session)
             return outcomes
 
         try:
@@ -164,14 +171,10 @@ class GroupCommit:
                 job.done.set_result(outcome)
 
 
-def _read_ahead(book: Book, asked: list[dict[str, Any]]) -> None:
-    """What every purchase of the batch will read first (`Book.prefetch_purchase`: its buyer
-    and their referrer, its idempotency key, the pools, the orders due by its time, the
-    referrer's waiting entries), in one round trip for the whole batch instead of one each,
-    with the smallest stored exit keys that answer every forced-exit seek of the batch
-    (`storage.queries.ExitsAhead`; read after the head lock, which `Book` took first).
-    A purchase whose buyer and key are read here skips its own read; anything not read here
-    (an unknown buyer, a time that does not parse) is read as it would be alone."""
+def _asks(asked: list[dict[str, Any]]) -> list[tuple[str, str | None, datetime | None]]:
+    """(buyer's handle, idempotency key, due-by time) of each purchase whose reads can be
+    made ahead: anything not read ahead (an unknown buyer, a time that does not parse) is
+    read as it would be alone."""
     asks: list[tuple[str, str | None, datetime | None]] = []
     for kwargs in asked:
         handle, key, at = kwargs.get("user"), kwargs.get("key"), kwargs.get("at")
@@ -182,6 +185,16 @@ def _read_ahead(book: Book, asked: list[dict[str, Any]]) -> None:
         except Refusal:
             due_by = None
         asks.append((handle, key if isinstance(key, str) else None, due_by))
+    return asks
+
+
+def _read_ahead(book: Book, asks: list[tuple[str, str | None, datetime | None]]) -> None:
+    """What every purchase of the batch (`_asks`) will read first (`Book.prefetch_purchase`:
+    its buyer and their referrer, its idempotency key, the pools, the orders due by its time,
+    the referrer's waiting entries), in one round trip for the whole batch instead of one
+    each, with the smallest stored exit keys that answer every forced-exit seek of the batch
+    (`storage.queries.ExitsAhead`; read after the head lock, which `Book` took first).
+    A purchase whose buyer and key are read here skips its own read."""
     if not asks:
         return
     got = purchase_reads_many(book.rows, asks, with_pools=not book._pools)

@@ -11,6 +11,10 @@ parses it once and the server prepares it once. Values are bound by the same col
 processors (`Driver.bind`), the tables go in `Rows.flush`'s order, all in one pipeline: the
 rows stored are the same, byte for byte. Updates (a few rows a batch, one per key) still go
 through `Driver.write`. On SQLite, where `executemany` runs in C, `Rows.flush` as it is.
+
+A group commit ends its unit of work with `commit_session_wide`: its rows are then written
+this way when the transaction commits, and the COMMIT goes in the same pipeline
+(`WideCommit`, as `Rows.flush_and_commit` does for one purchase).
 """
 
 from __future__ import annotations
@@ -31,28 +35,55 @@ from .rows import EntryRow, OrderRow, PoolRow, Query, UserRow
 from .unit import Rows
 
 
-def flush_session_wide(session: Session) -> None:
-    """`flush_wide` for the rows of `session`'s transaction, if it has any."""
+def commit_session_wide(session: Session) -> None:
+    """Let `session`'s transaction end as `flush_wide(..., commit=True)`: when
+    `Database.transaction` commits it (`unit.flush_to_commit`, after the `commit.before`
+    fault point), its rows are written a statement a table and the COMMIT sent in the same
+    round trip. The last thing a unit of work does (engine/batch.py)."""
     rows = session.info.get("rows")
     if isinstance(rows, Rows):
-        flush_wide(rows)
+        session.info["rows"] = WideCommit(rows)
 
 
-def flush_wide(rows: Rows) -> None:
+class WideCommit:
+    """A transaction's rows (`Rows`) as `storage.unit` finishes them (`flush`,
+    `flush_and_commit`), written by `flush_wide` instead of `Rows.flush`."""
+
+    def __init__(self, rows: Rows) -> None:
+        self.rows = rows
+
+    def flush(self) -> None:
+        flush_wide(self.rows)
+
+    def flush_and_commit(self) -> bool:
+        """As `Rows.flush_and_commit`: True if the writes and the COMMIT went in one
+        pipeline; False (nothing done) when the ORM has changes of its own left to write or
+        there is nothing to write — the transaction then commits as usual."""
+        session = self.rows.session
+        if session.new or session.dirty or session.deleted:
+            return False
+        return flush_wide(self.rows, commit=True)
+
+
+def flush_wide(rows: Rows, *, commit: bool = False) -> bool:
     """Write everything `rows` holds unwritten, each table's inserts in one statement
-    (PostgreSQL), in one round trip; exactly what `rows.flush()` would store."""
+    (PostgreSQL), in one round trip; exactly what `rows.flush()` would store. With `commit`
+    (PostgreSQL only), the COMMIT ends the same pipeline, as in `Rows.flush_and_commit`: a
+    write that fails aborts the pipeline, so the COMMIT never runs, the error is raised and
+    the transaction rolls back. True if it committed."""
     db = rows.db
     if not db.pg:
-        rows.flush()
-        return
+        if not commit:  # else the commit's own `flush` writes them
+            rows.flush()
+        return False
     if rows.flushing:
-        return
+        return False
     rows._flushing = True
     rows._ready.clear()  # prefetched reads may be out of date once anything is written
     try:
         writes = rows._changes()
         if not writes:
-            return
+            return False
 
         def write_all() -> None:
             for sql, table, columns, values in writes:
@@ -61,7 +92,8 @@ def flush_wide(rows: Rows) -> None:
                 else:
                     db.write(sql, table, columns, values)
 
-        db.batch([], write_all)
+        db.batch([], write_all, commit=commit)
+        return commit
     finally:
         rows._flushing = False
 
