@@ -79,10 +79,14 @@ def hold_first_commit(db: Database, group: GroupCommit, queued: int) -> threadin
 
 
 def queued_in_order(group: GroupCommit, threads: list[threading.Thread]) -> None:
-    """Start the threads one by one, each once the one before has queued its purchase."""
+    """Start the threads one by one, each once the one before has queued its purchase. (Not
+    after the last: the held commit lets go once it is queued, and the recording thread may
+    take them all before this thread could see the queue full.)"""
     for n, t in enumerate(threads, 1):
+        if n > 1:
+            wait_until(lambda n=n: group._jobs.qsize() >= n - 1,  # type: ignore[misc]
+                       f"purchase {n - 1} queued")
         t.start()
-        wait_until(lambda n=n: group._jobs.qsize() >= n, f"purchase {n} queued")  # type: ignore[misc]
 
 
 def together(threads: list[threading.Thread], holding: threading.Event | None = None) -> None:
