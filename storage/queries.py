@@ -102,25 +102,28 @@ def waiting_entries(rows: Rows, user_id: int) -> list[EntryRow]:
                      suffix=" ORDER BY seq", name=("waiting", user_id))
 
 
+_REFERRER_OF = "(SELECT referrer_id FROM users WHERE handle = ?)"  # the buyer's referrer's id
+
+
 def purchase_reads(rows: Rows, handle: str, key: str | None, at: datetime | None,
                    with_pools: bool, with_head: bool = False) -> dict[Hashable, list[Any]]:
     """Everything a purchase may read, in one round trip (PostgreSQL pays one per statement),
     all locked as the purchase would lock them one by one: with `with_head`, first the head
     row (`head`: the journal head lock every writer takes first; the pipeline runs the reads
     in order, so it is still taken before any other), `buyer` and `referrer` (lists of
-    at most one row), `pools` (with `with_pools`), the stored result under `key` (`key`: a
+    at most one row, read in one statement and told apart by the buyer's handle and
+    `referrer_id`: neither is changed through these rows, the ORM's changes forget them
+    first, `Book.forget_user`), `pools` (with `with_pools`), the stored result under `key` (`key`: a
     list of at most one (body, result)), and — offered to `orders_due` and `waiting_entries`
     until anything is written — the orders due by `at` and the referrer's waiting entries."""
     queries: dict[Any, Query] = {}
     if with_head:
         queries["head"] = Query(HeadRow, key_match(HeadRow.KEYS), (1,))
-    queries |= {
-        "buyer": Query(UserRow, "handle = ?", (handle,)),
-        "referrer": Query(UserRow, "id = (SELECT referrer_id FROM users WHERE handle = ?)",
-                          (handle,)),
-        "waiting": Query(EntryRow, "user_id = (SELECT referrer_id FROM users WHERE "
-                                   "handle = ?) AND status = 'waiting'", (handle,),
-                         suffix=" ORDER BY seq"),
+    queries |= {  # the buyer and their referrer in one statement (by id: one lock order)
+        "users": Query(UserRow, f"handle = ? OR id = {_REFERRER_OF}", (handle, handle),
+                       suffix=" ORDER BY id"),
+        "waiting": Query(EntryRow, f"user_id = {_REFERRER_OF} AND status = 'waiting'",
+                         (handle,), suffix=" ORDER BY seq"),
     }
     if with_pools:
         queries["pools"] = Query(PoolRow, "", suffix=" ORDER BY name")
@@ -132,8 +135,12 @@ def purchase_reads(rows: Rows, handle: str, key: str | None, at: datetime | None
                                (rows.param(OrderRow, "settles_at", at), 0),
                                suffix=f" ORDER BY no LIMIT {DUE_PAGE}")
     got = rows.prefetch(queries)
+    users = got.pop("users")
+    got["buyer"] = [user for user in users if user.handle == handle]
+    referrer_id = got["buyer"][0].referrer_id if got["buyer"] else None
+    got["referrer"] = [user for user in users if user.id == referrer_id]
     if got["referrer"]:
-        rows.keep(("waiting", got["referrer"][0].id), got.pop("waiting"))
+        rows.keep(("waiting", referrer_id), got.pop("waiting"))
     if "due" in got:
         rows.keep(("due", at), got.pop("due"))
     rows.keep("exits", got.pop("exits"))
