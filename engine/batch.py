@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 
 from storage.batch_rows import commit_session_wide, purchase_reads_many
 from storage.db import Database
+from storage.rows import HeadRow
 
 from . import service
 from .book import Book
@@ -137,8 +138,7 @@ class GroupCommit:
         asks = _asks([job.kwargs for job in batch])
 
         def work(session: Session) -> list[dict[str, Any] | Refusal]:
-            book = Book(session)  # the head lock first (its own round trip)
-            _read_ahead(book, asks)
+            book = Book(session, ahead=lambda b: _read_ahead(b, asks))
             outcomes: list[dict[str, Any] | Refusal] = []
             for job in batch:
                 try:
@@ -188,16 +188,18 @@ def _asks(asked: list[dict[str, Any]]) -> list[tuple[str, str | None, datetime |
     return asks
 
 
-def _read_ahead(book: Book, asks: list[tuple[str, str | None, datetime | None]]) -> None:
+def _read_ahead(book: Book, asks: list[tuple[str, str | None, datetime | None]]
+                ) -> HeadRow | None:
     """What every purchase of the batch (`_asks`) will read first (`Book.prefetch_purchase`:
     its buyer and their referrer, its idempotency key, the pools, the orders due by its time,
     the referrer's waiting entries), in one round trip for the whole batch instead of one
     each, with the smallest stored exit keys that answer every forced-exit seek of the batch
-    (`storage.queries.ExitsAhead`; read after the head lock, which `Book` took first).
+    (`storage.queries.ExitsAhead`). The head row is the first statement of that round trip,
+    so its lock is still taken before anything else is read; it is returned for `Book`.
     A purchase whose buyer and key are read here skips its own read."""
     if not asks:
-        return
-    got = purchase_reads_many(book.rows, asks, with_pools=not book._pools)
+        return None
+    got = purchase_reads_many(book.rows, asks, with_pools=not book._pools, with_head=True)
     for (handle, key, _at), found in zip(asks, got, strict=True):
         if found["buyer"]:
             book._by_handle.setdefault(handle, found["buyer"][0])
@@ -206,3 +208,5 @@ def _read_ahead(book: Book, asks: list[tuple[str, str | None, datetime | None]])
         if key is not None and key not in book._stored:
             stored = found["key"]
             book._stored[key] = (stored[0][0], stored[0][1]) if stored else None
+    head = got[0]["head"]
+    return head[0] if head else None

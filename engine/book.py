@@ -18,6 +18,7 @@ import json
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -83,10 +84,12 @@ def _keep(rev: str | None, catalog: _Catalog) -> None:
 
 class Book:
     def __init__(self, session: Session, *,
-                 purchase: tuple[object, str | None, datetime | None] | None = None) -> None:
+                 purchase: tuple[object, str | None, datetime | None] | None = None,
+                 ahead: Callable[[Book], HeadRow | None] | None = None) -> None:
         """`purchase`: (buyer's handle, idempotency key, due-by time) of the one purchase this
         book is for — its reads (`prefetch_purchase`) are made with the head's, in the same
-        round trip, the head lock still first."""
+        round trip, the head lock still first. `ahead`: a group commit's reads for its whole
+        batch (engine/batch.py), made the same way; it returns the head row it read first."""
         self.s = session
         self.rows = Rows(session)
         self._pools: dict[str, PoolRow] = {}
@@ -95,6 +98,8 @@ class Book:
         self._recorded: dict[str, tuple[str, str | None]] = {}
         self._prefetched: tuple[object, str | None, datetime | None] | None = None
         head = self._purchase_reads(*purchase, with_head=True) if purchase is not None else None
+        if ahead is not None:  # a group commit's reads, the head's first (engine/batch.py)
+            head = ahead(self)
         if head is None:
             head = self.rows.one(HeadRow, 1)
         assert head is not None, "the head row is made by the first migration"

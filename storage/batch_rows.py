@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from .driver import Driver
 from .queries import DUE_PAGE, EXITS_AHEAD, EXITS_AHEAD_SQL, ExitsAhead
-from .rows import EntryRow, OrderRow, PoolRow, Query, UserRow
+from .rows import EntryRow, HeadRow, OrderRow, PoolRow, Query, UserRow, key_match
 from .unit import Rows
 
 
@@ -138,7 +138,8 @@ def _one_of(rows: Rows, column: str, values: Sequence[Any]) -> tuple[str, tuple[
 
 
 def purchase_reads_many(rows: Rows, asks: Sequence[tuple[str, str | None, datetime | None]],
-                        with_pools: bool) -> list[dict[Hashable, list[Any]]]:
+                        with_pools: bool, with_head: bool = False
+                        ) -> list[dict[Hashable, list[Any]]]:
     """`queries.purchase_reads` for every purchase of a batch, (handle, key, at) each, in
     **one** round trip of a few statements whatever the batch's size: the buyers, their
     referrers, the referrers' waiting entries and the stored keys each in one statement, and
@@ -153,6 +154,8 @@ def purchase_reads_many(rows: Rows, asks: Sequence[tuple[str, str | None, dateti
     keys = list(dict.fromkeys(key for _handle, key, _at in asks if key is not None))
     times = [at for _handle, _key, at in asks if at is not None]
     reads: dict[Hashable, Query] = {}
+    if with_head:  # first: the head lock before any other row
+        reads["head"] = Query(HeadRow, key_match(HeadRow.KEYS), (1,))
     if with_pools:
         reads["pools"] = Query(PoolRow, "", suffix=" ORDER BY name")
     # Enough of the smallest exit keys for every seek of the batch (each skips the buyers
@@ -192,5 +195,7 @@ def purchase_reads_many(rows: Rows, asks: Sequence[tuple[str, str | None, dateti
             one["pools"] = got["pools"]
         if key is not None:
             one["key"] = [stored[key]] if key in stored else []
+        if with_head:
+            one["head"] = got["head"]
         out.append(one)
     return out

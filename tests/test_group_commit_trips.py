@@ -26,7 +26,7 @@ from tests.test_group_commit import T, hold_first_commit, orders, shop, together
 
 # BEGIN (psycopg syncs it alone), the head read, the read-ahead, then the rows and the
 # COMMIT in one pipeline. It was 5: the COMMIT went alone after the rows.
-TRIPS_PER_BATCH = 4
+TRIPS_PER_BATCH = 3
 
 
 class WireTrips:
