@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -102,6 +103,7 @@ class Database:
         # comes first (a release's lock: 60-100 ms of a fresh process's first release).
         configure_mappers()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._idle = threading.local()  # `session`: this thread's idle writing session
         self._reader = self.engine.execution_options(storefront_read=True)
         self._read_sessions = sessionmaker(self._reader, expire_on_commit=False)
 
@@ -114,13 +116,36 @@ class Database:
         """A writing unit of work: commits when the block ends, rolls back on any exception.
         What the fast rows changed (storage/unit.py) is written just before the commit (on
         PostgreSQL in the commit's own round trip, `unit.flush_to_commit`)."""
-        with self._sessions() as session:
-            try:
-                with session.begin():
-                    yield session
-                    unit.flush_to_commit(session)
-            finally:
-                unit.end(session)
+        session = self._idle_session()
+        try:
+            with session.begin():
+                yield session
+                unit.flush_to_commit(session)
+        except BaseException:
+            session.close()  # not kept: whatever state a failure left, it goes with it
+            raise
+        finally:
+            unit.end(session)
+        self._keep_idle(session)
+
+    def _idle_session(self) -> Session:
+        """This thread's idle writing session, taken (a unit inside a unit gets a new one).
+        Building and closing a Session cost more than the BEGIN and COMMIT of a small unit of
+        work (docs/perf.md); one kept per thread is reset instead (`_keep_idle`)."""
+        session: Session | None = getattr(self._idle, "session", None)
+        if session is None:
+            return self._sessions()
+        self._idle.session = None
+        return session
+
+    def _keep_idle(self, session: Session) -> None:
+        """Back to this thread after a committed unit, as a new Session would be: no
+        transaction (its connection is back in the pool), nothing in its identity map (the
+        unit's ORM objects detached, as `Session.close` leaves them), nothing in `info`."""
+        session.info.clear()
+        if len(session.identity_map):
+            session.expunge_all()
+        self._idle.session = session
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
