@@ -104,3 +104,26 @@ def test_threads_never_share_a_session(db: Database) -> None:
     count = db.read(lambda s: len(s.scalars(select(Setting.key)
                                             .where(Setting.key.like("t%"))).all()))
     assert count == 60
+
+
+def test_each_read_starts_clean_and_leaves_its_objects_detached(db: Database) -> None:
+    with db.transaction() as s:
+        s.add(Setting(key="r.a", value="1"))
+
+    def first(s: object) -> Setting:
+        assert len(s.identity_map) == 0  # type: ignore[attr-defined]
+        s.info["left_over"] = True  # type: ignore[attr-defined]
+        return s.get(Setting, "r.a")  # type: ignore[attr-defined, no-any-return]
+
+    loaded = db.read(first)
+    assert loaded.value == "1" and inspect(loaded).detached
+    with pytest.raises(Boom), db.reading() as s:
+        assert len(s.identity_map) == 0 and dict(s.info) == {}
+        s.get(Setting, "r.a")
+        raise Boom
+    with db.transaction() as w:
+        w.get(Setting, "r.a").value = "2"  # type: ignore[union-attr]
+    with db.reading() as s:  # a new snapshot: the change is seen, nothing of before is held
+        assert len(s.identity_map) == 0 and dict(s.info) == {}
+        again = s.get(Setting, "r.a")
+        assert again is not None and again is not loaded and again.value == "2"
