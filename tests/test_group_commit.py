@@ -264,6 +264,59 @@ def _journal(db: Database) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]
     return txns, postings
 
 
+def batched(db: Database, calls: list[dict[str, Any]], warm: dict[str, Any]
+            ) -> tuple[dict[int, Any], list[str]]:
+    """The purchase `warm` recorded alone, its commit held until every one of `calls` is
+    queued behind it, in order; then `calls` in one batch. Returns their answers (a refusal
+    as ("refused", code)) and the statements the recording thread sent for that batch."""
+    group = GroupCommit(db)
+    answers: dict[int, Any] = {}
+    sent: list[str] = []
+
+    def call(i: int) -> None:
+        try:
+            answers[i] = group.buy(**calls[i])
+        except Refusal as refusal:
+            answers[i] = ("refused", refusal.code)
+
+    def heard(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if threading.current_thread().name == "group-commit":
+            sent.append(statement)
+
+    first = threading.Thread(target=group.buy, kwargs=warm)
+    holding = hold_first_commit(db, group, queued=len(calls))
+    try:
+        first.start()
+        wait_until(holding.is_set, "the warm-up's commit held")
+        event.listen(db.engine, "before_cursor_execute", heard)
+        queued_in_order(group, [threading.Thread(target=call, args=(i,))
+                                for i in range(len(calls))])
+        first.join()
+        wait_until(lambda: len(answers) == len(calls), "every purchase answered")
+    finally:
+        group.close()
+        event.remove(db.engine, "before_cursor_execute", heard)
+    assert group.batches == 2  # the warm-up, then all of them together
+    return answers, sent
+
+
+def same_books(db: Database, serial: Database, calls: list[dict[str, Any]],
+               warm: dict[str, Any], answers: dict[int, Any]) -> None:
+    """`serial` (the same shop as `db` before `batched`) given `warm` and `calls` one by one
+    answers as the batch did and ends with the same journal bytes and state."""
+    service.buy(serial, **warm)
+    alone: dict[int, Any] = {}
+    for i, kwargs in enumerate(calls):
+        try:
+            alone[i] = service.buy(serial, **kwargs)
+        except Refusal as refusal:
+            alone[i] = ("refused", refusal.code)
+    assert answers == alone
+    assert _journal(db) == _journal(serial)
+    with serial.reading() as a, db.reading() as b:
+        assert snapshot(a) == snapshot(b)
+
+
 def test_one_batch_gives_each_purchase_what_it_would_get_alone(db: Database,
                                                                make_db: MakeDb) -> None:
     """Issue 19: a batch reads every purchase's rows in one round trip before recording
@@ -285,42 +338,12 @@ def test_one_batch_gives_each_purchase_what_it_would_get_alone(db: Database,
         {"user": handles[4], "sku": "rice", "at": later},  # no key
         {"user": handles[3], "sku": "sofa", "at": later, "key": "h", "pay_points": "0.10"},
     ]
-    group = GroupCommit(db)
-    answers: dict[int, Any] = {}
-
-    def call(i: int) -> None:
-        try:
-            answers[i] = group.buy(**calls[i])
-        except Refusal as refusal:
-            answers[i] = ("refused", refusal.code)
-
-    warm = threading.Thread(target=group.buy, kwargs={"user": handles[0], "sku": "rice",
-                                                      "at": T, "key": "warm"})
-    holding = hold_first_commit(db, group, queued=len(calls))
-    try:
-        warm.start()
-        wait_until(holding.is_set, "the warm-up's commit held")
-        queued_in_order(group, [threading.Thread(target=call, args=(i,))
-                                for i in range(len(calls))])
-        warm.join()
-        wait_until(lambda: len(answers) == len(calls), "every purchase answered")
-    finally:
-        group.close()
-    assert group.batches == 2  # the warm-up, then all of them together
+    warm = {"user": handles[0], "sku": "rice", "at": T, "key": "warm"}
+    answers, _sent = batched(db, calls, warm)
     assert answers[4] == ("refused", "unknown_user")
     assert answers[5]["replayed"] is True
     assert verify(db).ok
 
     serial = make_db("memory")
     shop(serial, users=6)
-    service.buy(serial, user=handles[0], sku="rice", at=T, key="warm")
-    alone: dict[int, Any] = {}
-    for i, kwargs in enumerate(calls):
-        try:
-            alone[i] = service.buy(serial, **kwargs)
-        except Refusal as refusal:
-            alone[i] = ("refused", refusal.code)
-    assert answers == alone
-    assert _journal(db) == _journal(serial)
-    with serial.reading() as a, db.reading() as b:
-        assert snapshot(a) == snapshot(b)
+    same_books(db, serial, calls, warm, answers)

@@ -6,16 +6,12 @@ same purchases made one by one: the same answers, refusals, journal bytes and po
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from engine import service
-from engine.batch import GroupCommit
-from engine.errors import Refusal
 from engine.points import exit_key
-from engine.state import snapshot
 from engine.verify import verify
 from storage import queries
 from storage.db import Database
@@ -23,7 +19,7 @@ from storage.rows import UserRow
 from storage.unit import Rows
 from tests.conftest import MakeDb
 from tests.helpers import at, seed_shop
-from tests.test_group_commit import _journal, hold_first_commit, queued_in_order, wait_until
+from tests.test_group_commit import batched, same_books
 
 SEEK = "SELECT exit_key FROM users WHERE exit_key IS NOT NULL AND exit_key <="
 
@@ -52,51 +48,8 @@ def exits(db: Database) -> list[tuple[str, str]]:
             text("SELECT body FROM journal WHERE kind = 'forced_exit' ORDER BY id")))]
 
 
-def batched(db: Database, calls: list[dict[str, Any]]) -> tuple[dict[int, Any], list[str]]:
-    """`calls` through one group commit, all in one batch (after a warm-up purchase whose
-    commit is held until they are queued, in order): their answers (a refusal as
-    ("refused", code)) and the statements the recording thread sent meanwhile."""
-    group = GroupCommit(db)
-    answers: dict[int, Any] = {}
-    sent: list[str] = []
-
-    def call(i: int) -> None:
-        try:
-            answers[i] = group.buy(**calls[i])
-        except Refusal as refusal:
-            answers[i] = ("refused", refusal.code)
-
-    def heard(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if threading.current_thread().name == "group-commit":
-            sent.append(statement)
-
-    warm = threading.Thread(target=group.buy, kwargs={"user": "z", "sku": "rice",
-                                                      "at": at(2), "key": "warm"})
-    holding = hold_first_commit(db, group, queued=len(calls))
-    try:
-        warm.start()
-        wait_until(holding.is_set, "the warm-up's commit held")
-        event.listen(db.engine, "before_cursor_execute", heard)
-        queued_in_order(group, [threading.Thread(target=call, args=(i,))
-                                for i in range(len(calls))])
-        warm.join()
-        wait_until(lambda: len(answers) == len(calls), "every purchase answered")
-    finally:
-        group.close()
-        event.remove(db.engine, "before_cursor_execute", heard)
-    assert group.batches == 2  # the warm-up, then all of them together
-    return answers, sent
-
-
-def one_by_one(db: Database, calls: list[dict[str, Any]]) -> dict[int, Any]:
-    service.buy(db, user="z", sku="rice", at=at(2), key="warm")
-    alone: dict[int, Any] = {}
-    for i, kwargs in enumerate(calls):
-        try:
-            alone[i] = service.buy(db, **kwargs)
-        except Refusal as refusal:
-            alone[i] = ("refused", refusal.code)
-    return alone
+# every batch here follows one warm-up purchase recorded alone (test_group_commit.batched)
+WARM: dict[str, Any] = {"user": "z", "sku": "rice", "at": at(2), "key": "warm"}
 
 
 def test_a_batch_forcing_exits_keeps_the_books_of_one_by_one_purchases(db: Database,
@@ -115,7 +68,7 @@ def test_a_batch_forcing_exits_keeps_the_books_of_one_by_one_purchases(db: Datab
         {"user": "h1", "sku": "rice", "at": at(3), "pay_points": "0.10", "key": "e"},
         {"user": "z", "sku": "gold", "qty": 40, "at": at(3), "key": "f"},  # h4, h5, h3
     ]
-    answers, sent = batched(db, calls)
+    answers, sent = batched(db, calls, WARM)
     assert verify(db).ok
     order = {answers[i]["order"]: calls[i]["key"] for i in range(len(calls))
              if isinstance(answers[i], dict)}
@@ -126,10 +79,7 @@ def test_a_batch_forcing_exits_keeps_the_books_of_one_by_one_purchases(db: Datab
 
     serial = make_db("memory")
     holders_shop(serial)
-    assert answers == one_by_one(serial, calls)
-    assert _journal(db) == _journal(serial)
-    with serial.reading() as a, db.reading() as b:
-        assert snapshot(a) == snapshot(b)
+    same_books(db, serial, calls, WARM, answers)
 
 
 def test_a_batch_asks_the_exit_index_nothing_and_writes_its_rows_at_the_end(
@@ -139,7 +89,7 @@ def test_a_batch_asks_the_exit_index_nothing_and_writes_its_rows_at_the_end(
     holders_shop(pg_db)
     calls = [{"user": h, "sku": "rice", "at": at(2, 11), "key": f"k{h}"}
              for h in ("x", "y", "z", "h0", "h1", "h2", "h3", "h4")]
-    answers, sent = batched(pg_db, calls)
+    answers, sent = batched(pg_db, calls, WARM)
     assert all(isinstance(a, dict) for a in answers.values())
     assert exits(pg_db) == [("h0", f"settle:{answers[0]['order']}")]  # a buyer later: held
     assert not [s for s in sent if s.startswith(SEEK)]
@@ -212,7 +162,7 @@ def test_a_batch_settles_the_orders_due_as_one_by_one_purchases_even_past_a_full
         {"user": "h1", "sku": "tea", "at": at(6, 9), "key": "b"},  # the 150
         {"user": "h2", "sku": "tea", "at": at(5, 9), "key": "c"},
     ]
-    answers, sent = batched(db, calls)
+    answers, sent = batched(db, calls, WARM)
     assert verify(db).ok
     with db.reading() as s:
         assert s.execute(text("SELECT count(*) FROM orders WHERE status = 'pending'")
@@ -222,7 +172,4 @@ def test_a_batch_settles_the_orders_due_as_one_by_one_purchases_even_past_a_full
 
     serial = make_db("memory")
     pending_shop(serial)
-    assert answers == one_by_one(serial, calls)
-    assert _journal(db) == _journal(serial)
-    with serial.reading() as a, db.reading() as b:
-        assert snapshot(a) == snapshot(b)
+    same_books(db, serial, calls, WARM, answers)
