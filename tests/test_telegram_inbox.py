@@ -369,19 +369,26 @@ async def test_the_webhook_answers_503_until_the_update_is_stored(
             assert await drained(db) == {80: "done"} and len(script.requests) == 1
 
 
-async def test_a_row_that_fails_holds_back_its_users_later_rows(
-        api: FakeBotAPI, sdb: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    db = sdb
+def blink_while_marking(monkeypatch: pytest.MonkeyPatch, update_id: int) -> list[int]:
+    """The database blinks (once) while the row of `update_id` is marked done; the list
+    returned holds that id once it has."""
     real_finish = inbox.finish_many
     failed: list[int] = []
 
     def finish_once(db: Database, update_ids: list[int], *args: Any, **kwargs: Any) -> int:
-        if 1 in update_ids and not failed:  # the database blinks while row 1 is marked
-            failed.append(1)
+        if update_id in update_ids and not failed:
+            failed.append(update_id)
             raise DatabaseUnavailable("blink")
         return real_finish(db, update_ids, *args, **kwargs)
 
     monkeypatch.setattr(inbox, "finish_many", finish_once)
+    return failed
+
+
+async def test_a_row_that_fails_holds_back_its_users_later_rows(
+        api: FakeBotAPI, sdb: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = sdb
+    failed = blink_while_marking(monkeypatch, 1)
     stored(db, [make_text_update(90, "/me one", update_id=1, message_id=1),
                 make_text_update(90, "/me two", update_id=2, message_id=2),
                 make_text_update(91, "/me other", update_id=3, message_id=3)])

@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Any
 
 import pytest
 
 import bot.telegram.inbox as processor
-from engine import inbox
 from handlers.base import App, Reply, Request
-from storage.db import Database, DatabaseUnavailable
+from storage.db import Database
 from tests.standins.telegram_api import FakeBotAPI, make_text_update
 from tests.test_telegram_adapter import Script, settings_for
-from tests.test_telegram_inbox import api, drained, sdb, stored, telegram_running
+from tests.test_telegram_inbox import (
+    api,
+    blink_while_marking,
+    drained,
+    sdb,
+    stored,
+    telegram_running,
+)
 
 __all__ = ["api", "sdb"]  # the fixtures, shared with tests/test_telegram_inbox.py
 
@@ -60,16 +65,7 @@ async def test_rows_beyond_those_in_hand_are_taken_as_the_first_ones_finish(
 async def test_a_held_user_is_tried_again_after_its_backoff_not_the_idle_look(
         api: FakeBotAPI, sdb: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(processor, "IDLE", 60.0)
-    real_finish = inbox.finish_many
-    failed: list[int] = []
-
-    def finish_once(db: Database, update_ids: list[int], *args: Any, **kwargs: Any) -> int:
-        if 1 in update_ids and not failed:  # the database blinks while row 1 is marked
-            failed.append(1)
-            raise DatabaseUnavailable("blink")
-        return real_finish(db, update_ids, *args, **kwargs)
-
-    monkeypatch.setattr(inbox, "finish_many", finish_once)
+    failed = blink_while_marking(monkeypatch, 1)
     stored(sdb, [make_text_update(90, "/me one", update_id=1, message_id=1),
                  make_text_update(90, "/me two", update_id=2, message_id=2)])
     script = Script()
