@@ -33,6 +33,7 @@ from storage.models import (
     User,
 )
 
+from .catalogue import product_named
 from .errors import Refusal
 from .money import into_pool, out_of_pool
 from .orders import MAX_QTY
@@ -117,18 +118,6 @@ def tidy(db: Database, *, user: str) -> int:
     return db.run(lambda s: apply_paid_orders(s, find_buyer(s, user, lock=True)))
 
 
-def _product(session: Session, sku: object) -> Product:
-    product = session.get(Product, sku) if isinstance(sku, str) else None
-    if product is None and isinstance(sku, str):
-        # SKUs are typed by people: accept a unique case-insensitive match (as `quote`)
-        found = session.execute(select(Product).where(func.lower(Product.sku) == sku.lower())
-                                ).scalars().all()
-        product = found[0] if len(found) == 1 else None
-    if product is None:
-        raise Refusal("unknown_product", str(sku))
-    return product
-
-
 def _change(db: Database, user: str, sku: object, delta: int, at: datetime | None,
             *, adding: bool = False) -> dict[str, Any]:
     when = at or now()
@@ -137,7 +126,7 @@ def _change(db: Database, user: str, sku: object, delta: int, at: datetime | Non
         buyer = find_buyer(session, user, lock=True)
         apply_paid_orders(session, buyer)
         items = items_of(session, buyer.id)
-        product = _product(session, sku)
+        product = product_named(session, sku)
         item = next((i for i in items if i.sku == product.sku), None)
         if item is None and not adding:
             raise Refusal("not_in_cart", product.sku)

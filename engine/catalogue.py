@@ -54,9 +54,10 @@ def _in_book(db: Database, work: Callable[[Book], T]) -> T:
     return db.run(lambda session: work(Book(session)), label="catalogue")
 
 
-def _product(session: Session, sku: object) -> Product:
+def product_named(session: Session, sku: object) -> Product:
     """The product `sku`, or the one whose SKU matches it but for case (SKUs are typed by
-    people, as `offer.quote` allows); else `unknown_product`."""
+    people); else `unknown_product`. The one lookup of a typed SKU: the catalogue's pages
+    and changes, a quote (engine/offer.py) and the cart (engine/cart.py)."""
     row = session.get(Product, sku) if isinstance(sku, str) else None
     if row is None and isinstance(sku, str):
         found = session.execute(select(Product).where(
@@ -81,7 +82,7 @@ def describe(db: Database, *, sku: str, field: str, text: str | None,
         raise Refusal("invalid_event", f"{field} is at most {TEXT_FIELDS[field]} characters")
 
     def work(b: Book) -> dict[str, Any]:
-        product = _product(b.s, sku)
+        product = product_named(b.s, sku)
         texts = b.s.get(ProductText, product.sku)
         if texts is None:
             texts = ProductText(sku=product.sku)
@@ -109,7 +110,7 @@ def add_photo(db: Database, *, sku: str, content: bytes, channel: str | None = N
     when = at or now()
 
     def work(b: Book) -> dict[str, Any]:
-        product = _product(b.s, sku)
+        product = product_named(b.s, sku)
         media = b.s.get(Media, digest)
         if media is None:
             media = Media(sha256=digest, content=content, content_type=kind, created_at=when)
@@ -140,7 +141,7 @@ def clear_photos(db: Database, *, sku: str, at: datetime | None = None,
                  actor: str | None = None) -> dict[str, Any]:
     """Take every photo off a product (the stored media stay for other products)."""
     def work(b: Book) -> dict[str, Any]:
-        product = _product(b.s, sku)
+        product = product_named(b.s, sku)
         photos = list(b.s.execute(select(ProductPhoto).where(ProductPhoto.sku == product.sku))
                       .scalars())
         for p in photos:
@@ -183,7 +184,7 @@ def wait_for_photo(db: Database, *, identity: str, sku: str,
     when = at or now()
 
     def work(session: Session) -> dict[str, Any]:
-        product = _product(session, sku)
+        product = product_named(session, sku)
         row = session.get(PhotoWait, identity)
         if row is None:
             session.add(PhotoWait(identity=identity, sku=product.sku, until=when + PHOTO_WAIT))
@@ -283,7 +284,7 @@ def page(db: Database, *, category: str | None = None, uncategorised: bool = Fal
 def card(db: Database, sku: str) -> dict[str, Any]:
     """One product as the shop shows it (on sale or not: `active` says)."""
     def work(session: Session) -> dict[str, Any]:
-        product = _product(session, sku)
+        product = product_named(session, sku)
         cfg = store_config(session)
         price = current_price(session, cfg)
         photos = _photos(session, [product.sku]).get(product.sku, [])

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 from storage.db import Database
 from storage.models import Product, User
 
+from .catalogue import product_named
 from .config import Config
-from .errors import Refusal
 from .lines import requested
 from .money import into_pool, out_of_pool
 from .points import Price
@@ -61,21 +61,6 @@ def catalogue(db: Database, page: int = 0, per_page: int = PAGE_SIZE) -> dict[st
     return db.read(work)
 
 
-def _product_named(session: Session, sku: object) -> Product:
-    if not isinstance(sku, str):
-        raise Refusal("unknown_product", str(sku))
-    product = session.get(Product, sku)
-    if product is None:
-        # SKUs are typed by people: accept a unique case-insensitive match
-        found = session.execute(select(Product).where(
-            Product.sku.ilike(sku.replace("_", r"\_").replace("%", r"\%"),
-                              escape="\\"))).scalars().all()
-        product = found[0] if len(found) == 1 else None
-    if product is None:
-        raise Refusal("unknown_product", sku)
-    return product
-
-
 def quote(db: Database, *, user: str, sku: object = None, qty: int = 1, lines: object = None,
           pay_points: int | None = None) -> dict[str, Any]:
     """What buying would cost this user now: the value of `pay_points` at today's price, and
@@ -86,7 +71,7 @@ def quote(db: Database, *, user: str, sku: object = None, qty: int = 1, lines: o
     asked = requested(sku, qty, lines)
 
     def work(session: Session) -> dict[str, Any]:
-        products = [_product_named(session, s) for s, _q in asked]
+        products = [product_named(session, s) for s, _q in asked]
         counts = [q if isinstance(q, int) and not isinstance(q, bool) else 1 for _s, q in asked]
         buyer = session.execute(select(User).where(User.handle == user)).scalar_one()
         cfg = store_config(session)

@@ -258,3 +258,20 @@ def test_group_commit_records_carts_and_refuses_the_one_out_of_stock_alone(memdb
         service.stop_group_commit(memdb)
     assert [len(first["lines"]), len(second["lines"])] == [2, 2]
     assert stock(memdb, "A") == 0 and verify(memdb).ok
+
+
+def test_a_typed_sku_is_found_whatever_its_case_by_a_quote_and_the_cart_alike(memdb):
+    """One lookup of a typed SKU (engine/catalogue.py `product_named`): exact, else the one
+    product equal but for case; `%` and `_` are letters, not wildcards."""
+    from engine import cart
+
+    shop(memdb)
+    service.upsert_product(memdb, sku="TEA_1", price="5.00", margin="0.1", lock_days=0,
+                           scheme="none", at=at(1))
+    assert offer.quote(memdb, user="b", sku="tea_1")["sku"] == "TEA_1"
+    assert [line["sku"] for line in cart.add(memdb, user="b", sku="tea_1")["lines"]] == ["TEA_1"]
+    for typed in ("TEA%", "TEA_", "%", "tea\\_1"):
+        with pytest.raises(Refusal, match="unknown_product"):
+            offer.quote(memdb, user="b", sku=typed)
+        with pytest.raises(Refusal, match="unknown_product"):
+            cart.add(memdb, user="b", sku=typed)
